@@ -1,0 +1,262 @@
+"""Manifest files → validated ``Manifest`` values, or every problem found.
+
+What arrives: a directory (the git work tree the operator keeps). What
+happens, in order: find the files (recursively; ``*.yaml``/``*.yml``; hidden
+files and folders such as ``.git`` and editor temporaries skipped), read and
+parse each (yamlsource.py), check each document against its kind's JSON
+Schema (schema.py), build the typed spec (model.py), check references across
+manifests (references.py), keep the manifests that select this host. What
+leaves: a ``LoadResult``, holding the manifests that loaded and the problems,
+each placed at ``file:line:col`` with its field path.
+
+A directory with any problem must not be used to prune (SPEC §3): callers
+look at ``LoadResult.complete``.
+
+Reads files; otherwise pure.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import Problem, SourcePosition
+from reconciler.model import API_VERSION, FieldPath, Kind, Manifest, SpecError, build_manifest
+from reconciler.references import NOTHING_KNOWN, KnownObjects, check_references
+from reconciler.schema import SchemaProblem, kind_names, suggest, validate_document
+from reconciler.yamlsource import Document, YamlProblem, parse_documents
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+_MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What a directory holds: the manifests that loaded and every problem found."""
+
+    root: str
+    manifests: tuple[Manifest, ...]
+    problems: tuple[Problem, ...]
+    files: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        """True when every file loaded and the directory had manifests: safe to prune."""
+        return not self.problems and bool(self.files)
+
+
+def is_manifest_file(name: str) -> bool:
+    """Whether a file name counts as a manifest (not hidden, not an editor temporary)."""
+    if name.startswith((".", "#", "~")) or name.endswith("~"):
+        return False
+    return name.endswith(MANIFEST_SUFFIXES)
+
+
+def discover(root: Path) -> list[Path]:
+    """Manifest files under ``root``, sorted; hidden folders are not entered."""
+    found: list[Path] = []
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found.extend(Path(directory, f) for f in sorted(files) if is_manifest_file(f))
+    return found
+
+
+def load_directory(
+    root: str | os.PathLike[str],
+    *,
+    known: KnownObjects = NOTHING_KNOWN,
+    host: str | None = None,
+) -> LoadResult:
+    """Load, validate and cross-check every manifest under ``root``.
+
+    ``host``: keep only manifests whose ``metadata.hosts`` select this host name
+    (None keeps all). ``known``: libvirt objects that references may name.
+    """
+    shown_root = os.fspath(root)
+    path = Path(root)
+    if not path.exists():
+        return _failed(shown_root, "directory does not exist", "check the path, or create it")
+    if not path.is_dir():
+        return _failed(shown_root, "is not a directory", "pass the folder holding the manifests")
+    files = discover(path)
+    if not files:
+        return _failed(
+            shown_root,
+            "no manifests found (expected *.yaml or *.yml files)",
+            "an empty directory is never applied; it would delete everything",
+        )
+    problems: list[Problem] = []
+    manifests: list[Manifest] = []
+    for file in files:
+        shown = os.path.join(shown_root, os.path.relpath(file, path))
+        manifests.extend(load_file(file, shown, problems))
+    selected = [m for m in manifests if host is None or selects_host(m, host)]
+    for manifest, problem in check_references(selected, known):
+        problems.append(
+            Problem(
+                manifest.position(problem.path),
+                problem.message,
+                _dotted(problem.path),
+                problem.hint,
+            )
+        )
+    return LoadResult(
+        root=shown_root,
+        manifests=tuple(selected),
+        problems=tuple(problems),
+        files=tuple(os.path.join(shown_root, os.path.relpath(f, path)) for f in files),
+    )
+
+
+def _failed(shown_root: str, message: str, hint: str) -> LoadResult:
+    return LoadResult(
+        shown_root, (), (Problem(SourcePosition(shown_root), message, hint=hint),), ()
+    )
+
+
+def selects_host(manifest: Manifest, host: str) -> bool:
+    hosts = manifest.metadata.hosts
+    return not hosts or any(fnmatch.fnmatchcase(host, pattern) for pattern in hosts)
+
+
+def load_file(file: Path, shown: str, problems: list[Problem]) -> list[Manifest]:
+    """Every valid manifest in one file; problems are appended to ``problems``."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        problems.append(Problem(SourcePosition(shown), f"cannot read file: {exc.strerror}"))
+        return []
+    if len(data) > _MAX_FILE_BYTES:
+        problems.append(
+            Problem(
+                SourcePosition(shown),
+                f"file is larger than {_MAX_FILE_BYTES // 1024 // 1024} MiB",
+                hint="split it into several manifest files",
+            )
+        )
+        return []
+    if b"\x00" in data:
+        problems.append(
+            Problem(
+                SourcePosition(shown), "binary file, not YAML text", hint="remove it or rename it"
+            )
+        )
+        return []
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.append(
+            Problem(SourcePosition(shown, line, 1), "not UTF-8 text", hint="save the file as UTF-8")
+        )
+        return []
+    return load_text(text, shown, problems)
+
+
+def load_text(text: str, shown: str, problems: list[Problem]) -> list[Manifest]:
+    """Every valid manifest in ``text`` (the contents of file ``shown``)."""
+    manifests: list[Manifest] = []
+    try:
+        for document in parse_documents(text):
+            manifest = _load_document(document, shown, problems)
+            if manifest is not None:
+                manifests.append(manifest)
+    except YamlProblem as exc:
+        where = SourcePosition(shown, exc.line, exc.column)
+        problems.append(Problem(where, exc.message, hint=exc.hint))
+    return manifests
+
+
+def _load_document(document: Document, shown: str, problems: list[Problem]) -> Manifest | None:
+    start = SourcePosition(shown, document.line, document.column)
+
+    def at(path: FieldPath, *, key: bool = False) -> SourcePosition:
+        table = document.key_positions if key else document.positions
+        while path:
+            found = table.get(path) or document.positions.get(path)
+            if found is not None:
+                return SourcePosition(shown, *found)
+            path = path[:-1]
+        return start
+
+    value = document.value
+    if not isinstance(value, dict):
+        problems.append(
+            Problem(
+                start,
+                f"document is {_a(value)}, expected a mapping",
+                hint="a manifest has apiVersion, kind, metadata and spec",
+            )
+        )
+        return None
+    head = _check_head(value)
+    if head is not None:
+        path, message, hint = head
+        problems.append(Problem(at(path), message, _dotted(path), hint))
+        return None
+    kind = Kind(value["kind"])
+    schema_problems = validate_document(kind, value)
+    if schema_problems:
+        problems.extend(_placed(schema_problems, at))
+        return None
+    positions = {path: SourcePosition(shown, *lc) for path, lc in document.positions.items()}
+    try:
+        return build_manifest(value, start, positions)
+    except SpecError as exc:
+        for p in exc.problems:
+            problems.append(Problem(at(p.path), p.message, _dotted(p.path), p.hint))
+        return None
+
+
+def _check_head(value: dict[str, Any]) -> tuple[FieldPath, str, str] | None:
+    """apiVersion and kind decide which schema applies, so they are checked first."""
+    if "apiVersion" not in value:
+        return (("apiVersion",), "required field is missing", f"add apiVersion: {API_VERSION}")
+    if value["apiVersion"] != API_VERSION:
+        return (
+            ("apiVersion",),
+            f"{value['apiVersion']!r} is not a known apiVersion",
+            f"expected {API_VERSION}",
+        )
+    if "kind" not in value:
+        return (
+            ("kind",),
+            "required field is missing",
+            "expected one of: " + ", ".join(kind_names()),
+        )
+    kind = value["kind"]
+    if kind not in kind_names():
+        hint = suggest(str(kind), kind_names()) or "expected one of: " + ", ".join(kind_names())
+        return (("kind",), f"{kind!r} is not a known kind", hint)
+    return None
+
+
+def _placed(found: Iterable[SchemaProblem], at: Any) -> list[Problem]:
+    placed = [Problem(at(p.path, key=p.at_key), p.message, _dotted(p.path), p.hint) for p in found]
+    return sorted(placed, key=lambda p: (p.position.line, p.position.column))
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + part
+    return text
+
+
+def _a(value: object) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__

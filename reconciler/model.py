@@ -1,0 +1,643 @@
+"""Typed, immutable specs of the four manifest kinds, built from validated documents.
+
+Input: one document that already passed its JSON Schema (schema.py), as plain
+dicts. Output: a frozen ``Manifest`` whose spec has units parsed (bytes,
+seconds) and every default resolved, so that later layers (render, diff,
+plan) never look at raw YAML or guess defaults. Rules that JSON Schema cannot
+say well (memory <= maxMemory, a DHCP range inside its subnet, unique disk
+targets) are checked here and reported as ``FieldProblem``s with the field
+path, which manifests.py turns into file:line:col messages.
+
+Pure: no I/O, no libvirt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from reconciler.errors import SourcePosition
+from reconciler.units import parse_duration, parse_size
+
+FieldPath: TypeAlias = tuple[str | int, ...]
+
+
+class Kind(StrEnum):
+    """Manifest kinds, in the order they are brought up."""
+
+    STORAGE_POOL = "StoragePool"
+    VOLUME = "Volume"
+    NETWORK = "Network"
+    VIRTUAL_MACHINE = "VirtualMachine"
+
+
+API_VERSION = "reconciler/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """A semantic problem in one document, located by field path."""
+
+    path: FieldPath
+    message: str
+    hint: str = ""
+
+
+class SpecError(Exception):
+    """A document is schema-valid but not meaningful; carries every problem found."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
+
+
+# --- StoragePool / Volume ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePoolSpec:
+    path: str
+    type: str = "dir"
+    state: str = "active"
+    autostart: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSpec:
+    pool: str
+    capacity: int
+    format: str = "qcow2"
+    backing_volume: str | None = None
+    source: str | None = None
+    reclaim_policy: str = "retain"
+
+
+# --- Network ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpHost:
+    mac: str
+    ip: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp:
+    start: str
+    end: str
+    hosts: tuple[DhcpHost, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv4:
+    address: str
+    prefix: int
+    dhcp: Dhcp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsHost:
+    ip: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    mode: str = "nat"
+    bridge: str | None = None
+    mtu: int | None = None
+    domain: str | None = None
+    ipv4: Ipv4 | None = None
+    dns_hosts: tuple[DnsHost, ...] = ()
+    state: str = "active"
+    autostart: bool = False
+
+
+# --- VirtualMachine ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    target: str
+    bus: str = "virtio"
+    volume: str | None = None
+    file: str | None = None
+    format: str | None = None
+    cache: str | None = None
+    readonly: bool = False
+    serial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cdrom:
+    target: str
+    bus: str
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    mac: str
+    network: str | None = None
+    bridge: str | None = None
+    model: str = "virtio"
+
+
+@dataclass(frozen=True, slots=True)
+class Graphics:
+    type: str = "vnc"
+    port: int | None = None  # None: auto
+    listen: str = "127.0.0.1"
+    keymap: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloudInit:
+    user_data: str | None = None
+    meta_data: Mapping[str, Any] = field(default_factory=dict)
+    network_config: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualMachineSpec:
+    memory: int
+    max_memory: int
+    vcpus: int
+    max_vcpus: int
+    type: str = "kvm"
+    machine: str = "pc"
+    firmware: str = "bios"
+    cpu: str | None = None
+    clock: str = "utc"
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    disks: tuple[Disk, ...] = ()
+    cdroms: tuple[Cdrom, ...] = ()
+    boot: tuple[str, ...] = ("disk",)
+    interfaces: tuple[Interface, ...] = ()
+    graphics: Graphics | None = None
+    inputs: tuple[str, ...] = ()
+    serial: str = "pty"  # pty | none | file
+    serial_file: str | None = None
+    cloud_init: CloudInit | None = None
+    state: str = "running"
+    autostart: bool = False
+    shutdown_timeout: float = 120.0
+    update_policy: str | None = None  # None: the configured default
+    adopt: bool = False
+
+
+Spec: TypeAlias = StoragePoolSpec | VolumeSpec | NetworkSpec | VirtualMachineSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One validated document: what it declares and where it was written."""
+
+    kind: Kind
+    metadata: Metadata
+    spec: Spec
+    source: SourcePosition
+    document: Mapping[str, Any] = field(compare=False, repr=False)
+    positions: Mapping[FieldPath, SourcePosition] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def key(self) -> tuple[Kind, str]:
+        return (self.kind, self.metadata.name)
+
+    def position(self, path: FieldPath) -> SourcePosition:
+        """Where ``path`` (or its nearest written ancestor) is in the file."""
+        while path:
+            found = self.positions.get(path)
+            if found is not None:
+                return found
+            path = path[:-1]
+        return self.source
+
+
+# --- building ---------------------------------------------------------------
+
+
+def derived_mac(vm_name: str, index: int) -> str:
+    """A stable locally administered MAC in QEMU's 52:54:00 range for interface ``index``."""
+    digest = hashlib.sha256(f"{vm_name}/{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def is_q35(machine: str) -> bool:
+    return "q35" in machine
+
+
+_TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
+_IDE_TARGETS = ("hda", "hdb", "hdc", "hdd")
+
+
+def _target_names(prefix: str) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    names = [prefix + a for a in letters]
+    names += [prefix + a + b for a in letters for b in letters]
+    return names
+
+
+def build_manifest(
+    document: Mapping[str, Any],
+    source: SourcePosition,
+    positions: Mapping[FieldPath, SourcePosition] | None = None,
+) -> Manifest:
+    """Turn one schema-valid document into a ``Manifest``, or raise ``SpecError``."""
+    kind = Kind(document["kind"])
+    meta = document["metadata"]
+    metadata = Metadata(
+        name=meta["name"],
+        labels=dict(meta.get("labels", {})),
+        hosts=tuple(meta.get("hosts", ())),
+    )
+    problems: list[FieldProblem] = []
+    raw = document["spec"]
+    spec: Spec
+    if kind is Kind.STORAGE_POOL:
+        spec = StoragePoolSpec(
+            path=raw["path"].rstrip("/") or "/",
+            type=raw.get("type", "dir"),
+            state=raw.get("state", "active"),
+            autostart=raw.get("autostart", False),
+        )
+    elif kind is Kind.VOLUME:
+        spec = _build_volume(raw, problems)
+    elif kind is Kind.NETWORK:
+        spec = _build_network(raw, problems)
+    else:
+        spec = _build_vm(metadata.name, raw, problems)
+    if problems:
+        raise SpecError(problems)
+    return Manifest(
+        kind=kind,
+        metadata=metadata,
+        spec=spec,
+        source=source,
+        document=document,
+        positions=positions or {},
+    )
+
+
+def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> VolumeSpec:
+    spec = VolumeSpec(
+        pool=raw["pool"],
+        capacity=parse_size(raw["capacity"]),
+        format=raw.get("format", "qcow2"),
+        backing_volume=raw.get("backingVolume"),
+        source=raw.get("source"),
+        reclaim_policy=raw.get("reclaimPolicy", "retain"),
+    )
+    if spec.capacity <= 0:
+        problems.append(FieldProblem(("spec", "capacity"), "capacity must be more than 0"))
+    if spec.backing_volume and spec.format != "qcow2":
+        problems.append(
+            FieldProblem(
+                ("spec", "format"),
+                f"a {spec.format} volume cannot have a backingVolume",
+                "use format: qcow2 for copy-on-write clones",
+            )
+        )
+    return spec
+
+
+def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> NetworkSpec:
+    ipv4 = None
+    if "ipv4" in raw:
+        r4 = raw["ipv4"]
+        dhcp = None
+        if "dhcp" in r4:
+            rd = r4["dhcp"]
+            dhcp = Dhcp(
+                start=rd["start"],
+                end=rd["end"],
+                hosts=tuple(
+                    DhcpHost(mac=h["mac"].lower(), ip=h["ip"], name=h.get("name"))
+                    for h in rd.get("hosts", ())
+                ),
+            )
+        ipv4 = Ipv4(address=r4["address"], prefix=r4["prefix"], dhcp=dhcp)
+    spec = NetworkSpec(
+        mode=raw.get("mode", "nat"),
+        bridge=raw.get("bridge"),
+        mtu=raw.get("mtu"),
+        domain=raw.get("domain"),
+        ipv4=ipv4,
+        dns_hosts=tuple(
+            DnsHost(ip=h["ip"], names=tuple(h["names"])) for h in raw.get("dnsHosts", ())
+        ),
+        state=raw.get("state", "active"),
+        autostart=raw.get("autostart", False),
+    )
+    if spec.mode == "bridge":
+        if spec.bridge is None:
+            problems.append(
+                FieldProblem(
+                    ("spec",),
+                    "mode bridge needs 'bridge', the existing host bridge",
+                    "add e.g. bridge: br0",
+                )
+            )
+        for name in ("ipv4", "domain", "dnsHosts"):
+            if name in raw:
+                problems.append(
+                    FieldProblem(
+                        ("spec", name),
+                        f"mode bridge cannot have {name}",
+                        "addresses on a host bridge come from the LAN, not from libvirt",
+                    )
+                )
+    elif spec.mode in ("nat", "route") and spec.ipv4 is None:
+        problems.append(
+            FieldProblem(
+                ("spec",),
+                f"mode {spec.mode} needs 'ipv4' (address and prefix)",
+                "add e.g. ipv4: {address: 10.100.0.1, prefix: 24}",
+            )
+        )
+    if spec.ipv4 is not None:
+        _check_ipv4(spec.ipv4, spec.dns_hosts, problems)
+    return spec
+
+
+def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[FieldProblem]) -> None:
+    iface = ipaddress.IPv4Interface(f"{ipv4.address}/{ipv4.prefix}")
+    net = iface.network
+    if iface.ip in (net.network_address, net.broadcast_address):
+        which = "network" if iface.ip == net.network_address else "broadcast"
+        problems.append(
+            FieldProblem(
+                ("spec", "ipv4", "address"),
+                f"{ipv4.address} is the {which} address of {net}",
+                "use a host address such as " + str(next(net.hosts())),
+            )
+        )
+
+    def inside(value: str, where: FieldPath) -> None:
+        if ipaddress.IPv4Address(value) not in net:
+            problems.append(FieldProblem(where, f"{value} is outside the network {net}"))
+
+    if ipv4.dhcp is not None:
+        inside(ipv4.dhcp.start, ("spec", "ipv4", "dhcp", "start"))
+        inside(ipv4.dhcp.end, ("spec", "ipv4", "dhcp", "end"))
+        if ipaddress.IPv4Address(ipv4.dhcp.start) > ipaddress.IPv4Address(ipv4.dhcp.end):
+            problems.append(
+                FieldProblem(
+                    ("spec", "ipv4", "dhcp", "end"),
+                    f"range end {ipv4.dhcp.end} is before its start {ipv4.dhcp.start}",
+                )
+            )
+        seen_macs: dict[str, int] = {}
+        seen_ips: dict[str, int] = {}
+        for i, host in enumerate(ipv4.dhcp.hosts):
+            where: FieldPath = ("spec", "ipv4", "dhcp", "hosts", i)
+            inside(host.ip, (*where, "ip"))
+            if host.mac in seen_macs:
+                problems.append(
+                    FieldProblem(
+                        (*where, "mac"),
+                        f"MAC {host.mac} already has a lease at hosts[{seen_macs[host.mac]}]",
+                    )
+                )
+            if host.ip in seen_ips:
+                problems.append(
+                    FieldProblem(
+                        (*where, "ip"), f"IP {host.ip} already leased at hosts[{seen_ips[host.ip]}]"
+                    )
+                )
+            seen_macs.setdefault(host.mac, i)
+            seen_ips.setdefault(host.ip, i)
+    for i, dns in enumerate(dns_hosts):
+        inside(dns.ip, ("spec", "dnsHosts", i, "ip"))
+
+
+def _build_vm(
+    name: str, raw: Mapping[str, Any], problems: list[FieldProblem]
+) -> VirtualMachineSpec:
+    vm_type = raw.get("type", "kvm")
+    machine = raw.get("machine", "pc")
+    memory = parse_size(raw["memory"])
+    max_memory = parse_size(raw["maxMemory"]) if "maxMemory" in raw else memory
+    if memory < 1024**2:
+        problems.append(FieldProblem(("spec", "memory"), "memory must be at least 1MiB"))
+    if max_memory < memory:
+        problems.append(
+            FieldProblem(
+                ("spec", "maxMemory"),
+                f"maxMemory ({raw.get('maxMemory')}) is less than memory ({raw['memory']})",
+                "raise maxMemory or lower memory",
+            )
+        )
+    vcpus = raw.get("vcpus", 1)
+    max_vcpus = raw.get("maxVcpus", vcpus)
+    if max_vcpus < vcpus:
+        problems.append(
+            FieldProblem(
+                ("spec", "maxVcpus"), f"maxVcpus ({max_vcpus}) is less than vcpus ({vcpus})"
+            )
+        )
+    cpu = raw.get("cpu")
+    if cpu is None and vm_type == "kvm":
+        cpu = "host-model"
+    if vm_type == "qemu" and cpu == "host-passthrough":
+        problems.append(
+            FieldProblem(
+                ("spec", "cpu"),
+                "host-passthrough needs type kvm",
+                "use host-model or a named model",
+            )
+        )
+    for key in ("initrd", "cmdline"):
+        if key in raw and "kernel" not in raw:
+            problems.append(FieldProblem(("spec", key), f"{key} needs kernel (direct kernel boot)"))
+
+    used: set[str] = set()
+    for section in ("disks", "cdroms"):
+        for i, item in enumerate(raw.get(section, ())):
+            target = item.get("target")
+            if target is None:
+                continue
+            if target in used:
+                problems.append(
+                    FieldProblem(("spec", section, i, "target"), f"target {target} is used twice")
+                )
+            used.add(target)
+    q35 = is_q35(machine)
+
+    def next_target(bus: str, where: FieldPath) -> str:
+        prefix = _TARGET_PREFIX[bus]
+        candidates = list(_IDE_TARGETS) if bus == "ide" else _target_names(prefix)
+        for candidate in candidates:
+            if candidate not in used:
+                used.add(candidate)
+                return candidate
+        problems.append(FieldProblem(where, f"no free {bus} device name left"))
+        return prefix + "?"
+
+    def check_bus(bus: str, where: FieldPath) -> None:
+        if bus == "ide" and q35:
+            problems.append(
+                FieldProblem(where, f"machine {machine} has no IDE bus", "use bus: sata")
+            )
+
+    def check_target_bus(target: str | None, bus: str, where: FieldPath) -> None:
+        if target is not None and not target.startswith(_TARGET_PREFIX[bus]):
+            problems.append(
+                FieldProblem(
+                    where,
+                    f"target {target} does not fit bus {bus}",
+                    f"{bus} devices are named {_TARGET_PREFIX[bus]}a, {_TARGET_PREFIX[bus]}b, ...",
+                )
+            )
+
+    disks = []
+    for i, d in enumerate(raw.get("disks", ())):
+        bus = d.get("bus", "virtio")
+        check_bus(bus, ("spec", "disks", i, "bus"))
+        check_target_bus(d.get("target"), bus, ("spec", "disks", i, "target"))
+        if "volume" in d and "format" in d:
+            problems.append(
+                FieldProblem(
+                    ("spec", "disks", i, "format"),
+                    "a volume disk takes its format from the Volume",
+                    "remove format here, or set it on the Volume manifest",
+                )
+            )
+        disks.append(
+            Disk(
+                target=d.get("target") or next_target(bus, ("spec", "disks", i)),
+                bus=bus,
+                volume=d.get("volume"),
+                file=d.get("file"),
+                format=d.get("format", "raw" if "file" in d else None),
+                cache=d.get("cache"),
+                readonly=d.get("readonly", False),
+                serial=d.get("serial"),
+            )
+        )
+    cdroms = []
+    for i, c in enumerate(raw.get("cdroms", ())):
+        bus = c.get("bus", "sata" if q35 else "ide")
+        check_bus(bus, ("spec", "cdroms", i, "bus"))
+        check_target_bus(c.get("target"), bus, ("spec", "cdroms", i, "target"))
+        cdroms.append(
+            Cdrom(
+                target=c.get("target") or next_target(bus, ("spec", "cdroms", i)),
+                bus=bus,
+                file=c.get("file"),
+            )
+        )
+
+    interfaces = []
+    seen_macs: dict[str, int] = {}
+    for i, n in enumerate(raw.get("interfaces", ())):
+        mac = n.get("mac", derived_mac(name, i)).lower()
+        if int(mac[:2], 16) & 1:
+            problems.append(
+                FieldProblem(
+                    ("spec", "interfaces", i, "mac"),
+                    f"{mac} is a multicast address",
+                    "the first byte must be even, e.g. 52:54:00:...",
+                )
+            )
+        if mac in seen_macs:
+            problems.append(
+                FieldProblem(
+                    ("spec", "interfaces", i, "mac"),
+                    f"MAC {mac} is already used by interfaces[{seen_macs[mac]}]",
+                )
+            )
+        seen_macs.setdefault(mac, i)
+        interfaces.append(
+            Interface(
+                mac=mac,
+                network=n.get("network"),
+                bridge=n.get("bridge"),
+                model=n.get("model", "virtio"),
+            )
+        )
+
+    boot = tuple(raw.get("boot", ("disk",)))
+    if "cdrom" in boot and not cdroms:
+        problems.append(FieldProblem(("spec", "boot"), "boot lists cdrom but the VM has no cdroms"))
+    if "network" in boot and not interfaces:
+        problems.append(
+            FieldProblem(("spec", "boot"), "boot lists network but the VM has no interfaces")
+        )
+
+    graphics = None
+    if "graphics" in raw:
+        g = raw["graphics"]
+        port = g.get("port", "auto")
+        graphics = Graphics(
+            type=g.get("type", "vnc"),
+            port=None if port == "auto" else port,
+            listen=g.get("listen", "127.0.0.1"),
+            keymap=g.get("keymap"),
+            password_file=g.get("passwordFile"),
+        )
+        if graphics.type == "none":
+            graphics = None
+
+    serial_raw = raw.get("serial", "pty")
+    serial, serial_file = (
+        ("file", serial_raw["file"]) if isinstance(serial_raw, Mapping) else (serial_raw, None)
+    )
+    cloud_init = None
+    if "cloudInit" in raw:
+        ci = raw["cloudInit"]
+        cloud_init = CloudInit(
+            user_data=ci.get("userData"),
+            meta_data=dict(ci.get("metaData", {})),
+            network_config=ci.get("networkConfig"),
+        )
+
+    return VirtualMachineSpec(
+        memory=memory,
+        max_memory=max_memory,
+        vcpus=vcpus,
+        max_vcpus=max_vcpus,
+        type=vm_type,
+        machine=machine,
+        firmware=raw.get("firmware", "bios"),
+        cpu=cpu,
+        clock=raw.get("clock", "utc"),
+        kernel=raw.get("kernel"),
+        initrd=raw.get("initrd"),
+        cmdline=raw.get("cmdline"),
+        disks=tuple(disks),
+        cdroms=tuple(cdroms),
+        boot=boot,
+        interfaces=tuple(interfaces),
+        graphics=graphics,
+        inputs=tuple(raw.get("inputs", ())),
+        serial=serial,
+        serial_file=serial_file,
+        cloud_init=cloud_init,
+        state=raw.get("state", "running"),
+        autostart=raw.get("autostart", False),
+        shutdown_timeout=parse_duration(raw.get("shutdownTimeout", "120s")),
+        update_policy=raw.get("updatePolicy"),
+        adopt=raw.get("adopt", False),
+    )

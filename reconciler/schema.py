@@ -1,0 +1,170 @@
+"""The JSON Schemas of the manifest kinds, and their errors as one-line messages.
+
+The schemas are files (``schemas/*.json`` in the repository, shipped inside the
+package as ``reconciler/_schemas``) so that editors can use them too. This
+module loads them once, validates one document, and turns jsonschema's errors
+into ``(field path, message, hint)`` triples a person can act on. A schema may
+carry ``x-message`` next to a keyword that cannot explain itself (a pattern, a
+oneOf): that text then says what was expected.
+
+Pure: reads the schema files, nothing else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from reconciler.model import FieldPath, Kind
+
+_KIND_FILES = {
+    Kind.VIRTUAL_MACHINE: "virtualmachine.schema.json",
+    Kind.NETWORK: "network.schema.json",
+    Kind.STORAGE_POOL: "storagepool.schema.json",
+    Kind.VOLUME: "volume.schema.json",
+}
+_TYPE_NAMES = {
+    "object": "a mapping", "array": "a list", "string": "a string",
+    "integer": "an integer", "number": "a number", "boolean": "true or false", "null": "null",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaProblem:
+    path: FieldPath
+    message: str
+    hint: str = ""
+    at_key: bool = False  # point at the key of ``path`` rather than its value
+
+
+def schema_dir() -> Path:
+    """Where the schema files are: inside the installed package, else the source tree."""
+    packaged = Path(__file__).parent / "_schemas"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).parent.parent / "schemas"
+
+
+@cache
+def _validators() -> dict[Kind, jsonschema.Draft202012Validator]:
+    directory = schema_dir()
+    resources = []
+    for path in sorted(directory.glob("*.schema.json")):
+        contents = json.loads(path.read_text(encoding="utf-8"))
+        resources.append((path.name, Resource.from_contents(contents, DRAFT202012)))
+    registry: Registry[Any] = Registry().with_resources(resources)
+    return {
+        kind: jsonschema.Draft202012Validator(registry.contents(filename), registry=registry)
+        for kind, filename in _KIND_FILES.items()
+    }
+
+
+def kind_names() -> list[str]:
+    return [k.value for k in Kind]
+
+
+def validate_document(kind: Kind, document: Mapping[str, Any]) -> list[SchemaProblem]:
+    """Every schema problem of ``document`` (of a known ``kind``), in document order."""
+    validator = _validators()[kind]
+    problems: list[SchemaProblem] = []
+    for error in validator.iter_errors(document):
+        problems.extend(_explain(error))
+    return problems
+
+
+def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
+    path: FieldPath = tuple(error.absolute_path)
+    value: Any = error.instance
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    keyword = error.validator
+    custom = schema.get("x-message")
+    if keyword == "additionalProperties":
+        allowed = list(schema.get("properties", {}))
+        for extra in sorted(set(value) - set(allowed)):
+            yield SchemaProblem(
+                (*path, extra), "unknown field", _suggest(str(extra), allowed, "field"), at_key=True
+            )
+    elif keyword == "required":
+        for name in error.validator_value:  # type: ignore[union-attr]
+            if isinstance(value, Mapping) and name not in value:
+                yield SchemaProblem((*path, name), "required field is missing", at_key=True)
+    elif keyword == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)  # type: ignore[arg-type]
+        yield SchemaProblem(
+            path,
+            f"expected {' or '.join(_TYPE_NAMES.get(n, n) for n in names)}, got {_describe(value)}",
+        )
+    elif keyword == "enum":
+        options = [str(o) for o in error.validator_value]  # type: ignore[union-attr]
+        yield SchemaProblem(
+            path,
+            f"{_show(value)} is not one of: {', '.join(options)}",
+            _suggest(str(value), options, "value") if isinstance(value, str) else "",
+        )
+    elif custom:
+        if isinstance(value, Mapping | list):
+            yield SchemaProblem(path, str(custom))
+        else:
+            yield SchemaProblem(path, f"{_show(value)} {custom}")
+    elif keyword in ("minimum", "maximum"):
+        word = "at least" if keyword == "minimum" else "at most"
+        yield SchemaProblem(
+            path, f"{_show(value)} is out of range (expected {word} {error.validator_value})"
+        )
+    elif keyword == "uniqueItems":
+        yield SchemaProblem(path, "has duplicate items", "list each item once")
+    elif keyword == "minItems":
+        yield SchemaProblem(path, f"needs at least {error.validator_value} item(s)")
+    elif keyword in ("minLength", "maxLength"):
+        word = "at least" if keyword == "minLength" else "at most"
+        yield SchemaProblem(
+            path, f"{_show(value)} must be {word} {error.validator_value} characters"
+        )
+    elif keyword == "const":
+        yield SchemaProblem(path, f"{_show(value)} must be {error.validator_value!r}")
+    else:
+        yield SchemaProblem(path, error.message)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    return json.dumps(value)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    return f"string {value!r}"
+
+
+def _suggest(word: str, options: list[str], what: str) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if what == "field" and options:
+        return "expected one of: " + ", ".join(options)
+    return ""
+
+
+def suggest(word: str, options: list[str]) -> str:
+    """'did you mean ...?' for ``word`` among ``options``, or ''."""
+    return _suggest(word, options, "value")

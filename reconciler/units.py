@@ -1,0 +1,49 @@
+"""Sizes and durations as written in manifests ("20GiB", "90s"), parsed to ints.
+
+Pure functions. Units follow what operators already use: K, M, G, T (like
+qemu-img) and KiB, MiB, GiB, TiB are powers of 1024; KB, MB, GB, TB are powers
+of 1000 (like libvirt's unit='KB'); B is bytes. Durations combine ms, s, m, h.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_SIZE_FACTORS: dict[str, int] = {
+    "B": 1,
+    "K": 1024, "KiB": 1024, "KB": 1000,
+    "M": 1024**2, "MiB": 1024**2, "MB": 1000**2,
+    "G": 1024**3, "GiB": 1024**3, "GB": 1000**3,
+    "T": 1024**4, "TiB": 1024**4, "TB": 1000**4,
+}  # fmt: skip
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(B|K|KiB|KB|M|MiB|MB|G|GiB|GB|T|TiB|TB)$")
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h))+$")
+_DURATION_FACTORS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def parse_size(text: str) -> int:
+    """Return the number of bytes in ``text`` (rounded down), or raise ValueError."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (expected e.g. 1GiB)")
+    number, unit = match.groups()
+    return int(Fraction(number) * _SIZE_FACTORS[unit])
+
+
+def parse_duration(text: str) -> float:
+    """Return the number of seconds in ``text``, or raise ValueError."""
+    if _DURATION.match(text) is None:
+        raise ValueError(f"{text!r} is not a duration (expected e.g. 90s)")
+    total_ms = sum(int(n) * _DURATION_FACTORS_MS[u] for n, u in _DURATION_PART.findall(text))
+    return total_ms / 1000
+
+
+def format_size(size: int) -> str:
+    """The shortest exact binary-unit spelling of ``size`` bytes ("20GiB", "1536MiB")."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        factor = _SIZE_FACTORS[unit]
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
