@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Prepare this host for development and tests: Debian packages, /dev/kvm
+# permissions, a running libvirtd answering at qemu:///system, and the
+# project's virtualenv (editable install with the `dev` extra).
+#
+# Idempotent; safe to run repeatedly as root on a fresh Debian 12 machine.
+#
+#   scripts/setup-host.sh              everything
+#   scripts/setup-host.sh --no-daemon  packages + venv only (no kvm/libvirtd)
+#
+# Environment:
+#   VENV   virtualenv path (default: <repo>/.venv)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+URI="qemu:///system"
+
+WITH_DAEMON=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-daemon) WITH_DAEMON=0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "setup-host: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+log() { echo "setup-host: $*"; }
+die() { echo "setup-host: ERROR: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+
+# --------------------------------------------------------------------------
+# 1. Debian packages
+# --------------------------------------------------------------------------
+PACKAGES=(
+    libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+    qemu-system-x86 qemu-utils libxml2-utils
+    dnsmasq-base iproute2 iptables   # libvirt virtual networks
+    python3-venv python3-dev gcc     # venv + building libvirt-python
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    status="$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)"
+    [[ "$status" == ii* ]] || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq </dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+else
+    log "Debian packages present"
+fi
+
+# --------------------------------------------------------------------------
+# 2. /dev/kvm + 3. libvirtd
+# --------------------------------------------------------------------------
+virsh_ok() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1 </dev/null; }
+
+# running NAME: a live (not zombie) process called NAME exists. Zombies matter:
+# without systemd, PID 1 may be slow to reap a killed daemon.
+running() {
+    local pid state
+    for pid in $(pgrep -x "$1" 2>/dev/null); do
+        state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+        [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ] && return 0
+    done
+    return 1
+}
+
+# start_daemon NAME: start NAME -d unless it runs; clear a stale pid file first.
+start_daemon() {
+    local name="$1" pidfile="/run/$1.pid"
+    running "$name" && return 0
+    if [ -e "$pidfile" ]; then
+        log "removing stale $pidfile"
+        rm -f "$pidfile"
+    fi
+    log "starting $name"
+    "$name" -d </dev/null || die "'$name -d' failed; run '$name' in the foreground to see why"
+}
+
+if [ "$WITH_DAEMON" -eq 1 ]; then
+    if [ -e /dev/kvm ]; then
+        getent group kvm >/dev/null || groupadd --system kvm
+        chgrp kvm /dev/kvm
+        chmod 0660 /dev/kvm
+        log "/dev/kvm: $(stat -c '%A %U:%G' /dev/kvm)"
+    else
+        log "WARNING: /dev/kvm does not exist; only type=qemu domains can run"
+    fi
+
+    if virsh_ok; then
+        log "libvirtd answers at $URI"
+    else
+        if [ "$(cat /proc/1/comm 2>/dev/null)" = "systemd" ]; then
+            log "starting libvirtd via systemd"
+            systemctl start virtlogd.socket libvirtd.service || true
+        else
+            mkdir -p /run/libvirt
+            start_daemon virtlogd
+            start_daemon libvirtd
+        fi
+        deadline=$((SECONDS + 30))
+        until virsh_ok; do
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                echo "setup-host: ERROR: libvirtd does not answer at $URI after 30 s." >&2
+                echo "setup-host: 'virsh -c $URI version' says:" >&2
+                timeout 10 virsh -c "$URI" version </dev/null >&2 || true
+                echo "setup-host: check 'pgrep -a libvirtd' and run 'libvirtd' in the" \
+                     "foreground to see why it does not start." >&2
+                exit 1
+            fi
+            sleep 0.5
+        done
+        log "libvirtd answers at $URI"
+    fi
+fi
+
+# --------------------------------------------------------------------------
+# 4. virtualenv
+# --------------------------------------------------------------------------
+STAMP="$VENV/.reconciler-installed"
+want="$(sha256sum <"$ROOT/pyproject.toml" | cut -d' ' -f1)"
+
+if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    log "virtualenv $VENV is broken (its python does not run); recreating"
+    rm -rf "$VENV"
+fi
+if [ ! -e "$VENV" ]; then
+    log "creating virtualenv $VENV ($(python3 --version 2>&1))"
+    python3 -m venv "$VENV"
+fi
+
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [ "$have" = "$want" ]; then
+    log "virtualenv up to date ($VENV)"
+else
+    log "installing reconciler[dev] into $VENV (takes a minute the first time)"
+    (
+        cd "$ROOT"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --no-input -e '.[dev]' </dev/null
+    ) || die "pip install -e '.[dev]' failed (see pip's output above)"
+    echo "$want" >"$STAMP"
+    log "virtualenv ready"
+fi
