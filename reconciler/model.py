@@ -13,12 +13,13 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from reconciler.errors import SourcePosition
 from reconciler.units import parse_duration, parse_size
@@ -194,6 +195,12 @@ class VirtualMachineSpec:
     adopt: bool = False
 
 
+class Locator(Protocol):
+    """Finds where a field is written: (line, column), 1-based, or None."""
+
+    def position(self, path: FieldPath, *, key: bool = False) -> tuple[int, int] | None: ...
+
+
 Spec: TypeAlias = StoragePoolSpec | VolumeSpec | NetworkSpec | VirtualMachineSpec
 
 
@@ -213,9 +220,7 @@ class Manifest:
     spec: Spec
     source: SourcePosition
     document: Mapping[str, Any] = field(compare=False, repr=False)
-    positions: Mapping[FieldPath, SourcePosition] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    locator: Locator | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -227,11 +232,12 @@ class Manifest:
 
     def position(self, path: FieldPath) -> SourcePosition:
         """Where ``path`` (or its nearest written ancestor) is in the file."""
-        while path:
-            found = self.positions.get(path)
+        key = False
+        while path and self.locator is not None:
+            found = self.locator.position(path, key=key)
             if found is not None:
-                return found
-            path = path[:-1]
+                return SourcePosition(self.source.path, *found)
+            path, key = path[:-1], True
         return self.source
 
 
@@ -252,17 +258,19 @@ _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 _IDE_TARGETS = ("hda", "hdb", "hdc", "hdd")
 
 
-def _target_names(prefix: str) -> list[str]:
+@functools.cache
+def _target_names(prefix: str) -> tuple[str, ...]:
+    """Device names in libvirt's order: vda..vdz, vdaa..vdzz."""
     letters = "abcdefghijklmnopqrstuvwxyz"
-    names = [prefix + a for a in letters]
-    names += [prefix + a + b for a in letters for b in letters]
-    return names
+    return tuple(prefix + a for a in letters) + tuple(
+        prefix + a + b for a in letters for b in letters
+    )
 
 
 def build_manifest(
     document: Mapping[str, Any],
     source: SourcePosition,
-    positions: Mapping[FieldPath, SourcePosition] | None = None,
+    locator: Locator | None = None,
 ) -> Manifest:
     """Turn one schema-valid document into a ``Manifest``, or raise ``SpecError``."""
     kind = Kind(document["kind"])
@@ -296,7 +304,7 @@ def build_manifest(
         spec=spec,
         source=source,
         document=document,
-        positions=positions or {},
+        locator=locator,
     )
 
 
@@ -487,7 +495,7 @@ def _build_vm(
 
     def next_target(bus: str, where: FieldPath) -> str:
         prefix = _TARGET_PREFIX[bus]
-        candidates = list(_IDE_TARGETS) if bus == "ide" else _target_names(prefix)
+        candidates = _IDE_TARGETS if bus == "ide" else _target_names(prefix)
         for candidate in candidates:
             if candidate not in used:
                 used.add(candidate)

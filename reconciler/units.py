@@ -29,6 +29,8 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError(f"{text!r} is not a size (expected e.g. 1GiB)")
     number, unit = match.groups()
+    if "." not in number:
+        return int(number) * _SIZE_FACTORS[unit]
     return int(Fraction(number) * _SIZE_FACTORS[unit])
 
 

@@ -12,9 +12,10 @@ Pure: takes text, returns values. No file system access (manifests.py reads).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -75,21 +76,87 @@ _CoreResolver.add_implicit_resolver(
 _CoreResolver.add_implicit_resolver(_MERGE, re.compile(r"^(?:<<)$"), ["<"])
 
 
+@functools.lru_cache(maxsize=4096)
+def _resolve_scalar(value: str, implicit: bool) -> str:
+    """The tag of a plain scalar; cached, since manifests repeat keys and values a lot."""
+    if not implicit:
+        return _STR
+    resolvers = _CoreResolver.yaml_implicit_resolvers.get(value[:1] if value else "", [])
+    for tag, regexp in resolvers:
+        if regexp.match(value):
+            return str(tag)
+    return _STR
+
+
 class _Loader(_Parser, _CoreResolver):
     def __init__(self, stream: str) -> None:
         _Parser.__init__(self, stream)
         _CoreResolver.__init__(self)
 
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        # Same answer as BaseResolver.resolve (we register no path resolvers), faster.
+        if kind is yaml.ScalarNode:
+            return _resolve_scalar(value, bool(implicit[0]))
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass  # no path resolvers are registered: nothing to track
+
+    def ascend_resolver(self) -> None:
+        pass
+
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One YAML document: its value, and (line, column) of each field, 1-based."""
+    """One YAML document: its value, and where each of its fields is written.
+
+    Positions are found on demand from the composed node tree, so that a
+    valid document, the common case, pays nothing for them.
+    """
 
     value: Any
-    line: int
-    column: int
-    positions: dict[FieldPath, tuple[int, int]]
-    key_positions: dict[FieldPath, tuple[int, int]]
+    node: yaml.Node = field(repr=False)
+
+    @property
+    def line(self) -> int:
+        return int(self.node.start_mark.line) + 1
+
+    @property
+    def column(self) -> int:
+        return int(self.node.start_mark.column) + 1
+
+    def position(self, path: FieldPath, *, key: bool = False) -> tuple[int, int] | None:
+        """(line, column) of the value at ``path`` (of its key, with ``key``), 1-based.
+
+        None when ``path`` is not written in the document (a missing field).
+        """
+        node = self.node
+        for i, part in enumerate(path):
+            found = _child(node, part)
+            if found is None:
+                return None
+            key_node, node = found
+            if key and i == len(path) - 1 and key_node is not None:
+                node = key_node
+        return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node | None, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in reversed(node.value):
+            if key_node.tag == _MERGE:
+                merged = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for source in merged:
+                    found = _child(source, part)
+                    if found is not None:
+                        return found
+            elif isinstance(key_node, yaml.ScalarNode) and key_node.value == part:
+                return (key_node, value_node)
+    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return (None, node.value[part])
+    return None
 
 
 class YamlProblem(Exception):
@@ -111,17 +178,10 @@ def parse_documents(text: str) -> Iterator[Document]:
             node = loader.get_node()
             if node is None:
                 continue
-            builder = _Builder()
-            value = builder.build(node, ())
+            value = _Builder().build(node)
             if value is None:
                 continue  # an empty document ("---" with nothing after it)
-            yield Document(
-                value=value,
-                line=node.start_mark.line + 1,
-                column=node.start_mark.column + 1,
-                positions=builder.positions,
-                key_positions=builder.key_positions,
-            )
+            yield Document(value=value, node=node)
     except yaml.MarkedYAMLError as exc:
         raise _explain(exc, text) from None
     except yaml.YAMLError as exc:
@@ -151,11 +211,9 @@ def _explain(exc: yaml.MarkedYAMLError, source: str) -> YamlProblem:
 
 class _Builder:
     def __init__(self) -> None:
-        self.positions: dict[FieldPath, tuple[int, int]] = {}
-        self.key_positions: dict[FieldPath, tuple[int, int]] = {}
         self.count = 0
 
-    def build(self, node: yaml.Node, path: FieldPath) -> Any:
+    def build(self, node: yaml.Node) -> Any:
         self.count += 1
         if self.count > _MAX_NODES:
             raise YamlProblem(
@@ -163,16 +221,15 @@ class _Builder:
                 node.start_mark.line + 1,
                 node.start_mark.column + 1,
             )
-        self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
         if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != _SEQ:
-                raise self._tag_problem(node)
-            return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
-        return self._scalar(node)
+            return self._mapping(node)
+        if node.tag != _SEQ:
+            raise self._tag_problem(node)
+        return [self.build(child) for child in node.value]
 
-    def _mapping(self, node: yaml.MappingNode, path: FieldPath) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode) -> dict[str, Any]:
         if node.tag != _MAP:
             raise self._tag_problem(node)
         result: dict[str, Any] = {}
@@ -183,7 +240,7 @@ class _Builder:
                     value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 )
                 for source in sources:
-                    value = self.build(source, path)
+                    value = self.build(source)
                     if not isinstance(value, dict):
                         raise YamlProblem(
                             "'<<' merges only mappings",
@@ -200,16 +257,15 @@ class _Builder:
                     key_node.start_mark.column + 1,
                 )
             key = str(self._scalar(key_node))
-            where = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if key in result:
-                first = self.key_positions[(*path, key)]
+                first = next(k for k, _ in node.value if k.value == key)
                 raise YamlProblem(
-                    f"duplicate key '{key}' (first at line {first[0]})",
-                    *where,
+                    f"duplicate key '{key}' (first at line {first.start_mark.line + 1})",
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
                     hint="a key may appear once per mapping",
                 )
-            self.key_positions[(*path, key)] = where
-            result[key] = self.build(value_node, (*path, key))
+            result[key] = self.build(value_node)
         for k, v in merged.items():
             result.setdefault(k, v)
         return result
