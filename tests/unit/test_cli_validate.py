@@ -1,0 +1,81 @@
+"""`reconciler validate` as a user runs it: a subprocess, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.unit.conftest import WriteFiles
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_examples_validate_offline() -> None:
+    result = run("validate", "--offline", "manifests/examples")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "manifests/examples: 4 manifests in 3 files, all valid"
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"a.yaml": "kind: [\n"}, "m/a.yaml:2:1: not valid YAML"),
+        ({"a.yaml": b"\x00\x01binary"}, "m/a.yaml: binary file, not YAML text"),
+        ({"a.yaml": "apiVersion: reconciler/v1\nkind: Nope\n"}, "m/a.yaml:2:7: kind: 'Nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_traceback(
+    write: WriteFiles, files: dict[str, str | bytes], expected: str
+) -> None:
+    root = write(**files)
+    result = run("validate", "--offline", "m", cwd=root.parent)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(expected)
+    assert lines[-1] == "1 problem in 1 file"
+
+
+def test_missing_and_empty_directories(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for name, message in [
+        ("nowhere", "nowhere: directory does not exist"),
+        ("empty", "empty: no manifests found"),
+    ]:
+        result = run("validate", "--offline", name, cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.startswith(message)
+        assert "Traceback" not in result.stderr
+
+
+def test_json_output_shape(write: WriteFiles) -> None:
+    root = write(**{"a.yaml": "apiVersion: reconciler/v1\nkind: Network\nmetadata: {name: n}\n"})
+    result = run("validate", "--offline", "--output", "json", "m", cwd=root.parent)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    assert report["problems"] == [
+        {
+            "file": "m/a.yaml",
+            "line": 1,
+            "column": 1,
+            "field": "spec",
+            "message": "required field is missing",
+            "hint": None,
+            "text": "m/a.yaml:1:1: spec: required field is missing",
+        }
+    ]
