@@ -1,0 +1,391 @@
+"""Field declarations shared by the per-kind XML modules: one place, both directions.
+
+A ``Field`` names a manifest field (its projection key, e.g. ``"maxMemory"``),
+says how to get its desired value from a spec, and where it lives in libvirt
+XML (a ``Place``: an attribute, an element's text, a flag element, a list of
+elements, or a small custom place). From that one declaration the kind
+modules derive all three directions:
+
+* render:  spec -> value -> ``place.write(root, value)``
+* project: spec -> value -> ``place.canon(value)`` (the form reading it back gives)
+* observe: live XML -> ``place.read(root)``
+
+so render, project and observe cannot disagree. ``Device`` does the same for
+repeated devices (disks, NICs, DHCP hosts), keyed by identity, never position:
+``disks[vda].bus``.
+
+Pure: no I/O, no libvirt. Values are written as ElementTree attributes and
+text, never by string formatting, so the serializer escapes every one; text
+that XML 1.0 cannot carry at all (NUL, most control characters) is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
+
+Element: TypeAlias = ET.Element
+Projection: TypeAlias = dict[str, object]
+"""Flat, canonical view of an object's fields: field path -> value (None: absent)."""
+
+T = TypeVar("T")
+
+# XML 1.0 Char production, minus the surrogates Python strings may hold.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value: str, what: str = "value") -> str:
+    """Return ``value`` if XML can carry it, else raise ValueError (never silently drop)."""
+    bad = _NOT_XML.search(value)
+    if bad is not None:
+        raise ValueError(f"{what} contains a character XML cannot hold: {bad.group()!r}")
+    return value
+
+
+# --- codecs: canonical value <-> XML string --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """How a canonical value is spelled in XML, and read back."""
+
+    dump: Callable[[Any], str]
+    load: Callable[[str], Any]
+
+
+def _load_yes_no(text: str) -> bool:
+    return text.strip().lower() in ("yes", "on", "true", "1")
+
+
+STR = Codec(dump=str, load=str)
+INT = Codec(dump=str, load=lambda text: int(text.strip()))
+YES_NO = Codec(dump=lambda value: "yes" if value else "no", load=_load_yes_no)
+MAC = Codec(dump=lambda value: str(value).lower(), load=lambda text: text.strip().lower())
+KIB = Codec(dump=lambda value: str(int(value) // 1024), load=lambda text: int(text.strip()) * 1024)
+"""Bytes in the model, KiB in libvirt (which always writes memory as unit='KiB')."""
+
+
+# --- element paths -----------------------------------------------------------
+
+# One step of a path: a tag, optionally with [@attr='value'] predicates.
+_STEP = re.compile(r"^([A-Za-z_][\w.-]*)((?:\[@[\w.-]+='[^']*'\])*)$")
+_PREDICATE = re.compile(r"\[@([\w.-]+)='([^']*)'\]")
+
+
+def _steps(path: str) -> list[tuple[str, dict[str, str]]]:
+    steps = []
+    for step in path.split("/"):
+        match = _STEP.match(step)
+        if match is None:
+            raise ValueError(f"unsupported path step {step!r} in {path!r}")
+        steps.append((match.group(1), dict(_PREDICATE.findall(match.group(2)))))
+    return steps
+
+
+def find(root: Element, path: str) -> Element | None:
+    """The first element at ``path`` below ``root`` (``""``: root itself)."""
+    return root if not path else root.find(path)
+
+
+def ensure(root: Element, path: str) -> Element:
+    """The element at ``path``, creating missing steps (with their predicate attributes)."""
+    node = root
+    if not path:
+        return node
+    for tag, attrs in _steps(path):
+        step = tag + "".join(f"[@{k}='{v}']" for k, v in attrs.items())
+        child = node.find(step)
+        if child is None:
+            child = ET.SubElement(node, tag, attrs)
+        node = child
+    return node
+
+
+def reorder(parent: Element, order: Sequence[str]) -> None:
+    """Sort ``parent``'s children into libvirt's usual order (stable; unknown tags last)."""
+    rank = {tag: i for i, tag in enumerate(order)}
+    children = sorted(parent, key=lambda child: rank.get(child.tag, len(order)))
+    parent[:] = children
+
+
+def _set_fixed(element: Element, fixed: Mapping[str, str]) -> None:
+    for key, value in fixed.items():
+        element.set(key, value)
+
+
+# --- places: where a value lives -------------------------------------------
+
+
+class Place(Protocol):
+    """Where one value lives in the XML. ``None`` means absent in both directions."""
+
+    def write(self, root: Element, value: Any) -> None: ...
+
+    def read(self, root: Element) -> object: ...
+
+    def canon(self, value: Any) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """An attribute ``name`` of the element at ``path``; ``fixed`` attributes go with it."""
+
+    path: str
+    name: str
+    codec: Codec = STR
+    fixed: Mapping[str, str] | None = None
+
+    def write(self, root: Element, value: Any) -> None:
+        element = ensure(root, self.path)
+        _set_fixed(element, self.fixed or {})
+        element.set(self.name, xml_text(self.codec.dump(value), self.name))
+
+    def read(self, root: Element) -> object:
+        element = find(root, self.path)
+        text = None if element is None else element.get(self.name)
+        return None if text is None else self.codec.load(text)
+
+    def canon(self, value: Any) -> object:
+        return self.codec.load(self.codec.dump(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """The text of the element at ``path``; ``fixed`` attributes go on that element."""
+
+    path: str
+    codec: Codec = STR
+    fixed: Mapping[str, str] | None = None
+
+    def write(self, root: Element, value: Any) -> None:
+        element = ensure(root, self.path)
+        _set_fixed(element, self.fixed or {})
+        element.text = xml_text(self.codec.dump(value), self.path)
+
+    def read(self, root: Element) -> object:
+        element = find(root, self.path)
+        if element is None:
+            return None
+        return self.codec.load(element.text or "")
+
+    def canon(self, value: Any) -> object:
+        return self.codec.load(self.codec.dump(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """An empty element whose presence means True (``<readonly/>``)."""
+
+    path: str
+
+    def write(self, root: Element, value: Any) -> None:
+        if value:
+            ensure(root, self.path)
+
+    def read(self, root: Element) -> object:
+        return find(root, self.path) is not None
+
+    def canon(self, value: Any) -> object:
+        return bool(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Each:
+    """A tuple of values, one element ``tag`` each under ``parent`` (``<boot dev=/>``...).
+
+    ``attr`` None: the element's text holds the value. ``fixed`` attributes are
+    written on each element and select them when reading (``bus='usb'``).
+    """
+
+    parent: str
+    tag: str
+    attr: str | None = None
+    codec: Codec = STR
+    fixed: Mapping[str, str] | None = None
+
+    def write(self, root: Element, value: Any) -> None:
+        if not value:
+            return
+        parent = ensure(root, self.parent)
+        for item in value:
+            text = xml_text(self.codec.dump(item), self.tag)
+            attrs = {} if self.attr is None else {self.attr: text}
+            element = ET.SubElement(parent, self.tag, {**attrs, **(self.fixed or {})})
+            if self.attr is None:
+                element.text = text
+
+    def read(self, root: Element) -> object:
+        parent = find(root, self.parent)
+        if parent is None:
+            return ()
+        values = []
+        for element in parent.findall(self.tag):
+            if any(element.get(k) != v for k, v in (self.fixed or {}).items()):
+                continue
+            text = (element.text or "") if self.attr is None else element.get(self.attr)
+            if text is not None:
+                values.append(self.codec.load(text))
+        return tuple(values)
+
+    def canon(self, value: Any) -> object:
+        return tuple(self.codec.load(self.codec.dump(item)) for item in value or ())
+
+
+# --- fields -----------------------------------------------------------------
+
+
+def _same(value: object) -> object:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Field(Generic[T]):
+    """One manifest field: its projection key, its desired value, its place in the XML.
+
+    ``variant``: only for devices whose root ``type`` attribute has this value
+    (``source@network`` only on ``<interface type='network'>``). ``fallback``:
+    when the XML leaves it out, libvirt means the value of that other field
+    (``<vcpu>`` without ``current`` means all of them). ``show``: how the value
+    is compared and shown, applied to both sides (a secret becomes a token).
+    """
+
+    path: str
+    get: Callable[[T], object]
+    place: Place
+    variant: str | None = None
+    fallback: str | None = None
+    show: Callable[[object], object] = _same
+
+
+def _wanted(field: Field[T], desired: T, variant: str | None) -> object:
+    if field.variant is not None and field.variant != variant:
+        return None
+    return field.get(desired)
+
+
+def render_fields(root: Element, fields: Iterable[Field[T]], desired: T,
+                  variant: str | None = None) -> None:
+    """Write every field's desired value that is not None into ``root``."""
+    for field in fields:
+        value = _wanted(field, desired, variant)
+        if value is not None:
+            field.place.write(root, value)
+
+
+def project_fields(fields: Iterable[Field[T]], desired: T, prefix: str = "",
+                   variant: str | None = None) -> Projection:
+    """Canonical values of the fields, as reading them back from rendered XML gives them."""
+    out: Projection = {}
+    for field in fields:
+        value = _wanted(field, desired, variant)
+        out[prefix + field.path] = None if value is None else field.show(field.place.canon(value))
+    return out
+
+
+def observe_fields(root: Element | None, fields: Iterable[Field[Any]], prefix: str = "",
+                   variant: str | None = None) -> Projection:
+    """Read the fields from live XML; ``root`` None reads every field as absent."""
+    fields = tuple(fields)
+    raw: dict[str, object] = {}
+    for field in fields:
+        if root is None or (field.variant is not None and field.variant != variant):
+            raw[field.path] = None
+        else:
+            raw[field.path] = field.place.read(root)
+    out: Projection = {}
+    for field in fields:
+        value = raw[field.path]
+        if value is None and field.fallback is not None and root is not None:
+            value = raw[field.fallback]
+        out[prefix + field.path] = None if value is None else field.show(value)
+    return out
+
+
+# --- devices: repeated elements keyed by identity ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Device(Generic[T]):
+    """A repeated element (``<disk device='disk'>``), keyed by identity (target, MAC).
+
+    ``section`` is the manifest list (``disks``); ``parent``/``tag`` where the
+    elements live; ``fixed`` root attributes both written and used to select
+    the elements when reading (``device='disk'``). ``key`` is the identity's
+    place and ``key_of`` its desired value. ``variant_of`` gives the root
+    ``type`` attribute (``file``/``volume``), which gates variant fields.
+    ``decorate`` adds structure that is not a field (a CD-ROM's ``<readonly/>``).
+    ``order`` sorts the children like libvirt writes them.
+    """
+
+    section: str
+    parent: str
+    tag: str
+    key: Place
+    key_of: Callable[[T], object]
+    fields: tuple[Field[T], ...]
+    fixed: Mapping[str, str] | None = None
+    variant_of: Callable[[T], str] | None = None
+    decorate: Callable[[Element, T], None] | None = None
+    order: tuple[str, ...] = ()
+
+    def _path(self, key: object) -> str:
+        return f"{self.section}[{key}]."
+
+    def render(self, root: Element, items: Iterable[T]) -> None:
+        items = tuple(items)
+        if not items:
+            return
+        parent = ensure(root, self.parent)
+        for item in items:
+            element = ET.SubElement(parent, self.tag)
+            variant = None
+            if self.variant_of is not None:
+                variant = self.variant_of(item)
+                element.set("type", variant)
+            _set_fixed(element, self.fixed or {})
+            self.key.write(element, self.key_of(item))
+            render_fields(element, self.fields, item, variant)
+            if self.decorate is not None:
+                self.decorate(element, item)
+            if self.order:
+                reorder(element, self.order)
+
+    def project(self, items: Iterable[T]) -> Projection:
+        out: Projection = {}
+        for item in items:
+            variant = None if self.variant_of is None else self.variant_of(item)
+            key = self.key.canon(self.key_of(item))
+            out.update(project_fields(self.fields, item, self._path(key), variant))
+        return out
+
+    def observe(self, root: Element) -> Projection:
+        out: Projection = {}
+        parent = find(root, self.parent)
+        if parent is None:
+            return out
+        for element in parent.findall(self.tag):
+            if any(element.get(k) != v for k, v in (self.fixed or {}).items()):
+                continue
+            key = self.key.read(element)
+            if key is None:
+                continue
+            variant = element.get("type") if self.variant_of is not None else None
+            out.update(observe_fields(element, self.fields, self._path(key), variant))
+        return out
+
+
+# --- documents --------------------------------------------------------------
+
+
+def parse(xml: str) -> Element:
+    """Parse an XML document from libvirt (or a fixture) into its root element."""
+    return ET.fromstring(xml)
+
+
+def serialize(root: Element) -> str:
+    """Indented XML text, as golden files and ``virsh dumpxml`` show it."""
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"

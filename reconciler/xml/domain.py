@@ -1,0 +1,553 @@
+"""Domain XML (``<domain>``): render, project, observe, and the ownership record.
+
+The planner renders this for ``defineXML`` (passing the existing ``uuid`` on a
+redefine) and compares ``project(spec, ...)`` with ``observe(xml)`` of the
+inactive definition (``XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE)``:
+without ``SECURE`` libvirt leaves the display password out). Everything a VM
+manifest declares is one ``Field`` below (scalars) or a ``Device`` field
+(disks and CD-ROMs keyed by target, NICs by MAC), so render, project and
+observe are derived from the same declarations.
+
+What libvirt adds and ``observe`` ignores: ``<uuid>``, ``<emulator>``,
+addresses, aliases, controllers, ``<seclabel>``, ``<pm>``, audio and video
+devices, the implicit PS/2 mouse and keyboard, ``check``/``migratable`` on
+``<cpu>``, the console it mirrors from the serial port, and the qemu64 CPU it
+adds to a ``type='qemu'`` domain that names none. It rewrites the machine type
+(``pc`` -> ``pc-i440fx-7.2``): ``project`` takes the aliases from the host's
+capabilities (``machine_aliases_from_capabilities``) so both sides say the
+canonical name. UEFI is libvirt's firmware autoselection (``<os
+firmware='efi'>``), without secure boot (it needs SMM, which nested KVM may
+lack); a started domain shows the chosen ``<loader type='pflash'>`` instead,
+which reads as ``uefi`` too. An auto-assigned display port reads as ``auto``.
+
+Not stable across a start, so compare them on the inactive XML only: memory
+(the live value is the balloon's), cpu (host-model expands to a named model),
+and the display password (hidden unless asked for).
+
+The ownership record lives in ``<metadata>`` in the tool's own namespace.
+
+Pure: no I/O, no libvirt.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.model import Cdrom, Disk, Interface, VirtualMachineSpec
+from reconciler.xml._fields import (
+    INT,
+    KIB,
+    MAC,
+    Attr,
+    Device,
+    Each,
+    Element,
+    Field,
+    Flag,
+    Projection,
+    Text,
+    ensure,
+    find,
+    observe_fields,
+    parse,
+    project_fields,
+    render_fields,
+    reorder,
+    serialize,
+    xml_text,
+)
+
+__all__ = [
+    "CDROMS",
+    "DISKS",
+    "FIELDS",
+    "INTERFACES",
+    "OWNER_NAMESPACE",
+    "VNC_PASSWORD_MAX",
+    "Ownership",
+    "machine_aliases_from_capabilities",
+    "observe",
+    "project",
+    "read_ownership",
+    "render",
+    "secret_token",
+]
+
+OWNER_NAMESPACE = "https://reconciler.dev/xmlns/domain/v1"
+ET.register_namespace("rc", OWNER_NAMESPACE)
+
+_ROOT_ORDER = (
+    "name", "uuid", "title", "description", "metadata", "memory", "currentMemory", "vcpu",
+    "os", "features", "cpu", "clock", "on_poweroff", "on_reboot", "on_crash", "devices",
+)  # fmt: skip
+_OS_ORDER = ("type", "firmware", "loader", "nvram", "kernel", "initrd", "cmdline", "boot")
+_DEVICE_ORDER = (
+    "disk", "controller", "interface", "serial", "console", "input", "graphics", "memballoon",
+)  # fmt: skip
+_BOOT_DEVICES = {"disk": "hd", "cdrom": "cdrom", "network": "network"}
+_BOOT_NAMES = {dev: name for name, dev in _BOOT_DEVICES.items()}
+
+
+# --- ownership --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What the tool records in a domain it owns: which manifest, which spec, which commit."""
+
+    manifest: str
+    digest: str
+    revision: str | None = None
+
+
+def _owner_tag(name: str) -> str:
+    return f"{{{OWNER_NAMESPACE}}}{name}"
+
+
+def _render_ownership(root: Element, ownership: Ownership) -> None:
+    owner = ET.SubElement(ensure(root, "metadata"), _owner_tag("owner"))
+    ET.SubElement(owner, _owner_tag("manifest")).text = xml_text(ownership.manifest, "manifest")
+    ET.SubElement(owner, _owner_tag("digest")).text = xml_text(ownership.digest, "digest")
+    if ownership.revision is not None:
+        revision = ET.SubElement(owner, _owner_tag("revision"))
+        revision.text = xml_text(ownership.revision, "revision")
+
+
+def read_ownership(xml: str) -> Ownership | None:
+    """The ownership record in a domain's XML, or None when the tool does not own it."""
+    owner = parse(xml).find(f"metadata/{_owner_tag('owner')}")
+    if owner is None:
+        return None
+    manifest = owner.findtext(_owner_tag("manifest"))
+    digest = owner.findtext(_owner_tag("digest"))
+    if not manifest or not digest:
+        return None
+    revision = owner.findtext(_owner_tag("revision"))
+    return Ownership(manifest=manifest, digest=digest, revision=revision)
+
+
+# --- machine types ----------------------------------------------------------
+
+
+def machine_aliases_from_capabilities(caps_xml: str, arch: str = "x86_64") -> dict[str, str]:
+    """Machine aliases (``pc`` -> ``pc-i440fx-7.2``) of ``arch`` hvm guests in capabilities XML."""
+    aliases: dict[str, str] = {}
+    for guest in parse(caps_xml).findall("guest"):
+        if guest.findtext("os_type") != "hvm":
+            continue
+        for guest_arch in guest.findall("arch"):
+            if guest_arch.get("name") != arch:
+                continue
+            for machine in (*guest_arch.findall("machine"), *guest_arch.findall("domain/machine")):
+                canonical = machine.get("canonical")
+                if canonical and machine.text:
+                    aliases.setdefault(machine.text.strip(), canonical)
+    return aliases
+
+
+# --- what render and project share -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Desired:
+    spec: VirtualMachineSpec
+    machine_aliases: Mapping[str, str]
+    graphics_password: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _DiskView:
+    disk: Disk
+    pool: str | None
+    format: str | None
+
+
+_KEY = os.urandom(32)
+
+
+def secret_token(value: object) -> object:
+    """A secret as it is compared and shown: equal secrets give equal tokens in one process.
+
+    Keyed with a per-process random key, so a token in a plan or log says
+    nothing about the secret (a plain hash of an 8-character VNC password would).
+    """
+    digest = hmac.new(_KEY, str(value).encode(), "sha256").hexdigest()
+    return f"<secret {digest[:12]}>"
+
+
+# --- custom places ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Firmware:
+    """``firmware``: uefi is ``<os firmware='efi'>`` (autoselected) or a pflash loader."""
+
+    def write(self, root: Element, value: Any) -> None:
+        if value == "uefi":
+            os_element = ensure(root, "os")
+            os_element.set("firmware", "efi")
+            # Plain OVMF: secure boot needs SMM (and enrolled keys most guests lack).
+            ET.SubElement(ensure(os_element, "firmware"), "feature",
+                          {"enabled": "no", "name": "secure-boot"})
+
+    def read(self, root: Element) -> object:
+        os_element = root.find("os")
+        if os_element is None:
+            return "bios"
+        loader = os_element.find("loader")
+        if os_element.get("firmware") == "efi" or (
+            loader is not None and loader.get("type") == "pflash"
+        ):
+            return "uefi"
+        return "bios"
+
+    def canon(self, value: Any) -> object:
+        return value
+
+
+_BOOT_DEVS = Each("os", "boot", "dev")
+
+
+@dataclass(frozen=True, slots=True)
+class _BootOrder:
+    """``boot``: ``<boot dev=.../>`` in ``<os>``; meaningless (so ``()``) with a kernel."""
+
+    def write(self, root: Element, value: Any) -> None:
+        _BOOT_DEVS.write(root, tuple(_BOOT_DEVICES[name] for name in value))
+
+    def read(self, root: Element) -> object:
+        if root.find("os/kernel") is not None:
+            return ()  # libvirt adds <boot dev='hd'/> even then
+        devs = _BOOT_DEVS.read(root)
+        assert isinstance(devs, tuple)
+        return tuple(_BOOT_NAMES.get(dev, dev) for dev in devs)
+
+    def canon(self, value: Any) -> object:
+        return tuple(value)
+
+
+_DEFAULT_CPU_MODELS = ("qemu64",)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cpu:
+    """``cpu``: host-model / host-passthrough, or a named model (``mode='custom'``)."""
+
+    def write(self, root: Element, value: Any) -> None:
+        if value in ("host-model", "host-passthrough"):
+            ensure(root, "cpu").set("mode", value)
+            return
+        cpu = ensure(root, "cpu")
+        cpu.set("mode", "custom")
+        cpu.set("match", "exact")
+        ET.SubElement(cpu, "model", {"fallback": "allow"}).text = xml_text(str(value), "cpu")
+
+    def read(self, root: Element) -> object:
+        cpu = root.find("cpu")
+        if cpu is None:
+            return None
+        mode = cpu.get("mode", "custom")
+        if mode != "custom":
+            return mode
+        model = cpu.find("model")
+        if model is None or not model.text:
+            return None
+        name = model.text.strip()
+        # The CPU libvirt adds to a domain that names none (check='none', forbid).
+        if (cpu.get("check") == "none" and model.get("fallback") == "forbid"
+                and cpu.find("feature") is None and name in _DEFAULT_CPU_MODELS):
+            return None
+        return name
+
+    def canon(self, value: Any) -> object:
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _GraphicsPort:
+    """``graphics.port``: a number (``autoport='no'``), or ``auto`` (libvirt picks one)."""
+
+    def write(self, root: Element, value: Any) -> None:
+        graphics = ensure(root, "devices/graphics")
+        if value == "auto":
+            graphics.set("autoport", "yes")
+        else:
+            graphics.set("port", str(int(value)))
+            graphics.set("autoport", "no")
+
+    def read(self, root: Element) -> object:
+        graphics = root.find("devices/graphics")
+        if graphics is None:
+            return None
+        if graphics.get("autoport") == "yes":
+            return "auto"
+        port = graphics.get("port")
+        return "auto" if port is None or int(port) < 0 else int(port)
+
+    def canon(self, value: Any) -> object:
+        return value if value == "auto" else int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Serial:
+    """``serial``: the first ``<serial>``'s type (pty, file), ``none`` without one.
+
+    Rendered with the ``<console>`` that ``virsh console`` attaches to.
+    """
+
+    def write(self, root: Element, value: Any) -> None:
+        if value == "none":
+            return
+        devices = ensure(root, "devices")
+        serial = ET.SubElement(devices, "serial", {"type": value})
+        ET.SubElement(serial, "target", {"port": "0"})
+        console = ET.SubElement(devices, "console", {"type": value})
+        ET.SubElement(console, "target", {"type": "serial", "port": "0"})
+
+    def read(self, root: Element) -> object:
+        serial = root.find("devices/serial")
+        return "none" if serial is None else serial.get("type")
+
+    def canon(self, value: Any) -> object:
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _SerialFile:
+    """``serial.file``: the log file of a ``type='file'`` serial port (and its console)."""
+
+    def write(self, root: Element, value: Any) -> None:
+        for tag in ("serial", "console"):
+            element = find(root, f"devices/{tag}[@type='file']")
+            if element is not None:
+                element.insert(0, ET.Element("source", {"path": xml_text(str(value), "serial")}))
+
+    def read(self, root: Element) -> object:
+        return Attr("devices/serial[@type='file']/source", "path").read(root)
+
+    def canon(self, value: Any) -> object:
+        return value
+
+
+# --- the declarations -------------------------------------------------------
+
+
+def _graphics(attr: str) -> Callable[[_Desired], object]:
+    def get(d: _Desired) -> object:
+        graphics = d.spec.graphics
+        if graphics is None:
+            return None
+        if attr == "password":
+            return d.graphics_password if graphics.password_file is not None else None
+        if attr == "port":
+            return "auto" if graphics.port is None else graphics.port
+        return getattr(graphics, attr)
+
+    return get
+
+
+def _sorted(value: object) -> object:
+    assert isinstance(value, tuple)
+    return tuple(sorted(value))
+
+
+FIELDS: tuple[Field[_Desired], ...] = (
+    Field("type", lambda d: d.spec.type, Attr("", "type")),
+    Field("maxMemory", lambda d: d.spec.max_memory, Text("memory", KIB, {"unit": "KiB"})),
+    Field("memory", lambda d: d.spec.memory, Text("currentMemory", KIB, {"unit": "KiB"}),
+          fallback="maxMemory"),
+    Field("maxVcpus", lambda d: d.spec.max_vcpus, Text("vcpu", INT)),
+    Field("vcpus", lambda d: d.spec.vcpus, Attr("vcpu", "current", INT), fallback="maxVcpus"),
+    Field("machine", lambda d: d.machine_aliases.get(d.spec.machine, d.spec.machine),
+          Attr("os/type", "machine", fixed={"arch": "x86_64"})),
+    Field("firmware", lambda d: d.spec.firmware, _Firmware()),
+    Field("kernel", lambda d: d.spec.kernel, Text("os/kernel")),
+    Field("initrd", lambda d: d.spec.initrd, Text("os/initrd")),
+    Field("cmdline", lambda d: d.spec.cmdline, Text("os/cmdline")),
+    Field("boot", lambda d: () if d.spec.kernel else d.spec.boot, _BootOrder()),
+    Field("cpu", lambda d: d.spec.cpu, _Cpu()),
+    Field("clock", lambda d: d.spec.clock, Attr("clock", "offset")),
+    Field("graphics.type", _graphics("type"), Attr("devices/graphics", "type")),
+    Field("graphics.port", _graphics("port"), _GraphicsPort()),
+    Field("graphics.listen", _graphics("listen"),
+          Attr("devices/graphics/listen[@type='address']", "address")),
+    Field("graphics.keymap", _graphics("keymap"), Attr("devices/graphics", "keymap")),
+    Field("graphics.password", _graphics("password"), Attr("devices/graphics", "passwd"),
+          show=secret_token),
+    Field("inputs", lambda d: d.spec.inputs,
+          Each("devices", "input", "type", fixed={"bus": "usb"}), show=_sorted),
+    Field("serial", lambda d: d.spec.serial, _Serial()),
+    Field("serial.file", lambda d: d.spec.serial_file if d.spec.serial == "file" else None,
+          _SerialFile()),
+)
+
+DISKS: Device[_DiskView] = Device(
+    section="disks",
+    parent="devices",
+    tag="disk",
+    fixed={"device": "disk"},
+    key=Attr("target", "dev"),
+    key_of=lambda v: v.disk.target,
+    variant_of=lambda v: "volume" if v.disk.volume is not None else "file",
+    fields=(
+        Field("format", lambda v: v.format, Attr("driver", "type", fixed={"name": "qemu"})),
+        Field("cache", lambda v: v.disk.cache, Attr("driver", "cache", fixed={"name": "qemu"})),
+        Field("pool", lambda v: v.pool, Attr("source", "pool"), variant="volume"),
+        Field("volume", lambda v: v.disk.volume, Attr("source", "volume"), variant="volume"),
+        Field("file", lambda v: v.disk.file, Attr("source", "file"), variant="file"),
+        Field("bus", lambda v: v.disk.bus, Attr("target", "bus")),
+        Field("readonly", lambda v: v.disk.readonly, Flag("readonly")),
+        Field("serial", lambda v: v.disk.serial, Text("serial")),
+    ),
+    order=("driver", "source", "target", "readonly", "serial"),
+)
+
+
+def _cdrom_structure(element: Element, cdrom: Cdrom) -> None:
+    ensure(element, "driver").attrib.update({"name": "qemu", "type": "raw"})
+    ensure(element, "readonly")
+
+
+CDROMS: Device[Cdrom] = Device(
+    section="cdroms",
+    parent="devices",
+    tag="disk",
+    fixed={"device": "cdrom"},
+    key=Attr("target", "dev"),
+    key_of=lambda cdrom: cdrom.target,
+    variant_of=lambda cdrom: "file",
+    fields=(
+        Field("file", lambda cdrom: cdrom.file, Attr("source", "file")),
+        Field("bus", lambda cdrom: cdrom.bus, Attr("target", "bus")),
+    ),
+    decorate=_cdrom_structure,
+    order=("driver", "source", "target", "readonly"),
+)
+
+INTERFACES: Device[Interface] = Device(
+    section="interfaces",
+    parent="devices",
+    tag="interface",
+    key=Attr("mac", "address", MAC),
+    key_of=lambda nic: nic.mac,
+    variant_of=lambda nic: "network" if nic.network is not None else "bridge",
+    fields=(
+        Field("network", lambda nic: nic.network, Attr("source", "network"), variant="network"),
+        Field("bridge", lambda nic: nic.bridge, Attr("source", "bridge"), variant="bridge"),
+        Field("model", lambda nic: nic.model, Attr("model", "type")),
+    ),
+    order=("mac", "source", "model"),
+)
+
+
+# --- render / project / observe ------------------------------------------------
+
+
+VNC_PASSWORD_MAX = 8
+
+
+def _desired(spec: VirtualMachineSpec, machine_aliases: Mapping[str, str] | None,
+             graphics_password: str | None) -> _Desired:
+    if (spec.graphics is not None and spec.graphics.type == "vnc"
+            and graphics_password is not None and len(graphics_password) > VNC_PASSWORD_MAX):
+        # libvirt refuses it too, but only when asked to define.
+        raise ValueError(f"a VNC password has at most {VNC_PASSWORD_MAX} characters,"
+                         f" this one has {len(graphics_password)}")
+    return _Desired(spec, machine_aliases or {}, graphics_password)
+
+
+def _disk_views(
+    spec: VirtualMachineSpec, volume_pools: Mapping[str, str], volume_formats: Mapping[str, str]
+) -> tuple[_DiskView, ...]:
+    views = []
+    for disk in spec.disks:
+        if disk.volume is None:
+            views.append(_DiskView(disk, None, disk.format))
+            continue
+        missing = [what for what, known in (("pool", volume_pools), ("format", volume_formats))
+                   if disk.volume not in known]
+        if missing:
+            # Never let qemu guess: a qcow2 volume without its format is opened as raw.
+            raise ValueError(f"disk {disk.target}: volume {disk.volume!r} has no known "
+                             + " or ".join(missing))
+        views.append(_DiskView(disk, volume_pools[disk.volume], volume_formats[disk.volume]))
+    return tuple(views)
+
+
+def render(
+    name: str,
+    spec: VirtualMachineSpec,
+    *,
+    uuid: str | None = None,
+    ownership: Ownership | None = None,
+    volume_pools: Mapping[str, str] | None = None,
+    volume_formats: Mapping[str, str] | None = None,
+    graphics_password: str | None = None,
+    machine_aliases: Mapping[str, str] | None = None,
+) -> str:
+    """Domain XML for ``defineXML``.
+
+    ``volume_pools``/``volume_formats``: pool and image format of every volume
+    a disk names. ``graphics_password``: the first line of ``passwordFile``,
+    read by the caller. ``machine_aliases``: optional, to pin the versioned type.
+    """
+    desired = _desired(spec, machine_aliases, graphics_password)
+    root = ET.Element("domain")
+    ET.SubElement(root, "name").text = xml_text(name, "name")
+    if uuid is not None:
+        ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
+    if ownership is not None:
+        _render_ownership(root, ownership)
+    ET.SubElement(ET.SubElement(root, "os"), "type", {"arch": "x86_64"}).text = "hvm"
+    features = ET.SubElement(root, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"),
+                          ("on_crash", "destroy")):
+        ET.SubElement(root, event).text = action
+    render_fields(root, FIELDS, desired)
+    DISKS.render(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
+    CDROMS.render(root, spec.cdroms)
+    INTERFACES.render(root, spec.interfaces)
+    devices = ensure(root, "devices")
+    if any(disk.bus == "scsi" for disk in spec.disks) or any(
+        cdrom.bus == "scsi" for cdrom in spec.cdroms
+    ):
+        ET.SubElement(devices, "controller", {"type": "scsi", "model": "virtio-scsi"})
+    ET.SubElement(devices, "memballoon", {"model": "virtio"})
+    reorder(root, _ROOT_ORDER)
+    reorder(ensure(root, "os"), _OS_ORDER)
+    reorder(devices, _DEVICE_ORDER)
+    return serialize(root)
+
+
+def project(
+    spec: VirtualMachineSpec,
+    *,
+    volume_pools: Mapping[str, str] | None = None,
+    volume_formats: Mapping[str, str] | None = None,
+    graphics_password: str | None = None,
+    machine_aliases: Mapping[str, str] | None = None,
+) -> Projection:
+    """The desired fields, keyed like ``observe`` keys them (same keywords as ``render``)."""
+    desired = _desired(spec, machine_aliases, graphics_password)
+    out = project_fields(FIELDS, desired)
+    out.update(DISKS.project(_disk_views(spec, volume_pools or {}, volume_formats or {})))
+    out.update(CDROMS.project(spec.cdroms))
+    out.update(INTERFACES.project(spec.interfaces))
+    return out
+
+
+def observe(xml: str) -> Projection:
+    """The declared fields read from a domain's XML (inactive or live)."""
+    root = parse(xml)
+    out = observe_fields(root, FIELDS)
+    out.update(DISKS.observe(root))
+    out.update(CDROMS.observe(root))
+    out.update(INTERFACES.observe(root))
+    return out

@@ -1,0 +1,177 @@
+"""Network XML (``<network>``): render, project, observe.
+
+The planner renders this for ``networkDefineXML`` (passing the existing
+``uuid`` on a redefine) and compares ``project(spec)`` with
+``observe(net.XMLDesc(0))``. Static DHCP leases are keyed by MAC
+(``ipv4.dhcp.hosts[52:54:00:12:34:80].ip``) and DNS records by IP
+(``dnsHosts[10.100.0.10].names``), so the planner can turn a difference into
+one ``net-update`` per entry.
+
+What libvirt adds and ``observe`` ignores: ``<uuid>``, the bridge's
+``<mac>``, ``stp``/``delay``, the NAT port range of a running network and,
+when the manifest names no bridge, the ``virbrN`` libvirt picked (the caller
+says so with ``bridge_declared=False``). An ``<ip>`` written with a
+``netmask`` reads as the same prefix. Only the first ``<ip>`` (IPv4) is
+managed. Active/inactive and autostart are not in the XML.
+
+Pure: no I/O, no libvirt.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.model import DhcpHost, DnsHost, NetworkSpec
+from reconciler.xml._fields import (
+    INT,
+    MAC,
+    Attr,
+    Device,
+    Each,
+    Element,
+    Field,
+    Projection,
+    ensure,
+    find,
+    observe_fields,
+    parse,
+    project_fields,
+    render_fields,
+    reorder,
+    serialize,
+    xml_text,
+)
+
+__all__ = ["DEVICES", "FIELDS", "observe", "project", "render"]
+
+_ORDER = ("name", "uuid", "forward", "bridge", "mtu", "mac", "domain", "dns", "ip")
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """``mode``: ``<forward mode=.../>``; no ``<forward>`` at all means isolated."""
+
+    def write(self, root: Element, value: Any) -> None:
+        if value != "isolated":
+            ensure(root, "forward").set("mode", xml_text(str(value), "mode"))
+
+    def read(self, root: Element) -> object:
+        forward = root.find("forward")
+        if forward is None:
+            return "isolated"
+        return forward.get("mode", "nat")
+
+    def canon(self, value: Any) -> object:
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefix:
+    """``ipv4.prefix``: ``<ip prefix='24'>``, also read from ``netmask='255.255.255.0'``."""
+
+    def write(self, root: Element, value: Any) -> None:
+        ensure(root, "ip").set("prefix", str(int(value)))
+
+    def read(self, root: Element) -> object:
+        ip = root.find("ip")
+        if ip is None:
+            return None
+        if ip.get("prefix") is not None:
+            return int(ip.get("prefix", ""))
+        netmask = ip.get("netmask")
+        if netmask is None:
+            return None
+        return ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen
+
+    def canon(self, value: Any) -> object:
+        return int(value)
+
+
+def _dhcp(spec: NetworkSpec, attr: str) -> str | None:
+    if spec.ipv4 is None or spec.ipv4.dhcp is None:
+        return None
+    value: str = getattr(spec.ipv4.dhcp, attr)
+    return value
+
+
+FIELDS: tuple[Field[NetworkSpec], ...] = (
+    Field("mode", lambda spec: spec.mode, _Forward()),
+    Field("bridge", lambda spec: spec.bridge, Attr("bridge", "name")),
+    Field("mtu", lambda spec: spec.mtu, Attr("mtu", "size", INT)),
+    Field("domain", lambda spec: spec.domain, Attr("domain", "name")),
+    Field("ipv4.address", lambda spec: spec.ipv4 and spec.ipv4.address, Attr("ip", "address")),
+    Field("ipv4.prefix", lambda spec: spec.ipv4 and spec.ipv4.prefix, _Prefix()),
+    Field("ipv4.dhcp.start", lambda spec: _dhcp(spec, "start"), Attr("ip/dhcp/range", "start")),
+    Field("ipv4.dhcp.end", lambda spec: _dhcp(spec, "end"), Attr("ip/dhcp/range", "end")),
+)
+
+DHCP_HOSTS: Device[DhcpHost] = Device(
+    section="ipv4.dhcp.hosts",
+    parent="ip/dhcp",
+    tag="host",
+    key=Attr("", "mac", MAC),
+    key_of=lambda host: host.mac,
+    fields=(
+        Field("ip", lambda host: host.ip, Attr("", "ip")),
+        Field("name", lambda host: host.name, Attr("", "name")),
+    ),
+)
+
+DNS_HOSTS: Device[DnsHost] = Device(
+    section="dnsHosts",
+    parent="dns",
+    tag="host",
+    key=Attr("", "ip"),
+    key_of=lambda host: host.ip,
+    fields=(Field("names", lambda host: host.names, Each("", "hostname")),),
+)
+
+DEVICES = (DHCP_HOSTS, DNS_HOSTS)
+
+
+def _dhcp_hosts(spec: NetworkSpec) -> tuple[DhcpHost, ...]:
+    if spec.ipv4 is None or spec.ipv4.dhcp is None:
+        return ()
+    return spec.ipv4.dhcp.hosts
+
+
+def render(name: str, spec: NetworkSpec, *, uuid: str | None = None) -> str:
+    """Network XML for ``networkDefineXML``; ``uuid`` keeps an existing network's identity."""
+    root = ET.Element("network")
+    ET.SubElement(root, "name").text = xml_text(name, "name")
+    if uuid is not None:
+        ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
+    render_fields(root, FIELDS, spec)
+    DNS_HOSTS.render(root, spec.dns_hosts)
+    DHCP_HOSTS.render(root, _dhcp_hosts(spec))
+    reorder(root, _ORDER)
+    dhcp = find(root, "ip/dhcp")
+    if dhcp is not None:
+        reorder(dhcp, ("range", "host"))
+    return serialize(root)
+
+
+def project(spec: NetworkSpec) -> Projection:
+    """The desired fields, keyed like ``observe`` keys them."""
+    out = project_fields(FIELDS, spec)
+    out.update(DHCP_HOSTS.project(_dhcp_hosts(spec)))
+    out.update(DNS_HOSTS.project(spec.dns_hosts))
+    return out
+
+
+def observe(xml: str, *, bridge_declared: bool = True) -> Projection:
+    """The declared fields read from ``net.XMLDesc(0)``.
+
+    ``bridge_declared=False`` (the manifest names no bridge) drops the bridge
+    libvirt picked (``virbr1``), which is not a difference.
+    """
+    root = parse(xml)
+    out = observe_fields(root, FIELDS)
+    if not bridge_declared:
+        out["bridge"] = None
+    out.update(DHCP_HOSTS.observe(root))
+    out.update(DNS_HOSTS.observe(root))
+    return out

@@ -1,0 +1,98 @@
+"""Storage volume XML (``<volume>``): render, project, observe.
+
+The planner renders this for ``pool.createXML`` and compares ``project(spec)``
+with ``observe(vol.XMLDesc(0))``. A clone's backing store is named by path,
+which only libvirt knows (``backing_path``: the backing volume's
+``vol.path()``), so render and project take it as a keyword. libvirt's
+``<key>``, allocation, physical size, permissions and timestamps are ignored.
+
+qemu-img creates qcow2 images in whole 512-byte sectors, so a qcow2
+capacity is projected rounded up to 512 bytes (raw files keep the exact size).
+Growing the volume (``vol.resize``) and copying ``source`` in are the
+executor's business, not the XML's.
+
+Pure: no I/O, no libvirt.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from reconciler.model import VolumeSpec
+from reconciler.xml._fields import (
+    INT,
+    Attr,
+    Field,
+    Projection,
+    Text,
+    observe_fields,
+    parse,
+    project_fields,
+    render_fields,
+    serialize,
+    xml_text,
+)
+
+__all__ = ["FIELDS", "observe", "project", "render"]
+
+QCOW2_SECTOR = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Desired:
+    spec: VolumeSpec
+    backing_path: str | None
+    backing_format: str | None
+
+
+def _capacity(desired: _Desired) -> int:
+    capacity = desired.spec.capacity
+    if desired.spec.format == "qcow2":
+        capacity = -(-capacity // QCOW2_SECTOR) * QCOW2_SECTOR
+    return capacity
+
+
+FIELDS: tuple[Field[_Desired], ...] = (
+    Field("capacity", _capacity, Text("capacity", INT, fixed={"unit": "bytes"})),
+    Field("format", lambda d: d.spec.format, Attr("target/format", "type")),
+    Field("backingVolume", lambda d: d.backing_path, Text("backingStore/path")),
+    Field("backingFormat", lambda d: d.backing_format, Attr("backingStore/format", "type")),
+)
+
+
+def _desired(spec: VolumeSpec, backing_path: str | None, backing_format: str | None) -> _Desired:
+    if spec.backing_volume is not None and backing_path is None:
+        raise ValueError(f"a clone of {spec.backing_volume!r} needs its path (backing_path)")
+    if spec.backing_volume is None:
+        backing_path = backing_format = None
+    return _Desired(spec, backing_path, backing_format)
+
+
+def render(
+    name: str,
+    spec: VolumeSpec,
+    *,
+    backing_path: str | None = None,
+    backing_format: str | None = None,
+) -> str:
+    """Volume XML for ``pool.createXML``; a clone needs the backing volume's path (and format)."""
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = xml_text(name, "name")
+    render_fields(root, FIELDS, _desired(spec, backing_path, backing_format))
+    return serialize(root)
+
+
+def project(
+    spec: VolumeSpec,
+    *,
+    backing_path: str | None = None,
+    backing_format: str | None = None,
+) -> Projection:
+    """The desired fields, keyed like ``observe`` keys them."""
+    return project_fields(FIELDS, _desired(spec, backing_path, backing_format))
+
+
+def observe(xml: str) -> Projection:
+    """The declared fields read from ``vol.XMLDesc(0)``."""
+    return observe_fields(parse(xml), FIELDS)
