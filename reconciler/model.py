@@ -147,6 +147,7 @@ class Interface:
     network: str | None = None
     bridge: str | None = None
     model: str = "virtio"
+    boot_rom: bool = False  # PXE option ROM: only when boot lists network
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,6 +584,7 @@ def _build_vm(
                 network=n.get("network"),
                 bridge=n.get("bridge"),
                 model=n.get("model", "virtio"),
+                boot_rom="network" in raw.get("boot", ()),
             )
         )
 

@@ -376,6 +376,18 @@ class Device(Generic[T]):
             out.update(observe_fields(element, self.fields, self._path(key), variant))
         return out
 
+    def element(self, root: Element, key: object) -> Element | None:
+        """The element whose identity is ``key`` (as the projection spells it), or None."""
+        parent = find(root, self.parent)
+        if parent is None:
+            return None
+        for element in parent.findall(self.tag):
+            if any(element.get(k) != v for k, v in (self.fixed or {}).items()):
+                continue
+            if self.key.read(element) == key:
+                return element
+        return None
+
 
 # --- documents --------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from reconciler.xml._fields import (
     Field,
     Flag,
     Projection,
+    YES_NO,
     Text,
     ensure,
     find,
@@ -68,6 +69,7 @@ __all__ = [
     "FIELDS",
     "INTERFACES",
     "OWNER_NAMESPACE",
+    "device_xml",
     "VNC_PASSWORD_MAX",
     "Ownership",
     "machine_aliases_from_capabilities",
@@ -440,8 +442,12 @@ INTERFACES: Device[Interface] = Device(
         Field("network", lambda nic: nic.network, Attr("source", "network"), variant="network"),
         Field("bridge", lambda nic: nic.bridge, Attr("source", "bridge"), variant="bridge"),
         Field("model", lambda nic: nic.model, Attr("model", "type")),
+        # No PXE option ROM unless the VM boots from the network: a guest with an
+        # empty disk must not fall through to network boot.
+        Field("bootRom", lambda nic: None if nic.boot_rom else False,
+              Attr("rom", "enabled", YES_NO)),
     ),
-    order=("mac", "source", "model"),
+    order=("mac", "source", "model", "rom"),
 )
 
 
@@ -541,6 +547,14 @@ def project(
     out.update(CDROMS.project(spec.cdroms))
     out.update(INTERFACES.project(spec.interfaces))
     return out
+
+
+def device_xml(xml: str, section: str, key: str) -> str | None:
+    """One device of a domain XML, for hot-plug calls: ``section`` is disks, cdroms or
+    interfaces, ``key`` its identity as in the projection (target, MAC)."""
+    table = {"disks": DISKS, "cdroms": CDROMS, "interfaces": INTERFACES}[section]
+    element = table.element(parse(xml), key)
+    return None if element is None else serialize(element).strip()
 
 
 def observe(xml: str) -> Projection:

@@ -45,7 +45,7 @@ from reconciler.xml._fields import (
     xml_text,
 )
 
-__all__ = ["DEVICES", "FIELDS", "observe", "project", "render"]
+__all__ = ["DEVICES", "FIELDS", "entry_xml", "observe", "project", "render"]
 
 _ORDER = ("name", "uuid", "forward", "bridge", "mtu", "mac", "domain", "dns", "ip")
 
@@ -160,6 +160,14 @@ def project(spec: NetworkSpec) -> Projection:
     out.update(DHCP_HOSTS.project(_dhcp_hosts(spec)))
     out.update(DNS_HOSTS.project(spec.dns_hosts))
     return out
+
+
+def entry_xml(xml: str, section: str, key: str) -> str | None:
+    """One DHCP host (``ipv4.dhcp.hosts``, by MAC) or DNS host (``dnsHosts``, by IP) of a
+    network XML, as ``virNetworkUpdate`` takes it."""
+    table = {DHCP_HOSTS.section: DHCP_HOSTS, DNS_HOSTS.section: DNS_HOSTS}[section]
+    element = table.element(parse(xml), key)
+    return None if element is None else serialize(element).strip()
 
 
 def observe(xml: str, *, bridge_declared: bool = True) -> Projection:
