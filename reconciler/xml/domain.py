@@ -43,6 +43,7 @@ from reconciler.xml._fields import (
     INT,
     KIB,
     MAC,
+    YES_NO,
     Attr,
     Device,
     Each,
@@ -50,7 +51,6 @@ from reconciler.xml._fields import (
     Field,
     Flag,
     Projection,
-    YES_NO,
     Text,
     ensure,
     find,
@@ -69,9 +69,9 @@ __all__ = [
     "FIELDS",
     "INTERFACES",
     "OWNER_NAMESPACE",
-    "device_xml",
     "VNC_PASSWORD_MAX",
     "Ownership",
+    "device_xml",
     "machine_aliases_from_capabilities",
     "observe",
     "project",
@@ -552,8 +552,8 @@ def project(
 def device_xml(xml: str, section: str, key: str) -> str | None:
     """One device of a domain XML, for hot-plug calls: ``section`` is disks, cdroms or
     interfaces, ``key`` its identity as in the projection (target, MAC)."""
-    table = {"disks": DISKS, "cdroms": CDROMS, "interfaces": INTERFACES}[section]
-    element = table.element(parse(xml), key)
+    tables: dict[str, Device[Any]] = {"disks": DISKS, "cdroms": CDROMS, "interfaces": INTERFACES}
+    element = tables[section].element(parse(xml), key)
     return None if element is None else serialize(element).strip()
 
 

@@ -165,8 +165,8 @@ def project(spec: NetworkSpec) -> Projection:
 def entry_xml(xml: str, section: str, key: str) -> str | None:
     """One DHCP host (``ipv4.dhcp.hosts``, by MAC) or DNS host (``dnsHosts``, by IP) of a
     network XML, as ``virNetworkUpdate`` takes it."""
-    table = {DHCP_HOSTS.section: DHCP_HOSTS, DNS_HOSTS.section: DNS_HOSTS}[section]
-    element = table.element(parse(xml), key)
+    tables: dict[str, Device[Any]] = {DHCP_HOSTS.section: DHCP_HOSTS, DNS_HOSTS.section: DNS_HOSTS}
+    element = tables[section].element(parse(xml), key)
     return None if element is None else serialize(element).strip()
 
 
