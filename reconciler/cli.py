@@ -1,8 +1,9 @@
 """Command line: argument parsing and wiring only; the work happens in the layers below.
 
-``reconciler validate DIR`` loads and checks manifests (manifests.py),
-consulting libvirt read-only for unmanaged objects that manifests may name,
-unless ``--offline``. Exit codes: 0 clean, 1 problems.
+``validate`` loads and checks manifests (manifests.py). ``plan`` and
+``apply`` run one reconcile pass (reconcile.py): plan touches nothing,
+apply carries out the very plan it printed. Exit codes: validate 0 clean /
+1 problems; plan 0 no changes / 2 changes / 1 error; apply 0 / 1.
 """
 
 from __future__ import annotations
@@ -13,16 +14,28 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from reconciler import __version__
-from reconciler.errors import HypervisorError, Problem, ReconcilerError
+from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.logs import configure
 from reconciler.manifests import LoadResult, load_directory
 from reconciler.references import KnownObjects
+from reconciler.report import (
+    dumps,
+    plan_json,
+    problem_json,
+    render_plan,
+    render_results,
+    render_unsettled,
+    results_json,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_CHANGES = 2
+DEFAULT_STATE_DIR = "/var/lib/reconciler"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +63,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_common(validate)
     validate.set_defaults(run=_validate)
+
+    plan = sub.add_parser(
+        "plan",
+        help="show what apply would change; touches nothing (exit 0 none, 2 changes, 1 error)",
+    )
+    plan.add_argument("directory", help="folder of manifests")
+    _add_common(plan)
+    _add_engine(plan)
+    plan.add_argument(
+        "--verbose", "-v", action="store_true", help="also list unchanged objects and steps"
+    )
+    plan.set_defaults(run=_plan)
+
+    apply = sub.add_parser("apply", help="make libvirt match the manifests (exit 0 done, 1 error)")
+    apply.add_argument("directory", help="folder of manifests")
+    _add_common(apply)
+    _add_engine(apply)
+    apply.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    apply.add_argument(
+        "--allow-replace",
+        action="append",
+        default=[],
+        metavar="KIND/NAME",
+        help="allow a data-losing replace of this object (e.g. Volume/db-root); repeatable",
+    )
+    apply.add_argument("--verbose", "-v", action="store_true", help="also list steps")
+    apply.set_defaults(run=_apply)
     return parser
 
 
@@ -69,6 +109,26 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=["text", "json"], default="text")
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("RECONCILER_STATE_DIR", DEFAULT_STATE_DIR),
+        help=f"inventory folder (default: {DEFAULT_STATE_DIR}, or $RECONCILER_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--prune",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("RECONCILER_PRUNE", "true").lower() not in ("0", "false", "no"),
+        help="delete owned objects whose manifest is gone (default: on)",
+    )
+    parser.add_argument(
+        "--update-policy",
+        choices=["manual", "restart"],
+        default=os.environ.get("RECONCILER_UPDATE_POLICY", "manual"),
+        help="for VMs that set none: restart them to apply changes that need it (default: manual)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(format=args.log_format)
@@ -83,6 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return EXIT_ERROR
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+# --- validate -------------------------------------------------------------------
 
 
 def _known_objects(uri: str) -> tuple[KnownObjects, str]:
@@ -107,17 +174,10 @@ def _validate(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(_validate_json(result), indent=2))
     else:
-        for problem in result.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(result)
         if note and result.problems:
             print(f"note: references were not checked against libvirt ({note})", file=sys.stderr)
-        if result.problems:
-            files = len({p.position.path for p in result.problems})
-            print(
-                f"{_plural(len(result.problems), 'problem')} in {_plural(files, 'file')}",
-                file=sys.stderr,
-            )
-        else:
+        if not result.problems:
             print(
                 f"{result.root}: {_plural(len(result.manifests), 'manifest')} in "
                 f"{_plural(len(result.files), 'file')}, all valid"
@@ -125,17 +185,15 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK if not result.problems else EXIT_ERROR
 
 
-def problem_json(problem: Problem) -> dict[str, Any]:
-    pos = problem.position
-    return {
-        "file": pos.path,
-        "line": pos.line or None,
-        "column": pos.column or None,
-        "field": problem.field or None,
-        "message": problem.message,
-        "hint": problem.hint or None,
-        "text": str(problem),
-    }
+def _print_problems(result: LoadResult) -> None:
+    for problem in result.problems:
+        print(problem, file=sys.stderr)
+    if result.problems:
+        files = len({p.position.path for p in result.problems})
+        print(
+            f"{_plural(len(result.problems), 'problem')} in {_plural(files, 'file')}",
+            file=sys.stderr,
+        )
 
 
 def _validate_json(result: LoadResult) -> dict[str, Any]:
@@ -147,6 +205,78 @@ def _validate_json(result: LoadResult) -> dict[str, Any]:
             for m in result.manifests
         ],
     }
+
+
+# --- plan and apply ----------------------------------------------------------------
+
+
+def _reconciler(args: argparse.Namespace) -> Any:
+    from reconciler.hypervisor import Hypervisor
+    from reconciler.reconcile import PassOptions, Reconciler
+
+    directory = Path(args.directory)
+    options = PassOptions(
+        directory=directory,
+        state_dir=Path(args.state_dir),
+        host=args.host,
+        prune=args.prune,
+        default_update_policy=args.update_policy,
+        allow_replace=frozenset(getattr(args, "allow_replace", ())),
+    )
+    return Reconciler(Hypervisor.open(args.connect), options)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    reconciler = _reconciler(args)
+    try:
+        load, _observed, plan = reconciler.plan()
+    finally:
+        reconciler.hypervisor.close()
+    if args.output == "json":
+        print(dumps(plan_json(plan, load.problems)))
+    else:
+        _print_problems(load)
+        print(render_plan(plan, colour=_colour(), verbose=args.verbose))
+    if load.problems or plan.has_errors:
+        return EXIT_ERROR
+    return EXIT_CHANGES if plan.has_changes else EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    reconciler = _reconciler(args)
+    try:
+        load, observed, plan = reconciler.plan()
+        text = args.output == "text"
+        if text:
+            _print_problems(load)
+            print(render_plan(plan, colour=_colour(), verbose=args.verbose))
+        if not plan.has_changes:
+            if not text:
+                print(dumps({**plan_json(plan, load.problems), **results_json([], [])}))
+            return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ReconcilerError("not applying without --yes when not interactive")
+            answer = input("Apply these changes? [y/N] ").strip().lower()
+            if answer not in ("y", "yes"):
+                print("Not applied.")
+                return EXIT_ERROR
+        result = reconciler.apply(plan, observed, load)
+    finally:
+        reconciler.hypervisor.close()
+    if text:
+        print()
+        print(render_results(result.results, colour=_colour()))
+        if result.unsettled:
+            print(render_unsettled(result.unsettled))
+        ok = sum(1 for r in result.results if r.outcome == "ok")
+        bad = len(result.results) - ok
+        print(f"\nApply {'complete' if not bad else 'finished with errors'}: "
+              f"{ok} succeeded, {bad} failed.")  # fmt: skip
+    else:
+        print(dumps({**plan_json(plan, load.problems),
+                     **results_json(result.results, result.unsettled)}))  # fmt: skip
+    return EXIT_ERROR if result.failed else EXIT_OK
 
 
 def _plural(n: int, word: str) -> str:

@@ -8,8 +8,11 @@ helpers here feed observe.py; mutating calls are made only by executor.py.
 
 from __future__ import annotations
 
+import contextlib
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
@@ -79,3 +82,310 @@ def known_objects(conn: Any) -> KnownObjects:
             volumes=frozenset(volumes),
             consulted=True,
         )
+
+
+# --- the connection as a narrow interface ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRecord:
+    name: str
+    uuid: str
+    active: bool
+    autostart: bool
+    config_xml: str  # persistent definition, with secrets (VIR_DOMAIN_XML_SECURE)
+    live_xml: str | None  # running definition, when active
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRecord:
+    name: str
+    uuid: str
+    active: bool
+    autostart: bool
+    config_xml: str
+    live_xml: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    name: str
+    uuid: str
+    active: bool
+    autostart: bool
+    config_xml: str
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRecord:
+    pool: str
+    name: str
+    path: str
+    xml: str
+
+
+class Hypervisor:
+    """One libvirt connection. Reads return plain records; writes raise our errors."""
+
+    def __init__(self, conn: Any, uri: str) -> None:
+        self._conn = conn
+        self.uri = uri
+
+    @classmethod
+    def open(cls, uri: str = DEFAULT_URI, *, readonly: bool = False) -> Hypervisor:
+        return cls(connect(uri, readonly=readonly), uri)
+
+    def close(self) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            self._conn.close()
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def alive(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    # -- reads ------------------------------------------------------------------
+
+    def capabilities(self) -> str:
+        with calling("reading host capabilities"):
+            return str(self._conn.getCapabilities())
+
+    def known_objects(self) -> KnownObjects:
+        return known_objects(self._conn)
+
+    def domains(self) -> list[DomainRecord]:
+        """Every persistent domain with its definitions, in few calls."""
+        with calling("listing domains"):
+            flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
+            autostart = {
+                d.UUIDString()
+                for d in self._conn.listAllDomains(
+                    flags | libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
+                )
+            }
+            records = []
+            for dom in self._conn.listAllDomains(flags):
+                try:
+                    active = bool(dom.isActive())
+                    config = dom.XMLDesc(
+                        libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+                    )
+                    live = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE) if active else None
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # undefined while we listed
+                    raise
+                uuid = dom.UUIDString()
+                records.append(
+                    DomainRecord(dom.name(), uuid, active, uuid in autostart, config, live)
+                )
+            return records
+
+    def domain_active(self, name: str) -> bool:
+        with calling(f"reading state of domain {name}"):
+            return bool(self._conn.lookupByName(name).isActive())
+
+    def networks(self) -> list[NetworkRecord]:
+        with calling("listing networks"):
+            records = []
+            for net in self._conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT):
+                active = bool(net.isActive())
+                config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+                live = net.XMLDesc(0) if active else None
+                records.append(
+                    NetworkRecord(
+                        net.name(), net.UUIDString(), active, bool(net.autostart()), config, live
+                    )
+                )
+            return records
+
+    def pools(self) -> list[PoolRecord]:
+        with calling("listing storage pools"):
+            records = []
+            for pool in self._conn.listAllStoragePools(
+                libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT
+            ):
+                records.append(
+                    PoolRecord(
+                        pool.name(),
+                        pool.UUIDString(),
+                        bool(pool.isActive()),
+                        bool(pool.autostart()),
+                        pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE),
+                    )
+                )
+            return records
+
+    def volumes(self, pool_name: str) -> list[VolumeRecord]:
+        with calling(f"listing volumes of pool {pool_name}"):
+            pool = self._conn.storagePoolLookupByName(pool_name)
+            if not pool.isActive():
+                return []
+            pool.refresh(0)
+            return [
+                VolumeRecord(pool_name, vol.name(), vol.path(), vol.XMLDesc(0))
+                for vol in pool.listAllVolumes()
+            ]
+
+    # -- domains ----------------------------------------------------------------
+
+    def define_domain(self, xml: str) -> None:
+        with calling("defining domain"):
+            self._conn.defineXML(xml)
+
+    def start_domain(self, name: str) -> None:
+        with calling(f"starting domain {name}"):
+            self._conn.lookupByName(name).create()
+
+    def shutdown_domain(self, name: str) -> None:
+        """Ask the guest to power off (ACPI power button)."""
+        with calling(f"shutting down domain {name}"):
+            self._conn.lookupByName(name).shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    def destroy_domain(self, name: str) -> None:
+        """Force off."""
+        with calling(f"forcing off domain {name}"):
+            dom = self._conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+
+    def undefine_domain(self, name: str) -> None:
+        with calling(f"undefining domain {name}"):
+            self._conn.lookupByName(name).undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            )
+
+    def set_domain_autostart(self, name: str, on: bool) -> None:
+        with calling(f"setting autostart of domain {name}"):
+            self._conn.lookupByName(name).setAutostart(int(on))
+
+    def set_domain_memory(self, name: str, kib: int) -> None:
+        """Balloon the running domain to ``kib`` (its config is redefined separately)."""
+        with calling(f"setting memory of domain {name}"):
+            self._conn.lookupByName(name).setMemoryFlags(kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def set_domain_vcpus(self, name: str, count: int) -> None:
+        with calling(f"setting vcpus of domain {name}"):
+            self._conn.lookupByName(name).setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def update_domain_device(self, name: str, xml: str) -> None:
+        with calling(f"updating a device of domain {name}"):
+            self._conn.lookupByName(name).updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def attach_domain_device(self, name: str, xml: str) -> None:
+        with calling(f"attaching a device to domain {name}"):
+            self._conn.lookupByName(name).attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def detach_domain_device(self, name: str, xml: str) -> None:
+        with calling(f"detaching a device from domain {name}"):
+            self._conn.lookupByName(name).detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    # -- networks ---------------------------------------------------------------
+
+    def define_network(self, xml: str) -> None:
+        with calling("defining network"):
+            self._conn.networkDefineXML(xml)
+
+    def start_network(self, name: str) -> None:
+        with calling(f"starting network {name}"):
+            self._conn.networkLookupByName(name).create()
+
+    def stop_network(self, name: str) -> None:
+        with calling(f"stopping network {name}"):
+            net = self._conn.networkLookupByName(name)
+            if net.isActive():
+                net.destroy()
+
+    def undefine_network(self, name: str) -> None:
+        with calling(f"undefining network {name}"):
+            self._conn.networkLookupByName(name).undefine()
+
+    def set_network_autostart(self, name: str, on: bool) -> None:
+        with calling(f"setting autostart of network {name}"):
+            self._conn.networkLookupByName(name).setAutostart(int(on))
+
+    def update_network(self, name: str, command: str, section: str, xml: str) -> None:
+        """``virsh net-update --live``: change an entry of the running network."""
+        commands = {
+            "add": libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+            "delete": libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
+            "modify": libvirt.VIR_NETWORK_UPDATE_COMMAND_MODIFY,
+        }
+        sections = {
+            "ip-dhcp-host": libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+            "dns-host": libvirt.VIR_NETWORK_SECTION_DNS_HOST,
+        }
+        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE  # the definition is redefined separately
+        with calling(f"updating {section} of network {name}"):
+            self._conn.networkLookupByName(name).update(
+                commands[command], sections[section], -1, xml, flags
+            )
+
+    # -- pools and volumes --------------------------------------------------------
+
+    def define_pool(self, xml: str) -> None:
+        with calling("defining storage pool"):
+            self._conn.storagePoolDefineXML(xml, 0)
+
+    def build_pool(self, name: str) -> None:
+        """Create a dir pool's directory if missing (mkdir -p; existing files are untouched)."""
+        with calling(f"building storage pool {name}"):
+            self._conn.storagePoolLookupByName(name).build(0)
+
+    def start_pool(self, name: str) -> None:
+        with calling(f"starting storage pool {name}"):
+            self._conn.storagePoolLookupByName(name).create(0)
+
+    def stop_pool(self, name: str) -> None:
+        with calling(f"stopping storage pool {name}"):
+            pool = self._conn.storagePoolLookupByName(name)
+            if pool.isActive():
+                pool.destroy()
+
+    def undefine_pool(self, name: str) -> None:
+        with calling(f"undefining storage pool {name}"):
+            self._conn.storagePoolLookupByName(name).undefine()
+
+    def set_pool_autostart(self, name: str, on: bool) -> None:
+        with calling(f"setting autostart of storage pool {name}"):
+            self._conn.storagePoolLookupByName(name).setAutostart(int(on))
+
+    def create_volume(self, pool: str, xml: str) -> None:
+        with calling(f"creating a volume in pool {pool}"):
+            self._conn.storagePoolLookupByName(pool).createXML(xml, 0)
+
+    def resize_volume(self, pool: str, name: str, capacity: int) -> None:
+        with calling(f"resizing volume {pool}/{name}"):
+            self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).resize(
+                capacity, 0
+            )
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        with calling(f"deleting volume {pool}/{name}"):
+            self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).delete(0)
+
+    def volume_path(self, pool: str, name: str) -> str:
+        with calling(f"looking up volume {pool}/{name}"):
+            return str(self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).path())
+
+    def volume_format(self, pool: str, name: str) -> str:
+        with calling(f"reading volume {pool}/{name}"):
+            xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).XMLDesc(0)
+        fmt = ET.fromstring(xml).find("target/format")
+        return "raw" if fmt is None else str(fmt.get("type", "raw"))
+
+    def block_resize(self, domain: str, target: str, capacity: int) -> None:
+        """Grow a disk of a running domain (the guest sees the new size at once)."""
+        with calling(f"resizing disk {target} of domain {domain}"):
+            self._conn.lookupByName(domain).blockResize(
+                target, capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+            )

@@ -98,7 +98,9 @@ def load_directory(
             shown = os.path.join(shown_root, os.path.relpath(file, path))
             manifests.extend(load_file(file, shown, problems))
     selected = [m for m in manifests if host is None or selects_host(m, host)]
+    broken: set[int] = set()
     for manifest, problem in check_references(selected, known):
+        broken.add(id(manifest))
         problems.append(
             Problem(
                 manifest.position(problem.path),
@@ -109,7 +111,7 @@ def load_directory(
         )
     return LoadResult(
         root=shown_root,
-        manifests=tuple(selected),
+        manifests=tuple(m for m in selected if id(m) not in broken),
         problems=tuple(problems),
         files=tuple(os.path.join(shown_root, os.path.relpath(f, path)) for f in files),
     )

@@ -65,6 +65,7 @@ class StoragePoolSpec:
     type: str = "dir"
     state: str = "active"
     autostart: bool = False
+    adopt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class VolumeSpec:
     backing_volume: str | None = None
     source: str | None = None
     reclaim_policy: str = "retain"
+    adopt: bool = False
 
 
 # --- Network ----------------------------------------------------------------
@@ -117,6 +119,7 @@ class NetworkSpec:
     dns_hosts: tuple[DnsHost, ...] = ()
     state: str = "active"
     autostart: bool = False
+    adopt: bool = False
 
 
 # --- VirtualMachine ---------------------------------------------------------
@@ -290,6 +293,7 @@ def build_manifest(
             type=raw.get("type", "dir"),
             state=raw.get("state", "active"),
             autostart=raw.get("autostart", False),
+            adopt=raw.get("adopt", False),
         )
     elif kind is Kind.VOLUME:
         spec = _build_volume(raw, problems)
@@ -317,6 +321,7 @@ def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Volum
         backing_volume=raw.get("backingVolume"),
         source=raw.get("source"),
         reclaim_policy=raw.get("reclaimPolicy", "retain"),
+        adopt=raw.get("adopt", False),
     )
     if spec.capacity <= 0:
         problems.append(FieldProblem(("spec", "capacity"), "capacity must be more than 0"))
@@ -358,6 +363,7 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
         ),
         state=raw.get("state", "active"),
         autostart=raw.get("autostart", False),
+        adopt=raw.get("adopt", False),
     )
     if spec.mode == "bridge":
         if spec.bridge is None:

@@ -266,8 +266,9 @@ def _wanted(field: Field[T], desired: T, variant: str | None) -> object:
     return field.get(desired)
 
 
-def render_fields(root: Element, fields: Iterable[Field[T]], desired: T,
-                  variant: str | None = None) -> None:
+def render_fields(
+    root: Element, fields: Iterable[Field[T]], desired: T, variant: str | None = None
+) -> None:
     """Write every field's desired value that is not None into ``root``."""
     for field in fields:
         value = _wanted(field, desired, variant)
@@ -275,8 +276,9 @@ def render_fields(root: Element, fields: Iterable[Field[T]], desired: T,
             field.place.write(root, value)
 
 
-def project_fields(fields: Iterable[Field[T]], desired: T, prefix: str = "",
-                   variant: str | None = None) -> Projection:
+def project_fields(
+    fields: Iterable[Field[T]], desired: T, prefix: str = "", variant: str | None = None
+) -> Projection:
     """Canonical values of the fields, as reading them back from rendered XML gives them."""
     out: Projection = {}
     for field in fields:
@@ -285,8 +287,9 @@ def project_fields(fields: Iterable[Field[T]], desired: T, prefix: str = "",
     return out
 
 
-def observe_fields(root: Element | None, fields: Iterable[Field[Any]], prefix: str = "",
-                   variant: str | None = None) -> Projection:
+def observe_fields(
+    root: Element | None, fields: Iterable[Field[Any]], prefix: str = "", variant: str | None = None
+) -> Projection:
     """Read the fields from live XML; ``root`` None reads every field as absent."""
     fields = tuple(fields)
     raw: dict[str, object] = {}

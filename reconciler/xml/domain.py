@@ -194,8 +194,9 @@ class _Firmware:
             os_element = ensure(root, "os")
             os_element.set("firmware", "efi")
             # Plain OVMF: secure boot needs SMM (and enrolled keys most guests lack).
-            ET.SubElement(ensure(os_element, "firmware"), "feature",
-                          {"enabled": "no", "name": "secure-boot"})
+            ET.SubElement(
+                ensure(os_element, "firmware"), "feature", {"enabled": "no", "name": "secure-boot"}
+            )
 
     def read(self, root: Element) -> object:
         os_element = root.find("os")
@@ -261,8 +262,12 @@ class _Cpu:
             return None
         name = model.text.strip()
         # The CPU libvirt adds to a domain that names none (check='none', forbid).
-        if (cpu.get("check") == "none" and model.get("fallback") == "forbid"
-                and cpu.find("feature") is None and name in _DEFAULT_CPU_MODELS):
+        if (
+            cpu.get("check") == "none"
+            and model.get("fallback") == "forbid"
+            and cpu.find("feature") is None
+            and name in _DEFAULT_CPU_MODELS
+        ):
             return None
         return name
 
@@ -361,12 +366,19 @@ def _sorted(value: object) -> object:
 FIELDS: tuple[Field[_Desired], ...] = (
     Field("type", lambda d: d.spec.type, Attr("", "type")),
     Field("maxMemory", lambda d: d.spec.max_memory, Text("memory", KIB, {"unit": "KiB"})),
-    Field("memory", lambda d: d.spec.memory, Text("currentMemory", KIB, {"unit": "KiB"}),
-          fallback="maxMemory"),
+    Field(
+        "memory",
+        lambda d: d.spec.memory,
+        Text("currentMemory", KIB, {"unit": "KiB"}),
+        fallback="maxMemory",
+    ),
     Field("maxVcpus", lambda d: d.spec.max_vcpus, Text("vcpu", INT)),
     Field("vcpus", lambda d: d.spec.vcpus, Attr("vcpu", "current", INT), fallback="maxVcpus"),
-    Field("machine", lambda d: d.machine_aliases.get(d.spec.machine, d.spec.machine),
-          Attr("os/type", "machine", fixed={"arch": "x86_64"})),
+    Field(
+        "machine",
+        lambda d: d.machine_aliases.get(d.spec.machine, d.spec.machine),
+        Attr("os/type", "machine", fixed={"arch": "x86_64"}),
+    ),
     Field("firmware", lambda d: d.spec.firmware, _Firmware()),
     Field("kernel", lambda d: d.spec.kernel, Text("os/kernel")),
     Field("initrd", lambda d: d.spec.initrd, Text("os/initrd")),
@@ -376,16 +388,30 @@ FIELDS: tuple[Field[_Desired], ...] = (
     Field("clock", lambda d: d.spec.clock, Attr("clock", "offset")),
     Field("graphics.type", _graphics("type"), Attr("devices/graphics", "type")),
     Field("graphics.port", _graphics("port"), _GraphicsPort()),
-    Field("graphics.listen", _graphics("listen"),
-          Attr("devices/graphics/listen[@type='address']", "address")),
+    Field(
+        "graphics.listen",
+        _graphics("listen"),
+        Attr("devices/graphics/listen[@type='address']", "address"),
+    ),
     Field("graphics.keymap", _graphics("keymap"), Attr("devices/graphics", "keymap")),
-    Field("graphics.password", _graphics("password"), Attr("devices/graphics", "passwd"),
-          show=secret_token),
-    Field("inputs", lambda d: d.spec.inputs,
-          Each("devices", "input", "type", fixed={"bus": "usb"}), show=_sorted),
+    Field(
+        "graphics.password",
+        _graphics("password"),
+        Attr("devices/graphics", "passwd"),
+        show=secret_token,
+    ),
+    Field(
+        "inputs",
+        lambda d: d.spec.inputs,
+        Each("devices", "input", "type", fixed={"bus": "usb"}),
+        show=_sorted,
+    ),
     Field("serial", lambda d: d.spec.serial, _Serial()),
-    Field("serial.file", lambda d: d.spec.serial_file if d.spec.serial == "file" else None,
-          _SerialFile()),
+    Field(
+        "serial.file",
+        lambda d: d.spec.serial_file if d.spec.serial == "file" else None,
+        _SerialFile(),
+    ),
 )
 
 DISKS: Device[_DiskView] = Device(
@@ -444,8 +470,9 @@ INTERFACES: Device[Interface] = Device(
         Field("model", lambda nic: nic.model, Attr("model", "type")),
         # No PXE option ROM unless the VM boots from the network: a guest with an
         # empty disk must not fall through to network boot.
-        Field("bootRom", lambda nic: None if nic.boot_rom else False,
-              Attr("rom", "enabled", YES_NO)),
+        Field(
+            "bootRom", lambda nic: None if nic.boot_rom else False, Attr("rom", "enabled", YES_NO)
+        ),
     ),
     order=("mac", "source", "model", "rom"),
 )
@@ -457,13 +484,22 @@ INTERFACES: Device[Interface] = Device(
 VNC_PASSWORD_MAX = 8
 
 
-def _desired(spec: VirtualMachineSpec, machine_aliases: Mapping[str, str] | None,
-             graphics_password: str | None) -> _Desired:
-    if (spec.graphics is not None and spec.graphics.type == "vnc"
-            and graphics_password is not None and len(graphics_password) > VNC_PASSWORD_MAX):
+def _desired(
+    spec: VirtualMachineSpec,
+    machine_aliases: Mapping[str, str] | None,
+    graphics_password: str | None,
+) -> _Desired:
+    if (
+        spec.graphics is not None
+        and spec.graphics.type == "vnc"
+        and graphics_password is not None
+        and len(graphics_password) > VNC_PASSWORD_MAX
+    ):
         # libvirt refuses it too, but only when asked to define.
-        raise ValueError(f"a VNC password has at most {VNC_PASSWORD_MAX} characters,"
-                         f" this one has {len(graphics_password)}")
+        raise ValueError(
+            f"a VNC password has at most {VNC_PASSWORD_MAX} characters,"
+            f" this one has {len(graphics_password)}"
+        )
     return _Desired(spec, machine_aliases or {}, graphics_password)
 
 
@@ -475,12 +511,16 @@ def _disk_views(
         if disk.volume is None:
             views.append(_DiskView(disk, None, disk.format))
             continue
-        missing = [what for what, known in (("pool", volume_pools), ("format", volume_formats))
-                   if disk.volume not in known]
+        missing = [
+            what
+            for what, known in (("pool", volume_pools), ("format", volume_formats))
+            if disk.volume not in known
+        ]
         if missing:
             # Never let qemu guess: a qcow2 volume without its format is opened as raw.
-            raise ValueError(f"disk {disk.target}: volume {disk.volume!r} has no known "
-                             + " or ".join(missing))
+            raise ValueError(
+                f"disk {disk.target}: volume {disk.volume!r} has no known " + " or ".join(missing)
+            )
         views.append(_DiskView(disk, volume_pools[disk.volume], volume_formats[disk.volume]))
     return tuple(views)
 
@@ -513,8 +553,11 @@ def render(
     features = ET.SubElement(root, "features")
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
-    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"),
-                          ("on_crash", "destroy")):
+    for event, action in (
+        ("on_poweroff", "destroy"),
+        ("on_reboot", "restart"),
+        ("on_crash", "destroy"),
+    ):
         ET.SubElement(root, event).text = action
     render_fields(root, FIELDS, desired)
     DISKS.render(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))

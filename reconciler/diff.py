@@ -1,0 +1,57 @@
+"""Diff by meaning: two flat projections in, field changes out.
+
+Both sides come from ``reconciler.xml`` (``project`` of the desired spec,
+``observe`` of live XML), keyed by the manifest's own field paths, devices by
+identity (``disks[vdb].bus``). Comparing them is then a matter of keys and
+values; this module adds the grouping the planner needs (which device a key
+belongs to, whether a whole device came or went).
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping
+
+from reconciler.plan import Change
+
+Projection = Mapping[str, object]
+
+_DEVICE = re.compile(r"^([A-Za-z0-9.]+)\[([^\]]+)\]\.")
+
+
+def diff(desired: Projection, actual: Projection, *, ignore: Collection[str] = ()) -> list[Change]:
+    """Every key whose values differ (old: ``actual``, new: ``desired``), in key order."""
+    changes = []
+    for key in sorted(set(desired) | set(actual)):
+        if key in ignore:
+            continue
+        new, old = desired.get(key), actual.get(key)
+        if new != old:
+            changes.append(Change(key, old, new))
+    return changes
+
+
+def device_of(path: str) -> tuple[str, str] | None:
+    """``disks[vdb].bus`` -> ``("disks", "vdb")``; None for a scalar field."""
+    match = _DEVICE.match(path)
+    return None if match is None else (match.group(1), match.group(2))
+
+
+def devices(projection: Projection, section: str) -> set[str]:
+    """Identities of the devices of ``section`` present in ``projection``."""
+    found = set()
+    for key, value in projection.items():
+        dev = device_of(key)
+        if dev is not None and dev[0] == section and value is not None:
+            found.add(dev[1])
+    return found
+
+
+def by_device(changes: Iterable[Change]) -> dict[tuple[str, str] | None, list[Change]]:
+    """Changes grouped by the device they touch (None: scalar fields)."""
+    grouped: dict[tuple[str, str] | None, list[Change]] = {}
+    for change in changes:
+        grouped.setdefault(device_of(change.path), []).append(change)
+    return grouped

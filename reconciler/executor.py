@@ -1,0 +1,239 @@
+"""Executor: the only code that changes libvirt. Plan in, results out.
+
+Runs the plan's actions in order and each action's steps in order, through
+``Hypervisor`` (the one module importing libvirt). One failing action is
+recorded with libvirt's error and the rest proceed; an action whose
+prerequisite failed (a VM whose network could not be created) is skipped
+with that reason. A live change libvirt refuses (memory, vCPUs, hot-plug) is
+not a failure: the definition already holds the change, which then takes
+effect at the next restart, and the result says so.
+
+Ownership is recorded as SPEC §3 asks: in the domain's own metadata (rendered
+into its XML by the planner) and in the inventory, which is written before an
+object that cannot carry metadata is created (so a crash between the two
+leaves an owned object, never an unowned one) and after it is deleted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import inventory as inventory_file
+from reconciler.errors import HypervisorError, ReconcilerError, Refused
+from reconciler.hypervisor import Hypervisor
+from reconciler.inventory import Inventory
+from reconciler.logs import get_logger
+from reconciler.model import Kind
+from reconciler.plan import Action, Op, Plan, Step
+
+_LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-device",
+                         "update-device"})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: Action
+    outcome: str  # ok | failed | skipped
+    duration: float = 0.0
+    error: str = ""
+    notes: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()  # paths of live changes libvirt refused
+
+
+@dataclass(slots=True)
+class Executor:
+    """Carries out plans against one hypervisor, keeping the inventory in ``state_dir``."""
+
+    hypervisor: Hypervisor
+    inventory: Inventory
+    state_dir: Path | None = None
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    poll_interval: float = 0.5
+    log: Any = field(default_factory=get_logger)
+    should_stop: Callable[[], bool] = lambda: False
+    _refused: list[str] = field(default_factory=list)
+
+    def apply(self, plan: Plan) -> list[ActionResult]:
+        results: list[ActionResult] = []
+        failed: set[str] = set()
+        for action in plan.actions:
+            if self.should_stop():
+                results.append(ActionResult(action, "skipped", error="stopping"))
+                continue
+            if action.op in (Op.CONFLICT, Op.ERROR) or (
+                action.op is Op.REPLACE and not action.steps
+            ):
+                failed.add(action.key)
+                continue
+            blocked = [k for k in action.requires if k in failed]
+            if blocked:
+                failed.add(action.key)
+                results.append(
+                    ActionResult(
+                        action, "skipped", error=f"needs {', '.join(blocked)}, which failed"
+                    )
+                )
+                self.log.warning(
+                    "apply.skipped", kind=action.kind.value, name=action.name,
+                    action=action.op.value, reason=f"needs {', '.join(blocked)}",
+                )  # fmt: skip
+                continue
+            result = self._run(action)
+            if result.outcome != "ok":
+                failed.add(action.key)
+            if action.steps or result.outcome != "ok":
+                results.append(result)
+        return results
+
+    def _run(self, action: Action) -> ActionResult:
+        start = self.clock()
+        notes: list[str] = []
+        self._refused: list[str] = []
+        log = self.log.bind(kind=action.kind.value, name=action.name, action=action.op.value)
+        try:
+            if action.op is Op.DELETE or action.op is Op.FORGET:
+                for step in action.steps:
+                    notes += self._step(action, step)
+                self._record(action.key, None)
+            else:
+                if action.owner_record is not None and action.kind is not Kind.VIRTUAL_MACHINE:
+                    self._record(action.key, action.owner_record)  # before: see module doc
+                for step in action.steps:
+                    notes += self._step(action, step)
+                if action.owner_record is not None and action.kind is Kind.VIRTUAL_MACHINE:
+                    self._record(action.key, action.owner_record)
+        except (HypervisorError, ReconcilerError, OSError) as exc:
+            duration = self.clock() - start
+            log.error("apply.action", outcome="failed", duration=round(duration, 3),
+                      error=str(exc))  # fmt: skip
+            return ActionResult(
+                action, "failed", duration, str(exc), tuple(notes), tuple(self._refused)
+            )
+        duration = self.clock() - start
+        if action.steps:
+            log.info("apply.action", outcome="ok", duration=round(duration, 3),
+                     steps=[s.verb for s in action.steps], notes=notes or None)  # fmt: skip
+        return ActionResult(action, "ok", duration, "", tuple(notes), tuple(self._refused))
+
+    def _record(self, key: str, entry: dict[str, Any] | None) -> None:
+        if entry is None:
+            if self.inventory.get(key) is None:
+                return
+            self.inventory = self.inventory.without(key)
+        else:
+            if self.inventory.get(key) == entry:
+                return
+            self.inventory = self.inventory.with_entry(key, entry)
+        if self.state_dir is not None:
+            inventory_file.save(self.state_dir, self.inventory)
+
+    # -- steps ----------------------------------------------------------------------
+
+    def _step(self, action: Action, step: Step) -> list[str]:
+        """Run one step; return notes worth reporting."""
+        hv, name, args = self.hypervisor, action.name, step.args
+        verb = step.verb
+        try:
+            if verb in _LIVE_VERBS:
+                return self._live_step(action, step)
+            handler = _SIMPLE_STEPS.get(verb)
+            if handler is not None:
+                handler(hv, name, args)
+                return []
+            if verb in ("stop-domain", "restart-domain"):
+                note = self.graceful_stop(name, float(args["timeout"]))
+                if verb == "restart-domain":
+                    hv.start_domain(name)
+                    note += ", started again"
+                return [note]
+            if verb == "import-volume":
+                return [_import_volume(hv, action.name, args)]
+        except HypervisorError as exc:
+            raise type(exc)(f"{step.describe()}: {exc}", code=exc.code) from exc
+        raise ReconcilerError(f"unknown step {verb!r} (planner and executor disagree)")
+
+    def _live_step(self, action: Action, step: Step) -> list[str]:
+        hv, name, args = self.hypervisor, action.name, step.args
+        try:
+            if step.verb == "set-memory":
+                hv.set_domain_memory(name, int(args["bytes"]) // 1024)
+            elif step.verb == "set-vcpus":
+                hv.set_domain_vcpus(name, int(args["count"]))
+            elif step.verb == "attach-device":
+                hv.attach_domain_device(name, str(args["xml"]))
+            elif step.verb == "detach-device":
+                hv.detach_domain_device(name, str(args["xml"]))
+            else:
+                hv.update_domain_device(name, str(args["xml"]))
+        except Refused as exc:
+            self._refused.append(str(args.get("path", step.verb)))
+            note = f"live change refused ({step.describe()}: {exc}); takes effect at next restart"
+            self.log.warning("apply.live_refused", kind=action.kind.value, name=name,
+                             step=step.verb, error=str(exc))  # fmt: skip
+            return [note]
+        return []
+
+    def graceful_stop(self, name: str, timeout: float) -> str:
+        """ACPI shutdown, wait up to ``timeout``, then force off; says how it ended."""
+        log = self.log.bind(kind="VirtualMachine", name=name)
+        start = self.clock()
+        if not self.hypervisor.domain_active(name):
+            return "already stopped"
+        self.hypervisor.shutdown_domain(name)
+        log.info("vm.shutdown", how="acpi", timeout=timeout)
+        while self.clock() - start < timeout:
+            if not self.hypervisor.domain_active(name):
+                took = self.clock() - start
+                log.info("vm.stopped", how="acpi", duration=round(took, 3))
+                return f"shut down by ACPI in {took:.1f}s"
+            self.sleep(self.poll_interval)
+        self.hypervisor.destroy_domain(name)
+        log.warning("vm.stopped", how="forced", duration=round(self.clock() - start, 3),
+                    reason=f"no ACPI shutdown within {timeout:g}s")  # fmt: skip
+        return f"forced off: guest ignored ACPI shutdown for {timeout:g}s"
+
+
+def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
+    """Copy ``source`` into the new volume (as differences from ``backing`` when given)."""
+    path = hv.volume_path(str(args["pool"]), name)
+    fmt = hv.volume_format(str(args["pool"]), name)
+    command = ["qemu-img", "convert", "-n", "-O", fmt]
+    if args.get("backing"):
+        command += ["-B", str(args["backing"])]
+    command += [str(args["source"]), path]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ReconcilerError(f"importing {args['source']}: {done.stderr.strip()}")
+    return f"imported {args['source']}"
+
+
+_SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {
+    "define-pool": lambda hv, name, a: hv.define_pool(a["xml"]),
+    "build-pool": lambda hv, name, a: hv.build_pool(name),
+    "start-pool": lambda hv, name, a: hv.start_pool(name),
+    "stop-pool": lambda hv, name, a: hv.stop_pool(name),
+    "undefine-pool": lambda hv, name, a: hv.undefine_pool(name),
+    "autostart-pool": lambda hv, name, a: hv.set_pool_autostart(name, bool(a["on"])),
+    "create-volume": lambda hv, name, a: hv.create_volume(a["pool"], a["xml"]),
+    "delete-volume": lambda hv, name, a: hv.delete_volume(a["pool"], name),
+    "resize-volume": lambda hv, name, a: hv.resize_volume(a["pool"], name, int(a["capacity"])),
+    "block-resize": lambda hv, name, a: hv.block_resize(a["domain"], a["target"],
+                                                        int(a["capacity"])),
+    "define-network": lambda hv, name, a: hv.define_network(a["xml"]),
+    "start-network": lambda hv, name, a: hv.start_network(name),
+    "stop-network": lambda hv, name, a: hv.stop_network(name),
+    "undefine-network": lambda hv, name, a: hv.undefine_network(name),
+    "autostart-network": lambda hv, name, a: hv.set_network_autostart(name, bool(a["on"])),
+    "net-update": lambda hv, name, a: hv.update_network(name, a["command"], a["section"],
+                                                        a["xml"]),
+    "define-domain": lambda hv, name, a: hv.define_domain(a["xml"]),
+    "start-domain": lambda hv, name, a: hv.start_domain(name),
+    "undefine-domain": lambda hv, name, a: hv.undefine_domain(name),
+    "autostart-domain": lambda hv, name, a: hv.set_domain_autostart(name, bool(a["on"])),
+}  # fmt: skip

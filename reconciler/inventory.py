@@ -1,0 +1,92 @@
+"""The inventory: which libvirt objects the tool owns, kept in the state directory.
+
+libvirt lets a domain carry our ownership record in its own ``<metadata>``;
+networks, pools and volumes (libvirt 9.0) cannot, so the inventory is their
+record, and a second one for domains. One JSON file, replaced atomically
+(write a temporary file, fsync, rename, fsync the directory): a reconciler
+killed at any point leaves the old or the new inventory, never a torn one.
+
+Shape (version 1)::
+
+    {"version": 1, "objects": {"Network/lab": {"uuid": "...", "manifest": "net.yaml",
+        "digest": "sha256:...", "revision": "abc123", "applied": "2026-11-26T23:00:00Z"},
+        "Volume/root": {"pool": "images", "reclaimPolicy": "retain", ...}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ReconcilerError
+
+VERSION = 1
+FILENAME = "inventory.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """Owned objects by key ``Kind/name``; each entry is a plain JSON object."""
+
+    objects: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def get(self, key: str) -> Mapping[str, Any] | None:
+        return self.objects.get(key)
+
+    def with_entry(self, key: str, entry: Mapping[str, Any]) -> Inventory:
+        return Inventory({**self.objects, key: dict(entry)})
+
+    def without(self, key: str) -> Inventory:
+        return Inventory({k: v for k, v in self.objects.items() if k != key})
+
+
+def load(state_dir: Path) -> Inventory:
+    """The inventory in ``state_dir``; empty when there is none yet."""
+    path = state_dir / FILENAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Inventory()
+    except (OSError, ValueError) as exc:
+        raise ReconcilerError(
+            f"{path}: unreadable inventory ({exc}); move it aside to rebuild ownership "
+            "from domain metadata"
+        ) from exc
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise ReconcilerError(f"{path}: not a version {VERSION} inventory")
+    return Inventory(dict(data.get("objects", {})))
+
+
+def save(state_dir: Path, inventory: Inventory) -> None:
+    """Replace the inventory atomically."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    payload = json.dumps(
+        {"version": VERSION, "objects": dict(sorted(inventory.objects.items()))},
+        indent=2,
+        sort_keys=True,
+    )
+    write_atomically(state_dir / FILENAME, payload)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, whole."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,54 @@
+"""Live state, read-only: one snapshot of libvirt that the planner compares with.
+
+What arrives: an open ``Hypervisor`` and the inventory. What leaves: an
+``Observed`` value holding, per object, its definitions as libvirt returns
+them (XML text), its power state and autostart, and the host's machine
+type aliases. The XML is interpreted by ``reconciler.xml`` in the planner;
+this module only collects, in as few libvirt calls as it can (three
+listings for domains, one definition each, a second for running ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from reconciler.hypervisor import (
+    DomainRecord,
+    Hypervisor,
+    NetworkRecord,
+    PoolRecord,
+    VolumeRecord,
+)
+from reconciler.inventory import Inventory
+from reconciler.xml.domain import machine_aliases_from_capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """libvirt as it was when observed."""
+
+    domains: Mapping[str, DomainRecord] = field(default_factory=dict)
+    networks: Mapping[str, NetworkRecord] = field(default_factory=dict)
+    pools: Mapping[str, PoolRecord] = field(default_factory=dict)
+    volumes: Mapping[tuple[str, str], VolumeRecord] = field(default_factory=dict)
+    machine_aliases: Mapping[str, str] = field(default_factory=dict)
+    inventory: Inventory = field(default_factory=Inventory)
+
+
+def observe(
+    hv: Hypervisor, inventory: Inventory, *, machine_aliases: Mapping[str, str] | None = None
+) -> Observed:
+    """Read every domain, network, pool and volume (volumes of active pools)."""
+    pools = {p.name: p for p in hv.pools()}
+    volumes = {(v.pool, v.name): v for p in pools.values() if p.active for v in hv.volumes(p.name)}
+    if machine_aliases is None:
+        machine_aliases = machine_aliases_from_capabilities(hv.capabilities())
+    return Observed(
+        domains={d.name: d for d in hv.domains()},
+        networks={n.name: n for n in hv.networks()},
+        pools=pools,
+        volumes=volumes,
+        machine_aliases=machine_aliases,
+        inventory=inventory,
+    )

@@ -1,0 +1,787 @@
+"""Planner: desired manifests + observed libvirt state -> an ordered, classified Plan.
+
+What arrives: a ``LoadResult`` (manifests.py), an ``Observed`` snapshot
+(observe.py) and ``PlanOptions``. What leaves: a ``Plan`` (plan.py) whose
+actions each say what changes (field, old -> new), how (SPEC §3 classes) and
+the steps that do it, with all XML rendered. Order: VMs that go away first
+(freeing names, ports, disks), then pools, volumes, networks and VMs on the
+way up, then the networks, volumes and pools that go away.
+
+Pure: the same inputs give the same plan. Nothing here calls libvirt or
+reads files; executor.py carries the plan out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.diff import by_device, devices, diff
+from reconciler.hypervisor import DomainRecord
+from reconciler.manifests import LoadResult
+from reconciler.model import (
+    Kind,
+    Manifest,
+    NetworkSpec,
+    StoragePoolSpec,
+    VirtualMachineSpec,
+    VolumeSpec,
+)
+from reconciler.observe import Observed
+from reconciler.plan import Action, Change, Op, Plan, Step
+from reconciler.units import format_size
+from reconciler.xml import domain as domain_xml
+from reconciler.xml import network as network_xml
+from reconciler.xml import pool as pool_xml
+from reconciler.xml import volume as volume_xml
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    prune: bool = True
+    default_update_policy: str = "manual"
+    allow_replace: frozenset[str] = frozenset()  # action keys, e.g. "Volume/db-root"
+    revision: str | None = None  # source revision (git commit) recorded on applied objects
+    secrets: Mapping[str, str] = field(default_factory=dict)  # passwordFile -> password
+    # (action key, field or device path) of live changes libvirt refused: not retried
+    live_refused: frozenset[tuple[str, str]] = frozenset()
+
+
+# Fields of a running domain that cannot be compared with its definition: the
+# balloon's current size, the CPU model host-model expands to, the password
+# (libvirt may hide it). They are compared on the persistent definition only.
+LIVE_INCOMPARABLE = frozenset({"memory", "cpu", "graphics.password"})
+# Device buses that can be hot-plugged on pc/q35 machines.
+_HOTPLUG_DISK_BUSES = frozenset({"virtio", "scsi"})
+
+
+def digest(manifest: Manifest) -> str:
+    """A digest of what the manifest declares (kind, name, spec): the 'last applied' mark."""
+    payload = json.dumps(
+        {"kind": manifest.kind.value, "name": manifest.name, "spec": manifest.document["spec"]},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def make_plan(load: LoadResult, observed: Observed, options: PlanOptions) -> Plan:
+    """The plan that makes libvirt match ``load.manifests``."""
+    ctx = _Context(load.manifests, observed, options)
+    by_kind: dict[Kind, list[Manifest]] = {k: [] for k in Kind}
+    for m in load.manifests:
+        by_kind[m.kind].append(m)
+    up: list[Action] = []
+    up += [_plan_pool(m, ctx) for m in by_kind[Kind.STORAGE_POOL]]
+    up += [_plan_volume(m, ctx) for m in _backing_first(by_kind[Kind.VOLUME])]
+    up += [_plan_network(m, ctx) for m in by_kind[Kind.NETWORK]]
+    up += [_plan_vm(m, ctx) for m in by_kind[Kind.VIRTUAL_MACHINE]]
+    down, blocked = _plan_prune(load, observed, options)
+    first = [a for a in down if a.kind is Kind.VIRTUAL_MACHINE]
+    last = [a for a in down if a.kind is not Kind.VIRTUAL_MACHINE]
+    return Plan(actions=tuple(first + up + last), prune_blocked=blocked)
+
+
+# --- shared context ------------------------------------------------------------
+
+
+class _Context:
+    """What several planners need: who owns what, where volumes are, their formats."""
+
+    def __init__(
+        self, manifests: Sequence[Manifest], observed: Observed, options: PlanOptions
+    ) -> None:
+        self.observed = observed
+        self.options = options
+        self.manifests = {m.key: m for m in manifests}
+        self.volume_pools: dict[str, str] = {}
+        self.volume_formats: dict[str, str] = {}
+        # volumes that exist without a manifest (a base image made by hand) first,
+        # so that manifests win for names they declare
+        for (pool, name), record in observed.volumes.items():
+            self.volume_pools.setdefault(name, pool)
+            fmt = volume_xml.observe(record.xml).get("format")
+            if isinstance(fmt, str):
+                self.volume_formats.setdefault(name, fmt)
+        for m in manifests:
+            if isinstance(m.spec, VolumeSpec):
+                self.volume_pools[m.name] = m.spec.pool
+                self.volume_formats[m.name] = m.spec.format
+
+    def inventory_entry(self, key: str) -> Mapping[str, Any] | None:
+        return self.observed.inventory.get(key)
+
+    def owner_record(self, m: Manifest, **extra: Any) -> dict[str, Any]:
+        return {
+            "manifest": m.source.path,
+            "digest": digest(m),
+            "revision": self.options.revision,
+            **extra,
+        }
+
+    def pool_path(self, pool: str) -> str | None:
+        m = self.manifests.get((Kind.STORAGE_POOL, pool))
+        if m is not None and isinstance(m.spec, StoragePoolSpec):
+            return m.spec.path
+        live = self.observed.pools.get(pool)
+        if live is not None:
+            path = pool_xml.observe(live.config_xml).get("path")
+            return path if isinstance(path, str) else None
+        return None
+
+    def volume_path(self, pool: str, name: str) -> str | None:
+        live = self.observed.volumes.get((pool, name))
+        if live is not None:
+            return live.path
+        base = self.pool_path(pool)
+        return None if base is None else os.path.join(base, name)
+
+
+def _conflict(m: Manifest, what: str) -> Action:
+    return Action(
+        m.kind,
+        m.name,
+        Op.CONFLICT,
+        reason=f"{what} '{m.name}' exists in libvirt and is not managed by reconciler; "
+        "set adopt: true to take it over, or rename the manifest",
+        source=m.source,
+    )
+
+
+def _adoption(owned: bool) -> list[Change]:
+    return [] if owned else [Change("ownership", "unmanaged", "managed")]
+
+
+def _autostart(kind: str, have: bool, want: bool) -> tuple[list[Change], list[Step]]:
+    if have == want:
+        return [], []
+    return [Change("autostart", have, want, live=True)], [Step(f"autostart-{kind}", {"on": want})]
+
+
+# --- storage pools -----------------------------------------------------------------
+
+
+def _plan_pool(m: Manifest, ctx: _Context) -> Action:
+    spec = m.spec
+    assert isinstance(spec, StoragePoolSpec)
+    live = ctx.observed.pools.get(m.name)
+    record = ctx.owner_record(m)
+    if live is None:
+        new = [Step("define-pool", {"xml": pool_xml.render(m.name, spec)}), Step("build-pool")]
+        if spec.state == "active":
+            new.append(Step("start-pool"))
+        if spec.autostart:
+            new.append(Step("autostart-pool", {"on": True}))
+        return Action(
+            Kind.STORAGE_POOL,
+            m.name,
+            Op.CREATE,
+            (),
+            tuple(new),
+            source=m.source,
+            owner_record=record,
+        )
+    owned = ctx.inventory_entry(f"StoragePool/{m.name}") is not None
+    if not owned and not spec.adopt:
+        return _conflict(m, "a storage pool")
+    changes = _adoption(owned) + diff(pool_xml.project(spec), pool_xml.observe(live.config_xml))
+    steps: list[Step] = []
+    if len(changes) > len(_adoption(owned)):
+        steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid)}))
+        steps.append(Step("build-pool"))
+        if live.active and spec.state == "active":
+            steps += [Step("stop-pool"), Step("start-pool")]  # a dir pool restarts harmlessly
+    if spec.state == "active" and not live.active:
+        changes.append(Change("state", "inactive", "active", live=True))
+        steps += [Step("build-pool"), Step("start-pool")]  # build: mkdir if it went missing
+    elif spec.state == "inactive" and live.active:
+        changes.append(Change("state", "active", "inactive", live=True))
+        steps.append(Step("stop-pool"))
+    auto_changes, auto_steps = _autostart("pool", live.autostart, spec.autostart)
+    changes += auto_changes
+    steps += auto_steps
+    op = Op.UPDATE_LIVE if changes else Op.NOOP
+    return Action(
+        Kind.STORAGE_POOL,
+        m.name,
+        op,
+        tuple(changes),
+        tuple(steps),
+        source=m.source,
+        owner_record=record,
+    )
+
+
+# --- volumes ---------------------------------------------------------------------
+
+
+def _backing_first(volumes: list[Manifest]) -> list[Manifest]:
+    names = {m.name: m for m in volumes}
+    ordered: list[Manifest] = []
+    seen: set[str] = set()
+
+    def visit(m: Manifest) -> None:
+        if m.name in seen:
+            return
+        seen.add(m.name)
+        assert isinstance(m.spec, VolumeSpec)
+        base = names.get(m.spec.backing_volume or "")
+        if base is not None:
+            visit(base)
+        ordered.append(m)
+
+    for m in volumes:
+        visit(m)
+    return ordered
+
+
+def _plan_volume(m: Manifest, ctx: _Context) -> Action:
+    spec = m.spec
+    assert isinstance(spec, VolumeSpec)
+    live = ctx.observed.volumes.get((spec.pool, m.name))
+    requires = [f"StoragePool/{spec.pool}"]
+    backing_path = backing_format = None
+    if spec.backing_volume:
+        requires.append(f"Volume/{spec.backing_volume}")
+        backing_path = ctx.volume_path(spec.pool, spec.backing_volume)
+        backing_format = ctx.volume_formats.get(spec.backing_volume)
+    record = ctx.owner_record(m, pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
+    xml = volume_xml.render(m.name, spec, backing_path=backing_path, backing_format=backing_format)
+    create = [Step("create-volume", {"pool": spec.pool, "xml": xml})]
+    if spec.source:
+        create.append(
+            Step(
+                "import-volume", {"pool": spec.pool, "source": spec.source, "backing": backing_path}
+            )
+        )
+    if live is None:
+        return Action(
+            Kind.VOLUME,
+            m.name,
+            Op.CREATE,
+            (),
+            tuple(create),
+            source=m.source,
+            owner_record=record,
+            requires=tuple(requires),
+        )
+    entry = ctx.inventory_entry(f"Volume/{m.name}")
+    owned = entry is not None and entry.get("pool") == spec.pool
+    if not owned and not spec.adopt:
+        return _conflict(m, f"a volume in pool {spec.pool}")
+    desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
+    changes = _adoption(owned) + diff(desired, volume_xml.observe(live.xml))
+    steps: list[Step] = []
+    replace = [c for c in changes if c.path not in ("capacity", "ownership")]
+    capacity = next((c for c in changes if c.path == "capacity"), None)
+    key = f"Volume/{m.name}"
+    if replace:
+        if key not in ctx.options.allow_replace:
+            return Action(
+                Kind.VOLUME,
+                m.name,
+                Op.REPLACE,
+                tuple(changes),
+                (),
+                reason="changing "
+                + ", ".join(c.path for c in replace)
+                + " recreates the volume and loses its data; not done unless asked: "
+                f"reconciler apply --allow-replace {key}",
+                source=m.source,
+                requires=tuple(requires),
+            )
+        steps = [Step("delete-volume", {"pool": spec.pool}), *create]
+        return Action(
+            Kind.VOLUME,
+            m.name,
+            Op.REPLACE,
+            tuple(changes),
+            tuple(steps),
+            source=m.source,
+            owner_record=record,
+            requires=tuple(requires),
+        )
+    if capacity is not None:
+        old, new = int(capacity.old or 0), int(capacity.new or 0)
+        if new < old:
+            return Action(
+                Kind.VOLUME,
+                m.name,
+                Op.ERROR,
+                tuple(changes),
+                (),
+                reason=f"shrinking capacity from {format_size(old)} to {format_size(new)} is "
+                f"refused (it would cut off data); set capacity: {format_size(old)} or more",
+                source=m.source,
+            )
+        user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
+        if user is not None:
+            steps.append(
+                Step("block-resize", {"domain": user[0], "target": user[1], "capacity": new})
+            )
+        else:
+            steps.append(Step("resize-volume", {"pool": spec.pool, "capacity": new}))
+        changes = [Change(c.path, c.old, c.new, live=True) if c is capacity else c for c in changes]
+    op = Op.UPDATE_LIVE if changes else Op.NOOP
+    return Action(
+        Kind.VOLUME,
+        m.name,
+        op,
+        tuple(changes),
+        tuple(steps),
+        source=m.source,
+        owner_record=record,
+        requires=tuple(requires),
+    )
+
+
+def _running_user(
+    domains: Iterable[DomainRecord], pool: str, volume: str
+) -> tuple[str, str] | None:
+    """(domain, target) of a running domain that has the volume as a disk."""
+    for d in domains:
+        if not d.active or d.live_xml is None:
+            continue
+        live = domain_xml.observe(d.live_xml)
+        for target in devices(live, "disks"):
+            if (
+                live.get(f"disks[{target}].pool") == pool
+                and live.get(f"disks[{target}].volume") == volume
+            ):
+                return (d.name, target)
+    return None
+
+
+# --- networks ---------------------------------------------------------------------
+
+_NET_LIVE_SECTIONS = ("ipv4.dhcp.hosts", "dnsHosts")
+
+
+def _plan_network(m: Manifest, ctx: _Context) -> Action:
+    spec = m.spec
+    assert isinstance(spec, NetworkSpec)
+    live = ctx.observed.networks.get(m.name)
+    record = ctx.owner_record(m)
+    if live is None:
+        new = [Step("define-network", {"xml": network_xml.render(m.name, spec)})]
+        if spec.state == "active":
+            new.append(Step("start-network"))
+        if spec.autostart:
+            new.append(Step("autostart-network", {"on": True}))
+        return Action(
+            Kind.NETWORK, m.name, Op.CREATE, (), tuple(new), source=m.source, owner_record=record
+        )
+    owned = ctx.inventory_entry(f"Network/{m.name}") is not None
+    if not owned and not spec.adopt:
+        return _conflict(m, "a network")
+    declared = spec.bridge is not None
+    desired = network_xml.project(spec)
+    xml = network_xml.render(m.name, spec, uuid=live.uuid)
+    config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
+    changes = _adoption(owned) + config_changes
+    steps: list[Step] = []
+    if config_changes:
+        steps.append(Step("define-network", {"xml": xml}))
+    pending: list[Change] = []
+    running = live.active and live.live_xml is not None
+    if running and live.live_xml is not None:
+        live_projection = network_xml.observe(live.live_xml, bridge_declared=declared)
+        live_steps, pending = _network_live_updates(desired, live_projection, xml, live.live_xml)
+        steps += live_steps
+        changes = _mark_live(changes, {s.args["path"] for s in live_steps})
+    if spec.state == "active" and not live.active:
+        changes.append(Change("state", "inactive", "active", live=True))
+        steps.append(Step("start-network"))
+        pending = []
+    elif spec.state == "inactive" and live.active:
+        changes.append(Change("state", "active", "inactive", live=True))
+        steps.append(Step("stop-network"))
+        pending = []
+    auto_changes, auto_steps = _autostart("network", live.autostart, spec.autostart)
+    changes += auto_changes
+    steps += auto_steps
+    if not changes:
+        op = Op.NOOP
+    elif any(c.path in {p.path for p in pending} for c in config_changes):
+        op = Op.UPDATE_RESTART
+    else:
+        op = Op.UPDATE_LIVE
+    return Action(
+        Kind.NETWORK,
+        m.name,
+        op,
+        tuple(changes),
+        tuple(steps),
+        source=m.source,
+        restart_pending=tuple(pending),
+        owner_record=record,
+    )
+
+
+def _network_live_updates(
+    desired: Mapping[str, object], live: Mapping[str, object], desired_xml: str, live_xml: str
+) -> tuple[list[Step], list[Change]]:
+    """net-update steps for lease and DNS entries; everything else waits for a restart."""
+    steps: list[Step] = []
+    pending: list[Change] = []
+    for dev, changes in sorted(by_device(diff(desired, live)).items(), key=lambda kv: str(kv[0])):
+        if dev is None or dev[0] not in _NET_LIVE_SECTIONS:
+            pending += changes
+            continue
+        section, key = dev
+        wanted = key in devices(desired, section)
+        present = key in devices(live, section)
+        xml_section = "ip-dhcp-host" if section == "ipv4.dhcp.hosts" else "dns-host"
+        path = f"{section}[{key}]"
+        if present:
+            old = network_xml.entry_xml(live_xml, section, key)
+            steps.append(
+                Step(
+                    "net-update",
+                    {"command": "delete", "section": xml_section, "path": path, "xml": old},
+                )
+            )
+        if wanted:
+            new = network_xml.entry_xml(desired_xml, section, key)
+            steps.append(
+                Step(
+                    "net-update",
+                    {"command": "add", "section": xml_section, "path": path, "xml": new},
+                )
+            )
+    return steps, pending
+
+
+def _mark_live(changes: list[Change], live_prefixes: set[str]) -> list[Change]:
+    return [
+        Change(c.path, c.old, c.new, live=True)
+        if any(c.path.startswith(p + ".") for p in live_prefixes)
+        else c
+        for c in changes
+    ]
+
+
+# --- virtual machines -----------------------------------------------------------
+
+
+def _plan_vm(m: Manifest, ctx: _Context) -> Action:
+    spec = m.spec
+    assert isinstance(spec, VirtualMachineSpec)
+    requires = tuple(
+        [f"Volume/{d.volume}" for d in spec.disks if d.volume]
+        + [f"Network/{n.network}" for n in spec.interfaces if n.network]
+    )
+    password = None
+    if spec.graphics is not None and spec.graphics.password_file:
+        password = ctx.options.secrets.get(spec.graphics.password_file)
+        if password is None:
+            return Action(
+                Kind.VIRTUAL_MACHINE,
+                m.name,
+                Op.ERROR,
+                source=m.source,
+                reason=f"cannot read graphics.passwordFile {spec.graphics.password_file}",
+            )
+    live = ctx.observed.domains.get(m.name)
+    ownership = domain_xml.Ownership(
+        manifest=m.source.path, digest=digest(m), revision=ctx.options.revision
+    )
+    kwargs: dict[str, Any] = {
+        "volume_pools": ctx.volume_pools,
+        "volume_formats": ctx.volume_formats,
+        "graphics_password": password,
+        "machine_aliases": ctx.observed.machine_aliases,
+    }
+    try:
+        xml = domain_xml.render(
+            m.name, spec, uuid=live.uuid if live else None, ownership=ownership, **kwargs
+        )
+        desired = domain_xml.project(spec, **kwargs)
+    except ValueError as exc:
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
+    record = ctx.owner_record(m)
+    if live is None:
+        new = [Step("define-domain", {"xml": xml})]
+        if spec.state == "running":
+            new.append(Step("start-domain"))
+        if spec.autostart:
+            new.append(Step("autostart-domain", {"on": True}))
+        return Action(
+            Kind.VIRTUAL_MACHINE,
+            m.name,
+            Op.CREATE,
+            (),
+            tuple(new),
+            source=m.source,
+            owner_record=record,
+            requires=requires,
+        )
+    owned = (
+        live_owner(live) is not None or ctx.inventory_entry(f"VirtualMachine/{m.name}") is not None
+    )
+    if not owned and not spec.adopt:
+        return _conflict(m, "a VM")
+    config = domain_xml.observe(live.config_xml)
+    config_changes = diff(desired, config)
+    changes = _adoption(owned) + config_changes
+    steps: list[Step] = []
+    if changes:
+        steps.append(Step("define-domain", {"xml": xml}))
+    pending: list[Change] = []
+    timeout = spec.shutdown_timeout
+    if live.active and live.live_xml is not None:
+        live_projection = domain_xml.observe(live.live_xml)
+        refused = frozenset(
+            path for key, path in ctx.options.live_refused if key == f"VirtualMachine/{m.name}"
+        )
+        live_steps, pending, live_changes = _vm_live_updates(
+            desired, config, live_projection, xml, live.live_xml, refused
+        )
+        steps += live_steps
+        # a definition change the running domain already has needs no restart
+        done = {c.path for c in live_changes} | {
+            c.path
+            for c in config_changes
+            if c.path not in LIVE_INCOMPARABLE and live_projection.get(c.path) == c.new
+        }
+        changes = [
+            Change(c.path, c.old, c.new, live=True) if c.path in done else c for c in changes
+        ]
+        changes += [c for c in live_changes if c.path not in {x.path for x in changes}]
+        policy = spec.update_policy or ctx.options.default_update_policy
+        if pending and spec.state == "running" and policy == "restart":
+            steps.append(Step("restart-domain", {"timeout": timeout}))
+            changes += [c for c in pending if c.path not in {x.path for x in changes}]
+            restarted = True
+        else:
+            restarted = False
+    else:
+        restarted = False
+    if spec.state == "running" and not live.active:
+        changes.append(Change("state", "stopped", "running", live=True))
+        steps.append(Step("start-domain"))
+    elif spec.state == "stopped" and live.active:
+        changes.append(Change("state", "running", "stopped", live=True))
+        steps.append(Step("stop-domain", {"timeout": timeout}))
+        pending = []
+    auto_changes, auto_steps = _autostart("domain", live.autostart, spec.autostart)
+    changes += auto_changes
+    steps += auto_steps
+    if restarted:
+        op, pending = Op.UPDATE_RESTART, []
+    elif not changes:
+        op = Op.NOOP
+    elif any(not c.live and c.path != "ownership" for c in changes) and live.active:
+        op = Op.UPDATE_RESTART
+    else:
+        op = Op.UPDATE_LIVE
+    return Action(
+        Kind.VIRTUAL_MACHINE,
+        m.name,
+        op,
+        tuple(changes),
+        tuple(steps),
+        source=m.source,
+        restart_pending=tuple(pending),
+        owner_record=record,
+        requires=requires,
+    )
+
+
+def live_owner(record: DomainRecord) -> domain_xml.Ownership | None:
+    return domain_xml.read_ownership(record.config_xml)
+
+
+def _vm_live_updates(
+    desired: Mapping[str, object],
+    config: Mapping[str, object],
+    live: Mapping[str, object],
+    desired_xml: str,
+    live_xml: str,
+    refused: frozenset[str] = frozenset(),
+) -> tuple[list[Step], list[Change], list[Change]]:
+    """Steps that change the running domain; what must wait for a restart; what they change.
+
+    Computed against the running definition (not the persistent one), so that
+    reverting a manifest clears a pending restart instead of adding one.
+    ``refused``: live changes libvirt already refused for this domain (field or
+    device paths); they wait for a restart instead of being tried again.
+    """
+    steps: list[Step] = []
+    pending: list[Change] = []
+    applied: list[Change] = []
+    max_memory, max_vcpus = live.get("maxMemory"), live.get("maxVcpus")
+    # memory cannot be read back from a running domain (see LIVE_INCOMPARABLE):
+    # a changed definition is applied to the balloon when it fits.
+    if desired.get("memory") != config.get("memory"):
+        change = Change("memory", config.get("memory"), desired.get("memory"), live=True)
+        fits = desired.get("maxMemory") == max_memory and int(
+            desired.get("memory") or 0  # type: ignore[call-overload]
+        ) <= int(max_memory or 0)  # type: ignore[call-overload]
+        if fits and "memory" not in refused:
+            steps.append(Step("set-memory", {"path": "memory", "bytes": desired.get("memory")}))
+            applied.append(change)
+        else:
+            pending.append(Change("memory", config.get("memory"), desired.get("memory")))
+    grouped = by_device(diff(desired, live, ignore=LIVE_INCOMPARABLE))
+    for dev, changes in sorted(grouped.items(), key=lambda kv: str(kv[0])):
+        if dev is None:
+            for change in changes:
+                # vCPUs are hot-plugged, not unplugged: taking one away needs the
+                # guest's help and often never completes, so that waits for a restart.
+                if (
+                    change.path == "vcpus"
+                    and change.path not in refused
+                    and desired.get("maxVcpus") == max_vcpus
+                    and int(change.old or 0) < int(change.new or 0) <= int(max_vcpus or 0)  # type: ignore[call-overload]
+                ):
+                    steps.append(Step("set-vcpus", {"path": "vcpus", "count": change.new}))
+                    applied.append(Change(change.path, change.old, change.new, live=True))
+                else:
+                    pending.append(change)
+            continue
+        section, key = dev
+        wanted = key in devices(desired, section)
+        present = key in devices(live, section)
+        hot = section == "interfaces" or (
+            section == "disks"
+            and (desired.get(f"disks[{key}].bus") if wanted else live.get(f"disks[{key}].bus"))
+            in _HOTPLUG_DISK_BUSES
+        )
+        only_media = (
+            section == "cdroms"
+            and wanted
+            and present
+            and all(c.path == f"cdroms[{key}].file" for c in changes)
+        )
+        if only_media:
+            steps.append(
+                Step(
+                    "update-device",
+                    {
+                        "path": f"cdroms[{key}]",
+                        "xml": domain_xml.device_xml(desired_xml, section, key),
+                    },
+                )
+            )
+        elif hot and wanted and not present:
+            steps.append(
+                Step(
+                    "attach-device",
+                    {
+                        "path": f"{section}[{key}]",
+                        "xml": domain_xml.device_xml(desired_xml, section, key),
+                    },
+                )
+            )
+        elif hot and present and not wanted:
+            steps.append(
+                Step(
+                    "detach-device",
+                    {
+                        "path": f"{section}[{key}]",
+                        "xml": domain_xml.device_xml(live_xml, section, key),
+                    },
+                )
+            )
+        else:
+            pending += changes
+            continue
+        applied += [Change(c.path, c.old, c.new, live=True) for c in changes]
+    return steps, pending, applied
+
+
+# --- prune ------------------------------------------------------------------------
+
+
+def _plan_prune(
+    load: LoadResult, observed: Observed, options: PlanOptions
+) -> tuple[list[Action], str]:
+    """Delete what the tool owns and no manifest declares any more (SPEC §3 prune rules)."""
+    declared = {f"{m.kind.value}/{m.name}" for m in load.manifests}
+    owned: dict[str, Mapping[str, Any]] = dict(observed.inventory.objects)
+    for name, record in observed.domains.items():
+        owner = live_owner(record)
+        if owner is not None:
+            owned.setdefault(f"VirtualMachine/{name}", {"manifest": owner.manifest})
+    orphans = sorted(k for k in owned if k not in declared)
+    if not orphans:
+        return [], ""
+    if not load.complete:
+        return [], (
+            f"{len(orphans)} owned object(s) without a manifest kept: "
+            "not every manifest loaded, and a broken file may still declare them "
+            f"({', '.join(orphans)})"
+        )
+    if not options.prune:
+        return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off"
+    actions = [a for key in orphans if (a := _delete(key, owned[key], observed)) is not None]
+    order = {Kind.VIRTUAL_MACHINE: 0, Kind.NETWORK: 1, Kind.VOLUME: 2, Kind.STORAGE_POOL: 3}
+    clones = {a.name for a in actions if a.kind is Kind.VOLUME and _has_backing(a, observed)}
+    actions.sort(key=lambda a: (order[a.kind], a.name not in clones, a.name))
+    return actions, ""
+
+
+def _has_backing(action: Action, observed: Observed) -> bool:
+    for (_pool, name), record in observed.volumes.items():
+        if name == action.name:
+            return volume_xml.observe(record.xml).get("backingVolume") is not None
+    return False
+
+
+def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | None:
+    kind_name, _, name = key.partition("/")
+    kind = Kind(kind_name)
+    where = f"manifest {entry.get('manifest', '?')} is gone"
+    gone = Action(kind, name, Op.FORGET, reason="already gone from libvirt; dropped from inventory")
+    if kind is Kind.VIRTUAL_MACHINE:
+        dom = observed.domains.get(name)
+        if dom is None:
+            return gone
+        steps = []
+        if dom.active:
+            timeout = float(entry.get("shutdownTimeout", 120))
+            steps.append(Step("stop-domain", {"timeout": timeout}))
+        steps.append(Step("undefine-domain"))
+        return Action(
+            kind, name, Op.DELETE, (Change("exists", True, False),), tuple(steps), reason=where
+        )
+    if kind is Kind.NETWORK:
+        net = observed.networks.get(name)
+        if net is None:
+            return gone
+        steps = ([Step("stop-network")] if net.active else []) + [Step("undefine-network")]
+        return Action(
+            kind, name, Op.DELETE, (Change("exists", True, False),), tuple(steps), reason=where
+        )
+    if kind is Kind.STORAGE_POOL:
+        pool = observed.pools.get(name)
+        if pool is None:
+            return gone
+        steps = ([Step("stop-pool")] if pool.active else []) + [Step("undefine-pool")]
+        return Action(
+            kind,
+            name,
+            Op.DELETE,
+            (Change("exists", True, False),),
+            tuple(steps),
+            reason=where + "; the pool's directory and files are kept",
+        )
+    pool_name = str(entry.get("pool", ""))
+    if (pool_name, name) not in observed.volumes:
+        return gone
+    if entry.get("reclaimPolicy") != "delete":
+        return Action(kind, name, Op.FORGET, reason=where + "; reclaimPolicy retain keeps its data")
+    return Action(
+        kind,
+        name,
+        Op.DELETE,
+        (Change("exists", True, False),),
+        (Step("delete-volume", {"pool": pool_name}),),
+        reason=where + "; reclaimPolicy delete",
+    )

@@ -1,0 +1,151 @@
+"""One reconcile pass: load -> observe -> plan -> (apply -> observe -> check it settled).
+
+Shared by ``reconciler plan``, ``reconciler apply`` and the daemon, which
+only decide when to call it. The inputs that are not pure (manifest files,
+password files, the git revision of the manifest directory, libvirt) are
+gathered here and handed to the pure planner.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler import inventory as inventory_file
+from reconciler.executor import ActionResult, Executor
+from reconciler.hypervisor import Hypervisor
+from reconciler.inventory import Inventory
+from reconciler.manifests import LoadResult, load_directory
+from reconciler.model import Manifest, VirtualMachineSpec
+from reconciler.observe import Observed, observe
+from reconciler.plan import Action, Op, Plan
+from reconciler.planner import PlanOptions, make_plan
+from reconciler.references import KnownObjects
+
+
+@dataclass(frozen=True, slots=True)
+class PassOptions:
+    directory: Path
+    state_dir: Path | None  # None: no inventory (read-only plan of a fresh host)
+    host: str | None = None
+    prune: bool = True
+    default_update_policy: str = "manual"
+    allow_replace: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    load: LoadResult
+    plan: Plan
+    results: tuple[ActionResult, ...] = ()
+    unsettled: tuple[Action, ...] = ()  # still differing right after apply: a bug, reported
+    after: Plan | None = None  # the plan right after apply
+
+    @property
+    def failed(self) -> bool:
+        return (
+            bool(self.load.problems)
+            or self.plan.has_errors
+            or any(r.outcome != "ok" for r in self.results)
+            or bool(self.unsettled)
+        )
+
+
+@dataclass(slots=True)
+class Reconciler:
+    hypervisor: Hypervisor
+    options: PassOptions
+    machine_aliases: dict[str, str] | None = None
+    live_refused: set[tuple[str, str]] = field(default_factory=set)
+    executor_hooks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+
+    def observe(self) -> Observed:
+        inventory = (
+            inventory_file.load(self.options.state_dir) if self.options.state_dir else Inventory()
+        )
+        observed = observe(self.hypervisor, inventory, machine_aliases=self.machine_aliases)
+        self.machine_aliases = dict(observed.machine_aliases)
+        return observed
+
+    def plan(self) -> tuple[LoadResult, Observed, Plan]:
+        observed = self.observe()
+        load = load_directory(self.options.directory, known=known_objects(observed),
+                              host=self.options.host)  # fmt: skip
+        plan = make_plan(load, observed, self._plan_options(load))
+        return load, observed, plan
+
+    def apply(self, plan: Plan, observed: Observed, load: LoadResult) -> PassResult:
+        executor = Executor(
+            self.hypervisor,
+            observed.inventory,
+            self.options.state_dir,
+            should_stop=self.executor_hooks.get("should_stop", lambda: False),
+        )
+        results = executor.apply(plan)
+        self.live_refused |= {(r.action.key, path) for r in results for path in r.refused}
+        after_observed = self.observe()
+        after = make_plan(load, after_observed, self._plan_options(load))
+        tried = {r.action.key for r in results if r.outcome == "ok"}
+        unsettled = tuple(
+            a for a in after.actions if a.key in tried and a.changes_anything
+            and a.op not in (Op.FORGET,)
+        )  # fmt: skip
+        return PassResult(load, plan, tuple(results), unsettled, after)
+
+    def _plan_options(self, load: LoadResult) -> PlanOptions:
+        return PlanOptions(
+            prune=self.options.prune,
+            default_update_policy=self.options.default_update_policy,
+            allow_replace=self.options.allow_replace,
+            revision=source_revision(self.options.directory),
+            secrets=read_secrets(load.manifests),
+            live_refused=frozenset(self.live_refused),
+        )
+
+
+def known_objects(observed: Observed) -> KnownObjects:
+    """What exists in libvirt, for references to objects without a manifest."""
+    return KnownObjects(
+        networks=frozenset(observed.networks),
+        pools=frozenset(observed.pools),
+        volumes=frozenset(observed.volumes),
+        consulted=True,
+    )
+
+
+def source_revision(directory: Path) -> str | None:
+    """The git commit of the manifest directory (``-dirty`` with local changes), if any."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    revision = head.stdout.strip()
+    return revision + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def read_secrets(manifests: tuple[Manifest, ...]) -> dict[str, str]:
+    """The display passwords named by ``graphics.passwordFile`` (first line of each file)."""
+    secrets: dict[str, str] = {}
+    for m in manifests:
+        spec = m.spec
+        if not isinstance(spec, VirtualMachineSpec) or spec.graphics is None:
+            continue
+        path = spec.graphics.password_file
+        if path and path not in secrets:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue  # the planner reports the VM as unable to apply
+            secrets[path] = text.splitlines()[0] if text else ""
+    return secrets
