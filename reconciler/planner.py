@@ -147,7 +147,7 @@ def _conflict(m: Manifest, what: str) -> Action:
         m.kind,
         m.name,
         Op.CONFLICT,
-        reason=f"{what} '{m.name}' exists in libvirt and is not managed by reconciler; "
+        reason=f"{what} exists in libvirt and is not managed by reconciler; "
         "set adopt: true to take it over, or rename the manifest",
         source=m.source,
     )
@@ -188,7 +188,7 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
         )
     owned = ctx.inventory_entry(f"StoragePool/{m.name}") is not None
     if not owned and not spec.adopt:
-        return _conflict(m, "a storage pool")
+        return _conflict(m, f"storage pool '{m.name}'")
     changes = _adoption(owned) + diff(pool_xml.project(spec), pool_xml.observe(live.config_xml))
     steps: list[Step] = []
     if len(changes) > len(_adoption(owned)):
@@ -273,7 +273,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     entry = ctx.inventory_entry(f"Volume/{m.name}")
     owned = entry is not None and entry.get("pool") == spec.pool
     if not owned and not spec.adopt:
-        return _conflict(m, f"a volume in pool {spec.pool}")
+        return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'")
     desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
     changes = _adoption(owned) + diff(desired, volume_xml.observe(live.xml))
     steps: list[Step] = []
@@ -378,7 +378,7 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         )
     owned = ctx.inventory_entry(f"Network/{m.name}") is not None
     if not owned and not spec.adopt:
-        return _conflict(m, "a network")
+        return _conflict(m, f"network '{m.name}'")
     declared = spec.bridge is not None
     desired = network_xml.project(spec)
     xml = network_xml.render(m.name, spec, uuid=live.uuid)
@@ -525,7 +525,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         live_owner(live) is not None or ctx.inventory_entry(f"VirtualMachine/{m.name}") is not None
     )
     if not owned and not spec.adopt:
-        return _conflict(m, "a VM")
+        return _conflict(m, f"VM '{m.name}'")
     config = domain_xml.observe(live.config_xml)
     config_changes = diff(desired, config)
     changes = _adoption(owned) + config_changes

@@ -1,0 +1,371 @@
+"""The planner, pure: manifests + a libvirt snapshot (made of our own rendered XML) -> Plan."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from reconciler.hypervisor import DomainRecord, NetworkRecord, PoolRecord, VolumeRecord
+from reconciler.inventory import Inventory
+from reconciler.manifests import LoadResult, load_directory
+from reconciler.model import Kind, Manifest
+from reconciler.observe import Observed
+from reconciler.plan import Op, Plan
+from reconciler.planner import PlanOptions, digest, make_plan
+from reconciler.xml import domain as domain_xml
+from reconciler.xml import network as network_xml
+from reconciler.xml import pool as pool_xml
+from reconciler.xml import volume as volume_xml
+from tests.unit.conftest import WriteFiles
+
+STACK = """
+apiVersion: reconciler/v1
+kind: StoragePool
+metadata: {name: images}
+spec: {path: /srv/images, autostart: true}
+---
+apiVersion: reconciler/v1
+kind: Volume
+metadata: {name: root}
+spec: {pool: images, capacity: 1GiB}
+---
+apiVersion: reconciler/v1
+kind: Network
+metadata: {name: lab}
+spec:
+  mode: isolated
+  bridge: virbr-lab
+  ipv4:
+    address: 10.254.0.1
+    prefix: 24
+    dhcp:
+      start: 10.254.0.100
+      end: 10.254.0.200
+      hosts: [{mac: "52:54:00:00:00:01", ip: 10.254.0.10, name: web}]
+---
+apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata: {name: web}
+spec:
+  memory: 512MiB
+  maxMemory: 1GiB
+  vcpus: 1
+  maxVcpus: 2
+  disks: [{volume: root}]
+  interfaces: [{network: lab, mac: "52:54:00:00:00:01"}]
+  state: running
+"""
+
+
+def load(write: WriteFiles, text: str = STACK, **more: str) -> LoadResult:
+    root = write(**{"stack.yaml": text}, **more)
+    result = load_directory(root)
+    assert result.problems == ()
+    return result
+
+
+def converged(result: LoadResult, *, running: bool = True) -> Observed:
+    """libvirt as it would be right after applying ``result``: our own XML, owned."""
+    m = {x.key: x for x in result.manifests}
+    domains: dict[str, DomainRecord] = {}
+    networks: dict[str, NetworkRecord] = {}
+    pools: dict[str, PoolRecord] = {}
+    volumes: dict[tuple[str, str], VolumeRecord] = {}
+    objects: dict[str, dict[str, Any]] = {}
+    for (kind, name), man in m.items():
+        spec: Any = man.spec
+        key = f"{kind.value}/{name}"
+        objects[key] = {"manifest": man.source.path, "digest": digest(man)}
+        if kind is Kind.STORAGE_POOL:
+            pools[name] = PoolRecord(
+                name, f"uuid-{name}", True, spec.autostart, pool_xml.render(name, spec)
+            )
+        elif kind is Kind.VOLUME:
+            objects[key].update(pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
+            volumes[(spec.pool, name)] = VolumeRecord(
+                spec.pool, name, f"/srv/images/{name}", volume_xml.render(name, spec)
+            )
+        elif kind is Kind.NETWORK:
+            xml = network_xml.render(name, spec)
+            networks[name] = NetworkRecord(name, f"uuid-{name}", True, spec.autostart, xml, xml)
+        else:
+            xml = domain_xml.render(
+                name,
+                spec,
+                uuid=f"uuid-{name}",
+                ownership=domain_xml.Ownership(man.source.path, digest(man)),
+                volume_pools={"root": "images"},
+                volume_formats={"root": "qcow2"},
+            )
+            active = running and spec.state == "running"
+            domains[name] = DomainRecord(
+                name, f"uuid-{name}", active, spec.autostart, xml, xml if active else None
+            )
+    return Observed(domains, networks, pools, volumes, {}, Inventory(objects))
+
+
+def plan_for(result: LoadResult, observed: Observed, **options: Any) -> Plan:
+    return make_plan(result, observed, PlanOptions(**options))
+
+
+def action(plan: Plan, kind: Kind, name: str) -> Any:
+    [found] = [a for a in plan.actions if a.kind is kind and a.name == name]
+    return found
+
+
+def edit(result: LoadResult, name: str, **spec_changes: Any) -> LoadResult:
+    """The same manifests, with fields of one spec replaced (as if the file was edited)."""
+    manifests = []
+    for man in result.manifests:
+        if man.name == name:
+            man = dataclasses.replace(man, spec=dataclasses.replace(man.spec, **spec_changes))
+        manifests.append(man)
+    return dataclasses.replace(result, manifests=tuple(manifests))
+
+
+def test_fresh_host_creates_in_dependency_order(write: WriteFiles) -> None:
+    result = load(write)
+    plan = plan_for(result, Observed())
+    assert [(a.kind, a.op) for a in plan.actions] == [
+        (Kind.STORAGE_POOL, Op.CREATE),
+        (Kind.VOLUME, Op.CREATE),
+        (Kind.NETWORK, Op.CREATE),
+        (Kind.VIRTUAL_MACHINE, Op.CREATE),
+    ]
+    vm = action(plan, Kind.VIRTUAL_MACHINE, "web")
+    assert [s.verb for s in vm.steps] == ["define-domain", "start-domain"]
+    assert vm.requires == ("Volume/root", "Network/lab")
+    assert "<rc:owner" in vm.steps[0].args["xml"]
+    assert plan.summary() == "Plan: 4 to create, 0 to update, 0 to delete."
+
+
+def test_converged_host_has_no_changes(write: WriteFiles) -> None:
+    result = load(write)
+    plan = plan_for(result, converged(result))
+    assert not plan.has_changes
+    assert {a.op for a in plan.actions} == {Op.NOOP}
+
+
+def test_unowned_vm_is_a_conflict_unless_adopted(write: WriteFiles) -> None:
+    result = load(write)
+    observed = converged(result)
+    vm = observed.domains["web"]
+    bare = vm.config_xml.split("<metadata>")[0] + vm.config_xml.split("</metadata>")[1]
+    inventory = Inventory(
+        {k: v for k, v in observed.inventory.objects.items() if not k.startswith("VirtualMachine")}
+    )
+    observed = dataclasses.replace(
+        observed,
+        domains={"web": dataclasses.replace(vm, config_xml=bare, live_xml=bare)},
+        inventory=inventory,
+    )
+    conflict = action(plan_for(result, observed), Kind.VIRTUAL_MACHINE, "web")
+    assert conflict.op is Op.CONFLICT and conflict.steps == ()
+    assert "set adopt: true" in conflict.reason
+    adopted = action(
+        plan_for(edit(result, "web", adopt=True), observed), Kind.VIRTUAL_MACHINE, "web"
+    )
+    assert adopted.op is Op.UPDATE_LIVE
+    assert [c.path for c in adopted.changes] == ["ownership"]
+    assert [s.verb for s in adopted.steps] == ["define-domain"]
+
+
+def test_memory_within_max_is_live_beyond_is_restart(write: WriteFiles) -> None:
+    result = load(write)
+    observed = converged(result)
+    live = action(
+        plan_for(edit(result, "web", memory=768 * 1024**2), observed), Kind.VIRTUAL_MACHINE, "web"
+    )
+    assert live.op is Op.UPDATE_LIVE
+    assert [(c.path, c.live) for c in live.changes] == [("memory", True)]
+    assert [s.verb for s in live.steps] == ["define-domain", "set-memory"]
+    assert live.restart_pending == ()
+    more = action(
+        plan_for(edit(result, "web", memory=2 * 1024**3, max_memory=2 * 1024**3), observed),
+        Kind.VIRTUAL_MACHINE,
+        "web",
+    )
+    assert more.op is Op.UPDATE_RESTART
+    assert {c.path for c in more.restart_pending} == {"memory", "maxMemory"}
+
+
+def test_vcpus_added_live_removed_at_restart(write: WriteFiles) -> None:
+    result = load(write)
+    up = action(
+        plan_for(edit(result, "web", vcpus=2), converged(result)), Kind.VIRTUAL_MACHINE, "web"
+    )
+    assert up.op is Op.UPDATE_LIVE
+    assert [s.describe() for s in up.steps] == ["define-domain", "set-vcpus path=vcpus count=2"]
+    two = edit(result, "web", vcpus=2)
+    down = action(plan_for(result, converged(two)), Kind.VIRTUAL_MACHINE, "web")
+    assert down.op is Op.UPDATE_RESTART
+    assert [c.path for c in down.restart_pending] == ["vcpus"]
+
+
+def test_restart_pending_clears_when_manifest_is_reverted(write: WriteFiles) -> None:
+    result = load(write)
+    q35 = edit(result, "web", machine="q35")
+    observed = converged(result)
+    # q35 was applied to the definition only: the running domain still has pc
+    q35_config = converged(q35, running=False).domains["web"].config_xml
+    vm = observed.domains["web"]
+    pending_state = dataclasses.replace(
+        observed, domains={"web": dataclasses.replace(vm, config_xml=q35_config)}
+    )
+    still = action(plan_for(q35, pending_state), Kind.VIRTUAL_MACHINE, "web")
+    assert still.op is Op.NOOP and [c.path for c in still.restart_pending] == ["machine"]
+    reverted = action(plan_for(result, pending_state), Kind.VIRTUAL_MACHINE, "web")
+    assert reverted.op is Op.UPDATE_LIVE  # the running domain already has it
+    assert [s.verb for s in reverted.steps] == ["define-domain"]
+    assert reverted.restart_pending == ()
+
+
+def test_update_policy_restart_restarts_gracefully(write: WriteFiles) -> None:
+    result = load(write)
+    act = action(
+        plan_for(edit(result, "web", machine="q35", update_policy="restart"), converged(result)),
+        Kind.VIRTUAL_MACHINE,
+        "web",
+    )
+    assert act.op is Op.UPDATE_RESTART
+    assert [s.verb for s in act.steps] == ["define-domain", "restart-domain"]
+    assert act.restart_pending == ()
+
+
+def test_power_state_is_enforced(write: WriteFiles) -> None:
+    result = load(write)
+    stopped = action(
+        plan_for(result, converged(result, running=False)), Kind.VIRTUAL_MACHINE, "web"
+    )
+    assert [(c.path, c.old, c.new) for c in stopped.changes] == [("state", "stopped", "running")]
+    assert [s.verb for s in stopped.steps] == ["start-domain"]
+    halt = action(
+        plan_for(edit(result, "web", state="stopped", shutdown_timeout=30.0), converged(result)),
+        Kind.VIRTUAL_MACHINE,
+        "web",
+    )
+    assert [s.describe() for s in halt.steps] == ["stop-domain timeout=30.0"]
+
+
+def test_hotplug_nic_and_disk(write: WriteFiles) -> None:
+    result = load(write)
+    base = next(m for m in result.manifests if m.name == "web").spec
+    nic = dataclasses.replace(base.interfaces[0], mac="52:54:00:00:00:02")
+    act = action(
+        plan_for(edit(result, "web", interfaces=(*base.interfaces, nic)), converged(result)),
+        Kind.VIRTUAL_MACHINE,
+        "web",
+    )
+    assert act.op is Op.UPDATE_LIVE
+    assert [s.verb for s in act.steps] == ["define-domain", "attach-device"]
+    assert "52:54:00:00:00:02" in act.steps[1].args["xml"]
+    assert act.restart_pending == ()
+    disk = dataclasses.replace(base.disks[0], target="vdb")
+    two = edit(result, "web", disks=(*base.disks, disk))
+    removed = action(plan_for(result, converged(two)), Kind.VIRTUAL_MACHINE, "web")
+    assert [s.verb for s in removed.steps] == ["define-domain", "detach-device"]
+    assert "vdb" in removed.steps[1].args["xml"]
+
+
+def test_dhcp_hosts_change_live_on_active_network(write: WriteFiles) -> None:
+    result = load(write)
+    spec: Any = next(m for m in result.manifests if m.name == "lab").spec
+    host = dataclasses.replace(spec.ipv4.dhcp.hosts[0], ip="10.254.0.11")
+    dhcp = dataclasses.replace(spec.ipv4.dhcp, hosts=(host,))
+    act = action(
+        plan_for(
+            edit(result, "lab", ipv4=dataclasses.replace(spec.ipv4, dhcp=dhcp)), converged(result)
+        ),
+        Kind.NETWORK,
+        "lab",
+    )
+    assert act.op is Op.UPDATE_LIVE
+    assert [s.describe() for s in act.steps] == [
+        "define-network",
+        "net-update command=delete section=ip-dhcp-host path=ipv4.dhcp.hosts[52:54:00:00:00:01]",
+        "net-update command=add section=ip-dhcp-host path=ipv4.dhcp.hosts[52:54:00:00:00:01]",
+    ]
+    assert "10.254.0.11" in act.steps[2].args["xml"]
+    mtu = action(plan_for(edit(result, "lab", mtu=9000), converged(result)), Kind.NETWORK, "lab")
+    assert mtu.op is Op.UPDATE_RESTART
+    assert [c.path for c in mtu.restart_pending] == ["mtu"]
+
+
+def test_volume_grow_shrink_and_replace(write: WriteFiles) -> None:
+    result = load(write)
+    observed = converged(result)
+    bigger = edit(result, "root", capacity=2 * 1024**3)
+    grow = action(plan_for(bigger, observed), Kind.VOLUME, "root")
+    assert grow.op is Op.UPDATE_LIVE
+    # the running VM has it open: grown through the domain, so the guest sees it at once
+    assert [s.describe() for s in grow.steps] == [
+        f"block-resize domain=web target=vda capacity={2 * 1024**3}"
+    ]
+    offline = action(plan_for(bigger, converged(result, running=False)), Kind.VOLUME, "root")
+    assert [s.describe() for s in offline.steps] == [
+        f"resize-volume pool=images capacity={2 * 1024**3}"
+    ]
+    shrink = action(
+        plan_for(edit(result, "root", capacity=512 * 1024**2), observed), Kind.VOLUME, "root"
+    )
+    assert shrink.op is Op.ERROR
+    assert "shrinking capacity from 1GiB to 512MiB is refused" in shrink.reason
+    raw = edit(result, "root", format="raw")
+    blocked = action(plan_for(raw, observed), Kind.VOLUME, "root")
+    assert blocked.op is Op.REPLACE and blocked.steps == ()
+    assert "--allow-replace Volume/root" in blocked.reason
+    allowed = action(
+        plan_for(raw, observed, allow_replace=frozenset({"Volume/root"})), Kind.VOLUME, "root"
+    )
+    assert [s.verb for s in allowed.steps] == ["delete-volume", "create-volume"]
+
+
+def _without(result: LoadResult, *names: str) -> LoadResult:
+    keep: tuple[Manifest, ...] = tuple(m for m in result.manifests if m.name not in names)
+    return dataclasses.replace(result, manifests=keep)
+
+
+def test_prune_deletes_in_reverse_order_and_keeps_retained_data(write: WriteFiles) -> None:
+    result = load(write)
+    observed = converged(result)
+    kept = _without(result, "web", "lab", "root")
+    plan = plan_for(kept, observed)
+    assert [(a.kind, a.op) for a in plan.actions if a.op is not Op.NOOP] == [
+        (Kind.VIRTUAL_MACHINE, Op.DELETE),
+        (Kind.NETWORK, Op.DELETE),
+        (Kind.VOLUME, Op.FORGET),
+    ]
+    vm = action(plan, Kind.VIRTUAL_MACHINE, "web")
+    assert [s.verb for s in vm.steps] == ["stop-domain", "undefine-domain"]
+    assert "reclaimPolicy retain keeps its data" in action(plan, Kind.VOLUME, "root").reason
+
+
+def test_no_prune_while_a_manifest_fails_to_load(write: WriteFiles) -> None:
+    result = load(write)
+    observed = converged(result)
+    broken = dataclasses.replace(_without(result, "web"), problems=(object(),))  # type: ignore[arg-type]
+    plan = plan_for(broken, observed)
+    assert not any(a.op is Op.DELETE for a in plan.actions)
+    assert "not every manifest loaded" in plan.prune_blocked
+    off = plan_for(_without(result, "web"), observed, prune=False)
+    assert "prune is off" in off.prune_blocked
+
+
+def test_password_file_unreadable_is_an_error_for_that_vm_only(write: WriteFiles) -> None:
+    text = STACK.replace("  state: running", "  state: running\n  graphics: {passwordFile: /nope}")
+    result = load(write, text)
+    plan = plan_for(result, Observed())
+    assert action(plan, Kind.VIRTUAL_MACHINE, "web").op is Op.ERROR
+    assert action(plan, Kind.NETWORK, "lab").op is Op.CREATE
+
+
+def test_digest_ignores_formatting(write: WriteFiles) -> None:
+    a = load(write).manifests[0]
+    b = load(
+        write,
+        STACK.replace(
+            "spec: {path: /srv/images, autostart: true}",
+            "spec:\n  autostart: true\n  path: /srv/images",
+        ),
+    ).manifests[0]
+    assert digest(a) == digest(b)
