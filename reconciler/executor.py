@@ -9,9 +9,10 @@ not a failure: the definition already holds the change, which then takes
 effect at the next restart, and the result says so.
 
 Ownership is recorded as SPEC §3 asks: in the domain's own metadata (rendered
-into its XML by the planner) and in the inventory, which is written before an
-object that cannot carry metadata is created (so a crash between the two
-leaves an owned object, never an unowned one) and after it is deleted.
+into its XML by the planner) and in the inventory. The inventory is written
+once before anything is created, with every object the plan will create or
+update (a crash then leaves owned objects, never unowned ones), and once at
+the end, without the objects deleted: two atomic writes per apply.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from reconciler.errors import HypervisorError, ReconcilerError, Refused
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
-from reconciler.model import Kind
 from reconciler.plan import Action, Op, Plan, Step
 
 _LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-device",
@@ -60,6 +60,16 @@ class Executor:
     _refused: list[str] = field(default_factory=list)
 
     def apply(self, plan: Plan) -> list[ActionResult]:
+        for action in plan.actions:
+            if action.owner_record is not None and action.op not in (Op.CONFLICT, Op.ERROR):
+                self.inventory = self.inventory.with_entry(action.key, action.owner_record)
+        self._save()
+        try:
+            return self._apply(plan)
+        finally:
+            self._save()
+
+    def _apply(self, plan: Plan) -> list[ActionResult]:
         results: list[ActionResult] = []
         failed: set[str] = set()
         for action in plan.actions:
@@ -97,17 +107,10 @@ class Executor:
         self._refused: list[str] = []
         log = self.log.bind(kind=action.kind.value, name=action.name, action=action.op.value)
         try:
-            if action.op is Op.DELETE or action.op is Op.FORGET:
-                for step in action.steps:
-                    notes += self._step(action, step)
-                self._record(action.key, None)
-            else:
-                if action.owner_record is not None and action.kind is not Kind.VIRTUAL_MACHINE:
-                    self._record(action.key, action.owner_record)  # before: see module doc
-                for step in action.steps:
-                    notes += self._step(action, step)
-                if action.owner_record is not None and action.kind is Kind.VIRTUAL_MACHINE:
-                    self._record(action.key, action.owner_record)
+            for step in action.steps:
+                notes += self._step(action, step)
+            if action.op in (Op.DELETE, Op.FORGET):
+                self.inventory = self.inventory.without(action.key)
         except (HypervisorError, ReconcilerError, OSError) as exc:
             duration = self.clock() - start
             log.error("apply.action", outcome="failed", duration=round(duration, 3),
@@ -121,15 +124,7 @@ class Executor:
                      steps=[s.verb for s in action.steps], notes=notes or None)  # fmt: skip
         return ActionResult(action, "ok", duration, "", tuple(notes), tuple(self._refused))
 
-    def _record(self, key: str, entry: dict[str, Any] | None) -> None:
-        if entry is None:
-            if self.inventory.get(key) is None:
-                return
-            self.inventory = self.inventory.without(key)
-        else:
-            if self.inventory.get(key) == entry:
-                return
-            self.inventory = self.inventory.with_entry(key, entry)
+    def _save(self) -> None:
         if self.state_dir is not None:
             inventory_file.save(self.state_dir, self.inventory)
 

@@ -171,9 +171,14 @@ class Hypervisor:
                 )
             }
             records = []
+            running = {
+                d.UUIDString()
+                for d in self._conn.listAllDomains(flags | libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            }
             for dom in self._conn.listAllDomains(flags):
+                uuid = dom.UUIDString()
+                active = uuid in running
                 try:
-                    active = bool(dom.isActive())
                     config = dom.XMLDesc(
                         libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
                     )
@@ -181,8 +186,11 @@ class Hypervisor:
                 except libvirt.libvirtError as exc:
                     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         continue  # undefined while we listed
-                    raise
-                uuid = dom.UUIDString()
+                    if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and active:
+                        live = None  # stopped while we listed
+                        active = False
+                    else:
+                        raise
                 records.append(
                     DomainRecord(dom.name(), uuid, active, uuid in autostart, config, live)
                 )

@@ -30,7 +30,7 @@ from reconciler.errors import Problem, SourcePosition
 from reconciler.model import API_VERSION, FieldPath, Kind, Manifest, SpecError, build_manifest
 from reconciler.references import NOTHING_KNOWN, KnownObjects, check_references
 from reconciler.schema import SchemaProblem, kind_names, suggest, validate_document
-from reconciler.yamlsource import Document, YamlProblem, parse_documents
+from reconciler.yamlsource import CachedDocument, Document, ParseCache, YamlProblem
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 _MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -78,6 +78,16 @@ def load_directory(
     ``host``: keep only manifests whose ``metadata.hosts`` select this host name
     (None keeps all). ``known``: libvirt objects that references may name.
     """
+    return check_against(load_unchecked(root, host=host), known)
+
+
+def load_unchecked(
+    root: str | os.PathLike[str], *, host: str | None = None, cache: ParseCache | None = None
+) -> LoadResult:
+    """Every manifest under ``root`` that is valid on its own; references not yet checked.
+
+    ``cache``: parsed YAML by content digest (see ``ParseCache``), saved afterwards."""
+    parser = cache or ParseCache(None)
     shown_root = os.fspath(root)
     path = Path(root)
     if not path.exists():
@@ -96,10 +106,22 @@ def load_directory(
     with _gc_paused():
         for file in files:
             shown = os.path.join(shown_root, os.path.relpath(file, path))
-            manifests.extend(load_file(file, shown, problems))
-    selected = [m for m in manifests if host is None or selects_host(m, host)]
+            manifests.extend(load_file(file, shown, problems, parser))
+    parser.save()
+    return LoadResult(
+        root=shown_root,
+        manifests=tuple(m for m in manifests if host is None or selects_host(m, host)),
+        problems=tuple(problems),
+        files=tuple(os.path.join(shown_root, os.path.relpath(f, path)) for f in files),
+    )
+
+
+def check_against(load: LoadResult, known: KnownObjects) -> LoadResult:
+    """``load`` with references checked (against each other and ``known``); a manifest with
+    a problem is dropped from the result, its problems added."""
+    problems = list(load.problems)
     broken: set[int] = set()
-    for manifest, problem in check_references(selected, known):
+    for manifest, problem in check_references(load.manifests, known):
         broken.add(id(manifest))
         problems.append(
             Problem(
@@ -110,10 +132,10 @@ def load_directory(
             )
         )
     return LoadResult(
-        root=shown_root,
-        manifests=tuple(m for m in selected if id(m) not in broken),
+        root=load.root,
+        manifests=tuple(m for m in load.manifests if id(m) not in broken),
         problems=tuple(problems),
-        files=tuple(os.path.join(shown_root, os.path.relpath(f, path)) for f in files),
+        files=load.files,
     )
 
 
@@ -145,7 +167,9 @@ def selects_host(manifest: Manifest, host: str) -> bool:
     return not hosts or any(fnmatch.fnmatchcase(host, pattern) for pattern in hosts)
 
 
-def load_file(file: Path, shown: str, problems: list[Problem]) -> list[Manifest]:
+def load_file(
+    file: Path, shown: str, problems: list[Problem], parser: ParseCache | None = None
+) -> list[Manifest]:
     """Every valid manifest in one file; problems are appended to ``problems``."""
     try:
         data = file.read_bytes()
@@ -176,14 +200,16 @@ def load_file(file: Path, shown: str, problems: list[Problem]) -> list[Manifest]
             Problem(SourcePosition(shown, line, 1), "not UTF-8 text", hint="save the file as UTF-8")
         )
         return []
-    return load_text(text, shown, problems)
+    return load_text(text, shown, problems, parser)
 
 
-def load_text(text: str, shown: str, problems: list[Problem]) -> list[Manifest]:
+def load_text(
+    text: str, shown: str, problems: list[Problem], parser: ParseCache | None = None
+) -> list[Manifest]:
     """Every valid manifest in ``text`` (the contents of file ``shown``)."""
     manifests: list[Manifest] = []
     try:
-        for document in parse_documents(text):
+        for document in (parser or ParseCache(None)).documents(text):
             manifest = _load_document(document, shown, problems)
             if manifest is not None:
                 manifests.append(manifest)
@@ -193,7 +219,9 @@ def load_text(text: str, shown: str, problems: list[Problem]) -> list[Manifest]:
     return manifests
 
 
-def _load_document(document: Document, shown: str, problems: list[Problem]) -> Manifest | None:
+def _load_document(
+    document: Document | CachedDocument, shown: str, problems: list[Problem]
+) -> Manifest | None:
     start = SourcePosition(shown, document.line, document.column)
 
     def at(path: FieldPath, *, key: bool = False) -> SourcePosition:

@@ -85,6 +85,7 @@ class Action:
     restart_pending: tuple[Change, ...] = ()  # running config differs from the defined one
     owner_record: dict[str, Any] | None = None  # inventory entry written after success
     requires: tuple[str, ...] = ()  # keys of actions that must not have failed
+    fingerprint: str | None = None  # set on a VM found in sync: see planner.fingerprint
 
     @property
     def key(self) -> str:

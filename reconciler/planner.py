@@ -13,13 +13,15 @@ reads files; executor.py carries the plan out.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler import __version__
 from reconciler.diff import by_device, devices, diff
 from reconciler.hypervisor import DomainRecord
 from reconciler.manifests import LoadResult
@@ -38,6 +40,7 @@ from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml
 from reconciler.xml import volume as volume_xml
+from reconciler.xml._fields import parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,8 @@ class PlanOptions:
     secrets: Mapping[str, str] = field(default_factory=dict)  # passwordFile -> password
     # (action key, field or device path) of live changes libvirt refused: not retried
     live_refused: frozenset[tuple[str, str]] = frozenset()
+    # VM name -> fingerprint of the last plan that found it in sync (see ``fingerprint``)
+    verified: Mapping[str, str] = field(default_factory=dict)
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -68,6 +73,26 @@ def digest(manifest: Manifest) -> str:
         default=str,
     )
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def fingerprint(m: Manifest, live: DomainRecord, context: Mapping[str, Any]) -> str:
+    """What a VM's comparison depends on: the manifest's digest, the context it is
+    rendered with, and libvirt's definitions (persistent and running), byte for byte.
+
+    A VM found in sync with the same fingerprint is in sync again, without parsing
+    its XML: most of a large plan's time. Any change on either side changes it.
+    """
+    h = hashlib.sha256()
+    for part in (
+        __version__,
+        digest(m),
+        json.dumps(context, sort_keys=True, default=str),
+        live.config_xml,
+        live.live_xml or "",
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def make_plan(load: LoadResult, observed: Observed, options: PlanOptions) -> Plan:
@@ -497,41 +522,56 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         "graphics_password": password,
         "machine_aliases": ctx.observed.machine_aliases,
     }
-    try:
-        xml = domain_xml.render(
-            m.name, spec, uuid=live.uuid if live else None, ownership=ownership, **kwargs
-        )
-        desired = domain_xml.project(spec, **kwargs)
-    except ValueError as exc:
-        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
-    record = ctx.owner_record(m)
+    record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout)
     if live is None:
+        try:
+            xml = domain_xml.render(m.name, spec, ownership=ownership, **kwargs)
+        except ValueError as exc:
+            return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
+                          reason=str(exc))  # fmt: skip
         new = [Step("define-domain", {"xml": xml})]
         if spec.state == "running":
             new.append(Step("start-domain"))
         if spec.autostart:
             new.append(Step("autostart-domain", {"on": True}))
         return Action(
-            Kind.VIRTUAL_MACHINE,
-            m.name,
-            Op.CREATE,
-            (),
-            tuple(new),
-            source=m.source,
-            owner_record=record,
-            requires=requires,
-        )
+            Kind.VIRTUAL_MACHINE, m.name, Op.CREATE, (), tuple(new),
+            source=m.source, owner_record=record, requires=requires,
+        )  # fmt: skip
+    context = {
+        "pools": {d.volume: ctx.volume_pools.get(d.volume) for d in spec.disks if d.volume},
+        "formats": {d.volume: ctx.volume_formats.get(d.volume) for d in spec.disks if d.volume},
+        "password": hashlib.sha256((password or "").encode()).hexdigest(),
+        "machine": ctx.observed.machine_aliases.get(spec.machine),
+    }
+    print_ = fingerprint(m, live, context)
+    if ctx.options.verified.get(m.name) == print_:
+        quick = _vm_power_and_autostart(m, spec, live, record, print_)
+        if quick is not None:
+            return quick
+    try:
+        desired = domain_xml.project(spec, **kwargs)
+    except ValueError as exc:
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
+    config_root = parse(live.config_xml)
     owned = (
-        live_owner(live) is not None or ctx.inventory_entry(f"VirtualMachine/{m.name}") is not None
+        domain_xml.read_ownership(config_root) is not None
+        or ctx.inventory_entry(f"VirtualMachine/{m.name}") is not None
     )
     if not owned and not spec.adopt:
         return _conflict(m, f"VM '{m.name}'")
-    config = domain_xml.observe(live.config_xml)
+    uuid = live.uuid
+
+    @functools.cache
+    def rendered() -> str:  # only for a VM that changes: rendering is a plan's main cost
+        return domain_xml.render(m.name, spec, uuid=uuid, ownership=ownership, **kwargs)
+
+    config = domain_xml.observe(config_root)
     config_changes = diff(desired, config)
     changes = _adoption(owned) + config_changes
     steps: list[Step] = []
     if changes:
-        steps.append(Step("define-domain", {"xml": xml}))
+        steps.append(Step("define-domain", {"xml": rendered()}))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
     if live.active and live.live_xml is not None:
@@ -540,7 +580,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             path for key, path in ctx.options.live_refused if key == f"VirtualMachine/{m.name}"
         )
         live_steps, pending, live_changes = _vm_live_updates(
-            desired, config, live_projection, xml, live.live_xml, refused
+            desired, config, live_projection, rendered, live.live_xml, refused
         )
         steps += live_steps
         # a definition change the running domain already has needs no restart
@@ -590,18 +630,28 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         restart_pending=tuple(pending),
         owner_record=record,
         requires=requires,
+        fingerprint=print_ if op is Op.NOOP and not pending else None,
     )
 
 
-def live_owner(record: DomainRecord) -> domain_xml.Ownership | None:
-    return domain_xml.read_ownership(record.config_xml)
+def _vm_power_and_autostart(
+    m: Manifest, spec: VirtualMachineSpec, live: DomainRecord, record: dict[str, Any], fp: str
+) -> Action | None:
+    """The action for a VM whose definitions are known to be in sync: a no-op,
+    unless its power state or autostart (not part of the XML) differ."""
+    if (spec.state == "running") != live.active or spec.autostart != live.autostart:
+        return None  # take the full path: it handles these with everything else
+    return Action(
+        Kind.VIRTUAL_MACHINE, m.name, Op.NOOP, source=m.source, owner_record=record,
+        fingerprint=fp,
+    )  # fmt: skip
 
 
 def _vm_live_updates(
     desired: Mapping[str, object],
     config: Mapping[str, object],
     live: Mapping[str, object],
-    desired_xml: str,
+    desired_xml: Callable[[], str],
     live_xml: str,
     refused: frozenset[str] = frozenset(),
 ) -> tuple[list[Step], list[Change], list[Change]]:
@@ -665,7 +715,7 @@ def _vm_live_updates(
                     "update-device",
                     {
                         "path": f"cdroms[{key}]",
-                        "xml": domain_xml.device_xml(desired_xml, section, key),
+                        "xml": domain_xml.device_xml(desired_xml(), section, key),
                     },
                 )
             )
@@ -675,7 +725,7 @@ def _vm_live_updates(
                     "attach-device",
                     {
                         "path": f"{section}[{key}]",
-                        "xml": domain_xml.device_xml(desired_xml, section, key),
+                        "xml": domain_xml.device_xml(desired_xml(), section, key),
                     },
                 )
             )
@@ -704,11 +754,9 @@ def _plan_prune(
 ) -> tuple[list[Action], str]:
     """Delete what the tool owns and no manifest declares any more (SPEC §3 prune rules)."""
     declared = {f"{m.kind.value}/{m.name}" for m in load.manifests}
+    # Only the inventory decides what is pruned: a domain's metadata proves ownership
+    # but may have been written by another reconciler (another state directory).
     owned: dict[str, Mapping[str, Any]] = dict(observed.inventory.objects)
-    for name, record in observed.domains.items():
-        owner = live_owner(record)
-        if owner is not None:
-            owned.setdefault(f"VirtualMachine/{name}", {"manifest": owner.manifest})
     orphans = sorted(k for k in owned if k not in declared)
     if not orphans:
         return [], ""

@@ -8,21 +8,28 @@ gathered here and handed to the pure planner.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler import inventory as inventory_file
 from reconciler.executor import ActionResult, Executor
 from reconciler.hypervisor import Hypervisor
-from reconciler.inventory import Inventory
-from reconciler.manifests import LoadResult, load_directory
+from reconciler.inventory import Inventory, write_atomically
+from reconciler.manifests import LoadResult, check_against, load_unchecked
 from reconciler.model import Manifest, VirtualMachineSpec
 from reconciler.observe import Observed, observe
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
+from reconciler.yamlsource import ParseCache
+
+VERIFIED_FILE = "verified.json"
+PARSE_CACHE_FILE = "parsed.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +77,40 @@ class Reconciler:
         return observed
 
     def plan(self) -> tuple[LoadResult, Observed, Plan]:
-        observed = self.observe()
-        load = load_directory(self.options.directory, known=known_objects(observed),
-                              host=self.options.host)  # fmt: skip
-        plan = make_plan(load, observed, self._plan_options(load))
+        # libvirt answers while the manifests are parsed: its calls release the GIL
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.observe)
+            cache = ParseCache(
+                self.options.state_dir / PARSE_CACHE_FILE if self.options.state_dir else None
+            )
+            load = load_unchecked(self.options.directory, host=self.options.host, cache=cache)
+            observed = pending.result()
+        load = check_against(load, known_objects(observed))
+        verified = self._verified()
+        plan = make_plan(load, observed, self._plan_options(load, verified))
+        self._save_verified(plan, verified)
         return load, observed, plan
+
+    # VMs found in sync, by fingerprint (planner.fingerprint): a cache in the state
+    # directory, so that a plan of a large, converged host skips their XML. Losing
+    # it costs time only; a stale entry cannot match, since the fingerprint covers
+    # both sides byte for byte.
+    def _verified(self) -> dict[str, str]:
+        if self.options.state_dir is None:
+            return {}
+        try:
+            data = json.loads((self.options.state_dir / VERIFIED_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _save_verified(self, plan: Plan, before: dict[str, str]) -> None:
+        now = {a.name: a.fingerprint for a in plan.actions if a.fingerprint is not None}
+        if now == before or self.options.state_dir is None:
+            return
+        with contextlib.suppress(OSError):
+            self.options.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomically(self.options.state_dir / VERIFIED_FILE, json.dumps(now))
 
     def apply(self, plan: Plan, observed: Observed, load: LoadResult) -> PassResult:
         executor = Executor(
@@ -94,8 +130,11 @@ class Reconciler:
         )  # fmt: skip
         return PassResult(load, plan, tuple(results), unsettled, after)
 
-    def _plan_options(self, load: LoadResult) -> PlanOptions:
+    def _plan_options(
+        self, load: LoadResult, verified: dict[str, str] | None = None
+    ) -> PlanOptions:
         return PlanOptions(
+            verified=verified or {},
             prune=self.options.prune,
             default_update_policy=self.options.default_update_policy,
             allow_replace=self.options.allow_replace,

@@ -12,10 +12,14 @@ Pure: takes text, returns values. No file system access (manifests.py reads).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -157,6 +161,70 @@ def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node | None, yaml.Nod
     elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
         return (None, node.value[part])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDocument:
+    """A document whose value came from a ``ParseCache``; positions parse ``text`` on demand."""
+
+    value: Any
+    line: int
+    column: int
+    text: str = field(repr=False)
+    index: int = 0
+
+    def position(self, path: FieldPath, *, key: bool = False) -> tuple[int, int] | None:
+        return _reparsed(self.text)[self.index].position(path, key=key)
+
+
+@functools.lru_cache(maxsize=64)
+def _reparsed(text: str) -> list[Document]:
+    return list(parse_documents(text))
+
+
+class ParseCache:
+    """Parsed documents by the digest of the text they came from, kept in a JSON file.
+
+    YAML parsing is most of the cost of loading a large, unchanged manifest
+    tree; JSON is read ten times faster. Keyed by content (and this module's
+    version), so an edited file is parsed again; only files that parse cleanly
+    are cached. ``save`` keeps the entries used since ``load``.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[str, list[list[Any]]] = {}
+        self._used: dict[str, list[list[Any]]] = {}
+        if path is not None:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("version") == self.VERSION:
+                    self._entries = data["entries"]
+            except (OSError, ValueError, KeyError, AttributeError):
+                self._entries = {}
+
+    def documents(self, text: str) -> list[Document] | list[CachedDocument]:
+        """The documents of ``text``; raises ``YamlProblem`` like ``parse_documents``."""
+        key = hashlib.sha256(text.encode()).hexdigest()
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._used[key] = hit
+            return [CachedDocument(v, line, col, text, i) for i, (v, line, col) in enumerate(hit)]
+        parsed = list(parse_documents(text))
+        self._used[key] = [[d.value, d.line, d.column] for d in parsed]
+        return parsed
+
+    def save(self) -> None:
+        if self.path is None or self._used == self._entries:
+            return
+        from reconciler.inventory import write_atomically
+
+        with contextlib.suppress(OSError):
+            write_atomically(
+                self.path, json.dumps({"version": self.VERSION, "entries": self._used})
+            )
 
 
 class YamlProblem(Exception):

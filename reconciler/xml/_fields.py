@@ -395,9 +395,13 @@ class Device(Generic[T]):
 # --- documents --------------------------------------------------------------
 
 
-def parse(xml: str) -> Element:
-    """Parse an XML document from libvirt (or a fixture) into its root element."""
-    return ET.fromstring(xml)
+def parse(xml: str | Element) -> Element:
+    """Parse an XML document from libvirt (or a fixture) into its root element.
+
+    An element passes through, so a caller can parse once and read twice."""
+    if isinstance(xml, str):
+        return ET.fromstring(xml)
+    return xml
 
 
 def serialize(root: Element) -> str:

@@ -120,7 +120,7 @@ def _render_ownership(root: Element, ownership: Ownership) -> None:
         revision.text = xml_text(ownership.revision, "revision")
 
 
-def read_ownership(xml: str) -> Ownership | None:
+def read_ownership(xml: str | Element) -> Ownership | None:
     """The ownership record in a domain's XML, or None when the tool does not own it."""
     owner = parse(xml).find(f"metadata/{_owner_tag('owner')}")
     if owner is None:
@@ -600,7 +600,7 @@ def device_xml(xml: str, section: str, key: str) -> str | None:
     return None if element is None else serialize(element).strip()
 
 
-def observe(xml: str) -> Projection:
+def observe(xml: str | Element) -> Projection:
     """The declared fields read from a domain's XML (inactive or live)."""
     root = parse(xml)
     out = observe_fields(root, FIELDS)

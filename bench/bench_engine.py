@@ -1,0 +1,195 @@
+"""Benchmark: `reconciler plan` and `reconciler apply` against the raw libvirt floor.
+
+Run as root with libvirtd up:  .venv/bin/python -m bench.bench_engine [--vms 1000] [--create 200]
+
+Floors, measured in the same run on the same libvirtd:
+* read floor: list all domains and fetch each one's XML once (a bare loop);
+* define floor: define N domains with a bare ``defineXML`` loop (the very XML the
+  tool renders), then undefine them.
+The tool:
+* ``reconciler plan DIR`` (the whole command, interpreter start-up included)
+  with ``--vms`` VMs defined and no changes;
+* ``reconciler apply --yes DIR`` creating ``--create`` stopped VMs.
+Every object is named ``rcbench-<hex>-...`` and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import libvirt
+
+VM = """\
+apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  labels: {{role: bench}}
+spec:
+  type: kvm
+  memory: 64MiB
+  maxMemory: 128MiB
+  vcpus: 1
+  maxVcpus: 2
+  machine: pc
+  clock: utc
+  disks:
+    - file: /var/lib/libvirt/images/{name}.img
+      format: raw
+      bus: virtio
+      cache: none
+  interfaces:
+    - network: {prefix}net
+      model: virtio
+  graphics: {{type: vnc, port: auto}}
+  inputs: [tablet]
+  state: stopped
+"""
+
+NETWORK = """\
+apiVersion: reconciler/v1
+kind: Network
+metadata: {{name: {prefix}net}}
+spec:
+  mode: isolated
+  bridge: {bridge}
+  ipv4: {{address: 10.254.{octet}.1, prefix: 24}}
+"""
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def write_set(directory: Path, prefix: str, names: list[str], octet: int, bridge: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "network.yaml").write_text(NETWORK.format(prefix=prefix, octet=octet, bridge=bridge))
+    for name in names:
+        (directory / f"{name}.yaml").write_text(VM.format(name=name, prefix=prefix))
+
+
+def reconciler(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", "--log-format", "json", *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def cleanup(conn: libvirt.virConnect, prefix: str) -> None:
+    for dom in conn.listAllDomains():
+        if dom.name().startswith(prefix):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    for net in conn.listAllNetworks():
+        if net.name().startswith(prefix):
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vms", type=int, default=1000)
+    parser.add_argument("--create", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    run = secrets.token_hex(3)
+    prefix = f"rcbench-{run}-"
+    octet = int(run[:2], 16) % 200 + 20
+    conn = libvirt.open("qemu:///system")
+    tmp = Path(tempfile.mkdtemp(prefix="rcbench-"))
+    try:
+        state = tmp / "state"
+        big = tmp / "big"
+        write_set(big, prefix, [f"{prefix}vm-{i:04d}" for i in range(args.vms)], octet, f"rcb{run}0")
+        started = time.perf_counter()
+        done = reconciler("apply", "--yes", "--state-dir", str(state), str(big))
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        setup = time.perf_counter() - started
+
+        def read_floor() -> None:
+            for dom in conn.listAllDomains(0):
+                dom.XMLDesc(0)
+
+        def plan() -> None:
+            result = reconciler("plan", "--state-dir", str(state), str(big))
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+        t_read = median_time(read_floor, args.repeat)
+        t_plan = median_time(plan, args.repeat)
+        total_domains = len(conn.listAllDomains(0))
+
+        # apply: create N more stopped VMs; floor: define the same XML in a bare loop
+        small = tmp / "small"
+        names = [f"{prefix}new-{i:04d}" for i in range(args.create)]
+        write_set(small, prefix, names, octet, f"rcb{run}0")
+        for path in big.glob("*.yaml"):
+            if path.name != "network.yaml":
+                shutil.copy(path, small / path.name)
+        shown = reconciler("plan", "-o", "json", "--state-dir", str(state), str(small))
+        import json
+
+        plan_doc = json.loads(shown.stdout)
+        assert plan_doc["counts"]["create"] == args.create, plan_doc["summary"]
+        xmls = _rendered_xml(small, state, names)
+
+        def define_floor() -> None:
+            for xml in xmls:
+                conn.defineXML(xml)
+
+        t_define = median_time(define_floor, 1)
+        for name in names:
+            conn.lookupByName(name).undefine()
+        start = time.perf_counter()
+        applied = reconciler("apply", "--yes", "--state-dir", str(state), str(small))
+        t_apply = time.perf_counter() - start
+        assert applied.returncode == 0, applied.stdout[-2000:] + applied.stderr[-2000:]
+    finally:
+        cleanup(conn, prefix)
+        shutil.rmtree(tmp, ignore_errors=True)
+        conn.close()
+    print(f"engine benchmark ({os.cpu_count()} cores), {total_domains} domains defined on the host:")
+    print(f"  setup: apply of {args.vms} VMs took {setup:.1f} s (not a measurement)")
+    print(f"  read floor (list + XMLDesc each, median of {args.repeat})  {t_read * 1000:8.0f} ms")
+    print(f"  reconciler plan, {args.vms} VMs, no changes (whole command) {t_plan * 1000:8.0f} ms"
+          f"  = {t_plan / t_read:.2f}x read floor")
+    print(f"  define floor ({args.create} x defineXML, bare loop)         {t_define * 1000:8.0f} ms")
+    print(f"  reconciler apply, {args.create} new stopped VMs (whole command) {t_apply * 1000:8.0f} ms"
+          f"  = {t_apply / t_define:.2f}x define floor")
+
+
+def _rendered_xml(directory: Path, state: Path, names: list[str]) -> list[str]:
+    """The XML the tool would define for ``names`` (from the pure planner, no libvirt writes)."""
+    from reconciler.hypervisor import Hypervisor
+    from reconciler.reconcile import PassOptions, Reconciler
+
+    with Hypervisor.open() as hv:
+        _load, _observed, plan = Reconciler(hv, PassOptions(directory, state)).plan()
+    wanted = set(names)
+    return [
+        step.args["xml"]
+        for action in plan.actions
+        if action.name in wanted
+        for step in action.steps
+        if step.verb == "define-domain"
+    ]
+
+
+if __name__ == "__main__":
+    main()
