@@ -203,7 +203,7 @@ def load_settings(
     *,
     config_path: Path | None = None,
     environ: Mapping[str, str] = os.environ,
-    overrides: Mapping[str, object] = {},  # noqa: B006 - read only
+    overrides: Mapping[str, object] = {},
 ) -> Settings:
     """Defaults < config file < environment < ``overrides`` (Settings field names → values).
 
