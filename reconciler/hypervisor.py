@@ -38,6 +38,24 @@ def _silence(_ctx: object, _err: object) -> None:
 libvirt.registerErrorHandler(_silence, None)
 
 
+_VANISHED = {
+    libvirt.VIR_ERR_NO_DOMAIN,
+    libvirt.VIR_ERR_NO_NETWORK,
+    libvirt.VIR_ERR_NO_STORAGE_POOL,
+    libvirt.VIR_ERR_NO_STORAGE_VOL,
+}
+
+
+@contextmanager
+def _vanished_ok() -> Iterator[None]:
+    """Skip an object removed by someone else between listing it and reading it."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in _VANISHED:
+            raise
+
+
 def wrap(exc: libvirt.libvirtError, doing: str) -> HypervisorError:
     """Our error for a libvirt error raised while ``doing`` something."""
     code = exc.get_error_code() or 0
@@ -204,14 +222,20 @@ class Hypervisor:
         with calling("listing networks"):
             records = []
             for net in self._conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT):
-                active = bool(net.isActive())
-                config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
-                live = net.XMLDesc(0) if active else None
-                records.append(
-                    NetworkRecord(
-                        net.name(), net.UUIDString(), active, bool(net.autostart()), config, live
+                with _vanished_ok():
+                    active = bool(net.isActive())
+                    config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+                    live = net.XMLDesc(0) if active else None
+                    records.append(
+                        NetworkRecord(
+                            net.name(),
+                            net.UUIDString(),
+                            active,
+                            bool(net.autostart()),
+                            config,
+                            live,
+                        )
                     )
-                )
             return records
 
     def pools(self) -> list[PoolRecord]:
@@ -220,27 +244,37 @@ class Hypervisor:
             for pool in self._conn.listAllStoragePools(
                 libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT
             ):
-                records.append(
-                    PoolRecord(
-                        pool.name(),
-                        pool.UUIDString(),
-                        bool(pool.isActive()),
-                        bool(pool.autostart()),
-                        pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE),
+                with _vanished_ok():
+                    records.append(
+                        PoolRecord(
+                            pool.name(),
+                            pool.UUIDString(),
+                            bool(pool.isActive()),
+                            bool(pool.autostart()),
+                            pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE),
+                        )
                     )
-                )
             return records
 
     def volumes(self, pool_name: str) -> list[VolumeRecord]:
         with calling(f"listing volumes of pool {pool_name}"):
-            pool = self._conn.storagePoolLookupByName(pool_name)
-            if not pool.isActive():
-                return []
-            pool.refresh(0)
-            return [
-                VolumeRecord(pool_name, vol.name(), vol.path(), vol.XMLDesc(0))
-                for vol in pool.listAllVolumes()
-            ]
+            records: list[VolumeRecord] = []
+            try:
+                pool = self._conn.storagePoolLookupByName(pool_name)
+                if not pool.isActive():
+                    return []
+                pool.refresh(0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (
+                    libvirt.VIR_ERR_NO_STORAGE_POOL,
+                    libvirt.VIR_ERR_OPERATION_INVALID,  # stopped meanwhile
+                ):
+                    return records
+                raise
+            for vol in pool.listAllVolumes():
+                with _vanished_ok():
+                    records.append(VolumeRecord(pool_name, vol.name(), vol.path(), vol.XMLDesc(0)))
+            return records
 
     # -- domains ----------------------------------------------------------------
 
