@@ -12,7 +12,6 @@ import argparse
 import gc
 import json
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.errors import HypervisorError, ReconcilerError
+from reconciler.lock import StateLock
 from reconciler.logs import configure
 from reconciler.manifests import LoadResult, load_directory
 from reconciler.references import KnownObjects
@@ -32,11 +32,13 @@ from reconciler.report import (
     render_unsettled,
     results_json,
 )
+from reconciler.settings import Settings, load_settings
+from reconciler.status import ObjectState, read_status, render_table
+from reconciler.status import to_json as status_json
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
-DEFAULT_STATE_DIR = "/var/lib/reconciler"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,49 +93,87 @@ def _parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("--verbose", "-v", action="store_true", help="also list steps")
     apply.set_defaults(run=_apply)
+
+    run = sub.add_parser(
+        "run", help="the daemon: converge on file changes, libvirt events and a timer"
+    )
+    run.add_argument(
+        "directory", nargs="?", help="folder of manifests (default: manifestDir of the config)"
+    )
+    _add_common(run)
+    _add_engine(run)
+    run.add_argument("--debounce", help="quiet time after a file change (default: 500ms)")
+    run.add_argument("--resync-interval", help="full resync period (default: 5m)")
+    run.set_defaults(run=_run)
+
+    status = sub.add_parser("status", help="what the daemon last found, per object")
+    _add_common(status)
+    status.add_argument("--state-dir", help="folder of status.json (default: /var/lib/reconciler)")
+    status.set_defaults(run=_status)
     return parser
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--connect",
-        "-c",
-        metavar="URI",
-        default=os.environ.get("RECONCILER_URI", "qemu:///system"),
-        help="libvirt URI (default: qemu:///system, or $RECONCILER_URI)",
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="configuration file (default: $RECONCILER_CONFIG or /etc/reconciler/config.yaml)",
     )
     parser.add_argument(
-        "--host",
-        default=os.environ.get("RECONCILER_HOST") or socket.gethostname(),
-        help="host name matched against metadata.hosts (default: this machine's name)",
+        "--connect", "-c", metavar="URI", help="libvirt URI (default: qemu:///system)"
+    )
+    parser.add_argument(
+        "--host", help="host name matched against metadata.hosts (default: this machine's name)"
     )
     parser.add_argument("--output", "-o", choices=["text", "json"], default="text")
 
 
 def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--state-dir",
-        default=os.environ.get("RECONCILER_STATE_DIR", DEFAULT_STATE_DIR),
-        help=f"inventory folder (default: {DEFAULT_STATE_DIR}, or $RECONCILER_STATE_DIR)",
+        "--state-dir", help="inventory, lock and status folder (default: /var/lib/reconciler)"
     )
     parser.add_argument(
         "--prune",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("RECONCILER_PRUNE", "true").lower() not in ("0", "false", "no"),
+        default=None,
         help="delete owned objects whose manifest is gone (default: on)",
     )
     parser.add_argument(
         "--update-policy",
         choices=["manual", "restart"],
-        default=os.environ.get("RECONCILER_UPDATE_POLICY", "manual"),
         help="for VMs that set none: restart them to apply changes that need it (default: manual)",
     )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Defaults < config file < RECONCILER_* < flags."""
+    return load_settings(config_path=args.config, overrides=_overrides(args))
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    names = {
+        "connect": "uri",
+        "host": "host",
+        "state_dir": "state_dir",
+        "prune": "prune",
+        "update_policy": "default_update_policy",
+        "debounce": "debounce",
+        "resync_interval": "resync_interval",
+    }
+    overrides: dict[str, object] = {
+        setting: getattr(args, flag) for flag, setting in names.items() if hasattr(args, flag)
+    }
+    directory = getattr(args, "directory", None)
+    if directory is not None:
+        overrides["manifest_dir"] = directory
+    return overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(format=args.log_format)
-    if args.command in ("validate", "plan", "apply"):
+    if args.command in ("validate", "plan", "apply", "status"):
         # One pass and exit: the cyclic collector would only rescan the many small,
         # acyclic objects of manifests and XML (a third of a large plan's time).
         gc.disable()
@@ -174,8 +214,9 @@ def _known_objects(uri: str) -> tuple[KnownObjects, str]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    known, note = (KnownObjects(), "") if args.offline else _known_objects(args.connect)
-    result = load_directory(args.directory, known=known, host=args.host)
+    settings = _settings(args)
+    known, note = (KnownObjects(), "") if args.offline else _known_objects(settings.uri)
+    result = load_directory(args.directory, known=known, host=settings.host)
     if args.output == "json":
         print(json.dumps(_validate_json(result), indent=2))
     else:
@@ -215,24 +256,24 @@ def _validate_json(result: LoadResult) -> dict[str, Any]:
 # --- plan and apply ----------------------------------------------------------------
 
 
-def _reconciler(args: argparse.Namespace) -> Any:
+def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
     from reconciler.hypervisor import Hypervisor
     from reconciler.reconcile import PassOptions, Reconciler
 
-    directory = Path(args.directory)
     options = PassOptions(
-        directory=directory,
-        state_dir=Path(args.state_dir),
-        host=args.host,
-        prune=args.prune,
-        default_update_policy=args.update_policy,
+        directory=Path(args.directory),
+        state_dir=settings.state_dir,
+        host=settings.host,
+        prune=settings.prune,
+        default_update_policy=settings.default_update_policy,
         allow_replace=frozenset(getattr(args, "allow_replace", ())),
+        allowed_roots=settings.allowed_disk_roots,
     )
-    return Reconciler(Hypervisor.open(args.connect), options)
+    return Reconciler(Hypervisor.open(settings.uri), options)
 
 
 def _plan(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(args)
+    reconciler = _reconciler(args, _settings(args))
     try:
         load, _observed, plan = reconciler.plan()
     finally:
@@ -248,7 +289,13 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(args)
+    settings = _settings(args)
+    with StateLock(settings.state_dir):
+        return _apply_locked(args, settings)
+
+
+def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
+    reconciler = _reconciler(args, settings)
     try:
         load, observed, plan = reconciler.plan()
         text = args.output == "text"
@@ -282,6 +329,37 @@ def _apply(args: argparse.Namespace) -> int:
         print(dumps({**plan_json(plan, load.problems),
                      **results_json(result.results, result.unsettled)}))  # fmt: skip
     return EXIT_ERROR if result.failed else EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from reconciler.daemon import Daemon
+
+    settings = _settings(args)
+    configure(format=settings.log_format if args.log_format == "auto" else args.log_format)
+    return Daemon(settings, config_path=args.config, overrides=_overrides(args)).run()
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    report = read_status(settings.state_dir)
+    if report is None:
+        message = (
+            f"no daemon has run yet: no {settings.state_dir}/status.json "
+            "(start it with 'reconciler run' or 'systemctl start reconciler')"
+        )
+        if args.output == "json":
+            print(dumps({"version": 1, "status": None, "message": message}))
+        else:
+            print(message)
+        return EXIT_ERROR
+    if args.output == "json":
+        print(dumps(status_json(report)))
+    else:
+        print(render_table(report))
+    bad = {ObjectState.FAILED, ObjectState.CONFLICT}
+    return (
+        EXIT_ERROR if report.last_error or any(o.state in bad for o in report.objects) else EXIT_OK
+    )
 
 
 def _plural(n: int, word: str) -> str:

@@ -57,6 +57,8 @@ class Executor:
     poll_interval: float = 0.5
     log: Any = field(default_factory=get_logger)
     should_stop: Callable[[], bool] = lambda: False
+    # reason to leave an action alone this time (the daemon's retry backoff), or None
+    should_skip: Callable[[Action], str | None] = lambda action: None
     _refused: list[str] = field(default_factory=list)
 
     def apply(self, plan: Plan) -> list[ActionResult]:
@@ -80,6 +82,11 @@ class Executor:
                 action.op is Op.REPLACE and not action.steps
             ):
                 failed.add(action.key)
+                continue
+            later = self.should_skip(action) if action.steps else None
+            if later is not None:
+                failed.add(action.key)
+                results.append(ActionResult(action, "skipped", error=later))
                 continue
             blocked = [k for k in action.requires if k in failed]
             if blocked:

@@ -9,8 +9,9 @@ helpers here feed observe.py; mutating calls are made only by executor.py.
 from __future__ import annotations
 
 import contextlib
+import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -431,3 +432,96 @@ class Hypervisor:
             self._conn.lookupByName(domain).blockResize(
                 target, capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
             )
+
+    # -- events -----------------------------------------------------------------------
+
+    def watch(
+        self,
+        on_event: Callable[[str, str, str], None],
+        on_close: Callable[[str], None],
+    ) -> None:
+        """Call ``on_event(kind, name, event)`` for lifecycle events of domains, networks
+        and pools, and ``on_close(reason)`` when the connection drops. Needs
+        ``start_event_loop()`` before the connection was opened."""
+        conn = self._conn
+        with calling("registering for libvirt events"):
+            conn.setKeepAlive(5, 3)  # notice a dead libvirtd within ~20 s
+            conn.registerCloseCallback(
+                lambda _c, reason, _o: on_close(_CLOSE_REASONS.get(reason, str(reason))), None
+            )
+            conn.domainEventRegisterAny(
+                None,
+                libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lambda _c, dom, event, _d, _o: on_event(
+                    "VirtualMachine", dom.name(), _DOMAIN_EVENTS.get(event, str(event))
+                ),
+                None,
+            )
+            conn.networkEventRegisterAny(
+                None,
+                libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE,
+                lambda _c, net, event, _d, _o: on_event(
+                    "Network", net.name(), _NETWORK_EVENTS.get(event, str(event))
+                ),
+                None,
+            )
+            with contextlib.suppress(libvirt.libvirtError, AttributeError):
+                conn.storagePoolEventRegisterAny(
+                    None,
+                    libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE,
+                    lambda _c, pool, event, _d, _o: on_event(
+                        "StoragePool", pool.name(), _POOL_EVENTS.get(event, str(event))
+                    ),
+                    None,
+                )
+
+
+_DOMAIN_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+_NETWORK_EVENTS = {
+    libvirt.VIR_NETWORK_EVENT_DEFINED: "defined",
+    libvirt.VIR_NETWORK_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_NETWORK_EVENT_STARTED: "started",
+    libvirt.VIR_NETWORK_EVENT_STOPPED: "stopped",
+}
+_POOL_EVENTS = {
+    libvirt.VIR_STORAGE_POOL_EVENT_DEFINED: "defined",
+    libvirt.VIR_STORAGE_POOL_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_STORAGE_POOL_EVENT_STARTED: "started",
+    libvirt.VIR_STORAGE_POOL_EVENT_STOPPED: "stopped",
+    libvirt.VIR_STORAGE_POOL_EVENT_CREATED: "built",
+    libvirt.VIR_STORAGE_POOL_EVENT_DELETED: "deleted",
+}
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed the connection",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by us",
+}
+_event_loop: threading.Thread | None = None
+
+
+def start_event_loop() -> None:
+    """Run libvirt's default event loop in a background thread, once per process.
+
+    Events and keepalive need it; it must run before connections are opened."""
+    global _event_loop
+    if _event_loop is not None:
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def loop() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    _event_loop = threading.Thread(target=loop, name="libvirt-events", daemon=True)
+    _event_loop.start()

@@ -54,6 +54,9 @@ class PlanOptions:
     live_refused: frozenset[tuple[str, str]] = frozenset()
     # VM name -> fingerprint of the last plan that found it in sync (see ``fingerprint``)
     verified: Mapping[str, str] = field(default_factory=dict)
+    # whether a host path a manifest names (disk, ISO, kernel, log, volume source) may
+    # be used; None: any. The daemon passes its allowed roots (SPEC §5).
+    path_allowed: Callable[[str], bool] | None = None
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -268,6 +271,9 @@ def _backing_first(volumes: list[Manifest]) -> list[Manifest]:
 def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     spec = m.spec
     assert isinstance(spec, VolumeSpec)
+    refused = _refused_path(m, [("source", spec.source)] if spec.source else [], ctx)
+    if refused is not None:
+        return refused
     live = ctx.observed.volumes.get((spec.pool, m.name))
     requires = [f"StoragePool/{spec.pool}"]
     backing_path = backing_format = None
@@ -494,9 +500,35 @@ def _mark_live(changes: list[Change], live_prefixes: set[str]) -> list[Change]:
 # --- virtual machines -----------------------------------------------------------
 
 
+def _host_paths(spec: VirtualMachineSpec) -> list[tuple[str, str]]:
+    """(field, path) of every host file a VM manifest names."""
+    paths = [(f"disks[{d.target}].file", d.file) for d in spec.disks if d.file]
+    paths += [(f"cdroms[{c.target}].file", c.file) for c in spec.cdroms if c.file]
+    paths += [(k, v) for k, v in (("kernel", spec.kernel), ("initrd", spec.initrd),
+                                  ("serial.file", spec.serial_file)) if v]  # fmt: skip
+    return [(where, path) for where, path in paths if path is not None]
+
+
+def _refused_path(m: Manifest, paths: list[tuple[str, str]], ctx: _Context) -> Action | None:
+    allowed = ctx.options.path_allowed
+    if allowed is None:
+        return None
+    outside = [f"{where} {path}" for where, path in paths if not allowed(path)]
+    if not outside:
+        return None
+    return Action(
+        m.kind, m.name, Op.ERROR, source=m.source,
+        reason="refusing host paths outside the allowed disk roots: " + ", ".join(outside)
+        + " (add a root to allowedDiskRoots in the configuration)",
+    )  # fmt: skip
+
+
 def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     spec = m.spec
     assert isinstance(spec, VirtualMachineSpec)
+    outside = _refused_path(m, _host_paths(spec), ctx)
+    if outside is not None:
+        return outside
     requires = tuple(
         [f"Volume/{d.volume}" for d in spec.disks if d.volume]
         + [f"Network/{n.network}" for n in spec.interfaces if n.network]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ class PassOptions:
     prune: bool = True
     default_update_policy: str = "manual"
     allow_replace: frozenset[str] = frozenset()
+    allowed_roots: tuple[Path, ...] | None = None  # None: disk paths are not restricted
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,8 @@ class Reconciler:
     options: PassOptions
     machine_aliases: dict[str, str] | None = None
     live_refused: set[tuple[str, str]] = field(default_factory=set)
-    executor_hooks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    should_stop: Callable[[], bool] = lambda: False  # checked between actions (SIGTERM)
+    should_skip: Callable[[Action], str | None] = lambda action: None  # retry backoff
 
     def observe(self) -> Observed:
         inventory = (
@@ -117,7 +120,8 @@ class Reconciler:
             self.hypervisor,
             observed.inventory,
             self.options.state_dir,
-            should_stop=self.executor_hooks.get("should_stop", lambda: False),
+            should_stop=self.should_stop,
+            should_skip=self.should_skip,
         )
         results = executor.apply(plan)
         self.live_refused |= {(r.action.key, path) for r in results for path in r.refused}
@@ -141,7 +145,14 @@ class Reconciler:
             revision=source_revision(self.options.directory),
             secrets=read_secrets(load.manifests),
             live_refused=frozenset(self.live_refused),
+            path_allowed=None if self.options.allowed_roots is None else self._path_allowed,
         )
+
+    def _path_allowed(self, path: str) -> bool:
+        """Whether ``path``, symlinks resolved, lies under an allowed root."""
+        real = Path(os.path.realpath(path))
+        roots = self.options.allowed_roots or ()
+        return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
 
 
 def known_objects(observed: Observed) -> KnownObjects:

@@ -1,0 +1,482 @@
+"""The daemon: decides when to run a reconcile pass; reconcile.py does the pass.
+
+Triggers, all funnelled into one ``Triggers`` value guarded by a lock:
+* file events under the manifest directory (watchdog), debounced: each event
+  pushes the pass back by ``debounce`` (a git checkout writing hundreds of
+  files yields one pass once the writes settle), but never more than ten
+  debounce periods after the first;
+* libvirt lifecycle events (a VM destroyed, a network stopped, a definition
+  edited), coalesced for a moment, so drift is healed at once;
+* a periodic full resync, the safety net;
+* SIGHUP (reload the configuration, then a pass).
+Passes run one at a time on the main thread; a trigger during a pass
+schedules exactly one more. SIGTERM lets the action in progress finish and
+skips the rest. A lost libvirt connection is retried with capped
+exponential backoff while the status file keeps saying so; an object whose
+action failed is retried with its own backoff, and the others proceed.
+
+After each pass: status file (status.py), sd_notify STATUS, one log line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from reconciler import sdnotify
+from reconciler.errors import ConfigError, ConnectionLost, HypervisorError, ReconcilerError
+from reconciler.hypervisor import Hypervisor, start_event_loop
+from reconciler.lock import StateLock
+from reconciler.logs import get_logger
+from reconciler.manifests import is_manifest_file
+from reconciler.plan import Action, Op
+from reconciler.reconcile import PassOptions, PassResult, Reconciler, source_revision
+from reconciler.settings import Settings, check_manifest_dir, load_settings
+from reconciler.status import (
+    ObjectState,
+    ObjectStatus,
+    StatusReport,
+    keep_last_change,
+    read_status,
+    summary_line,
+    write_status,
+)
+
+RECONNECT_MIN = 1.0
+RECONNECT_MAX = 60.0
+RETRY_MIN = 5.0
+RETRY_MAX = 300.0
+EVENT_COALESCE = 0.2  # libvirt events come in bursts (our own apply makes some)
+MAX_STALL = 1800.0  # watchdog pings stop when the loop made no progress for this long
+
+
+@dataclass
+class Triggers:
+    """Why and when the next pass is due. Thread-safe; the main loop waits on it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    wake: threading.Event = field(default_factory=threading.Event)
+    due: float | None = None  # monotonic time of the next pass
+    first: float | None = None  # when the oldest pending trigger arrived
+    reasons: list[str] = field(default_factory=list)
+
+    def request(self, reason: str, delay: float, *, max_delay: float | None = None) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if self.first is None:
+                self.first = now
+            due = now + delay
+            if max_delay is not None:
+                due = min(due, self.first + max_delay)
+            # a later file event pushes the pass back (debounce); others only bring it forward
+            if self.due is None or max_delay is not None or due < self.due:
+                self.due = due
+            if len(self.reasons) < 20:
+                self.reasons.append(reason)
+        self.wake.set()
+
+    def take(self) -> list[str] | None:
+        """The reasons, if a pass is due now; resets the triggers."""
+        with self.lock:
+            if self.due is None or time.monotonic() < self.due:
+                return None
+            reasons, self.reasons = self.reasons, []
+            self.due = self.first = None
+            return reasons
+
+    def seconds_until_due(self) -> float | None:
+        with self.lock:
+            return None if self.due is None else max(0.0, self.due - time.monotonic())
+
+
+@dataclass
+class _Backoff:
+    attempts: int = 0
+    next_try: float = 0.0
+    error: str = ""
+
+
+class Daemon:
+    """``reconciler run``: one long-lived process converging the manifest directory."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        overrides: dict[str, object] | None = None,
+        connect: Callable[[str], Hypervisor] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.connect = connect or (lambda uri: Hypervisor.open(uri))
+        self.log: Any = get_logger(component="daemon")
+        self.triggers = Triggers()
+        self.stopping = threading.Event()
+        self.reload = threading.Event()
+        self.hypervisor: Hypervisor | None = None
+        self.reconciler: Reconciler | None = None
+        self.connection_lost = threading.Event()
+        self.failures: dict[str, _Backoff] = {}
+        self.passes = 0
+        self.heartbeat = time.monotonic()
+        self._observer: Any = None
+        self._handler: Any = None
+        self._root_watch: Any = None
+        self._watched_root: str | None = None
+        self._previous: StatusReport | None = None
+        # (kind, name) of every object the last pass planned for; None: react to all
+        self.managed: set[tuple[str, str]] | None = None
+
+    # -- main loop -----------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        with StateLock(self.settings.state_dir, wait=0):
+            start_event_loop()
+            self._previous = read_status(self.settings.state_dir)
+            self._start_watchdog_pings()
+            self._watch_files()
+            self.triggers.request("startup", 0)
+            next_resync = time.monotonic() + self.settings.resync_interval
+            reconnect_delay = RECONNECT_MIN
+            next_connect = 0.0
+            ready = False
+            while not self.stopping.is_set():
+                self.heartbeat = time.monotonic()
+                if self.reload.is_set():
+                    self._reload()
+                disconnected = self.hypervisor is None or self.connection_lost.is_set()
+                if disconnected and time.monotonic() >= next_connect:
+                    if self._connect():
+                        reconnect_delay = RECONNECT_MIN
+                        self.triggers.request("connected", 0)
+                    else:
+                        next_connect = time.monotonic() + reconnect_delay
+                        reconnect_delay = min(reconnect_delay * 2, RECONNECT_MAX)
+                        self._write_status(None, error=self._last_connect_error)
+                if not ready:
+                    sdnotify.notify(ready=True, status="starting")
+                    ready = True
+                if time.monotonic() >= next_resync:
+                    self.triggers.request("periodic resync", 0)
+                    next_resync = time.monotonic() + self.settings.resync_interval
+                reasons = self.triggers.take() if self.hypervisor is not None else None
+                if reasons is not None:
+                    self._pass(reasons)
+                    continue
+                waits = [next_resync - time.monotonic(), 5.0]
+                due = self.triggers.seconds_until_due()
+                if due is not None and self.hypervisor is not None:
+                    waits.append(due)
+                if self.hypervisor is None:
+                    waits.append(next_connect - time.monotonic())
+                self.triggers.wake.wait(max(0.0, min(waits)))
+                self.triggers.wake.clear()
+            sdnotify.notify(stopping=True, status="stopping")
+            self.log.info("daemon.stopped", passes=self.passes)
+            self._stop_watching()
+            if self.hypervisor is not None:
+                self.hypervisor.close()
+        return 0
+
+    _last_connect_error: str = ""
+
+    def _connect(self) -> bool:
+        if self.hypervisor is not None:
+            self.hypervisor.close()
+            self.hypervisor = None
+        try:
+            hv = self.connect(self.settings.uri)
+            hv.watch(self._on_libvirt_event, self._on_connection_closed)
+        except HypervisorError as exc:
+            self._last_connect_error = str(exc)
+            self.log.warning("libvirt.unreachable", uri=self.settings.uri, error=str(exc))
+            return False
+        self.connection_lost.clear()
+        self.hypervisor = hv
+        self.reconciler = Reconciler(
+            hv,
+            self._pass_options(),
+            should_stop=self.stopping.is_set,
+            should_skip=self._in_backoff,
+        )
+        self.log.info("libvirt.connected", uri=self.settings.uri)
+        return True
+
+    def _pass_options(self) -> PassOptions:
+        s = self.settings
+        return PassOptions(
+            directory=s.manifest_dir,
+            state_dir=s.state_dir,
+            host=s.host,
+            prune=s.prune,
+            default_update_policy=s.default_update_policy,
+            allowed_roots=s.allowed_disk_roots,
+        )
+
+    def _pass(self, reasons: list[str]) -> None:
+        assert self.reconciler is not None
+        started = time.monotonic()
+        self.passes += 1
+        log = self.log.bind(reconcile=self.passes)
+        revision = source_revision(self.settings.manifest_dir)
+        try:
+            if not self.settings.allow_writable_manifest_dir:
+                check_manifest_dir(self.settings.manifest_dir, self.settings)
+            self._follow_root()
+            load, observed, plan = self.reconciler.plan()
+            for problem in load.problems:
+                log.error("manifest.problem", problem=str(problem), revision=revision)
+            for action in plan.actions:
+                if action.changes_anything:
+                    log.info(
+                        "drift" if action.op is not Op.CREATE else "plan.create",
+                        kind=action.kind.value, name=action.name, action=action.op.value,
+                        fields=[c.path for c in action.changes][:20], revision=revision,
+                    )  # fmt: skip
+            result = (
+                self.reconciler.apply(plan, observed, load)
+                if plan.has_changes
+                else PassResult(load, plan)
+            )
+        except ConnectionLost as exc:
+            log.warning("libvirt.connection_lost", error=str(exc))
+            self.connection_lost.set()
+            self.triggers.request("reconnected", 0)
+            self._write_status(None, error=str(exc))
+            return
+        except (ReconcilerError, OSError) as exc:
+            log.error("reconcile.failed", error=str(exc), revision=revision)
+            self._write_status(None, error=str(exc))
+            return
+        self._note_failures(result)
+        self.managed = {(a.kind.value, a.name) for a in plan.actions}
+        duration = time.monotonic() - started
+        report = self._write_status(result, duration=duration, revision=revision)
+        log.info(
+            "reconcile.done",
+            reasons=sorted(set(reasons)),
+            duration=round(duration, 3),
+            outcome="failed" if result.failed else "ok",
+            summary=summary_line(report),
+            revision=revision,
+        )
+        sdnotify.notify(status=summary_line(report))
+
+    # -- per-object retry backoff -------------------------------------------------
+
+    def _in_backoff(self, action: Action) -> str | None:
+        backoff = self.failures.get(action.key)
+        if backoff is None or time.monotonic() >= backoff.next_try:
+            return None
+        wait = backoff.next_try - time.monotonic()
+        return f"failed {backoff.attempts}x ({backoff.error}); retry in {wait:.0f}s"
+
+    def _note_failures(self, result: PassResult) -> None:
+        for r in result.results:
+            if r.outcome == "ok":
+                self.failures.pop(r.action.key, None)
+            elif r.outcome == "failed":
+                b = self.failures.setdefault(r.action.key, _Backoff())
+                b.attempts += 1
+                b.error = r.error
+                delay = min(RETRY_MIN * 2 ** (b.attempts - 1), RETRY_MAX)
+                b.next_try = time.monotonic() + delay
+                self.triggers.request(f"retry {r.action.key}", delay)
+
+    # -- status ------------------------------------------------------------------------
+
+    def _write_status(
+        self,
+        result: PassResult | None,
+        *,
+        duration: float | None = None,
+        revision: str | None = None,
+        error: str | None = None,
+    ) -> StatusReport:
+        now = datetime.now(UTC)
+        if result is None:
+            previous = self._previous
+            objects = previous.objects if previous else ()
+            connected = self.hypervisor is not None and not self.connection_lost.is_set()
+        else:
+            objects = tuple(
+                keep_last_change(self._previous, _object_statuses(result, now, revision))
+            )
+            connected = True
+            if result.load.problems:
+                error = (
+                    f"{len(result.load.problems)} manifest problem(s); nothing is deleted "
+                    f"until they are fixed. First: {result.load.problems[0]}"
+                )
+        report = StatusReport(
+            written_at=now,
+            daemon_pid=os.getpid(),
+            revision=revision if result is not None else (self._previous.revision
+                                                          if self._previous else None),
+            reconcile_count=self.passes,
+            last_duration=duration,
+            objects=objects,
+            connected=connected,
+            last_error=error,
+        )  # fmt: skip
+        try:
+            write_status(self.settings.state_dir, report)
+        except OSError as exc:
+            self.log.error("status.write_failed", error=str(exc))
+        self._previous = report
+        return report
+
+    # -- triggers: files, libvirt, signals ---------------------------------------------
+
+    def _on_libvirt_event(self, kind: str, name: str, event: str) -> None:
+        if self.managed is not None and (kind, name) not in self.managed:
+            return  # not ours and not named by a manifest: nothing to heal
+        self.log.info("libvirt.event", kind=kind, name=name, change=event)
+        self.triggers.request(f"{kind} {name} {event}", EVENT_COALESCE)
+
+    def _on_connection_closed(self, reason: str) -> None:
+        self.log.warning("libvirt.connection_closed", reason=reason)
+        self.connection_lost.set()
+        self.triggers.wake.set()
+
+    def _watch_files(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                paths = [str(event.src_path), str(getattr(event, "dest_path", "") or "")]
+                if any(_relevant(p, daemon.settings.manifest_dir) for p in paths if p):
+                    daemon.triggers.request(
+                        f"file {event.event_type} {os.path.basename(paths[0])}",
+                        daemon.settings.debounce,
+                        max_delay=10 * daemon.settings.debounce,
+                    )
+
+        self._observer = Observer()
+        self._handler = Handler()
+        root = self.settings.manifest_dir
+        # the root may be a symlink swapped atomically (git-sync): watch its parent too
+        if root.parent.is_dir():
+            self._observer.schedule(self._handler, str(root.parent), recursive=False)
+        self._observer.start()
+        self._follow_root()
+
+    def _follow_root(self) -> None:
+        """Watch the directory the manifest root points to now (it may have been swapped)."""
+        if self._observer is None:
+            return
+        target = os.path.realpath(self.settings.manifest_dir)
+        if target == self._watched_root or not os.path.isdir(target):
+            return
+        if self._root_watch is not None:
+            self._observer.unschedule(self._root_watch)
+        self._root_watch = self._observer.schedule(self._handler, target, recursive=True)
+        if self._watched_root is not None:
+            self.log.info("manifests.root_moved", target=target)
+        self._watched_root = target
+
+    def _stop_watching(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self.log.info("daemon.signal", signal=signal.Signals(signum).name,
+                          effect="finishing the action in progress, then exiting")  # fmt: skip
+            self.stopping.set()
+            self.triggers.wake.set()
+
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            self.reload.set()
+            self.triggers.wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def _reload(self) -> None:
+        self.reload.clear()
+        sdnotify.notify(reloading=True, status="reloading configuration")
+        try:
+            settings = load_settings(config_path=self.config_path, overrides=self.overrides)
+        except ConfigError as exc:
+            self.log.error("config.reload_failed", error=str(exc), kept="previous configuration")
+        else:
+            uri_changed = settings.uri != self.settings.uri
+            self.settings = settings
+            if self.reconciler is not None:
+                self.reconciler.options = self._pass_options()
+            if uri_changed:
+                self.connection_lost.set()
+            self.log.info("config.reloaded", file=str(settings.config_file))
+            self._follow_root()
+        sdnotify.notify(ready=True, status="reloaded")
+        self.triggers.request("configuration reloaded", 0)
+
+    def _start_watchdog_pings(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            return
+
+        def ping() -> None:
+            while not self.stopping.is_set():
+                if time.monotonic() - self.heartbeat < MAX_STALL:
+                    sdnotify.notify(watchdog=True)
+                self.stopping.wait(interval)
+
+        threading.Thread(target=ping, name="watchdog", daemon=True).start()
+
+
+def _relevant(path: str, root: Path) -> bool:
+    """Whether a changed path can affect the manifests (not .git, not editor litter)."""
+    parts = Path(path).parts
+    if any(p.startswith(".") for p in parts[len(Path(os.path.realpath(root)).parts) :]):
+        return Path(path).name == root.name  # the root link itself being swapped
+    name = os.path.basename(path)
+    return is_manifest_file(name) or "." not in name  # a file, or a folder moved/removed
+
+
+def _object_statuses(result: PassResult, now: datetime, revision: str | None) -> list[ObjectStatus]:
+    results = {r.action.key: r for r in result.results}
+    after = {a.key: a for a in result.after.actions} if result.after is not None else {}
+    statuses = []
+    for action in result.plan.actions:
+        if action.op in (Op.DELETE, Op.FORGET):
+            continue
+        final = after.get(action.key, action)
+        r = results.get(action.key)
+        if action.op is Op.CONFLICT:
+            state, message = ObjectState.CONFLICT, action.reason
+        elif action.op is Op.ERROR or (action.op is Op.REPLACE and not action.steps):
+            state, message = ObjectState.FAILED, action.reason
+        elif r is not None and r.outcome == "failed":
+            state, message = ObjectState.FAILED, r.error
+        elif r is not None and r.outcome == "skipped":
+            state, message = ObjectState.PENDING, r.error
+        elif final.restart_pending:
+            state = ObjectState.RESTART_PENDING
+            message = "restart pending: " + ", ".join(c.path for c in final.restart_pending)
+        elif r is not None and action.op is not Op.CREATE:
+            state = ObjectState.HEALED
+            message = "changed: " + ", ".join(c.path for c in action.changes)[:300]
+        else:
+            state, message = ObjectState.IN_SYNC, ""
+        statuses.append(ObjectStatus(action.kind.value, action.name, state, message, now, revision))
+    return statuses

@@ -1,0 +1,1 @@
+"""A tiny real guest (kernel + busybox initramfs) for integration tests."""
