@@ -20,7 +20,6 @@ from typing import Any
 from reconciler import __version__
 from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.lock import StateLock
-from reconciler.logs import configure
 from reconciler.manifests import LoadResult, load_directory
 from reconciler.references import KnownObjects
 from reconciler.report import (
@@ -172,7 +171,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure(format=args.log_format)
+    if args.command in ("plan", "apply", "run"):  # the others log nothing
+        from reconciler.logs import configure
+
+        configure(format=args.log_format)
     if args.command in ("validate", "plan", "apply", "status"):
         # One pass and exit: the cyclic collector would only rescan the many small,
         # acyclic objects of manifests and XML (a third of a large plan's time).
@@ -333,6 +335,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from reconciler.daemon import Daemon
+    from reconciler.logs import configure
 
     settings = _settings(args)
     configure(format=settings.log_format if args.log_format == "auto" else args.log_format)

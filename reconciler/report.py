@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Problem
-from reconciler.executor import ActionResult
 from reconciler.plan import MARKERS, Action, Change, Op, Plan
 from reconciler.units import format_size
+
+if TYPE_CHECKING:  # executor imports libvirt: not needed to print a plan
+    from reconciler.executor import ActionResult
 
 JSON_VERSION = 1
 

@@ -239,11 +239,21 @@ def _coerce(f: _Field, value: object, source: str) -> object:
 
 
 @cache
-def _validator() -> Any:
+def _schema() -> Any:
+    return json.loads((schema_dir() / "config.schema.json").read_text(encoding="utf-8"))
+
+
+def _errors(value: object) -> list[Any]:
+    """python-jsonschema's errors (rich, for messages), only when jsonschema-rs
+    (fast, and no slow import on every command) says the file is invalid."""
+    import jsonschema_rs
+
+    schema = _schema()
+    if jsonschema_rs.Draft202012Validator(schema).is_valid(value):
+        return []
     import jsonschema
 
-    schema = json.loads((schema_dir() / "config.schema.json").read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
+    return list(jsonschema.Draft202012Validator(schema).iter_errors(value))
 
 
 def _read_config_file(path: Path) -> dict[str, object]:
@@ -293,7 +303,7 @@ def _read_config_file(path: Path) -> dict[str, object]:
             ".".join(str(part) for part in p.path),
             p.hint,
         )
-        for error in _validator().iter_errors(document.value)
+        for error in _errors(document.value)
         for p in explain_schema_error(error)
     ]
     values: dict[str, object] = {}
