@@ -13,7 +13,9 @@ Passes run one at a time on the main thread; a trigger during a pass
 schedules exactly one more. SIGTERM lets the action in progress finish and
 skips the rest. A lost libvirt connection is retried with capped
 exponential backoff while the status file keeps saying so; an object whose
-action failed is retried with its own backoff, and the others proceed.
+action failed is retried with its own backoff, and the others proceed; a pass
+that failed as a whole (a libvirt error while observing) is retried with
+backoff too.
 
 After each pass: status file (status.py), sd_notify STATUS, one log line.
 """
@@ -25,6 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,16 +68,18 @@ class Triggers:
     lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
     due: float | None = None  # monotonic time of the next pass
-    first: float | None = None  # when the oldest pending trigger arrived
+    first: float | None = None  # when the oldest pending debounced (file) trigger arrived
     reasons: list[str] = field(default_factory=list)
 
     def request(self, reason: str, delay: float, *, max_delay: float | None = None) -> None:
         now = time.monotonic()
         with self.lock:
-            if self.first is None:
-                self.first = now
             due = now + delay
             if max_delay is not None:
+                # the cap counts from the first file event only: a retry or libvirt
+                # trigger pending for a while must not cut the debounce short
+                if self.first is None:
+                    self.first = now
                 due = min(due, self.first + max_delay)
             # a later file event pushes the pass back (debounce); others only bring it forward
             if self.due is None or max_delay is not None or due < self.due:
@@ -127,6 +132,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.connection_lost = threading.Event()
         self.failures: dict[str, _Backoff] = {}
+        self.failed_passes = 0  # passes in a row that failed as a whole (retried with backoff)
         self.passes = 0
         self.heartbeat = time.monotonic()
         self._observer: Any = None
@@ -256,9 +262,16 @@ class Daemon:
             self._write_status(None, error=str(exc))
             return
         except (ReconcilerError, OSError) as exc:
-            log.error("reconcile.failed", error=str(exc), revision=revision)
+            # the triggers are spent: without a retry a transient error (a busy pool)
+            # would leave a change unapplied until some unrelated trigger
+            self.failed_passes += 1
+            delay = min(RETRY_MIN * 2 ** (self.failed_passes - 1), RETRY_MAX)
+            self.triggers.request("retry after a failed pass", delay)
+            log.error("reconcile.failed", error=str(exc), reasons=sorted(set(reasons)),
+                      retry_in=delay, revision=revision)  # fmt: skip
             self._write_status(None, error=str(exc))
             return
+        self.failed_passes = 0
         self._note_failures(result)
         self.managed = {(a.kind.value, a.name) for a in plan.actions}
         duration = time.monotonic() - started
@@ -267,7 +280,7 @@ class Daemon:
             "reconcile.done",
             reasons=sorted(set(reasons)),
             duration=round(duration, 3),
-            outcome="failed" if result.failed else "ok",
+            outcome=_outcome(result, stopping=self.stopping.is_set()),
             summary=summary_line(report),
             revision=revision,
         )
@@ -283,6 +296,9 @@ class Daemon:
         return f"failed {backoff.attempts}x ({backoff.error}); retry in {wait:.0f}s"
 
     def _note_failures(self, result: PassResult) -> None:
+        attempted = {r.action.key for r in result.results}
+        for key in [k for k in self.failures if k not in attempted]:
+            del self.failures[key]  # nothing left to do for it (in sync now, or gone)
         for r in result.results:
             if r.outcome == "ok":
                 self.failures.pop(r.action.key, None)
@@ -292,7 +308,13 @@ class Daemon:
                 b.error = r.error
                 delay = min(RETRY_MIN * 2 ** (b.attempts - 1), RETRY_MAX)
                 b.next_try = time.monotonic() + delay
-                self.triggers.request(f"retry {r.action.key}", delay)
+        # Every pass consumes the pending triggers, retry timers included: set them
+        # again, or an object skipped by this pass (still in backoff) would wait for
+        # some unrelated trigger, up to the periodic resync.
+        now = time.monotonic()
+        for key, b in self.failures.items():
+            if b.next_try > now:
+                self.triggers.request(f"retry {key}", b.next_try - now)
 
     # -- status ------------------------------------------------------------------------
 
@@ -311,7 +333,10 @@ class Daemon:
             connected = self.hypervisor is not None and not self.connection_lost.is_set()
         else:
             objects = tuple(
-                keep_last_change(self._previous, _object_statuses(result, now, revision))
+                keep_last_change(
+                    self._previous,
+                    _object_statuses(result, now, revision, failing=set(self.failures)),
+                )
             )
             connected = True
             if result.load.problems:
@@ -397,19 +422,35 @@ class Daemon:
             self._observer.join(timeout=5)
 
     def _install_signals(self) -> None:
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            self.log.info("daemon.signal", signal=signal.Signals(signum).name,
-                          effect="finishing the action in progress, then exiting")  # fmt: skip
-            self.stopping.set()
-            self.triggers.wake.set()
+        # A Python signal handler runs in the main thread between any two bytecodes,
+        # perhaps while that thread holds a lock the handler would take too (an Event's,
+        # the log's): a deadlock (seen: SIGHUP during ``wake.clear()``). So the handlers
+        # do nothing; the interpreter writes each signal's number to a pipe
+        # (set_wakeup_fd) and a thread of ours acts on it.
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _ignore)
 
-        def hup(_signum: int, _frame: FrameType | None) -> None:
+        def relay() -> None:
+            while True:
+                for signum in os.read(read_fd, 64):
+                    self._on_signal(signum)
+
+        threading.Thread(target=relay, name="signals", daemon=True).start()
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
             self.reload.set()
-            self.triggers.wake.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, hup)
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            if not self.stopping.is_set():
+                self.log.info("daemon.signal", signal=signal.Signals(signum).name,
+                              effect="finishing the action in progress, then exiting")  # fmt: skip
+            self.stopping.set()
+        else:
+            return
+        self.triggers.wake.set()
 
     def _reload(self) -> None:
         self.reload.clear()
@@ -444,6 +485,23 @@ class Daemon:
         threading.Thread(target=ping, name="watchdog", daemon=True).start()
 
 
+def _ignore(_signum: int, _frame: FrameType | None) -> None:
+    """The Python-level handler: the signal is handled by ``Daemon._on_signal``."""
+
+
+def _outcome(result: PassResult, *, stopping: bool) -> str:
+    """``ok``, ``failed``, or ``interrupted`` (SIGTERM: the actions after the current one
+    were left for the next run, which is not a failure of theirs)."""
+    if not result.failed:
+        return "ok"
+    left = [r.outcome == "skipped" and r.error == "stopping" for r in result.results]
+    others = any(r.outcome != "ok" and not was_left
+                 for r, was_left in zip(result.results, left, strict=True))  # fmt: skip
+    interrupted = stopping and any(left) and not others
+    broken = result.load.problems or result.plan.has_errors or result.unsettled
+    return "interrupted" if interrupted and not broken else "failed"
+
+
 def _relevant(path: str, root: Path) -> bool:
     """Whether a changed path can affect the manifests (not .git, not editor litter)."""
     parts = Path(path).parts
@@ -453,7 +511,15 @@ def _relevant(path: str, root: Path) -> bool:
     return is_manifest_file(name) or "." not in name  # a file, or a folder moved/removed
 
 
-def _object_statuses(result: PassResult, now: datetime, revision: str | None) -> list[ObjectStatus]:
+def _object_statuses(
+    result: PassResult,
+    now: datetime,
+    revision: str | None,
+    *,
+    failing: AbstractSet[str] = frozenset(),
+) -> list[ObjectStatus]:
+    """Per object, its state after the pass. ``failing``: keys whose last attempt failed
+    and that wait out their backoff; they stay *failed* while skipped, not *pending*."""
     results = {r.action.key: r for r in result.results}
     after = {a.key: a for a in result.after.actions} if result.after is not None else {}
     statuses = []
@@ -466,7 +532,9 @@ def _object_statuses(result: PassResult, now: datetime, revision: str | None) ->
             state, message = ObjectState.CONFLICT, action.reason
         elif action.op is Op.ERROR or (action.op is Op.REPLACE and not action.steps):
             state, message = ObjectState.FAILED, action.reason
-        elif r is not None and r.outcome == "failed":
+        elif r is not None and (
+            r.outcome == "failed" or (r.outcome == "skipped" and action.key in failing)
+        ):
             state, message = ObjectState.FAILED, r.error
         elif r is not None and r.outcome == "skipped":
             state, message = ObjectState.PENDING, r.error

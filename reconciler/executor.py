@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler import cloudinit
 from reconciler import inventory as inventory_file
 from reconciler.errors import HypervisorError, ReconcilerError, Refused
 from reconciler.hypervisor import Hypervisor
@@ -156,6 +157,12 @@ class Executor:
                 return [note]
             if verb == "import-volume":
                 return [_import_volume(hv, action.name, args)]
+            if verb == "write-seed":
+                return [_write_seed(hv, args)]
+            if verb == "delete-seed":
+                if hv.volume_exists(str(args["pool"]), str(args["volume"])):
+                    hv.delete_volume(str(args["pool"]), str(args["volume"]))
+                return [f"deleted cloud-init seed {args['pool']}/{args['volume']}"]
         except HypervisorError as exc:
             raise type(exc)(f"{step.describe()}: {exc}", code=exc.code) from exc
         raise ReconcilerError(f"unknown step {verb!r} (planner and executor disagree)")
@@ -213,6 +220,16 @@ def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
     if done.returncode != 0:
         raise ReconcilerError(f"importing {args['source']}: {done.stderr.strip()}")
     return f"imported {args['source']}"
+
+
+def _write_seed(hv: Hypervisor, args: dict[str, Any]) -> str:
+    """Make the seed volume if missing, and write the seed image into it."""
+    pool, volume = str(args["pool"]), str(args["volume"])
+    if not hv.volume_exists(pool, volume):
+        hv.create_volume(pool, str(args["xml"]))
+    image = cloudinit.build_iso(args["files"])
+    hv.write_volume(pool, volume, image)
+    return f"wrote cloud-init seed {pool}/{volume} ({args['digest']}, {len(image)} bytes)"
 
 
 _SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {

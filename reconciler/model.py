@@ -142,6 +142,9 @@ class Cdrom:
     target: str
     bus: str
     file: str | None = None
+    # a storage volume as the medium: only the cloud-init seed, made by the planner
+    volume: str | None = None
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +167,15 @@ class Graphics:
 
 @dataclass(frozen=True, slots=True)
 class CloudInit:
+    """A NoCloud seed (cloudinit.py), stored in volume ``<vm>-cidata`` and attached as a
+    CD-ROM at ``target`` on ``bus``. ``pool`` None: the pool of the first volume disk."""
+
     user_data: str | None = None
     meta_data: Mapping[str, Any] = field(default_factory=dict)
     network_config: Mapping[str, Any] | None = None
+    pool: str | None = None
+    target: str = "hdd"
+    bus: str = "ide"
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +261,11 @@ def derived_mac(vm_name: str, index: int) -> str:
     """A stable locally administered MAC in QEMU's 52:54:00 range for interface ``index``."""
     digest = hashlib.sha256(f"{vm_name}/{index}".encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def seed_volume_name(vm_name: str) -> str:
+    """The volume holding a VM's cloud-init seed (cloudinit.py): ``<vm>-cidata``."""
+    return f"{vm_name}-cidata"
 
 
 def is_q35(machine: str) -> bool:
@@ -623,10 +637,32 @@ def _build_vm(
     cloud_init = None
     if "cloudInit" in raw:
         ci = raw["cloudInit"]
+        if "pool" not in ci and not any(d.volume for d in disks):
+            problems.append(
+                FieldProblem(
+                    ("spec", "cloudInit"),
+                    "cloudInit needs a storage pool for its seed volume, and this VM has no "
+                    "volume disk to take it from",
+                    "add cloudInit.pool: <a StoragePool>",
+                )
+            )
+        # The seed comes last, so that it never takes a name a manifest's device had.
+        # On IDE it takes the last free slot (hdd, as installers do): adding a CD-ROM
+        # then does not move it.
+        bus = "sata" if q35 else "ide"
+        where: FieldPath = ("spec", "cloudInit")
+        if bus == "ide" and "hdd" not in used:
+            used.add("hdd")
+            target = "hdd"
+        else:
+            target = next_target(bus, where)
         cloud_init = CloudInit(
             user_data=ci.get("userData"),
             meta_data=dict(ci.get("metaData", {})),
             network_config=ci.get("networkConfig"),
+            pool=ci.get("pool"),
+            target=target,
+            bus=bus,
         )
 
     return VirtualMachineSpec(

@@ -57,6 +57,11 @@ class Change:
     live: bool = False  # can be applied to the running object
 
 
+# Step arguments too long or too private to print (rendered XML with a display
+# password, cloud-init seed files with whatever user-data holds).
+HIDDEN_ARGS = frozenset({"xml", "files"})
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One call the executor makes. ``verb`` names it; ``args`` are plain values."""
@@ -64,8 +69,12 @@ class Step:
     verb: str
     args: dict[str, Any] = field(default_factory=dict)
 
+    def shown_args(self) -> dict[str, Any]:
+        """The arguments worth printing (not ``HIDDEN_ARGS``)."""
+        return {k: v for k, v in self.args.items() if k not in HIDDEN_ARGS}
+
     def describe(self) -> str:
-        shown = {k: v for k, v in self.args.items() if k != "xml"}
+        shown = self.shown_args()
         if not shown:
             return self.verb
         return self.verb + " " + " ".join(f"{k}={v}" for k, v in shown.items())

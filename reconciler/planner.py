@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import __version__
+from reconciler import __version__, cloudinit
 from reconciler.diff import by_device, devices, diff
 from reconciler.hypervisor import DomainRecord
 from reconciler.manifests import LoadResult
@@ -32,6 +32,7 @@ from reconciler.model import (
     StoragePoolSpec,
     VirtualMachineSpec,
     VolumeSpec,
+    seed_volume_name,
 )
 from reconciler.observe import Observed
 from reconciler.plan import Action, Change, Op, Plan, Step
@@ -523,6 +524,134 @@ def _refused_path(m: Manifest, paths: list[tuple[str, str]], ctx: _Context) -> A
     )  # fmt: skip
 
 
+SEED_CAPACITY = 1024**2  # a seed volume's size when made; grown if an image needs more
+
+
+def _key(pool: object, volume: object) -> str:
+    return f"{pool}/{volume}"
+
+
+def _cdrom_volumes(projection: Mapping[str, object]) -> set[str]:
+    """``pool/volume`` of every CD-ROM whose medium is a storage volume."""
+    found = set()
+    for target in devices(projection, "cdroms"):
+        volume = projection.get(f"cdroms[{target}].volume")
+        if volume is not None:
+            found.add(_key(projection.get(f"cdroms[{target}].pool"), volume))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _SeedPlan:
+    """A VM's cloud-init seed volume: the one it needs, the ones it owns, what to do.
+
+    The VM owns the seed volumes its inventory entry lists (``seeds``) and any
+    ``<vm>-cidata`` volume its definition has as a CD-ROM. The content is written
+    (``write-seed``) when the volume is missing or the domain was defined with
+    another seed digest; a seed the VM no longer uses is deleted once no running
+    domain reads it.
+    """
+
+    vm: str
+    seed: domain_xml.CloudInitSeed | None
+    files: cloudinit.Seed | None
+    owned: frozenset[str]
+    volumes: Mapping[tuple[str, str], object] = field(repr=False)
+
+    @classmethod
+    def make(cls, m: Manifest, spec: VirtualMachineSpec, ctx: _Context) -> _SeedPlan | str:
+        """The seed plan of VM ``m``, or why it cannot be made."""
+        entry = ctx.inventory_entry(f"VirtualMachine/{m.name}") or {}
+        owned = frozenset(
+            _key(s.get("pool"), s.get("volume"))
+            for s in entry.get("seeds", ())
+            if isinstance(s, Mapping)
+        )
+        ci = spec.cloud_init
+        if ci is None:
+            return cls(m.name, None, None, owned, ctx.observed.volumes)
+        pool = ci.pool
+        if pool is None:
+            first = next((d.volume for d in spec.disks if d.volume), None)
+            pool = ctx.volume_pools.get(first or "")
+            if pool is None:
+                return (
+                    f"cloudInit: the pool of the seed volume is not known (volume {first!r} "
+                    "has no known pool); set cloudInit.pool"
+                )
+        files = cloudinit.make_seed(m.name, ci)
+        seed = domain_xml.CloudInitSeed(pool, seed_volume_name(m.name), files.digest)
+        return cls(m.name, seed, files, owned, ctx.observed.volumes)
+
+    def _exists(self, key: str) -> bool:
+        pool, _, volume = key.partition("/")
+        return (pool, volume) in self.volumes
+
+    def with_domain(self, config: Mapping[str, object]) -> _SeedPlan:
+        """Also owned: the VM's seed volume that its definition has as a CD-ROM."""
+        mine = {k for k in _cdrom_volumes(config) if k.endswith("/" + seed_volume_name(self.vm))}
+        return _SeedPlan(self.vm, self.seed, self.files, self.owned | mine, self.volumes)
+
+    def conflict(self, adopt: bool) -> str | None:
+        """Why the seed volume cannot be used: it exists and is not this VM's."""
+        seed = self.seed
+        if seed is None or adopt or seed.key in self.owned or not self._exists(seed.key):
+            return None
+        return (
+            f"volume {seed.key} exists and is not the cloud-init seed of this VM; "
+            "remove it, set cloudInit.pool to another pool, or set adopt: true to take it over"
+        )
+
+    def write_steps(self, *, force: bool) -> list[Step]:
+        """``write-seed`` when the volume is missing, or ``force`` (its content changes)."""
+        seed, files = self.seed, self.files
+        if seed is None or files is None or not (force or not self._exists(seed.key)):
+            return []
+        spec = VolumeSpec(pool=seed.pool, capacity=SEED_CAPACITY, format=cloudinit.SEED_FORMAT)
+        args = {
+            "pool": seed.pool,
+            "volume": seed.volume,
+            "digest": seed.digest,
+            "xml": volume_xml.render(seed.volume, spec),
+            "files": files.as_dict(),
+        }
+        return [Step("write-seed", args)]
+
+    def retire(self, in_use: set[str]) -> tuple[list[Change], list[Step], list[str]]:
+        """Changes and steps that delete owned seeds the VM no longer needs; the ones kept
+        because a running domain still reads them."""
+        changes: list[Change] = []
+        steps: list[Step] = []
+        kept: list[str] = []
+        for key in sorted(self.owned):
+            if self.seed is not None and key == self.seed.key:
+                continue
+            if key in in_use:
+                kept.append(key)
+            elif self._exists(key):
+                pool, _, volume = key.partition("/")
+                changes.append(Change("cloudInit.volume", key, None, live=True))
+                steps.append(Step("delete-seed", {"pool": pool, "volume": volume}))
+        return changes, steps, kept
+
+    def record(self, kept: Iterable[str]) -> dict[str, Any]:
+        """The inventory entry's ``seeds``: what prune deletes with the VM."""
+        keys = sorted({*([] if self.seed is None else [self.seed.key]), *kept})
+        if not keys:
+            return {}
+        return {
+            "seeds": [
+                {"pool": pool, "volume": volume}
+                for pool, _, volume in (k.partition("/") for k in keys)
+            ]
+        }
+
+    def fingerprint(self) -> object:
+        seed = self.seed
+        desired = None if seed is None else [seed.key, seed.digest, self._exists(seed.key)]
+        return [desired, sorted(self.owned)]
+
+
 def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     spec = m.spec
     assert isinstance(spec, VirtualMachineSpec)
@@ -548,24 +677,37 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     ownership = domain_xml.Ownership(
         manifest=m.source.path, digest=digest(m), revision=ctx.options.revision
     )
+    seeds = _SeedPlan.make(m, spec, ctx)
+    if isinstance(seeds, str):
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=seeds)
+    if seeds.seed is not None:
+        requires += (f"StoragePool/{seeds.seed.pool}",)
     kwargs: dict[str, Any] = {
         "volume_pools": ctx.volume_pools,
         "volume_formats": ctx.volume_formats,
         "graphics_password": password,
         "machine_aliases": ctx.observed.machine_aliases,
+        "cloud_init_seed": seeds.seed,
     }
-    record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout)
     if live is None:
+        conflict = seeds.conflict(spec.adopt)
+        if conflict is not None:
+            return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
+                          reason=conflict)  # fmt: skip
         try:
             xml = domain_xml.render(m.name, spec, ownership=ownership, **kwargs)
         except ValueError as exc:
             return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
                           reason=str(exc))  # fmt: skip
-        new = [Step("define-domain", {"xml": xml})]
+        new = [*seeds.write_steps(force=True), Step("define-domain", {"xml": xml})]
         if spec.state == "running":
             new.append(Step("start-domain"))
         if spec.autostart:
             new.append(Step("autostart-domain", {"on": True}))
+        old_changes, old_steps, kept = seeds.retire(in_use=set())
+        new += old_steps
+        record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
+                                  **seeds.record(kept))  # fmt: skip
         return Action(
             Kind.VIRTUAL_MACHINE, m.name, Op.CREATE, (), tuple(new),
             source=m.source, owner_record=record, requires=requires,
@@ -575,7 +717,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         "formats": {d.volume: ctx.volume_formats.get(d.volume) for d in spec.disks if d.volume},
         "password": hashlib.sha256((password or "").encode()).hexdigest(),
         "machine": ctx.observed.machine_aliases.get(spec.machine),
+        "seeds": seeds.fingerprint(),
     }
+    record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
+                              **seeds.record(seeds.owned))  # fmt: skip
     print_ = fingerprint(m, live, context)
     if ctx.options.verified.get(m.name) == print_:
         quick = _vm_power_and_autostart(m, spec, live, record, print_)
@@ -599,15 +744,24 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return domain_xml.render(m.name, spec, uuid=uuid, ownership=ownership, **kwargs)
 
     config = domain_xml.observe(config_root)
+    seeds = seeds.with_domain(config)
+    conflict = seeds.conflict(spec.adopt)
+    if conflict is not None:
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
     config_changes = diff(desired, config)
     changes = _adoption(owned) + config_changes
-    steps: list[Step] = []
+    steps: list[Step] = seeds.write_steps(force=config.get("cloudInit") != desired.get("cloudInit"))
+    if steps and seeds.seed is not None and not config_changes:
+        # the seed volume went missing: written again, as it was
+        changes.append(Change("cloudInit.volume", None, seeds.seed.key, live=True))
     if changes:
         steps.append(Step("define-domain", {"xml": rendered()}))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
+    in_use: set[str] = set()
     if live.active and live.live_xml is not None:
         live_projection = domain_xml.observe(live.live_xml)
+        in_use = _cdrom_volumes(live_projection)
         refused = frozenset(
             path for key, path in ctx.options.live_refused if key == f"VirtualMachine/{m.name}"
         )
@@ -644,6 +798,13 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     auto_changes, auto_steps = _autostart("domain", live.autostart, spec.autostart)
     changes += auto_changes
     steps += auto_steps
+    # seeds the VM no longer uses go, unless the running domain still reads one
+    going_down = restarted or spec.state == "stopped"
+    old_changes, old_steps, kept = seeds.retire(set() if going_down else in_use)
+    changes += old_changes
+    steps += old_steps
+    record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
+                              **seeds.record(kept))  # fmt: skip
     if restarted:
         op, pending = Op.UPDATE_RESTART, []
     elif not changes:
@@ -822,12 +983,18 @@ def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | 
     if kind is Kind.VIRTUAL_MACHINE:
         dom = observed.domains.get(name)
         if dom is None:
-            return gone
+            seeds = _delete_seeds(entry, observed)
+            if not seeds:
+                return gone
+            why = where + "; its cloud-init seed goes too"
+            return Action(kind, name, Op.DELETE, (Change("exists", True, False),),
+                          tuple(seeds), reason=why)  # fmt: skip
         steps = []
         if dom.active:
             timeout = float(entry.get("shutdownTimeout", 120))
             steps.append(Step("stop-domain", {"timeout": timeout}))
         steps.append(Step("undefine-domain"))
+        steps += _delete_seeds(entry, observed)
         return Action(
             kind, name, Op.DELETE, (Change("exists", True, False),), tuple(steps), reason=where
         )
@@ -865,3 +1032,15 @@ def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | 
         (Step("delete-volume", {"pool": pool_name}),),
         reason=where + "; reclaimPolicy delete",
     )
+
+
+def _delete_seeds(entry: Mapping[str, Any], observed: Observed) -> list[Step]:
+    """Steps that delete the cloud-init seed volumes of a VM that goes."""
+    steps = []
+    for seed in entry.get("seeds", ()):
+        if not isinstance(seed, Mapping):
+            continue
+        pool, volume = str(seed.get("pool")), str(seed.get("volume"))
+        if (pool, volume) in observed.volumes:
+            steps.append(Step("delete-seed", {"pool": pool, "volume": volume}))
+    return steps

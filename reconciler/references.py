@@ -23,6 +23,7 @@ from reconciler.model import (
     StoragePoolSpec,
     VirtualMachineSpec,
     VolumeSpec,
+    seed_volume_name,
 )
 from reconciler.schema import suggest
 
@@ -88,6 +89,34 @@ def check_references(manifests: Sequence[Manifest], known: KnownObjects) -> list
                         m,
                         FieldProblem(
                             ("spec", "disks", i, "volume"), missing("Volume", disk.volume, volumes)
+                        ),
+                    )
+                )
+            ci = spec.cloud_init
+            if (
+                ci is not None
+                and ci.pool is not None
+                and ci.pool not in pools
+                and ci.pool not in known.pools
+            ):
+                findings.append(
+                    (
+                        m,
+                        FieldProblem(
+                            ("spec", "cloudInit", "pool"), missing("StoragePool", ci.pool, pools)
+                        ),
+                    )
+                )
+            if ci is not None and seed_volume_name(m.name) in volumes:
+                other = volumes[seed_volume_name(m.name)]
+                findings.append(
+                    (
+                        m,
+                        FieldProblem(
+                            ("spec", "cloudInit"),
+                            f"the cloud-init seed volume '{seed_volume_name(m.name)}' is also "
+                            f"declared as a Volume at {other.source}",
+                            "a VM with cloudInit owns the volume <name>-cidata; rename the Volume",
                         ),
                     )
                 )

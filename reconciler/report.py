@@ -144,7 +144,7 @@ def action_json(action: Action) -> dict[str, Any]:
         "changes": [change_json(c) for c in action.changes],
         "restartPending": [change_json(c) for c in action.restart_pending],
         "steps": [
-            {"verb": s.verb, "args": {k: _json_value(v) for k, v in s.args.items() if k != "xml"}}
+            {"verb": s.verb, "args": {k: _json_value(v) for k, v in s.shown_args().items()}}
             for s in action.steps
         ],
     }

@@ -1,8 +1,11 @@
 """Telling systemd how the daemon is doing: the ``sd_notify`` protocol, without libsystemd.
 
-daemon.py sends ``READY=1`` once the first pass is done, ``STATUS=`` after
-each pass (status.summary_line), ``WATCHDOG=1`` every ``watchdog_interval()``
-seconds while its loop is alive, and ``RELOADING=1`` / ``STOPPING=1`` around
+daemon.py sends ``READY=1`` once its loop runs (after the first attempt to
+connect, whether libvirt answered or not: a pass may take minutes, and a
+libvirtd late at boot must not fail the unit), ``STATUS=`` after each pass
+(status.summary_line), ``WATCHDOG=1`` every ``watchdog_interval()`` seconds
+while its loop has made progress in the last half hour (a pass may wait long
+for graceful VM shutdowns), and ``RELOADING=1`` / ``STOPPING=1`` around
 SIGHUP and SIGTERM. A message is one datagram of ``KEY=value`` lines to the
 AF_UNIX socket named by ``$NOTIFY_SOCKET`` (a leading ``@`` means Linux's
 abstract namespace). Without that variable, as when run by hand, every call

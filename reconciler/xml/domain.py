@@ -24,7 +24,9 @@ Not stable across a start, so compare them on the inactive XML only: memory
 (the live value is the balloon's), cpu (host-model expands to a named model),
 and the display password (hidden unless asked for).
 
-The ownership record lives in ``<metadata>`` in the tool's own namespace.
+The ownership record lives in ``<metadata>`` in the tool's own namespace;
+with ``cloudInit`` it also holds the digest of the seed (field ``cloudInit``),
+whose volume the domain has as one more CD-ROM (``<disk type='volume'>``).
 
 Pure: no I/O, no libvirt.
 """
@@ -70,6 +72,7 @@ __all__ = [
     "INTERFACES",
     "OWNER_NAMESPACE",
     "VNC_PASSWORD_MAX",
+    "CloudInitSeed",
     "Ownership",
     "device_xml",
     "machine_aliases_from_capabilities",
@@ -156,10 +159,24 @@ def machine_aliases_from_capabilities(caps_xml: str, arch: str = "x86_64") -> di
 
 
 @dataclass(frozen=True, slots=True)
+class CloudInitSeed:
+    """Where a VM's cloud-init seed is stored (a raw volume) and the digest of its files."""
+
+    pool: str
+    volume: str
+    digest: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.pool}/{self.volume}"
+
+
+@dataclass(frozen=True, slots=True)
 class _Desired:
     spec: VirtualMachineSpec
     machine_aliases: Mapping[str, str]
     graphics_password: str | None
+    seed: CloudInitSeed | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +358,26 @@ class _SerialFile:
         return value
 
 
+@dataclass(frozen=True, slots=True)
+class _SeedDigest:
+    """``cloudInit``: the digest of the seed the domain was defined with, kept in the
+    ownership record (``<rc:owner><rc:cloudInit>``). The running definition keeps the
+    digest it was started with, so a seed rewritten since shows as a pending restart."""
+
+    def write(self, root: Element, value: Any) -> None:
+        metadata = ensure(root, "metadata")
+        owner = metadata.find(_owner_tag("owner"))
+        if owner is None:
+            owner = ET.SubElement(metadata, _owner_tag("owner"))
+        ET.SubElement(owner, _owner_tag("cloudInit")).text = xml_text(str(value), "cloudInit")
+
+    def read(self, root: Element) -> object:
+        return root.findtext(f"metadata/{_owner_tag('owner')}/{_owner_tag('cloudInit')}")
+
+    def canon(self, value: Any) -> object:
+        return str(value)
+
+
 # --- the declarations -------------------------------------------------------
 
 
@@ -412,6 +449,7 @@ FIELDS: tuple[Field[_Desired], ...] = (
         lambda d: d.spec.serial_file if d.spec.serial == "file" else None,
         _SerialFile(),
     ),
+    Field("cloudInit", lambda d: None if d.seed is None else d.seed.digest, _SeedDigest()),
 )
 
 DISKS: Device[_DiskView] = Device(
@@ -448,9 +486,11 @@ CDROMS: Device[Cdrom] = Device(
     fixed={"device": "cdrom"},
     key=Attr("target", "dev"),
     key_of=lambda cdrom: cdrom.target,
-    variant_of=lambda cdrom: "file",
+    variant_of=lambda cdrom: "file" if cdrom.volume is None else "volume",
     fields=(
-        Field("file", lambda cdrom: cdrom.file, Attr("source", "file")),
+        Field("file", lambda cdrom: cdrom.file, Attr("source", "file"), variant="file"),
+        Field("pool", lambda cdrom: cdrom.pool, Attr("source", "pool"), variant="volume"),
+        Field("volume", lambda cdrom: cdrom.volume, Attr("source", "volume"), variant="volume"),
         Field("bus", lambda cdrom: cdrom.bus, Attr("target", "bus")),
     ),
     decorate=_cdrom_structure,
@@ -488,6 +528,7 @@ def _desired(
     spec: VirtualMachineSpec,
     machine_aliases: Mapping[str, str] | None,
     graphics_password: str | None,
+    seed: CloudInitSeed | None = None,
 ) -> _Desired:
     if (
         spec.graphics is not None
@@ -500,7 +541,20 @@ def _desired(
             f"a VNC password has at most {VNC_PASSWORD_MAX} characters,"
             f" this one has {len(graphics_password)}"
         )
-    return _Desired(spec, machine_aliases or {}, graphics_password)
+    if spec.cloud_init is not None and seed is None:
+        raise ValueError("cloudInit: the pool of the seed volume is not known")
+    return _Desired(spec, machine_aliases or {}, graphics_password, seed)
+
+
+def _cdroms(desired: _Desired) -> tuple[Cdrom, ...]:
+    """The manifest's CD-ROMs, and the cloud-init seed's."""
+    ci, seed = desired.spec.cloud_init, desired.seed
+    if ci is None or seed is None:
+        return desired.spec.cdroms
+    return (
+        *desired.spec.cdroms,
+        Cdrom(target=ci.target, bus=ci.bus, volume=seed.volume, pool=seed.pool),
+    )
 
 
 def _disk_views(
@@ -535,14 +589,16 @@ def render(
     volume_formats: Mapping[str, str] | None = None,
     graphics_password: str | None = None,
     machine_aliases: Mapping[str, str] | None = None,
+    cloud_init_seed: CloudInitSeed | None = None,
 ) -> str:
     """Domain XML for ``defineXML``.
 
     ``volume_pools``/``volume_formats``: pool and image format of every volume
     a disk names. ``graphics_password``: the first line of ``passwordFile``,
     read by the caller. ``machine_aliases``: optional, to pin the versioned type.
+    ``cloud_init_seed``: the seed volume, needed when the spec has ``cloudInit``.
     """
-    desired = _desired(spec, machine_aliases, graphics_password)
+    desired = _desired(spec, machine_aliases, graphics_password, cloud_init_seed)
     root = ET.Element("domain")
     ET.SubElement(root, "name").text = xml_text(name, "name")
     if uuid is not None:
@@ -561,7 +617,7 @@ def render(
         ET.SubElement(root, event).text = action
     render_fields(root, FIELDS, desired)
     DISKS.render(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
-    CDROMS.render(root, spec.cdroms)
+    CDROMS.render(root, _cdroms(desired))
     INTERFACES.render(root, spec.interfaces)
     devices = ensure(root, "devices")
     if any(disk.bus == "scsi" for disk in spec.disks) or any(
@@ -582,12 +638,13 @@ def project(
     volume_formats: Mapping[str, str] | None = None,
     graphics_password: str | None = None,
     machine_aliases: Mapping[str, str] | None = None,
+    cloud_init_seed: CloudInitSeed | None = None,
 ) -> Projection:
     """The desired fields, keyed like ``observe`` keys them (same keywords as ``render``)."""
-    desired = _desired(spec, machine_aliases, graphics_password)
+    desired = _desired(spec, machine_aliases, graphics_password, cloud_init_seed)
     out = project_fields(FIELDS, desired)
     out.update(DISKS.project(_disk_views(spec, volume_pools or {}, volume_formats or {})))
-    out.update(CDROMS.project(spec.cdroms))
+    out.update(CDROMS.project(_cdroms(desired)))
     out.update(INTERFACES.project(spec.interfaces))
     return out
 

@@ -183,7 +183,7 @@ def _make_iso_pycdlib(path: Path, files: Mapping[str, bytes | str], label: str) 
             "or the PyPI package pycdlib)"
         ) from e
     iso = pycdlib.PyCdlib()
-    iso.new(interchange=3, joliet=3, rock_ridge="1.09", vol_ident=label)
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=label)
     for i, (name, content) in enumerate(files.items()):
         data = content.encode() if isinstance(content, str) else content
         iso.add_fp(io.BytesIO(data), len(data), f"/F{i};1", rr_name=name, joliet_path=f"/{name}")

@@ -22,6 +22,7 @@ class Context(TypedDict, total=False):
     volume_pools: Mapping[str, str]
     volume_formats: Mapping[str, str]
     graphics_password: str
+    cloud_init_seed: domain.CloudInitSeed
 
 
 # The VirtualMachine example of SPEC section 2, as written there.
@@ -78,6 +79,7 @@ WIN7_CONTEXT: Context = {
     "volume_pools": {"win7-root": "images"},
     "volume_formats": {"win7-root": "qcow2"},
     "graphics_password": "s3<&'\">t",  # VNC passwords are at most 8 characters
+    "cloud_init_seed": domain.CloudInitSeed("images", "win7-cidata", "0123456789abcdef"),
 }
 
 Q35_UEFI = """
@@ -225,10 +227,17 @@ def test_characters_xml_cannot_hold_are_refused() -> None:
 
 def test_volume_disk_needs_pool_and_format() -> None:
     # Without its format a qcow2 volume would be opened as raw: refuse, never guess.
+    seed = WIN7_CONTEXT["cloud_init_seed"]
     with pytest.raises(ValueError, match="format"):
-        domain.render("vm", _spec(WIN7), volume_pools={"win7-root": "images"})
+        domain.render("vm", _spec(WIN7), volume_pools={"win7-root": "images"},
+                      cloud_init_seed=seed)  # fmt: skip
     with pytest.raises(ValueError, match="pool"):
-        domain.project(_spec(WIN7), volume_formats={"win7-root": "qcow2"})
+        domain.project(_spec(WIN7), volume_formats={"win7-root": "qcow2"}, cloud_init_seed=seed)
+
+
+def test_cloud_init_needs_its_seed_volume() -> None:
+    with pytest.raises(ValueError, match="cloudInit"):
+        domain.render("vm", _spec(WIN7), **{**WIN7_CONTEXT, "cloud_init_seed": None})
 
 
 def test_ownership_round_trip() -> None:

@@ -1,0 +1,59 @@
+"""The daemon's triggers: debounce of file events, and retry timers that survive passes."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from reconciler.daemon import Daemon, Triggers
+from reconciler.settings import Settings
+
+
+def test_file_events_push_the_pass_back_up_to_the_cap() -> None:
+    t = Triggers()
+    t.request("file a", 0.3, max_delay=3.0)
+    first = t.due
+    assert first is not None
+    time.sleep(0.05)
+    t.request("file b", 0.3, max_delay=3.0)
+    assert t.due is not None and t.due > first  # pushed back
+    assert t.take() is None  # not due yet
+
+
+def test_a_pending_retry_does_not_cut_the_debounce_short() -> None:
+    t = Triggers()
+    t.request("retry VirtualMachine/x", 100.0)
+    if t.first is not None:  # as if that retry had been requested a minute ago
+        t.first -= 60
+    t.request("file a", 0.3, max_delay=3.0)
+    wait = t.seconds_until_due()
+    assert wait is not None and wait > 0.2, "a file event must still be debounced"
+
+
+def _result(*outcomes: tuple[str, str]) -> Any:
+    results = tuple(
+        SimpleNamespace(action=SimpleNamespace(key=key), outcome=outcome, error="boom")
+        for key, outcome in outcomes
+    )
+    return SimpleNamespace(results=results)
+
+
+def test_retry_timer_is_set_again_after_a_pass_that_skipped_the_object() -> None:
+    daemon = Daemon(Settings(host="h"))
+    daemon._note_failures(_result(("VirtualMachine/bad", "failed")))
+    assert daemon.triggers.take() is None  # due in 5 s
+    daemon.triggers.request("VirtualMachine good started", 0)
+    assert daemon.triggers.take() is not None  # an unrelated pass consumes the triggers...
+    daemon._note_failures(_result(("VirtualMachine/bad", "skipped")))  # ...skipping it (backoff)
+    wait = daemon.triggers.seconds_until_due()
+    assert wait is not None and 3 < wait <= 5  # the retry is still coming
+    assert daemon.triggers.reasons == ["retry VirtualMachine/bad"]
+
+
+def test_objects_no_longer_acted_on_leave_the_backoff() -> None:
+    daemon = Daemon(Settings(host="h"))
+    daemon._note_failures(_result(("VirtualMachine/bad", "failed")))
+    assert set(daemon.failures) == {"VirtualMachine/bad"}
+    daemon._note_failures(_result())  # in sync now (fixed by hand), or its manifest is gone
+    assert daemon.failures == {}
