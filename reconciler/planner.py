@@ -903,38 +903,16 @@ def _vm_live_updates(
             and all(c.path == f"cdroms[{key}].file" for c in changes)
         )
         if only_media:
-            steps.append(
-                Step(
-                    "update-device",
-                    {
-                        "path": f"cdroms[{key}]",
-                        "xml": domain_xml.device_xml(desired_xml(), section, key),
-                    },
-                )
-            )
+            verb, source = "update-device", desired_xml()
         elif hot and wanted and not present:
-            steps.append(
-                Step(
-                    "attach-device",
-                    {
-                        "path": f"{section}[{key}]",
-                        "xml": domain_xml.device_xml(desired_xml(), section, key),
-                    },
-                )
-            )
+            verb, source = "attach-device", desired_xml()
         elif hot and present and not wanted:
-            steps.append(
-                Step(
-                    "detach-device",
-                    {
-                        "path": f"{section}[{key}]",
-                        "xml": domain_xml.device_xml(live_xml, section, key),
-                    },
-                )
-            )
+            verb, source = "detach-device", live_xml  # the device as the guest has it
         else:
             pending += changes
             continue
+        path = f"{section}[{key}]"
+        steps.append(Step(verb, {"path": path, "xml": domain_xml.device_xml(source, section, key)}))
         applied += [Change(c.path, c.old, c.new, live=True) for c in changes]
     return steps, pending, applied
 
