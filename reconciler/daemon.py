@@ -530,7 +530,7 @@ def _object_statuses(
         r = results.get(action.key)
         if action.op is Op.CONFLICT:
             state, message = ObjectState.CONFLICT, action.reason
-        elif action.op is Op.ERROR or (action.op is Op.REPLACE and not action.steps):
+        elif action.refused:
             state, message = ObjectState.FAILED, action.reason
         elif r is not None and (
             r.outcome == "failed" or (r.outcome == "skipped" and action.key in failing)

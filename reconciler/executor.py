@@ -79,9 +79,7 @@ class Executor:
             if self.should_stop():
                 results.append(ActionResult(action, "skipped", error="stopping"))
                 continue
-            if action.op in (Op.CONFLICT, Op.ERROR) or (
-                action.op is Op.REPLACE and not action.steps
-            ):
+            if action.refused:
                 failed.add(action.key)
                 continue
             later = self.should_skip(action) if action.steps else None
@@ -105,7 +103,7 @@ class Executor:
             result = self._run(action)
             if result.outcome != "ok":
                 failed.add(action.key)
-            if action.steps or result.outcome != "ok":
+            if action.changes_anything or result.outcome != "ok":
                 results.append(result)
         return results
 
@@ -127,7 +125,7 @@ class Executor:
                 action, "failed", duration, str(exc), tuple(notes), tuple(self._refused)
             )
         duration = self.clock() - start
-        if action.steps:
+        if action.changes_anything:
             log.info("apply.action", outcome="ok", duration=round(duration, 3),
                      steps=[s.verb for s in action.steps], notes=notes or None)  # fmt: skip
         return ActionResult(action, "ok", duration, "", tuple(notes), tuple(self._refused))

@@ -101,6 +101,11 @@ class Action:
         return f"{self.kind.value}/{self.name}"
 
     @property
+    def refused(self) -> bool:
+        """Not carried out: in conflict, impossible, or a replace nobody allowed."""
+        return self.op in (Op.CONFLICT, Op.ERROR) or (self.op is Op.REPLACE and not self.steps)
+
+    @property
     def changes_anything(self) -> bool:
         return self.op not in (Op.NOOP, Op.CONFLICT, Op.ERROR) or bool(self.steps)
 
@@ -118,7 +123,7 @@ class Plan:
 
     @property
     def has_errors(self) -> bool:
-        return any(a.op in (Op.CONFLICT, Op.ERROR) for a in self.actions)
+        return any(a.refused for a in self.actions)
 
     def counts(self) -> Counter[Op]:
         return Counter(a.op for a in self.actions)
@@ -140,8 +145,9 @@ class Plan:
             extra.append(f"{c[Op.FORGET]} to forget (data kept)")
         if c[Op.CONFLICT]:
             extra.append(f"{c[Op.CONFLICT]} in conflict")
-        if c[Op.ERROR]:
-            extra.append(f"{c[Op.ERROR]} refused")
+        refused = sum(1 for a in self.actions if a.refused and a.op is not Op.CONFLICT)
+        if refused:
+            extra.append(f"{refused} refused")
         if extra:
             text += " " + ", ".join(extra).capitalize() + "."
         return text

@@ -186,6 +186,16 @@ def _adoption(owned: bool) -> list[Change]:
     return [] if owned else [Change("ownership", "unmanaged", "managed")]
 
 
+def _recorded(entry: Mapping[str, Any] | None, record: Mapping[str, Any],
+              fields: Iterable[str]) -> list[Change]:
+    """Changes to settings that live only in the inventory (libvirt has no place for them):
+    recorded by the apply like any other change, or they would silently never apply."""
+    if entry is None:
+        return []
+    return [Change(f, entry.get(f), record.get(f), live=True)
+            for f in fields if entry.get(f) != record.get(f)]  # fmt: skip
+
+
 def _autostart(kind: str, have: bool, want: bool) -> tuple[list[Change], list[Step]]:
     if have == want:
         return [], []
@@ -308,8 +318,10 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'")
     desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
     changes = _adoption(owned) + diff(desired, volume_xml.observe(live.xml))
+    recorded = _recorded(entry if owned else None, record, ["reclaimPolicy"])
     steps: list[Step] = []
     replace = [c for c in changes if c.path not in ("capacity", "ownership")]
+    changes += recorded
     capacity = next((c for c in changes if c.path == "capacity"), None)
     key = f"Volume/{m.name}"
     if replace:
@@ -721,8 +733,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     }
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
                               **seeds.record(seeds.owned))  # fmt: skip
+    entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
+    recorded = _recorded(entry, record, ["shutdownTimeout"])
     print_ = fingerprint(m, live, context)
-    if ctx.options.verified.get(m.name) == print_:
+    if ctx.options.verified.get(m.name) == print_ and not recorded:
         quick = _vm_power_and_autostart(m, spec, live, record, print_)
         if quick is not None:
             return quick
@@ -731,10 +745,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     except ValueError as exc:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
     config_root = parse(live.config_xml)
-    owned = (
-        domain_xml.read_ownership(config_root) is not None
-        or ctx.inventory_entry(f"VirtualMachine/{m.name}") is not None
-    )
+    owned = domain_xml.read_ownership(config_root) is not None or entry is not None
     if not owned and not spec.adopt:
         return _conflict(m, f"VM '{m.name}'")
     uuid = live.uuid
@@ -796,7 +807,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         steps.append(Step("stop-domain", {"timeout": timeout}))
         pending = []
     auto_changes, auto_steps = _autostart("domain", live.autostart, spec.autostart)
-    changes += auto_changes
+    changes += auto_changes + recorded
     steps += auto_steps
     # seeds the VM no longer uses go, unless the running domain still reads one
     going_down = restarted or spec.state == "stopped"

@@ -507,13 +507,6 @@ def test_volume_format_change_is_a_replace_only_when_allowed(ws: Workspace) -> N
     assert file.read_bytes()[:4] == b"QFI\xfb"  # now a qcow2 image
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `reconciler apply --yes` exits 0 and prints 'Apply complete: 0 succeeded, "
-    "0 failed.' when the plan holds a replace it refused (no --allow-replace): the manifest "
-    "is not applied, which must be exit 1 like a conflict (executor skips the action "
-    "without a result; Plan.has_errors ignores refused replaces)",
-)
 def test_apply_with_a_refused_replace_exits_1(ws: Workspace) -> None:
     _, name = _volume_setup(ws, fmt="raw")
     ws.write("vol.yaml", volume(name, ws.n("pool"), "16MiB", format="qcow2"))

@@ -156,12 +156,6 @@ def test_no_prune_keeps_owned_objects(ws: Workspace) -> None:
     assert done.returncode == 2 and "Network " + net_name in done.stdout, done.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (data loss): reclaimPolicy is recorded only in the inventory, and an apply "
-    "whose plan has no libvirt change returns before the executor writes owner records; "
-    "changing delete -> retain is never recorded, so removing the manifest deletes the volume",
-)
 def test_reclaim_policy_changed_to_retain_keeps_the_data(ws: Workspace) -> None:
     """reclaimPolicy lives only in the inventory: changing it changes nothing in libvirt,
     but it must still be recorded, or removing the manifest later deletes data the user
@@ -183,11 +177,6 @@ def test_reclaim_policy_changed_to_retain_keeps_the_data(ws: Workspace) -> None:
     assert (path / name).read_bytes() == b"keep me"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: shutdownTimeout lives only in the inventory; a change to it alone plans "
-    "'No changes', is never recorded, and a later prune stops the VM with the old timeout",
-)
 def test_shutdown_timeout_change_is_used_by_a_later_prune(ws: Workspace) -> None:
     name = ws.n("vm")
     ws.write("anchor.yaml", pool(ws.n("anchor"), ws.subdir("anchor")))

@@ -89,6 +89,7 @@ def converged(result: LoadResult, *, running: bool = True) -> Observed:
             xml = network_xml.render(name, spec)
             networks[name] = NetworkRecord(name, f"uuid-{name}", True, spec.autostart, xml, xml)
         else:
+            objects[key].update(shutdownTimeout=spec.shutdown_timeout)
             xml = domain_xml.render(
                 name,
                 spec,
@@ -369,3 +370,32 @@ def test_digest_ignores_formatting(write: WriteFiles) -> None:
         ),
     ).manifests[0]
     assert digest(a) == digest(b)
+
+
+def test_settings_kept_only_in_the_inventory_are_changes(write: WriteFiles) -> None:
+    """reclaimPolicy and shutdownTimeout have no place in libvirt: a change to either is
+    an update the apply records, not 'No changes' (or prune would use the old value)."""
+    result = load(write)
+    observed = converged(result)
+    changed = edit(edit(result, "root", reclaim_policy="delete"), "web", shutdown_timeout=7.0)
+    plan = plan_for(changed, observed)
+    vol, vm = action(plan, Kind.VOLUME, "root"), action(plan, Kind.VIRTUAL_MACHINE, "web")
+    assert (vol.op, [(c.path, c.old, c.new) for c in vol.changes], vol.steps) == (
+        Op.UPDATE_LIVE, [("reclaimPolicy", "retain", "delete")], ())
+    assert vol.owner_record["reclaimPolicy"] == "delete"
+    assert vm.op is Op.UPDATE_LIVE and vm.steps == ()
+    assert [(c.path, c.new) for c in vm.changes] == [("shutdownTimeout", 7.0)]
+    assert vm.owner_record["shutdownTimeout"] == 7.0
+    assert plan.has_changes and not plan.has_errors
+
+
+def test_a_replace_nobody_allowed_is_an_error(write: WriteFiles) -> None:
+    result = load(write)
+    observed = converged(result)
+    plan = plan_for(edit(result, "root", format="raw"), observed)
+    vol = action(plan, Kind.VOLUME, "root")
+    assert vol.op is Op.REPLACE and vol.steps == () and vol.refused
+    assert plan.has_errors and "1 refused" in plan.summary()
+    allowed = plan_for(edit(result, "root", format="raw"), observed,
+                       allow_replace=frozenset({"Volume/root"}))  # fmt: skip
+    assert not action(allowed, Kind.VOLUME, "root").refused and not allowed.has_errors
