@@ -114,6 +114,7 @@ class DomainRecord:
     autostart: bool
     config_xml: str  # persistent definition, with secrets (VIR_DOMAIN_XML_SECURE)
     live_xml: str | None  # running definition, when active
+    persistent: bool = True  # False: running without a definition (after `virsh undefine`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class NetworkRecord:
     autostart: bool
     config_xml: str
     live_xml: str | None
+    persistent: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,7 @@ class PoolRecord:
     active: bool
     autostart: bool
     config_xml: str
+    persistent: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +183,14 @@ class Hypervisor:
         return known_objects(self._conn)
 
     def domains(self) -> list[DomainRecord]:
-        """Every persistent domain with its definitions, in few calls."""
+        """Every domain with its definitions, in few calls. A transient one (running,
+        its definition undefined) is listed too: its definition is the running one."""
         with calling("listing domains"):
-            flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
+            flags = 0
+            transient = {
+                d.UUIDString()
+                for d in self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+            }
             autostart = {
                 d.UUIDString()
                 for d in self._conn.listAllDomains(
@@ -211,8 +219,9 @@ class Hypervisor:
                     else:
                         raise
                 records.append(
-                    DomainRecord(dom.name(), uuid, active, uuid in autostart, config, live)
-                )
+                    DomainRecord(dom.name(), uuid, active, uuid in autostart, config, live,
+                                 persistent=uuid not in transient)
+                )  # fmt: skip
             return records
 
     def domain_active(self, name: str) -> bool:
@@ -222,7 +231,7 @@ class Hypervisor:
     def networks(self) -> list[NetworkRecord]:
         with calling("listing networks"):
             records = []
-            for net in self._conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT):
+            for net in self._conn.listAllNetworks(0):
                 with _vanished_ok():
                     active = bool(net.isActive())
                     config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
@@ -235,6 +244,7 @@ class Hypervisor:
                             bool(net.autostart()),
                             config,
                             live,
+                            persistent=bool(net.isPersistent()),
                         )
                     )
             return records
@@ -242,9 +252,7 @@ class Hypervisor:
     def pools(self) -> list[PoolRecord]:
         with calling("listing storage pools"):
             records = []
-            for pool in self._conn.listAllStoragePools(
-                libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT
-            ):
+            for pool in self._conn.listAllStoragePools(0):
                 with _vanished_ok():
                     records.append(
                         PoolRecord(
@@ -253,6 +261,7 @@ class Hypervisor:
                             bool(pool.isActive()),
                             bool(pool.autostart()),
                             pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE),
+                            persistent=bool(pool.isPersistent()),
                         )
                     )
             return records

@@ -93,6 +93,7 @@ def fingerprint(m: Manifest, live: DomainRecord, context: Mapping[str, Any]) -> 
         json.dumps(context, sort_keys=True, default=str),
         live.config_xml,
         live.live_xml or "",
+        str(live.persistent),
     ):
         h.update(part.encode())
         h.update(b"\0")
@@ -196,6 +197,12 @@ def _recorded(entry: Mapping[str, Any] | None, record: Mapping[str, Any],
             for f in fields if entry.get(f) != record.get(f)]  # fmt: skip
 
 
+def _persist(persistent: bool) -> list[Change]:
+    """A running object whose definition was undefined (``virsh undefine`` leaves it
+    running, transient) is defined again, which keeps it running and its UUID."""
+    return [] if persistent else [Change("persistent", False, True, live=True)]
+
+
 def _autostart(kind: str, have: bool, want: bool) -> tuple[list[Change], list[Step]]:
     if have == want:
         return [], []
@@ -228,10 +235,12 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     owned = ctx.inventory_entry(f"StoragePool/{m.name}") is not None
     if not owned and not spec.adopt:
         return _conflict(m, f"storage pool '{m.name}'")
-    changes = _adoption(owned) + diff(pool_xml.project(spec), pool_xml.observe(live.config_xml))
+    config_changes = diff(pool_xml.project(spec), pool_xml.observe(live.config_xml))
+    changes = _adoption(owned) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
-    if len(changes) > len(_adoption(owned)):
+    if config_changes or not live.persistent:
         steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid)}))
+    if config_changes:
         steps.append(Step("build-pool"))
         if live.active and spec.state == "active":
             steps += [Step("stop-pool"), Step("start-pool")]  # a dir pool restarts harmlessly
@@ -427,9 +436,9 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     desired = network_xml.project(spec)
     xml = network_xml.render(m.name, spec, uuid=live.uuid)
     config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
-    changes = _adoption(owned) + config_changes
+    changes = _adoption(owned) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
-    if config_changes:
+    if config_changes or not live.persistent:
         steps.append(Step("define-network", {"xml": xml}))
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
@@ -760,7 +769,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     if conflict is not None:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
     config_changes = diff(desired, config)
-    changes = _adoption(owned) + config_changes
+    changes = _adoption(owned) + config_changes + _persist(live.persistent)
     steps: list[Step] = seeds.write_steps(force=config.get("cloudInit") != desired.get("cloudInit"))
     if steps and seeds.seed is not None and not config_changes:
         # the seed volume went missing: written again, as it was
@@ -982,7 +991,8 @@ def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | 
         if dom.active:
             timeout = float(entry.get("shutdownTimeout", 120))
             steps.append(Step("stop-domain", {"timeout": timeout}))
-        steps.append(Step("undefine-domain"))
+        if dom.persistent:  # a transient domain is gone once stopped
+            steps.append(Step("undefine-domain"))
         steps += _delete_seeds(entry, observed)
         return Action(
             kind, name, Op.DELETE, (Change("exists", True, False),), tuple(steps), reason=where
@@ -991,7 +1001,8 @@ def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | 
         net = observed.networks.get(name)
         if net is None:
             return gone
-        steps = ([Step("stop-network")] if net.active else []) + [Step("undefine-network")]
+        steps = [Step("stop-network")] if net.active else []
+        steps += [Step("undefine-network")] if net.persistent else []
         return Action(
             kind, name, Op.DELETE, (Change("exists", True, False),), tuple(steps), reason=where
         )
@@ -999,7 +1010,8 @@ def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | 
         pool = observed.pools.get(name)
         if pool is None:
             return gone
-        steps = ([Step("stop-pool")] if pool.active else []) + [Step("undefine-pool")]
+        steps = [Step("stop-pool")] if pool.active else []
+        steps += [Step("undefine-pool")] if pool.persistent else []
         return Action(
             kind,
             name,

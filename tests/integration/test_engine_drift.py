@@ -84,12 +84,6 @@ def test_undefined_stopped_vm_is_defined_again(ws: Workspace) -> None:
     assert not dom.isActive() and dom.autostart() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a running VM made transient by `virsh undefine` is invisible to observe "
-    "(only persistent domains are listed), so the plan says create and define-domain fails "
-    "for ever: 'domain ... already exists with uuid ...' (rendered without the live uuid)",
-)
 def test_undefined_running_vm_is_defined_again(ws: Workspace) -> None:
     """`virsh undefine` of a running VM leaves it running, transient: it must become
     persistent and owned again, without a restart."""
@@ -157,12 +151,6 @@ def test_stopped_pool_is_started_and_its_volumes_are_kept(ws: Workspace) -> None
     assert (path / vol_name).read_bytes().startswith(b"keep me")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an active network made transient by `virsh net-undefine` is invisible to "
-    "observe (only persistent networks are listed): plan says create, define-network fails "
-    "for ever with 'network ... already exists with uuid ...'",
-)
 def test_undefined_running_network_is_defined_again(ws: Workspace) -> None:
     """`virsh net-undefine` of an active network leaves it running, transient."""
     name = ws.n("net")
@@ -175,6 +163,30 @@ def test_undefined_running_network_is_defined_again(ws: Workspace) -> None:
     net = ws.conn.networkLookupByName(name)
     assert net.isPersistent() == 1 and net.isActive() == 1, describe(result)
     assert net.UUIDString() == before
+
+
+def test_adopted_transient_pool_is_defined(ws: Workspace) -> None:
+    """A pool started with `virsh pool-create` (transient, never defined) and adopted by a
+    manifest is defined in place: still active, same UUID, its files untouched."""
+    pool_name = ws.n("pool")
+    path = ws.subdir("pool")
+    (path / "data.img").write_bytes(b"keep me")
+    xml = ws.hostdir / "pool.xml"
+    xml.write_text(f"<pool type='dir'><name>{pool_name}</name>"
+                   f"<target><path>{path}</path></target></pool>")  # fmt: skip
+    ws.virsh("pool-create", str(xml))
+    p = ws.conn.storagePoolLookupByName(pool_name)
+    before = p.UUIDString()
+    assert p.isPersistent() == 0
+    ws.write("pool.yaml", pool(pool_name, path, adopt=True))
+    plan = ws.plan()
+    a = action(plan, "StoragePool", pool_name)
+    assert a.op is Op.UPDATE_LIVE and paths(a) == {"ownership", "persistent"}, render_plan(plan)
+    ws.converge()
+    assert_settled(ws)
+    p = ws.conn.storagePoolLookupByName(pool_name)
+    assert (p.isPersistent(), p.isActive(), p.UUIDString()) == (1, 1, before)
+    assert (path / "data.img").read_bytes() == b"keep me"
 
 
 def test_a_busy_pool_does_not_fail_the_pass(ws: Workspace) -> None:

@@ -399,3 +399,26 @@ def test_a_replace_nobody_allowed_is_an_error(write: WriteFiles) -> None:
     allowed = plan_for(edit(result, "root", format="raw"), observed,
                        allow_replace=frozenset({"Volume/root"}))  # fmt: skip
     assert not action(allowed, Kind.VOLUME, "root").refused and not allowed.has_errors
+
+
+def test_transient_objects_are_defined_again_without_a_restart(write: WriteFiles) -> None:
+    """`virsh undefine` / `net-undefine` leave a running object without a definition."""
+    result = load(write)
+    observed = converged(result)
+    dom, net = observed.domains["web"], observed.networks["lab"]
+    observed = dataclasses.replace(
+        observed,
+        domains={"web": dataclasses.replace(dom, persistent=False)},
+        networks={"lab": dataclasses.replace(net, persistent=False)},
+    )
+    plan = plan_for(result, observed)
+    for kind, name, verb in ((Kind.VIRTUAL_MACHINE, "web", "define-domain"),
+                             (Kind.NETWORK, "lab", "define-network")):  # fmt: skip
+        a = action(plan, kind, name)
+        assert a.op is Op.UPDATE_LIVE, (name, a)
+        assert [(c.path, c.old, c.new) for c in a.changes] == [("persistent", False, True)]
+        assert [s.verb for s in a.steps] == [verb]
+        assert f"uuid-{name}" in a.steps[0].args["xml"]
+    # the transient VM is in sync otherwise: a prune stops it, and there is nothing to undefine
+    gone = plan_for(_without(result, "web"), observed)
+    assert [s.verb for s in action(gone, Kind.VIRTUAL_MACHINE, "web").steps] == ["stop-domain"]
