@@ -129,6 +129,8 @@ class _Context:
         self.observed = observed
         self.options = options
         self.manifests = {m.key: m for m in manifests}
+        # pools libvirt cannot list the volumes of (not active)
+        self.unlisted_pools = frozenset(n for n, p in observed.pools.items() if not p.active)
         self.volume_pools: dict[str, str] = {}
         self.volume_formats: dict[str, str] = {}
         # volumes that exist without a manifest (a base image made by hand) first,
@@ -310,6 +312,12 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                 "import-volume", {"pool": spec.pool, "source": spec.source, "backing": backing_path}
             )
         )
+    entry = ctx.inventory_entry(f"Volume/{m.name}")
+    owned = entry is not None and entry.get("pool") == spec.pool
+    if live is None and spec.pool in ctx.unlisted_pools:
+        unseen = _unseen_volume(m, spec, ctx, owned)
+        if unseen is not None:
+            return unseen
     if live is None:
         return Action(
             Kind.VOLUME,
@@ -321,8 +329,6 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             owner_record=record,
             requires=tuple(requires),
         )
-    entry = ctx.inventory_entry(f"Volume/{m.name}")
-    owned = entry is not None and entry.get("pool") == spec.pool
     if not owned and not spec.adopt:
         return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'")
     desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
@@ -391,6 +397,22 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         owner_record=record,
         requires=tuple(requires),
     )
+
+
+def _unseen_volume(m: Manifest, spec: VolumeSpec, ctx: _Context, owned: bool) -> Action | None:
+    """A volume in a pool that is not active: libvirt cannot list it. One we own is
+    taken to be there (it is compared once the pool runs); one we do not is created
+    after the pool starts (None), which needs the pool to be wanted active."""
+    if owned:
+        return Action(Kind.VOLUME, m.name, Op.NOOP, source=m.source,
+                      reason=f"pool {spec.pool} is not active: the volume is checked "
+                      "once it runs")  # fmt: skip
+    pool = ctx.manifests.get((Kind.STORAGE_POOL, spec.pool))
+    if pool is not None and isinstance(pool.spec, StoragePoolSpec) and pool.spec.state == "active":
+        return None
+    return Action(Kind.VOLUME, m.name, Op.ERROR, source=m.source,
+                  reason=f"pool {spec.pool} is not active, so the volume cannot be made; "
+                  f"start it (state: active in its manifest, or virsh pool-start {spec.pool})")  # fmt: skip
 
 
 def _running_user(
@@ -1021,7 +1043,11 @@ def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | 
             reason=where + "; the pool's directory and files are kept",
         )
     pool_name = str(entry.get("pool", ""))
-    if (pool_name, name) not in observed.volumes:
+    live_pool = observed.pools.get(pool_name)
+    if live_pool is not None and not live_pool.active and entry.get("reclaimPolicy") == "delete":
+        return Action(kind, name, Op.NOOP, reason=where + f"; reclaimPolicy delete, but pool "
+                      f"{pool_name} is not active: deleted once it runs")  # fmt: skip
+    if (pool_name, name) not in observed.volumes and (live_pool is None or live_pool.active):
         return gone
     if entry.get("reclaimPolicy") != "delete":
         return Action(kind, name, Op.FORGET, reason=where + "; reclaimPolicy retain keeps its data")

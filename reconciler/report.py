@@ -56,7 +56,7 @@ def render_plan(plan: Plan, *, colour: bool = False, verbose: bool = False) -> s
     """The plan as a person reads it, ending with the summary line."""
     lines: list[str] = []
     for action in plan.actions:
-        if action.op is Op.NOOP and not action.restart_pending and not verbose:
+        if action.op is Op.NOOP and not (action.restart_pending or action.reason or verbose):
             continue
         marker = MARKERS[action.op]
         if action.op is Op.NOOP and action.restart_pending:

@@ -132,12 +132,6 @@ def test_storage_drift_is_reverted(ws: Workspace) -> None:
            op=Op.CREATE, check=lambda: (path / vol_name).exists())  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after `virsh pool-destroy` the volumes of the inactive pool are not "
-    "observed, so the plan also proposes 'Volume create' for each of them, and apply fails "
-    "('create-volume: storage volume ... exists already') after start-pool; exit 1",
-)
 def test_stopped_pool_is_started_and_its_volumes_are_kept(ws: Workspace) -> None:
     pool_name, vol_name = ws.n("pool"), ws.n("vol")
     path = ws.subdir("pool")

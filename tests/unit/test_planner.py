@@ -422,3 +422,30 @@ def test_transient_objects_are_defined_again_without_a_restart(write: WriteFiles
     # the transient VM is in sync otherwise: a prune stops it, and there is nothing to undefine
     gone = plan_for(_without(result, "web"), observed)
     assert [s.verb for s in action(gone, Kind.VIRTUAL_MACHINE, "web").steps] == ["stop-domain"]
+
+
+def test_volumes_of_a_stopped_pool_are_not_recreated(write: WriteFiles) -> None:
+    """libvirt lists no volumes of an inactive pool: an owned one is taken to be there,
+    a new one is made after the pool starts, and prune waits for the pool to run."""
+    result = load(write)
+    observed = converged(result)
+    images = dataclasses.replace(observed.pools["images"], active=False)
+    stopped = dataclasses.replace(observed, pools={"images": images}, volumes={})
+    plan = plan_for(result, stopped)
+    assert action(plan, Kind.STORAGE_POOL, "images").op is Op.UPDATE_LIVE  # started again
+    vol = action(plan, Kind.VOLUME, "root")
+    assert (vol.op, vol.steps) == (Op.NOOP, ()) and "not active" in vol.reason
+    # not ours: made once the pool runs, which its manifest asks for
+    unowned = dataclasses.replace(stopped, inventory=stopped.inventory.without("Volume/root"))
+    assert action(plan_for(result, unowned), Kind.VOLUME, "root").op is Op.CREATE
+    # a pool that stays inactive cannot take a new volume: said, not attempted
+    inactive = edit(result, "images", state="inactive")
+    refused = action(plan_for(inactive, unowned), Kind.VOLUME, "root")
+    assert refused.op is Op.ERROR and "pool-start images" in refused.reason
+    # prune: reclaimPolicy delete waits for the pool; retain forgets as usual
+    gone = _without(result, "root")
+    assert action(plan_for(gone, stopped), Kind.VOLUME, "root").op is Op.FORGET
+    deleting = dataclasses.replace(stopped, inventory=stopped.inventory.with_entry(
+        "Volume/root", {"pool": "images", "reclaimPolicy": "delete"}))  # fmt: skip
+    waiting = action(plan_for(gone, deleting), Kind.VOLUME, "root")
+    assert (waiting.op, waiting.steps) == (Op.NOOP, ()) and "once it runs" in waiting.reason
