@@ -410,9 +410,11 @@ def _unseen_volume(m: Manifest, spec: VolumeSpec, ctx: _Context, owned: bool) ->
     pool = ctx.manifests.get((Kind.STORAGE_POOL, spec.pool))
     if pool is not None and isinstance(pool.spec, StoragePoolSpec) and pool.spec.state == "active":
         return None
-    return Action(Kind.VOLUME, m.name, Op.ERROR, source=m.source,
-                  reason=f"pool {spec.pool} is not active, so the volume cannot be made; "
-                  f"start it (state: active in its manifest, or virsh pool-start {spec.pool})")  # fmt: skip
+    reason = (
+        f"pool {spec.pool} is not active, so the volume cannot be made; start it "
+        f"(state: active in its manifest, or virsh pool-start {spec.pool})"
+    )
+    return Action(Kind.VOLUME, m.name, Op.ERROR, source=m.source, reason=reason)
 
 
 def _running_user(

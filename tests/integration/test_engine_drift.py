@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Callable
 
 import libvirt
-import pytest
 
 from reconciler.plan import Op
 from reconciler.report import render_plan
