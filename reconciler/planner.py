@@ -61,9 +61,9 @@ class PlanOptions:
 
 
 # Fields of a running domain that cannot be compared with its definition: the
-# balloon's current size, the CPU model host-model expands to, the password
-# (libvirt may hide it). They are compared on the persistent definition only.
-LIVE_INCOMPARABLE = frozenset({"memory", "cpu", "graphics.password"})
+# balloon's current size, and the CPU model host-model expands to unless the
+# ownership record says what the domain booted with (domain_xml.booted_cpu).
+LIVE_INCOMPARABLE = frozenset({"memory", "cpu"})
 # Device buses that can be hot-plugged on pc/q35 machines.
 _HOTPLUG_DISK_BUSES = frozenset({"virtio", "scsi"})
 
@@ -804,20 +804,28 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     timeout = spec.shutdown_timeout
     in_use: set[str] = set()
     if live.active and live.live_xml is not None:
-        live_projection = domain_xml.observe(live.live_xml)
+        live_root = parse(live.live_xml)
+        live_projection = dict(domain_xml.observe(live_root))
+        incomparable = {"memory"}
+        cpu_known, booted_cpu = domain_xml.booted_cpu(live_root)
+        if cpu_known:
+            live_projection["cpu"] = booted_cpu
+        else:
+            incomparable.add("cpu")
         in_use = _cdrom_volumes(live_projection)
         refused = frozenset(
             path for key, path in ctx.options.live_refused if key == f"VirtualMachine/{m.name}"
         )
         live_steps, pending, live_changes = _vm_live_updates(
-            desired, config, live_projection, rendered, live.live_xml, refused
-        )
+            desired, config, live_projection, rendered, live.live_xml, refused,
+            frozenset(incomparable),
+        )  # fmt: skip
         steps += live_steps
         # a definition change the running domain already has needs no restart
         done = {c.path for c in live_changes} | {
             c.path
             for c in config_changes
-            if c.path not in LIVE_INCOMPARABLE and live_projection.get(c.path) == c.new
+            if c.path not in incomparable and live_projection.get(c.path) == c.new
         }
         changes = [
             Change(c.path, c.old, c.new, live=True) if c.path in done else c for c in changes
@@ -891,6 +899,7 @@ def _vm_live_updates(
     desired_xml: Callable[[], str],
     live_xml: str,
     refused: frozenset[str] = frozenset(),
+    incomparable: frozenset[str] = LIVE_INCOMPARABLE,
 ) -> tuple[list[Step], list[Change], list[Change]]:
     """Steps that change the running domain; what must wait for a restart; what they change.
 
@@ -898,6 +907,7 @@ def _vm_live_updates(
     reverting a manifest clears a pending restart instead of adding one.
     ``refused``: live changes libvirt already refused for this domain (field or
     device paths); they wait for a restart instead of being tried again.
+    ``incomparable``: fields the running definition cannot tell (see LIVE_INCOMPARABLE).
     """
     steps: list[Step] = []
     pending: list[Change] = []
@@ -915,9 +925,15 @@ def _vm_live_updates(
             applied.append(change)
         else:
             pending.append(Change("memory", config.get("memory"), desired.get("memory")))
-    grouped = by_device(diff(desired, live, ignore=LIVE_INCOMPARABLE))
+    grouped = by_device(diff(desired, live, ignore=incomparable))
     for dev, changes in sorted(grouped.items(), key=lambda kv: str(kv[0])):
         if dev is None:
+            graphics = [c for c in changes if c.path.startswith("graphics.")]
+            password = _password_update(graphics, live_xml, desired_xml, refused)
+            if password is not None:
+                steps.append(password)
+                applied += [Change(c.path, c.old, c.new, live=True) for c in graphics]
+                changes = [c for c in changes if c not in graphics]
             for change in changes:
                 # vCPUs are hot-plugged, not unplugged: taking one away needs the
                 # guest's help and often never completes, so that waits for a restart.
@@ -959,6 +975,17 @@ def _vm_live_updates(
         steps.append(Step(verb, {"path": path, "xml": domain_xml.device_xml(source, section, key)}))
         applied += [Change(c.path, c.old, c.new, live=True) for c in changes]
     return steps, pending, applied
+
+
+def _password_update(
+    graphics: list[Change], live_xml: str, desired_xml: Callable[[], str], refused: frozenset[str]
+) -> Step | None:
+    """A new display password alone is set on the running display (a rotated secret
+    must not wait for a restart); any other display change waits for one."""
+    if [c.path for c in graphics] != ["graphics.password"] or "graphics" in refused:
+        return None
+    xml = domain_xml.graphics_update(live_xml, desired_xml())
+    return None if xml is None else Step("update-device", {"path": "graphics", "xml": xml})
 
 
 # --- prune ------------------------------------------------------------------------

@@ -20,9 +20,12 @@ firmware='efi'>``), without secure boot (it needs SMM, which nested KVM may
 lack); a started domain shows the chosen ``<loader type='pflash'>`` instead,
 which reads as ``uefi`` too. An auto-assigned display port reads as ``auto``.
 
-Not stable across a start, so compare them on the inactive XML only: memory
-(the live value is the balloon's), cpu (host-model expands to a named model),
-and the display password (hidden unless asked for).
+Not comparable between the running and the persistent definition: memory
+(the live value is the balloon's) and cpu (host-model expands to a named
+model at start). For cpu the ownership record keeps the declared value
+(``<rc:cpu>``); the running definition keeps the one it was started with,
+which ``booted_cpu`` reads, so a changed cpu shows as a pending restart.
+The display password is compared on both when read with ``SECURE``.
 
 The ownership record lives in ``<metadata>`` in the tool's own namespace;
 with ``cloudInit`` it also holds the digest of the seed (field ``cloudInit``),
@@ -121,6 +124,34 @@ def _render_ownership(root: Element, ownership: Ownership) -> None:
     if ownership.revision is not None:
         revision = ET.SubElement(owner, _owner_tag("revision"))
         revision.text = xml_text(ownership.revision, "revision")
+
+
+def _render_declared_cpu(root: Element, cpu: str | None) -> None:
+    owner = ensure(root, "metadata").find(_owner_tag("owner"))
+    if owner is not None:
+        ET.SubElement(owner, _owner_tag("cpu")).text = xml_text(cpu or "", "cpu")
+
+
+def booted_cpu(xml: str | Element) -> tuple[bool, str | None]:
+    """(known, value): the ``cpu`` declared when the domain was defined, as its ownership
+    record says. Read on the running definition, it is the cpu the guest booted with
+    (libvirt expands host-model into a model name there). Unknown for a domain defined
+    before the record held it, or one the tool does not own."""
+    text = parse(xml).findtext(f"metadata/{_owner_tag('owner')}/{_owner_tag('cpu')}")
+    if text is None:
+        return False, None
+    return True, text or None
+
+
+def graphics_update(live_xml: str, desired_xml: str) -> str | None:
+    """The running display's ``<graphics>`` with the desired password, for a live password
+    change (libvirt refuses any other change to it there); None without either."""
+    live = parse(live_xml).find("devices/graphics")
+    wanted = parse(desired_xml).find("devices/graphics")
+    if live is None or wanted is None or wanted.get("passwd") is None:
+        return None
+    live.set("passwd", str(wanted.get("passwd")))
+    return serialize(live).strip()
 
 
 def read_ownership(xml: str | Element) -> Ownership | None:
@@ -605,6 +636,7 @@ def render(
         ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
     if ownership is not None:
         _render_ownership(root, ownership)
+        _render_declared_cpu(root, spec.cpu)
     ET.SubElement(ET.SubElement(root, "os"), "type", {"arch": "x86_64"}).text = "hvm"
     features = ET.SubElement(root, "features")
     ET.SubElement(features, "acpi")

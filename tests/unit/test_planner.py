@@ -449,3 +449,36 @@ def test_volumes_of_a_stopped_pool_are_not_recreated(write: WriteFiles) -> None:
         "Volume/root", {"pool": "images", "reclaimPolicy": "delete"}))  # fmt: skip
     waiting = action(plan_for(gone, deleting), Kind.VOLUME, "root")
     assert (waiting.op, waiting.steps) == (Op.NOOP, ()) and "once it runs" in waiting.reason
+
+
+def test_cpu_change_on_a_running_vm_is_pending_until_restart(write: WriteFiles) -> None:
+    """libvirt expands host-model into a named model at start, so the running cpu is read
+    from the ownership record of the running definition (what it booted with)."""
+    import re
+
+    result = load(write)
+    observed = converged(result)
+    vm = observed.domains["web"]
+    expanded = re.sub(
+        r"<cpu[^>]*/>|<cpu.*?</cpu>",
+        "<cpu mode='custom' match='exact' check='full'><model fallback='forbid'>Skylake-Client"
+        "</model><feature policy='require' name='ss'/></cpu>",
+        vm.config_xml, count=1, flags=re.S,
+    )  # fmt: skip
+    assert "Skylake" in expanded and "<rc:cpu>host-model</rc:cpu>" in expanded
+    booted = dataclasses.replace(observed, domains={"web": dataclasses.replace(
+        vm, live_xml=expanded)})  # fmt: skip
+    assert action(plan_for(result, booted), Kind.VIRTUAL_MACHINE, "web").op is Op.NOOP
+
+    passthrough = edit(result, "web", cpu="host-passthrough")
+    changed = action(plan_for(passthrough, booted), Kind.VIRTUAL_MACHINE, "web")
+    assert changed.op is Op.UPDATE_RESTART
+    assert [(c.path, c.old, c.new) for c in changed.restart_pending] == [
+        ("cpu", "host-model", "host-passthrough")]
+    redefined = converged(passthrough, running=False).domains["web"].config_xml
+    pending = dataclasses.replace(booted, domains={"web": dataclasses.replace(
+        vm, config_xml=redefined, live_xml=expanded)})  # fmt: skip
+    still = action(plan_for(passthrough, pending), Kind.VIRTUAL_MACHINE, "web")
+    assert still.op is Op.NOOP and [c.path for c in still.restart_pending] == ["cpu"]
+    reverted = action(plan_for(result, pending), Kind.VIRTUAL_MACHINE, "web")
+    assert reverted.op is Op.UPDATE_LIVE and reverted.restart_pending == ()
