@@ -13,6 +13,12 @@ into its XML by the planner) and in the inventory. The inventory is written
 once before anything is created, with every object the plan will create or
 update (a crash then leaves owned objects, never unowned ones), and once at
 the end, without the objects deleted: two atomic writes per apply.
+
+Live changes that do not happen (libvirt refuses them, or the guest does not
+release a device it was asked to unplug) are recorded in the running
+domain's own metadata (``domain_xml.REFUSED_NAMESPACE``): the planner then
+shows them as restart pending instead of trying again, in this process or
+the next, until the domain restarts.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
 from reconciler.plan import Action, Op, Plan, Step
+from reconciler.xml import domain as domain_xml
 
 _LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-device",
                          "update-device"})  # fmt: skip
@@ -118,12 +125,14 @@ class Executor:
             if action.op in (Op.DELETE, Op.FORGET):
                 self.inventory = self.inventory.without(action.key)
         except (HypervisorError, ReconcilerError, OSError) as exc:
+            self._record_refused(action.name)
             duration = self.clock() - start
             log.error("apply.action", outcome="failed", duration=round(duration, 3),
                       error=str(exc))  # fmt: skip
             return ActionResult(
                 action, "failed", duration, str(exc), tuple(notes), tuple(self._refused)
             )
+        self._record_refused(action.name)
         duration = self.clock() - start
         if action.changes_anything:
             log.info("apply.action", outcome="ok", duration=round(duration, 3),
@@ -176,6 +185,7 @@ class Executor:
                 hv.attach_domain_device(name, str(args["xml"]))
             elif step.verb == "detach-device":
                 hv.detach_domain_device(name, str(args["xml"]))
+                return self._check_released(action, str(args["path"]))
             else:
                 hv.update_domain_device(name, str(args["xml"]))
         except Refused as exc:
@@ -185,6 +195,35 @@ class Executor:
                              step=step.verb, error=str(exc))  # fmt: skip
             return [note]
         return []
+
+    def _check_released(self, action: Action, path: str) -> list[str]:
+        """libvirt returns from an unplug after waiting 5 s for the guest, released or not
+        (a guest without ACPI hot-plug support never releases it)."""
+        live = self.hypervisor.domain_live_xml(action.name)
+        if live is None or not domain_xml.has_device(live, path):
+            return []
+        self._refused.append(path)
+        self.log.warning("apply.live_refused", kind=action.kind.value, name=action.name,
+                         step="detach-device", error="the guest kept the device")  # fmt: skip
+        return [f"unplug of {path} requested, but the guest has not released it; "
+                "it goes at the next restart"]  # fmt: skip
+
+    def _record_refused(self, name: str) -> None:
+        """Note this boot's refused live changes in the running domain (see module doc)."""
+        if not self._refused:
+            return
+        try:
+            live = self.hypervisor.domain_live_xml(name)
+            if live is None:
+                return  # stopped: the definition applies at the next start anyway
+            paths = domain_xml.read_refused(live) | set(self._refused)
+            self.hypervisor.set_domain_live_metadata(
+                name, domain_xml.REFUSED_PREFIX, domain_xml.REFUSED_NAMESPACE,
+                domain_xml.refused_xml(paths),
+            )  # fmt: skip
+        except HypervisorError as exc:
+            self.log.warning("apply.record_refused", kind="VirtualMachine", name=name,
+                             error=str(exc))  # fmt: skip
 
     def graceful_stop(self, name: str, timeout: float) -> str:
         """ACPI shutdown, wait up to ``timeout``, then force off; says how it ended."""

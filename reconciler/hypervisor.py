@@ -332,6 +332,20 @@ class Hypervisor:
         with calling(f"setting vcpus of domain {name}"):
             self._conn.lookupByName(name).setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
+    def domain_live_xml(self, name: str) -> str | None:
+        """The running definition (with secrets), or None when the domain is not running."""
+        with calling(f"reading domain {name}"), _vanished_ok():
+            dom = self._conn.lookupByName(name)
+            return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)) if dom.isActive() else None
+        return None
+
+    def set_domain_live_metadata(self, name: str, key: str, uri: str, xml: str) -> None:
+        """Replace the running definition's metadata element of namespace ``uri``."""
+        with calling(f"setting metadata of domain {name}"):
+            self._conn.lookupByName(name).setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, key, uri, libvirt.VIR_DOMAIN_AFFECT_LIVE
+            )
+
     def update_domain_device(self, name: str, xml: str) -> None:
         with calling(f"updating a device of domain {name}"):
             self._conn.lookupByName(name).updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)

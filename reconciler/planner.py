@@ -51,8 +51,6 @@ class PlanOptions:
     allow_replace: frozenset[str] = frozenset()  # action keys, e.g. "Volume/db-root"
     revision: str | None = None  # source revision (git commit) recorded on applied objects
     secrets: Mapping[str, str] = field(default_factory=dict)  # passwordFile -> password
-    # (action key, field or device path) of live changes libvirt refused: not retried
-    live_refused: frozenset[tuple[str, str]] = frozenset()
     # VM name -> fingerprint of the last plan that found it in sync (see ``fingerprint``)
     verified: Mapping[str, str] = field(default_factory=dict)
     # whether a host path a manifest names (disk, ISO, kernel, log, volume source) may
@@ -813,9 +811,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         else:
             incomparable.add("cpu")
         in_use = _cdrom_volumes(live_projection)
-        refused = frozenset(
-            path for key, path in ctx.options.live_refused if key == f"VirtualMachine/{m.name}"
-        )
+        refused = domain_xml.read_refused(live_root)
         live_steps, pending, live_changes = _vm_live_updates(
             desired, config, live_projection, rendered, live.live_xml, refused,
             frozenset(incomparable),
@@ -949,6 +945,10 @@ def _vm_live_updates(
                     pending.append(change)
             continue
         section, key = dev
+        path = f"{section}[{key}]"
+        if path in refused:  # libvirt or the guest refused it during this boot
+            pending += changes
+            continue
         wanted = key in devices(desired, section)
         present = key in devices(live, section)
         hot = section == "interfaces" or (
@@ -971,7 +971,6 @@ def _vm_live_updates(
         else:
             pending += changes
             continue
-        path = f"{section}[{key}]"
         steps.append(Step(verb, {"path": path, "xml": domain_xml.device_xml(source, section, key)}))
         applied += [Change(c.path, c.old, c.new, live=True) for c in changes]
     return steps, pending, applied

@@ -14,7 +14,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import inventory as inventory_file
@@ -67,7 +67,6 @@ class Reconciler:
     hypervisor: Hypervisor
     options: PassOptions
     machine_aliases: dict[str, str] | None = None
-    live_refused: set[tuple[str, str]] = field(default_factory=set)
     should_stop: Callable[[], bool] = lambda: False  # checked between actions (SIGTERM)
     should_skip: Callable[[Action], str | None] = lambda action: None  # retry backoff
 
@@ -124,7 +123,6 @@ class Reconciler:
             should_skip=self.should_skip,
         )
         results = executor.apply(plan)
-        self.live_refused |= {(r.action.key, path) for r in results for path in r.refused}
         after_observed = self.observe()
         after = make_plan(load, after_observed, self._plan_options(load))
         tried = {r.action.key for r in results if r.outcome == "ok"}
@@ -144,7 +142,6 @@ class Reconciler:
             allow_replace=self.options.allow_replace,
             revision=source_revision(self.options.directory),
             secrets=read_secrets(load.manifests),
-            live_refused=frozenset(self.live_refused),
             path_allowed=None if self.options.allowed_roots is None else self._path_allowed,
         )
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hmac
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +152,44 @@ def graphics_update(live_xml: str, desired_xml: str) -> str | None:
         return None
     live.set("passwd", str(wanted.get("passwd")))
     return serialize(live).strip()
+
+
+# --- live changes libvirt refused -------------------------------------------------
+
+# Kept in the running definition only (virDomainSetMetadata, AFFECT_LIVE): a change
+# refused while this boot runs is not tried again, and the record goes with the boot.
+REFUSED_NAMESPACE = "https://reconciler.dev/xmlns/refused/v1"
+REFUSED_PREFIX = "rcl"
+
+
+def refused_xml(paths: Iterable[str]) -> str:
+    """The ``<refused>`` metadata element listing field or device paths (``disks[vdb]``)."""
+    root = ET.Element("refused")
+    for path in sorted(set(paths)):
+        ET.SubElement(root, "change", {"path": xml_text(path, "path")})
+    return serialize(root).strip()
+
+
+def read_refused(xml: str | Element | None) -> frozenset[str]:
+    """The paths a ``<refused>`` record lists, read from a domain's running XML (or the
+    element alone, as ``virDomainGetMetadata`` returns it)."""
+    if xml is None:
+        return frozenset()
+    root = parse(xml)
+    tag = f"{{{REFUSED_NAMESPACE}}}"
+    record = root if root.tag in ("refused", tag + "refused") else root.find(
+        f"metadata/{tag}refused")  # fmt: skip
+    if record is None:
+        return frozenset()
+    return frozenset(
+        str(c.get("path")) for c in record if c.tag.endswith("change") and c.get("path")
+    )
+
+
+def has_device(xml: str, path: str) -> bool:
+    """Whether the domain XML has the device ``path`` names (``disks[vdb]``)."""
+    section, _, key = path.partition("[")
+    return device_xml(xml, section, key.rstrip("]")) is not None
 
 
 def read_ownership(xml: str | Element) -> Ownership | None:

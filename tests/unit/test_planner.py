@@ -482,3 +482,34 @@ def test_cpu_change_on_a_running_vm_is_pending_until_restart(write: WriteFiles) 
     assert still.op is Op.NOOP and [c.path for c in still.restart_pending] == ["cpu"]
     reverted = action(plan_for(result, pending), Kind.VIRTUAL_MACHINE, "web")
     assert reverted.op is Op.UPDATE_LIVE and reverted.restart_pending == ()
+
+
+def test_live_changes_refused_during_this_boot_wait_for_a_restart(write: WriteFiles) -> None:
+    """The executor notes refused live changes in the running definition's metadata;
+    the planner reads them there and does not send them again."""
+    result = load(write)
+    base = next(m for m in result.manifests if m.name == "web").spec
+    nic = dataclasses.replace(base.interfaces[0], mac="52:54:00:00:00:02")
+    two_nics = edit(result, "web", interfaces=(*base.interfaces, nic), memory=768 * 1024**2)
+    observed = converged(result)
+    vm = observed.domains["web"]
+    assert vm.live_xml is not None
+    record = domain_xml.refused_xml(["interfaces[52:54:00:00:00:02]", "memory"])
+    assert domain_xml.read_refused(record) == {"interfaces[52:54:00:00:00:02]", "memory"}
+    noted = vm.live_xml.replace(
+        "<metadata>",
+        f"<metadata><rcl:refused xmlns:rcl='{domain_xml.REFUSED_NAMESPACE}'>"
+        "<rcl:change path='interfaces[52:54:00:00:00:02]'/><rcl:change path='memory'/>"
+        "</rcl:refused>",
+        1,
+    )
+    assert domain_xml.read_refused(noted) == {"interfaces[52:54:00:00:00:02]", "memory"}
+    fresh = action(plan_for(two_nics, observed), Kind.VIRTUAL_MACHINE, "web")
+    assert [s.verb for s in fresh.steps] == ["define-domain", "set-memory", "attach-device"]
+    refused = dataclasses.replace(
+        observed, domains={"web": dataclasses.replace(vm, live_xml=noted)})  # fmt: skip
+    waiting = action(plan_for(two_nics, refused), Kind.VIRTUAL_MACHINE, "web")
+    assert [s.verb for s in waiting.steps] == ["define-domain"]
+    assert waiting.op is Op.UPDATE_RESTART
+    assert {c.path.split(".")[0] for c in waiting.restart_pending} == {
+        "interfaces[52:54:00:00:00:02]", "memory"}
