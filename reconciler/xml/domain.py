@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.model import Cdrom, Disk, Interface, VirtualMachineSpec
+from reconciler.model import Cdrom, Disk, Interface, VirtualMachineSpec, is_q35
 from reconciler.xml._fields import (
     INT,
     KIB,
@@ -694,11 +694,34 @@ def render(
         cdrom.bus == "scsi" for cdrom in spec.cdroms
     ):
         ET.SubElement(devices, "controller", {"type": "scsi", "model": "virtio-scsi"})
+    ports = pcie_root_ports(spec)
+    if ports:  # with one pci controller named, libvirt wants the root named too
+        ET.SubElement(devices, "controller", {"type": "pci", "index": "0", "model": "pcie-root"})
+    for _ in range(ports):
+        ET.SubElement(devices, "controller", {"type": "pci", "model": "pcie-root-port"})
     ET.SubElement(devices, "memballoon", {"model": "virtio"})
     reorder(root, _ROOT_ORDER)
     reorder(ensure(root, "os"), _OS_ORDER)
     reorder(devices, _DEVICE_ORDER)
     return serialize(root)
+
+
+# PCIe root ports of a q35 domain: as many as virt-install gives (14), and always some
+# beyond the devices declared. A q35 device hot-plugs only into a free root port, and
+# libvirt adds just enough ports for the devices a definition has.
+Q35_ROOT_PORTS = 14
+Q35_SPARE_ROOT_PORTS = 4
+_BUILTIN_PCIE_DEVICES = 4  # USB controller, balloon, and room for what libvirt adds
+
+
+def pcie_root_ports(spec: VirtualMachineSpec) -> int:
+    """How many ``pcie-root-port`` controllers a q35 domain is defined with (0 for pc)."""
+    if not is_q35(spec.machine):
+        return 0
+    scsi = any(d.bus == "scsi" for d in spec.disks) or any(c.bus == "scsi" for c in spec.cdroms)
+    used = (sum(1 for d in spec.disks if d.bus == "virtio") + len(spec.interfaces)
+            + int(scsi) + _BUILTIN_PCIE_DEVICES)  # fmt: skip
+    return max(Q35_ROOT_PORTS, used + Q35_SPARE_ROOT_PORTS)
 
 
 def project(

@@ -312,3 +312,27 @@ def test_machine_aliases_only_for_the_asked_arch() -> None:
       </arch></guest></capabilities>"""
     assert domain.machine_aliases_from_capabilities(caps) == {"q35": "pc-q35-8.0"}
     assert domain.machine_aliases_from_capabilities(caps, arch="aarch64") == {"virt": "virt-7.2"}
+
+
+def test_q35_gets_spare_pcie_root_ports_and_pc_none() -> None:
+    """A q35 device hot-plugs only into a free root port: always some beyond the devices."""
+    def ports(machine: str, nics: int) -> tuple[int, int]:
+        interfaces = ", ".join(f'{{bridge: br0, mac: "52:54:00:00:01:{i:02x}"}}'
+                               for i in range(nics))  # fmt: skip
+        spec = manifest(f"""
+            apiVersion: reconciler/v1
+            kind: VirtualMachine
+            metadata: {{name: vm}}
+            spec:
+              memory: 64MiB
+              machine: {machine}
+              disks: [{{file: /srv/a.img, format: raw}}]
+              interfaces: [{interfaces}]
+            """).spec
+        assert isinstance(spec, VirtualMachineSpec)
+        xml = domain.render("vm", spec)
+        return domain.pcie_root_ports(spec), xml.count('model="pcie-root-port"')
+
+    assert ports("pc", 2) == (0, 0)
+    assert ports("q35", 1) == (14, 14)  # as virt-install
+    assert ports("q35", 20) == (1 + 20 + 4 + 4, 29)  # every device has one, 4 spare
