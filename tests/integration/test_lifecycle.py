@@ -313,6 +313,18 @@ def test_vm_lifecycle_with_a_real_guest(
     img = _image_info(clone_path)
     assert img["backing-filename"].endswith(ws.n("base")), img
 
+    # -- hot-unplug: the guest's kernel (ACPI PCI hot-plug) releases the disk at once
+    spec["disks"].pop()
+    ws.write("vm.yaml", manifest)
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert a.op is Op.UPDATE_LIVE and "detach-device" in [s.verb for s in a.steps]
+    result = ws.converge()
+    assert not _notes(result, name), describe(result)  # released: nothing to report
+    after = assert_settled(ws)
+    assert not action(after, "VirtualMachine", name).restart_pending
+    assert ws.n("clone") not in ws.virsh("domblklist", name)
+    assert ws.domain(name).ID() == second_id
+
     # -- shrinking is refused, with the reason
     ws.write("pool.yaml", pool(ws.n("pool"), pool_dir),
              volume(ws.n("data"), ws.n("pool"), "16MiB", format="raw"),
