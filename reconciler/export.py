@@ -603,6 +603,12 @@ def _vm_losses(config_xml: str, rendered: str, notes: _Notes) -> None:
         if i > 0 or kind not in (*_DEFAULT_VIDEO, None):
             notes.add(f"devices/video[{kind}]", "video model is not expressible; libvirt's "
                       "default is used when the VM is defined from the manifest")  # fmt: skip
+    loader = root.find("os/loader")
+    if loader is not None and (loader.get("secure") == "yes" or (
+            (loader.text or "").strip() and root.find("os[@firmware='efi']") is None)):  # fmt: skip
+        notes.add("os/loader", f"firmware {(loader.text or '').strip() or 'with secure boot'} "
+                  "is not expressible; firmware: uefi is OVMF as libvirt selects it, "
+                  "without secure boot")  # fmt: skip
     for element in root.findall("metadata/*"):
         if not element.tag.startswith("{" + domain_xml.OWNER_NAMESPACE + "}"):
             notes.add("metadata", f"foreign metadata {element.tag} is not kept")

@@ -327,6 +327,18 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda"]
 
 
+def test_a_firmware_chosen_by_path_is_noted() -> None:
+    xml = DOMAIN_XML.replace("<os firmware='efi'>", "<os>").replace(
+        "<loader secure='no'/>",
+        "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>",
+    ).replace("<firmware><feature enabled='no' name='secure-boot'/></firmware>", "")
+    obs = observed(domains={"web-1": DomainRecord("web-1", "u", False, False, xml, None)})
+    item = one(Kind.VIRTUAL_MACHINE, "web-1", obs)
+    assert item.document is not None and item.document["spec"]["firmware"] == "uefi"
+    assert [n.field for n in item.notes] == ["os/loader"]
+    assert "OVMF_CODE_4M.ms.fd" in item.notes[0].message
+
+
 def test_fields_the_manifest_spells_differently_are_noted_with_both_values() -> None:
     # no <cpu>, no listen address: the manifest's defaults (host-model, 127.0.0.1) differ
     xml = DOMAIN_XML.replace("<cpu mode='host-passthrough' check='none' migratable='on'/>", "")
