@@ -402,3 +402,11 @@ def test_yaml_loads_back_as_the_same_manifests() -> None:
     manifests = load_text(text, "export.yaml", problems)  # type: ignore[arg-type]
     assert problems == [] and len(manifests) == len(items)
     assert export.file_name(items[-1]) == "vms/web-1.yaml"
+
+
+def test_cli_asks_for_names_or_all(capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+
+    assert main(["export"]) == 1
+    err = capsys.readouterr().err
+    assert err == "reconciler: error: export: name the objects to export (NAME or KIND/NAME), or --all\n"
