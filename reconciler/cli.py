@@ -105,6 +105,57 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resync-interval", help="full resync period (default: 5m)")
     run.set_defaults(run=_run)
 
+    export = sub.add_parser(
+        "export",
+        help="write manifests for existing libvirt objects, to adopt them (exit 0 done, 1 error)",
+        description="Read libvirt (nothing is changed) and write one manifest per object, with "
+        "adopt: true, so that applying them takes the objects over. Fields a manifest cannot "
+        "express are listed on stderr and in each file's header.",
+    )
+    export.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME|KIND/NAME",
+        help="objects to export: a name (any kind), or VirtualMachine/web-1, Network/lab, "
+        "StoragePool/images, Volume/root (Volume/POOL/NAME when names repeat)",
+    )
+    export.add_argument(
+        "--all",
+        dest="everything",
+        action="store_true",
+        help="every VM, network, pool and volume, except libvirt's stock 'default' network "
+        "and pool (see --include-stock)",
+    )
+    export.add_argument(
+        "--with-deps",
+        action="store_true",
+        help="also what the named objects use: a VM's volumes and networks, a volume's "
+        "pool and backing volume",
+    )
+    export.add_argument(
+        "--include-stock",
+        action="store_true",
+        help="with --all or --with-deps, also the stock 'default' network and pool",
+    )
+    export.add_argument(
+        "--output-dir",
+        "-d",
+        metavar="DIR",
+        type=Path,
+        help="write DIR/{pools,volumes,networks,vms}/NAME.yaml (default: one stream on stdout)",
+    )
+    export.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
+    export.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="configuration file (default: $RECONCILER_CONFIG or /etc/reconciler/config.yaml)",
+    )
+    export.add_argument(
+        "--connect", "-c", metavar="URI", help="libvirt URI (default: qemu:///system)"
+    )
+    export.set_defaults(run=_export)
+
     status = sub.add_parser("status", help="what the daemon last found, per object")
     _add_common(status)
     status.add_argument("--state-dir", help="folder of status.json (default: /var/lib/reconciler)")
@@ -175,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from reconciler.logs import configure
 
         configure(format=args.log_format)
-    if args.command in ("validate", "plan", "apply", "status"):
+    if args.command in ("validate", "plan", "apply", "status", "export"):
         # One pass and exit: the cyclic collector would only rescan the many small,
         # acyclic objects of manifests and XML (a third of a large plan's time).
         gc.disable()
@@ -363,6 +414,84 @@ def _status(args: argparse.Namespace) -> int:
     return (
         EXIT_ERROR if report.last_error or any(o.state in bad for o in report.objects) else EXIT_OK
     )
+
+
+# --- export --------------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace) -> int:
+    from reconciler import export
+    from reconciler.hypervisor import Hypervisor
+    from reconciler.inventory import Inventory
+    from reconciler.observe import observe
+
+    if not args.names and not args.everything:
+        raise ReconcilerError("export: name the objects to export (NAME or KIND/NAME), or --all")
+    settings = _settings(args)
+    # A read-write connection, used for reads only: libvirt hides a display password from
+    # read-only ones (VIR_DOMAIN_XML_SECURE), and export must see it to report it.
+    with Hypervisor.open(settings.uri) as hv:
+        observed = observe(hv, Inventory())
+    try:
+        named = export.resolve(observed, args.names)
+        refs, skipped = export.select(
+            observed,
+            args.names,
+            everything=args.everything,
+            dependencies=args.with_deps,
+            stock=args.include_stock,
+        )
+    except export.SelectionError as exc:
+        raise ReconcilerError(f"export: {exc}") from None
+    items = export.export(observed, refs)
+    for line in skipped:
+        print(f"export: skipped {line}", file=sys.stderr)
+    for item in items:
+        if item.document is None:
+            reasons = "; ".join(str(n) for n in item.notes)
+            print(f"export: {item.key}: cannot be exported: {reasons}", file=sys.stderr)
+            continue
+        for note in item.notes:
+            print(f"export: {item.key}: {note}", file=sys.stderr)
+    done = [item for item in items if item.document is not None]
+    failed_named = [
+        item.key
+        for item in items
+        if item.document is None
+        and export.Ref(item.kind, item.name, item.pool) in named
+    ]
+    if args.output_dir is None:
+        sys.stdout.write("---\n".join(export.to_yaml(item, settings.uri) for item in done))
+    else:
+        _write_exported(args.output_dir, done, settings.uri, force=args.force)
+        lossy = sum(1 for item in done if item.notes)
+        print(
+            f"{args.output_dir}: {_plural(len(done), 'manifest')} written"
+            + (f", {lossy} with fields not exported (listed above)" if lossy else ""),
+            file=sys.stderr,
+        )
+    if failed_named:
+        return EXIT_ERROR
+    return EXIT_OK if done else EXIT_ERROR
+
+
+def _write_exported(directory: Path, items: Sequence[Any], source: str, *, force: bool) -> None:
+    from reconciler.export import file_name, to_yaml
+
+    files = [(directory / file_name(item), to_yaml(item, source)) for item in items]
+    existing = [str(path) for path, _ in files if path.exists()]
+    if existing and not force:
+        raise ReconcilerError(
+            f"export: not overwriting {', '.join(existing)} (pass --force to overwrite)"
+        )
+    try:
+        for path, text in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+    except OSError as exc:
+        raise ReconcilerError(f"export: cannot write {exc.filename}: {exc.strerror}") from None
 
 
 def _plural(n: int, word: str) -> str:

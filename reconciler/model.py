@@ -153,7 +153,7 @@ class Interface:
     network: str | None = None
     bridge: str | None = None
     model: str = "virtio"
-    boot_rom: bool = False  # PXE option ROM: only when boot lists network
+    boot_rom: bool = False  # PXE option ROM: by default only when boot lists network
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,7 +604,7 @@ def _build_vm(
                 network=n.get("network"),
                 bridge=n.get("bridge"),
                 model=n.get("model", "virtio"),
-                boot_rom="network" in raw.get("boot", ()),
+                boot_rom=n.get("bootRom", "network" in raw.get("boot", ())),
             )
         )
 
