@@ -38,6 +38,7 @@ from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
 from reconciler.plan import Action, Op, Plan, Step
 from reconciler.xml import domain as domain_xml
+from reconciler.xml import volume as volume_xml
 
 _LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-device",
                          "update-device"})  # fmt: skip
@@ -165,7 +166,9 @@ class Executor:
             if verb == "import-volume":
                 return [_import_volume(hv, action.name, args)]
             if verb == "write-seed":
-                return [_write_seed(hv, args)]
+                note = _write_seed(hv, args)
+                self._note_seed_written(action, str(args["pool"]), str(args["volume"]))
+                return [note]
             if verb == "delete-seed":
                 if hv.volume_exists(str(args["pool"]), str(args["volume"])):
                     hv.delete_volume(str(args["pool"]), str(args["volume"]))
@@ -195,6 +198,20 @@ class Executor:
                              step=step.verb, error=str(exc))  # fmt: skip
             return [note]
         return []
+
+    def _note_seed_written(self, action: Action, pool: str, volume: str) -> None:
+        """Keep, in the VM's inventory entry, when its seed's content was written: the
+        planner tells a seed changed outside the tool by a later modification time."""
+        entry = self.inventory.get(action.key)
+        if entry is None:
+            return
+        mtime = volume_xml.modified(self.hypervisor.volume_xml(pool, volume))
+        seeds = [
+            {**s, "written": mtime} if s.get("pool") == pool and s.get("volume") == volume else s
+            for s in entry.get("seeds", ())
+            if isinstance(s, dict)
+        ]
+        self.inventory = self.inventory.with_entry(action.key, {**entry, "seeds": seeds})
 
     def _check_released(self, action: Action, path: str) -> list[str]:
         """libvirt returns from an unplug after waiting 5 s for the guest, released or not

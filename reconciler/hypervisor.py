@@ -477,6 +477,11 @@ class Hypervisor:
                     stream.abort()
                 raise
 
+    def volume_xml(self, pool: str, name: str) -> str:
+        with calling(f"reading volume {pool}/{name}"):
+            vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            return str(vol.XMLDesc(0))
+
     def volume_path(self, pool: str, name: str) -> str:
         with calling(f"looking up volume {pool}/{name}"):
             return str(self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).path())

@@ -13,6 +13,7 @@ reads files; executor.py carries the plan out.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,7 +24,7 @@ from typing import Any
 
 from reconciler import __version__, cloudinit
 from reconciler.diff import by_device, devices, diff
-from reconciler.hypervisor import DomainRecord
+from reconciler.hypervisor import DomainRecord, VolumeRecord
 from reconciler.manifests import LoadResult
 from reconciler.model import (
     Kind,
@@ -590,8 +591,10 @@ class _SeedPlan:
 
     The VM owns the seed volumes its inventory entry lists (``seeds``) and any
     ``<vm>-cidata`` volume its definition has as a CD-ROM. The content is written
-    (``write-seed``) when the volume is missing or the domain was defined with
-    another seed digest; a seed the VM no longer uses is deleted once no running
+    (``write-seed``) when the volume is missing, the domain was defined with
+    another seed digest, or the volume was written since the tool wrote it (its
+    modification time differs from the one the inventory entry keeps, where the
+    pool reports one); a seed the VM no longer uses is deleted once no running
     domain reads it.
     """
 
@@ -599,20 +602,20 @@ class _SeedPlan:
     seed: domain_xml.CloudInitSeed | None
     files: cloudinit.Seed | None
     owned: frozenset[str]
-    volumes: Mapping[tuple[str, str], object] = field(repr=False)
+    volumes: Mapping[tuple[str, str], VolumeRecord] = field(repr=False)
+    written: Mapping[str, str] = field(default_factory=dict)  # key -> mtime when written
 
     @classmethod
     def make(cls, m: Manifest, spec: VirtualMachineSpec, ctx: _Context) -> _SeedPlan | str:
         """The seed plan of VM ``m``, or why it cannot be made."""
         entry = ctx.inventory_entry(f"VirtualMachine/{m.name}") or {}
-        owned = frozenset(
-            _key(s.get("pool"), s.get("volume"))
-            for s in entry.get("seeds", ())
-            if isinstance(s, Mapping)
-        )
+        listed = [s for s in entry.get("seeds", ()) if isinstance(s, Mapping)]
+        owned = frozenset(_key(s.get("pool"), s.get("volume")) for s in listed)
+        written = {_key(s.get("pool"), s.get("volume")): str(s["written"])
+                   for s in listed if s.get("written")}  # fmt: skip
         ci = spec.cloud_init
         if ci is None:
-            return cls(m.name, None, None, owned, ctx.observed.volumes)
+            return cls(m.name, None, None, owned, ctx.observed.volumes, written)
         pool = ci.pool
         if pool is None:
             first = next((d.volume for d in spec.disks if d.volume), None)
@@ -624,7 +627,7 @@ class _SeedPlan:
                 )
         files = cloudinit.make_seed(m.name, ci)
         seed = domain_xml.CloudInitSeed(pool, seed_volume_name(m.name), files.digest)
-        return cls(m.name, seed, files, owned, ctx.observed.volumes)
+        return cls(m.name, seed, files, owned, ctx.observed.volumes, written)
 
     def _exists(self, key: str) -> bool:
         pool, _, volume = key.partition("/")
@@ -633,7 +636,20 @@ class _SeedPlan:
     def with_domain(self, config: Mapping[str, object]) -> _SeedPlan:
         """Also owned: the VM's seed volume that its definition has as a CD-ROM."""
         mine = {k for k in _cdrom_volumes(config) if k.endswith("/" + seed_volume_name(self.vm))}
-        return _SeedPlan(self.vm, self.seed, self.files, self.owned | mine, self.volumes)
+        return dataclasses.replace(self, owned=self.owned | mine)
+
+    def _modified(self, key: str) -> str | None:
+        pool, _, volume = key.partition("/")
+        record = self.volumes.get((pool, volume))
+        return None if record is None else volume_xml.modified(record.xml)
+
+    def overwritten(self) -> bool:
+        """Whether the seed volume was written by someone else since the tool wrote it."""
+        seed = self.seed
+        if seed is None or seed.key not in self.written:
+            return False
+        now = self._modified(seed.key)
+        return now is not None and now != self.written[seed.key]
 
     def conflict(self, adopt: bool) -> str | None:
         """Why the seed volume cannot be used: it exists and is not this VM's."""
@@ -682,16 +698,19 @@ class _SeedPlan:
         keys = sorted({*([] if self.seed is None else [self.seed.key]), *kept})
         if not keys:
             return {}
-        return {
-            "seeds": [
-                {"pool": pool, "volume": volume}
-                for pool, _, volume in (k.partition("/") for k in keys)
-            ]
-        }
+        seeds = []
+        for key in keys:
+            pool, _, volume = key.partition("/")
+            written = {"written": self.written[key]} if key in self.written else {}
+            seeds.append({"pool": pool, "volume": volume, **written})
+        return {"seeds": seeds}
 
     def fingerprint(self) -> object:
         seed = self.seed
-        desired = None if seed is None else [seed.key, seed.digest, self._exists(seed.key)]
+        desired = None
+        if seed is not None:
+            desired = [seed.key, seed.digest, self._exists(seed.key), self._modified(seed.key),
+                       self.written.get(seed.key)]  # fmt: skip
         return [desired, sorted(self.owned)]
 
 
@@ -792,10 +811,14 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
     config_changes = diff(desired, config)
     changes = _adoption(owned) + config_changes + _persist(live.persistent)
-    steps: list[Step] = seeds.write_steps(force=config.get("cloudInit") != desired.get("cloudInit"))
+    overwritten = seeds.overwritten()
+    steps: list[Step] = seeds.write_steps(
+        force=config.get("cloudInit") != desired.get("cloudInit") or overwritten
+    )
     if steps and seeds.seed is not None and not config_changes:
-        # the seed volume went missing: written again, as it was
-        changes.append(Change("cloudInit.volume", None, seeds.seed.key, live=True))
+        # the seed volume went missing or was overwritten: written again, as it was
+        was = "overwritten outside reconciler" if overwritten else None
+        changes.append(Change("cloudInit.volume", was, seeds.seed.key, live=True))
     if changes:
         steps.append(Step("define-domain", {"xml": rendered()}))
     pending: list[Change] = []

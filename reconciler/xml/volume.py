@@ -96,3 +96,10 @@ def project(
 def observe(xml: str) -> Projection:
     """The declared fields read from ``vol.XMLDesc(0)``."""
     return observe_fields(parse(xml), FIELDS)
+
+
+def modified(xml: str) -> str | None:
+    """When the volume's content last changed (``<timestamps><mtime>``), as libvirt reports
+    it for file-backed pools; None where it does not (logical, iSCSI...)."""
+    text = parse(xml).findtext("target/timestamps/mtime")
+    return text.strip() if text and text.strip() not in ("", "0") else None

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 
 import libvirt
+import pytest
 
 from reconciler.plan import Op
 from reconciler.report import render_plan
@@ -218,3 +219,29 @@ def test_a_busy_pool_does_not_fail_the_pass(ws: Workspace) -> None:
         stop.set()
         thread.join()
     assert not failures, failures[:3]
+
+
+@pytest.mark.parametrize("state", ["stopped", "running"])
+def test_seed_overwritten_outside_is_written_again(ws: Workspace, state: str) -> None:
+    """The cloud-init seed is the tool's: content written into it by anyone else (its
+    modification time moves) is replaced by the seed the manifest describes."""
+    pool_name, name = ws.n("pool"), ws.n("vm")
+    path = ws.subdir("pool")
+    ws.write("pool.yaml", pool(pool_name, path))
+    ws.write("vm.yaml", vm(name, state=state, cloudInit={
+        "userData": "#cloud-config\nhostname: seeded\n", "pool": pool_name}))  # fmt: skip
+    ws.converge()
+    assert_settled(ws)
+    seed = path / f"{name}-cidata"
+    good = seed.read_bytes()
+    assert b"seeded" in good
+    seed.write_bytes(b"#cloud-config\nruncmd: [evil]\n".ljust(len(good), b"\0"))
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert a.op is Op.UPDATE_LIVE and paths(a) == {"cloudInit.volume"}, render_plan(plan)
+    assert [c.old for c in a.changes] == ["overwritten outside reconciler"]
+    assert "write-seed" in [s.verb for s in a.steps]
+    ws.converge()
+    assert_settled(ws)
+    assert seed.read_bytes() == good
+    assert bool(ws.domain(name).isActive()) == (state == "running")
