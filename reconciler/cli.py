@@ -145,15 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write DIR/{pools,volumes,networks,vms}/NAME.yaml (default: one stream on stdout)",
     )
     export.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
-    export.add_argument(
-        "--config",
-        metavar="FILE",
-        type=Path,
-        help="configuration file (default: $RECONCILER_CONFIG or /etc/reconciler/config.yaml)",
-    )
-    export.add_argument(
-        "--connect", "-c", metavar="URI", help="libvirt URI (default: qemu:///system)"
-    )
+    _add_connection(export)
     export.set_defaults(run=_export)
 
     status = sub.add_parser("status", help="what the daemon last found, per object")
@@ -163,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -173,6 +165,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect", "-c", metavar="URI", help="libvirt URI (default: qemu:///system)"
     )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_connection(parser)
     parser.add_argument(
         "--host", help="host name matched against metadata.hosts (default: this machine's name)"
     )
