@@ -155,7 +155,11 @@ def main() -> None:
 
         def read_floor() -> None:
             for dom in conn.listAllDomains(0):
-                dom.XMLDesc(0)
+                try:
+                    dom.XMLDesc(0)
+                except libvirt.libvirtError as exc:  # undefined meanwhile, by other work
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
 
         def plan() -> None:
             result = reconciler("plan", "--state-dir", str(state), str(big))

@@ -1,7 +1,11 @@
 """Executor: the only code that changes libvirt. Plan in, results out.
 
 Runs the plan's actions in order and each action's steps in order, through
-``Hypervisor`` (the one module importing libvirt). One failing action is
+``Hypervisor`` (the one module importing libvirt). Consecutive actions that
+only define domains (``CONCURRENT_VERBS``) run a few at a time: libvirtd
+defines them on its worker pool, and a run starts only once every action
+before it has finished, so the plan's order still holds (see ``batches``).
+Results and log lines keep the plan's order either way. One failing action is
 recorded with libvirt's error and the rest proceed; an action whose
 prerequisite failed (a VM whose network could not be created) is skipped
 with that reason. A live change libvirt refuses (memory, vCPUs, hot-plug) is
@@ -19,7 +23,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +35,57 @@ from reconciler.errors import HypervisorError, ReconcilerError, Refused
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
+from reconciler.model import Kind
 from reconciler.plan import Action, Op, Plan, Step
 
 _LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-device",
                          "update-device"})  # fmt: skip
+
+# Steps that may run for several actions at once: each touches only its own
+# domain's definition, and libvirtd serves them on its worker pool. None is a
+# live step (those record refusals on the executor, one action at a time).
+CONCURRENT_VERBS = frozenset({"define-domain", "autostart-domain"})
+# In flight at once, on one connection: libvirtd serves up to max_client_requests
+# (default 5) calls of one client at a time and queues the rest.
+MAX_CONCURRENT = 4
+
+
+def concurrent(action: Action) -> bool:
+    """Whether ``action`` may run alongside others: a VM whose steps only define it."""
+    return (
+        action.kind is Kind.VIRTUAL_MACHINE
+        and bool(action.steps)
+        and all(step.verb in CONCURRENT_VERBS for step in action.steps)
+    )
+
+
+def batches(actions: Sequence[Action]) -> list[tuple[Action, ...]]:
+    """The plan's actions, in order, cut into runs that may execute together.
+
+    A run is consecutive ``concurrent`` actions none of which requires another
+    of the same run or shares its object; every other action is a run of its
+    own. Runs execute one after another, so whatever precedes an action in the
+    plan (pools, volumes, networks, the VMs deleted first) has finished before
+    it starts.
+    """
+    runs: list[tuple[Action, ...]] = []
+    current: list[Action] = []
+    keys: set[str] = set()
+    for action in actions:
+        if not concurrent(action):
+            if current:
+                runs.append(tuple(current))
+                current, keys = [], set()
+            runs.append((action,))
+            continue
+        if current and (action.key in keys or keys.intersection(action.requires)):
+            runs.append(tuple(current))
+            current, keys = [], set()
+        current.append(action)
+        keys.add(action.key)
+    if current:
+        runs.append(tuple(current))
+    return runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,45 +127,64 @@ class Executor:
     def _apply(self, plan: Plan) -> list[ActionResult]:
         results: list[ActionResult] = []
         failed: set[str] = set()
-        for action in plan.actions:
-            if self.should_stop():
-                results.append(ActionResult(action, "skipped", error="stopping"))
-                continue
-            if action.op in (Op.CONFLICT, Op.ERROR) or (
-                action.op is Op.REPLACE and not action.steps
-            ):
-                failed.add(action.key)
-                continue
-            later = self.should_skip(action) if action.steps else None
-            if later is not None:
-                failed.add(action.key)
-                results.append(ActionResult(action, "skipped", error=later))
-                continue
-            blocked = [k for k in action.requires if k in failed]
-            if blocked:
-                failed.add(action.key)
-                results.append(
-                    ActionResult(
-                        action, "skipped", error=f"needs {', '.join(blocked)}, which failed"
-                    )
-                )
-                self.log.warning(
-                    "apply.skipped", kind=action.kind.value, name=action.name,
-                    action=action.op.value, reason=f"needs {', '.join(blocked)}",
-                )  # fmt: skip
-                continue
-            result = self._run(action)
-            if result.outcome != "ok":
-                failed.add(action.key)
-            if action.steps or result.outcome != "ok":
-                results.append(result)
+        for run in batches(plan.actions):
+            # per action of the run, in order: a result, None (nothing to report), or _RUN
+            slots = [self._before(action, failed) for action in run]
+            ran = iter(self._run_all([a for a, slot in zip(run, slots, strict=True)
+                                      if slot is _RUN]))  # fmt: skip
+            for slot in slots:
+                result = next(ran) if slot is _RUN else slot
+                if not isinstance(result, ActionResult):
+                    continue
+                if slot is _RUN and result.outcome != "ok":
+                    failed.add(result.action.key)
+                if result.action.steps or result.outcome != "ok":
+                    results.append(result)
         return results
 
+    def _before(self, action: Action, failed: set[str]) -> ActionResult | object | None:
+        """``_RUN``, or why not: a result (skipped) or None (nothing to report)."""
+        if self.should_stop():
+            return ActionResult(action, "skipped", error="stopping")
+        if action.op in (Op.CONFLICT, Op.ERROR) or (action.op is Op.REPLACE and not action.steps):
+            failed.add(action.key)
+            return None
+        later = self.should_skip(action) if action.steps else None
+        if later is not None:
+            failed.add(action.key)
+            return ActionResult(action, "skipped", error=later)
+        blocked = ", ".join(k for k in action.requires if k in failed)
+        if blocked:
+            failed.add(action.key)
+            self.log.warning(
+                "apply.skipped", kind=action.kind.value, name=action.name,
+                action=action.op.value, reason=f"needs {blocked}",
+            )  # fmt: skip
+            return ActionResult(action, "skipped", error=f"needs {blocked}, which failed")
+        return _RUN
+
+    def _run_all(self, actions: list[Action]) -> list[ActionResult]:
+        """Run ``actions`` (one, or a run of ``concurrent`` ones); results in their order.
+
+        Several run on a few threads (libvirt calls release the GIL); each checks
+        ``should_stop`` as it starts, so a stop lets only the calls in flight finish.
+        Log lines are written here, in plan order, as the results come in."""
+        if len(actions) <= 1:
+            return [self._logged(self._run(action)) for action in actions]
+
+        def run(action: Action) -> ActionResult:
+            if self.should_stop():
+                return ActionResult(action, "skipped", error="stopping")
+            return self._run(action)
+
+        with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT, len(actions))) as pool:
+            return [self._logged(result) for result in pool.map(run, actions)]
+
     def _run(self, action: Action) -> ActionResult:
+        """Carry out one action's steps; logs nothing (``_logged`` does, in plan order)."""
         start = self.clock()
         notes: list[str] = []
         self._refused: list[str] = []
-        log = self.log.bind(kind=action.kind.value, name=action.name, action=action.op.value)
         try:
             for step in action.steps:
                 notes += self._step(action, step)
@@ -121,16 +192,25 @@ class Executor:
                 self.inventory = self.inventory.without(action.key)
         except (HypervisorError, ReconcilerError, OSError) as exc:
             duration = self.clock() - start
-            log.error("apply.action", outcome="failed", duration=round(duration, 3),
-                      error=str(exc))  # fmt: skip
             return ActionResult(
                 action, "failed", duration, str(exc), tuple(notes), tuple(self._refused)
             )
         duration = self.clock() - start
-        if action.steps:
-            log.info("apply.action", outcome="ok", duration=round(duration, 3),
-                     steps=[s.verb for s in action.steps], notes=notes or None)  # fmt: skip
         return ActionResult(action, "ok", duration, "", tuple(notes), tuple(self._refused))
+
+    def _logged(self, result: ActionResult) -> ActionResult:
+        action = result.action
+        if result.outcome == "skipped":
+            return result
+        log = self.log.bind(kind=action.kind.value, name=action.name, action=action.op.value)
+        if result.outcome == "failed":
+            log.error("apply.action", outcome="failed", duration=round(result.duration, 3),
+                      error=result.error)  # fmt: skip
+        elif action.steps:
+            log.info("apply.action", outcome="ok", duration=round(result.duration, 3),
+                     steps=[s.verb for s in action.steps],
+                     notes=list(result.notes) or None)  # fmt: skip
+        return result
 
     def _save(self) -> None:
         if self.state_dir is not None:
@@ -231,6 +311,8 @@ def _write_seed(hv: Hypervisor, args: dict[str, Any]) -> str:
     hv.write_volume(pool, volume, image)
     return f"wrote cloud-init seed {pool}/{volume} ({args['digest']}, {len(image)} bytes)"
 
+
+_RUN = object()  # Executor._before: the action runs
 
 _SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {
     "define-pool": lambda hv, name, a: hv.define_pool(a["xml"]),
