@@ -22,14 +22,21 @@ from reconciler.executor import ActionResult, Executor
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
 from reconciler.manifests import LoadResult, check_against, load_unchecked
-from reconciler.model import Manifest, VirtualMachineSpec
-from reconciler.observe import Observed, observe
+from reconciler.model import Kind, Manifest, VirtualMachineSpec
+from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
 from reconciler.yamlsource import ParseCache
 
 VERIFIED_FILE = "verified.json"
+# Steps that change nothing but the domain they act on: after an apply of only
+# these, networks, pools and volumes need not be read again.
+DOMAIN_ONLY_VERBS = frozenset({
+    "define-domain", "start-domain", "stop-domain", "restart-domain", "undefine-domain",
+    "autostart-domain", "set-memory", "set-vcpus", "attach-device", "detach-device",
+    "update-device",
+})  # fmt: skip
 PARSE_CACHE_FILE = "parsed.json"
 
 
@@ -72,12 +79,15 @@ class Reconciler:
     should_skip: Callable[[Action], str | None] = lambda action: None  # retry backoff
 
     def observe(self) -> Observed:
-        inventory = (
-            inventory_file.load(self.options.state_dir) if self.options.state_dir else Inventory()
+        observed = observe(
+            self.hypervisor, self._inventory(), machine_aliases=self.machine_aliases
         )
-        observed = observe(self.hypervisor, inventory, machine_aliases=self.machine_aliases)
         self.machine_aliases = dict(observed.machine_aliases)
         return observed
+
+    def _inventory(self) -> Inventory:
+        state_dir = self.options.state_dir
+        return inventory_file.load(state_dir) if state_dir else Inventory()
 
     def plan(self) -> tuple[LoadResult, Observed, Plan]:
         # libvirt answers while the manifests are parsed: its calls release the GIL
@@ -125,8 +135,24 @@ class Reconciler:
         )
         results = executor.apply(plan)
         self.live_refused |= {(r.action.key, path) for r in results for path in r.refused}
-        after_observed = self.observe()
-        after = make_plan(load, after_observed, self._plan_options(load))
+        # Did it settle? Read again what the apply touched, and plan again: the VMs it
+        # did not touch keep their records, and those found in sync before are taken
+        # as in sync by their fingerprint (which covers their XML byte for byte).
+        touched = [r.action for r in results if r.outcome != "skipped" and r.action.steps]
+        vms = {a.name for a in touched if a.kind is Kind.VIRTUAL_MACHINE}
+        after_observed = observe_again(
+            self.hypervisor, observed, self._inventory(), domains=vms,
+            everything_else=any(a.kind is not Kind.VIRTUAL_MACHINE
+                                or any(s.verb not in DOMAIN_ONLY_VERBS for s in a.steps)
+                                for a in touched),
+        )  # fmt: skip
+        verified = {
+            a.name: a.fingerprint
+            for a in plan.actions
+            if a.fingerprint is not None and a.name not in vms
+        }
+        after = make_plan(load, after_observed, self._plan_options(load, verified))
+        self._save_verified(after, verified)  # the VMs just made: a quick next plan
         tried = {r.action.key for r in results if r.outcome == "ok"}
         unsettled = tuple(
             a for a in after.actions if a.key in tried and a.changes_anything
