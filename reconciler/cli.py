@@ -32,8 +32,6 @@ from reconciler.report import (
     results_json,
 )
 from reconciler.settings import Settings, load_settings
-from reconciler.status import ObjectState, read_status, render_table
-from reconciler.status import to_json as status_json
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -343,6 +341,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from reconciler.status import ObjectState, read_status, render_table
+    from reconciler.status import to_json as status_json
+
     settings = _settings(args)
     report = read_status(settings.state_dir)
     if report is None:

@@ -3,23 +3,49 @@
 Under systemd stdout/stderr go to journald, which keeps JSON lines as they
 are. Events are short stable names (``apply.action``) with fields (kind,
 name, action, duration, outcome); bind context where it is known.
+
+structlog is imported, and configured, when something first logs: importing
+it (with the asyncio it pulls in) is a good part of a one-shot command's
+start-up, which ``plan`` and ``validate`` never log and ``apply`` logs only
+once libvirt is at work on its first action.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
+import threading
 from typing import Any, Literal, TextIO
 
-import structlog
-
 LogFormat = Literal["auto", "console", "json"]
+
+_settings: dict[str, Any] | None = None  # configure()'s arguments, until first use
+_lock = threading.Lock()
 
 
 def configure(
     *, format: LogFormat = "auto", level: str = "info", stream: TextIO | None = None
 ) -> None:
-    """Configure structlog once for the process."""
+    """Configure structlog once for the process (done when something first logs)."""
+    global _settings
+    with _lock:
+        _settings = {"format": format, "level": level, "stream": stream}
+
+
+def _structlog() -> Any:
+    """structlog, configured as ``configure`` last asked."""
+    global _settings
+    with _lock:
+        import structlog
+
+        if _settings is not None:
+            _apply(structlog, **_settings)
+            _settings = None
+        return structlog
+
+
+def _apply(structlog: Any, *, format: LogFormat, level: str, stream: TextIO | None) -> None:
+    import logging
+    import sys
+
     out = stream or sys.stderr
     use_console = format == "console" or (format == "auto" and out.isatty())
     processors: list[Any] = [
@@ -41,6 +67,21 @@ def configure(
     )
 
 
+class _Logger:
+    """A structlog logger made on first use (``bind``, ``info``, ``warning``...)."""
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self._context = context
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            self._logger = _structlog().get_logger().bind(**self._context)
+        return getattr(self._logger, name)
+
+
 def get_logger(**context: Any) -> Any:
     """A logger with ``context`` bound (e.g. kind=..., name=...)."""
-    return structlog.get_logger().bind(**context)
+    return _Logger(context)

@@ -14,7 +14,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler import inventory as inventory_file
@@ -77,6 +77,8 @@ class Reconciler:
     live_refused: set[tuple[str, str]] = field(default_factory=set)
     should_stop: Callable[[], bool] = lambda: False  # checked between actions (SIGTERM)
     should_skip: Callable[[Action], str | None] = lambda action: None  # retry backoff
+    # the options of the last plan, with the load they were made for (see _plan_options)
+    _options_of: tuple[LoadResult | None, PlanOptions] = (None, PlanOptions())
 
     def observe(self) -> Observed:
         observed = observe(
@@ -163,22 +165,36 @@ class Reconciler:
     def _plan_options(
         self, load: LoadResult, verified: dict[str, str] | None = None
     ) -> PlanOptions:
-        return PlanOptions(
-            verified=verified or {},
-            prune=self.options.prune,
-            default_update_policy=self.options.default_update_policy,
-            allow_replace=self.options.allow_replace,
-            revision=source_revision(self.options.directory),
-            secrets=read_secrets(load.manifests),
-            live_refused=frozenset(self.live_refused),
-            path_allowed=None if self.options.allowed_roots is None else self._path_allowed,
-        )
+        # The check after an apply plans with what the apply's plan was made with
+        # (revision, passwords, allowed paths): asking git and the files again
+        # would cost time, and would compare with what was not applied.
+        reused = self._options_of if self._options_of[0] is load else None
+        if reused is None:
+            base = PlanOptions(
+                prune=self.options.prune,
+                default_update_policy=self.options.default_update_policy,
+                allow_replace=self.options.allow_replace,
+                revision=source_revision(self.options.directory),
+                secrets=read_secrets(load.manifests),
+                path_allowed=path_check(self.options.allowed_roots),
+            )
+            self._options_of = (load, base)
+        else:
+            base = reused[1]
+        return replace(base, verified=verified or {}, live_refused=frozenset(self.live_refused))
 
-    def _path_allowed(self, path: str) -> bool:
-        """Whether ``path``, symlinks resolved, lies under an allowed root."""
+
+def path_check(roots: tuple[Path, ...] | None) -> Callable[[str], bool] | None:
+    """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
+    if roots is None:
+        return None
+    real_roots = tuple(Path(os.path.realpath(root)) for root in roots)
+
+    def allowed(path: str) -> bool:
         real = Path(os.path.realpath(path))
-        roots = self.options.allowed_roots or ()
-        return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+        return any(real.is_relative_to(root) for root in real_roots)
+
+    return allowed
 
 
 def known_objects(observed: Observed) -> KnownObjects:
