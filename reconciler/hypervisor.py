@@ -13,6 +13,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -234,8 +235,8 @@ class Hypervisor:
                     flags | libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
                 )
             }
-            records = []
-            for dom in wanted:
+
+            def read(dom: Any) -> DomainRecord | None:
                 uuid = dom.UUIDString()
                 active = uuid in running
                 with _vanished_ok():
@@ -243,10 +244,12 @@ class Hypervisor:
                         libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
                     )
                     live = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE) if active else None
-                    records.append(
-                        DomainRecord(dom.name(), uuid, active, uuid in autostart, config, live)
-                    )
-            return records
+                    return DomainRecord(dom.name(), uuid, active, uuid in autostart, config, live)
+                return None
+
+            # a few calls in flight at once: libvirtd answers them on its worker pool
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                return [r for r in pool.map(read, wanted) if r is not None]
 
     def domain_active(self, name: str) -> bool:
         with calling(f"reading state of domain {name}"):
