@@ -173,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from reconciler.logs import configure
 
         configure(format=args.log_format)
-    if args.command in ("validate", "plan", "apply", "status"):
+    one_shot = args.command in ("validate", "plan", "apply", "status")
+    if one_shot:
         # One pass and exit: the cyclic collector would only rescan the many small,
         # acyclic objects of manifests and XML (a third of a large plan's time).
         gc.disable()
@@ -188,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return EXIT_ERROR
+    finally:
+        if one_shot:
+            # The interpreter still collects once at exit, walking every object the
+            # pass made (50-60 ms after an apply of 200 VMs); frozen, they are skipped.
+            gc.freeze()
 
 
 def _colour() -> bool:
