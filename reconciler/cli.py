@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("plan", "apply", "run"):  # the others log nothing
         from reconciler.logs import configure
 
-        configure(format=args.log_format)
+        configure(format=args.log_format, one_shot=args.command != "run")
     one_shot = args.command in ("validate", "plan", "apply", "status")
     if one_shot:
         # One pass and exit: the cyclic collector would only rescan the many small,
