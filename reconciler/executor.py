@@ -177,8 +177,11 @@ class Executor:
                 return ActionResult(action, "skipped", error="stopping")
             return self._run(action)
 
-        with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT, len(actions))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT, len(actions)))
+        try:
             return [self._logged(result) for result in pool.map(run, actions)]
+        finally:  # on ^C (or a bug) no queued action starts; the calls in flight end
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self, action: Action) -> ActionResult:
         """Carry out one action's steps; logs nothing (``_logged`` does, in plan order)."""

@@ -228,3 +228,20 @@ def test_backoff_skips_only_its_own_action(skip: str) -> None:
         (f"v{i}", "skipped" if f"v{i}" == skip else "ok") for i in range(5)
     ]
     assert {name for _, name in hv.calls} == {f"v{i}" for i in range(5)} - {skip}
+
+
+def test_an_interrupt_starts_no_queued_action() -> None:
+    class Interrupted(FakeLog):
+        def bind(self, **more: Any) -> FakeLog:
+            return self
+
+        def _write(self, event: str, **fields: Any) -> None:
+            raise KeyboardInterrupt  # ^C while the first result is logged
+
+        info = warning = error = _write
+
+    hv = FakeHypervisor(delays={f"v{i}": 0.01 for i in range(40)})
+    ex = Executor(hv, Inventory(), None, log=Interrupted([]))  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        ex.apply(Plan(tuple(vm(f"v{i}") for i in range(40))))
+    assert len(hv.calls) <= 2 * MAX_CONCURRENT  # those in flight, not all 40
