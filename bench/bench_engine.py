@@ -4,12 +4,17 @@ Run as root with libvirtd up:  .venv/bin/python -m bench.bench_engine [--vms 100
 
 Floors, measured in the same run on the same libvirtd:
 * read floor: list all domains and fetch each one's XML once (a bare loop);
-* define floor: define N domains with a bare ``defineXML`` loop (the very XML the
-  tool renders), then undefine them.
+* define floor: define N domains with a bare, sequential ``defineXML`` loop (the
+  very XML the tool renders), then undefine them. The tool defines up to
+  ``MAX_CONCURRENT`` at a time; the same defines on that many threads are timed
+  too and printed for comparison, but the floor stays the sequential loop.
 The tool:
 * ``reconciler plan DIR`` (the whole command, interpreter start-up included)
   with ``--vms`` VMs defined and no changes;
-* ``reconciler apply --yes DIR`` creating ``--create`` stopped VMs.
+* ``reconciler apply --yes DIR`` creating ``--create`` stopped VMs, in
+  ``--repeat`` rounds with both define floors, each round on a host without
+  them; the ratio is the median of the per-round ratios.
+The package's bytecode is compiled first, as an installed package has it.
 Every object is named ``rcbench-<hex>-...`` and removed at the end.
 """
 
@@ -25,9 +30,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import libvirt
+
+from reconciler.executor import MAX_CONCURRENT
 
 VM = """\
 apiVersion: reconciler/v1
@@ -111,6 +119,7 @@ def main() -> None:
     parser.add_argument("--create", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    bytecode = _compile_bytecode()
     run = secrets.token_hex(3)
     prefix = f"rcbench-{run}-"
     octet = int(run[:2], 16) % 200 + 20
@@ -132,15 +141,28 @@ def main() -> None:
             for xml in xmls:
                 conn.defineXML(xml)
 
-        t_define = median_time(define_floor, 1)
-        for name in names:
-            conn.lookupByName(name).undefine()
-        start = time.perf_counter()
-        applied = reconciler("apply", "--yes", "--state-dir", str(tmp / "small-state"), str(small))
-        t_apply = time.perf_counter() - start
-        assert applied.returncode == 0, applied.stdout[-2000:] + applied.stderr[-2000:]
-        for name in names:
-            conn.lookupByName(name).undefine()
+        def define_floor_threads() -> None:  # for comparison only: the tool's way
+            with ThreadPoolExecutor(max_workers=MAX_CONCURRENT) as pool:
+                list(pool.map(conn.defineXML, xmls))
+
+        def undefine() -> None:
+            for name in names:
+                conn.lookupByName(name).undefine()
+
+        def apply() -> None:
+            done = reconciler("apply", "--yes", "--state-dir", str(tmp / "small-state"), str(small))
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+        # Rounds of floor, threaded floor, tool, each on a host without the VMs: a
+        # ratio is taken within one round, so that a busy spell hits both sides.
+        defines, threaded, applies = [], [], []
+        for _ in range(args.repeat):
+            for fn, samples in ((define_floor, defines), (define_floor_threads, threaded),
+                                (apply, applies)):  # fmt: skip
+                samples.append(median_time(fn, 1))
+                undefine()
+        t_define, t_threaded, t_apply = map(statistics.median, (defines, threaded, applies))
+        ratios = [a / d for a, d in zip(applies, defines, strict=True)]
 
         # plan: N VMs defined and converged, no changes
         state = tmp / "state"
@@ -155,7 +177,11 @@ def main() -> None:
 
         def read_floor() -> None:
             for dom in conn.listAllDomains(0):
-                dom.XMLDesc(0)
+                try:
+                    dom.XMLDesc(0)
+                except libvirt.libvirtError as exc:  # undefined meanwhile, by other work
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
 
         def plan() -> None:
             result = reconciler("plan", "--state-dir", str(state), str(big))
@@ -184,13 +210,41 @@ def main() -> None:
         f"  (first plan after the apply, nothing known in sync yet:     {t_first * 1000:8.0f} ms"
         f"  = {t_first / t_read:.2f}x)"
     )
+    print(f"  apply rounds ({args.repeat}), medians; bytecode {bytecode}:")
     print(
-        f"  define floor ({args.create} x defineXML, bare loop)         {t_define * 1000:8.0f} ms"
+        f"  define floor ({args.create} x defineXML, bare sequential loop) "
+        f"{t_define * 1000:8.0f} ms   rounds: {_ms(defines)}"
+    )
+    print(
+        f"  the same on {MAX_CONCURRENT} threads (not the floor, for comparison) "
+        f"{t_threaded * 1000:8.0f} ms   rounds: {_ms(threaded)}"
     )
     print(
         f"  reconciler apply, {args.create} new stopped VMs (whole cmd) {t_apply * 1000:8.0f} ms"
-        f"  = {t_apply / t_define:.2f}x define floor"
+        f"   rounds: {_ms(applies)}"
     )
+    print(
+        f"  = {statistics.median(ratios):.2f}x define floor (median of per-round ratios "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}); "
+        f"{t_apply / t_threaded:.2f}x the threaded defines"
+    )
+
+
+def _ms(samples: list[float]) -> str:
+    return ", ".join(f"{s * 1000:.0f}" for s in samples)
+
+
+def _compile_bytecode() -> str:
+    """Compile the package's bytecode, as installing it does (pip compiles on install).
+
+    From a source checkout under PYTHONDONTWRITEBYTECODE=1 (CI, this project's
+    scripts) every command would otherwise compile each module again, ~0.1 s."""
+    import compileall
+
+    import reconciler as package
+
+    ok = compileall.compile_dir(Path(package.__file__).parent, quiet=1)
+    return "compiled" if ok else "NOT compiled (each command compiles its modules)"
 
 
 def _only_network(directory: Path, tmp: Path) -> Path:

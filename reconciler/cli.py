@@ -32,8 +32,6 @@ from reconciler.report import (
     results_json,
 )
 from reconciler.settings import Settings, load_settings
-from reconciler.status import ObjectState, read_status, render_table
-from reconciler.status import to_json as status_json
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -221,8 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("plan", "apply", "run"):  # the others log nothing
         from reconciler.logs import configure
 
-        configure(format=args.log_format)
-    if args.command in ("validate", "plan", "apply", "status", "export"):
+        configure(format=args.log_format, one_shot=args.command != "run")
+    one_shot = args.command in ("validate", "plan", "apply", "status", "export")
+    if one_shot:
         # One pass and exit: the cyclic collector would only rescan the many small,
         # acyclic objects of manifests and XML (a third of a large plan's time).
         gc.disable()
@@ -237,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return EXIT_ERROR
+    finally:
+        if one_shot:
+            # The interpreter still collects once at exit, walking every object the
+            # pass made (50-60 ms after an apply of 200 VMs); frozen, they are skipped.
+            gc.freeze()
 
 
 def _colour() -> bool:
@@ -390,6 +394,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from reconciler.status import ObjectState, read_status, render_table
+    from reconciler.status import to_json as status_json
+
     settings = _settings(args)
     report = read_status(settings.state_dir)
     if report is None:

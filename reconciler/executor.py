@@ -1,7 +1,11 @@
 """Executor: the only code that changes libvirt. Plan in, results out.
 
 Runs the plan's actions in order and each action's steps in order, through
-``Hypervisor`` (the one module importing libvirt). One failing action is
+``Hypervisor`` (the one module importing libvirt). Consecutive actions that
+only define domains (``CONCURRENT_VERBS``) run a few at a time: libvirtd
+defines them on its worker pool, and a run starts only once every action
+before it has finished, so the plan's order still holds (see ``batches``).
+Results and log lines keep the plan's order either way. One failing action is
 recorded with libvirt's error and the rest proceed; an action whose
 prerequisite failed (a VM whose network could not be created) is skipped
 with that reason. A live change libvirt refuses (memory, vCPUs, hot-plug) is
@@ -25,7 +29,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +41,60 @@ from reconciler.errors import HypervisorError, ReconcilerError, Refused
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
+from reconciler.model import Kind
 from reconciler.plan import Action, Op, Plan, Step
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import volume as volume_xml
 
 _LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-device",
                          "update-device"})  # fmt: skip
+
+# Steps that may run for several actions at once: each touches only its own
+# domain's definition, and libvirtd serves them on its worker pool. None is a
+# live step, a seed write or a delete: those read the domain back or change the
+# executor's inventory, one action at a time.
+CONCURRENT_VERBS = frozenset({"define-domain", "autostart-domain"})
+# In flight at once, on one connection: libvirtd serves up to max_client_requests
+# (default 5) calls of one client at a time and queues the rest.
+MAX_CONCURRENT = 4
+
+
+def concurrent(action: Action) -> bool:
+    """Whether ``action`` may run alongside others: a VM whose steps only define it."""
+    return (
+        action.kind is Kind.VIRTUAL_MACHINE
+        and bool(action.steps)
+        and all(step.verb in CONCURRENT_VERBS for step in action.steps)
+    )
+
+
+def batches(actions: Sequence[Action]) -> list[tuple[Action, ...]]:
+    """The plan's actions, in order, cut into runs that may execute together.
+
+    A run is consecutive ``concurrent`` actions none of which requires another
+    of the same run or shares its object; every other action is a run of its
+    own. Runs execute one after another, so whatever precedes an action in the
+    plan (pools, volumes, networks, the VMs deleted first) has finished before
+    it starts.
+    """
+    runs: list[tuple[Action, ...]] = []
+    current: list[Action] = []
+    keys: set[str] = set()
+    for action in actions:
+        if not concurrent(action):
+            if current:
+                runs.append(tuple(current))
+                current, keys = [], set()
+            runs.append((action,))
+            continue
+        if current and (action.key in keys or keys.intersection(action.requires)):
+            runs.append(tuple(current))
+            current, keys = [], set()
+        current.append(action)
+        keys.add(action.key)
+    if current:
+        runs.append(tuple(current))
+    return runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +121,6 @@ class Executor:
     should_stop: Callable[[], bool] = lambda: False
     # reason to leave an action alone this time (the daemon's retry backoff), or None
     should_skip: Callable[[Action], str | None] = lambda action: None
-    _refused: list[str] = field(default_factory=list)
 
     def apply(self, plan: Plan) -> list[ActionResult]:
         for action in plan.actions:
@@ -83,62 +135,95 @@ class Executor:
     def _apply(self, plan: Plan) -> list[ActionResult]:
         results: list[ActionResult] = []
         failed: set[str] = set()
-        for action in plan.actions:
-            if self.should_stop():
-                results.append(ActionResult(action, "skipped", error="stopping"))
-                continue
-            if action.refused:
-                failed.add(action.key)
-                continue
-            later = self.should_skip(action) if action.steps else None
-            if later is not None:
-                failed.add(action.key)
-                results.append(ActionResult(action, "skipped", error=later))
-                continue
-            blocked = [k for k in action.requires if k in failed]
-            if blocked:
-                failed.add(action.key)
-                results.append(
-                    ActionResult(
-                        action, "skipped", error=f"needs {', '.join(blocked)}, which failed"
-                    )
-                )
-                self.log.warning(
-                    "apply.skipped", kind=action.kind.value, name=action.name,
-                    action=action.op.value, reason=f"needs {', '.join(blocked)}",
-                )  # fmt: skip
-                continue
-            result = self._run(action)
-            if result.outcome != "ok":
-                failed.add(action.key)
-            if action.changes_anything or result.outcome != "ok":
-                results.append(result)
+        for run in batches(plan.actions):
+            # per action of the run, in order: a result, None (nothing to report), or _RUN
+            slots = [self._before(action, failed) for action in run]
+            ran = iter(self._run_all([a for a, slot in zip(run, slots, strict=True)
+                                      if slot is _RUN]))  # fmt: skip
+            for slot in slots:
+                result = next(ran) if slot is _RUN else slot
+                if not isinstance(result, ActionResult):
+                    continue
+                if slot is _RUN and result.outcome != "ok":
+                    failed.add(result.action.key)
+                if result.action.changes_anything or result.outcome != "ok":
+                    results.append(result)
         return results
 
+    def _before(self, action: Action, failed: set[str]) -> ActionResult | object | None:
+        """``_RUN``, or why not: a result (skipped) or None (nothing to report)."""
+        if self.should_stop():
+            return ActionResult(action, "skipped", error="stopping")
+        if action.refused:
+            failed.add(action.key)
+            return None
+        later = self.should_skip(action) if action.steps else None
+        if later is not None:
+            failed.add(action.key)
+            return ActionResult(action, "skipped", error=later)
+        blocked = ", ".join(k for k in action.requires if k in failed)
+        if blocked:
+            failed.add(action.key)
+            self.log.warning(
+                "apply.skipped", kind=action.kind.value, name=action.name,
+                action=action.op.value, reason=f"needs {blocked}",
+            )  # fmt: skip
+            return ActionResult(action, "skipped", error=f"needs {blocked}, which failed")
+        return _RUN
+
+    def _run_all(self, actions: list[Action]) -> list[ActionResult]:
+        """Run ``actions`` (one, or a run of ``concurrent`` ones); results in their order.
+
+        Several run on a few threads (libvirt calls release the GIL); each checks
+        ``should_stop`` as it starts, so a stop lets only the calls in flight finish.
+        Log lines are written here, in plan order, as the results come in."""
+        if len(actions) <= 1:
+            return [self._logged(self._run(action)) for action in actions]
+
+        def run(action: Action) -> ActionResult:
+            if self.should_stop():
+                return ActionResult(action, "skipped", error="stopping")
+            return self._run(action)
+
+        pool = ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT, len(actions)))
+        try:
+            return [self._logged(result) for result in pool.map(run, actions)]
+        finally:  # on ^C (or a bug) no queued action starts; the calls in flight end
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def _run(self, action: Action) -> ActionResult:
+        """Carry out one action's steps; logs nothing (``_logged`` does, in plan order)."""
         start = self.clock()
         notes: list[str] = []
-        self._refused: list[str] = []
-        log = self.log.bind(kind=action.kind.value, name=action.name, action=action.op.value)
+        refused: list[str] = []  # this action's live changes that did not happen
         try:
             for step in action.steps:
-                notes += self._step(action, step)
+                notes += self._step(action, step, refused)
             if action.op in (Op.DELETE, Op.FORGET):
                 self.inventory = self.inventory.without(action.key)
         except (HypervisorError, ReconcilerError, OSError) as exc:
-            self._record_refused(action.name)
+            self._record_refused(action.name, refused)
             duration = self.clock() - start
-            log.error("apply.action", outcome="failed", duration=round(duration, 3),
-                      error=str(exc))  # fmt: skip
             return ActionResult(
-                action, "failed", duration, str(exc), tuple(notes), tuple(self._refused)
+                action, "failed", duration, str(exc), tuple(notes), tuple(refused)
             )
-        self._record_refused(action.name)
+        self._record_refused(action.name, refused)
         duration = self.clock() - start
-        if action.changes_anything:
-            log.info("apply.action", outcome="ok", duration=round(duration, 3),
-                     steps=[s.verb for s in action.steps], notes=notes or None)  # fmt: skip
-        return ActionResult(action, "ok", duration, "", tuple(notes), tuple(self._refused))
+        return ActionResult(action, "ok", duration, "", tuple(notes), tuple(refused))
+
+    def _logged(self, result: ActionResult) -> ActionResult:
+        action = result.action
+        if result.outcome == "skipped":
+            return result
+        log = self.log.bind(kind=action.kind.value, name=action.name, action=action.op.value)
+        if result.outcome == "failed":
+            log.error("apply.action", outcome="failed", duration=round(result.duration, 3),
+                      error=result.error)  # fmt: skip
+        elif action.changes_anything:
+            log.info("apply.action", outcome="ok", duration=round(result.duration, 3),
+                     steps=[s.verb for s in action.steps],
+                     notes=list(result.notes) or None)  # fmt: skip
+        return result
 
     def _save(self) -> None:
         if self.state_dir is not None:
@@ -146,13 +231,13 @@ class Executor:
 
     # -- steps ----------------------------------------------------------------------
 
-    def _step(self, action: Action, step: Step) -> list[str]:
+    def _step(self, action: Action, step: Step, refused: list[str]) -> list[str]:
         """Run one step; return notes worth reporting."""
         hv, name, args = self.hypervisor, action.name, step.args
         verb = step.verb
         try:
             if verb in _LIVE_VERBS:
-                return self._live_step(action, step)
+                return self._live_step(action, step, refused)
             handler = _SIMPLE_STEPS.get(verb)
             if handler is not None:
                 handler(hv, name, args)
@@ -177,7 +262,7 @@ class Executor:
             raise type(exc)(f"{step.describe()}: {exc}", code=exc.code) from exc
         raise ReconcilerError(f"unknown step {verb!r} (planner and executor disagree)")
 
-    def _live_step(self, action: Action, step: Step) -> list[str]:
+    def _live_step(self, action: Action, step: Step, refused: list[str]) -> list[str]:
         hv, name, args = self.hypervisor, action.name, step.args
         try:
             if step.verb == "set-memory":
@@ -188,11 +273,11 @@ class Executor:
                 hv.attach_domain_device(name, str(args["xml"]))
             elif step.verb == "detach-device":
                 hv.detach_domain_device(name, str(args["xml"]))
-                return self._check_released(action, str(args["path"]))
+                return self._check_released(action, str(args["path"]), refused)
             else:
                 hv.update_domain_device(name, str(args["xml"]))
         except Refused as exc:
-            self._refused.append(str(args.get("path", step.verb)))
+            refused.append(str(args.get("path", step.verb)))
             note = f"live change refused ({step.describe()}: {exc}); takes effect at next restart"
             self.log.warning("apply.live_refused", kind=action.kind.value, name=name,
                              step=step.verb, error=str(exc))  # fmt: skip
@@ -213,27 +298,27 @@ class Executor:
         ]
         self.inventory = self.inventory.with_entry(action.key, {**entry, "seeds": seeds})
 
-    def _check_released(self, action: Action, path: str) -> list[str]:
+    def _check_released(self, action: Action, path: str, refused: list[str]) -> list[str]:
         """libvirt returns from an unplug after waiting 5 s for the guest, released or not
         (a guest without ACPI hot-plug support never releases it)."""
         live = self.hypervisor.domain_live_xml(action.name)
         if live is None or not domain_xml.has_device(live, path):
             return []
-        self._refused.append(path)
+        refused.append(path)
         self.log.warning("apply.live_refused", kind=action.kind.value, name=action.name,
                          step="detach-device", error="the guest kept the device")  # fmt: skip
         return [f"unplug of {path} requested, but the guest has not released it; "
                 "it goes at the next restart"]  # fmt: skip
 
-    def _record_refused(self, name: str) -> None:
+    def _record_refused(self, name: str, refused: list[str]) -> None:
         """Note this boot's refused live changes in the running domain (see module doc)."""
-        if not self._refused:
+        if not refused:
             return
         try:
             live = self.hypervisor.domain_live_xml(name)
             if live is None:
                 return  # stopped: the definition applies at the next start anyway
-            paths = domain_xml.read_refused(live) | set(self._refused)
+            paths = domain_xml.read_refused(live) | set(refused)
             self.hypervisor.set_domain_live_metadata(
                 name, domain_xml.REFUSED_PREFIX, domain_xml.REFUSED_NAMESPACE,
                 domain_xml.refused_xml(paths),
@@ -285,6 +370,8 @@ def _write_seed(hv: Hypervisor, args: dict[str, Any]) -> str:
     hv.write_volume(pool, volume, image)
     return f"wrote cloud-init seed {pool}/{volume} ({args['digest']}, {len(image)} bytes)"
 
+
+_RUN = object()  # Executor._before: the action runs
 
 _SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {
     "define-pool": lambda hv, name, a: hv.define_pool(a["xml"]),

@@ -11,6 +11,7 @@ listings for domains, one definition each, a second for running ones).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from reconciler.hypervisor import (
@@ -52,3 +53,28 @@ def observe(
         machine_aliases=machine_aliases,
         inventory=inventory,
     )
+
+
+def observe_again(
+    hv: Hypervisor,
+    before: Observed,
+    inventory: Inventory,
+    *,
+    domains: AbstractSet[str],
+    everything_else: bool,
+) -> Observed:
+    """``before``, with the named ``domains`` read again (a name no longer defined is
+    dropped), and networks, pools and volumes read again if ``everything_else``.
+
+    After an apply, only what it touched can have changed because of it: a host
+    of 1,000 VMs that gained one is not read whole again to check that one.
+    """
+    fresh = {d.name: d for d in hv.domains_named(domains)}
+    records = {n: d for n, d in before.domains.items() if n not in domains} | fresh
+    if not everything_else:
+        return Observed(records, before.networks, before.pools, before.volumes,
+                        before.machine_aliases, inventory)  # fmt: skip
+    pools = {p.name: p for p in hv.pools()}
+    volumes = {(v.pool, v.name): v for p in pools.values() if p.active for v in hv.volumes(p.name)}
+    networks = {n.name: n for n in hv.networks()}
+    return Observed(records, networks, pools, volumes, before.machine_aliases, inventory)

@@ -14,7 +14,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import inventory as inventory_file
@@ -22,14 +22,21 @@ from reconciler.executor import ActionResult, Executor
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
 from reconciler.manifests import LoadResult, check_against, load_unchecked
-from reconciler.model import Manifest, VirtualMachineSpec
-from reconciler.observe import Observed, observe
+from reconciler.model import Kind, Manifest, VirtualMachineSpec
+from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
 from reconciler.yamlsource import ParseCache
 
 VERIFIED_FILE = "verified.json"
+# Steps that change nothing but the domain they act on: after an apply of only
+# these, networks, pools and volumes need not be read again.
+DOMAIN_ONLY_VERBS = frozenset({
+    "define-domain", "start-domain", "stop-domain", "restart-domain", "undefine-domain",
+    "autostart-domain", "set-memory", "set-vcpus", "attach-device", "detach-device",
+    "update-device",
+})  # fmt: skip
 PARSE_CACHE_FILE = "parsed.json"
 
 
@@ -69,14 +76,19 @@ class Reconciler:
     machine_aliases: dict[str, str] | None = None
     should_stop: Callable[[], bool] = lambda: False  # checked between actions (SIGTERM)
     should_skip: Callable[[Action], str | None] = lambda action: None  # retry backoff
+    # the options of the last plan, with the load they were made for (see _plan_options)
+    _options_of: tuple[LoadResult | None, PlanOptions] = (None, PlanOptions())
 
     def observe(self) -> Observed:
-        inventory = (
-            inventory_file.load(self.options.state_dir) if self.options.state_dir else Inventory()
+        observed = observe(
+            self.hypervisor, self._inventory(), machine_aliases=self.machine_aliases
         )
-        observed = observe(self.hypervisor, inventory, machine_aliases=self.machine_aliases)
         self.machine_aliases = dict(observed.machine_aliases)
         return observed
+
+    def _inventory(self) -> Inventory:
+        state_dir = self.options.state_dir
+        return inventory_file.load(state_dir) if state_dir else Inventory()
 
     def plan(self) -> tuple[LoadResult, Observed, Plan]:
         # libvirt answers while the manifests are parsed: its calls release the GIL
@@ -123,8 +135,24 @@ class Reconciler:
             should_skip=self.should_skip,
         )
         results = executor.apply(plan)
-        after_observed = self.observe()
-        after = make_plan(load, after_observed, self._plan_options(load))
+        # Did it settle? Read again what the apply touched, and plan again: the VMs it
+        # did not touch keep their records, and those found in sync before are taken
+        # as in sync by their fingerprint (which covers their XML byte for byte).
+        touched = [r.action for r in results if r.outcome != "skipped" and r.action.steps]
+        vms = {a.name for a in touched if a.kind is Kind.VIRTUAL_MACHINE}
+        after_observed = observe_again(
+            self.hypervisor, observed, self._inventory(), domains=vms,
+            everything_else=any(a.kind is not Kind.VIRTUAL_MACHINE
+                                or any(s.verb not in DOMAIN_ONLY_VERBS for s in a.steps)
+                                for a in touched),
+        )  # fmt: skip
+        verified = {
+            a.name: a.fingerprint
+            for a in plan.actions
+            if a.fingerprint is not None and a.name not in vms
+        }
+        after = make_plan(load, after_observed, self._plan_options(load, verified))
+        self._save_verified(after, verified)  # the VMs just made: a quick next plan
         tried = {r.action.key for r in results if r.outcome == "ok"}
         unsettled = tuple(
             a for a in after.actions if a.key in tried and a.changes_anything
@@ -135,21 +163,36 @@ class Reconciler:
     def _plan_options(
         self, load: LoadResult, verified: dict[str, str] | None = None
     ) -> PlanOptions:
-        return PlanOptions(
-            verified=verified or {},
-            prune=self.options.prune,
-            default_update_policy=self.options.default_update_policy,
-            allow_replace=self.options.allow_replace,
-            revision=source_revision(self.options.directory),
-            secrets=read_secrets(load.manifests),
-            path_allowed=None if self.options.allowed_roots is None else self._path_allowed,
-        )
+        # The check after an apply plans with what the apply's plan was made with
+        # (revision, passwords, allowed paths): asking git and the files again
+        # would cost time, and would compare with what was not applied.
+        reused = self._options_of if self._options_of[0] is load else None
+        if reused is None:
+            base = PlanOptions(
+                prune=self.options.prune,
+                default_update_policy=self.options.default_update_policy,
+                allow_replace=self.options.allow_replace,
+                revision=source_revision(self.options.directory),
+                secrets=read_secrets(load.manifests),
+                path_allowed=path_check(self.options.allowed_roots),
+            )
+            self._options_of = (load, base)
+        else:
+            base = reused[1]
+        return replace(base, verified=verified or {})
 
-    def _path_allowed(self, path: str) -> bool:
-        """Whether ``path``, symlinks resolved, lies under an allowed root."""
+
+def path_check(roots: tuple[Path, ...] | None) -> Callable[[str], bool] | None:
+    """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
+    if roots is None:
+        return None
+    real_roots = tuple(Path(os.path.realpath(root)) for root in roots)
+
+    def allowed(path: str) -> bool:
         real = Path(os.path.realpath(path))
-        roots = self.options.allowed_roots or ()
-        return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+        return any(real.is_relative_to(root) for root in real_roots)
+
+    return allowed
 
 
 def known_objects(observed: Observed) -> KnownObjects:

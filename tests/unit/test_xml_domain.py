@@ -336,3 +336,17 @@ def test_q35_gets_spare_pcie_root_ports_and_pc_none() -> None:
     assert ports("pc", 2) == (0, 0)
     assert ports("q35", 1) == (14, 14)  # as virt-install
     assert ports("q35", 20) == (1 + 20 + 4 + 4, 29)  # every device has one, 4 spare
+
+
+def test_characters_xml_cannot_hold_are_exactly_those_outside_xml_chars() -> None:
+    from reconciler.xml._fields import _NOT_XML
+
+    def xml_char(c: int) -> bool:  # XML 1.0, production [2] Char
+        return c in (0x9, 0xA, 0xD) or 0x20 <= c <= 0xD7FF or 0xE000 <= c <= 0xFFFD or (
+            0x10000 <= c <= 0x10FFFF
+        )
+
+    edges = {0x0, 0x8, 0x9, 0xA, 0xB, 0xC, 0xD, 0xE, 0x1F, 0x20, 0x7F, 0xD7FF, 0xD800, 0xDFFF,
+             0xE000, 0xFFFD, 0xFFFE, 0xFFFF, 0x10000, 0x10FFFF}  # fmt: skip
+    for c in sorted(edges | set(range(0, 0x110000, 97))):
+        assert (_NOT_XML.search(chr(c)) is None) == xml_char(c), hex(c)

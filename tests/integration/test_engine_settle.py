@@ -1,0 +1,84 @@
+"""After an apply the engine reads again only what it touched, and plans again: an
+object libvirt did not take as declared is still reported as not settling, the
+objects it did not touch are neither read again nor reported, and VMs defined
+together come out as if defined one by one."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from reconciler.hypervisor import Hypervisor
+from reconciler.plan import Op
+from reconciler.reconcile import Reconciler
+from tests.integration.engine_support import (  # noqa: F401
+    Workspace,
+    assert_settled,
+    describe,
+    vm,
+    ws_fixture,
+)
+
+
+class Tampering(Hypervisor):
+    """Defines ``victim`` with 2 vCPUs whatever the XML says: an apply that does not
+    settle. Counts the domains it is asked to read, and how it is asked."""
+
+    def __init__(self, conn: Any, uri: str, victim: str) -> None:
+        super().__init__(conn, uri)
+        self.victim = victim
+        self.full_reads = 0
+        self.named: list[set[str]] = []
+
+    def define_domain(self, xml: str) -> None:
+        if f"<name>{self.victim}</name>" in xml:
+            xml = re.sub(r"(<vcpu[^>]*>)1(</vcpu>)", r"\g<1>2\g<2>", xml)
+        super().define_domain(xml)
+
+    def domains(self) -> list[Any]:
+        self.full_reads += 1
+        return super().domains()
+
+    def domains_named(self, names: Any) -> list[Any]:
+        self.named.append(set(names))
+        return super().domains_named(names)
+
+
+def test_an_apply_that_does_not_settle_is_reported_and_only_touched_vms_are_read(
+    ws: Workspace,
+) -> None:
+    ws.write("old.yaml", vm(ws.n("old"), state="stopped"))
+    ws.converge()
+    names = [ws.n(f"v{i}") for i in range(6)]
+    for name in names:
+        ws.write(f"{name}.yaml", vm(name, state="stopped"))
+    hv = Tampering(ws.hypervisor._conn, ws.uri, victim=names[3])
+    r = Reconciler(hv, ws.options())
+    load, observed, plan = r.plan()
+    assert hv.full_reads == 1
+    assert [a.name for a in plan.actions if a.op is Op.CREATE] == names
+    result = r.apply(plan, observed, load)
+    assert hv.full_reads == 1, "the settle check read every domain again"
+    assert hv.named == [set(names)]
+    assert [(x.action.name, x.outcome) for x in result.results] == [(n, "ok") for n in names]
+    assert [a.name for a in result.unsettled] == [names[3]], describe(result)
+    assert [c.path for c in result.unsettled[0].changes] == ["maxVcpus"]  # <vcpu>2</vcpu>
+    assert result.failed
+    assert result.after is not None
+    untouched = next(a for a in result.after.actions if a.name == ws.n("old"))
+    assert untouched.op is Op.NOOP and not untouched.changes
+    # the others settled: a fresh full plan agrees with the check
+    fresh = ws.plan()
+    assert [a.name for a in fresh.actions if a.changes_anything] == [names[3]]
+
+
+def test_vms_defined_together_settle_and_the_next_plan_knows_them(ws: Workspace) -> None:
+    names = [ws.n(f"v{i}") for i in range(10)]
+    for i, name in enumerate(names):
+        ws.write(f"{name}.yaml", vm(name, state="stopped", autostart=i % 2 == 0))
+    result = ws.converge()
+    assert [(x.action.name, x.outcome) for x in result.results] == [(n, "ok") for n in names]
+    assert not result.unsettled
+    autostart = {d.name() for d in ws.conn.listAllDomains(0) if d.autostart()}
+    assert {n for n in names if n in autostart} == set(names[0::2])
+    assert_settled(ws)
