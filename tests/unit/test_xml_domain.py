@@ -350,3 +350,21 @@ def test_characters_xml_cannot_hold_are_exactly_those_outside_xml_chars() -> Non
              0xE000, 0xFFFD, 0xFFFE, 0xFFFF, 0x10000, 0x10FFFF}  # fmt: skip
     for c in sorted(edges | set(range(0, 0x110000, 97))):
         assert (_NOT_XML.search(chr(c)) is None) == xml_char(c), hex(c)
+
+
+def test_graphics_update_keeps_the_running_display_and_sets_the_password() -> None:
+    """libvirt refuses a live <graphics> update that changes anything but the password,
+    so the running element is sent back as it is, with the new password only."""
+    live = ("<domain><devices><graphics type='vnc' port='5901' autoport='yes' "
+            "listen='127.0.0.1' keymap='en-us' passwd='old1'><listen type='address' "
+            "address='127.0.0.1'/></graphics></devices></domain>")  # fmt: skip
+    desired = ("<domain><devices><graphics type='vnc' port='-1' autoport='yes' "
+               "passwd='new2'/></devices></domain>")  # fmt: skip
+    update = domain.graphics_update(live, desired)
+    assert update is not None
+    assert "passwd=\"new2\"" in update and "old1" not in update
+    for kept in ('port="5901"', 'keymap="en-us"', 'address="127.0.0.1"'):
+        assert kept in update, update
+    no_password = "<domain><devices><graphics type='vnc' autoport='yes'/></devices></domain>"
+    assert domain.graphics_update(live, no_password) is None  # removing one waits for a restart
+    assert domain.graphics_update("<domain><devices/></domain>", desired) is None
