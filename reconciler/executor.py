@@ -350,7 +350,7 @@ class Executor:
 def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
     """Copy ``source`` into the new volume (as differences from ``backing`` when given)."""
     path = hv.volume_path(str(args["pool"]), name)
-    fmt = hv.volume_format(str(args["pool"]), name)
+    fmt = str(volume_xml.observe(hv.volume_xml(str(args["pool"]), name)).get("format") or "raw")
     command = ["qemu-img", "convert", "-n", "-O", fmt]
     if args.get("backing"):
         command += ["-B", str(args["backing"])]

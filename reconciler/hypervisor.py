@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
@@ -501,12 +500,6 @@ class Hypervisor:
     def volume_path(self, pool: str, name: str) -> str:
         with calling(f"looking up volume {pool}/{name}"):
             return str(self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).path())
-
-    def volume_format(self, pool: str, name: str) -> str:
-        with calling(f"reading volume {pool}/{name}"):
-            xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).XMLDesc(0)
-        fmt = ET.fromstring(xml).find("target/format")
-        return "raw" if fmt is None else str(fmt.get("type", "raw"))
 
     def block_resize(self, domain: str, target: str, capacity: int) -> None:
         """Grow a disk of a running domain (the guest sees the new size at once)."""
