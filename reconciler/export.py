@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -450,6 +450,13 @@ def _put(spec: dict[str, Any], key: str, value: object, ok: Any, notes: _Notes) 
         notes.add(key, f"{value!r} cannot be expressed; left out")
 
 
+def _on_bus(target: str, bus: object, buses: Collection[str]) -> bool:
+    """Whether a manifest can hold ``target`` on ``bus`` (one of ``buses``): the target's
+    name must be one the model would give on that bus (vdX, sdX, hdX)."""
+    return (bus in buses and _TARGET.match(target) is not None
+            and target.startswith(_TARGET_PREFIX[str(bus)]))  # fmt: skip
+
+
 def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
     out = []
     for target in _entries(p, "disks"):
@@ -460,8 +467,7 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
             notes.add(at, "only image files and pool volumes are expressible "
                       "(not block devices or network disks); left out")  # fmt: skip
             continue
-        if bus not in _TARGET_PREFIX or not _TARGET.match(target) \
-                or not target.startswith(_TARGET_PREFIX[str(bus)]):  # fmt: skip
+        if not _on_bus(target, bus, _TARGET_PREFIX):
             notes.add(at, f"a disk on bus {bus} cannot be expressed "
                       "(virtio vdX, sata/scsi sdX, ide hdX); left out")  # fmt: skip
             continue
@@ -499,8 +505,7 @@ def _cdroms(p: Projection, name: str, notes: _Notes) -> list[dict[str, Any]]:
                       "network-config cannot be read back from libvirt; left out")  # fmt: skip
             notes.add(at, "the cloud-init seed's drive; left out with cloudInit")
             continue
-        if bus not in ("sata", "scsi", "ide") or not _TARGET.match(target) \
-                or not target.startswith(_TARGET_PREFIX[str(bus)]):  # fmt: skip
+        if not _on_bus(target, bus, ("sata", "scsi", "ide")):
             notes.add(at, f"a CD-ROM on bus {bus} cannot be expressed (sata, scsi, ide); left out")
             continue
         cdrom: dict[str, Any] = {}
