@@ -170,11 +170,9 @@ def refused_xml(paths: Iterable[str]) -> str:
     return serialize(root).strip()
 
 
-def read_refused(xml: str | Element | None) -> frozenset[str]:
+def read_refused(xml: str | Element) -> frozenset[str]:
     """The paths a ``<refused>`` record lists, read from a domain's running XML (or the
-    element alone, as ``virDomainGetMetadata`` returns it)."""
-    if xml is None:
-        return frozenset()
+    element alone, as ``refused_xml`` writes it)."""
     root = parse(xml)
     tag = f"{{{REFUSED_NAMESPACE}}}"
     record = root if root.tag in ("refused", tag + "refused") else root.find(
