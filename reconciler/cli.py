@@ -19,8 +19,9 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.errors import HypervisorError, ReconcilerError
+from reconciler.hostdefaults import apply_vm_defaults
 from reconciler.lock import StateLock
-from reconciler.manifests import LoadResult, load_directory
+from reconciler.manifests import LoadResult, check_against, load_unchecked
 from reconciler.references import KnownObjects
 from reconciler.report import (
     dumps,
@@ -146,6 +147,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_connection(export)
     export.set_defaults(run=_export)
 
+    probe = sub.add_parser(
+        "probe",
+        help="find out which VMs this host can start, and the vmDefaults that make them start",
+        description="Start throwaway domains (a unique name, no disks, removed at once) to find "
+        "out whether type kvm guests start here as they are, only with a CPU feature disabled "
+        "(AMD hosts under nested KVM: arch-capabilities), or not at all (only type qemu). "
+        "Exit 0 when some VM can start, 1 when none can.",
+    )
+    probe.add_argument(
+        "--write-config",
+        metavar="FILE",
+        type=Path,
+        help="add the vmDefaults found to this configuration file (kept if it has vmDefaults)",
+    )
+    _add_connection(probe)
+    probe.set_defaults(run=_probe)
+
     status = sub.add_parser("status", help="what the daemon last found, per object")
     _add_common(status)
     status.add_argument("--state-dir", help="folder of status.json (default: /var/lib/reconciler)")
@@ -269,7 +287,10 @@ def _known_objects(uri: str) -> tuple[KnownObjects, str]:
 def _validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     known, note = (KnownObjects(), "") if args.offline else _known_objects(settings.uri)
-    result = load_directory(args.directory, known=known, host=settings.host)
+    result = check_against(
+        apply_vm_defaults(load_unchecked(args.directory, host=settings.host), settings.vm_defaults),
+        known,
+    )
     if args.output == "json":
         print(json.dumps(_validate_json(result), indent=2))
     else:
@@ -321,6 +342,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
         default_update_policy=settings.default_update_policy,
         allow_replace=frozenset(getattr(args, "allow_replace", ())),
         allowed_roots=settings.allowed_disk_roots,
+        vm_defaults=settings.vm_defaults,
     )
     return Reconciler(Hypervisor.open(settings.uri), options)
 
@@ -420,6 +442,27 @@ def _status(args: argparse.Namespace) -> int:
 
 
 # --- export --------------------------------------------------------------------------
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from reconciler import hostprobe
+    from reconciler.hypervisor import Hypervisor
+
+    settings = _settings(args)
+    with Hypervisor.open(settings.uri) as hv:
+        result = hostprobe.probe(hv)
+    for attempt in result.attempts:
+        outcome = "starts" if attempt.error is None else f"fails: {attempt.error}"
+        print(f"probe: {attempt.defaults.describe() or 'kvm as it is'}: {outcome}")
+    print(f"probe: {result.summary()}")
+    if result.defaults is None:
+        return EXIT_ERROR
+    if args.write_config is not None:
+        try:
+            print("probe: " + hostprobe.write_config(args.write_config, result))
+        except OSError as exc:
+            raise ReconcilerError(f"{args.write_config}: cannot write: {exc.strerror}") from None
+    return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:

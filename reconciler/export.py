@@ -40,6 +40,7 @@ from reconciler.errors import SourcePosition
 from reconciler.hypervisor import DomainRecord, NetworkRecord, PoolRecord, VolumeRecord
 from reconciler.model import (
     API_VERSION,
+    CpuSpec,
     Kind,
     Manifest,
     NetworkSpec,
@@ -48,6 +49,7 @@ from reconciler.model import (
     VirtualMachineSpec,
     VolumeSpec,
     build_manifest,
+    cpu_manifest,
     seed_volume_name,
 )
 from reconciler.observe import Observed
@@ -69,6 +71,7 @@ _IPV4 = re.compile(r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
                    r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$")  # fmt: skip
 _KEYMAP = re.compile(r"^[a-z]{2}(-[a-z]{2,})?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FEATURE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _DISK_SERIAL = re.compile(r"^[A-Za-z0-9_.+-]{1,36}$")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
@@ -377,12 +380,14 @@ def _size(value: object) -> str | None:
 
 def vm_spec(
     projection: Projection, *, active: bool, autostart: bool, name: str,
-    notes: _Notes | None = None,
+    notes: _Notes | None = None, cpu: CpuSpec | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A VirtualMachine spec from ``domain_xml.observe`` of the persistent definition.
 
     Values the schema cannot hold are left out with a note; whatever else the
-    manifest cannot say is found by comparing projections afterwards.
+    manifest cannot say is found by comparing projections afterwards. ``cpu``: the
+    definition's ``<cpu>`` (``domain_xml.read_cpu``); without it only a CPU mode or
+    model name is taken from the projection.
     """
     notes = notes if notes is not None else _Notes()
     p = projection
@@ -398,7 +403,12 @@ def vm_spec(
     _put(spec, "machine", p.get("machine"), _MODEL_NAME.match, notes)
     if p.get("firmware") == "uefi":
         spec["firmware"] = "uefi"
-    _put(spec, "cpu", p.get("cpu"), _MODEL_NAME.match, notes)
+    if cpu is not None and (cpu.model is None or _MODEL_NAME.match(cpu.model)) and all(
+        _FEATURE_NAME.match(name) for name, _ in cpu.features
+    ):
+        spec["cpu"] = cpu_manifest(cpu)
+    else:
+        _put(spec, "cpu", p.get("cpu"), _MODEL_NAME.match, notes)
     if p.get("clock") != "utc":
         _put(spec, "clock", p.get("clock"), ("localtime",).__contains__, notes)
     for key in ("kernel", "initrd", "cmdline"):
@@ -630,7 +640,7 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
         notes.add("type", f"domain type {observed.get('type')} cannot be expressed (kvm, qemu)")
         return _unexportable(kind, record.name, notes)
     spec = vm_spec(observed, active=record.active, autostart=record.autostart,
-                   name=record.name, notes=notes)  # fmt: skip
+                   name=record.name, notes=notes, cpu=domain_xml.read_cpu(config))  # fmt: skip
     doc = document(kind, record.name, spec)
     m = _build(kind, doc, notes)
     if m is None:

@@ -165,6 +165,118 @@ class Graphics:
     password_file: str | None = None
 
 
+CPU_MODES = ("host-model", "host-passthrough", "maximum", "custom")
+CPU_FEATURE_POLICIES = ("require", "optional", "disable", "forbid", "force")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTopology:
+    """``<cpu><topology>``: sockets x dies x cores x threads, equal to maxVcpus
+    (libvirt formatdomain, "CPU model and topology")."""
+
+    sockets: int = 1
+    dies: int = 1
+    cores: int = 1
+    threads: int = 1
+
+    @property
+    def vcpus(self) -> int:
+        return self.sockets * self.dies * self.cores * self.threads
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSpec:
+    """A domain's ``<cpu>`` (libvirt formatdomain, "CPU model and topology").
+
+    ``mode``: host-model | host-passthrough | maximum | custom (then ``model`` names
+    a CPU model such as ``Skylake-Server``). ``features``: (name, policy) pairs,
+    sorted by name, policy one of ``CPU_FEATURE_POLICIES``. ``migratable``: None
+    leaves libvirt's default (on), only meaningful for host-passthrough and maximum.
+    """
+
+    mode: str = "host-model"
+    model: str | None = None
+    features: tuple[tuple[str, str], ...] = ()
+    topology: CpuTopology | None = None
+    migratable: bool | None = None
+
+    def describe(self) -> str:
+        """The canonical one-line form that plans show and ownership records keep:
+        ``host-model``, ``Skylake-Server``, or e.g. ``host-passthrough, arch-capabilities=disable,
+        topology 1s/1d/2c/1t, migratable off``. Equal meanings give equal text: features
+        are sorted, a missing ``dies`` is 1, and migratable on (the default) is not said."""
+        parts = [self.model if self.mode == "custom" and self.model else self.mode]
+        parts += [f"{name}={policy}" for name, policy in self.features]
+        if self.topology is not None:
+            t = self.topology
+            parts.append(f"topology {t.sockets}s/{t.dies}d/{t.cores}c/{t.threads}t")
+        if self.migratable is False:
+            parts.append("migratable off")
+        return ", ".join(parts)
+
+
+def cpu_from_manifest(value: object) -> CpuSpec:
+    """A ``cpu`` as a manifest writes it (a mode or model name, or a mapping that passed
+    the schema) -> ``CpuSpec``. Raises ``SpecError`` (paths under ``("spec", "cpu")``)
+    for combinations libvirt refuses."""
+    where: FieldPath = ("spec", "cpu")
+    if isinstance(value, str):
+        if value in CPU_MODES and value != "custom":
+            return CpuSpec(mode=value)
+        return CpuSpec(mode="custom", model=value)
+    assert isinstance(value, Mapping)
+    problems: list[FieldProblem] = []
+    model = value.get("model")
+    mode = value.get("mode", "custom" if model is not None else "host-model")
+    if mode == "custom" and model is None:
+        problems.append(
+            FieldProblem((*where, "mode"), "mode custom needs a model",
+                         "add e.g. model: Skylake-Server, or use mode: host-model")
+        )  # fmt: skip
+    if mode != "custom" and model is not None:
+        problems.append(
+            FieldProblem((*where, "model"), f"a model goes with mode custom, not {mode}",
+                         "remove mode (a model implies custom), or remove model")
+        )  # fmt: skip
+    migratable = value.get("migratable")
+    if migratable is not None and mode not in ("host-passthrough", "maximum"):
+        problems.append(
+            FieldProblem((*where, "migratable"),
+                         f"migratable applies to host-passthrough and maximum, not {mode}",
+                         "remove migratable")
+        )  # fmt: skip
+    topology = None
+    if "topology" in value:
+        t = value["topology"]
+        topology = CpuTopology(
+            sockets=t.get("sockets", 1), dies=t.get("dies", 1),
+            cores=t.get("cores", 1), threads=t.get("threads", 1),
+        )  # fmt: skip
+    features = tuple(sorted((str(k), str(v)) for k, v in value.get("features", {}).items()))
+    if problems:
+        raise SpecError(problems)
+    return CpuSpec(mode=mode, model=model, features=features, topology=topology,
+                   migratable=migratable)  # fmt: skip
+
+
+def cpu_manifest(cpu: CpuSpec) -> str | dict[str, Any]:
+    """The inverse of ``cpu_from_manifest``: the shortest manifest form of ``cpu``
+    (a string when the mode or model alone says it), for ``export``."""
+    name = cpu.model if cpu.mode == "custom" and cpu.model else cpu.mode
+    if not cpu.features and cpu.topology is None and cpu.migratable is not False:
+        return str(name)
+    out: dict[str, Any] = {"model": cpu.model} if cpu.mode == "custom" else {"mode": cpu.mode}
+    if cpu.features:
+        out["features"] = dict(cpu.features)
+    if cpu.topology is not None:
+        t = cpu.topology
+        out["topology"] = {"sockets": t.sockets, "dies": t.dies, "cores": t.cores,
+                           "threads": t.threads}  # fmt: skip
+    if cpu.migratable is False:  # on is libvirt's default
+        out["migratable"] = False
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class CloudInit:
     """A NoCloud seed (cloudinit.py), stored in volume ``<vm>-cidata`` and attached as a
@@ -187,7 +299,7 @@ class VirtualMachineSpec:
     type: str = "kvm"
     machine: str = "pc"
     firmware: str = "bios"
-    cpu: str | None = None
+    cpu: CpuSpec | None = None  # None: the hypervisor's default (type qemu only)
     clock: str = "utc"
     kernel: str | None = None
     initrd: str | None = None
@@ -234,6 +346,9 @@ class Manifest:
     source: SourcePosition
     document: Mapping[str, Any] = field(compare=False, repr=False)
     locator: Locator | None = field(default=None, compare=False, repr=False)
+    # dotted spec paths whose value came from the host's vmDefaults (hostdefaults.py)
+    host_defaults: tuple[str, ...] = ()
+    host_defaults_origin: str = ""  # the configuration file they came from
 
     @property
     def name(self) -> str:
@@ -486,15 +601,31 @@ def _build_vm(
                 ("spec", "maxVcpus"), f"maxVcpus ({max_vcpus}) is less than vcpus ({vcpus})"
             )
         )
-    cpu = raw.get("cpu")
-    if cpu is None and vm_type == "kvm":
-        cpu = "host-model"
-    if vm_type == "qemu" and cpu == "host-passthrough":
+    cpu: CpuSpec | None = None
+    if "cpu" in raw:
+        try:
+            cpu = cpu_from_manifest(raw["cpu"])
+        except SpecError as exc:
+            problems += exc.problems
+    elif vm_type == "kvm":
+        cpu = CpuSpec()
+    if cpu is not None and vm_type == "qemu" and cpu.mode == "host-passthrough":
         problems.append(
             FieldProblem(
-                ("spec", "cpu"),
+                ("spec", "cpu", "mode") if isinstance(raw.get("cpu"), Mapping) else ("spec", "cpu"),
                 "host-passthrough needs type kvm",
-                "use host-model or a named model",
+                "use host-model, maximum or a named model",
+            )
+        )
+    if cpu is not None and cpu.topology is not None and cpu.topology.vcpus != max_vcpus:
+        t = cpu.topology
+        problems.append(
+            FieldProblem(
+                ("spec", "cpu", "topology"),
+                f"topology gives {t.sockets}x{t.dies}x{t.cores}x{t.threads} = {t.vcpus} vCPUs,"
+                f" but maxVcpus is {max_vcpus}",
+                "sockets x dies x cores x threads must equal maxVcpus (or vcpus when maxVcpus"
+                f" is not set), e.g. cores: {max_vcpus}",
             )
         )
     for key in ("initrd", "cmdline"):

@@ -55,6 +55,7 @@ class Change:
     old: Any
     new: Any
     live: bool = False  # can be applied to the running object
+    origin: str = ""  # where the new value came from when not the manifest (host defaults)
 
 
 # Step arguments too long or too private to print (rendered XML with a display

@@ -773,6 +773,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(
             Kind.VIRTUAL_MACHINE, m.name, Op.CREATE, (), tuple(new),
             source=m.source, owner_record=record, requires=requires,
+            reason=_host_defaults_note(m),
         )  # fmt: skip
     context = {
         "pools": {d.volume: ctx.volume_pools.get(d.volume) for d in spec.disks if d.volume},
@@ -888,14 +889,42 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         Kind.VIRTUAL_MACHINE,
         m.name,
         op,
-        tuple(changes),
+        _from_host(m, changes),
         tuple(steps),
         source=m.source,
-        restart_pending=tuple(pending),
+        restart_pending=_from_host(m, pending),
         owner_record=record,
         requires=requires,
         fingerprint=print_ if op is Op.NOOP and not pending else None,
     )
+
+
+def _host_defaults_note(m: Manifest) -> str:
+    """``with host defaults: cpu.features.x=disable (from FILE)`` for a VM created with
+    values the host's vmDefaults gave, else ''."""
+    if not m.host_defaults:
+        return ""
+    spec = m.document["spec"]
+    shown = []
+    for path in m.host_defaults:
+        value: Any = spec
+        for part in path.split(".", 2) if path.startswith("cpu.features.") else path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        shown.append(f"{path}={value}")
+    return f"with host defaults: {', '.join(shown)} (vmDefaults in {m.host_defaults_origin})"
+
+
+def _from_host(m: Manifest, changes: Iterable[Change]) -> tuple[Change, ...]:
+    """``changes``, each naming the host defaults its new value holds (hostdefaults.py)."""
+    out = []
+    for c in changes:
+        taken = [t for t in m.host_defaults if t == c.path or t.startswith(c.path + ".")]
+        if taken:
+            c = dataclasses.replace(
+                c, origin=f"{', '.join(taken)} from vmDefaults in {m.host_defaults_origin}"
+            )
+        out.append(c)
+    return tuple(out)
 
 
 def _vm_power_and_autostart(

@@ -14,11 +14,12 @@ import os
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler import inventory as inventory_file
 from reconciler.executor import ActionResult, Executor
+from reconciler.hostdefaults import VmDefaults, apply_vm_defaults
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
 from reconciler.manifests import LoadResult, check_against, load_unchecked
@@ -49,6 +50,8 @@ class PassOptions:
     default_update_policy: str = "manual"
     allow_replace: frozenset[str] = frozenset()
     allowed_roots: tuple[Path, ...] | None = None  # None: disk paths are not restricted
+    # the host's vmDefaults, merged under every VM manifest (hostdefaults.py)
+    vm_defaults: VmDefaults = field(default_factory=VmDefaults)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ class Reconciler:
             )
             load = load_unchecked(self.options.directory, host=self.options.host, cache=cache)
             observed = pending.result()
-        load = check_against(load, known_objects(observed))
+        load = check_against(apply_vm_defaults(load, self.options.vm_defaults),
+                             known_objects(observed))  # fmt: skip
         verified = self._verified()
         plan = make_plan(load, observed, self._plan_options(load, verified))
         self._save_verified(plan, verified)

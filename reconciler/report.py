@@ -46,9 +46,10 @@ def _change_line(change: Change, pending: bool = False) -> str:
     how = " (live)" if change.live else ""
     if pending:
         how = " (restart pending)"
+    origin = f" [{change.origin}]" if change.origin else ""
     return (
         f"{change.path}: {show_value(change.path, change.old)} -> "
-        f"{show_value(change.path, change.new)}{how}"
+        f"{show_value(change.path, change.new)}{how}{origin}"
     )
 
 
@@ -128,6 +129,7 @@ def change_json(change: Change) -> dict[str, Any]:
         "old": _json_value(change.old),
         "new": _json_value(change.new),
         "live": change.live,
+        "origin": change.origin or None,
     }
 
 

@@ -139,6 +139,9 @@ def _explain(error: Any) -> Iterator[SchemaProblem]:
             f"{_show(value)} is not one of: {', '.join(options)}",
             _suggest(str(value), options, "value") if isinstance(value, str) else "",
         )
+    elif custom and "propertyNames" in error.schema_path:
+        # a key that is not allowed: point at the key itself
+        yield SchemaProblem((*path, str(value)), f"{_show(value)} {custom}", at_key=True)
     elif custom:
         if isinstance(value, Mapping | list):
             yield SchemaProblem(path, str(custom))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from reconciler.errors import ConfigError, Problem, SourcePosition
+from reconciler.hostdefaults import VmDefaults, vm_defaults_from_config
 from reconciler.logs import LogFormat
 from reconciler.manifests import is_manifest_file
 from reconciler.schema import _explain as explain_schema_error
@@ -63,6 +64,8 @@ class Settings:
     allow_writable_manifest_dir: bool = False
     allowed_disk_roots: tuple[Path, ...] = DEFAULT_DISK_ROOTS
     host: str = field(default_factory=socket.gethostname)
+    # merged under every VM manifest (hostdefaults.py)
+    vm_defaults: VmDefaults = field(default_factory=VmDefaults)
     config_file: Path | None = None  # the file that was read, if any (for logs)
 
     def disk_path_allowed(self, path: str | os.PathLike[str]) -> bool:
@@ -185,6 +188,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("allow_writable_manifest_dir", "allowWritableManifestDir", None, _bool),
     _Field("allowed_disk_roots", "allowedDiskRoots", None, _roots),
     _Field("host", "host", "RECONCILER_HOST", _text),
+    _Field("vm_defaults", "vmDefaults", None, vm_defaults_from_config),
 )  # fmt: skip
 _BY_NAME = {f.name: f for f in _FIELDS}
 _BY_KEY = {f.key: f for f in _FIELDS}
@@ -228,6 +232,9 @@ def load_settings(
             raise ValueError(f"unknown setting {name!r}")  # a bug in the caller
         if value is not None:
             values[name] = _coerce(_BY_NAME[name], value, "--" + name.replace("_", "-"))
+    defaults = values.get("vm_defaults")
+    if isinstance(defaults, VmDefaults) and config_file is not None:
+        values["vm_defaults"] = replace(defaults, origin=str(config_file))
     return replace(Settings(), config_file=config_file, **cast(dict[str, Any], values))
 
 

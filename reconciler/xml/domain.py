@@ -43,7 +43,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.model import Cdrom, Disk, Interface, VirtualMachineSpec, is_q35
+from reconciler.model import (
+    Cdrom,
+    CpuSpec,
+    CpuTopology,
+    Disk,
+    Interface,
+    VirtualMachineSpec,
+    is_q35,
+)
 from reconciler.xml._fields import (
     INT,
     KIB,
@@ -81,6 +89,7 @@ __all__ = [
     "machine_aliases_from_capabilities",
     "observe",
     "project",
+    "read_cpu",
     "read_ownership",
     "render",
     "secret_token",
@@ -126,17 +135,18 @@ def _render_ownership(root: Element, ownership: Ownership) -> None:
         revision.text = xml_text(ownership.revision, "revision")
 
 
-def _render_declared_cpu(root: Element, cpu: str | None) -> None:
+def _render_declared_cpu(root: Element, cpu: CpuSpec | None) -> None:
     owner = ensure(root, "metadata").find(_owner_tag("owner"))
     if owner is not None:
-        ET.SubElement(owner, _owner_tag("cpu")).text = xml_text(cpu or "", "cpu")
+        text = "" if cpu is None else cpu.describe()
+        ET.SubElement(owner, _owner_tag("cpu")).text = xml_text(text, "cpu")
 
 
 def booted_cpu(xml: str | Element) -> tuple[bool, str | None]:
     """(known, value): the ``cpu`` declared when the domain was defined, as its ownership
-    record says. Read on the running definition, it is the cpu the guest booted with
-    (libvirt expands host-model into a model name there). Unknown for a domain defined
-    before the record held it, or one the tool does not own."""
+    record says (``CpuSpec.describe`` text). Read on the running definition, it is the
+    cpu the guest booted with (libvirt expands host-model into a model name there).
+    Unknown for a domain defined before the record held it, or one the tool does not own."""
     text = parse(xml).findtext(f"metadata/{_owner_tag('owner')}/{_owner_tag('cpu')}")
     if text is None:
         return False, None
@@ -319,44 +329,79 @@ class _BootOrder:
 
 
 _DEFAULT_CPU_MODELS = ("qemu64",)
+_CPU_ORDER = ("model", "vendor", "topology", "cache", "feature", "numa")
+
+
+def read_cpu(xml: str | Element) -> CpuSpec | None:
+    """The ``<cpu>`` of a domain definition as a ``CpuSpec`` (formatdomain, "CPU model
+    and topology"); None when it names none, or only the qemu64 CPU libvirt adds to a
+    ``type='qemu'`` domain that names none. ``check``, ``match`` and ``fallback`` are
+    libvirt's bookkeeping, not the CPU's meaning, and are not read."""
+    cpu = parse(xml).find("cpu")
+    if cpu is None:
+        return None
+    mode = cpu.get("mode", "custom")
+    model_element = cpu.find("model")
+    model = None
+    if mode == "custom":
+        if model_element is None or not (model_element.text or "").strip():
+            return None
+        model = (model_element.text or "").strip()
+    features = tuple(sorted(
+        (str(f.get("name")), f.get("policy", "require"))
+        for f in cpu.findall("feature") if f.get("name")
+    ))  # fmt: skip
+    if (
+        model in _DEFAULT_CPU_MODELS
+        and cpu.get("check") == "none"
+        and model_element is not None
+        and model_element.get("fallback") == "forbid"
+        and not features
+    ):
+        return None
+    topology = None
+    element = cpu.find("topology")
+    if element is not None:
+        topology = CpuTopology(
+            *(int(element.get(k, "1")) for k in ("sockets", "dies", "cores", "threads"))
+        )
+    migratable = cpu.get("migratable")
+    return CpuSpec(
+        mode=mode, model=model, features=features, topology=topology,
+        migratable=None if migratable is None else migratable == "on",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class _Cpu:
-    """``cpu``: host-model / host-passthrough, or a named model (``mode='custom'``)."""
+    """``cpu``: a ``CpuSpec``, compared as its canonical text (``CpuSpec.describe``)."""
 
     def write(self, root: Element, value: Any) -> None:
-        if value in ("host-model", "host-passthrough"):
-            ensure(root, "cpu").set("mode", value)
-            return
+        assert isinstance(value, CpuSpec)
         cpu = ensure(root, "cpu")
-        cpu.set("mode", "custom")
-        cpu.set("match", "exact")
-        ET.SubElement(cpu, "model", {"fallback": "allow"}).text = xml_text(str(value), "cpu")
+        cpu.set("mode", value.mode)
+        if value.mode == "custom":
+            cpu.set("match", "exact")
+            model = ET.SubElement(cpu, "model", {"fallback": "allow"})
+            model.text = xml_text(str(value.model), "cpu.model")
+        if value.migratable is not None:
+            cpu.set("migratable", "on" if value.migratable else "off")
+        if value.topology is not None:
+            t = value.topology
+            ET.SubElement(cpu, "topology", {
+                "sockets": str(t.sockets), "dies": str(t.dies),
+                "cores": str(t.cores), "threads": str(t.threads),
+            })  # fmt: skip
+        for name, policy in value.features:
+            ET.SubElement(cpu, "feature", {"policy": policy, "name": xml_text(name, "feature")})
+        reorder(cpu, _CPU_ORDER)
 
     def read(self, root: Element) -> object:
-        cpu = root.find("cpu")
-        if cpu is None:
-            return None
-        mode = cpu.get("mode", "custom")
-        if mode != "custom":
-            return mode
-        model = cpu.find("model")
-        if model is None or not model.text:
-            return None
-        name = model.text.strip()
-        # The CPU libvirt adds to a domain that names none (check='none', forbid).
-        if (
-            cpu.get("check") == "none"
-            and model.get("fallback") == "forbid"
-            and cpu.find("feature") is None
-            and name in _DEFAULT_CPU_MODELS
-        ):
-            return None
-        return name
+        cpu = read_cpu(root)
+        return None if cpu is None else cpu.describe()
 
     def canon(self, value: Any) -> object:
-        return value
+        return value.describe() if isinstance(value, CpuSpec) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,6 +563,8 @@ FIELDS: tuple[Field[_Desired], ...] = (
     ),
     Field("cloudInit", lambda d: None if d.seed is None else d.seed.digest, _SeedDigest()),
 )
+
+FIELDS_BY_PATH: Mapping[str, Field[_Desired]] = {f.path: f for f in FIELDS}
 
 DISKS: Device[_DiskView] = Device(
     section="disks",

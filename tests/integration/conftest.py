@@ -77,6 +77,38 @@ def prefix(run_id: str) -> str:
     return f"rctest-{run_id}-"
 
 
+_PROBED: list[str] = []  # the probe's summary, for the end of the run
+
+
+@pytest.fixture(scope="session")
+def host_probe(libvirt_uri: str, prefix: str) -> Any:
+    """What this host can start (``reconciler.hostprobe.ProbeResult``), found once per run
+    with the product's own probe: ``type: kvm`` as it is, kvm with the CPU defaults a
+    quirky host needs (AMD under nested KVM: arch-capabilities disabled), or only
+    ``type: qemu``. Tests get it as ``vm_defaults``, the host's vmDefaults."""
+    from reconciler import hostprobe
+    from reconciler.hypervisor import Hypervisor
+
+    with Hypervisor.open(libvirt_uri) as hv:
+        result = hostprobe.probe(hv, prefix=prefix + "probe-")
+    _PROBED.append(result.summary())
+    if result.defaults is None:
+        pytest.fail(f"host probe: {result.summary()}", pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def vm_defaults(host_probe: Any) -> Any:
+    """The ``VmDefaults`` this host needs (empty on a host where kvm starts as it is);
+    every test that starts a domain uses them, as the product's configuration would."""
+    return host_probe.defaults
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _PROBED:
+        terminalreporter.write_line(f"host probe: {line}")
+
+
 @pytest.fixture(scope="session")
 def names(prefix: str) -> Callable[[str], str]:
     """``names("web")`` -> ``"rctest-<id>-web"``."""

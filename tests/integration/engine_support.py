@@ -20,6 +20,7 @@ disables it, a 1 s shutdown timeout since no guest answers ACPI).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import itertools
@@ -40,6 +41,7 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.hostdefaults import VmDefaults, merge_vm_spec
 from reconciler.hypervisor import Hypervisor
 from reconciler.plan import Action, Plan
 from reconciler.reconcile import PassOptions, PassResult, Reconciler
@@ -166,6 +168,7 @@ class Workspace:
     conn: Any  # libvirt.virConnect, for checks behind the engine's back
     hostdir: Path  # mode 0755, readable by QEMU
     bridges: list[str] = field(default_factory=list)  # host bridges made with `ip link`
+    vm_defaults: VmDefaults = field(default_factory=VmDefaults)  # this host's, from the run's probe
     _hv: Hypervisor | None = None
 
     @property
@@ -262,7 +265,10 @@ class Workspace:
         """The configuration file the CLI is given: disk paths may lie in ``hostdir``."""
         path = self.root / "config.yaml"
         if not path.exists():
-            path.write_text(yaml.safe_dump({"allowedDiskRoots": [str(self.hostdir)]}))
+            settings: dict[str, Any] = {"allowedDiskRoots": [str(self.hostdir)]}
+            if self.vm_defaults:
+                settings["vmDefaults"] = self.vm_defaults.as_config()
+            path.write_text(yaml.safe_dump(settings))
         return path
 
     def options(self, **overrides: Any) -> PassOptions:
@@ -270,6 +276,7 @@ class Workspace:
                                 "host": None}  # fmt: skip
         if "allowed_roots" in PassOptions.__dataclass_fields__:
             base["allowed_roots"] = (self.hostdir,)  # as the CLI gets from self.config
+        base["vm_defaults"] = self.vm_defaults  # as the CLI gets from self.config
         base.update(overrides)
         if "allow_replace" in base:
             base["allow_replace"] = frozenset(base["allow_replace"])
@@ -337,10 +344,57 @@ class Workspace:
     def domain(self, name: str) -> Any:
         return self.conn.lookupByName(name)
 
+    # -- hand-made domains (virsh define), as this host can start them -----------------
+
+    @property
+    def domain_type(self) -> str:
+        """``kvm``, or ``qemu`` on a host whose probe found no usable KVM."""
+        return str(merge_vm_spec({}, self.vm_defaults)[0].get("type", "kvm"))
+
+    def cpu_xml(self, cpu: str | Mapping[str, Any] = "host-model") -> str:
+        """The ``<cpu>`` element of a hand-made kvm domain with this host's vmDefaults
+        merged in (as the product merges them), e.g. ``<cpu mode="host-model" />``."""
+        return hand_made_cpu_xml(cpu, self.vm_defaults)
+
     def close(self) -> None:
         if self._hv is not None:
             self._hv.close()
             self._hv = None
+
+
+def hand_made_cpu_xml(cpu: str | Mapping[str, Any], defaults: VmDefaults) -> str:
+    """``<cpu>`` for a domain made by hand on this host: ``cpu`` with ``defaults`` merged
+    under it by the product's merge, rendered by the product's domain XML ('' for a
+    host that runs only type qemu)."""
+    import xml.etree.ElementTree as ET
+
+    from reconciler.model import cpu_from_manifest
+    from reconciler.xml import domain as domain_xml
+
+    merged = merge_vm_spec({"cpu": cpu}, defaults)[0]
+    if merged.get("type", "kvm") != "kvm":
+        return ""
+    root = ET.Element("domain")
+    domain_xml.FIELDS_BY_PATH["cpu"].place.write(root, cpu_from_manifest(merged["cpu"]))
+    element = root.find("cpu")
+    assert element is not None
+    return ET.tostring(element, encoding="unicode")
+
+
+def for_this_host(spec: Any, defaults: VmDefaults) -> Any:
+    """A ``VirtualMachineSpec`` built in a test, as this host can start it: the host's
+    vmDefaults merged under its type and CPU by the product's merge (a kvm spec becomes
+    type qemu, with the hypervisor's CPU, on a host without usable KVM)."""
+    from reconciler.model import cpu_from_manifest, cpu_manifest
+
+    raw: dict[str, Any] = {} if spec.cpu is None else {"cpu": cpu_manifest(spec.cpu)}
+    if spec.type != "kvm":
+        return spec
+    merged = merge_vm_spec(raw, defaults)[0]
+    if merged.get("type", "kvm") != "kvm":
+        return dataclasses.replace(spec, type="qemu", cpu=None)
+    cpu = cpu_from_manifest(merged["cpu"]) if "cpu" in merged else spec.cpu
+    return dataclasses.replace(spec, cpu=cpu)
 
 
 def describe(result: PassResult) -> str:
@@ -406,13 +460,15 @@ def open_connection(uri: str, wait: float = 20.0) -> Any:
 
 
 @pytest.fixture(name="ws")
-def ws_fixture(tmp_path: Path, prefix: str, libvirt_uri: str, run_id: str) -> Iterator[Workspace]:
+def ws_fixture(tmp_path: Path, prefix: str, libvirt_uri: str, run_id: str,
+               vm_defaults: VmDefaults) -> Iterator[Workspace]:  # fmt: skip
     # Its own connection, not the session's: a libvirtd restart elsewhere costs one test.
     conn = open_connection(libvirt_uri)
     tag = f"e{next(_tags):02d}-"
     hostdir = Path(tempfile.mkdtemp(prefix=prefix + tag, dir="/var/tmp"))
     hostdir.chmod(0o755)
-    ws = Workspace(tmp_path, prefix + tag, libvirt_uri, run_id, conn, hostdir)
+    ws = Workspace(tmp_path, prefix + tag, libvirt_uri, run_id, conn, hostdir,
+                   vm_defaults=vm_defaults)
     ws.directory.mkdir()
     try:
         yield ws

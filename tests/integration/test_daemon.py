@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.hostdefaults import VmDefaults
 from reconciler.settings import ENVIRONMENT_VARIABLES
 from tests.integration.engine_support import (
     REPO,
@@ -224,6 +225,7 @@ class Env:
     uri: str
     run_id: str
     conn: Any
+    vm_defaults: VmDefaults = field(default_factory=VmDefaults)  # this host's, from the run's probe
     daemons: list[Daemon] = field(default_factory=list)
 
     @property
@@ -247,6 +249,8 @@ class Env:
 
     def write_config(self, **extra: Any) -> None:
         settings = {"allowedDiskRoots": ["/var/lib/libvirt", "/var/tmp"], **extra}
+        if self.vm_defaults:  # what this host needs to start a VM, as setup-host writes it
+            settings.setdefault("vmDefaults", self.vm_defaults.as_config())
         self.config.write_text(yaml.safe_dump(settings))
 
     # -- manifests --------------------------------------------------------------------
@@ -342,8 +346,9 @@ def wait_until(what: str, check: Callable[[], bool], *, timeout: float = CONVERG
 
 
 def kvm(name: str, **spec: Any) -> dict[str, Any]:
-    """A VirtualMachine that starts in well under a second: kvm, no OS, no disks, no NICs."""
-    return vm(name, type="kvm", **spec)
+    """A VirtualMachine that starts in well under a second: no OS, no disks, no NICs; of the
+    default type (kvm), or what this host's vmDefaults make of it (type qemu without KVM)."""
+    return vm(name, **spec)
 
 
 def _xml_memory(xml: str) -> int:
@@ -370,10 +375,12 @@ def record_bench(key: str, value: Any) -> None:
 
 
 @pytest.fixture
-def env(tmp_path: Path, prefix: str, libvirt_uri: str, run_id: str, conn: Any) -> Iterator[Env]:
+def env(tmp_path: Path, prefix: str, libvirt_uri: str, run_id: str, conn: Any,
+        vm_defaults: VmDefaults) -> Iterator[Env]:  # fmt: skip
     import libvirt
 
-    e = Env(tmp_path, f"{prefix}d{next(_tags):02d}-", libvirt_uri, run_id, conn)
+    e = Env(tmp_path, f"{prefix}d{next(_tags):02d}-", libvirt_uri, run_id, conn,
+            vm_defaults=vm_defaults)
     e.manifests.mkdir(parents=True)
     for directory in (e.manifests, e.manifests.parent):
         directory.chmod(0o755)

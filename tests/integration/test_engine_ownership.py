@@ -16,12 +16,14 @@ from tests.integration.engine_support import (  # noqa: F401
 )
 
 
-def _hand_made_domain(name: str) -> str:
-    return f"""<domain type='kvm'>
+def _hand_made_domain(ws: Workspace, name: str) -> str:
+    """As virt-install would make it on this host (its type and CPU, by the run's probe)."""
+    return f"""<domain type='{ws.domain_type}'>
   <name>{name}</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
+  {ws.cpu_xml("host-model")}
   <devices><memballoon model='none'/></devices>
 </domain>"""
 
@@ -29,7 +31,7 @@ def _hand_made_domain(name: str) -> str:
 def test_hand_made_vm_is_a_conflict_until_adopted(ws: Workspace) -> None:
     name = ws.n("vm")
     xml_file = ws.hostdir / "vm.xml"
-    xml_file.write_text(_hand_made_domain(name))
+    xml_file.write_text(_hand_made_domain(ws, name))
     ws.virsh("define", str(xml_file))
     ws.virsh("start", name)
     dom = ws.domain(name)

@@ -82,14 +82,14 @@ def _hand_made(ws: Workspace) -> dict[str, Any]:
                 "<os><type arch='x86_64' machine='pc'>hvm</type>"
                 "<boot dev='cdrom'/><boot dev='hd'/></os>")  # fmt: skip
     define(ws, "define", f"""
-<domain type='kvm'>
+<domain type='{ws.domain_type}'>
   <name>{n['vm']}</name>
   <memory unit='MiB'>256</memory>
   <currentMemory unit='MiB'>128</currentMemory>
   <vcpu current='1'>2</vcpu>
   {firmware}
   <features><acpi/><apic/></features>
-  <cpu mode='host-model'/>
+  {ws.cpu_xml("host-model")}
   <clock offset='utc'/>
   <devices>
     <disk type='volume' device='disk'>
@@ -233,13 +233,13 @@ def test_lossy_fields_are_reported(ws: Workspace) -> None:
     name = ws.n("odd")
     passwd = "s3cret"
     define(ws, "define", f"""
-<domain type='kvm'>
+<domain type='{ws.domain_type}'>
   <name>{name}</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/><bootmenu enable='yes'/></os>
   <features><acpi/><apic/><vmport state='off'/></features>
-  <cpu mode='host-passthrough'/>
+  {ws.cpu_xml("host-passthrough")}
   <clock offset='utc'><timer name='rtc' tickpolicy='catchup'/></clock>
   <on_crash>restart</on_crash>
   <devices>

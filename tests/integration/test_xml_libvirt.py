@@ -22,8 +22,11 @@ from typing import Any
 
 import pytest
 
+from reconciler.hostdefaults import VmDefaults
 from reconciler.model import (
     Cdrom,
+    CpuSpec,
+    CpuTopology,
     Dhcp,
     DhcpHost,
     Disk,
@@ -37,6 +40,7 @@ from reconciler.model import (
     VolumeSpec,
 )
 from reconciler.xml import domain, network, pool, volume
+from tests.integration.engine_support import for_this_host
 
 Names = Callable[[str], str]
 
@@ -232,7 +236,7 @@ def _secure_inactive(dom: Any, libvirt_mod: Any) -> str:
 def _win7_like(root: tuple[str, str], data_file: str, pool_dir: Path) -> VirtualMachineSpec:
     return VirtualMachineSpec(
         type="kvm", memory=128 * 1024**2, max_memory=256 * 1024**2, vcpus=1, max_vcpus=2,
-        machine="pc", firmware="bios", cpu="host-model", clock="localtime",
+        machine="pc", firmware="bios", cpu=CpuSpec(), clock="localtime",
         disks=(Disk(target="vda", volume=root[0], cache="writeback"),
                Disk(target="vdb", file=data_file, format="raw", readonly=True, serial="DATA-1")),
         cdroms=(Cdrom(target="hda", bus="ide", file=str(pool_dir / "missing.iso")),),
@@ -287,7 +291,7 @@ def test_domain_variants_defined(conn: Any, names: Names, libvirt_mod: Any, tmp_
     if variant == "q35-uefi":
         spec = VirtualMachineSpec(
             memory=256 * 1024**2, max_memory=256 * 1024**2, vcpus=2, max_vcpus=2,
-            machine="q35", firmware="uefi", cpu="Nehalem",
+            machine="q35", firmware="uefi", cpu=CpuSpec(mode="custom", model="Nehalem"),
             disks=(Disk(target="sda", bus="sata", file=data_file, format="raw", cache="none"),
                    Disk(target="sdb", bus="scsi", file=data_file, format="raw", readonly=True)),
             cdroms=(Cdrom(target="sdc", bus="sata"),),
@@ -324,10 +328,11 @@ def _stable(projection: dict[str, object]) -> dict[str, object]:
 
 def test_domain_started(conn: Any, names: Names, libvirt_mod: Any,
                         machine_aliases: dict[str, str], root_volume: tuple[str, str],
-                        data_file: str, pool_dir: Path) -> None:
+                        data_file: str, pool_dir: Path, vm_defaults: VmDefaults) -> None:
     # No NIC: nothing can network-boot. The cdrom is empty (the ISO does not exist).
     spec = dataclasses.replace(_win7_like(root_volume, data_file, pool_dir),
                                cdroms=(Cdrom(target="hda", bus="ide"),))
+    spec = for_this_host(spec, vm_defaults)
     context = _context(root_volume)
     dom = conn.defineXML(domain.render(names("vm-run"), spec, **context))
     try:
@@ -353,13 +358,14 @@ def _have_ovmf() -> bool:
 
 
 def test_domain_uefi_started(conn: Any, names: Names, libvirt_mod: Any,
-                             machine_aliases: dict[str, str]) -> None:
+                             machine_aliases: dict[str, str], vm_defaults: VmDefaults) -> None:
     if not _have_ovmf():
         pytest.skip("no OVMF firmware descriptor in /usr/share/qemu/firmware (install ovmf)")
     spec = VirtualMachineSpec(
         memory=128 * 1024**2, max_memory=128 * 1024**2, vcpus=1, max_vcpus=1,
-        machine="q35", firmware="uefi", cpu="host-passthrough", serial="pty",
+        machine="q35", firmware="uefi", cpu=CpuSpec(mode="host-passthrough"), serial="pty",
     )
+    spec = for_this_host(spec, vm_defaults)
     dom = conn.defineXML(domain.render(names("vm-uefi"), spec))
     try:
         dom.create()
@@ -373,3 +379,34 @@ def test_domain_uefi_started(conn: Any, names: Names, libvirt_mod: Any,
             dom.destroy()
     finally:
         dom.undefineFlags(libvirt_mod.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+
+CPU_VARIANTS = {
+    "host-model-features": CpuSpec(features=(("arch-capabilities", "disable"),
+                                             ("vmx", "optional"))),
+    "passthrough-unmigratable": CpuSpec(mode="host-passthrough", migratable=False,
+                                        features=(("arch-capabilities", "disable"),)),
+    "maximum": CpuSpec(mode="maximum"),
+    "custom-topology": CpuSpec(mode="custom", model="Nehalem",
+                               features=(("aes", "force"), ("pdpe1gb", "forbid"),
+                                         ("popcnt", "require")),
+                               topology=CpuTopology(sockets=1, dies=1, cores=2, threads=2)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CPU_VARIANTS))
+def test_cpu_variants_defined(conn: Any, names: Names, libvirt_mod: Any, tmp_path: Path,
+                              machine_aliases: dict[str, str], variant: str) -> None:
+    """Every shape of ``cpu`` passes libvirt's schema, is accepted by libvirtd, and reads
+    back (inactive, with what libvirt adds: check, dies, migratable on) as declared."""
+    spec = VirtualMachineSpec(memory=64 * 1024**2, max_memory=64 * 1024**2, vcpus=4,
+                              max_vcpus=4, cpu=CPU_VARIANTS[variant])
+    xml = domain.render(names(f"vm-cpu-{variant}"), spec)
+    validate(xml, "domain", tmp_path)
+    dom = conn.defineXML(xml)
+    try:
+        readback = _secure_inactive(dom, libvirt_mod)
+        assert domain.observe(readback) == domain.project(spec, machine_aliases=machine_aliases)
+        assert domain.read_cpu(readback) is not None
+    finally:
+        dom.undefine()

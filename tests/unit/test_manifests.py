@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.manifests import discover, load_directory
-from reconciler.model import Kind, VirtualMachineSpec
+from reconciler.model import CpuSpec, Kind, VirtualMachineSpec
 from reconciler.references import NOTHING_KNOWN, KnownObjects
 from tests.unit.conftest import WriteFiles
 
@@ -398,7 +398,7 @@ def test_defaults_are_resolved(write: WriteFiles) -> None:
         ("sda", "sata", "raw"),
     ]
     assert [(c.target, c.bus) for c in spec.cdroms] == [("hda", "ide")]
-    assert spec.cpu == "host-model"
+    assert spec.cpu == CpuSpec(mode="host-model")
     assert spec.shutdown_timeout == 120.0
     mac = spec.interfaces[0].mac
     assert mac.startswith("52:54:00:")

@@ -8,7 +8,7 @@ from typing import Any
 from reconciler.hypervisor import DomainRecord, NetworkRecord, PoolRecord, VolumeRecord
 from reconciler.inventory import Inventory
 from reconciler.manifests import LoadResult, load_directory
-from reconciler.model import Kind, Manifest
+from reconciler.model import CpuSpec, Kind, Manifest
 from reconciler.observe import Observed
 from reconciler.plan import Op, Plan
 from reconciler.planner import PlanOptions, digest, make_plan
@@ -470,7 +470,7 @@ def test_cpu_change_on_a_running_vm_is_pending_until_restart(write: WriteFiles) 
         vm, live_xml=expanded)})  # fmt: skip
     assert action(plan_for(result, booted), Kind.VIRTUAL_MACHINE, "web").op is Op.NOOP
 
-    passthrough = edit(result, "web", cpu="host-passthrough")
+    passthrough = edit(result, "web", cpu=CpuSpec(mode="host-passthrough"))
     changed = action(plan_for(passthrough, booted), Kind.VIRTUAL_MACHINE, "web")
     assert changed.op is Op.UPDATE_RESTART
     assert [(c.path, c.old, c.new) for c in changed.restart_pending] == [

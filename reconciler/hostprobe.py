@@ -1,0 +1,167 @@
+"""Probe what VMs this host can start, and the vmDefaults that make them start.
+
+Nested KVM differs from host to host: on AMD hosts running KVM inside a VM,
+every ``kvm`` domain whose CPU has ``arch-capabilities`` (IA32_ARCH_CAPABILITIES,
+MSR 0x10a) dies at start with ``failed to set MSR 0x10a``; a host without
+``/dev/kvm`` runs only ``type: qemu`` (TCG). ``probe`` finds out by starting a
+throwaway domain (a unique name, 32 MiB, no disks, no NICs, destroyed and
+undefined at once) made by the product's own path (manifest -> host defaults
+-> ``domain_xml.render``), trying each candidate in ``CANDIDATES`` until one
+starts. The first that starts is this host's ``VmDefaults`` (empty when plain
+``kvm`` starts). ``scripts/setup-host.sh`` writes it into the configuration
+(``write_config``), and the test suite probes once per run the same way.
+
+It touches nothing but the throwaway domain, always removed, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import HypervisorError, SourcePosition
+from reconciler.hostdefaults import VmDefaults, merge_vm_spec
+from reconciler.hypervisor import Hypervisor
+from reconciler.model import VirtualMachineSpec, build_manifest
+from reconciler.xml import domain as domain_xml
+
+ARCH_CAPABILITIES = {"features": {"arch-capabilities": "disable"}}
+# In order: kvm as it is; kvm without arch-capabilities (AMD under nested KVM);
+# the same with the host CPU passed through; TCG.
+CANDIDATES: tuple[VmDefaults, ...] = (
+    VmDefaults(),
+    VmDefaults(cpu=ARCH_CAPABILITIES),
+    VmDefaults(cpu={"mode": "host-passthrough", **ARCH_CAPABILITIES}),
+    VmDefaults(type="qemu"),
+)
+SETTLE = 1.0  # seconds a started domain must stay running to count as started
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One candidate tried: ``error`` None when the domain started and kept running."""
+
+    defaults: VmDefaults
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What the probe found. ``defaults``: the first candidate that started (None: not
+    even ``type: qemu`` starts, libvirt cannot run guests here). ``kvm``: /dev/kvm
+    exists. ``attempts``: every candidate tried, in order."""
+
+    defaults: VmDefaults | None
+    kvm: bool
+    attempts: tuple[Attempt, ...]
+
+    @property
+    def kvm_usable(self) -> bool:
+        return self.defaults is not None and self.defaults.type != "qemu"
+
+    def summary(self) -> str:
+        """One line for a person: what runs here and which defaults that takes."""
+        if self.defaults is None:
+            last = self.attempts[-1].error if self.attempts else "nothing tried"
+            return f"no VM starts on this host, not even type: qemu ({last})"
+        if not self.kvm:
+            return "no /dev/kvm: only type: qemu (emulation) can run; vmDefaults type: qemu"
+        if self.defaults.type == "qemu":
+            return ("type: kvm guests do not start here (" + str(self.attempts[0].error)
+                    + "); only type: qemu can run; vmDefaults type: qemu")  # fmt: skip
+        if not self.defaults:
+            return "type: kvm guests start as they are; no vmDefaults needed"
+        return (f"type: kvm guests start only with {self.defaults.describe()}"
+                f" (without: {self.attempts[0].error}); vmDefaults written for it")  # fmt: skip
+
+
+def _spec(defaults: VmDefaults) -> VirtualMachineSpec:
+    raw: dict[str, Any] = {"memory": "32MiB", "serial": "none"}
+    merged, _ = merge_vm_spec(raw, defaults)
+    document = {"apiVersion": "reconciler/v1", "kind": "VirtualMachine",
+                "metadata": {"name": "probe"}, "spec": merged}  # fmt: skip
+    spec = build_manifest(document, SourcePosition("<probe>")).spec
+    assert isinstance(spec, VirtualMachineSpec)
+    return spec
+
+
+def try_start(hv: Hypervisor, name: str, defaults: VmDefaults) -> str | None:
+    """Define, start and remove domain ``name`` with ``defaults``; None if it started and
+    kept running for ``SETTLE`` seconds, else libvirt's or QEMU's error text."""
+    xml = domain_xml.render(name, _spec(defaults))
+    try:
+        hv.define_domain(xml)
+        hv.start_domain(name)
+        time.sleep(SETTLE)
+        if not hv.domain_active(name):
+            return "the domain stopped right after it started"
+        return None
+    except HypervisorError as exc:
+        return str(exc)
+    finally:
+        with contextlib.suppress(HypervisorError):
+            hv.destroy_domain(name)
+        with contextlib.suppress(HypervisorError):
+            hv.undefine_domain(name)
+
+
+def probe(
+    hv: Hypervisor,
+    *,
+    prefix: str = "reconciler-probe-",
+    kvm_present: Callable[[], bool] = lambda: os.path.exists("/dev/kvm"),
+) -> ProbeResult:
+    """Try ``CANDIDATES`` in order on throwaway domains named ``prefix`` + random hex.
+    Without /dev/kvm only ``type: qemu`` is tried. Raises ``ConnectionLost`` when
+    libvirt cannot be reached."""
+    kvm = kvm_present()
+    attempts: list[Attempt] = []
+    for candidate in CANDIDATES if kvm else CANDIDATES[-1:]:
+        error = try_start(hv, prefix + secrets.token_hex(4), candidate)
+        attempts.append(Attempt(candidate, error))
+        if error is None:
+            return ProbeResult(candidate, kvm, tuple(attempts))
+    return ProbeResult(None, kvm, tuple(attempts))
+
+
+# --- the configuration file ---------------------------------------------------------
+
+_TOP_KEY = re.compile(r"^vmDefaults\s*:", re.MULTILINE)
+
+
+def defaults_yaml(defaults: VmDefaults) -> str:
+    """``vmDefaults`` as a YAML block for the configuration file."""
+    import yaml
+
+    return yaml.safe_dump({"vmDefaults": defaults.as_config()}, sort_keys=False)
+
+
+def write_config(path: Path, result: ProbeResult) -> str:
+    """Add the probe's ``vmDefaults`` to the configuration file at ``path`` (created,
+    mode 0644, when missing); a file that already has ``vmDefaults`` is left as it is.
+    Returns what was done, in one line. Raises OSError when the file cannot be written."""
+    defaults = result.defaults
+    if not defaults:
+        return f"{path}: no vmDefaults needed"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if _TOP_KEY.search(text):
+        return (f"{path}: has vmDefaults already; left as it is"
+                f" (this host needs {defaults.describe()})")  # fmt: skip
+    block = (
+        "\n# Written by scripts/setup-host.sh (reconciler probe): " + result.summary() + ".\n"
+        + defaults_yaml(defaults)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        if text and not text.endswith("\n"):
+            f.write("\n")
+        f.write(block)
+    os.chmod(path, 0o644)
+    return f"{path}: wrote vmDefaults: {defaults.describe()}"
