@@ -93,9 +93,10 @@ def vm_defaults_from_config(value: object) -> VmDefaults:
         try:
             cpu_from_manifest(cpu)
         except SpecError as exc:
-            raise ValueError(
-                "; ".join(f"cpu.{_dotted(p.path[2:])}: {p.message}" for p in exc.problems)
-            ) from None
+            first = exc.problems[0]
+            error = ValueError(f"{first.message}; {first.hint}" if first.hint else first.message)
+            error.path = ("cpu", *first.path[2:])  # type: ignore[attr-defined]
+            raise error from None
         if "features" in cpu:
             cpu["features"] = dict(cpu["features"])
     return VmDefaults(type=value.get("type"), cpu=cpu)

@@ -68,18 +68,19 @@ class ProbeResult:
 
     def summary(self) -> str:
         """One line for a person: what runs here and which defaults that takes."""
+        first = self.attempts[0].error if self.attempts else None
         if self.defaults is None:
             last = self.attempts[-1].error if self.attempts else "nothing tried"
             return f"no VM starts on this host, not even type: qemu ({last})"
         if not self.kvm:
             return "no /dev/kvm: only type: qemu (emulation) can run; vmDefaults type: qemu"
         if self.defaults.type == "qemu":
-            return ("type: kvm guests do not start here (" + str(self.attempts[0].error)
-                    + "); only type: qemu can run; vmDefaults type: qemu")  # fmt: skip
+            return (f"type: kvm guests do not start here ({first}); only type: qemu can run;"
+                    " vmDefaults type: qemu")  # fmt: skip
         if not self.defaults:
             return "type: kvm guests start as they are; no vmDefaults needed"
         return (f"type: kvm guests start only with {self.defaults.describe()}"
-                f" (without: {self.attempts[0].error}); vmDefaults written for it")  # fmt: skip
+                f" (without: {first})")  # fmt: skip
 
 
 def _spec(defaults: VmDefaults) -> VirtualMachineSpec:

@@ -320,7 +320,10 @@ def _read_config_file(path: Path) -> dict[str, object]:
             try:
                 values[f.name] = f.coerce(value)
             except ValueError as exc:
-                problems.append(Problem(_position(shown, document, (key,)), str(exc), key))
+                # a coercion may name the field inside the setting (vmDefaults.cpu.model)
+                inner = tuple(getattr(exc, "path", ()))
+                problems.append(Problem(_position(shown, document, (key, *inner)), str(exc),
+                                        ".".join((key, *map(str, inner)))))  # fmt: skip
     if problems:
         problems.sort(key=lambda p: (p.position.line, p.position.column))
         raise ConfigError("\n".join(str(p) for p in problems))

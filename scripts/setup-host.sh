@@ -147,3 +147,17 @@ else
     echo "$want" >"$STAMP"
     log "virtualenv ready"
 fi
+
+# --------------------------------------------------------------------------
+# 5. What VMs this host can start (`reconciler probe`): throwaway domains find
+#    out whether type kvm guests start as they are, only with a CPU feature
+#    disabled (AMD under nested KVM: arch-capabilities), or not at all; the
+#    defaults that make them start go into the host's configuration.
+# --------------------------------------------------------------------------
+if [ "$WITH_DAEMON" -eq 1 ]; then
+    CONFIG="${RECONCILER_CONFIG:-/etc/reconciler/config.yaml}"
+    if ! "$VENV/bin/reconciler" probe --connect "$URI" --config /dev/null \
+            --write-config "$CONFIG" </dev/null 2>&1 | sed 's/^/setup-host: /'; then
+        log "WARNING: the probe found no VM that starts on this host (see above)"
+    fi
+fi
