@@ -35,8 +35,7 @@ PERMISSION = (
 # libvirt's own check (virStorageSourceReportBrokenChain, src/storage_file/
 # storage_source.c), met with dynamic_ownership = 0 or on root-squashed NFS
 PERMISSION_LIBVIRT = (
-    "Cannot access storage file '/srv/locked/data.img' (as uid:64055, gid:107): "
-    "Permission denied"
+    "Cannot access storage file '/srv/locked/data.img' (as uid:64055, gid:107): Permission denied"
 )
 # reproduced: the disk file does not exist
 MISSING = "Cannot access storage file '/srv/images/nope.img': No such file or directory"
@@ -82,7 +81,8 @@ MSR_OTHER = (
 NO_KVM_QEMU = (
     "internal error: process exited while connecting to monitor: " + STAMP + " "
     "qemu-system-x86_64: Could not access KVM kernel module: Permission denied\n"
-    + STAMP + " qemu-system-x86_64: failed to initialize kvm: Permission denied"
+    + STAMP
+    + " qemu-system-x86_64: failed to initialize kvm: Permission denied"
 )
 # libvirt 9.0 (src/qemu/qemu_capabilities.c) at define time, with no usable /dev/kvm
 NO_KVM_LIBVIRT = (
