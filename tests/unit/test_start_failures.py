@@ -175,3 +175,20 @@ def _stopped_stack() -> str:
 
 
 STACK_STOPPED = _stopped_stack()
+
+
+# --- reconciler status --------------------------------------------------------------
+
+
+def test_status_shows_the_explained_failure(write: WriteFiles, tmp_path: Path) -> None:
+    from reconciler.daemon import _object_statuses
+    from reconciler.reconcile import PassResult
+    from reconciler.status import ObjectState
+
+    result = run(StartingHypervisor(refuse=True), tmp_path)
+    loaded = load(write)
+    plan = Plan((result.action,))
+    now = datetime.now(UTC)
+    [status] = _object_statuses(PassResult(loaded, plan, (result,)), now, None)
+    assert status.state is ObjectState.FAILED and status.message == result.error
+    assert "vms/web.yaml:3:1" in status.message and "chmod 0755 /srv/images" in status.message
