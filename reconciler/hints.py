@@ -11,7 +11,14 @@ picks the field and writes the hint. A refusal no rule knows keeps libvirt's
 message unchanged, with the manifest position and no hint.
 
 The patterns match the texts libvirt 9.0 and QEMU 7.2 produce (see
-tests/unit/test_hints.py for each, with where it was taken from).
+tests/unit/test_hints.py for each, with where it was taken from). libvirt
+reports these as ``virError`` messages (https://libvirt.org/errors.html); a
+QEMU that exits while starting is quoted by libvirt as ``internal error:
+process exited while connecting to monitor: ...`` or ``qemu unexpectedly
+closed the monitor: ...``, QEMU's own lines following. The calls modelled:
+https://libvirt.org/html/libvirt-libvirt-domain.html#virDomainDefineXML,
+#virDomainCreate, and
+https://libvirt.org/html/libvirt-libvirt-network.html#virNetworkCreate.
 
 Pure: strings and manifests in, a ``Problem`` out.
 """
@@ -295,7 +302,7 @@ def explain(message: str, subjects: Subjects) -> Problem:
 
     The message is kept as libvirt wrote it; the position is the field a rule
     points at, else the manifest (``subjects.source``); the hint is the rule's,
-    else empty.
+    else empty. Never raises: any text gives a ``Problem``.
     """
     found = match_rule(message)
     if found is None:
