@@ -192,3 +192,16 @@ def test_status_shows_the_explained_failure(write: WriteFiles, tmp_path: Path) -
     [status] = _object_statuses(PassResult(loaded, plan, (result,)), now, None)
     assert status.state is ObjectState.FAILED and status.message == result.error
     assert "vms/web.yaml:3:1" in status.message and "chmod 0755 /srv/images" in status.message
+
+
+def test_a_restart_whose_start_is_refused_is_a_start_failure(tmp_path: Path) -> None:
+    restart = dataclasses.replace(start(), op=Op.UPDATE_RESTART,
+                                  steps=(Step("restart-domain", {"timeout": 1.0}),))  # fmt: skip
+    ex = Executor(StartingHypervisor(refuse=True), Inventory(), tmp_path, log=FakeLog([]),  # type: ignore[arg-type]
+                  now=lambda: WHEN)  # fmt: skip
+    [result] = ex.apply(Plan((restart,)))
+    assert result.failed_step == "start-domain"
+    assert result.error.startswith("vms/web.yaml:3:1: restart-domain timeout=1.0: starting ")
+    assert "QEMU runs as user libvirt-qemu" in result.error
+    entry = inventory_file.load(tmp_path).get("VirtualMachine/web")
+    assert entry is not None and entry[inventory_file.START_FAILURE]["error"] == result.error
