@@ -62,13 +62,23 @@ class ConfigError(ReconcilerError):
 
 
 class HypervisorError(ReconcilerError):
-    """libvirt refused or failed a request. ``temporary`` says a retry may help."""
+    """libvirt refused or failed a request. ``temporary`` says a retry may help.
+
+    ``code`` is libvirt's ``virErrorNumber``. ``explanation``, when set, is the
+    message placed in the manifest with a hint (hints.py): the executor sets it
+    on a refused define or start, and ``str()`` of the error is then its text.
+    ``step`` names the executor step that failed (``start-domain``...).
+    """
 
     temporary: bool = False
 
-    def __init__(self, message: str, *, code: int = 0) -> None:
+    def __init__(
+        self, message: str, *, code: int = 0, explanation: Problem | None = None, step: str = ""
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.explanation = explanation
+        self.step = step
 
 
 class ConnectionLost(HypervisorError):

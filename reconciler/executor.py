@@ -18,6 +18,13 @@ once before anything is created, with every object the plan will create or
 update (a crash then leaves owned objects, never unowned ones), and once at
 the end, without the objects deleted: two atomic writes per apply.
 
+A define or start that libvirt refuses is explained (hints.py, through
+``Executor.explain``): the error names the manifest field most likely
+responsible and a hint. A VM start that fails is remembered in the VM's
+inventory entry (``inventory.START_FAILURE``: error, hint, when), written with
+the inventory at the end of the apply, so that later plans show the cause on
+the VM's ``state`` change; a start that succeeds clears it.
+
 Live changes that do not happen (libvirt refuses them, or the guest does not
 release a device it was asked to unplug) are recorded in the running
 domain's own metadata (``domain_xml.REFUSED_NAMESPACE``): the planner then
@@ -32,12 +39,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler import cloudinit
+from reconciler import cloudinit, hints
 from reconciler import inventory as inventory_file
-from reconciler.errors import HypervisorError, ReconcilerError, Refused
+from reconciler.errors import HypervisorError, Problem, ReconcilerError, Refused, SourcePosition
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
@@ -54,6 +62,12 @@ _LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-dev
 # live step, a seed write or a delete: those read the domain back or change the
 # executor's inventory, one action at a time.
 CONCURRENT_VERBS = frozenset({"define-domain", "autostart-domain"})
+# Steps whose refusal by libvirt is explained with the manifest's position and a hint.
+# (A restart's start counts as start-domain; its graceful stop is not explained.)
+EXPLAINED_VERBS = frozenset({"define-domain", "start-domain", "define-network",
+                             "start-network"})  # fmt: skip
+# Steps that start a domain: their failure is remembered, their success forgets it.
+START_VERBS = frozenset({"start-domain", "restart-domain"})
 # In flight at once, on one connection: libvirtd serves up to max_client_requests
 # (default 5) calls of one client at a time and queues the rest.
 MAX_CONCURRENT = 4
@@ -105,6 +119,14 @@ class ActionResult:
     error: str = ""
     notes: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()  # paths of live changes libvirt refused
+    explanation: Problem | None = None  # a refused define/start, placed in the manifest
+    failed_step: str = ""  # the verb of the step that failed (a restart's start: start-domain)
+
+
+def explain_at_source(action: Action, message: str) -> Problem:
+    """``Executor.explain`` without the manifests: the hint, at the manifest's start."""
+    source = action.source or SourcePosition(action.key)
+    return hints.explain(message, hints.Subjects(source))
 
 
 @dataclass(slots=True)
@@ -121,6 +143,9 @@ class Executor:
     should_stop: Callable[[], bool] = lambda: False
     # reason to leave an action alone this time (the daemon's retry backoff), or None
     should_skip: Callable[[Action], str | None] = lambda action: None
+    # libvirt's refusal of an action's define or start -> the message placed in its manifest
+    explain: Callable[[Action, str], Problem] = explain_at_source
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def apply(self, plan: Plan) -> list[ActionResult]:
         for action in plan.actions:
@@ -146,6 +171,8 @@ class Executor:
                     continue
                 if slot is _RUN and result.outcome != "ok":
                     failed.add(result.action.key)
+                if slot is _RUN:
+                    self._remember_start(result)
                 if result.action.changes_anything or result.outcome != "ok":
                     results.append(result)
         return results
@@ -204,9 +231,13 @@ class Executor:
         except (HypervisorError, ReconcilerError, OSError) as exc:
             self._record_refused(action.name, refused)
             duration = self.clock() - start
+            explanation, failed_step = None, ""
+            if isinstance(exc, HypervisorError):
+                explanation, failed_step = exc.explanation, exc.step
             return ActionResult(
-                action, "failed", duration, str(exc), tuple(notes), tuple(refused)
-            )
+                action, "failed", duration, str(exc), tuple(notes), tuple(refused),
+                explanation, failed_step,
+            )  # fmt: skip
         self._record_refused(action.name, refused)
         duration = self.clock() - start
         return ActionResult(action, "ok", duration, "", tuple(notes), tuple(refused))
@@ -217,13 +248,35 @@ class Executor:
             return result
         log = self.log.bind(kind=action.kind.value, name=action.name, action=action.op.value)
         if result.outcome == "failed":
+            hint = result.explanation.hint if result.explanation is not None else ""
             log.error("apply.action", outcome="failed", duration=round(result.duration, 3),
-                      error=result.error)  # fmt: skip
+                      error=result.error, hint=hint or None)  # fmt: skip
         elif action.changes_anything:
             log.info("apply.action", outcome="ok", duration=round(result.duration, 3),
                      steps=[s.verb for s in action.steps],
                      notes=list(result.notes) or None)  # fmt: skip
         return result
+
+    def _remember_start(self, result: ActionResult) -> None:
+        """Keep a VM's failed start in its inventory entry; forget it once a start works.
+
+        Called in plan order on the applying thread (never from the define pool)."""
+        action = result.action
+        entry = self.inventory.get(action.key)
+        if action.kind is not Kind.VIRTUAL_MACHINE or entry is None:
+            return
+        if result.outcome == "failed" and result.failed_step == "start-domain":
+            record = inventory_file.start_failure(result.error, result.explanation, self.now())
+            self.inventory = self.inventory.with_entry(
+                action.key, {**entry, inventory_file.START_FAILURE: record}
+            )
+        elif (
+            result.outcome == "ok"
+            and inventory_file.START_FAILURE in entry
+            and any(step.verb in START_VERBS for step in action.steps)
+        ):
+            kept = {k: v for k, v in entry.items() if k != inventory_file.START_FAILURE}
+            self.inventory = self.inventory.with_entry(action.key, kept)
 
     def _save(self) -> None:
         if self.state_dir is not None:
@@ -234,7 +287,7 @@ class Executor:
     def _step(self, action: Action, step: Step, refused: list[str]) -> list[str]:
         """Run one step; return notes worth reporting."""
         hv, name, args = self.hypervisor, action.name, step.args
-        verb = step.verb
+        verb = doing = step.verb
         try:
             if verb in _LIVE_VERBS:
                 return self._live_step(action, step, refused)
@@ -245,6 +298,7 @@ class Executor:
             if verb in ("stop-domain", "restart-domain"):
                 note = self.graceful_stop(name, float(args["timeout"]))
                 if verb == "restart-domain":
+                    doing = "start-domain"
                     hv.start_domain(name)
                     note += ", started again"
                 return [note]
@@ -259,7 +313,12 @@ class Executor:
                     hv.delete_volume(str(args["pool"]), str(args["volume"]))
                 return [f"deleted cloud-init seed {args['pool']}/{args['volume']}"]
         except HypervisorError as exc:
-            raise type(exc)(f"{step.describe()}: {exc}", code=exc.code) from exc
+            message = f"{step.describe()}: {exc}"
+            explanation = None
+            if doing in EXPLAINED_VERBS and isinstance(exc, Refused):
+                explanation = self.explain(action, message)
+                message = str(explanation)
+            raise type(exc)(message, code=exc.code, explanation=explanation, step=doing) from exc
         raise ReconcilerError(f"unknown step {verb!r} (planner and executor disagree)")
 
     def _live_step(self, action: Action, step: Step, refused: list[str]) -> list[str]:

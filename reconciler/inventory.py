@@ -11,6 +11,16 @@ Shape (version 1)::
     {"version": 1, "objects": {"Network/lab": {"uuid": "...", "manifest": "net.yaml",
         "digest": "sha256:...", "revision": "abc123", "applied": "2026-11-26T23:00:00Z"},
         "Volume/root": {"pool": "images", "reclaimPolicy": "retain", ...}}}
+
+A VM whose last start libvirt refused also has ``startFailure`` (``START_FAILURE``,
+made by ``start_failure``; the executor writes it and removes it after a start that
+works; the planner keeps it while the VM should run and does not)::
+
+    "VirtualMachine/web-1": {..., "startFailure": {
+        "error": "vms/web-1.yaml:9:11: spec.disks[0].file: start-domain: ...; QEMU runs as ...",
+        "message": "start-domain: starting domain web-1: internal error: ...",
+        "hint": "QEMU runs as user libvirt-qemu ...", "field": "spec.disks[0].file",
+        "at": "2026-11-30T09:00:00Z"}}
 """
 
 from __future__ import annotations
@@ -20,13 +30,15 @@ import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ReconcilerError
+from reconciler.errors import Problem, ReconcilerError
 
 VERSION = 1
 FILENAME = "inventory.json"
+START_FAILURE = "startFailure"  # key of a VM entry: its last refused start
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,17 @@ class Inventory:
 
     def without(self, key: str) -> Inventory:
         return Inventory({k: v for k, v in self.objects.items() if k != key})
+
+
+def start_failure(error: str, explanation: Problem | None, when: datetime) -> dict[str, Any]:
+    """The ``startFailure`` record of a refused start: the whole error line, and its parts."""
+    return {
+        "error": error,
+        "message": explanation.message if explanation is not None else error,
+        "hint": explanation.hint if explanation is not None else "",
+        "field": explanation.field if explanation is not None else "",
+        "at": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def load(state_dir: Path) -> Inventory:

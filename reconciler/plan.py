@@ -49,13 +49,18 @@ MARKERS = {
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One field that differs: its path in manifest terms, what libvirt has, what is wanted."""
+    """One field that differs: its path in manifest terms, what libvirt has, what is wanted.
+
+    ``note``: what the user should know about this change, e.g. on a VM's ``state``
+    the cause of its last failed start (``last start failed at ...: <error>; <hint>``).
+    """
 
     path: str
     old: Any
     new: Any
     live: bool = False  # can be applied to the running object
     origin: str = ""  # where the new value came from when not the manifest (host defaults)
+    note: str = ""  # what the user should know about it (a VM's last refused start)
 
 
 # Step arguments too long or too private to print (rendered XML with a display

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import __version__, cloudinit
+from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
 from reconciler.hypervisor import DomainRecord, VolumeRecord
 from reconciler.manifests import LoadResult
@@ -860,8 +861,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             restarted = False
     else:
         restarted = False
+    failure = _start_failure(entry, spec, live)
     if spec.state == "running" and not live.active:
-        changes.append(Change("state", "stopped", "running", live=True))
+        note = _start_failure_note(failure)
+        changes.append(Change("state", "stopped", "running", live=True, note=note))
         steps.append(Step("start-domain"))
     elif spec.state == "stopped" and live.active:
         changes.append(Change("state", "running", "stopped", live=True))
@@ -876,7 +879,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     changes += old_changes
     steps += old_steps
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
-                              **seeds.record(kept))  # fmt: skip
+                              **seeds.record(kept), **failure)  # fmt: skip
     if restarted:
         op, pending = Op.UPDATE_RESTART, []
     elif not changes:
@@ -925,6 +928,23 @@ def _from_host(m: Manifest, changes: Iterable[Change]) -> tuple[Change, ...]:
             )
         out.append(c)
     return tuple(out)
+def _start_failure(
+    entry: Mapping[str, Any] | None, spec: VirtualMachineSpec, live: DomainRecord
+) -> dict[str, Any]:
+    """The VM's last refused start (see inventory.START_FAILURE), kept in its owner
+    record while it should run and does not; dropped (at the next apply) otherwise."""
+    record = (entry or {}).get(inventory_file.START_FAILURE)
+    if not isinstance(record, Mapping) or live.active or spec.state != "running":
+        return {}
+    return {inventory_file.START_FAILURE: dict(record)}
+
+
+def _start_failure_note(failure: Mapping[str, Any]) -> str:
+    """``last start failed at <when>: <error>`` for the ``state`` change, or ""."""
+    record = failure.get(inventory_file.START_FAILURE)
+    if not isinstance(record, Mapping):
+        return ""
+    return f"last start failed at {record.get('at', '?')}: {record.get('error', '?')}"
 
 
 def _vm_power_and_autostart(

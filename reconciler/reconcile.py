@@ -17,17 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from reconciler import hints
 from reconciler import inventory as inventory_file
-from reconciler.executor import ActionResult, Executor
+from reconciler.errors import Problem
+from reconciler.executor import ActionResult, Executor, explain_at_source
 from reconciler.hostdefaults import VmDefaults, apply_vm_defaults
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
 from reconciler.manifests import LoadResult, check_against, load_unchecked
-from reconciler.model import Kind, Manifest, VirtualMachineSpec
+from reconciler.model import Kind, Manifest, StoragePoolSpec, VirtualMachineSpec, VolumeSpec
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
+from reconciler.xml import pool as pool_xml
 from reconciler.yamlsource import ParseCache
 
 VERIFIED_FILE = "verified.json"
@@ -137,6 +140,7 @@ class Reconciler:
             self.options.state_dir,
             should_stop=self.should_stop,
             should_skip=self.should_skip,
+            explain=explainer(load.manifests, observed),
         )
         results = executor.apply(plan)
         # Did it settle? Read again what the apply touched, and plan again: the VMs it
@@ -184,6 +188,38 @@ class Reconciler:
         else:
             base = reused[1]
         return replace(base, verified=verified or {})
+
+
+def explainer(
+    manifests: tuple[Manifest, ...], observed: Observed
+) -> Callable[[Action, str], Problem]:
+    """``Executor.explain`` for these manifests: libvirt's refusal of an action's define
+    or start placed at the field of its manifest most likely responsible (hints.py)."""
+    by_key = {f"{m.kind.value}/{m.name}": m for m in manifests}
+    volumes = {m.name: m.spec for m in manifests if isinstance(m.spec, VolumeSpec)}
+    pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}
+
+    def volume_path(name: str) -> str | None:
+        spec = volumes.get(name)
+        for (pool, volume), record in observed.volumes.items():
+            if volume == name and (spec is None or spec.pool == pool):
+                return record.path
+        if spec is None:
+            return None
+        base = pool_paths.get(spec.pool)
+        live = observed.pools.get(spec.pool)
+        if base is None and live is not None:
+            found = pool_xml.observe(live.config_xml).get("path")
+            base = found if isinstance(found, str) else None
+        return None if base is None else os.path.join(base, name)
+
+    def explain(action: Action, message: str) -> Problem:
+        manifest = by_key.get(action.key)
+        if manifest is None:
+            return explain_at_source(action, message)
+        return hints.explain(message, hints.subjects_of(manifest, volume_path))
+
+    return explain
 
 
 def path_check(roots: tuple[Path, ...] | None) -> Callable[[str], bool] | None:

@@ -70,6 +70,8 @@ def render_plan(plan: Plan, *, colour: bool = False, verbose: bool = False) -> s
             lines.append(f"    {action.reason}")
         for change in action.changes:
             lines.append("    " + _change_line(change))
+            if change.note:
+                lines.append("      " + change.note)
         restart_fields = ", ".join(c.path for c in action.restart_pending)
         if action.restart_pending:
             lines.append(f"    restart pending: {restart_fields}")
@@ -124,13 +126,17 @@ def _json_value(value: object) -> Any:
 
 
 def change_json(change: Change) -> dict[str, Any]:
-    return {
+    """A change as docs/plan-json.md shows it; ``note`` only when there is one."""
+    data = {
         "path": change.path,
         "old": _json_value(change.old),
         "new": _json_value(change.new),
         "live": change.live,
         "origin": change.origin or None,
     }
+    if change.note:
+        data["note"] = change.note
+    return data
 
 
 def action_json(action: Action) -> dict[str, Any]:
@@ -188,6 +194,7 @@ def results_json(results: Sequence[ActionResult], unsettled: Sequence[Action]) -
                 "outcome": r.outcome,
                 "duration": round(r.duration, 3),
                 "error": r.error or None,
+                "hint": (r.explanation.hint or None) if r.explanation is not None else None,
                 "notes": list(r.notes),
             }
             for r in results
