@@ -20,7 +20,8 @@ from typing import Any
 from reconciler import __version__
 from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.lock import StateLock
-from reconciler.manifests import LoadResult, load_directory
+from reconciler.manifests import LoadResult, drop_findings, load_directory
+from reconciler.preflight import path_problems
 from reconciler.references import KnownObjects
 from reconciler.report import (
     dumps,
@@ -270,6 +271,8 @@ def _validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     known, note = (KnownObjects(), "") if args.offline else _known_objects(settings.uri)
     result = load_directory(args.directory, known=known, host=settings.host)
+    # the allowedDiskRoots rule needs no libvirt: checked offline too, as plan does
+    result = drop_findings(result, path_problems(result.manifests, settings.allowed_disk_roots))
     if args.output == "json":
         print(json.dumps(_validate_json(result), indent=2))
     else:
@@ -285,6 +288,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _print_problems(result: LoadResult) -> None:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     for problem in result.problems:
         print(problem, file=sys.stderr)
     if result.problems:
