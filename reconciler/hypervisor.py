@@ -201,36 +201,26 @@ def _qemu_user(label: str | None) -> QemuUser | None:
 
 def _path_facts(paths: AbstractSet[str]) -> dict[str, PathFacts]:
     """Each path's existence and the directories above it (each stat'ed once)."""
-    dirs: dict[str, DirFacts | None] = {}
+    chains: dict[str, tuple[DirFacts, ...] | None] = {}  # None: it does not exist
 
-    def directory(path: str) -> DirFacts | None:
-        if path not in dirs:
-            try:
-                st = os.stat(path)
-                dirs[path] = DirFacts(path, st.st_mode, st.st_uid, st.st_gid)
-            except OSError:
-                dirs[path] = None
-        return dirs[path]
+    def chain(directory: str) -> tuple[DirFacts, ...] | None:
+        """``directory`` and those above it, ``/`` first."""
+        if directory in chains:
+            return chains[directory]
+        parent = os.path.dirname(directory)
+        above = chain(parent) if parent != directory else ()
+        found = None
+        if above is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(directory)
+                found = (*above, DirFacts(directory, st.st_mode, st.st_uid, st.st_gid))
+        chains[directory] = found
+        return found
 
-    found = {}
-    for path in paths:
-        exists = os.path.exists(path)
-        chain = []
-        parent = os.path.dirname(os.path.normpath(path))
-        parts: list[str] = []
-        while True:
-            parts.append(parent)
-            up = os.path.dirname(parent)
-            if up == parent:
-                break
-            parent = up
-        for p in reversed(parts):
-            d = directory(p)
-            if d is None:
-                break
-            chain.append(d)
-        found[path] = PathFacts(exists, tuple(chain))
-    return found
+    return {
+        path: PathFacts(os.path.exists(path), chain(os.path.dirname(os.path.normpath(path))) or ())
+        for path in paths
+    }
 
 
 def _local_bridges() -> dict[str, Any]:

@@ -279,6 +279,8 @@ def check_memory(
     """Memory and maxMemory fit in the host's memory."""
     if facts.memory is None:
         return
+    if spec.memory <= facts.memory and spec.max_memory <= facts.memory:
+        return
     host = _about(facts.memory)
     hint = "lower it, or place the VM on a larger host (metadata.hosts)"
     if spec.memory > facts.memory:
@@ -548,11 +550,21 @@ def allowed_paths(roots: Sequence[Path] | None) -> Callable[[str], bool] | None:
     """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
     if roots is None:
         return None
-    real_roots = tuple(Path(os.path.realpath(root)) for root in roots)
+    real_roots = tuple(os.path.realpath(root) for root in roots)
+    prefixes = tuple(root.rstrip(os.sep) + os.sep for root in real_roots)
+    # A pass asks about many files in few directories: each directory is resolved once
+    # (for as long as this function is kept: one pass), the file itself by one lstat.
+    real_dirs: dict[str, str] = {}
 
     def allowed(path: str) -> bool:
-        real = Path(os.path.realpath(path))
-        return any(real.is_relative_to(root) for root in real_roots)
+        head, tail = os.path.split(os.path.abspath(path))
+        real_head = real_dirs.get(head)
+        if real_head is None:
+            real_head = real_dirs[head] = os.path.realpath(head)
+        real = os.path.join(real_head, tail)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        return real in real_roots or real.startswith(prefixes)
 
     return allowed
 
