@@ -466,3 +466,75 @@ def test_pool_records_give_volume_paths() -> None:
     observed = Observed(pools={"images": pool})
     assert problems(vol, vm("disks:\n  - file: /var/lib/libvirt/images/gone.img"),
                     observed=observed) == []  # fmt: skip
+
+
+# --- Hypervisor.host_facts: read once per connection -----------------------------------------
+
+
+class FakeConnection:
+    """The libvirt calls host_facts makes, counted; domain capabilities of ``refused``
+    machines fail as libvirt fails them."""
+
+    def __init__(self, refused: frozenset[str] = frozenset()) -> None:
+        self.calls: list[str] = []
+        self.refused = refused
+
+    def getCapabilities(self) -> str:
+        self.calls.append("getCapabilities")
+        return CAPS
+
+    def getInfo(self) -> list[object]:
+        self.calls.append("getInfo")
+        return ["x86_64", 4096, 2]
+
+    def getDomainCapabilities(self, emulator: object, arch: str, machine: str,
+                              virt_type: str, flags: int) -> str:  # fmt: skip
+        import libvirt
+
+        self.calls.append(f"getDomainCapabilities {machine} {virt_type}")
+        if machine in self.refused:
+            raise libvirt.libvirtError("operation forbidden: read only access")
+        return (f"<domainCapabilities><machine>{machine}-canonical</machine><vcpu max='255'/>"
+                "</domainCapabilities>")  # fmt: skip
+
+
+def test_host_facts_are_read_once_per_connection() -> None:
+    from reconciler.hypervisor import Hypervisor
+
+    conn = FakeConnection()
+    hv = Hypervisor(conn, "qemu:///system")
+    want = FactsWanted(guests=frozenset({("x86_64", "pc", "qemu"), ("x86_64", "nope", "qemu")}))
+    first = hv.host_facts(want)
+    second = hv.host_facts(want)
+    assert first == second
+    assert conn.calls == ["getCapabilities", "getDomainCapabilities pc qemu"]
+    assert first.machine_caps[("x86_64", "pc", "qemu")].machine == "pc-canonical"
+    assert first.memory == 4 * GiB and first.unknown == ()
+    # a new machine type is read when first wanted, once
+    hv.host_facts(FactsWanted(guests=frozenset({("x86_64", "pc", "kvm")})))
+    hv.host_facts(FactsWanted(guests=frozenset({("x86_64", "pc", "kvm")})))
+    assert conn.calls[2:] == ["getDomainCapabilities pc kvm"]
+    # a new connection (libvirtd restarted, QEMU upgraded) reads again
+    Hypervisor(conn, "qemu:///system").host_facts(want)
+    assert conn.calls[3:] == ["getCapabilities", "getDomainCapabilities pc qemu"]
+
+
+def test_a_fact_libvirt_refuses_is_one_line_and_skips_its_checks() -> None:
+    from reconciler.hypervisor import Hypervisor
+
+    hv = Hypervisor(FakeConnection(refused=frozenset({"pc"})), "qemu:///system")
+    facts = hv.host_facts(FactsWanted(guests=frozenset({("x86_64", "pc", "qemu")})))
+    (line,) = facts.unknown
+    assert line.startswith("vCPU limit and firmware not checked: reading domain capabilities "
+                           "of pc (x86_64, qemu): ")  # fmt: skip
+    assert "\n" not in line
+    assert problems(vm("maxVcpus: 4000\nfirmware: uefi"), facts=facts) == []
+
+
+def test_a_remote_host_reads_no_local_file() -> None:
+    from reconciler.hypervisor import Hypervisor
+
+    hv = Hypervisor(FakeConnection(), "qemu+ssh://kvm-2/system")
+    facts = hv.host_facts(FactsWanted(paths=frozenset({"/etc/passwd"}), addresses=True))
+    assert not facts.local and facts.paths == {} and facts.addresses is None
+    assert facts.qemu_user is None
