@@ -9,10 +9,11 @@ helpers here feed observe.py; mutating calls are made only by executor.py.
 from __future__ import annotations
 
 import contextlib
-import json
+import ipaddress
 import os
 import pwd
-import subprocess
+import socket
+import struct
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -181,6 +182,11 @@ def parse_domain_capabilities(text: str, machine: str) -> MachineCaps:
     )
 
 
+def _le_address(value: int) -> str:
+    """An IPv4 address as /proc/net/route writes it (host byte order, little-endian)."""
+    return socket.inet_ntoa(struct.pack("<I", value))
+
+
 def _qemu_user(label: str | None) -> QemuUser | None:
     """The user of a DAC label ``+uid:+gid``, with its supplementary groups (libvirt gives
     QEMU those too)."""
@@ -331,7 +337,7 @@ class Hypervisor:
 
         Read on every call, since they change while a daemon runs and are cheap: the
         files in ``wanted.paths`` (a stat each, and one per directory above them), the
-        host's bridges (``/sys/class/net``) and, when wanted, its IPv4 addresses. Those
+        host's bridges (``/sys/class/net``) and, when wanted, its IPv4 subnets. Those
         are local facts: for a remote URI they are not read from this machine's disk;
         bridges come from libvirt's ``listAllInterfaces`` when it lists any.
 
@@ -415,23 +421,28 @@ class Hypervisor:
         return frozenset(bridges) or None
 
     def _local_addresses(self, facts: HostFacts) -> dict[str, Any]:
-        """IPv4 addresses of the host's interfaces, from ``ip -j -4 addr``.
+        """The IPv4 subnets on the host's interfaces: its directly connected routes, read
+        from ``/proc/net/route`` (main table) as libvirt's network driver reads them to
+        refuse a colliding network at start (``networkCheckRouteCollision``).
 
-        Neither libvirt (its interface driver reports no addresses on Debian's udev
-        backend) nor /proc (``/proc/net/fib_trie`` has no interface names, and
-        ``/proc/net/if_inet6`` is IPv6 only) gives them plainly; iproute2 is always
-        there on a libvirt host (libvirt itself runs ``ip``)."""
+        Why not elsewhere: libvirt's interface driver reports no addresses (Debian's udev
+        backend), ``ip -j -4 addr`` needs an AF_NETLINK socket that the systemd unit's
+        ``RestrictAddressFamilies`` denies the daemon, and ``/proc/net/fib_trie`` names
+        no interfaces."""
         try:
-            done = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True,
-                                  timeout=10, check=True)  # fmt: skip
+            with open("/proc/net/route", encoding="ascii") as table:
+                rows = [line.split() for line in table.readlines()[1:]]
             found = []
-            for link in json.loads(done.stdout):
-                for info in link.get("addr_info", ()):
-                    if info.get("family") == "inet":
-                        address = f"{info['local']}/{info['prefixlen']}"
-                        found.append(HostAddress(str(link["ifname"]), address))
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as exc:
-            line = f"host interface addresses not checked: `ip -j -4 addr` failed: {exc}"
+            for row in rows:
+                iface, dest, flags, mask = row[0], int(row[1], 16), int(row[3], 16), int(row[7], 16)
+                if flags & 0x2 or not mask:  # RTF_GATEWAY: not on the link; default route
+                    continue
+                network = ipaddress.IPv4Network(
+                    (_le_address(dest), bin(mask).count("1")), strict=False
+                )
+                found.append(HostAddress(iface, str(network)))
+        except (OSError, ValueError, IndexError) as exc:
+            line = f"host interface subnets not checked: cannot read /proc/net/route: {exc}"
             return {"unknown": (*facts.unknown, line)}
         return {"addresses": tuple(found)}
 

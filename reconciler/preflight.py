@@ -31,7 +31,8 @@ The checks, each modelling a section of libvirt's documentation:
 * ``spec.graphics.port``: a fixed VNC/SPICE port no other domain holds
   (formatdomain.html#graphical-framebuffers);
 * Network ``spec.ipv4``: a subnet no other libvirt network (active or
-  autostarted) and no host interface address overlaps (formatnetwork.html#addressing).
+  autostarted) and no subnet on a host interface (its connected routes) overlaps
+  (formatnetwork.html#addressing).
 
 A fact that could not be read (``None`` in ``HostFacts``) skips its check;
 ``HostFacts.unknown`` says why, one line each, and the caller prints it.
@@ -125,7 +126,8 @@ class QemuUser:
 
 @dataclass(frozen=True, slots=True)
 class HostAddress:
-    """An IPv4 address on a host interface, e.g. ("eth0", "192.168.1.5/24")."""
+    """An IPv4 subnet on a host interface, e.g. ("eth0", "192.168.1.0/24"): a directly
+    connected route, as libvirt itself checks a network's subnet against them."""
 
     interface: str
     address: str
@@ -423,7 +425,7 @@ def check_subnet(
         other = ipaddress.IPv4Interface(a.address).network
         if mine.overlaps(other):
             yield FieldProblem(
-                where, f"{mine} overlaps address {a.address} of host interface {a.interface}", hint
+                where, f"{mine} overlaps {other} on host interface {a.interface}", hint
             )
             return
 

@@ -341,11 +341,11 @@ def test_the_same_network_and_its_own_bridge_do_not_overlap() -> None:
     assert problems(net(), observed=Observed(networks={"lab": same})) == []
 
 
-def test_a_subnet_overlapping_a_host_interface_address() -> None:
+def test_a_subnet_overlapping_a_subnet_on_a_host_interface() -> None:
     text = net("lan", address="192.0.2.129", prefix=25)
     (found,) = problems(text)
-    assert found.endswith("spec.ipv4.address: 192.0.2.128/25 overlaps address 192.0.2.2/24 of "
-                          "host interface eth0; pick a free subnet")
+    assert found.endswith("spec.ipv4.address: 192.0.2.128/25 overlaps 192.0.2.0/24 on host "
+                          "interface eth0; pick a free subnet")
 
 
 # --- the rest: findings become load problems, wanted facts, the extension point ----------
