@@ -3,7 +3,9 @@
 Everything above this module sees plain Python values and reconciler's own
 errors: ``ConnectionLost`` when libvirtd cannot be reached (a retry may help),
 ``Refused`` when libvirt rejected a request (it will not help). Read-only
-helpers here feed observe.py; mutating calls are made only by executor.py.
+helpers here feed observe.py, and ``Hypervisor.host_facts`` feeds preflight.py
+(what the host offers, cached per connection); mutating calls are made only by
+executor.py.
 """
 
 from __future__ import annotations
