@@ -171,3 +171,18 @@ def test_validate_offline_refuses_a_path_outside_the_allowed_roots(ws: Workspace
     ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {inside}"))
     done = ws.cli("validate", "--offline", str(ws.directory), state=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_subnet_on_a_host_interface(ws: Workspace) -> None:
+    subnet = ws.subnet()
+    bridge = ws.host_bridge()
+    subprocess.run(["ip", "addr", "add", f"{next(subnet.hosts())}/24", "dev", bridge], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    address = f"{subnet.network_address + 1}"
+    text = (f"apiVersion: reconciler/v1\nkind: Network\nmetadata:\n  name: {ws.n('net')}\n"
+            f"spec:\n  mode: isolated\n  bridge: {ws.bridge_name()}\n  ipv4:\n"
+            f"    address: {address}\n    prefix: 24\n")  # fmt: skip
+    path = ws.write("net.yaml", text)
+    err = plan_fails(ws)
+    assert (f"{at(path, address)}: spec.ipv4.address: {subnet} overlaps {subnet} on host "
+            f"interface {bridge}; pick a free subnet") in err, err
