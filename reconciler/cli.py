@@ -337,7 +337,7 @@ def _plan(args: argparse.Namespace) -> int:
     finally:
         reconciler.hypervisor.close()
     if args.output == "json":
-        print(dumps(plan_json(plan, load.problems)))
+        print(dumps(plan_json(plan, load.problems, load.notes)))
     else:
         _print_problems(load)
         print(render_plan(plan, colour=_colour(), verbose=args.verbose))
@@ -362,7 +362,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
             print(render_plan(plan, colour=_colour(), verbose=args.verbose))
         if not plan.has_changes:
             if not text:
-                print(dumps({**plan_json(plan, load.problems), **results_json([], [])}))
+                print(dumps({**plan_json(plan, load.problems, load.notes), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
         if not args.yes:
             if not sys.stdin.isatty():
@@ -384,7 +384,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nApply {'complete' if not bad else 'finished with errors'}: "
               f"{ok} succeeded, {bad} failed.")  # fmt: skip
     else:
-        print(dumps({**plan_json(plan, load.problems),
+        print(dumps({**plan_json(plan, load.problems, load.notes),
                      **results_json(result.results, result.unsettled)}))  # fmt: skip
     return EXIT_ERROR if result.failed else EXIT_OK
 
