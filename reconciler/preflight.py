@@ -396,8 +396,9 @@ def check_subnet(
     m: Manifest, spec: NetworkSpec, facts: HostFacts, ctx: Context
 ) -> Iterator[FieldProblem]:
     """The network's IPv4 subnet overlaps no other libvirt network's (active or autostarted:
-    those hold or will hold it) and no address on a host interface other than this
-    network's own bridge."""
+    those hold or will hold it) and no subnet on a host interface (a connected route)
+    other than this network's own bridge. (The XML modules are imported here, not at the
+    top: ``validate`` imports this module for ``path_problems`` and needs none of them.)"""
     if spec.ipv4 is None:
         return
     mine = ipaddress.IPv4Interface(f"{spec.ipv4.address}/{spec.ipv4.prefix}").network
