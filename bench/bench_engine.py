@@ -52,7 +52,7 @@ spec:
   machine: pc
   clock: utc
   disks:
-    - file: /var/lib/libvirt/images/{name}.img
+    - file: {disks}/{name}.img
       format: raw
       bus: virtio
       cache: none
@@ -85,12 +85,20 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 
 
 def write_set(directory: Path, prefix: str, names: list[str], octet: int, bridge: str) -> None:
+    """The manifests, and each VM's (empty) disk file: preflight refuses a missing one."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "network.yaml").write_text(
         NETWORK.format(prefix=prefix, octet=octet, bridge=bridge)
     )
+    disks = disk_dir(prefix)
+    disks.mkdir(mode=0o755, parents=True, exist_ok=True)
     for name in names:
-        (directory / f"{name}.yaml").write_text(VM.format(name=name, prefix=prefix))
+        (directory / f"{name}.yaml").write_text(VM.format(name=name, prefix=prefix, disks=disks))
+        (disks / f"{name}.img").touch()
+
+
+def disk_dir(prefix: str) -> Path:
+    return Path("/var/lib/libvirt/images") / f"{prefix}disks"
 
 
 def reconciler(*args: str) -> subprocess.CompletedProcess[str]:
@@ -196,6 +204,8 @@ def main() -> None:
     finally:
         cleanup(conn, prefix)
         shutil.rmtree(tmp, ignore_errors=True)
+        for disks in Path("/var/lib/libvirt/images").glob(f"{prefix}*disks"):
+            shutil.rmtree(disks, ignore_errors=True)
         conn.close()
     print(
         f"engine benchmark ({os.cpu_count()} cores), {total_domains} domains defined on the host:"

@@ -21,7 +21,8 @@ from reconciler import __version__
 from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.hostdefaults import apply_vm_defaults
 from reconciler.lock import StateLock
-from reconciler.manifests import LoadResult, check_against, load_unchecked
+from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
+from reconciler.preflight import path_problems
 from reconciler.references import KnownObjects
 from reconciler.report import (
     dumps,
@@ -291,6 +292,8 @@ def _validate(args: argparse.Namespace) -> int:
         apply_vm_defaults(load_unchecked(args.directory, host=settings.host), settings.vm_defaults),
         known,
     )
+    # the allowedDiskRoots rule needs no libvirt: checked offline too, as plan does
+    result = drop_findings(result, path_problems(result.manifests, settings.allowed_disk_roots))
     if args.output == "json":
         print(json.dumps(_validate_json(result), indent=2))
     else:
@@ -306,6 +309,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _print_problems(result: LoadResult) -> None:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     for problem in result.problems:
         print(problem, file=sys.stderr)
     if result.problems:
@@ -354,7 +359,7 @@ def _plan(args: argparse.Namespace) -> int:
     finally:
         reconciler.hypervisor.close()
     if args.output == "json":
-        print(dumps(plan_json(plan, load.problems)))
+        print(dumps(plan_json(plan, load.problems, load.notes)))
     else:
         _print_problems(load)
         print(render_plan(plan, colour=_colour(), verbose=args.verbose))
@@ -379,7 +384,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
             print(render_plan(plan, colour=_colour(), verbose=args.verbose))
         if not plan.has_changes:
             if not text:
-                print(dumps({**plan_json(plan, load.problems), **results_json([], [])}))
+                print(dumps({**plan_json(plan, load.problems, load.notes), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
         if not args.yes:
             if not sys.stdin.isatty():
@@ -401,7 +406,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nApply {'complete' if not bad else 'finished with errors'}: "
               f"{ok} succeeded, {bad} failed.")  # fmt: skip
     else:
-        print(dumps({**plan_json(plan, load.problems),
+        print(dumps({**plan_json(plan, load.problems, load.notes),
                      **results_json(result.results, result.unsettled)}))  # fmt: skip
     return EXIT_ERROR if result.failed else EXIT_OK
 

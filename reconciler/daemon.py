@@ -244,6 +244,8 @@ class Daemon:
             load, observed, plan = self.reconciler.plan()
             for problem in load.problems:
                 log.error("manifest.problem", problem=str(problem), revision=revision)
+            for note in load.notes:  # a preflight check that could not be made
+                log.warning("manifest.note", note=note, revision=revision)
             for action in plan.actions:
                 if action.changes_anything:
                     log.info(

@@ -3,23 +3,41 @@
 Everything above this module sees plain Python values and reconciler's own
 errors: ``ConnectionLost`` when libvirtd cannot be reached (a retry may help),
 ``Refused`` when libvirt rejected a request (it will not help). Read-only
-helpers here feed observe.py; mutating calls are made only by executor.py.
+helpers here feed observe.py, and ``Hypervisor.host_facts`` feeds preflight.py
+(what the host offers, cached per connection); mutating calls are made only by
+executor.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
+import pwd
+import socket
+import struct
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import libvirt
 
 from reconciler.errors import ConnectionLost, HypervisorError, Refused
+from reconciler.preflight import (
+    DirFacts,
+    FactsWanted,
+    HostAddress,
+    HostFacts,
+    MachineCaps,
+    PathFacts,
+    QemuUser,
+)
 from reconciler.references import KnownObjects
 
 DEFAULT_URI = "qemu:///system"
@@ -104,6 +122,126 @@ def known_objects(conn: Any) -> KnownObjects:
         )
 
 
+# --- host facts: parsing, and the local machine's own -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What preflight needs of ``virConnectGetCapabilities`` (libvirt's formatcaps.html)."""
+
+    # (arch, virt type) -> machine types and aliases of hvm guests
+    machines: dict[tuple[str, str], frozenset[str]]
+    memory: int  # bytes, the sum of the NUMA cells' memory (0: not stated)
+    dac_label: str | None  # the DAC <baselabel> QEMU runs with, e.g. "+64055:+64055"
+
+
+def parse_capabilities(text: str) -> Capabilities:
+    """Machine types per (arch, virt type): an arch's ``<machine>``s, plus those listed
+    under one ``<domain type>`` only; the host memory; QEMU's DAC label."""
+    root = ET.fromstring(text)
+    machines: dict[tuple[str, str], frozenset[str]] = {}
+    for guest in root.findall("guest"):
+        if guest.findtext("os_type") != "hvm":
+            continue
+        for arch in guest.findall("arch"):
+            name = arch.get("name", "")
+            common = {m.text.strip() for m in arch.findall("machine") if m.text}
+            for domain in arch.findall("domain"):
+                own = {m.text.strip() for m in domain.findall("machine") if m.text}
+                key = (name, domain.get("type", ""))
+                machines[key] = machines.get(key, frozenset()) | common | own
+    memory = 0
+    for cell in root.findall("host/topology/cells/cell/memory"):
+        factor = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}.get(cell.get("unit", "KiB"), 1)
+        memory += int(cell.text or 0) * factor
+    label = None
+    for model in root.findall("host/secmodel"):
+        if model.findtext("model") == "dac":
+            labels = {b.get("type"): b.text for b in model.findall("baselabel")}
+            label = labels.get("kvm") or labels.get("qemu")
+    return Capabilities(machines, memory, label)
+
+
+def parse_domain_capabilities(text: str, machine: str) -> MachineCaps:
+    """``<vcpu max>``, firmware and loaders of a domain capabilities document."""
+    root = ET.fromstring(text)
+    vcpu = root.find("vcpu")
+    max_vcpus = int(vcpu.get("max", "0")) if vcpu is not None and vcpu.get("max") else None
+    firmware = frozenset(
+        v.text.strip() for v in root.findall("os/enum[@name='firmware']/value") if v.text
+    )
+    loaders = (
+        tuple(v.text.strip() for v in root.findall("os/loader/value") if v.text)
+        if root.find("os/loader[@supported='yes']") is not None
+        else ()
+    )
+    return MachineCaps(
+        machine=root.findtext("machine") or machine,
+        max_vcpus=max_vcpus,
+        firmware=firmware,
+        loaders=loaders,
+        xml=text,
+    )
+
+
+def _le_address(value: int) -> str:
+    """An IPv4 address as /proc/net/route writes it (host byte order, little-endian)."""
+    return socket.inet_ntoa(struct.pack("<I", value))
+
+
+def _qemu_user(label: str | None) -> QemuUser | None:
+    """The user of a DAC label ``+uid:+gid``, with its supplementary groups (libvirt gives
+    QEMU those too)."""
+    if not label or ":" not in label:
+        return None
+    user, _, group = label.partition(":")
+    try:
+        uid, gid = int(user.lstrip("+")), int(group.lstrip("+"))
+    except ValueError:
+        return None
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        groups = frozenset(os.getgrouplist(name, gid))
+    except KeyError:
+        name, groups = "", frozenset({gid})
+    return QemuUser(uid, gid, groups | {gid}, name)
+
+
+def _path_facts(paths: AbstractSet[str]) -> dict[str, PathFacts]:
+    """Each path's existence and the directories above it (each stat'ed once)."""
+    chains: dict[str, tuple[DirFacts, ...] | None] = {}  # None: it does not exist
+
+    def chain(directory: str) -> tuple[DirFacts, ...] | None:
+        """``directory`` and those above it, ``/`` first."""
+        if directory in chains:
+            return chains[directory]
+        parent = os.path.dirname(directory)
+        above = chain(parent) if parent != directory else ()
+        found = None
+        if above is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(directory)
+                found = (*above, DirFacts(directory, st.st_mode, st.st_uid, st.st_gid))
+        chains[directory] = found
+        return found
+
+    return {
+        path: PathFacts(os.path.exists(path), chain(os.path.dirname(os.path.normpath(path))) or ())
+        for path in paths
+    }
+
+
+def _local_bridges() -> dict[str, Any]:
+    """Host network interfaces and bridges, from /sys/class/net (a bridge has ``bridge/``)."""
+    base = "/sys/class/net"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return {}
+    bridges = frozenset(n for n in names if os.path.isdir(os.path.join(base, n, "bridge")))
+    return {"bridges": bridges, "interfaces": frozenset(names)}
+
+
 # --- the connection as a narrow interface ------------------------------------
 
 
@@ -153,6 +291,9 @@ class Hypervisor:
     def __init__(self, conn: Any, uri: str) -> None:
         self._conn = conn
         self.uri = uri
+        # host facts that last as long as the connection (see host_facts)
+        self._host: HostFacts | None = None
+        self._machine_caps: dict[tuple[str, str, str], MachineCaps | str] = {}
 
     @classmethod
     def open(cls, uri: str = DEFAULT_URI, *, readonly: bool = False) -> Hypervisor:
@@ -182,6 +323,130 @@ class Hypervisor:
 
     def known_objects(self) -> KnownObjects:
         return known_objects(self._conn)
+
+    # -- host facts (preflight.py checks manifests against them) ---------------------
+
+    def host_facts(self, wanted: FactsWanted) -> HostFacts:
+        """What this host offers, for ``preflight.check``: read-only.
+
+        Cached per connection, read once: the guest types and machine types
+        (capabilities XML, ``<guest>``; libvirt's formatcaps.html), the host's memory
+        (``virNodeGetInfo``; bytes), QEMU's user (the DAC ``<secmodel><baselabel>``),
+        and the domain capabilities of each (arch, machine, virt type) asked for
+        (``virConnectGetDomainCapabilities``; formatdomaincaps.html: ``<vcpu max>``,
+        ``<os><enum name='firmware'>``, ``<loader>``). These only change with a QEMU
+        or libvirt upgrade, which restarts libvirtd and so gives a new connection.
+
+        Read on every call, since they change while a daemon runs and are cheap: the
+        files in ``wanted.paths`` (a stat each, and one per directory above them), the
+        host's bridges (``/sys/class/net``) and, when wanted, its IPv4 subnets. Those
+        are local facts: for a remote URI they are not read from this machine's disk;
+        bridges come from libvirt's ``listAllInterfaces`` when it lists any.
+
+        A fact that cannot be read is ``None`` and named in ``HostFacts.unknown``;
+        ``ConnectionLost`` propagates (the pass fails as any other read would).
+        """
+        host = self._host
+        if host is None:
+            host = self._host = self._static_facts()
+        unknown = list(host.unknown)
+        caps: dict[tuple[str, str, str], MachineCaps] = {}
+        for key in sorted(wanted.guests):
+            arch, machine, virt_type = key
+            known = (host.machines or {}).get((arch, virt_type))
+            if known is None or machine not in known:
+                continue  # preflight reports the machine or the type itself
+            found = self._machine_caps.get(key)
+            if found is None:
+                found = self._machine_caps[key] = self._read_machine_caps(*key)
+            if isinstance(found, str):
+                unknown.append(found)
+            else:
+                caps[key] = found
+        facts = replace(host, machine_caps=caps, unknown=tuple(unknown))
+        if host.local:
+            return replace(
+                facts,
+                paths=_path_facts(wanted.paths),
+                **_local_bridges() if wanted.bridges else {},
+                **self._local_addresses(facts) if wanted.addresses else {},
+            )
+        if wanted.bridges:
+            facts = replace(facts, bridges=self._libvirt_bridges())
+        return facts
+
+    def _static_facts(self) -> HostFacts:
+        local = not urlsplit(self.uri).netloc
+        unknown: list[str] = []
+        machines = None
+        qemu_user = None
+        memory = None
+        try:
+            with calling("reading host capabilities"):
+                caps = parse_capabilities(str(self._conn.getCapabilities()))
+            machines = caps.machines
+            memory = caps.memory or None
+            qemu_user = _qemu_user(caps.dac_label) if local else None
+        except Refused as exc:
+            unknown.append(f"machine types and KVM not checked: {exc}")
+        if memory is None:
+            try:
+                with calling("reading node info"):
+                    memory = int(self._conn.getInfo()[1]) * 1024**2  # MiB
+            except Refused as exc:
+                unknown.append(f"memory not checked: {exc}")
+        return HostFacts(uri=self.uri, local=local, memory=memory, machines=machines,
+                         qemu_user=qemu_user, unknown=tuple(unknown))  # fmt: skip
+
+    def _read_machine_caps(self, arch: str, machine: str, virt_type: str) -> MachineCaps | str:
+        """The domain capabilities of one guest, or a line saying why they are unknown."""
+        try:
+            with calling(f"reading domain capabilities of {machine} ({arch}, {virt_type})"):
+                text = str(self._conn.getDomainCapabilities(None, arch, machine, virt_type, 0))
+        except Refused as exc:
+            return f"vCPU limit and firmware not checked: {exc}"
+        return parse_domain_capabilities(text, machine)
+
+    def _libvirt_bridges(self) -> frozenset[str] | None:
+        """Bridges as libvirt's interface driver lists them; None when it lists none (it
+        may not list bridges at all) or cannot list."""
+        try:
+            with calling("listing host interfaces"):
+                listed = [str(i.XMLDesc(0)) for i in self._conn.listAllInterfaces(0)]
+        except Refused:
+            return None
+        bridges = set()
+        for text in listed:
+            root = ET.fromstring(text)
+            if root.get("type") == "bridge" and root.get("name"):
+                bridges.add(str(root.get("name")))
+        return frozenset(bridges) or None
+
+    def _local_addresses(self, facts: HostFacts) -> dict[str, Any]:
+        """The IPv4 subnets on the host's interfaces: its directly connected routes, read
+        from ``/proc/net/route`` (main table) as libvirt's network driver reads them to
+        refuse a colliding network at start (``networkCheckRouteCollision``).
+
+        Why not elsewhere: libvirt's interface driver reports no addresses (Debian's udev
+        backend), ``ip -j -4 addr`` needs an AF_NETLINK socket that the systemd unit's
+        ``RestrictAddressFamilies`` denies the daemon, and ``/proc/net/fib_trie`` names
+        no interfaces."""
+        try:
+            with open("/proc/net/route", encoding="ascii") as table:
+                rows = [line.split() for line in table.readlines()[1:]]
+            found = []
+            for row in rows:
+                iface, dest, flags, mask = row[0], int(row[1], 16), int(row[3], 16), int(row[7], 16)
+                if flags & 0x2 or not mask:  # RTF_GATEWAY: not on the link; default route
+                    continue
+                network = ipaddress.IPv4Network(
+                    (_le_address(dest), bin(mask).count("1")), strict=False
+                )
+                found.append(HostAddress(iface, str(network)))
+        except (OSError, ValueError, IndexError) as exc:
+            line = f"host interface subnets not checked: cannot read /proc/net/route: {exc}"
+            return {"unknown": (*facts.unknown, line)}
+        return {"addresses": tuple(found)}
 
     def domains(self) -> list[DomainRecord]:
         """Every domain with its definitions, in few calls: four listings, then each

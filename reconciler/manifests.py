@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import Problem, SourcePosition
-from reconciler.model import API_VERSION, FieldPath, Kind, Manifest, SpecError, build_manifest
+from reconciler.model import (
+    API_VERSION,
+    FieldPath,
+    FieldProblem,
+    Kind,
+    Manifest,
+    SpecError,
+    build_manifest,
+)
 from reconciler.references import NOTHING_KNOWN, KnownObjects, check_references
 from reconciler.schema import SchemaProblem, kind_names, suggest, validate_document
 from reconciler.yamlsource import CachedDocument, Document, ParseCache, YamlProblem
@@ -44,6 +52,9 @@ class LoadResult:
     manifests: tuple[Manifest, ...]
     problems: tuple[Problem, ...]
     files: tuple[str, ...]
+    # checks that could not be made, one line each (e.g. a host fact libvirt did not
+    # give): said to the user, but not problems
+    notes: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -119,9 +130,20 @@ def load_unchecked(
 def check_against(load: LoadResult, known: KnownObjects) -> LoadResult:
     """``load`` with references checked (against each other and ``known``); a manifest with
     a problem is dropped from the result, its problems added."""
+    return drop_findings(load, check_references(load.manifests, known))
+
+
+def drop_findings(
+    load: LoadResult,
+    findings: Iterable[tuple[Manifest, FieldProblem]],
+    notes: Iterable[str] = (),
+) -> LoadResult:
+    """``load`` without the manifests that ``findings`` name, their problems placed at
+    ``file:line:col`` and added (a manifest with a problem is not planned, and nothing is
+    pruned: ``complete`` is False); ``notes`` are added to ``LoadResult.notes``."""
     problems = list(load.problems)
     broken: set[int] = set()
-    for manifest, problem in check_references(load.manifests, known):
+    for manifest, problem in findings:
         broken.add(id(manifest))
         problems.append(
             Problem(
@@ -136,6 +158,7 @@ def check_against(load: LoadResult, known: KnownObjects) -> LoadResult:
         manifests=tuple(m for m in load.manifests if id(m) not in broken),
         problems=tuple(problems),
         files=load.files,
+        notes=(*load.notes, *notes),
     )
 
 

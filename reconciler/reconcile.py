@@ -1,9 +1,11 @@
-"""One reconcile pass: load -> observe -> plan -> (apply -> observe -> check it settled).
+"""One reconcile pass: load -> observe -> preflight -> plan -> (apply -> observe -> check
+it settled).
 
 Shared by ``reconciler plan``, ``reconciler apply`` and the daemon, which
 only decide when to call it. The inputs that are not pure (manifest files,
 password files, the git revision of the manifest directory, libvirt) are
-gathered here and handed to the pure planner.
+gathered here and handed to the pure planner. Preflight (preflight.py) turns
+what this host cannot run into load problems before anything is planned.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reconciler import hints
+from reconciler import hints, preflight
 from reconciler import inventory as inventory_file
 from reconciler.errors import Problem
 from reconciler.executor import ActionResult, Executor, explain_at_source
 from reconciler.hostdefaults import VmDefaults, apply_vm_defaults
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
-from reconciler.manifests import LoadResult, check_against, load_unchecked
+from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
 from reconciler.model import Kind, Manifest, StoragePoolSpec, VirtualMachineSpec, VolumeSpec
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, Op, Plan
@@ -107,10 +109,21 @@ class Reconciler:
             observed = pending.result()
         load = check_against(apply_vm_defaults(load, self.options.vm_defaults),
                              known_objects(observed))  # fmt: skip
+        load = self.preflight(load, observed)
         verified = self._verified()
         plan = make_plan(load, observed, self._plan_options(load, verified))
         self._save_verified(plan, verified)
         return load, observed, plan
+
+    def preflight(self, load: LoadResult, observed: Observed) -> LoadResult:
+        """``load`` with what this host cannot run (preflight.py) as load problems: those
+        manifests are not planned, the rest is, and nothing is pruned. The host facts
+        that last are read once per connection (``Hypervisor.host_facts``); checks that
+        could not be made become ``load.notes``."""
+        allowed = path_check(self.options.allowed_roots)
+        facts = self.hypervisor.host_facts(preflight.wanted(load.manifests, allowed))
+        notes = tuple(f"preflight: {line}" for line in facts.unknown)
+        return drop_findings(load, preflight.check(load.manifests, facts, observed), notes)
 
     # VMs found in sync, by fingerprint (planner.fingerprint): a cache in the state
     # directory, so that a plan of a large, converged host skips their XML. Losing
@@ -224,15 +237,7 @@ def explainer(
 
 def path_check(roots: tuple[Path, ...] | None) -> Callable[[str], bool] | None:
     """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
-    if roots is None:
-        return None
-    real_roots = tuple(Path(os.path.realpath(root)) for root in roots)
-
-    def allowed(path: str) -> bool:
-        real = Path(os.path.realpath(path))
-        return any(real.is_relative_to(root) for root in real_roots)
-
-    return allowed
+    return preflight.allowed_paths(roots)
 
 
 def known_objects(observed: Observed) -> KnownObjects:

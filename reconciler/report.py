@@ -171,7 +171,9 @@ def problem_json(problem: Problem) -> dict[str, Any]:
     }
 
 
-def plan_json(plan: Plan, problems: Sequence[Problem] = ()) -> dict[str, Any]:
+def plan_json(
+    plan: Plan, problems: Sequence[Problem] = (), notes: Sequence[str] = ()
+) -> dict[str, Any]:
     counts = plan.counts()
     return {
         "version": JSON_VERSION,
@@ -181,6 +183,7 @@ def plan_json(plan: Plan, problems: Sequence[Problem] = ()) -> dict[str, Any]:
         "pruneBlocked": plan.prune_blocked or None,
         "actions": [action_json(a) for a in plan.actions],
         "problems": [problem_json(p) for p in problems],
+        "notes": list(notes),
     }
 
 

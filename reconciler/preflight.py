@@ -1,0 +1,599 @@
+"""Preflight: what this host cannot run, found before anything is touched.
+
+What arrives: the manifests that loaded (model.Manifest), a ``HostFacts``
+value (what the host offers, read by ``Hypervisor.host_facts`` in
+hypervisor.py, the one module that talks to libvirt) and the ``Observed``
+snapshot (other domains and networks). What leaves: ``(manifest,
+FieldProblem)`` findings, which ``manifests.drop_findings`` turns into load
+problems placed at ``file:line:col`` with their field path, exactly like
+reference problems: the manifest is not planned, the others proceed, and
+nothing is pruned while there is a problem (SPEC §3).
+
+The checks, each modelling a section of libvirt's documentation:
+
+* ``spec.machine``: a machine type this QEMU knows for the VM's arch and
+  type (capabilities XML, ``<guest><arch><machine>``; formatcaps.html);
+* ``spec.vcpus`` / ``spec.maxVcpus``: at most the machine's limit
+  (domain capabilities ``<vcpu max=...>``; formatdomaincaps.html#cpu-allocation);
+* ``spec.memory`` / ``spec.maxMemory``: at most the host's memory
+  (``virNodeGetInfo``, bytes here);
+* ``spec.type: kvm``: the host offers a ``kvm`` domain for the arch
+  (capabilities ``<guest><arch><domain type='kvm'>``);
+* ``spec.firmware: uefi``: the machine's domain capabilities offer EFI
+  firmware (``<os><enum name='firmware'><value>efi</value>`` or a
+  ``<loader>`` value; formatdomaincaps.html#bios-bootloader);
+* ``spec.disks[i].file``, ``cdroms[i].file``, ``kernel``, ``initrd``: the
+  file exists and QEMU's user (the DAC ``<baselabel>`` of capabilities'
+  ``<secmodel>``) can search every directory above it (libvirt's
+  ``dynamic_ownership`` chowns the file itself, not its directories);
+* ``spec.interfaces[i].bridge``: an existing host bridge, or one a Network
+  makes (formatdomain.html#bridge-to-lan);
+* ``spec.graphics.port``: a fixed VNC/SPICE port no other domain holds
+  (formatdomain.html#graphical-framebuffers);
+* Network ``spec.ipv4``: a subnet no other libvirt network (active or
+  autostarted) and no subnet on a host interface (its connected routes) overlaps
+  (formatnetwork.html#addressing).
+
+A fact that could not be read (``None`` in ``HostFacts``) skips its check;
+``HostFacts.unknown`` says why, one line each, and the caller prints it.
+For a remote URI the host's files, bridges and addresses are not read at all
+(they are not the controller's), so those checks are silent.
+
+Extension point: ``VM_CHECKS`` lists the per-VM checks, each a function
+``(manifest, spec, facts, context) -> FieldProblems``. A check of the ``cpu``
+field (a named model, a ``require``d feature) is one more function there;
+the host CPU facts it needs belong in ``HostFacts`` (``MachineCaps.xml`` is
+the whole domain capabilities document, ``<cpu>`` included).
+
+Also here, for ``validate`` (offline, no libvirt): ``path_problems``, the
+``allowedDiskRoots`` rule of the configuration applied to every host path a
+manifest names.
+
+Pure: no I/O (``allowed_paths`` resolves symlinks of the paths it is given).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler.model import (
+    FieldPath,
+    FieldProblem,
+    Manifest,
+    NetworkSpec,
+    StoragePoolSpec,
+    VirtualMachineSpec,
+    VolumeSpec,
+)
+from reconciler.units import format_size
+
+if TYPE_CHECKING:
+    from reconciler.observe import Observed
+
+Finding = tuple[Manifest, FieldProblem]
+GUEST_ARCH = "x86_64"  # the arch every domain is rendered with (xml/domain.py)
+
+# --- host facts: plain values, read by hypervisor.py ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MachineCaps:
+    """Domain capabilities of one (arch, machine, virt type): ``virsh domcapabilities``."""
+
+    machine: str  # canonical name libvirt answered with (``pc`` -> ``pc-i440fx-7.2``)
+    max_vcpus: int | None  # <vcpu max=...>; None: not stated
+    firmware: frozenset[str] = frozenset()  # <os><enum name='firmware'> values, e.g. {"efi"}
+    loaders: tuple[str, ...] = ()  # <os><loader><value> paths (OVMF_CODE...)
+    xml: str = ""  # the whole document, for checks still to come (<cpu> models)
+
+
+@dataclass(frozen=True, slots=True)
+class DirFacts:
+    """One directory above a host file: its permission bits and owner."""
+
+    path: str
+    mode: int  # st_mode
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PathFacts:
+    """A host file a manifest names: whether it exists, and the directories above it
+    (``/`` first) as far as they exist."""
+
+    exists: bool
+    dirs: tuple[DirFacts, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QemuUser:
+    """The user QEMU runs as (qemu.conf ``user``/``group``, as libvirt reports it)."""
+
+    uid: int
+    gid: int
+    groups: frozenset[int] = frozenset()  # supplementary groups, gid included
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HostAddress:
+    """An IPv4 subnet on a host interface, e.g. ("eth0", "192.168.1.0/24"): a directly
+    connected route, as libvirt itself checks a network's subnet against them."""
+
+    interface: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What this host offers. ``None`` (or a missing key) means "not known": the
+    checks that need it are skipped, and ``unknown`` says why, one line each."""
+
+    uri: str = ""
+    local: bool = True  # False: a remote URI; host files, bridges, addresses are not read
+    memory: int | None = None  # bytes
+    # (arch, virt type) -> machine types and aliases; a key missing: no such guest
+    machines: Mapping[tuple[str, str], frozenset[str]] | None = None
+    # (arch, machine as written, virt type) -> its domain capabilities
+    machine_caps: Mapping[tuple[str, str, str], MachineCaps] = field(default_factory=dict)
+    qemu_user: QemuUser | None = None
+    paths: Mapping[str, PathFacts] = field(default_factory=dict)  # path as written -> facts
+    bridges: frozenset[str] | None = None  # host bridges; None: not known
+    interfaces: frozenset[str] | None = None  # every host network interface
+    addresses: tuple[HostAddress, ...] | None = None
+    unknown: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FactsWanted:
+    """What the manifests need to know about the host (``wanted``), so that only that is
+    read: domain capabilities per (arch, machine, type), files, bridges, addresses."""
+
+    guests: frozenset[tuple[str, str, str]] = frozenset()
+    paths: frozenset[str] = frozenset()
+    bridges: bool = False
+    addresses: bool = False
+
+
+def wanted(
+    manifests: Sequence[Manifest], path_allowed: Callable[[str], bool] | None = None
+) -> FactsWanted:
+    """The facts ``check`` will look at for ``manifests``. Paths outside the allowed
+    roots are not wanted: the planner refuses them, and they are not looked at."""
+    guests: set[tuple[str, str, str]] = set()
+    paths: set[str] = set()
+    bridges = addresses = False
+    for m in manifests:
+        spec = m.spec
+        if isinstance(spec, VirtualMachineSpec):
+            guests.add((GUEST_ARCH, spec.machine, spec.type))
+            paths.update(p for _, p in host_files(spec))
+            bridges = bridges or any(n.bridge for n in spec.interfaces)
+        elif isinstance(spec, NetworkSpec) and spec.ipv4 is not None:
+            addresses = True
+    if path_allowed is not None:
+        paths = {p for p in paths if path_allowed(p)}
+    return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses)
+
+
+# --- the checks -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the checks share: other objects in libvirt and in the manifests."""
+
+    observed: Observed
+    manifests: Sequence[Manifest]
+    # bridges that Networks (in the manifests or libvirt) make
+    network_bridges: frozenset[str]
+    # host paths that Volume manifests will create (pool path / volume name)
+    volume_paths: frozenset[str]
+    # port -> (domain, listen, running) of every other domain's fixed or held display port
+    ports: Mapping[int, tuple[tuple[str, str, bool], ...]]
+
+
+VmCheck = Callable[[Manifest, VirtualMachineSpec, HostFacts, Context], Iterable[FieldProblem]]
+
+
+def check(manifests: Sequence[Manifest], facts: HostFacts, observed: Observed) -> list[Finding]:
+    """Every preflight problem of ``manifests`` on this host, in manifest order."""
+    context = _context(manifests, observed)
+    findings: list[Finding] = []
+    for m in manifests:
+        if isinstance(m.spec, VirtualMachineSpec):
+            for vm_check in VM_CHECKS:
+                findings.extend((m, p) for p in vm_check(m, m.spec, facts, context))
+        elif isinstance(m.spec, NetworkSpec):
+            findings.extend((m, p) for p in check_subnet(m, m.spec, facts, context))
+    return findings
+
+
+def check_machine(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """The machine type is one this QEMU knows for the arch and virt type; the vCPU counts
+    are within its limit; UEFI firmware is offered for it."""
+    if facts.machines is None:
+        return
+    known = facts.machines.get((GUEST_ARCH, spec.type))
+    if known is None:
+        return  # no such guest type: check_kvm says so
+    if spec.machine not in known:
+        close = difflib.get_close_matches(spec.machine, sorted(known), n=5, cutoff=0.6)
+        hint = (
+            "close ones: " + ", ".join(close)
+            if close
+            else "e.g. pc or q35 (`virsh capabilities` lists them all)"
+        )
+        yield FieldProblem(
+            ("spec", "machine"),
+            f"machine type '{spec.machine}' is not known to this host's QEMU "
+            f"({GUEST_ARCH}, type {spec.type})",
+            hint,
+        )
+        return
+    caps = facts.machine_caps.get((GUEST_ARCH, spec.machine, spec.type))
+    if caps is None:
+        return
+    limit = caps.max_vcpus
+    if limit is not None:
+        about = f"machine {caps.machine} ({spec.type}) takes at most {limit} vCPUs"
+        hint = f"lower it to {limit} or less, or use a machine type that takes more (q35: 288)"
+        if spec.vcpus > limit:
+            yield FieldProblem(("spec", "vcpus"), f"{spec.vcpus} vCPUs: {about}", hint)
+        if spec.max_vcpus > limit and _written(m, "maxVcpus"):
+            yield FieldProblem(("spec", "maxVcpus"), f"{spec.max_vcpus} vCPUs: {about}", hint)
+    if spec.firmware == "uefi" and "efi" not in caps.firmware and not caps.loaders:
+        yield FieldProblem(
+            ("spec", "firmware"),
+            f"uefi needs EFI firmware, and this host's QEMU offers none for machine {caps.machine}",
+            "install OVMF (apt install ovmf), or use firmware: bios",
+        )
+
+
+def check_kvm(
+    _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """``type: kvm`` needs a kvm domain type for the arch (hardware virtualisation)."""
+    if facts.machines is None or spec.type != "kvm":
+        return
+    if (GUEST_ARCH, "kvm") not in facts.machines:
+        yield FieldProblem(
+            ("spec", "type"),
+            "this host has no KVM: libvirt offers no kvm domain for " + GUEST_ARCH,
+            "use type: qemu (emulation, slow), or enable virtualisation (/dev/kvm)",
+        )
+
+
+def check_memory(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """Memory and maxMemory fit in the host's memory."""
+    if facts.memory is None:
+        return
+    if spec.memory <= facts.memory and spec.max_memory <= facts.memory:
+        return
+    host = _about(facts.memory)
+    hint = "lower it, or place the VM on a larger host (metadata.hosts)"
+    if spec.memory > facts.memory:
+        yield FieldProblem(
+            ("spec", "memory"),
+            f"{format_size(spec.memory)} is more than this host's memory ({host})",
+            hint,
+        )
+    if spec.max_memory > facts.memory and _written(m, "maxMemory"):
+        yield FieldProblem(
+            ("spec", "maxMemory"),
+            f"{format_size(spec.max_memory)} is more than this host's memory ({host})",
+            hint,
+        )
+
+
+def check_files(
+    _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """Disk, CD-ROM, kernel and initrd files exist, and QEMU's user can reach them."""
+    if not facts.local:
+        return
+    for where, path in host_files(spec):
+        found = facts.paths.get(path)
+        if found is None:
+            continue  # not read (outside the allowed roots: the planner refuses it)
+        if not found.exists:
+            if path in ctx.volume_paths:
+                continue  # a Volume manifest makes it
+            yield FieldProblem(
+                where,
+                f"{path} does not exist on this host",
+                "create it, or fix the path",
+            )
+            continue
+        user = facts.qemu_user
+        if user is None or user.uid == 0:
+            continue
+        for d in found.dirs:
+            if not _searchable(d, user):
+                who = user.name or f"uid {user.uid}"
+                yield FieldProblem(
+                    where,
+                    f"QEMU runs as {who} and cannot reach {path}: directory {d.path} "
+                    f"(mode {stat.S_IMODE(d.mode):04o}, owner {d.uid}:{d.gid}) is not "
+                    f"searchable for it",
+                    f"chmod o+x {d.path}, or keep images where QEMU can reach them "
+                    "(e.g. /var/lib/libvirt/images)",
+                )
+                break
+
+
+def check_bridges(
+    _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A NIC's ``bridge`` is an existing host bridge, or one a Network makes."""
+    if facts.bridges is None:
+        return
+    for i, nic in enumerate(spec.interfaces):
+        name = nic.bridge
+        if not name or name in facts.bridges or name in ctx.network_bridges:
+            continue
+        where: FieldPath = ("spec", "interfaces", i, "bridge")
+        if facts.interfaces is not None and name in facts.interfaces:
+            yield FieldProblem(
+                where,
+                f"host interface {name} is not a bridge",
+                f"make a bridge with {name} in it and name that, or use a Network",
+            )
+            continue
+        close = difflib.get_close_matches(name, sorted(facts.bridges | ctx.network_bridges))
+        hint = f"did you mean {close[0]}? " if close else ""
+        yield FieldProblem(
+            where,
+            f"no bridge {name} on this host",
+            hint + f"create it (ip link add {name} type bridge), or use network: <a Network>",
+        )
+
+
+def check_graphics_port(
+    m: Manifest, spec: VirtualMachineSpec, _facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A fixed display port is not held by any other domain (running, or defined with that
+    port fixed)."""
+    g = spec.graphics
+    if g is None or g.port is None:
+        return
+    for holder, listen, running in ctx.ports.get(g.port, ()):
+        if holder == m.name or not _listens_overlap(g.listen, listen):
+            continue
+        how = "running, holds it" if running else "defined with it fixed"
+        yield FieldProblem(
+            ("spec", "graphics", "port"),
+            f"port {g.port} is taken by domain '{holder}' ({how})",
+            "use port: auto, or another free port",
+        )
+        return
+
+
+VM_CHECKS: tuple[VmCheck, ...] = (
+    check_kvm,
+    check_machine,
+    check_memory,
+    check_files,
+    check_bridges,
+    check_graphics_port,
+)
+
+
+def check_subnet(
+    m: Manifest, spec: NetworkSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """The network's IPv4 subnet overlaps no other libvirt network's (active or autostarted:
+    those hold or will hold it) and no subnet on a host interface (a connected route)
+    other than this network's own bridge. (The XML modules are imported here, not at the
+    top: ``validate`` imports this module for ``path_problems`` and needs none of them.)"""
+    if spec.ipv4 is None:
+        return
+    mine = ipaddress.IPv4Interface(f"{spec.ipv4.address}/{spec.ipv4.prefix}").network
+    where: FieldPath = ("spec", "ipv4", "address")
+    hint = "pick a free subnet"
+    own_bridges = {spec.bridge} if spec.bridge else set()
+    from reconciler.xml import network as network_xml
+
+    for name, record in sorted(ctx.observed.networks.items()):
+        fields = network_xml.observe(record.live_xml or record.config_xml)
+        if name == m.name:
+            bridge = fields.get("bridge")
+            if isinstance(bridge, str):
+                own_bridges.add(bridge)
+            continue
+        other = _subnet(fields.get("ipv4.address"), fields.get("ipv4.prefix"))
+        if other is None or not (record.active or record.autostart):
+            continue
+        if mine.overlaps(other):
+            yield FieldProblem(where, f"{mine} overlaps {other} of libvirt network '{name}'", hint)
+            return
+    for a in facts.addresses or ():
+        if a.interface in own_bridges:
+            continue
+        other = ipaddress.IPv4Interface(a.address).network
+        if mine.overlaps(other):
+            yield FieldProblem(
+                where, f"{mine} overlaps {other} on host interface {a.interface}", hint
+            )
+            return
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def host_files(spec: VirtualMachineSpec) -> list[tuple[FieldPath, str]]:
+    """(field path, path) of each file QEMU opens: disks, CD-ROMs, kernel, initrd."""
+    found: list[tuple[FieldPath, str]] = [
+        (("spec", "disks", i, "file"), d.file) for i, d in enumerate(spec.disks) if d.file
+    ]
+    found += [(("spec", "cdroms", i, "file"), c.file) for i, c in enumerate(spec.cdroms) if c.file]
+    for key, value in (("kernel", spec.kernel), ("initrd", spec.initrd)):
+        if value:
+            found.append((("spec", key), value))
+    return found
+
+
+def _about(size: int) -> str:
+    """A size for a message: exact when it is round, else to a tenth ("4.5GiB")."""
+    exact = format_size(size)
+    if exact.endswith(("GiB", "TiB")) or size < 1024**3:
+        return exact
+    return f"{size / 1024**3:.1f}GiB"
+
+
+def _written(m: Manifest, key: str) -> bool:
+    spec = m.document.get("spec")
+    return isinstance(spec, Mapping) and key in spec
+
+
+def _searchable(d: DirFacts, user: QemuUser) -> bool:
+    if d.uid == user.uid:
+        return bool(d.mode & stat.S_IXUSR)
+    if d.gid == user.gid or d.gid in user.groups:
+        return bool(d.mode & stat.S_IXGRP)
+    return bool(d.mode & stat.S_IXOTH)
+
+
+def _listens_overlap(a: str, b: str) -> bool:
+    """Two listen addresses contend for a port unless both are distinct specific ones."""
+    wildcard = {"", "0.0.0.0", "::"}
+    return a in wildcard or b in wildcard or a == b
+
+
+def _subnet(address: object, prefix: object) -> ipaddress.IPv4Network | None:
+    if not isinstance(address, str) or prefix is None:
+        return None
+    try:
+        return ipaddress.IPv4Interface(f"{address}/{prefix}").network
+    except ValueError:
+        return None
+
+
+_GRAPHICS = re.compile(r"<graphics\b([^>]*)>")
+_ATTR = re.compile(r"""(\w+)=(?:'([^']*)'|"([^"]*)")""")
+
+
+def display_ports(xml: str) -> list[tuple[int, str, bool]]:
+    """(port, listen, fixed) of each VNC/SPICE display in a domain XML; a port not yet
+    allocated (-1) is left out. A regular expression, not a parse: this runs over every
+    domain of the host, and only the ``<graphics>`` start tags matter."""
+    found = []
+    for match in _GRAPHICS.finditer(xml):
+        attrs = {k: v1 or v2 for k, v1, v2 in _ATTR.findall(match.group(1))}
+        try:
+            port = int(attrs.get("port", "-1"))
+        except ValueError:
+            continue
+        if port > 0:
+            found.append((port, attrs.get("listen", ""), attrs.get("autoport") != "yes"))
+    return found
+
+
+def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
+    from reconciler.xml import network as network_xml
+    from reconciler.xml import pool as pool_xml
+
+    bridges = {
+        m.spec.bridge
+        for m in manifests
+        if isinstance(m.spec, NetworkSpec) and m.spec.bridge and m.spec.mode != "bridge"
+    }
+    for record in observed.networks.values():
+        bridge = network_xml.observe(record.live_xml or record.config_xml).get("bridge")
+        if isinstance(bridge, str):
+            bridges.add(bridge)
+    pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}
+    for name, pool in observed.pools.items():
+        path = pool_xml.observe(pool.config_xml).get("path")
+        if isinstance(path, str):
+            pool_paths.setdefault(name, path)
+    volume_paths = {
+        os.path.join(pool_paths[m.spec.pool], m.name)
+        for m in manifests
+        if isinstance(m.spec, VolumeSpec) and m.spec.pool in pool_paths
+    }
+    ports: dict[int, list[tuple[str, str, bool]]] = {}
+    declared = {m.name for m in manifests if isinstance(m.spec, VirtualMachineSpec)}
+    if any(isinstance(m.spec, VirtualMachineSpec) and m.spec.graphics is not None
+           and m.spec.graphics.port is not None for m in manifests):  # fmt: skip
+        for name, dom in observed.domains.items():
+            if dom.active and dom.live_xml:
+                for port, listen, _fixed in display_ports(dom.live_xml):
+                    ports.setdefault(port, []).append((name, listen, True))
+            elif name not in declared:  # a declared one's own manifest says its port
+                for port, listen, fixed in display_ports(dom.config_xml):
+                    if fixed:
+                        ports.setdefault(port, []).append((name, listen, False))
+    return Context(
+        observed=observed,
+        manifests=manifests,
+        network_bridges=frozenset(bridges),
+        volume_paths=frozenset(volume_paths),
+        ports={p: tuple(holders) for p, holders in ports.items()},
+    )
+
+
+# --- allowed disk roots (validate, offline) -----------------------------------------------
+
+
+def allowed_paths(roots: Sequence[Path] | None) -> Callable[[str], bool] | None:
+    """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
+    if roots is None:
+        return None
+    real_roots = tuple(os.path.realpath(root) for root in roots)
+    prefixes = tuple(root.rstrip(os.sep) + os.sep for root in real_roots)
+    # A pass asks about many files in few directories: each directory is resolved once
+    # (for as long as this function is kept: one pass), the file itself by one lstat.
+    real_dirs: dict[str, str] = {}
+
+    def allowed(path: str) -> bool:
+        head, tail = os.path.split(os.path.abspath(path))
+        real_head = real_dirs.get(head)
+        if real_head is None:
+            real_head = real_dirs[head] = os.path.realpath(head)
+        real = os.path.join(real_head, tail)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        return real in real_roots or real.startswith(prefixes)
+
+    return allowed
+
+
+def path_problems(manifests: Sequence[Manifest], roots: Sequence[Path] | None) -> list[Finding]:
+    """Every host path a manifest names (disks, CD-ROMs, kernel, initrd, serial log, a
+    volume's source) that lies outside ``roots``: the rule ``plan`` applies (SPEC §5)."""
+    allowed = allowed_paths(roots)
+    if allowed is None:
+        return []
+    shown = ", ".join(str(r) for r in roots or ())
+    findings: list[Finding] = []
+    for m in manifests:
+        named: list[tuple[FieldPath, str]] = []
+        if isinstance(m.spec, VirtualMachineSpec):
+            named = host_files(m.spec)
+            if m.spec.serial_file:
+                named.append((("spec", "serial", "file"), m.spec.serial_file))
+        elif isinstance(m.spec, VolumeSpec) and m.spec.source:
+            named = [(("spec", "source"), m.spec.source)]
+        for where, path in named:
+            if not allowed(path):
+                findings.append((m, FieldProblem(
+                    where,
+                    f"{path} is outside the allowed disk roots ({shown})",
+                    "move it under one of them, or add a root to allowedDiskRoots "
+                    "in the configuration",
+                )))  # fmt: skip
+    return findings

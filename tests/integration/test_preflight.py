@@ -1,0 +1,188 @@
+"""Preflight against the real libvirtd: `reconciler plan` refuses, as load problems at the
+field's file:line:col, what this host cannot run, before anything is touched."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+from tests.integration.engine_support import Workspace, vm, ws_fixture  # noqa: F401
+
+
+def vm_text(name: str, *lines: str, head: str = "") -> str:
+    """A small `type: qemu` VM manifest; ``lines`` go under spec as written."""
+    spec = "".join(f"  {line}\n" for line in lines)
+    return (f"apiVersion: reconciler/v1\nkind: VirtualMachine\nmetadata:\n  name: {name}\n"
+            f"{head}spec:\n  type: qemu\n  memory: 64MiB\n  vcpus: 1\n  shutdownTimeout: 1s\n"
+            f"{spec}")  # fmt: skip
+
+
+def at(path: Path, needle: str) -> str:
+    """``file:line:col`` of the value ``needle`` in a manifest file, as the CLI prints it."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if needle in line:
+            return f"{path}:{number}:{line.index(needle) + 1}"
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def plan_fails(ws: Workspace) -> str:
+    done = ws.cli("plan", str(ws.directory))
+    assert done.returncode == 1, done.stdout + done.stderr
+    return done.stderr
+
+
+def test_an_unknown_machine_type_names_the_field_and_close_ones(ws: Workspace) -> None:
+    path = ws.write("vm.yaml", vm_text(ws.n("vm"), "machine: pc-i440fx-99.9"))
+    err = plan_fails(ws)
+    assert (f"{at(path, 'pc-i440fx-99.9')}: spec.machine: machine type 'pc-i440fx-99.9' is not "
+            "known to this host's QEMU (x86_64, type qemu); close ones: pc-i440fx-") in err, err
+    assert "1 problem in 1 file" in err, err
+
+
+def test_max_vcpus_over_the_machine_limit(ws: Workspace) -> None:
+    path = ws.write("vm.yaml", vm_text(ws.n("vm"), "machine: pc", "maxVcpus: 4000"))
+    err = plan_fails(ws)
+    assert (f"{at(path, '4000')}: spec.maxVcpus: 4000 vCPUs: machine pc-i440fx-") in err, err
+    assert "takes at most 255 vCPUs; lower it to 255 or less" in err, err
+
+
+def test_memory_over_the_host_memory(ws: Workspace) -> None:
+    path = ws.write("vm.yaml", vm_text(ws.n("vm")).replace("64MiB", "64TiB"))
+    err = plan_fails(ws)
+    assert f"{at(path, '64TiB')}: spec.memory: 64TiB is more than this host's memory (" in err, err
+
+
+def test_a_missing_disk_file(ws: Workspace) -> None:
+    missing = ws.hostdir / "missing.img"
+    path = ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {missing}"))
+    err = plan_fails(ws)
+    assert (f"{at(path, str(missing))}: spec.disks[0].file: {missing} does not exist on this "
+            "host; create it, or fix the path") in err, err
+    ws.file("missing.img")
+    done = ws.cli("plan", str(ws.directory))
+    assert done.returncode == 2, done.stdout + done.stderr
+
+
+def test_a_file_qemu_cannot_reach(ws: Workspace) -> None:
+    private = ws.hostdir / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    iso = ws.iso("a.iso").rename(private / "a.iso")
+    path = ws.write("vm.yaml", vm_text(ws.n("vm"), "cdroms:", f"  - file: {iso}"))
+    err = plan_fails(ws)
+    assert (f"{at(path, str(iso))}: spec.cdroms[0].file: QEMU runs as libvirt-qemu and cannot "
+            f"reach {iso}: directory {private} (mode 0700, owner 0:0) is not searchable for "
+            f"it; chmod o+x {private}") in err, err
+
+
+def test_a_missing_bridge(ws: Workspace) -> None:
+    bridge = ws.bridge_name()  # a name, not made
+    path = ws.write("vm.yaml", vm_text(ws.n("vm"), "interfaces:", f"  - bridge: {bridge}"))
+    err = plan_fails(ws)
+    assert (f"{at(path, bridge)}: spec.interfaces[0].bridge: no bridge {bridge} on this host"
+            in err), err
+    _make_bridge(ws, bridge)
+    done = ws.cli("plan", str(ws.directory))
+    assert done.returncode == 2, done.stdout + done.stderr
+
+
+def _make_bridge(ws: Workspace, name: str) -> None:
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    ws.bridges.append(name)
+
+
+def _free_port() -> int:
+    """A VNC port no domain and no process holds now (libvirt's range is 5900-65535)."""
+    for port in range(5990, 6400):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port")
+
+
+def test_a_fixed_port_held_by_another_running_domain(ws: Workspace) -> None:
+    port = _free_port()
+    holder = ws.n("holder")
+    ws.conn.defineXML(
+        f"<domain type='qemu'><name>{holder}</name><memory unit='MiB'>32</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+        f"<graphics type='vnc' port='{port}' autoport='no' listen='127.0.0.1'/>"
+        "</devices></domain>"
+    ).create()
+    bad, good = ws.n("bad"), ws.n("good")
+    path = ws.write("bad.yaml", vm_text(bad, f"graphics: {{type: vnc, port: {port}}}"))
+    ws.write("good.yaml", vm_text(good, "graphics: {type: vnc, port: auto}"))
+    err = plan_fails(ws)
+    assert (f"{at(path, str(port))}: spec.graphics.port: port {port} is taken by domain "
+            f"'{holder}' (running, holds it); use port: auto, or another free port") in err, err
+
+    # failure isolation: the other VM is created, the refused one is not touched
+    result = ws.apply()
+    assert [p.field for p in result.load.problems] == ["spec.graphics.port"]
+    assert [r.action.name for r in result.results if r.outcome == "ok"] == [good]
+    assert ws.domain(good).isActive()
+    assert bad not in [d.name() for d in ws.conn.listAllDomains(0)]
+
+
+def test_a_subnet_overlapping_another_network(ws: Workspace) -> None:
+    subnet = ws.subnet()
+    gateway = next(subnet.hosts())
+    other = ws.n("other")
+    ws.conn.networkCreateXML(  # transient, isolated, active
+        f"<network><name>{other}</name><bridge name='{ws.bridge_name()}'/>"
+        f"<ip address='{gateway}' prefix='24'/></network>"
+    )
+    wider = f"{subnet.network_address + 1}"
+    text = (f"apiVersion: reconciler/v1\nkind: Network\nmetadata:\n  name: {ws.n('net')}\n"
+            f"spec:\n  mode: isolated\n  bridge: {ws.bridge_name()}\n  ipv4:\n"
+            f"    address: {wider}\n    prefix: 16\n")  # fmt: skip
+    path = ws.write("net.yaml", text)
+    err = plan_fails(ws)
+    wide = f"{subnet.supernet(new_prefix=16)}"
+    assert (f"{at(path, wider)}: spec.ipv4.address: {wide} overlaps {subnet} of libvirt network "
+            f"'{other}'; pick a free subnet") in err, err
+
+
+def test_pruning_waits_while_preflight_refuses(ws: Workspace) -> None:
+    kept = ws.n("kept")
+    ws.write("kept.yaml", vm(kept, type="qemu", state="stopped"))
+    ws.converge()
+    ws.remove("kept.yaml")
+    ws.write("bad.yaml", vm_text(ws.n("bad"), "machine: pc-nope"))
+    result = ws.apply()
+    assert [p.field for p in result.load.problems] == ["spec.machine"]
+    assert result.plan.prune_blocked, result.plan
+    assert kept in [d.name() for d in ws.conn.listAllDomains(0)]
+
+
+def test_validate_offline_refuses_a_path_outside_the_allowed_roots(ws: Workspace) -> None:
+    outside = Path("/tmp") / f"{ws.prefix}disk.img"
+    path = ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {outside}"))
+    done = ws.cli("validate", "--offline", str(ws.directory), state=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (f"{at(path, str(outside))}: spec.disks[0].file: {outside} is outside the allowed "
+            f"disk roots ({ws.hostdir}); move it under one of them, or add a root to "
+            "allowedDiskRoots in the configuration") in done.stderr, done.stderr
+    inside = ws.hostdir / "disk.img"
+    ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {inside}"))
+    done = ws.cli("validate", "--offline", str(ws.directory), state=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_subnet_on_a_host_interface(ws: Workspace) -> None:
+    subnet = ws.subnet()
+    bridge = ws.host_bridge()
+    subprocess.run(["ip", "addr", "add", f"{next(subnet.hosts())}/24", "dev", bridge], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    address = f"{subnet.network_address + 1}"
+    text = (f"apiVersion: reconciler/v1\nkind: Network\nmetadata:\n  name: {ws.n('net')}\n"
+            f"spec:\n  mode: isolated\n  bridge: {ws.bridge_name()}\n  ipv4:\n"
+            f"    address: {address}\n    prefix: 24\n")  # fmt: skip
+    path = ws.write("net.yaml", text)
+    err = plan_fails(ws)
+    assert (f"{at(path, address)}: spec.ipv4.address: {subnet} overlaps {subnet} on host "
+            f"interface {bridge}; pick a free subnet") in err, err
