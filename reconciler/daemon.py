@@ -235,10 +235,12 @@ class Daemon:
         started = time.monotonic()
         self.passes += 1
         log = self.log.bind(reconcile=self.passes)
-        revision = source_revision(self.settings.manifest_dir)
+        revision: str | None = None
         try:
+            # permissions first: nothing of the directory (.git included) is read before
             if not self.settings.allow_writable_manifest_dir:
                 check_manifest_dir(self.settings.manifest_dir, self.settings)
+            revision = source_revision(self.settings.manifest_dir)
             self._follow_root()
             load, observed, plan = self.reconciler.plan()
             for problem in load.problems:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from reconciler import gitrev
 from reconciler import inventory as inventory_file
 from reconciler.executor import ActionResult, Executor
 from reconciler.hypervisor import Hypervisor
@@ -206,22 +206,13 @@ def known_objects(observed: Observed) -> KnownObjects:
 
 
 def source_revision(directory: Path) -> str | None:
-    """The git commit of the manifest directory (``-dirty`` with local changes), if any."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    revision = head.stdout.strip()
-    return revision + ("-dirty" if dirty.stdout.strip() else "")
+    """The git commit of the manifest directory (``-dirty`` with local changes), if any.
+
+    Read from the repository's files by gitrev.py: no git program runs, so
+    nothing the repository's configuration names (``core.fsmonitor``, hooks,
+    filters) is ever executed. None outside a git work tree.
+    """
+    return gitrev.revision(directory)
 
 
 def read_secrets(manifests: tuple[Manifest, ...]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from reconciler import gitrev
 from reconciler.errors import ConfigError, Problem, SourcePosition
 from reconciler.logs import LogFormat
 from reconciler.manifests import is_manifest_file
@@ -338,8 +339,11 @@ def check_manifest_dir(path: Path, settings: Settings) -> None:
 
     Checked, symlinks resolved: the directory and every parent up to ``/``
     (a parent may be writable by all if its sticky bit is set, as ``/tmp``
-    is), every sub-directory the loader enters and every manifest file (and,
-    for a symlinked file, its target's parents). Each must be owned by root
+    is); the git repository the directory is in, if any, before anything of
+    it is read (``.git``, the git dir a ``.git`` file names, and every file
+    and folder ``gitrev.paths_read`` lists: HEAD, refs, packed-refs, config,
+    index, objects); every sub-directory the loader enters and every
+    manifest file (and, for a symlinked file, its target's parents). Each must be owned by root
     or by the user this process runs as, and not writable by group (unless
     the group is root) or others. A missing directory passes when its
     existing parents do; the loader reports it missing. Nothing is checked
@@ -350,6 +354,7 @@ def check_manifest_dir(path: Path, settings: Settings) -> None:
     real = Path(os.path.realpath(path))
     trusted = {0, os.geteuid()}
     _check_ancestors(path, real, trusted)
+    _check_repository(path, real, trusted)
     if not real.is_dir():
         return
     for directory, subdirs, files in os.walk(real, followlinks=False):
@@ -364,6 +369,23 @@ def check_manifest_dir(path: Path, settings: Settings) -> None:
                 _check_ancestors(path, Path(os.path.realpath(entry)), trusted)
             else:
                 _check_entry(path, entry, trusted)
+
+
+def _check_repository(shown: Path, real: Path, trusted: set[int]) -> None:
+    """The git repository whose work tree holds ``real`` (``.git`` in it or a parent), as
+    far as gitrev.py reads it: each path is checked before it is read."""
+
+    def vet(node: Path) -> None:
+        _check_ancestors(shown, Path(os.path.realpath(node)), trusted)
+
+    repo = gitrev.find_repository(real, vet=vet)
+    if repo is None:
+        return
+    for node in gitrev.paths_read(repo):
+        if node.is_symlink():
+            vet(node)
+        else:
+            _check_entry(shown, node, trusted)
 
 
 def _check_ancestors(shown: Path, real: Path, trusted: set[int]) -> None:

@@ -433,12 +433,19 @@ def test_writable_subdirectory_or_file_is_refused(tmp_path: Path) -> None:
 
 def test_entries_the_loader_ignores_are_not_checked(tmp_path: Path) -> None:
     directory = manifest_dir(tmp_path)
-    git = directory / ".git"
-    git.mkdir()
-    git.chmod(0o777)
     (directory / "README.md").write_text("")
     (directory / "README.md").chmod(0o666)
     check_manifest_dir(directory, STRICT)
+
+
+def test_a_writable_git_dir_is_refused_though_the_loader_skips_it(tmp_path: Path) -> None:
+    """The revision is read from .git (SPEC §5: '.git included'); see test_gitrev.py."""
+    directory = manifest_dir(tmp_path)
+    git = directory / ".git"
+    git.mkdir()
+    git.chmod(0o777)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(git))} is writable by others"):
+        check_manifest_dir(directory, STRICT)
 
 
 def test_symlinked_root_is_resolved_first(tmp_path: Path) -> None:
