@@ -321,6 +321,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
         default_update_policy=settings.default_update_policy,
         allow_replace=frozenset(getattr(args, "allow_replace", ())),
         allowed_roots=settings.allowed_disk_roots,
+        allowed_secret_roots=settings.allowed_secret_roots,
     )
     return Reconciler(Hypervisor.open(settings.uri), options)
 

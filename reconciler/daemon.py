@@ -228,6 +228,7 @@ class Daemon:
             prune=s.prune,
             default_update_policy=s.default_update_policy,
             allowed_roots=s.allowed_disk_roots,
+            allowed_secret_roots=s.allowed_secret_roots,
         )
 
     def _pass(self, reasons: list[str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,10 +18,11 @@ from pathlib import Path
 from reconciler import gitrev
 from reconciler import inventory as inventory_file
 from reconciler.executor import ActionResult, Executor
+from reconciler.hostpaths import PathPolicy, host_paths, read_secret
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
 from reconciler.manifests import LoadResult, check_against, load_unchecked
-from reconciler.model import Kind, Manifest, VirtualMachineSpec
+from reconciler.model import Kind, Manifest
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
@@ -49,6 +49,7 @@ class PassOptions:
     default_update_policy: str = "manual"
     allow_replace: frozenset[str] = frozenset()
     allowed_roots: tuple[Path, ...] | None = None  # None: disk paths are not restricted
+    allowed_secret_roots: tuple[Path, ...] | None = None  # None: password files: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,9 @@ class Reconciler:
         )  # fmt: skip
         return PassResult(load, plan, tuple(results), unsettled, after)
 
+    def _paths(self) -> PathPolicy:
+        return PathPolicy(self.options.allowed_roots, self.options.allowed_secret_roots)
+
     def _plan_options(
         self, load: LoadResult, verified: dict[str, str] | None = None
     ) -> PlanOptions:
@@ -173,26 +177,13 @@ class Reconciler:
                 default_update_policy=self.options.default_update_policy,
                 allow_replace=self.options.allow_replace,
                 revision=source_revision(self.options.directory),
-                secrets=read_secrets(load.manifests),
-                path_allowed=path_check(self.options.allowed_roots),
+                secrets=read_secrets(load.manifests, self._paths()),
+                paths=self._paths(),
             )
             self._options_of = (load, base)
         else:
             base = reused[1]
         return replace(base, verified=verified or {})
-
-
-def path_check(roots: tuple[Path, ...] | None) -> Callable[[str], bool] | None:
-    """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
-    if roots is None:
-        return None
-    real_roots = tuple(Path(os.path.realpath(root)) for root in roots)
-
-    def allowed(path: str) -> bool:
-        real = Path(os.path.realpath(path))
-        return any(real.is_relative_to(root) for root in real_roots)
-
-    return allowed
 
 
 def known_objects(observed: Observed) -> KnownObjects:
@@ -215,18 +206,17 @@ def source_revision(directory: Path) -> str | None:
     return gitrev.revision(directory)
 
 
-def read_secrets(manifests: tuple[Manifest, ...]) -> dict[str, str]:
-    """The display passwords named by ``graphics.passwordFile`` (first line of each file)."""
+def read_secrets(manifests: tuple[Manifest, ...], policy: PathPolicy) -> dict[str, str]:
+    """The display passwords named by ``graphics.passwordFile`` (first line of each file).
+
+    Only files that pass ``policy`` (hostpaths.py) are read; a refused or
+    unreadable one is left out, and the planner reports its VM.
+    """
     secrets: dict[str, str] = {}
     for m in manifests:
-        spec = m.spec
-        if not isinstance(spec, VirtualMachineSpec) or spec.graphics is None:
-            continue
-        path = spec.graphics.password_file
-        if path and path not in secrets:
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue  # the planner reports the VM as unable to apply
-            secrets[path] = text.splitlines()[0] if text else ""
+        for host_path in host_paths(m):
+            if host_path.secret and host_path.path not in secrets:
+                password = read_secret(host_path, policy)
+                if password is not None:
+                    secrets[host_path.path] = password
     return secrets

@@ -9,9 +9,13 @@ other module reads the environment or the file. SIGHUP simply calls
 ``load_settings`` again.
 
 Settings that guard the host against its input (``allowWritableManifestDir``,
-``allowedDiskRoots``) come from the root-owned file or flags only, never the
-environment. ``check_manifest_dir`` enforces SPEC §5: a root daemon refuses a
-manifest directory that users other than root can write to.
+``allowedDiskRoots``, ``allowedSecretRoots``) come from the root-owned file or
+flags only, never the environment. Every host path a manifest names passes
+one check against the two lists of roots (hostpaths.py): password files
+against ``allowedSecretRoots`` (default ``/etc/reconciler/secrets``), all
+others against ``allowedDiskRoots``. ``check_manifest_dir`` enforces SPEC
+§5: a root daemon refuses a manifest directory (its ``.git`` included) that
+users other than root can write to.
 
 Errors are ``ConfigError``s, one line per problem, naming the file, line and
 column and the field (``config.yaml:3:17: resyncInterval: ...``), or the
@@ -47,6 +51,8 @@ CONFIG_ENV = "RECONCILER_CONFIG"
 DEFAULT_DISK_ROOTS: tuple[Path, ...] = tuple(
     Path(p) for p in ("/var/lib/libvirt", "/srv", "/opt", "/var/lib/reconciler")
 )
+# graphics.passwordFile: read by the root daemon itself, so a folder of its own
+DEFAULT_SECRET_ROOTS: tuple[Path, ...] = (Path("/etc/reconciler/secrets"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class Settings:
     log_format: LogFormat = "auto"
     allow_writable_manifest_dir: bool = False
     allowed_disk_roots: tuple[Path, ...] = DEFAULT_DISK_ROOTS
+    allowed_secret_roots: tuple[Path, ...] = DEFAULT_SECRET_ROOTS
     host: str = field(default_factory=socket.gethostname)
     config_file: Path | None = None  # the file that was read, if any (for logs)
 
@@ -185,6 +192,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("log_format", "logFormat", "RECONCILER_LOG_FORMAT", _choice(get_args(LogFormat))),
     _Field("allow_writable_manifest_dir", "allowWritableManifestDir", None, _bool),
     _Field("allowed_disk_roots", "allowedDiskRoots", None, _roots),
+    _Field("allowed_secret_roots", "allowedSecretRoots", None, _roots),
     _Field("host", "host", "RECONCILER_HOST", _text),
 )  # fmt: skip
 _BY_NAME = {f.name: f for f in _FIELDS}

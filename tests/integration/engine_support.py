@@ -262,7 +262,8 @@ class Workspace:
         """The configuration file the CLI is given: disk paths may lie in ``hostdir``."""
         path = self.root / "config.yaml"
         if not path.exists():
-            path.write_text(yaml.safe_dump({"allowedDiskRoots": [str(self.hostdir)]}))
+            path.write_text(yaml.safe_dump({"allowedDiskRoots": [str(self.hostdir)],
+                                            "allowedSecretRoots": [str(self.hostdir)]}))
         return path
 
     def options(self, **overrides: Any) -> PassOptions:
@@ -270,6 +271,8 @@ class Workspace:
                                 "host": None}  # fmt: skip
         if "allowed_roots" in PassOptions.__dataclass_fields__:
             base["allowed_roots"] = (self.hostdir,)  # as the CLI gets from self.config
+        if "allowed_secret_roots" in PassOptions.__dataclass_fields__:
+            base["allowed_secret_roots"] = (self.hostdir,)
         base.update(overrides)
         if "allow_replace" in base:
             base["allow_replace"] = frozenset(base["allow_replace"])
