@@ -35,7 +35,13 @@ from types import FrameType
 from typing import Any
 
 from reconciler import sdnotify
-from reconciler.errors import ConfigError, ConnectionLost, HypervisorError, ReconcilerError
+from reconciler.errors import (
+    ConfigError,
+    ConnectionLost,
+    HypervisorError,
+    ReconcilerError,
+    StateDirError,
+)
 from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
@@ -360,7 +366,7 @@ class Daemon:
         )  # fmt: skip
         try:
             write_status(self.settings.state_dir, report)
-        except OSError as exc:
+        except StateDirError as exc:  # a full or read-only disk: say so, keep converging
             self.log.error("status.write_failed", error=str(exc))
         self._previous = report
         return report

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reconciler import gitrev
+from reconciler import gitrev, statedir
 from reconciler import inventory as inventory_file
 from reconciler.executor import ActionResult, Executor
 from reconciler.hostpaths import PathPolicy, host_paths, read_secret
@@ -92,6 +92,11 @@ class Reconciler:
         return inventory_file.load(state_dir) if state_dir else Inventory()
 
     def plan(self) -> tuple[LoadResult, Observed, Plan]:
+        """Load, observe and plan. ``StateDirError`` naming the path when the state
+        directory cannot be created or read: never a plan against an empty inventory.
+        (It need not be writable: a plan's caches there are optional.)"""
+        if self.options.state_dir is not None:
+            statedir.prepare(self.options.state_dir, write=False)
         # libvirt answers while the manifests are parsed: its calls release the GIL
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self.observe)
