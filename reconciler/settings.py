@@ -37,6 +37,7 @@ from typing import Any, Literal, cast, get_args
 
 from reconciler import gitrev
 from reconciler.errors import ConfigError, Problem, SourcePosition
+from reconciler.hostpaths import HostPath, PathPolicy
 from reconciler.logs import LogFormat
 from reconciler.manifests import is_manifest_file
 from reconciler.schema import _explain as explain_schema_error
@@ -74,9 +75,10 @@ class Settings:
     config_file: Path | None = None  # the file that was read, if any (for logs)
 
     def disk_path_allowed(self, path: str | os.PathLike[str]) -> bool:
-        """Whether ``path``, symlinks resolved, lies under one of ``allowed_disk_roots``."""
-        real = Path(os.path.realpath(path))
-        return any(real.is_relative_to(os.path.realpath(root)) for root in self.allowed_disk_roots)
+        """Whether ``path``, symlinks resolved, lies under one of ``allowed_disk_roots``
+        (the one check of hostpaths.py, as the planner makes it)."""
+        policy = PathPolicy(self.allowed_disk_roots, self.allowed_secret_roots)
+        return policy.refusal(HostPath("path", os.fspath(path))) is None
 
 
 # --------------------------------------------------------------------------
