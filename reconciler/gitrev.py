@@ -123,13 +123,16 @@ def find_repository(directory: Path, vet: Vet | None = None) -> Repository | Non
 def paths_read(repo: Repository) -> Iterator[Path]:
     """Every existing file and folder ``revision`` may read, for a permission check.
 
-    The git dirs, HEAD, the index, ``config`` (not read here, but git run by a
-    person would obey it), ``packed-refs``, every folder and file under
-    ``refs``, the object folders and the pack files.
+    The git dirs, HEAD, the index, ``config`` and ``config.worktree`` (not
+    read here, but git run by a person would obey them), ``packed-refs``,
+    every folder and file under ``refs``, the object folders and the pack
+    files. A generator, and a folder is yielded before it is listed: a caller
+    that checks each path as it comes has checked every folder before this
+    reads it.
     """
     candidates = [
         repo.git_dir, repo.git_dir / "HEAD", repo.git_dir / "index",
-        repo.git_dir / "commondir", repo.git_dir / "config",
+        repo.git_dir / "commondir", repo.git_dir / "config", repo.git_dir / "config.worktree",
         repo.common_dir, repo.common_dir / "config", repo.common_dir / "packed-refs",
     ]  # fmt: skip
     seen: set[Path] = set()
