@@ -161,6 +161,36 @@ def test_the_daemon_refuses_a_writable_git_and_runs_nothing_of_it(ws: Workspace)
     assert ws.virsh("net-list", "--all", "--name").find(ws.n("net")) == -1
 
 
+def test_the_daemon_reads_the_revision_of_an_armed_repository_without_running_it(
+    ws: Workspace,
+) -> None:
+    name = ws.n("net")
+    ws.write("net.yaml", ws.isolated_network(name))
+    (ws.directory / ".gitattributes").write_text("*.yaml filter=x\n")
+    safe_git(ws.directory, "init", "-q")
+    safe_git(ws.directory, "add", "-A")
+    safe_git(ws.directory, "commit", "-qm", "first")
+    marker = ws.root / "ran-as-root"
+    arm(ws.directory, marker)  # root-owned and not writable by others: accepted
+    head = safe_git(ws.directory, "rev-parse", "--short=12", "HEAD")
+    proc = start_daemon(ws, "--state-dir", str(ws.state_dir))
+    report: dict[str, Any] = {}
+    try:
+        status = ws.state_dir / "status.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                report = json.loads(status.read_text())
+                if any(o["name"] == name and o["state"] == "in-sync"
+                       for o in report["objects"]):  # fmt: skip
+                    break
+            time.sleep(0.2)
+    finally:
+        _, stderr = stop(proc)
+    assert report.get("revision") == head, (report, stderr[-2000:])
+    assert not marker.exists(), marker.read_text()
+
+
 # --------------------------------------------------------------------------
 # Item 4: every host path passes one check
 # --------------------------------------------------------------------------
