@@ -20,6 +20,7 @@ from typing import Any
 from reconciler import __version__
 from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.hostdefaults import apply_vm_defaults
+from reconciler.hostpaths import PathPolicy
 from reconciler.lock import StateLock
 from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
 from reconciler.preflight import path_problems
@@ -293,7 +294,8 @@ def _validate(args: argparse.Namespace) -> int:
         known,
     )
     # the allowedDiskRoots rule needs no libvirt: checked offline too, as plan does
-    result = drop_findings(result, path_problems(result.manifests, settings.allowed_disk_roots))
+    policy = PathPolicy(settings.allowed_disk_roots, settings.allowed_secret_roots)
+    result = drop_findings(result, path_problems(result.manifests, policy))
     if args.output == "json":
         print(json.dumps(_validate_json(result), indent=2))
     else:
@@ -348,6 +350,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
         allow_replace=frozenset(getattr(args, "allow_replace", ())),
         allowed_roots=settings.allowed_disk_roots,
         vm_defaults=settings.vm_defaults,
+        allowed_secret_roots=settings.allowed_secret_roots,
     )
     return Reconciler(Hypervisor.open(settings.uri), options)
 

@@ -35,7 +35,13 @@ from types import FrameType
 from typing import Any
 
 from reconciler import sdnotify
-from reconciler.errors import ConfigError, ConnectionLost, HypervisorError, ReconcilerError
+from reconciler.errors import (
+    ConfigError,
+    ConnectionLost,
+    HypervisorError,
+    ReconcilerError,
+    StateDirError,
+)
 from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
@@ -229,6 +235,7 @@ class Daemon:
             default_update_policy=s.default_update_policy,
             allowed_roots=s.allowed_disk_roots,
             vm_defaults=s.vm_defaults,
+            allowed_secret_roots=s.allowed_secret_roots,
         )
 
     def _pass(self, reasons: list[str]) -> None:
@@ -236,10 +243,12 @@ class Daemon:
         started = time.monotonic()
         self.passes += 1
         log = self.log.bind(reconcile=self.passes)
-        revision = source_revision(self.settings.manifest_dir)
+        revision: str | None = None
         try:
+            # permissions first: nothing of the directory (.git included) is read before
             if not self.settings.allow_writable_manifest_dir:
                 check_manifest_dir(self.settings.manifest_dir, self.settings)
+            revision = source_revision(self.settings.manifest_dir)
             self._follow_root()
             load, observed, plan = self.reconciler.plan()
             for problem in load.problems:
@@ -360,7 +369,7 @@ class Daemon:
         )  # fmt: skip
         try:
             write_status(self.settings.state_dir, report)
-        except OSError as exc:
+        except StateDirError as exc:  # a full or read-only disk: say so, keep converging
             self.log.error("status.write_failed", error=str(exc))
         self._previous = report
         return report

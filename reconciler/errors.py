@@ -61,6 +61,11 @@ class ConfigError(ReconcilerError):
     """The configuration (file, flags, environment) is invalid."""
 
 
+class StateDirError(ReconcilerError):
+    """The state directory (inventory, lock, status) cannot be created, read or written:
+    one line naming the path, the system's reason and what to do."""
+
+
 class HypervisorError(ReconcilerError):
     """libvirt refused or failed a request. ``temporary`` says a retry may help.
 

@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import Problem, ReconcilerError
+from reconciler import statedir
+from reconciler.errors import Problem, ReconcilerError, StateDirError
 
 VERSION = 1
 FILENAME = "inventory.json"
@@ -69,13 +70,26 @@ def start_failure(error: str, explanation: Problem | None, when: datetime) -> di
 
 
 def load(state_dir: Path) -> Inventory:
-    """The inventory in ``state_dir``; empty when there is none yet."""
+    """The inventory in ``state_dir``; empty when there is none yet.
+
+    Raises ``StateDirError`` when the folder or the file cannot be read (not a
+    folder, no permission, an I/O error): an unreadable inventory is never
+    taken for an empty one. ``ReconcilerError`` for a file that is not an
+    inventory.
+    """
     path = state_dir / FILENAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if not state_dir.is_dir():  # a missing folder, or one under a file
+            raise StateDirError(
+                f"{state_dir}: the state directory does not exist or is not a folder; "
+                "no inventory can be read (create it, or choose another --state-dir)"
+            ) from None
         return Inventory()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise statedir.error(path, "read the inventory", exc) from None
+    except ValueError as exc:
         raise ReconcilerError(
             f"{path}: unreadable inventory ({exc}); move it aside to rebuild ownership "
             "from domain metadata"
@@ -86,18 +100,28 @@ def load(state_dir: Path) -> Inventory:
 
 
 def save(state_dir: Path, inventory: Inventory) -> None:
-    """Replace the inventory atomically."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Replace the inventory atomically: the old file stays whole if this fails.
+
+    Raises ``StateDirError`` naming the path on any OS error (a full disk, a
+    read-only or missing folder)."""
+    path = state_dir / FILENAME
     payload = json.dumps(
         {"version": VERSION, "objects": dict(sorted(inventory.objects.items()))},
         indent=2,
         sort_keys=True,
     )
-    write_atomically(state_dir / FILENAME, payload)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(path, payload)
+    except OSError as exc:
+        raise statedir.error(path, "write the inventory", exc) from None
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, whole."""
+    """Write ``text`` to ``path`` so that readers see the old or the new file, whole.
+
+    Raises ``OSError`` (callers name what they were writing); the temporary
+    file is removed, and ``path`` is untouched, when writing it fails."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

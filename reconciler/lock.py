@@ -13,6 +13,7 @@ Used by cli.py (apply, run) around reconcile.py; knows nothing of libvirt.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
+from reconciler import statedir
 from reconciler.errors import ReconcilerError
 
 FILENAME = "lock"
@@ -52,6 +54,9 @@ class StateLock:
     ``wait``: seconds to keep trying while another process holds it (0: fail
     at once). The error names the holder: ``another reconciler holds
     /var/lib/reconciler/lock (pid 1234, 'reconciler run', since 2026-...)``.
+    A state directory that cannot be created or written (read-only, full, a
+    file in the way) is a ``StateDirError`` naming the path, raised before the
+    lock is taken.
     """
 
     def __init__(self, state_dir: Path, *, wait: float = 0.0, command: str | None = None) -> None:
@@ -67,8 +72,11 @@ class StateLock:
     def acquire(self) -> None:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this StateLock")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        statedir.prepare(self.path.parent, write=True)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise statedir.error(self.path, "open the state lock", exc) from None
         deadline = time.monotonic() + max(self.wait, 0.0)
         try:
             while True:
@@ -84,8 +92,11 @@ class StateLock:
                 command=self.command,
                 since=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             )
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(asdict(holder)) + "\n").encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(asdict(holder)) + "\n").encode(), 0)
+            except OSError as exc:  # a full disk: nothing else could be written either
+                raise statedir.error(self.path, "write the state lock", exc) from None
         except BaseException:
             os.close(fd)
             raise
@@ -96,7 +107,8 @@ class StateLock:
         if fd is None:
             return
         try:
-            os.ftruncate(fd, 0)  # no stale holder for readers of the file
+            with contextlib.suppress(OSError):  # the lock goes with the descriptor anyway
+                os.ftruncate(fd, 0)  # no stale holder for readers of the file
         finally:
             os.close(fd)  # closing the last descriptor drops the flock
 

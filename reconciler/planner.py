@@ -25,6 +25,7 @@ from typing import Any
 from reconciler import __version__, cloudinit
 from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
+from reconciler.hostpaths import PathPolicy
 from reconciler.hypervisor import DomainRecord, VolumeRecord
 from reconciler.manifests import LoadResult
 from reconciler.model import (
@@ -55,9 +56,9 @@ class PlanOptions:
     secrets: Mapping[str, str] = field(default_factory=dict)  # passwordFile -> password
     # VM name -> fingerprint of the last plan that found it in sync (see ``fingerprint``)
     verified: Mapping[str, str] = field(default_factory=dict)
-    # whether a host path a manifest names (disk, ISO, kernel, log, volume source) may
-    # be used; None: any. The daemon passes its allowed roots (SPEC §5).
-    path_allowed: Callable[[str], bool] | None = None
+    # the one check of every host path a manifest names (pool path, volume source,
+    # disk, ISO, kernel, log, password file; hostpaths.py); None: any path (SPEC §5)
+    paths: PathPolicy | None = None
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -217,6 +218,9 @@ def _autostart(kind: str, have: bool, want: bool) -> tuple[list[Change], list[St
 def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     spec = m.spec
     assert isinstance(spec, StoragePoolSpec)
+    refused = _refused_path(m, ctx)
+    if refused is not None:
+        return refused
     live = ctx.observed.pools.get(m.name)
     record = ctx.owner_record(m)
     if live is None:
@@ -293,7 +297,7 @@ def _backing_first(volumes: list[Manifest]) -> list[Manifest]:
 def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     spec = m.spec
     assert isinstance(spec, VolumeSpec)
-    refused = _refused_path(m, [("source", spec.source)] if spec.source else [], ctx)
+    refused = _refused_path(m, ctx)
     if refused is not None:
         return refused
     live = ctx.observed.volumes.get((spec.pool, m.name))
@@ -546,26 +550,17 @@ def _mark_live(changes: list[Change], live_prefixes: set[str]) -> list[Change]:
 # --- virtual machines -----------------------------------------------------------
 
 
-def _host_paths(spec: VirtualMachineSpec) -> list[tuple[str, str]]:
-    """(field, path) of every host file a VM manifest names."""
-    paths = [(f"disks[{d.target}].file", d.file) for d in spec.disks if d.file]
-    paths += [(f"cdroms[{c.target}].file", c.file) for c in spec.cdroms if c.file]
-    paths += [(k, v) for k, v in (("kernel", spec.kernel), ("initrd", spec.initrd),
-                                  ("serial.file", spec.serial_file)) if v]  # fmt: skip
-    return [(where, path) for where, path in paths if path is not None]
-
-
-def _refused_path(m: Manifest, paths: list[tuple[str, str]], ctx: _Context) -> Action | None:
-    allowed = ctx.options.path_allowed
-    if allowed is None:
-        return None
-    outside = [f"{where} {path}" for where, path in paths if not allowed(path)]
-    if not outside:
+def _refused_path(m: Manifest, ctx: _Context) -> Action | None:
+    """An error action if any host path ``m`` names fails the one check (hostpaths.py)."""
+    policy = ctx.options.paths
+    refusals = policy.refusals(m) if policy is not None else []
+    if not refusals:
         return None
     return Action(
         m.kind, m.name, Op.ERROR, source=m.source,
-        reason="refusing host paths outside the allowed disk roots: " + ", ".join(outside)
-        + " (add a root to allowedDiskRoots in the configuration)",
+        reason="refusing host paths outside the allowed roots: " + "; ".join(refusals)
+        + " (move it under an allowed root, or add a root to that setting in the "
+        "configuration)",
     )  # fmt: skip
 
 
@@ -718,7 +713,7 @@ class _SeedPlan:
 def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     spec = m.spec
     assert isinstance(spec, VirtualMachineSpec)
-    outside = _refused_path(m, _host_paths(spec), ctx)
+    outside = _refused_path(m, ctx)
     if outside is not None:
         return outside
     requires = tuple(

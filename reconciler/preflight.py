@@ -49,7 +49,7 @@ Also here, for ``validate`` (offline, no libvirt): ``path_problems``, the
 ``allowedDiskRoots`` rule of the configuration applied to every host path a
 manifest names.
 
-Pure: no I/O (``allowed_paths`` resolves symlinks of the paths it is given).
+Pure: no I/O (``path_problems`` resolves symlinks of the paths it is given).
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler.hostpaths import PathPolicy, host_paths
 from reconciler.model import (
     FieldPath,
     FieldProblem,
@@ -549,51 +549,19 @@ def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
 # --- allowed disk roots (validate, offline) -----------------------------------------------
 
 
-def allowed_paths(roots: Sequence[Path] | None) -> Callable[[str], bool] | None:
-    """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
-    if roots is None:
-        return None
-    real_roots = tuple(os.path.realpath(root) for root in roots)
-    prefixes = tuple(root.rstrip(os.sep) + os.sep for root in real_roots)
-    # A pass asks about many files in few directories: each directory is resolved once
-    # (for as long as this function is kept: one pass), the file itself by one lstat.
-    real_dirs: dict[str, str] = {}
-
-    def allowed(path: str) -> bool:
-        head, tail = os.path.split(os.path.abspath(path))
-        real_head = real_dirs.get(head)
-        if real_head is None:
-            real_head = real_dirs[head] = os.path.realpath(head)
-        real = os.path.join(real_head, tail)
-        if os.path.islink(real):
-            real = os.path.realpath(real)
-        return real in real_roots or real.startswith(prefixes)
-
-    return allowed
-
-
-def path_problems(manifests: Sequence[Manifest], roots: Sequence[Path] | None) -> list[Finding]:
-    """Every host path a manifest names (disks, CD-ROMs, kernel, initrd, serial log, a
-    volume's source) that lies outside ``roots``: the rule ``plan`` applies (SPEC §5)."""
-    allowed = allowed_paths(roots)
-    if allowed is None:
-        return []
-    shown = ", ".join(str(r) for r in roots or ())
+def path_problems(manifests: Sequence[Manifest], policy: PathPolicy) -> list[Finding]:
+    """Every host path a manifest names (hostpaths.host_paths: pool paths, volume
+    sources, disk and CD-ROM files, kernel, initrd, serial log, password file) that
+    fails ``policy``, the one check ``plan`` applies too (SPEC §5), placed at its field."""
     findings: list[Finding] = []
     for m in manifests:
-        named: list[tuple[FieldPath, str]] = []
-        if isinstance(m.spec, VirtualMachineSpec):
-            named = host_files(m.spec)
-            if m.spec.serial_file:
-                named.append((("spec", "serial", "file"), m.spec.serial_file))
-        elif isinstance(m.spec, VolumeSpec) and m.spec.source:
-            named = [(("spec", "source"), m.spec.source)]
-        for where, path in named:
-            if not allowed(path):
+        for host_path in host_paths(m):
+            refusal = policy.refusal(host_path)
+            if refusal is not None:
+                setting = "allowedSecretRoots" if host_path.secret else "allowedDiskRoots"
                 findings.append((m, FieldProblem(
-                    where,
-                    f"{path} is outside the allowed disk roots ({shown})",
-                    "move it under one of them, or add a root to allowedDiskRoots "
-                    "in the configuration",
+                    host_path.where, refusal.removeprefix(host_path.field + " "),
+                    f"move it under one of them, or add a root to {setting} in the "
+                    "configuration",
                 )))  # fmt: skip
     return findings

@@ -13,21 +13,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reconciler import hints, preflight
+from reconciler import gitrev, hints, preflight, statedir
 from reconciler import inventory as inventory_file
 from reconciler.errors import Problem
 from reconciler.executor import ActionResult, Executor, explain_at_source
 from reconciler.hostdefaults import VmDefaults, apply_vm_defaults
+from reconciler.hostpaths import PathPolicy, host_paths, read_secret
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
 from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
-from reconciler.model import Kind, Manifest, StoragePoolSpec, VirtualMachineSpec, VolumeSpec
+from reconciler.model import Kind, Manifest, StoragePoolSpec, VolumeSpec
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
@@ -57,6 +57,7 @@ class PassOptions:
     allowed_roots: tuple[Path, ...] | None = None  # None: disk paths are not restricted
     # the host's vmDefaults, merged under every VM manifest (hostdefaults.py)
     vm_defaults: VmDefaults = field(default_factory=VmDefaults)
+    allowed_secret_roots: tuple[Path, ...] | None = None  # None: password files: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,11 @@ class Reconciler:
         return inventory_file.load(state_dir) if state_dir else Inventory()
 
     def plan(self) -> tuple[LoadResult, Observed, Plan]:
+        """Load, observe and plan. ``StateDirError`` naming the path when the state
+        directory cannot be created or read: never a plan against an empty inventory.
+        (It need not be writable: a plan's caches there are optional.)"""
+        if self.options.state_dir is not None:
+            statedir.prepare(self.options.state_dir, write=False)
         # libvirt answers while the manifests are parsed: its calls release the GIL
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self.observe)
@@ -120,8 +126,7 @@ class Reconciler:
         manifests are not planned, the rest is, and nothing is pruned. The host facts
         that last are read once per connection (``Hypervisor.host_facts``); checks that
         could not be made become ``load.notes``."""
-        allowed = path_check(self.options.allowed_roots)
-        facts = self.hypervisor.host_facts(preflight.wanted(load.manifests, allowed))
+        facts = self.hypervisor.host_facts(preflight.wanted(load.manifests, self._paths().allows))
         notes = tuple(f"preflight: {line}" for line in facts.unknown)
         return drop_findings(load, preflight.check(load.manifests, facts, observed), notes)
 
@@ -181,6 +186,9 @@ class Reconciler:
         )  # fmt: skip
         return PassResult(load, plan, tuple(results), unsettled, after)
 
+    def _paths(self) -> PathPolicy:
+        return PathPolicy(self.options.allowed_roots, self.options.allowed_secret_roots)
+
     def _plan_options(
         self, load: LoadResult, verified: dict[str, str] | None = None
     ) -> PlanOptions:
@@ -194,8 +202,8 @@ class Reconciler:
                 default_update_policy=self.options.default_update_policy,
                 allow_replace=self.options.allow_replace,
                 revision=source_revision(self.options.directory),
-                secrets=read_secrets(load.manifests),
-                path_allowed=path_check(self.options.allowed_roots),
+                secrets=read_secrets(load.manifests, self._paths()),
+                paths=self._paths(),
             )
             self._options_of = (load, base)
         else:
@@ -235,11 +243,6 @@ def explainer(
     return explain
 
 
-def path_check(roots: tuple[Path, ...] | None) -> Callable[[str], bool] | None:
-    """Whether a path, symlinks resolved, lies under one of ``roots`` (None: any path)."""
-    return preflight.allowed_paths(roots)
-
-
 def known_objects(observed: Observed) -> KnownObjects:
     """What exists in libvirt, for references to objects without a manifest."""
     return KnownObjects(
@@ -251,36 +254,26 @@ def known_objects(observed: Observed) -> KnownObjects:
 
 
 def source_revision(directory: Path) -> str | None:
-    """The git commit of the manifest directory (``-dirty`` with local changes), if any."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    revision = head.stdout.strip()
-    return revision + ("-dirty" if dirty.stdout.strip() else "")
+    """The git commit of the manifest directory (``-dirty`` with local changes), if any.
+
+    Read from the repository's files by gitrev.py: no git program runs, so
+    nothing the repository's configuration names (``core.fsmonitor``, hooks,
+    filters) is ever executed. None outside a git work tree.
+    """
+    return gitrev.revision(directory)
 
 
-def read_secrets(manifests: tuple[Manifest, ...]) -> dict[str, str]:
-    """The display passwords named by ``graphics.passwordFile`` (first line of each file)."""
+def read_secrets(manifests: tuple[Manifest, ...], policy: PathPolicy) -> dict[str, str]:
+    """The display passwords named by ``graphics.passwordFile`` (first line of each file).
+
+    Only files that pass ``policy`` (hostpaths.py) are read; a refused or
+    unreadable one is left out, and the planner reports its VM.
+    """
     secrets: dict[str, str] = {}
     for m in manifests:
-        spec = m.spec
-        if not isinstance(spec, VirtualMachineSpec) or spec.graphics is None:
-            continue
-        path = spec.graphics.password_file
-        if path and path not in secrets:
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue  # the planner reports the VM as unable to apply
-            secrets[path] = text.splitlines()[0] if text else ""
+        for host_path in host_paths(m):
+            if host_path.secret and host_path.path not in secrets:
+                password = read_secret(host_path, policy)
+                if password is not None:
+                    secrets[host_path.path] = password
     return secrets

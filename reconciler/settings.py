@@ -9,9 +9,13 @@ other module reads the environment or the file. SIGHUP simply calls
 ``load_settings`` again.
 
 Settings that guard the host against its input (``allowWritableManifestDir``,
-``allowedDiskRoots``) come from the root-owned file or flags only, never the
-environment. ``check_manifest_dir`` enforces SPEC §5: a root daemon refuses a
-manifest directory that users other than root can write to.
+``allowedDiskRoots``, ``allowedSecretRoots``) come from the root-owned file or
+flags only, never the environment. Every host path a manifest names passes
+one check against the two lists of roots (hostpaths.py): password files
+against ``allowedSecretRoots`` (default ``/etc/reconciler/secrets``), all
+others against ``allowedDiskRoots``. ``check_manifest_dir`` enforces SPEC
+§5: a root daemon refuses a manifest directory (its ``.git`` included) that
+users other than root can write to.
 
 Errors are ``ConfigError``s, one line per problem, naming the file, line and
 column and the field (``config.yaml:3:17: resyncInterval: ...``), or the
@@ -31,8 +35,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from reconciler import gitrev
 from reconciler.errors import ConfigError, Problem, SourcePosition
 from reconciler.hostdefaults import VmDefaults, vm_defaults_from_config
+from reconciler.hostpaths import HostPath, PathPolicy
 from reconciler.logs import LogFormat
 from reconciler.manifests import is_manifest_file
 from reconciler.schema import _explain as explain_schema_error
@@ -47,6 +53,8 @@ CONFIG_ENV = "RECONCILER_CONFIG"
 DEFAULT_DISK_ROOTS: tuple[Path, ...] = tuple(
     Path(p) for p in ("/var/lib/libvirt", "/srv", "/opt", "/var/lib/reconciler")
 )
+# graphics.passwordFile: read by the root daemon itself, so a folder of its own
+DEFAULT_SECRET_ROOTS: tuple[Path, ...] = (Path("/etc/reconciler/secrets"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +71,17 @@ class Settings:
     log_format: LogFormat = "auto"
     allow_writable_manifest_dir: bool = False
     allowed_disk_roots: tuple[Path, ...] = DEFAULT_DISK_ROOTS
+    allowed_secret_roots: tuple[Path, ...] = DEFAULT_SECRET_ROOTS
     host: str = field(default_factory=socket.gethostname)
     # merged under every VM manifest (hostdefaults.py)
     vm_defaults: VmDefaults = field(default_factory=VmDefaults)
     config_file: Path | None = None  # the file that was read, if any (for logs)
 
     def disk_path_allowed(self, path: str | os.PathLike[str]) -> bool:
-        """Whether ``path``, symlinks resolved, lies under one of ``allowed_disk_roots``."""
-        real = Path(os.path.realpath(path))
-        return any(real.is_relative_to(os.path.realpath(root)) for root in self.allowed_disk_roots)
+        """Whether ``path``, symlinks resolved, lies under one of ``allowed_disk_roots``
+        (the one check of hostpaths.py, as the planner makes it)."""
+        policy = PathPolicy(self.allowed_disk_roots, self.allowed_secret_roots)
+        return policy.refusal(HostPath("path", os.fspath(path))) is None
 
 
 # --------------------------------------------------------------------------
@@ -187,6 +197,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("log_format", "logFormat", "RECONCILER_LOG_FORMAT", _choice(get_args(LogFormat))),
     _Field("allow_writable_manifest_dir", "allowWritableManifestDir", None, _bool),
     _Field("allowed_disk_roots", "allowedDiskRoots", None, _roots),
+    _Field("allowed_secret_roots", "allowedSecretRoots", None, _roots),
     _Field("host", "host", "RECONCILER_HOST", _text),
     _Field("vm_defaults", "vmDefaults", None, vm_defaults_from_config),
 )  # fmt: skip
@@ -348,8 +359,11 @@ def check_manifest_dir(path: Path, settings: Settings) -> None:
 
     Checked, symlinks resolved: the directory and every parent up to ``/``
     (a parent may be writable by all if its sticky bit is set, as ``/tmp``
-    is), every sub-directory the loader enters and every manifest file (and,
-    for a symlinked file, its target's parents). Each must be owned by root
+    is); the git repository the directory is in, if any, before anything of
+    it is read (``.git``, the git dir a ``.git`` file names, and every file
+    and folder ``gitrev.paths_read`` lists: HEAD, refs, packed-refs, config,
+    index, objects); every sub-directory the loader enters and every
+    manifest file (and, for a symlinked file, its target's parents). Each must be owned by root
     or by the user this process runs as, and not writable by group (unless
     the group is root) or others. A missing directory passes when its
     existing parents do; the loader reports it missing. Nothing is checked
@@ -360,6 +374,7 @@ def check_manifest_dir(path: Path, settings: Settings) -> None:
     real = Path(os.path.realpath(path))
     trusted = {0, os.geteuid()}
     _check_ancestors(path, real, trusted)
+    _check_repository(path, real, trusted)
     if not real.is_dir():
         return
     for directory, subdirs, files in os.walk(real, followlinks=False):
@@ -374,6 +389,23 @@ def check_manifest_dir(path: Path, settings: Settings) -> None:
                 _check_ancestors(path, Path(os.path.realpath(entry)), trusted)
             else:
                 _check_entry(path, entry, trusted)
+
+
+def _check_repository(shown: Path, real: Path, trusted: set[int]) -> None:
+    """The git repository whose work tree holds ``real`` (``.git`` in it or a parent), as
+    far as gitrev.py reads it: each path is checked before it is read."""
+
+    def vet(node: Path) -> None:
+        _check_ancestors(shown, Path(os.path.realpath(node)), trusted)
+
+    repo = gitrev.find_repository(real, vet=vet)
+    if repo is None:
+        return
+    for node in gitrev.paths_read(repo):
+        if node.is_symlink():
+            vet(node)
+        else:
+            _check_entry(shown, node, trusted)
 
 
 def _check_ancestors(shown: Path, real: Path, trusted: set[int]) -> None:

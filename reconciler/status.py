@@ -14,6 +14,7 @@ libvirt or decides anything.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -22,7 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ReconcilerError
+from reconciler import statedir
+from reconciler.errors import ReconcilerError, StateDirError
 from reconciler.inventory import write_atomically
 
 VERSION = 1
@@ -100,20 +102,33 @@ def status_path(state_dir: Path) -> Path:
 
 
 def write_status(state_dir: Path, report: StatusReport) -> None:
-    """Replace ``state_dir/status.json`` atomically."""
-    Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomically(status_path(state_dir), json.dumps(to_json(report), indent=2) + "\n")
+    """Replace ``state_dir/status.json`` atomically; ``StateDirError`` naming the path
+    on any OS error (the previous file stays whole)."""
+    path = status_path(state_dir)
+    try:
+        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(path, json.dumps(to_json(report), indent=2) + "\n")
+    except OSError as exc:
+        raise statedir.error(path, "write the status file", exc) from None
 
 
 def read_status(state_dir: Path) -> StatusReport | None:
-    """The last report written to ``state_dir``, or None if there is none yet."""
+    """The last report written to ``state_dir``, or None if there is none yet (no
+    file, or no state directory: no daemon has run). ``StateDirError`` naming the
+    path when it cannot be read (a file in the way of the folder, no permission);
+    ``ReconcilerError`` for a file that is not a status file."""
     path = status_path(state_dir)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if os.path.lexists(state_dir) and not os.path.isdir(state_dir):
+            raise StateDirError(
+                f"{state_dir}: the state directory is not a folder; a file is in the way "
+                "(move it, or choose another --state-dir or stateDir)"
+            ) from None
         return None
     except OSError as exc:
-        raise ReconcilerError(f"{path}: cannot read the status file: {exc.strerror}") from None
+        raise statedir.error(path, "read the status file", exc) from None
     try:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != VERSION:

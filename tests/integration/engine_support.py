@@ -265,7 +265,8 @@ class Workspace:
         """The configuration file the CLI is given: disk paths may lie in ``hostdir``."""
         path = self.root / "config.yaml"
         if not path.exists():
-            settings: dict[str, Any] = {"allowedDiskRoots": [str(self.hostdir)]}
+            settings: dict[str, Any] = {"allowedDiskRoots": [str(self.hostdir)],
+                                        "allowedSecretRoots": [str(self.hostdir)]}
             if self.vm_defaults:
                 settings["vmDefaults"] = self.vm_defaults.as_config()
             path.write_text(yaml.safe_dump(settings))
@@ -277,6 +278,8 @@ class Workspace:
         if "allowed_roots" in PassOptions.__dataclass_fields__:
             base["allowed_roots"] = (self.hostdir,)  # as the CLI gets from self.config
         base["vm_defaults"] = self.vm_defaults  # as the CLI gets from self.config
+        if "allowed_secret_roots" in PassOptions.__dataclass_fields__:
+            base["allowed_secret_roots"] = (self.hostdir,)
         base.update(overrides)
         if "allow_replace" in base:
             base["allow_replace"] = frozenset(base["allow_replace"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from reconciler.daemon import Daemon, Triggers
 from reconciler.settings import Settings
@@ -57,3 +60,24 @@ def test_objects_no_longer_acted_on_leave_the_backoff() -> None:
     assert set(daemon.failures) == {"VirtualMachine/bad"}
     daemon._note_failures(_result())  # in sync now (fixed by hand), or its manifest is gone
     assert daemon.failures == {}
+
+
+def test_a_refused_manifest_directory_is_not_read_not_even_its_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The permission check comes before the first read of the directory's .git."""
+    from reconciler import daemon as daemon_module
+    from reconciler.status import read_status
+
+    manifests = tmp_path / "manifests"
+    (manifests / ".git").mkdir(parents=True)
+    (manifests / ".git").chmod(0o777)
+    read: list[Path] = []
+    monkeypatch.setattr(daemon_module, "source_revision", lambda d: read.append(d) or "x")
+    daemon = Daemon(Settings(host="h", manifest_dir=manifests, state_dir=tmp_path / "state"))
+    daemon.reconciler = object()  # type: ignore[assignment]  # never reached
+    daemon._pass(["test"])
+    assert read == []
+    report = read_status(tmp_path / "state")
+    assert report is not None and report.last_error is not None
+    assert f"{manifests / '.git'} is writable by others" in report.last_error

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import preflight
+from reconciler.hostpaths import PathPolicy
 from reconciler.hypervisor import (
     DomainRecord,
     NetworkRecord,
@@ -363,7 +364,7 @@ def test_a_problem_drops_the_manifest_and_blocks_pruning() -> None:
 def test_wanted_names_only_what_the_checks_read() -> None:
     ms = manifests(vm("machine: q35\ncdroms: [{file: /srv/a.iso}, {file: /tmp/b.iso}]\n"
                       "interfaces: [{bridge: br0}]"), net())  # fmt: skip
-    allowed = preflight.allowed_paths([Path("/srv")])
+    allowed = PathPolicy((Path("/srv"),), None).allows
     assert preflight.wanted(ms, allowed) == FactsWanted(
         guests=frozenset({("x86_64", "q35", "qemu")}),
         paths=frozenset({"/srv/a.iso"}),
@@ -396,19 +397,20 @@ def test_paths_outside_the_allowed_roots() -> None:
            "spec: {pool: p, capacity: 1GiB, source: /home/u/base.qcow2}\n")  # fmt: skip
     ms = manifests(text, vol)
     load = LoadResult("m", ms, (), ("m/vm.yaml",))
-    checked = drop_findings(load, preflight.path_problems(ms, [Path("/srv"), Path("/opt")]))
+    policy = PathPolicy((Path("/srv"), Path("/opt")), (Path("/etc/reconciler/secrets"),))
+    checked = drop_findings(load, preflight.path_problems(ms, policy))
     assert [str(p) for p in checked.problems] == [
-        f"m/vm.yaml:{line_of(text, 'b.img')}:38: spec.disks[1].file: /tmp/b.img is outside the "
-        "allowed disk roots (/srv, /opt); move it under one of them, or add a root to "
+        f"m/vm.yaml:{line_of(text, 'b.img')}:38: spec.disks[1].file: /tmp/b.img is outside "
+        "allowedDiskRoots (/srv, /opt); move it under one of them, or add a root to "
         "allowedDiskRoots in the configuration",
-        f"m/vm.yaml:{line_of(text, 'log')}:18: spec.serial.file: /tmp/log is outside the allowed "
-        "disk roots (/srv, /opt); move it under one of them, or add a root to allowedDiskRoots "
+        f"m/vm.yaml:{line_of(text, 'log')}:18: spec.serial.file: /tmp/log is outside "
+        "allowedDiskRoots (/srv, /opt); move it under one of them, or add a root to allowedDiskRoots "
         "in the configuration",
-        "m/vm.yaml:15:41: spec.source: /home/u/base.qcow2 is outside the allowed disk roots "
+        "m/vm.yaml:15:41: spec.source: /home/u/base.qcow2 is outside allowedDiskRoots "
         "(/srv, /opt); move it under one of them, or add a root to allowedDiskRoots in the "
         "configuration",
     ]
-    assert preflight.path_problems(ms, None) == []
+    assert preflight.path_problems(ms, PathPolicy(None, None)) == []
 
 
 # --- libvirt's documents ------------------------------------------------------------------

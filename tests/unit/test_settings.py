@@ -57,6 +57,7 @@ def test_defaults_without_any_file_or_variable() -> None:
     assert s.log_format == "auto"
     assert s.allow_writable_manifest_dir is False
     assert s.allowed_disk_roots == DEFAULT_DISK_ROOTS
+    assert s.allowed_secret_roots == (Path("/etc/reconciler/secrets"),)
     assert s.host
     assert s.config_file is None
 
@@ -81,6 +82,7 @@ def test_file_overrides_defaults(tmp_path: Path) -> None:
         logFormat: json
         allowWritableManifestDir: true
         allowedDiskRoots: [/data, /srv/images/]
+        allowedSecretRoots: [/srv/secrets]
         host: kvm-2
         """,
     )
@@ -96,6 +98,7 @@ def test_file_overrides_defaults(tmp_path: Path) -> None:
         log_format="json",
         allow_writable_manifest_dir=True,
         allowed_disk_roots=(Path("/data"), Path("/srv/images")),
+        allowed_secret_roots=(Path("/srv/secrets"),),
         host="kvm-2",
         config_file=path,
     )
@@ -433,12 +436,19 @@ def test_writable_subdirectory_or_file_is_refused(tmp_path: Path) -> None:
 
 def test_entries_the_loader_ignores_are_not_checked(tmp_path: Path) -> None:
     directory = manifest_dir(tmp_path)
-    git = directory / ".git"
-    git.mkdir()
-    git.chmod(0o777)
     (directory / "README.md").write_text("")
     (directory / "README.md").chmod(0o666)
     check_manifest_dir(directory, STRICT)
+
+
+def test_a_writable_git_dir_is_refused_though_the_loader_skips_it(tmp_path: Path) -> None:
+    """The revision is read from .git (SPEC §5: '.git included'); see test_gitrev.py."""
+    directory = manifest_dir(tmp_path)
+    git = directory / ".git"
+    git.mkdir()
+    git.chmod(0o777)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(git))} is writable by others"):
+        check_manifest_dir(directory, STRICT)
 
 
 def test_symlinked_root_is_resolved_first(tmp_path: Path) -> None:
@@ -488,3 +498,15 @@ def test_manifest_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
 
 def test_missing_directory_passes_when_its_parents_do(tmp_path: Path) -> None:
     check_manifest_dir(tmp_path / "not-yet" / "manifests", STRICT)
+
+
+def test_secret_roots_come_from_the_file_only(tmp_path: Path) -> None:
+    """Like allowedDiskRoots: loosening it must take root's configuration file."""
+    s = load_settings(environ={"RECONCILER_ALLOWED_SECRET_ROOTS": "/"})
+    assert s.allowed_secret_roots == (Path("/etc/reconciler/secrets"),)
+    assert "allowed_secret_roots" not in {
+        f.name for f in settings_module._FIELDS if f.env is not None
+    }
+    message = error_of(config_path=config(tmp_path, "allowedSecretRoots: [secrets]\n"),
+                       environ={})  # fmt: skip
+    assert "allowedSecretRoots.0: 'secrets' is not an absolute path" in message

@@ -1,0 +1,155 @@
+"""Every host path a manifest can name, and the one check they all pass (SPEC §5).
+
+A manifest is input to a root daemon: a path in it makes libvirt or the
+reconciler create, read or write a file on the host. ``host_paths`` lists
+them all, per kind, with the field that names them:
+
+* StoragePool ``path`` (libvirt creates the folder and volumes in it),
+* Volume ``source`` (copied into the new volume),
+* VirtualMachine ``disks[].file``, ``cdroms[].file``, ``kernel``, ``initrd``,
+  ``serial.file`` (opened by QEMU), and ``graphics.passwordFile`` (read by
+  the reconciler, its first line put into the domain XML).
+
+``PathPolicy.refusal`` is the check: the path, symlinks resolved, must lie
+under one of the allowed roots: ``allowedSecretRoots`` for password files,
+``allowedDiskRoots`` for everything else (settings.py). The planner refuses
+a manifest with any path that fails it, and ``read_secret`` reads a password
+file only after it passed, so nothing outside the roots is read or created.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.model import (
+    Manifest,
+    StoragePoolSpec,
+    VirtualMachineSpec,
+    VolumeSpec,
+)
+
+MAX_SECRET = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HostPath:
+    """One host path a manifest names: ``field`` as written (``disks[vdb].file``), and
+    ``where`` it is in the document (``("spec", "disks", 0, "file")``) for positions."""
+
+    field: str
+    path: str
+    secret: bool = False  # a password file: checked against the secret roots
+    where: tuple[str | int, ...] = ()
+
+
+def host_paths(manifest: Manifest) -> list[HostPath]:
+    """Every host path ``manifest`` names, in the order of its fields."""
+    spec = manifest.spec
+    if isinstance(spec, StoragePoolSpec):
+        return [HostPath("path", spec.path, where=("spec", "path"))]
+    if isinstance(spec, VolumeSpec):
+        return [HostPath("source", spec.source, where=("spec", "source"))] if spec.source else []
+    if not isinstance(spec, VirtualMachineSpec):
+        return []
+    found = [HostPath(f"disks[{d.target}].file", d.file, where=("spec", "disks", i, "file"))
+             for i, d in enumerate(spec.disks) if d.file]  # fmt: skip
+    found += [HostPath(f"cdroms[{c.target}].file", c.file, where=("spec", "cdroms", i, "file"))
+              for i, c in enumerate(spec.cdroms) if c.file]  # fmt: skip
+    found += [HostPath(name, value, where=where) for name, value, where in (
+        ("kernel", spec.kernel, ("spec", "kernel")), ("initrd", spec.initrd, ("spec", "initrd")),
+        ("serial.file", spec.serial_file, ("spec", "serial", "file")),
+    ) if value]  # fmt: skip
+    if spec.graphics is not None and spec.graphics.password_file:
+        found.append(HostPath("graphics.passwordFile", spec.graphics.password_file, secret=True,
+                              where=("spec", "graphics", "passwordFile")))  # fmt: skip
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class PathPolicy:
+    """The allowed roots; None: that class of path is not restricted.
+
+    Make one per pass: it remembers each directory's resolved path (a pass asks
+    about many files in few directories), and a symlink changed between passes
+    must be seen by the next one."""
+
+    disk_roots: tuple[Path, ...] | None
+    secret_roots: tuple[Path, ...] | None
+    _real_dirs: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def allows(self, path: str, *, secret: bool = False) -> bool:
+        """Whether ``path`` (absolute), symlinks resolved, lies under a root of its class."""
+        roots = self.secret_roots if secret else self.disk_roots
+        if roots is None:
+            return True
+        if not os.path.isabs(path):
+            return False
+        real = self._real(path)
+        return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+                   for r in map(os.path.realpath, roots))  # fmt: skip
+
+    def _real(self, path: str) -> str:
+        head, tail = os.path.split(os.path.normpath(path))
+        real_head = self._real_dirs.get(head)
+        if real_head is None:
+            real_head = self._real_dirs[head] = os.path.realpath(head)
+        real = os.path.join(real_head, tail)
+        return os.path.realpath(real) if os.path.islink(real) else real
+
+    def refusal(self, host_path: HostPath) -> str | None:
+        """Why ``host_path`` is refused (one phrase naming field, path and setting), or None.
+
+        The path must be absolute and, symlinks resolved, lie under one of the
+        roots of its class (a root itself counts).
+        """
+        roots = self.secret_roots if host_path.secret else self.disk_roots
+        if roots is None:
+            return None
+        setting = "allowedSecretRoots" if host_path.secret else "allowedDiskRoots"
+        where = f"{host_path.field} {host_path.path}"
+        if not os.path.isabs(host_path.path):
+            return f"{where} is not an absolute path"
+        if self.allows(host_path.path, secret=host_path.secret):
+            return None
+        real = Path(os.path.realpath(host_path.path))
+        shown = ", ".join(str(r) for r in roots) or "none"
+        via = "" if str(real) == os.path.normpath(host_path.path) else f" (resolves to {real})"
+        return f"{where}{via} is outside {setting} ({shown})"
+
+    def refusals(self, manifest: Manifest) -> list[str]:
+        """The refusal of every host path of ``manifest`` that fails the check."""
+        return [r for r in map(self.refusal, host_paths(manifest)) if r is not None]
+
+
+def read_secret(host_path: HostPath, policy: PathPolicy) -> str | None:
+    """The first line of password file ``host_path``, only if it passes ``policy``.
+
+    None when refused, missing, not a regular file (a FIFO or device is never
+    opened for reading: no pass can hang on one), larger than 64 KiB, or not
+    UTF-8. The file opened is the resolved path that was checked, opened
+    without following a symlink swapped in since.
+    """
+    if policy.refusal(host_path) is not None:
+        return None
+    real = os.path.realpath(host_path.path)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SECRET:
+            return None
+        data = os.read(fd, MAX_SECRET + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text.splitlines()[0] if text else ""
