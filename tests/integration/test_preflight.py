@@ -164,8 +164,8 @@ def test_validate_offline_refuses_a_path_outside_the_allowed_roots(ws: Workspace
     path = ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {outside}"))
     done = ws.cli("validate", "--offline", str(ws.directory), state=False)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert (f"{at(path, str(outside))}: spec.disks[0].file: {outside} is outside the allowed "
-            f"disk roots ({ws.hostdir}); move it under one of them, or add a root to "
+    assert (f"{at(path, str(outside))}: spec.disks[0].file: {outside} is outside "
+            f"allowedDiskRoots ({ws.hostdir}); move it under one of them, or add a root to "
             "allowedDiskRoots in the configuration") in done.stderr, done.stderr
     inside = ws.hostdir / "disk.img"
     ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {inside}"))
