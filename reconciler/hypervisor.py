@@ -30,6 +30,7 @@ import libvirt
 
 from reconciler.errors import ConnectionLost, HypervisorError, Refused
 from reconciler.preflight import (
+    CpuQuestion,
     DirFacts,
     FactsWanted,
     HostAddress,
@@ -37,10 +38,13 @@ from reconciler.preflight import (
     MachineCaps,
     PathFacts,
     QemuUser,
+    cpu_compare_xml,
+    host_cpu_model,
 )
 from reconciler.references import KnownObjects
 
 DEFAULT_URI = "qemu:///system"
+_UNKNOWN = object()  # a host fact that could not be read
 
 _CONNECTION_CODES = {
     libvirt.VIR_ERR_SYSTEM_ERROR,
@@ -294,6 +298,9 @@ class Hypervisor:
         # host facts that last as long as the connection (see host_facts)
         self._host: HostFacts | None = None
         self._machine_caps: dict[tuple[str, str, str], MachineCaps | str] = {}
+        self._cpu_models: dict[str, frozenset[str] | None] = {}  # arch -> model names
+        self._cpu_feature_known: dict[str, bool] = {}  # feature name -> libvirt knows it
+        self._cpu_verdicts: dict[CpuQuestion, str | None] = {}
 
     @classmethod
     def open(cls, uri: str = DEFAULT_URI, *, readonly: bool = False) -> Hypervisor:
@@ -364,6 +371,8 @@ class Hypervisor:
             else:
                 caps[key] = found
         facts = replace(host, machine_caps=caps, unknown=tuple(unknown))
+        if wanted.cpu_questions or wanted.cpu_features:
+            facts = self._cpu_facts(facts, wanted)
         if host.local:
             return replace(
                 facts,
@@ -397,6 +406,72 @@ class Hypervisor:
                 unknown.append(f"memory not checked: {exc}")
         return HostFacts(uri=self.uri, local=local, memory=memory, machines=machines,
                          qemu_user=qemu_user, unknown=tuple(unknown))  # fmt: skip
+
+    def _cpu_facts(self, facts: HostFacts, wanted: FactsWanted) -> HostFacts:
+        """What libvirt says of the CPUs the manifests ask for, each asked once per
+        connection: the model names it knows for the arch (``virConnectGetCPUModelNames``),
+        whether it knows a feature name, and whether this host can run a model or a set of
+        required features (``virConnectCompareHypervisorCPU`` with ``FAIL_INCOMPATIBLE``:
+        its message lists what the host lacks; formatdomaincaps.html#cpu-configuration)."""
+        arch = "x86_64"
+        unknown = list(facts.unknown)
+        if arch not in self._cpu_models:
+            try:
+                with calling(f"listing CPU models of {arch}"):
+                    self._cpu_models[arch] = frozenset(self._conn.getCPUModelNames(arch, 0))
+            except Refused as exc:
+                self._cpu_models[arch] = None
+                unknown.append(f"CPU model names not checked: {exc}")
+        for name in sorted(wanted.cpu_features - set(self._cpu_feature_known)):
+            probe = CpuQuestion(arch, "", "", "qemu64", ())
+            xml = cpu_compare_xml(probe, None)
+            assert xml is not None
+            xml = xml.replace("</cpu>", "") + f"<feature policy='optional' name='{name}'/></cpu>"
+            try:
+                self._conn.compareHypervisorCPU(None, arch, None, None, xml, 0)
+                self._cpu_feature_known[name] = True
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _CONNECTION_CODES:
+                    raise wrap(exc, "checking CPU feature names") from exc
+                self._cpu_feature_known[name] = "Unknown CPU feature" not in str(exc)
+        verdicts: dict[CpuQuestion, str | None] = {}
+        for question in sorted(wanted.cpu_questions, key=repr):
+            if question not in self._cpu_verdicts:
+                found = self._compare_cpu(question, facts)
+                if found is _UNKNOWN:
+                    continue
+                self._cpu_verdicts[question] = found if isinstance(found, str) else None
+            verdicts[question] = self._cpu_verdicts[question]
+        return replace(
+            facts,
+            cpu_models=self._cpu_models.get(arch),
+            cpu_features_unknown=frozenset(
+                n for n in wanted.cpu_features if not self._cpu_feature_known.get(n, True)),
+            cpu_verdicts=verdicts,
+            unknown=tuple(unknown),
+        )  # fmt: skip
+
+    def _compare_cpu(self, question: CpuQuestion, facts: HostFacts) -> str | object | None:
+        """None: the host runs it; a str: what libvirt says it lacks; ``_UNKNOWN``: no
+        comparison could be made (the guest type or machine is not known here)."""
+        caps = facts.machine_caps.get((question.arch, question.machine, question.virt_type))
+        if caps is None:
+            return _UNKNOWN
+        xml = cpu_compare_xml(question, host_cpu_model(caps.xml)[0])
+        if xml is None:
+            return _UNKNOWN
+        try:
+            self._conn.compareHypervisorCPU(
+                None, question.arch, question.machine, question.virt_type, xml,
+                libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE,
+            )  # fmt: skip
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _CONNECTION_CODES:
+                raise wrap(exc, "comparing CPUs") from exc
+            if exc.get_error_code() == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
+                return exc.get_error_message() or str(exc)
+            return _UNKNOWN  # an unknown model or feature: check_cpu says so by name
+        return None
 
     def _read_machine_caps(self, arch: str, machine: str, virt_type: str) -> MachineCaps | str:
         """The domain capabilities of one guest, or a line saying why they are unknown."""

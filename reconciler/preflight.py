@@ -30,6 +30,11 @@ The checks, each modelling a section of libvirt's documentation:
   makes (formatdomain.html#bridge-to-lan);
 * ``spec.graphics.port``: a fixed VNC/SPICE port no other domain holds
   (formatdomain.html#graphical-framebuffers);
+* ``spec.cpu``: a named model libvirt knows for the arch and this host can run,
+  feature names libvirt knows, and ``require``d features this host's CPU has
+  (libvirt's own comparison, ``virConnectCompareHypervisorCPU`` with
+  ``FAIL_INCOMPATIBLE``, against the host CPU as the hypervisor of that
+  machine and type sees it; formatdomaincaps.html#cpu-configuration);
 * Network ``spec.ipv4``: a subnet no other libvirt network (active or
   autostarted) and no subnet on a host interface (its connected routes) overlaps
   (formatnetwork.html#addressing).
@@ -40,10 +45,9 @@ For a remote URI the host's files, bridges and addresses are not read at all
 (they are not the controller's), so those checks are silent.
 
 Extension point: ``VM_CHECKS`` lists the per-VM checks, each a function
-``(manifest, spec, facts, context) -> FieldProblems``. A check of the ``cpu``
-field (a named model, a ``require``d feature) is one more function there;
-the host CPU facts it needs belong in ``HostFacts`` (``MachineCaps.xml`` is
-the whole domain capabilities document, ``<cpu>`` included).
+``(manifest, spec, facts, context) -> FieldProblems``; the host facts a new
+check needs go into ``HostFacts`` and ``FactsWanted`` (``check_cpu`` and its
+``CpuQuestion``s show the way).
 
 Also here, for ``validate`` (offline, no libvirt): ``path_problems``, the
 ``allowedDiskRoots`` rule of the configuration applied to every host path a
@@ -125,6 +129,59 @@ class QemuUser:
 
 
 @dataclass(frozen=True, slots=True)
+class CpuQuestion:
+    """Can this host run a CPU? ``model`` None: the host-model base of the machine's
+    domain capabilities, with the ``required`` features on top (host-model,
+    host-passthrough, maximum); else that named model with them."""
+
+    arch: str
+    machine: str
+    virt_type: str
+    model: str | None
+    required: tuple[str, ...] = ()
+
+
+def cpu_question(spec: VirtualMachineSpec) -> CpuQuestion | None:
+    """The comparison ``spec.cpu`` needs (None: nothing to ask: no CPU, or neither a
+    named model nor a required feature)."""
+    cpu = spec.cpu
+    if cpu is None:
+        return None
+    required = tuple(name for name, policy in cpu.features if policy == "require")
+    model = cpu.model if cpu.mode == "custom" else None
+    if model is None and not required:
+        return None
+    return CpuQuestion(GUEST_ARCH, spec.machine, spec.type, model, required)
+
+
+def cpu_compare_xml(question: CpuQuestion, host_model: str | None) -> str | None:
+    """The ``<cpu>`` libvirt compares for ``question`` (None: no model to compare with)."""
+    import xml.etree.ElementTree as ET
+
+    model = question.model or host_model
+    if model is None:
+        return None
+    cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
+    ET.SubElement(cpu, "model").text = model
+    for name in question.required:
+        ET.SubElement(cpu, "feature", {"policy": "require", "name": name})
+    return ET.tostring(cpu, encoding="unicode")
+
+
+def host_cpu_model(caps_xml: str) -> tuple[str | None, tuple[str, ...]]:
+    """The host-model CPU of domain capabilities: its base model and feature names."""
+    if not caps_xml:
+        return None, ()
+    import xml.etree.ElementTree as ET
+
+    mode = ET.fromstring(caps_xml).find("cpu/mode[@name='host-model']")
+    if mode is None:
+        return None, ()
+    model = (mode.findtext("model") or "").strip() or None
+    return model, tuple(str(f.get("name")) for f in mode.findall("feature") if f.get("name"))
+
+
+@dataclass(frozen=True, slots=True)
 class HostAddress:
     """An IPv4 subnet on a host interface, e.g. ("eth0", "192.168.1.0/24"): a directly
     connected route, as libvirt itself checks a network's subnet against them."""
@@ -150,6 +207,10 @@ class HostFacts:
     bridges: frozenset[str] | None = None  # host bridges; None: not known
     interfaces: frozenset[str] | None = None  # every host network interface
     addresses: tuple[HostAddress, ...] | None = None
+    cpu_models: frozenset[str] | None = None  # CPU model names libvirt knows for the arch
+    cpu_features_unknown: frozenset[str] = frozenset()  # asked-about names libvirt rejects
+    # CpuQuestion -> None (the host can run it) or libvirt's answer (what it lacks)
+    cpu_verdicts: Mapping[CpuQuestion, str | None] = field(default_factory=dict)
     unknown: tuple[str, ...] = ()
 
 
@@ -162,6 +223,8 @@ class FactsWanted:
     paths: frozenset[str] = frozenset()
     bridges: bool = False
     addresses: bool = False
+    cpu_questions: frozenset[CpuQuestion] = frozenset()
+    cpu_features: frozenset[str] = frozenset()  # every feature name a manifest writes
 
 
 def wanted(
@@ -171,18 +234,26 @@ def wanted(
     roots are not wanted: the planner refuses them, and they are not looked at."""
     guests: set[tuple[str, str, str]] = set()
     paths: set[str] = set()
+    questions: set[CpuQuestion] = set()
+    features: set[str] = set()
     bridges = addresses = False
     for m in manifests:
         spec = m.spec
         if isinstance(spec, VirtualMachineSpec):
             guests.add((GUEST_ARCH, spec.machine, spec.type))
+            question = cpu_question(spec)
+            if question is not None:
+                questions.add(question)
+            if spec.cpu is not None:
+                features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
             bridges = bridges or any(n.bridge for n in spec.interfaces)
         elif isinstance(spec, NetworkSpec) and spec.ipv4 is not None:
             addresses = True
     if path_allowed is not None:
         paths = {p for p in paths if path_allowed(p)}
-    return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses)
+    return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
+                       frozenset(questions), frozenset(features))  # fmt: skip
 
 
 # --- the checks -----------------------------------------------------------------------
@@ -382,6 +453,66 @@ def check_graphics_port(
         return
 
 
+def check_cpu(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """A named CPU model libvirt knows and this host can run; feature names libvirt
+    knows; ``require``d features this host's CPU has (libvirt's own comparison)."""
+    cpu = spec.cpu
+    if cpu is None:
+        return
+    written = m.document.get("spec", {}).get("cpu")
+    where: FieldPath = ("spec", "cpu", "model") if isinstance(written, Mapping) and \
+        "model" in written else ("spec", "cpu")  # fmt: skip
+    if cpu.model is not None and facts.cpu_models is not None \
+            and cpu.model not in facts.cpu_models:  # fmt: skip
+        close = difflib.get_close_matches(cpu.model, sorted(facts.cpu_models), n=4, cutoff=0.5)
+        yield FieldProblem(
+            where, f"libvirt knows no CPU model {cpu.model!r} for {GUEST_ARCH}",
+            ("close ones: " + ", ".join(close) if close else "`virsh cpu-models x86_64` lists them")
+            + "; or use cpu: host-model",
+        )  # fmt: skip
+        return
+    caps = facts.machine_caps.get((GUEST_ARCH, spec.machine, spec.type))
+    _, host_features = host_cpu_model(caps.xml if caps is not None else "")
+    for name, _policy in cpu.features:
+        if name in facts.cpu_features_unknown:
+            close = difflib.get_close_matches(name, host_features, n=3, cutoff=0.6)
+            yield FieldProblem(
+                ("spec", "cpu", "features", name), f"libvirt knows no CPU feature {name!r}",
+                ("did you mean " + " or ".join(repr(c) for c in close) + "?; " if close else "")
+                + "names are as libvirt spells them (`virsh domcapabilities` lists the host's)",
+            )  # fmt: skip
+    question = cpu_question(spec)
+    if question is None or any(n in facts.cpu_features_unknown for n in question.required):
+        return
+    verdict = facts.cpu_verdicts.get(question)
+    if verdict is None:
+        return
+    missing = _missing_features(verdict)
+    lacking = [n for n in question.required if n in missing]
+    if lacking:
+        yield FieldProblem(
+            ("spec", "cpu", "features", lacking[0]),
+            f"this host's CPU ({spec.type}) does not provide required feature"
+            f"{'s' if len(lacking) > 1 else ''} {', '.join(lacking)}",
+            "set its policy to optional, or run this VM on a host that has it",
+        )
+    if cpu.model is not None and (not lacking or set(missing) - set(lacking)):
+        shown = ", ".join(n for n in missing if n not in lacking) or verdict
+        yield FieldProblem(
+            where, f"this host's CPU ({spec.type}) cannot run model {cpu.model}: it lacks {shown}",
+            "use cpu: host-model, or a model this host can run"
+            " (`virsh domcapabilities` marks them usable='yes')",
+        )
+
+
+def _missing_features(verdict: str) -> list[str]:
+    """The feature names in libvirt's "Host CPU does not provide required features: a, b"."""
+    _, found, names = verdict.partition("required features:")
+    return [n.strip() for n in names.split(",") if n.strip()] if found else []
+
+
 VM_CHECKS: tuple[VmCheck, ...] = (
     check_kvm,
     check_machine,
@@ -389,6 +520,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_files,
     check_bridges,
     check_graphics_port,
+    check_cpu,
 )
 
 

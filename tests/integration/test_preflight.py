@@ -186,3 +186,70 @@ def test_a_subnet_on_a_host_interface(ws: Workspace) -> None:
     err = plan_fails(ws)
     assert (f"{at(path, address)}: spec.ipv4.address: {subnet} overlaps {subnet} on host "
             f"interface {bridge}; pick a free subnet") in err, err
+
+
+# --- the guest CPU: libvirt's own comparison, on whatever CPU this host has -----------------
+
+
+def _host_type(host_probe: object) -> str:
+    return "kvm" if getattr(host_probe, "kvm_usable", False) else "qemu"
+
+
+def _lacking(ws: Workspace, virt_type: str, xml: str) -> list[str]:
+    """What libvirt says this host lacks for ``xml`` (the test's own oracle)."""
+    import libvirt
+
+    try:
+        ws.conn.compareHypervisorCPU(None, "x86_64", "pc", virt_type, xml,
+                                     libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+    except libvirt.libvirtError as exc:
+        return [n.strip() for n in str(exc).partition("features:")[2].split(",") if n.strip()]
+    return []
+
+
+def test_a_cpu_model_libvirt_does_not_know(ws: Workspace, host_probe: object) -> None:
+    text = vm_text(ws.n("vm"), "cpu: Skylake-Servr").replace(
+        "type: qemu", f"type: {_host_type(host_probe)}")
+    path = ws.write("vm.yaml", text)
+    err = plan_fails(ws)
+    assert (f"{at(path, 'Skylake-Servr')}: spec.cpu: libvirt knows no CPU model 'Skylake-Servr'"
+            " for x86_64; close ones: Skylake-Server") in err, err
+
+
+def test_a_cpu_feature_name_libvirt_does_not_know(ws: Workspace, host_probe: object) -> None:
+    text = vm_text(ws.n("vm"), "cpu: {features: {arch-capabilites: disable}}").replace(
+        "type: qemu", f"type: {_host_type(host_probe)}")
+    path = ws.write("vm.yaml", text)
+    err = plan_fails(ws)
+    assert (f"{at(path, 'disable')}: spec.cpu.features.arch-capabilites: libvirt knows"
+            " no CPU feature 'arch-capabilites'") in err, err
+
+
+def test_what_this_host_cpu_cannot_provide_is_refused(ws: Workspace, host_probe: object) -> None:
+    """A named model and a required feature this host lacks, found with libvirt's own
+    comparison (whatever the CPU: the test asks libvirt which ones this host lacks)."""
+    virt_type = _host_type(host_probe)
+    models = ("EPYC-Genoa", "SapphireRapids", "Icelake-Server", "EPYC-Milan", "Cascadelake-Server")
+    model = next((m for m in models if _lacking(
+        ws, virt_type, f"<cpu mode='custom' match='exact'><model>{m}</model></cpu>")), None)
+    assert model is not None, "this host runs every modern model: pick a newer one"
+    base = "qemu64"
+    feature = next(f for f in ("amx-tile", "avx512-fp16", "avx512f", "svm", "vmx") if f in _lacking(
+        ws, virt_type, f"<cpu mode='custom' match='exact'><model>{base}</model>"
+                       f"<feature policy='require' name='{f}'/></cpu>"))  # fmt: skip
+    path = ws.write("a.yaml", vm_text(ws.n("a"), f"cpu: {{model: {model}}}").replace(
+        "type: qemu", f"type: {virt_type}"))
+    path_b = ws.write("b.yaml", vm_text(ws.n("b"), f"cpu: {{features: {{{feature}: require}}}}")
+                      .replace("type: qemu", f"type: {virt_type}"))  # fmt: skip
+    err = plan_fails(ws)
+    assert (f"{at(path, model)}: spec.cpu.model: this host's CPU ({virt_type}) cannot run model "
+            f"{model}: it lacks ") in err, err
+    assert (f"{at(path_b, 'require')}: spec.cpu.features.{feature}: this host's CPU ({virt_type})"
+            f" does not provide required feature {feature}; set its policy to optional") in err
+    assert not [d for d in ws.conn.listAllDomains(0) if d.name().startswith(ws.prefix)]
+    # optional instead of require: the host runs it
+    ws.write("b.yaml", vm_text(ws.n("b"), f"cpu: {{features: {{{feature}: optional}}}}")
+             .replace("type: qemu", f"type: {virt_type}"))  # fmt: skip
+    ws.remove("a.yaml")
+    done = ws.cli("plan", str(ws.directory))
+    assert done.returncode == 2, done.stdout + done.stderr

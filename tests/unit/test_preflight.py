@@ -540,3 +540,85 @@ def test_a_remote_host_reads_no_local_file() -> None:
     facts = hv.host_facts(FactsWanted(paths=frozenset({"/etc/passwd"}), addresses=True))
     assert not facts.local and facts.paths == {} and facts.addresses is None
     assert facts.qemu_user is None
+
+
+# --- the guest CPU ---------------------------------------------------------------------------
+
+KVM64_CAPS = """<domainCapabilities><cpu>
+  <mode name='host-passthrough' supported='yes'/>
+  <mode name='host-model' supported='yes'><model fallback='forbid'>kvm64</model>
+    <vendor>AMD</vendor><feature policy='require' name='x2apic'/>
+    <feature policy='require' name='arch-capabilities'/></mode>
+</cpu></domainCapabilities>"""
+CPU_FACTS = replace(
+    FACTS,
+    machine_caps={**FACTS.machine_caps,
+                  ("x86_64", "pc", "kvm"): caps("pc-i440fx-7.2", xml=KVM64_CAPS)},
+    cpu_models=frozenset({"EPYC", "EPYC-Rome", "Nehalem", "Skylake-Server", "qemu64"}),
+    cpu_features_unknown=frozenset({"arch-capabilites"}),
+    cpu_verdicts={
+        preflight.CpuQuestion("x86_64", "pc", "kvm", "Skylake-Server"):
+            "the CPU is incompatible with host CPU: Host CPU does not provide required "
+            "features: avx512f, pku",
+        preflight.CpuQuestion("x86_64", "pc", "kvm", None, ("svm", "vmx")):
+            "the CPU is incompatible with host CPU: Host CPU does not provide required "
+            "features: vmx",
+        preflight.CpuQuestion("x86_64", "pc", "kvm", "EPYC", ("svm",)): None,
+    },
+)  # fmt: skip
+
+
+def kvm_vm(cpu: str) -> str:
+    return vm(f"cpu: {cpu}").replace("type: qemu", "type: kvm")
+
+
+def test_a_cpu_model_libvirt_does_not_know_lists_close_ones() -> None:
+    text = kvm_vm("EPYC-Romee")
+    assert problems(text, facts=CPU_FACTS) == [
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:8: spec.cpu: libvirt knows no CPU model "
+        "'EPYC-Romee' for x86_64; close ones: EPYC-Rome, EPYC; or use cpu: host-model"]
+
+
+def test_a_cpu_model_this_host_cannot_run_names_what_it_lacks() -> None:
+    text = kvm_vm("{model: Skylake-Server}")
+    assert problems(text, facts=CPU_FACTS) == [
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:16: spec.cpu.model: this host's CPU (kvm) cannot "
+        "run model Skylake-Server: it lacks avx512f, pku; use cpu: host-model, or a model this "
+        "host can run (`virsh domcapabilities` marks them usable='yes')"]
+
+
+def test_a_required_feature_the_host_lacks_is_placed_at_the_feature() -> None:
+    text = kvm_vm("{mode: host-passthrough, features: {svm: require, vmx: require, x2apic: force}}")
+    assert problems(text, facts=CPU_FACTS) == [
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:63: spec.cpu.features.vmx: this host's CPU (kvm) "
+        "does not provide required feature vmx; set its policy to optional, or run this VM on "
+        "a host that has it"]
+    assert problems(kvm_vm("{model: EPYC, features: {svm: require}}"), facts=CPU_FACTS) == []
+
+
+def test_a_feature_name_libvirt_does_not_know_suggests_the_right_one() -> None:
+    text = kvm_vm("{features: {arch-capabilites: disable}}")
+    assert problems(text, facts=CPU_FACTS) == [
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:38: spec.cpu.features.arch-capabilites: libvirt "
+        "knows no CPU feature 'arch-capabilites'; did you mean 'arch-capabilities'?; names are "
+        "as libvirt spells them (`virsh domcapabilities` lists the host's)"]
+
+
+def test_cpu_checks_ask_only_what_they_need() -> None:
+    ms = manifests(kvm_vm("host-model"), kvm_vm("{features: {vmx: optional}}"),
+                   kvm_vm("{model: EPYC, features: {svm: require, x2apic: disable}}"))
+    wanted = preflight.wanted(ms)
+    assert wanted.cpu_questions == frozenset(
+        {preflight.CpuQuestion("x86_64", "pc", "kvm", "EPYC", ("svm",))})
+    assert wanted.cpu_features == frozenset({"vmx", "svm", "x2apic"})
+    # nothing known about the host's CPU: nothing claimed
+    assert problems(kvm_vm("{model: Skylake-Server}")) == []
+
+
+def test_the_compared_cpu_is_libvirt_xml() -> None:
+    question = preflight.CpuQuestion("x86_64", "pc", "kvm", None, ("svm",))
+    assert preflight.cpu_compare_xml(question, None) is None
+    assert preflight.cpu_compare_xml(question, "kvm64") == (
+        '<cpu mode="custom" match="exact"><model>kvm64</model>'
+        '<feature policy="require" name="svm" /></cpu>')
+    assert preflight.host_cpu_model(KVM64_CAPS) == ("kvm64", ("x2apic", "arch-capabilities"))
