@@ -163,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="add the vmDefaults found to this configuration file (kept if it has vmDefaults)",
     )
+    probe.add_argument(
+        "--name-prefix",
+        default="reconciler-probe-",
+        help="names of the throwaway domains start with this (default: reconciler-probe-)",
+    )
     _add_connection(probe)
     probe.set_defaults(run=_probe)
 
@@ -458,7 +463,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     with Hypervisor.open(settings.uri) as hv:
-        result = hostprobe.probe(hv)
+        result = hostprobe.probe(hv, prefix=args.name_prefix)
     for attempt in result.attempts:
         outcome = "starts" if attempt.error is None else f"fails: {attempt.error}"
         print(f"probe: {attempt.defaults.describe() or 'kvm as it is'}: {outcome}")

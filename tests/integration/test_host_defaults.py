@@ -53,13 +53,14 @@ def test_probe_command_finds_what_starts_and_leaves_nothing(ws: Workspace,
     config = ws.root / "probed.yaml"
     done = subprocess.run(
         [sys.executable, "-m", "reconciler", "probe", "--connect", ws.uri,
-         "--config", "/dev/null", "--write-config", str(config)],
+         "--config", "/dev/null", "--write-config", str(config),
+         "--name-prefix", ws.n("probe-")],
         capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"probe: {host_probe.summary()}" in done.stdout, done.stdout
     left = [d.name() for d in ws.conn.listAllDomains(0)
-            if d.name().startswith("reconciler-probe-")]  # fmt: skip
+            if d.name().startswith(ws.n("probe-"))]  # fmt: skip
     assert left == []
     if host_probe.defaults:  # this host needs defaults: they were written, and load back
         written = yaml.safe_load(config.read_text())["vmDefaults"]

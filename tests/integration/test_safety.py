@@ -218,7 +218,7 @@ def manifests_naming(ws: Workspace, field: str) -> tuple[str, str, str]:
         spec["cdroms"] = [{"file": path}]
         shown = "cdroms[hda].file"
     elif field in ("kernel", "initrd"):
-        spec["kernel"] = str(ws.hostdir / "vmlinuz")
+        spec["kernel"] = str(ws.file("vmlinuz"))  # it exists: only the path under test fails
         spec[field] = path
     elif field == "serial":
         spec["serial"] = {"file": path}
