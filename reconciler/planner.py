@@ -39,6 +39,7 @@ from reconciler.model import (
 from reconciler.observe import Observed
 from reconciler.plan import Action, Change, Op, Plan, Step
 from reconciler.units import format_size
+from reconciler.userterms import in_user_terms
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml
@@ -114,7 +115,11 @@ def make_plan(load: LoadResult, observed: Observed, options: PlanOptions) -> Pla
     down, blocked = _plan_prune(load, observed, options)
     first = [a for a in down if a.kind is Kind.VIRTUAL_MACHINE]
     last = [a for a in down if a.kind is not Kind.VIRTUAL_MACHINE]
-    return Plan(actions=tuple(first + up + last), prune_blocked=blocked)
+    sizes = {m.name: m.spec.capacity for m in by_kind[Kind.VOLUME]
+             if isinstance(m.spec, VolumeSpec)}  # fmt: skip
+    actions = [in_user_terms(a, ctx.manifests.get((a.kind, a.name)), sizes)
+               for a in first + up + last]  # fmt: skip
+    return Plan(actions=tuple(actions), prune_blocked=blocked)
 
 
 # --- shared context ------------------------------------------------------------
