@@ -121,7 +121,8 @@ _DEVICE_NOUNS = {
 
 # Step arguments too long or too private to print (rendered XML with a display
 # password, cloud-init seed files with whatever user-data holds).
-HIDDEN_ARGS = frozenset({"xml", "files"})
+# ``current``: the definition libvirt has now, kept for ``--show-xml`` to diff against.
+HIDDEN_ARGS = frozenset({"xml", "files", "current"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,10 @@ documented in docs/plan-json.md (version 1). Pure: values in, text out.
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,8 @@ from reconciler.errors import Problem
 from reconciler.model import Kind
 from reconciler.plan import MARKERS, Action, Change, DeviceChange, Op, Plan
 from reconciler.units import format_duration, format_size
+from reconciler.xml._fields import parse, serialize
+from reconciler.xml.domain import secret_token
 
 if TYPE_CHECKING:  # executor imports libvirt: not needed to print a plan
     from reconciler.executor import ActionResult
@@ -145,6 +150,64 @@ def render_plan(plan: Plan, *, colour: bool = False, verbose: bool = False) -> s
         lines.append("")
     lines.append(plan.summary() if plan.has_changes or plan.has_errors else "No changes.")
     return "\n".join(lines)
+
+
+# Steps that send a definition to libvirt, and what libvirt call takes it.
+XML_VERBS = {
+    "define-domain": "domain",
+    "define-network": "network",
+    "define-pool": "pool",
+    "create-volume": "volume",
+    "write-seed": "volume",
+}
+_PASSWORD = re.compile(r"""(passwd=)(['"])(.*?)\2""")
+
+
+def mask_secrets(xml: str) -> str:
+    """``xml`` with every display password (``passwd='...'``) replaced by its token
+    (``domain.secret_token``): equal passwords show equal, none can be read."""
+    return _PASSWORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{secret_token(m.group(3))}"
+                         f"{m.group(2)}", xml)  # fmt: skip
+
+
+def _normalised(xml: str) -> list[str]:
+    """One layout for both sides of a diff (libvirt indents and quotes its own way)."""
+    try:
+        text = serialize(parse(xml))
+    except ET.ParseError:
+        text = xml
+    return mask_secrets(text).splitlines(keepends=True)
+
+
+def render_xml(plan: Plan) -> str:
+    """Every definition the plan sends to libvirt (``--show-xml``): for an object that
+    exists, a unified diff against its current persistent definition (both laid out
+    alike; libvirt's own additions, such as addresses, show as removed lines, and
+    libvirt keeps adding them); for a new one, the whole XML. Display passwords are
+    masked. '' when the plan defines nothing."""
+    parts: list[str] = []
+    for action in plan.actions:
+        if action.refused:
+            continue
+        for step in action.steps:
+            xml = step.args.get("xml")
+            if step.verb not in XML_VERBS or not isinstance(xml, str):
+                continue
+            what = f"{action.kind.value}/{action.name}"
+            if step.verb == "write-seed":
+                what = f"Volume/{step.args.get('volume')} (cloud-init seed of {what})"
+            current = step.args.get("current")
+            head = f"# {what}: {step.verb}"
+            if isinstance(current, str):
+                diff = difflib.unified_diff(
+                    _normalised(current), _normalised(xml),
+                    fromfile=f"{what} (current)", tofile=f"{what} (planned)",
+                )  # fmt: skip
+                body = "".join(diff) or "(the same XML as now)\n"
+                parts.append(f"{head} (changes to the current definition)\n{body}")
+            else:
+                parts.append(f"{head}\n{''.join(_normalised(xml))}")
+    return "\n".join(parts)
 
 
 def render_results(results: Sequence[ActionResult], *, colour: bool = False) -> str:
