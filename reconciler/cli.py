@@ -664,8 +664,8 @@ def _refuse_declared(keys: Sequence[str], directory: Path, host: str) -> None:
             f"delete: {', '.join(held)}: the next apply would create it again; remove the "
             "manifest first (then apply deletes it, or run delete again)"
         )
-    if load.problems:
-        files = sorted({p.position.path for p in load.problems})
+    files = sorted({p.position.path for p in load.problems} - {str(directory)})
+    if files:  # (a directory without manifests is a problem for apply, not here)
         print(f"reconciler: warning: {', '.join(files)} did not load; not checked for "
               "manifests of these objects", file=sys.stderr)  # fmt: skip
 

@@ -102,7 +102,7 @@ class HumanLine:
 
     The time of day (UTC), the level unless info, the object, the event, then its
     other fields as ``key=value``; fields without a value (None, "", []) are left
-    out, durations read ``1.5s``, lists ``a,b``. ``one_shot`` (plan, apply, delete,
+    out, durations and timeouts read ``1.5s``, lists ``a,b``. ``one_shot`` (plan, apply, delete,
     which print each action's result themselves): an ``apply.action`` line leaves out
     the error, hint, notes and steps the results show."""
 
@@ -135,7 +135,7 @@ class HumanLine:
 
 
 def _human_value(key: str, value: object) -> str:
-    if key == "duration" and isinstance(value, int | float):
+    if key in ("duration", "timeout") and isinstance(value, int | float):
         return f"{value:g}s"
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)

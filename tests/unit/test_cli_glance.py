@@ -193,3 +193,19 @@ def test_masked_passwords_compare_but_cannot_be_read() -> None:
     assert "s3cret" not in one + two and one.startswith("<graphics type='vnc' passwd='<secret ")
     assert one.split("'")[3] == two.split('"')[1]  # the same token for the same password
     assert mask_secrets("<graphics passwd='other'/>") != one.replace(" type='vnc'", "")
+
+
+def test_delete_warns_of_manifests_that_did_not_load_not_of_an_empty_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    cli._refuse_declared(["Volume/web-data"], tmp_path / "empty", "host")
+    assert capsys.readouterr().err == ""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.yaml").write_text("kind: [\n")
+    cli._refuse_declared(["Volume/web-data"], broken, "host")
+    assert capsys.readouterr().err == (
+        f"reconciler: warning: {broken}/bad.yaml did not load; not checked for manifests "
+        "of these objects\n"
+    )
