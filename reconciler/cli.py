@@ -494,12 +494,13 @@ def _print_xml(args: argparse.Namespace, plan: Any) -> None:
             print(xml, end="")
 
 
-def _confirm(args: argparse.Namespace, question: str) -> bool:
-    """``--yes``, or the answer to ``question`` on a terminal; refused without either."""
+def _confirm(args: argparse.Namespace, question: str, doing: str) -> bool:
+    """``--yes``, or the answer to ``question`` on a terminal; without either, a
+    ``ReconcilerError`` (``not <doing> without --yes when not interactive``)."""
     if args.yes:
         return True
     if not sys.stdin.isatty():
-        raise ReconcilerError(f"not going ahead without --yes when not interactive ({question})")
+        raise ReconcilerError(f"not {doing} without --yes when not interactive")
     answer = input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")
 
@@ -524,7 +525,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
             if not text:
                 print(dumps({**plan_json(plan, load.problems), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
-        if not _confirm(args, "Apply these changes?"):
+        if not _confirm(args, "Apply these changes?", "applying"):
             print("Not applied.")
             return EXIT_ERROR
         result = reconciler.apply(plan, observed, load)
@@ -616,7 +617,7 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
             if not text:
                 print(dumps({**plan_json(plan), **results_json([], [])}))
             return EXIT_OK
-        if not _confirm(args, "Delete these objects?"):
+        if not _confirm(args, "Delete these objects?", "deleting"):
             print("Not deleted.")
             return EXIT_ERROR
         results = Executor(hv, observed.inventory, state_dir).apply(plan)

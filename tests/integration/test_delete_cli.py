@@ -66,7 +66,7 @@ def test_delete_guards(ws: Workspace) -> None:
     ws.remove("vm.yaml")
     done = ws.cli("delete", f"VirtualMachine/{vm_name}", *where)
     assert done.returncode == 1
-    assert "not going ahead without --yes when not interactive" in done.stderr
+    assert "not deleting without --yes when not interactive" in done.stderr
     assert ws.domain(vm_name).isActive()
     assert pool_name and kept
 
