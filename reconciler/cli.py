@@ -23,6 +23,7 @@ from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.hostdefaults import apply_vm_defaults
 from reconciler.lock import StateLock
 from reconciler.manifests import LoadResult, check_against, load_unchecked
+from reconciler.model import Kind
 from reconciler.references import KnownObjects
 from reconciler.report import (
     dumps,
@@ -602,11 +603,17 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
 
     with Hypervisor.open(settings.uri) as hv:
         observed = observe(hv, inventory_file.load(state_dir))
-        try:
-            refs = export.resolve(observed, args.names)
-        except export.SelectionError as exc:
-            raise ReconcilerError(f"delete: {exc}") from None
-        keys = delete_keys(refs, observed.inventory.objects, state_dir)
+        keys: list[str] = []
+        for name in args.names:
+            try:
+                found = delete_keys(export.resolve(observed, [name]),
+                                    observed.inventory.objects, state_dir)  # fmt: skip
+            except export.SelectionError as exc:
+                # managed, but gone from libvirt: only dropped from the inventory
+                found = gone_keys(name, observed.inventory.objects)
+                if not found:
+                    raise ReconcilerError(f"delete: {exc}") from None
+            keys += [key for key in found if key not in keys]
         directory = Path(args.manifest_dir) if args.manifest_dir else settings.manifest_dir
         _refuse_declared(keys, directory, settings.host)
         plan = plan_delete(keys, observed, delete_data=args.delete_data)
@@ -650,6 +657,21 @@ def delete_keys(refs: Sequence[Any], owned: Mapping[str, Mapping[str, Any]],
         if key not in keys:
             keys.append(key)
     return keys
+
+
+def gone_keys(text: str, owned: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Inventory keys that ``text`` (``NAME``, ``KIND/NAME``, ``Volume/POOL/NAME``)
+    names, for objects libvirt no longer has."""
+    kinds = {k.value.lower(): k.value for k in Kind}
+    head, _, rest = text.partition("/")
+    if rest and head.lower() in kinds:
+        kind, pool, name = kinds[head.lower()], None, rest
+        if kind == Kind.VOLUME.value and "/" in rest:
+            pool, _, name = rest.partition("/")
+        key = f"{kind}/{name}"
+        entry = owned.get(key)
+        return [key] if entry is not None and pool in (None, entry.get("pool")) else []
+    return [key for key in owned if key.partition("/")[2] == text]
 
 
 def _refuse_declared(keys: Sequence[str], directory: Path, host: str) -> None:

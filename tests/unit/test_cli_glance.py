@@ -209,3 +209,12 @@ def test_delete_warns_of_manifests_that_did_not_load_not_of_an_empty_directory(
         f"reconciler: warning: {broken}/bad.yaml did not load; not checked for manifests "
         "of these objects\n"
     )
+
+
+def test_a_managed_object_gone_from_libvirt_is_named_by_the_inventory() -> None:
+    owned = {"VirtualMachine/web": {}, "Volume/root": {"pool": "images"}, "Network/web": {}}
+    assert cli.gone_keys("web", owned) == ["VirtualMachine/web", "Network/web"]
+    assert cli.gone_keys("virtualmachine/web", owned) == ["VirtualMachine/web"]
+    assert cli.gone_keys("Volume/images/root", owned) == ["Volume/root"]
+    assert cli.gone_keys("Volume/other/root", owned) == []
+    assert cli.gone_keys("nothing", owned) == []

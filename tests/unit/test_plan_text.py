@@ -168,3 +168,17 @@ def test_json_carries_the_same_facts(tmp_path: Path) -> None:
     changes = {c["path"]: c for c in web["changes"]}
     assert changes["disks[vdb].cache"]["manifestPath"] == "disks[1].cache"
     assert "manifestPath" not in changes["machine"]
+
+
+def test_network_restart_and_volume_growth(tmp_path: Path) -> None:
+    after = stack().replace("bridge: virbr-lab", "bridge: virbr-lab\n  mtu: 9000")
+    plan = plan_edit(tmp_path, stack(), after.replace("capacity: 1GiB", "capacity: 1536MiB"))
+    assert shown(plan, tmp_path) == """\
+~ Volume web-root: update-live  (ROOT/m/stack.yaml:6:1)
+    capacity: 1GiB -> 1536MiB (live)
+~ Network lab: update-restart  (ROOT/m/stack.yaml:26:1)
+    mtu: (none) -> 9000
+    restart pending: mtu; takes effect when the network restarts (virsh net-destroy, then net-start)
+
+Plan: 0 to create, 2 to update (1 needs restart), 0 to delete. 1 restart pending.
+"""
