@@ -182,3 +182,23 @@ def test_network_restart_and_volume_growth(tmp_path: Path) -> None:
 
 Plan: 0 to create, 2 to update (1 needs restart), 0 to delete. 1 restart pending.
 """
+
+
+def test_volume_replace_allowed_and_not(tmp_path: Path) -> None:
+    after = stack().replace("reclaimPolicy: delete}", "reclaimPolicy: delete, format: raw}")
+    allowed = plan_edit(tmp_path, stack(), after, allow_replace=frozenset({"Volume/web-data"}))
+    assert shown(allowed, tmp_path) == """\
+! Volume web-data: replace  (ROOT/m/stack.yaml:11:1)
+    format: qcow2 -> raw
+    !! deletes the volume and its data, then creates it again empty
+
+Plan: 0 to create, 1 to update, 0 to delete.
+"""
+    refused = plan_edit(tmp_path, stack(), after)
+    assert shown(refused, tmp_path) == """\
+! Volume web-data: replace  (ROOT/m/stack.yaml:11:1)
+    changing format recreates the volume and loses its data; not done unless asked: reconciler apply --allow-replace Volume/web-data
+    format: qcow2 -> raw
+
+Plan: 0 to create, 1 to update, 0 to delete. 1 refused.
+"""
