@@ -29,6 +29,7 @@ def test_device_added_live(tmp_path: Path) -> None:
 Plan: 0 to create, 1 to update, 0 to delete.
 """
 
+
 def test_device_removed_live(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(disks=", {volume: web-data}"), stack())
     assert shown(plan, tmp_path) == """\
@@ -37,6 +38,7 @@ def test_device_removed_live(tmp_path: Path) -> None:
 
 Plan: 0 to create, 1 to update, 0 to delete.
 """
+
 
 def test_device_removed_at_restart(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(disks=", {volume: web-data, bus: sata}"), stack())
@@ -48,6 +50,7 @@ def test_device_removed_at_restart(tmp_path: Path) -> None:
 Plan: 0 to create, 1 to update (1 needs restart), 0 to delete. 1 restart pending.
 """
 
+
 def test_device_replaced_same_target(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(disks=", {file: /srv/images/old.img, target: vdb}"), stack(disks=", {volume: web-data, target: vdb}"))
     assert shown(plan, tmp_path) == """\
@@ -58,6 +61,7 @@ def test_device_replaced_same_target(tmp_path: Path) -> None:
 Plan: 0 to create, 1 to update (1 needs restart), 0 to delete. 1 restart pending.
 """
 
+
 def test_nic_replaced_by_a_new_mac(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(), stack().replace('"52:54:00:00:00:01"}]\n', '"52:54:00:00:00:02"}]\n'))
     assert shown(plan, tmp_path) == """\
@@ -66,6 +70,7 @@ def test_nic_replaced_by_a_new_mac(tmp_path: Path) -> None:
 
 Plan: 0 to create, 1 to update, 0 to delete.
 """
+
 
 def test_device_field_by_manifest_index(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(disks=", {volume: web-data}"), stack(disks=", {volume: web-data, cache: writeback}"))
@@ -77,6 +82,7 @@ def test_device_field_by_manifest_index(tmp_path: Path) -> None:
 Plan: 0 to create, 1 to update (1 needs restart), 0 to delete. 1 restart pending.
 """
 
+
 def test_restart_with_forced_off(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(), stack(vm="\n  machine: q35\n  updatePolicy: restart"))
     assert shown(plan, tmp_path) == """\
@@ -86,6 +92,7 @@ def test_restart_with_forced_off(tmp_path: Path) -> None:
 
 Plan: 0 to create, 1 to update (1 needs restart), 0 to delete.
 """
+
 
 def test_forced_stop(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(), stack(vm="\n  state: stopped"))
@@ -97,6 +104,7 @@ def test_forced_stop(tmp_path: Path) -> None:
 Plan: 0 to create, 1 to update, 0 to delete.
 """
 
+
 def test_data_losing_delete(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(), stack(without="web-data"))
     assert shown(plan, tmp_path) == """\
@@ -106,6 +114,7 @@ def test_data_losing_delete(tmp_path: Path) -> None:
 
 Plan: 0 to create, 0 to update, 1 to delete.
 """
+
 
 def test_vm_delete_stops_it(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(), stack(without="web"))
@@ -117,6 +126,7 @@ def test_vm_delete_stops_it(tmp_path: Path) -> None:
 Plan: 0 to create, 0 to update, 1 to delete.
 """
 
+
 def test_restart_pending(tmp_path: Path) -> None:
     plan = plan_pending(tmp_path, stack(), stack(vm="\n  machine: q35"))
     assert shown(plan, tmp_path) == """\
@@ -126,6 +136,7 @@ def test_restart_pending(tmp_path: Path) -> None:
 
 No changes.
 """
+
 
 def test_restart_pending_device(tmp_path: Path) -> None:
     plan = plan_pending(tmp_path, stack(), stack(disks=", {volume: web-data, bus: sata}"))
@@ -137,6 +148,7 @@ def test_restart_pending_device(tmp_path: Path) -> None:
 No changes.
 """
 
+
 def test_values_in_manifest_units(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(), stack().replace("memory: 512MiB", "memory: 768MiB").replace("120s", "90s"))
     assert shown(plan, tmp_path) == """\
@@ -146,6 +158,7 @@ def test_values_in_manifest_units(tmp_path: Path) -> None:
 
 Plan: 0 to create, 1 to update, 0 to delete.
 """
+
 
 def test_dhcp_hosts(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(), stack().replace("{mac: \"52:54:00:00:00:01\", ip: 10.254.0.10, name: web}]", "{mac: \"52:54:00:00:00:09\", ip: 10.254.0.10, name: web}, {mac: \"52:54:00:00:00:03\", ip: 10.254.0.11}]"))
