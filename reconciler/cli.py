@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this program completes its own arguments)
 """Command line: argument parsing and wiring only; the work happens in the layers below.
 
 ``validate`` loads and checks manifests (manifests.py). ``plan`` and
@@ -13,7 +14,7 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from reconciler.hostdefaults import apply_vm_defaults
 from reconciler.hostpaths import PathPolicy
 from reconciler.lock import StateLock
 from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
+from reconciler.model import Kind
 from reconciler.preflight import path_problems
 from reconciler.references import KnownObjects
 from reconciler.report import (
@@ -47,41 +49,35 @@ def _parser() -> argparse.ArgumentParser:
         description="Declarative reconciler for KVM/libvirt hosts.",
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        default=os.environ.get("RECONCILER_LOG_FORMAT", "auto"),
-        help="log format on stderr (default: console on a TTY, JSON lines otherwise)",
-    )
+    _add_global(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = sub.add_parser(
-        "validate", help="check manifests: schema, fields, references (exit 0 clean, 1 problems)"
-    )
+    validate = _command(
+        sub, "validate",
+        help="check manifests: schema, fields, references (exit 0 clean, 1 problems)",
+    )  # fmt: skip
     validate.add_argument("directory", help="folder of manifests (searched recursively)")
     validate.add_argument(
         "--offline",
         action="store_true",
         help="do not ask libvirt about unmanaged objects that manifests name",
     )
-    _add_common(validate)
     validate.set_defaults(run=_validate)
 
-    plan = sub.add_parser(
-        "plan",
+    plan = _command(
+        sub, "plan",
         help="show what apply would change; touches nothing (exit 0 none, 2 changes, 1 error)",
     )
     plan.add_argument("directory", help="folder of manifests")
-    _add_common(plan)
     _add_engine(plan)
     plan.add_argument(
         "--verbose", "-v", action="store_true", help="also list unchanged objects and steps"
     )
+    _add_show_xml(plan)
     plan.set_defaults(run=_plan)
 
-    apply = sub.add_parser("apply", help="make libvirt match the manifests (exit 0 done, 1 error)")
+    apply = _command(sub, "apply", help="make libvirt match the manifests (exit 0 done, 1 error)")
     apply.add_argument("directory", help="folder of manifests")
-    _add_common(apply)
     _add_engine(apply)
     apply.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     apply.add_argument(
@@ -92,22 +88,53 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a data-losing replace of this object (e.g. Volume/db-root); repeatable",
     )
     apply.add_argument("--verbose", "-v", action="store_true", help="also list steps")
+    _add_show_xml(apply)
     apply.set_defaults(run=_apply)
 
-    run = sub.add_parser(
-        "run", help="the daemon: converge on file changes, libvirt events and a timer"
+    delete = _command(
+        sub, "delete",
+        help="delete named objects reconciler manages (exit 0 done, 1 error)",
+        description="Delete objects reconciler manages, as a prune would: a VM shut down "
+        "gracefully (forced off after its shutdownTimeout) and undefined with its cloud-init "
+        "seed; a network or pool stopped and undefined (the pool's files are kept); a "
+        "volume's data only with reclaimPolicy: delete or --delete-data (else it is kept and "
+        "no longer managed). Refused for an object a manifest in the manifest directory still "
+        "declares: the next apply would create it again; remove the manifest first.",
+    )
+    names = delete.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME|KIND/NAME",
+        help="objects to delete: a name, or VirtualMachine/web-1, Network/lab, "
+        "StoragePool/images, Volume/root (Volume/POOL/NAME when names repeat)",
+    )
+    names.completer = _managed_names  # type: ignore[attr-defined]
+    delete.add_argument(
+        "--manifest-dir",
+        metavar="DIR",
+        help="manifests that must no longer declare them (default: manifestDir of the config)",
+    )
+    delete.add_argument(
+        "--delete-data",
+        action="store_true",
+        help="also delete the data of named volumes whose reclaimPolicy is retain",
+    )
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(run=_delete)
+
+    run = _command(
+        sub, "run", help="the daemon: converge on file changes, libvirt events and a timer"
     )
     run.add_argument(
         "directory", nargs="?", help="folder of manifests (default: manifestDir of the config)"
     )
-    _add_common(run)
     _add_engine(run)
     run.add_argument("--debounce", help="quiet time after a file change (default: 500ms)")
     run.add_argument("--resync-interval", help="full resync period (default: 5m)")
     run.set_defaults(run=_run)
 
-    export = sub.add_parser(
-        "export",
+    export = _command(
+        sub, "export",
         help="write manifests for existing libvirt objects, to adopt them (exit 0 done, 1 error)",
         description="Read libvirt (nothing is changed) and write one manifest per object, with "
         "adopt: true, so that applying them takes the objects over. Fields a manifest cannot "
@@ -146,11 +173,10 @@ def _parser() -> argparse.ArgumentParser:
         help="write DIR/{pools,volumes,networks,vms}/NAME.yaml (default: one stream on stdout)",
     )
     export.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
-    _add_connection(export)
     export.set_defaults(run=_export)
 
-    probe = sub.add_parser(
-        "probe",
+    probe = _command(
+        sub, "probe",
         help="find out which VMs this host can start, and the vmDefaults that make them start",
         description="Start throwaway domains (a unique name, no disks, removed at once) to find "
         "out whether type kvm guests start here as they are, only with a CPU feature disabled "
@@ -168,40 +194,91 @@ def _parser() -> argparse.ArgumentParser:
         default="reconciler-probe-",
         help="names of the throwaway domains start with this (default: reconciler-probe-)",
     )
-    _add_connection(probe)
     probe.set_defaults(run=_probe)
 
-    status = sub.add_parser("status", help="what the daemon last found, per object")
-    _add_common(status)
-    status.add_argument("--state-dir", help="folder of status.json (default: /var/lib/reconciler)")
+    status = _command(sub, "status", help="what the daemon last found, per object")
     status.set_defaults(run=_status)
     return parser
 
 
-def _add_connection(parser: argparse.ArgumentParser) -> None:
+def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand, taking the global options after its name too."""
+    command: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    _add_global(command)
+    return command
+
+
+def _managed_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Shell completion of ``delete``: the objects the inventory lists (``Kind/name``)."""
+    try:
+        state_dir = getattr(parsed_args, "state_dir", None) or load_settings(
+            config_path=getattr(parsed_args, "config", None)).state_dir  # fmt: skip
+        data = json.loads((Path(state_dir) / "inventory.json").read_text(encoding="utf-8"))
+        return [key for key in data.get("objects", {}) if key.startswith(prefix)]
+    except (OSError, ValueError, ReconcilerError):
+        return []
+
+
+def _global_defaults() -> dict[str, object]:
+    """Values of the global options not given, before or after the subcommand."""
+    return {
+        "log_format": os.environ.get("RECONCILER_LOG_FORMAT", "auto"),
+        "output": "text",
+        "config": None,
+        "connect": None,
+        "host": None,
+        "state_dir": None,
+    }
+
+
+def _add_global(parser: argparse.ArgumentParser) -> None:
+    """The options every command takes, before or after its name (``reconciler -o json
+    plan DIR`` and ``reconciler plan DIR -o json``). Defaults are suppressed so that one
+    given on either side is not overwritten by the other's default; ``main`` fills in
+    ``_global_defaults`` for those given nowhere."""
+    hide = argparse.SUPPRESS
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default=hide,
+        help="log format on stderr (default: $RECONCILER_LOG_FORMAT, or a short line per "
+        "event on a TTY and JSON lines otherwise)",
+    )
+    parser.add_argument(
+        "--output", "-o", choices=["text", "json"], default=hide,
+        help="text for people (default) or JSON (docs/plan-json.md)",
+    )  # fmt: skip
     parser.add_argument(
         "--config",
         metavar="FILE",
         type=Path,
+        default=hide,
         help="configuration file (default: $RECONCILER_CONFIG or /etc/reconciler/config.yaml)",
     )
     parser.add_argument(
-        "--connect", "-c", metavar="URI", help="libvirt URI (default: qemu:///system)"
-    )
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    _add_connection(parser)
+        "--connect", "-c", metavar="URI", default=hide,
+        help="libvirt URI (default: qemu:///system)",
+    )  # fmt: skip
     parser.add_argument(
-        "--host", help="host name matched against metadata.hosts (default: this machine's name)"
+        "--host", default=hide,
+        help="host name matched against metadata.hosts (default: this machine's name)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--state-dir", default=hide,
+        help="inventory, lock and status folder (default: /var/lib/reconciler)",
+    )  # fmt: skip
+
+
+def _add_show_xml(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--show-xml",
+        action="store_true",
+        help="also print the libvirt XML each define would send (a diff against the current "
+        "definition for objects that exist; display passwords masked)",
     )
-    parser.add_argument("--output", "-o", choices=["text", "json"], default="text")
 
 
 def _add_engine(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--state-dir", help="inventory, lock and status folder (default: /var/lib/reconciler)"
-    )
     parser.add_argument(
         "--prune",
         action=argparse.BooleanOptionalAction,
@@ -218,6 +295,33 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     """Defaults < config file < RECONCILER_* < flags."""
     return load_settings(config_path=args.config, overrides=_overrides(args))
+
+
+def usable_state_dir(path: Path, *, create: bool = True) -> Path:
+    """``path`` as a state directory that can be read and written: created (mode 0700)
+    when missing and ``create``; else a one-line ``ReconcilerError`` naming it (a file in
+    the way, a place no directory can be made such as /proc, no permission), never an
+    inventory read as empty."""
+    fix = "set --state-dir, stateDir in the configuration, or RECONCILER_STATE_DIR"
+    doing = "created"
+    try:
+        if not path.exists():
+            if not create:
+                return path
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.is_dir():
+            raise ReconcilerError(f"state directory {path}: not a directory; {fix}")
+        doing = "read"
+        os.listdir(path)
+        doing = "written"
+        probe = path / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ReconcilerError(
+            f"state directory {path}: cannot be {doing}: {exc.strerror or exc}; {fix}"
+        ) from None
+    return path
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -239,13 +343,30 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return overrides
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, global options given before or after the subcommand (or not
+    at all: their defaults). Exits (argparse's usage error, status 2) on a bad one.
+    Under shell completion (``_ARGCOMPLETE`` set by argcomplete's hook) it prints the
+    completions and exits instead."""
+    parser = _parser()
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    for name, value in _global_defaults().items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command in ("plan", "apply", "run"):  # the others log nothing
+    args = parse_args(argv)
+    if args.command in ("plan", "apply", "run", "delete"):  # the others log nothing
         from reconciler.logs import configure
 
         configure(format=args.log_format, one_shot=args.command != "run")
-    one_shot = args.command in ("validate", "plan", "apply", "status", "export")
+    one_shot = args.command in ("validate", "plan", "apply", "status", "export", "delete")
     if one_shot:
         # One pass and exit: the cyclic collector would only rescan the many small,
         # acyclic objects of manifests and XML (a third of a large plan's time).
@@ -348,7 +469,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
 
     options = PassOptions(
         directory=Path(args.directory),
-        state_dir=settings.state_dir,
+        state_dir=usable_state_dir(settings.state_dir),
         host=settings.host,
         prune=settings.prune,
         default_update_policy=settings.default_update_policy,
@@ -371,13 +492,36 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         _print_problems(load)
         print(render_plan(plan, colour=_colour(), verbose=args.verbose))
+        _print_xml(args, plan)
     if load.problems or plan.has_errors:
         return EXIT_ERROR
     return EXIT_CHANGES if plan.has_changes else EXIT_OK
 
 
+def _print_xml(args: argparse.Namespace, plan: Any) -> None:
+    from reconciler.report import render_xml
+
+    if getattr(args, "show_xml", False):
+        xml = render_xml(plan)
+        if xml:
+            print()
+            print(xml, end="")
+
+
+def _confirm(args: argparse.Namespace, question: str, doing: str) -> bool:
+    """``--yes``, or the answer to ``question`` on a terminal; without either, a
+    ``ReconcilerError`` (``not <doing> without --yes when not interactive``)."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise ReconcilerError(f"not {doing} without --yes when not interactive")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
 def _apply(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    usable_state_dir(settings.state_dir)
     with StateLock(settings.state_dir):
         return _apply_locked(args, settings)
 
@@ -390,17 +534,14 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
         if text:
             _print_problems(load)
             print(render_plan(plan, colour=_colour(), verbose=args.verbose))
+            _print_xml(args, plan)
         if not plan.has_changes:
             if not text:
                 print(dumps({**plan_json(plan, load.problems, load.notes), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
-        if not args.yes:
-            if not sys.stdin.isatty():
-                raise ReconcilerError("not applying without --yes when not interactive")
-            answer = input("Apply these changes? [y/N] ").strip().lower()
-            if answer not in ("y", "yes"):
-                print("Not applied.")
-                return EXIT_ERROR
+        if not _confirm(args, "Apply these changes?", "applying"):
+            print("Not applied.")
+            return EXIT_ERROR
         result = reconciler.apply(plan, observed, load)
     finally:
         reconciler.hypervisor.close()
@@ -424,6 +565,7 @@ def _run(args: argparse.Namespace) -> int:
     from reconciler.logs import configure
 
     settings = _settings(args)
+    usable_state_dir(settings.state_dir)
     configure(format=settings.log_format if args.log_format == "auto" else args.log_format)
     return Daemon(settings, config_path=args.config, overrides=_overrides(args)).run()
 
@@ -433,7 +575,7 @@ def _status(args: argparse.Namespace) -> int:
     from reconciler.status import to_json as status_json
 
     settings = _settings(args)
-    report = read_status(settings.state_dir)
+    report = read_status(usable_state_dir(settings.state_dir, create=False))
     if report is None:
         message = (
             f"no daemon has run yet: no {settings.state_dir}/status.json "
@@ -452,6 +594,116 @@ def _status(args: argparse.Namespace) -> int:
     return (
         EXIT_ERROR if report.last_error or any(o.state in bad for o in report.objects) else EXIT_OK
     )
+
+
+# --- delete --------------------------------------------------------------------------
+
+
+def _delete(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    state_dir = usable_state_dir(settings.state_dir)
+    with StateLock(state_dir):
+        return _delete_locked(args, settings, state_dir)
+
+
+def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path) -> int:
+    from reconciler import export
+    from reconciler import inventory as inventory_file
+    from reconciler.executor import Executor
+    from reconciler.hypervisor import Hypervisor
+    from reconciler.observe import observe
+    from reconciler.planner import plan_delete
+
+    with Hypervisor.open(settings.uri) as hv:
+        observed = observe(hv, inventory_file.load(state_dir))
+        keys: list[str] = []
+        for name in args.names:
+            try:
+                found = delete_keys(export.resolve(observed, [name]),
+                                    observed.inventory.objects, state_dir)  # fmt: skip
+            except export.SelectionError as exc:
+                # managed, but gone from libvirt: only dropped from the inventory
+                found = gone_keys(name, observed.inventory.objects)
+                if not found:
+                    raise ReconcilerError(f"delete: {exc}") from None
+            keys += [key for key in found if key not in keys]
+        directory = Path(args.manifest_dir) if args.manifest_dir else settings.manifest_dir
+        _refuse_declared(keys, directory, settings.host)
+        plan = plan_delete(keys, observed, delete_data=args.delete_data)
+        text = args.output == "text"
+        if text:
+            print(render_plan(plan, colour=_colour()))
+        if not plan.has_changes:
+            if not text:
+                print(dumps({**plan_json(plan), **results_json([], [])}))
+            return EXIT_OK
+        if not _confirm(args, "Delete these objects?", "deleting"):
+            print("Not deleted.")
+            return EXIT_ERROR
+        results = Executor(hv, observed.inventory, state_dir).apply(plan)
+    if text:
+        print()
+        print(render_results(results, colour=_colour()))
+        bad = sum(1 for r in results if r.outcome != "ok")
+        print(f"\nDelete {'complete' if not bad else 'finished with errors'}: "
+              f"{len(results) - bad} succeeded, {bad} failed.")  # fmt: skip
+    else:
+        print(dumps({**plan_json(plan), **results_json(results, [])}))
+    return EXIT_ERROR if any(r.outcome != "ok" for r in results) else EXIT_OK
+
+
+def delete_keys(refs: Sequence[Any], owned: Mapping[str, Mapping[str, Any]],
+                state_dir: Path) -> list[str]:  # fmt: skip
+    """Inventory keys (``Kind/name``) of the objects ``refs`` names (export.Ref), or a
+    ``ReconcilerError`` for one reconciler does not manage: delete never touches those."""
+    keys: list[str] = []
+    for ref in refs:
+        key = f"{ref.kind.value}/{ref.name}"
+        entry = owned.get(key)
+        if entry is None or (ref.pool is not None and entry.get("pool", ref.pool) != ref.pool):
+            shown = key if ref.pool is None else f"{ref.kind.value}/{ref.pool}/{ref.name}"
+            raise ReconcilerError(
+                f"delete: {shown}: not managed by reconciler (not in "
+                f"{state_dir / 'inventory.json'}); it deletes only objects it manages "
+                "(use virsh for others)"
+            )
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def gone_keys(text: str, owned: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Inventory keys that ``text`` (``NAME``, ``KIND/NAME``, ``Volume/POOL/NAME``)
+    names, for objects libvirt no longer has."""
+    kinds = {k.value.lower(): k.value for k in Kind}
+    head, _, rest = text.partition("/")
+    if rest and head.lower() in kinds:
+        kind, pool, name = kinds[head.lower()], None, rest
+        if kind == Kind.VOLUME.value and "/" in rest:
+            pool, _, name = rest.partition("/")
+        key = f"{kind}/{name}"
+        entry = owned.get(key)
+        return [key] if entry is not None and pool in (None, entry.get("pool")) else []
+    return [key for key in owned if key.partition("/")[2] == text]
+
+
+def _refuse_declared(keys: Sequence[str], directory: Path, host: str) -> None:
+    """Refuse to delete what a manifest still declares: the next apply (or the daemon,
+    within seconds) would create it again, a volume empty."""
+    if not directory.is_dir():
+        return
+    load = load_unchecked(directory, host=host)
+    declared = {f"{m.kind.value}/{m.name}": m for m in load.manifests}
+    held = [f"{key} (declared at {declared[key].source})" for key in keys if key in declared]
+    if held:
+        raise ReconcilerError(
+            f"delete: {', '.join(held)}: the next apply would create it again; remove the "
+            "manifest first (then apply deletes it, or run delete again)"
+        )
+    files = sorted({p.position.path for p in load.problems} - {str(directory)})
+    if files:  # (a directory without manifests is a problem for apply, not here)
+        print(f"reconciler: warning: {', '.join(files)} did not load; not checked for "
+              "manifests of these objects", file=sys.stderr)  # fmt: skip
 
 
 # --- export --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def configure(
     are written by ``JsonLines`` instead of structlog."""
     global _settings, _plain
     with _lock:
-        _settings = {"format": format, "level": level, "stream": stream}
+        _settings = {"format": format, "level": level, "stream": stream, "one_shot": one_shot}
         _plain = None
         if one_shot:
             import sys
@@ -62,7 +62,9 @@ def _structlog() -> Any:
         return structlog
 
 
-def _apply(structlog: Any, *, format: LogFormat, level: str, stream: TextIO | None) -> None:
+def _apply(
+    structlog: Any, *, format: LogFormat, level: str, stream: TextIO | None, one_shot: bool
+) -> None:
     import logging
     import sys
 
@@ -74,7 +76,8 @@ def _apply(structlog: Any, *, format: LogFormat, level: str, stream: TextIO | No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if use_console:
-        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+        processors += [structlog.processors.format_exc_info,
+                       HumanLine(colour=out.isatty(), one_shot=one_shot)]  # fmt: skip
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(
@@ -85,6 +88,59 @@ def _apply(structlog: Any, *, format: LogFormat, level: str, stream: TextIO | No
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+# Fields of an action's log line that a one-shot command prints in its results anyway:
+# on a terminal, its log line leaves them out, so a failed action is said once.
+_IN_RESULTS = frozenset({"error", "hint", "notes", "steps"})
+_LEVEL_COLOURS = {"warning": "33", "error": "31", "critical": "31"}
+
+
+class HumanLine:
+    """structlog's last processor on a terminal: one short line per event,
+    ``09:12:03 WARNING VirtualMachine web-1: vm.stopped how=forced duration=1.0s``.
+
+    The time of day (UTC), the level unless info, the object, the event, then its
+    other fields as ``key=value``; fields without a value (None, "", []) are left
+    out, durations and timeouts read ``1.5s``, lists ``a,b``. ``one_shot`` (plan, apply, delete,
+    which print each action's result themselves): an ``apply.action`` line leaves out
+    the error, hint, notes and steps the results show."""
+
+    def __init__(self, *, colour: bool = False, one_shot: bool = False) -> None:
+        self.colour = colour
+        self.one_shot = one_shot
+
+    def __call__(self, _logger: object, _method: str, event: dict[str, Any]) -> str:
+        fields = dict(event)
+        stamp = str(fields.pop("timestamp", ""))
+        level = str(fields.pop("level", "info"))
+        text = str(fields.pop("event", ""))
+        exception = fields.pop("exception", None)
+        who = " ".join(str(fields.pop(k)) for k in ("kind", "name") if fields.get(k))
+        action = fields.pop("action", None)
+        if action:
+            who += f" ({action})"
+        if self.one_shot and text == "apply.action":
+            fields = {k: v for k, v in fields.items() if k not in _IN_RESULTS}
+        parts = [stamp[11:19]] if len(stamp) >= 19 else []
+        if level not in ("info", "debug"):
+            shown = level.upper()
+            colour = _LEVEL_COLOURS.get(level)
+            parts.append(f"\033[{colour}m{shown}\033[0m" if self.colour and colour else shown)
+        parts.append(f"{who}: {text}" if who else text)
+        parts += [f"{k}={_human_value(k, v)}" for k, v in fields.items()
+                  if v is not None and v != "" and v != [] and v != ()]  # fmt: skip
+        line = " ".join(parts)
+        return line if not exception else f"{line}\n{exception}"
+
+
+def _human_value(key: str, value: object) -> str:
+    if key in ("duration", "timeout") and isinstance(value, int | float):
+        return f"{value:g}s"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    text = str(value)
+    return json.dumps(text) if (" " in text or not text) else text
 
 
 class _Logger:

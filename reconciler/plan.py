@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.errors import SourcePosition
 from reconciler.model import Kind
+from reconciler.units import format_duration
 
 
 class Op(StrEnum):
@@ -61,11 +62,67 @@ class Change:
     live: bool = False  # can be applied to the running object
     origin: str = ""  # where the new value came from when not the manifest (host defaults)
     note: str = ""  # what the user should know about it (a VM's last refused start)
+    # the path as the manifest writes it, where that differs from ``path`` and is known:
+    # ``disks[1].bus`` for ``disks[vdb].bus`` (the device's index in the manifest's list)
+    where: str = ""
+
+    @property
+    def shown_path(self) -> str:
+        """The path a person reads: as the manifest writes it, else ``path``."""
+        return self.where or self.path
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChange:
+    """A device added, removed or replaced as a whole, said once in the user's terms.
+
+    ``section``: the manifest list (``disks``, ``cdroms``, ``interfaces``,
+    ``ipv4.dhcp.hosts``, ``dnsHosts``); ``key``: its identity in ``Change.path``
+    (``disks[vdb]``); ``how``: ``add`` | ``remove`` | ``replace``; ``label``: what
+    the user named it by (the volume, file, MAC, IP); ``details``: the rest of its
+    identity, shortest first (target, bus, size); ``where``: its place in the
+    manifest (``disks[1]``), "" for a device the manifest no longer has;
+    ``replaces``: the label of the device it replaces (``replaces_key`` its identity
+    when that differs: a NIC's old MAC); ``live``: done to the
+    running object (else at its next restart). The field changes it stands for stay
+    in ``Action.changes`` (their paths start with ``key``).
+    """
+
+    section: str
+    key: str
+    how: str
+    label: str
+    details: tuple[str, ...] = ()
+    where: str = ""
+    replaces: str = ""
+    live: bool = False
+    replaces_key: str = ""  # the identity of the device replaced, when it differs
+
+    def covers(self, path: str) -> bool:
+        """Whether the field change ``path`` is part of this device's change."""
+        return path.startswith(self.key + ".") or bool(
+            self.replaces_key and path.startswith(self.replaces_key + ".")
+        )
+
+    @property
+    def noun(self) -> str:
+        """``disk``, ``cdrom``, ``interface``, ``dhcp host``, ``dns host``."""
+        return _DEVICE_NOUNS.get(self.section, self.section)
+
+
+_DEVICE_NOUNS = {
+    "disks": "disk",
+    "cdroms": "cdrom",
+    "interfaces": "interface",
+    "ipv4.dhcp.hosts": "dhcp host",
+    "dnsHosts": "dns host",
+}
 
 
 # Step arguments too long or too private to print (rendered XML with a display
 # password, cloud-init seed files with whatever user-data holds).
-HIDDEN_ARGS = frozenset({"xml", "files"})
+# ``current``: the definition libvirt has now, kept for ``--show-xml`` to diff against.
+HIDDEN_ARGS = frozenset({"xml", "files", "current"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +135,22 @@ class Step:
     def shown_args(self) -> dict[str, Any]:
         """The arguments worth printing (not ``HIDDEN_ARGS``)."""
         return {k: v for k, v in self.args.items() if k not in HIDDEN_ARGS}
+
+    def disruption(self, op: Op) -> str:
+        """What this step does that a user must know before saying yes, or "":
+        a graceful stop that ends in a forced power-off, a volume's data deleted.
+        ``op``: the action's classification (a replace deletes to recreate)."""
+        timeout = self.args.get("timeout")
+        after = "" if timeout is None else f", forced off after {format_duration(timeout)}"
+        if self.verb == "stop-domain":
+            return f"shuts the VM down: ACPI shutdown{after}"
+        if self.verb == "restart-domain":
+            return f"restarts the VM: ACPI shutdown{after}, then start"
+        if self.verb == "delete-volume":
+            if op is Op.REPLACE:
+                return "deletes the volume and its data, then creates it again empty"
+            return "deletes the volume and its data"
+        return ""
 
     def describe(self) -> str:
         shown = self.shown_args()
@@ -101,6 +174,13 @@ class Action:
     owner_record: dict[str, Any] | None = None  # inventory entry written after success
     requires: tuple[str, ...] = ()  # keys of actions that must not have failed
     fingerprint: str | None = None  # set on a VM found in sync: see planner.fingerprint
+    devices: tuple[DeviceChange, ...] = ()  # devices added/removed/replaced whole
+    pending_devices: tuple[DeviceChange, ...] = ()  # the same, of ``restart_pending``
+
+    @property
+    def disruptions(self) -> tuple[str, ...]:
+        """What the steps do that stops a VM or loses data (``Step.disruption``)."""
+        return tuple(d for s in self.steps if (d := s.disruption(self.op)))
 
     @property
     def key(self) -> str:

@@ -40,6 +40,7 @@ from reconciler.model import (
 from reconciler.observe import Observed
 from reconciler.plan import Action, Change, Op, Plan, Step
 from reconciler.units import format_size
+from reconciler.userterms import in_user_terms
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml
@@ -115,7 +116,11 @@ def make_plan(load: LoadResult, observed: Observed, options: PlanOptions) -> Pla
     down, blocked = _plan_prune(load, observed, options)
     first = [a for a in down if a.kind is Kind.VIRTUAL_MACHINE]
     last = [a for a in down if a.kind is not Kind.VIRTUAL_MACHINE]
-    return Plan(actions=tuple(first + up + last), prune_blocked=blocked)
+    sizes = {m.name: m.spec.capacity for m in by_kind[Kind.VOLUME]
+             if isinstance(m.spec, VolumeSpec)}  # fmt: skip
+    actions = [in_user_terms(a, ctx.manifests.get((a.kind, a.name)), sizes)
+               for a in first + up + last]  # fmt: skip
+    return Plan(actions=tuple(actions), prune_blocked=blocked)
 
 
 # --- shared context ------------------------------------------------------------
@@ -245,7 +250,8 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     changes = _adoption(owned) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
-        steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid)}))
+        steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid),
+                                          "current": live.config_xml}))  # fmt: skip
     if config_changes:
         steps.append(Step("build-pool"))
         if live.active and spec.state == "active":
@@ -358,6 +364,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                 source=m.source,
                 requires=tuple(requires),
             )
+        create[0] = Step("create-volume", {**create[0].args, "current": live.xml})
         steps = [Step("delete-volume", {"pool": spec.pool}), *create]
         return Action(
             Kind.VOLUME,
@@ -467,7 +474,7 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     changes = _adoption(owned) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
-        steps.append(Step("define-network", {"xml": xml}))
+        steps.append(Step("define-network", {"xml": xml, "current": live.config_xml}))
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
@@ -817,7 +824,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         was = "overwritten outside reconciler" if overwritten else None
         changes.append(Change("cloudInit.volume", was, seeds.seed.key, live=True))
     if changes:
-        steps.append(Step("define-domain", {"xml": rendered()}))
+        steps.append(Step("define-domain", {"xml": rendered(), "current": live.config_xml}))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
     in_use: set[str] = set()
@@ -1077,10 +1084,37 @@ def _plan_prune(
     if not options.prune:
         return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off"
     actions = [a for key in orphans if (a := _delete(key, owned[key], observed)) is not None]
+    return _down_order(actions, observed), ""
+
+
+def _down_order(actions: list[Action], observed: Observed) -> list[Action]:
+    """Deletes in the order they can run: VMs, networks, volumes (clones first), pools."""
     order = {Kind.VIRTUAL_MACHINE: 0, Kind.NETWORK: 1, Kind.VOLUME: 2, Kind.STORAGE_POOL: 3}
     clones = {a.name for a in actions if a.kind is Kind.VOLUME and _has_backing(a, observed)}
-    actions.sort(key=lambda a: (order[a.kind], a.name not in clones, a.name))
-    return actions, ""
+    return sorted(actions, key=lambda a: (order[a.kind], a.name not in clones, a.name))
+
+
+def plan_delete(keys: Sequence[str], observed: Observed, *, delete_data: bool = False) -> Plan:
+    """The plan of ``reconciler delete``: the owned objects ``keys`` (``Kind/name``, each in
+    ``observed.inventory``; KeyError otherwise) deleted as a prune deletes them: a VM
+    shut down gracefully (forced off after its shutdownTimeout) and undefined, with its
+    cloud-init seed; a network or pool stopped and undefined (a pool's files kept); a
+    volume's data deleted only under ``reclaimPolicy: delete`` or with ``delete_data``,
+    else it is forgotten (kept, no longer managed). Pure, like ``make_plan``."""
+    actions = []
+    for key in keys:
+        entry = dict(observed.inventory.objects[key])
+        if delete_data and key.startswith(f"{Kind.VOLUME.value}/"):
+            entry["reclaimPolicy"] = "delete"
+        action = _delete(key, entry, observed, why="deleted on request")
+        if action is None:
+            continue
+        if action.op is Op.FORGET and action.kind is Kind.VOLUME and not delete_data:
+            action = dataclasses.replace(action, reason="deleted on request; reclaimPolicy "
+                                         "retain keeps its data (pass --delete-data to delete "
+                                         "it)")  # fmt: skip
+        actions.append(action)
+    return Plan(actions=tuple(_down_order(actions, observed)))
 
 
 def _has_backing(action: Action, observed: Observed) -> bool:
@@ -1090,10 +1124,12 @@ def _has_backing(action: Action, observed: Observed) -> bool:
     return False
 
 
-def _delete(key: str, entry: Mapping[str, Any], observed: Observed) -> Action | None:
+def _delete(
+    key: str, entry: Mapping[str, Any], observed: Observed, why: str = ""
+) -> Action | None:
     kind_name, _, name = key.partition("/")
     kind = Kind(kind_name)
-    where = f"manifest {entry.get('manifest', '?')} is gone"
+    where = why or f"manifest {entry.get('manifest', '?')} is gone"
     gone = Action(kind, name, Op.FORGET, reason="already gone from libvirt; dropped from inventory")
     if kind is Kind.VIRTUAL_MACHINE:
         dom = observed.domains.get(name)

@@ -7,21 +7,31 @@ documented in docs/plan-json.md (version 1). Pure: values in, text out.
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Problem
-from reconciler.plan import MARKERS, Action, Change, Op, Plan
-from reconciler.units import format_size
+from reconciler.model import Kind
+from reconciler.plan import MARKERS, Action, Change, DeviceChange, Op, Plan
+from reconciler.units import format_duration, format_size
+from reconciler.xml._fields import parse, serialize
+from reconciler.xml.domain import secret_token
 
 if TYPE_CHECKING:  # executor imports libvirt: not needed to print a plan
     from reconciler.executor import ActionResult
 
 JSON_VERSION = 1
 
-_COLOURS = {"+": "32", "~": "33", "-": "31", "!": "35", " ": "0"}
+_COLOURS = {"+": "32", "~": "33", "-": "31", "!": "35", " ": "0", "!!": "31"}
 _SIZE_FIELDS = ("memory", "maxMemory", "capacity")
+_DURATION_FIELDS = ("shutdownTimeout",)
+_DEVICE_MARKERS = {"add": "+", "remove": "-", "replace": "~"}
+DISRUPTION_MARKER = "!!"
+"""Starts each line that says a step stops a VM or deletes data (``Step.disruption``)."""
 
 
 def _paint(text: str, marker: str, colour: bool) -> str:
@@ -31,14 +41,18 @@ def _paint(text: str, marker: str, colour: bool) -> str:
 
 
 def show_value(path: str, value: object) -> str:
+    """``value`` of field ``path`` as a manifest writes it: sizes in the largest exact
+    binary unit (``1GiB``), timeouts in seconds (``120s``), lists in brackets."""
     if value is None:
         return "(none)"
-    if isinstance(value, int) and not isinstance(value, bool) and path.endswith(_SIZE_FIELDS):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float) and path.endswith(_DURATION_FIELDS):
+        return format_duration(value)
+    if isinstance(value, int) and path.endswith(_SIZE_FIELDS):
         return format_size(value)
     if isinstance(value, tuple | list):
         return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return str(value).lower()
     return str(value)
 
 
@@ -48,35 +62,84 @@ def _change_line(change: Change, pending: bool = False) -> str:
         how = " (restart pending)"
     origin = f" [{change.origin}]" if change.origin else ""
     return (
-        f"{change.path}: {show_value(change.path, change.old)} -> "
+        f"{change.shown_path}: {show_value(change.path, change.old)} -> "
         f"{show_value(change.path, change.new)}{how}{origin}"
     )
 
 
+def device_line(device: DeviceChange) -> str:
+    """``+ disk web-data (vdb, virtio, 20GiB), live``: marker, noun, the name the user
+    gave it, the rest of its identity, and whether the running object gets it now."""
+    label = device.label
+    if device.how == "replace":
+        if device.replaces and device.replaces != device.label:
+            label = f"{device.replaces} -> {device.label}"
+        else:
+            label += " (replaced)"
+    what = f"{_DEVICE_MARKERS[device.how]} {device.noun} {label}"
+    if device.details:
+        what += f" ({', '.join(device.details)})"
+    return what + (", live" if device.live else "")
+
+
+def _covered(change: Change, devices: Sequence[DeviceChange]) -> bool:
+    return any(d.covers(change.path) for d in devices)
+
+
+def _restart_what(action: Action) -> str:
+    if action.kind is Kind.NETWORK:
+        return "takes effect when the network restarts (virsh net-destroy, then net-start)"
+    return (
+        "takes effect when the VM restarts (shut it down and start it, "
+        "or set updatePolicy: restart)"
+    )
+
+
 def render_plan(plan: Plan, *, colour: bool = False, verbose: bool = False) -> str:
-    """The plan as a person reads it, ending with the summary line."""
+    """The plan as a person reads it, ending with the summary line.
+
+    Per action: a head line (marker, kind, name, op or ``restart pending``, manifest
+    position), its reason, one line per device added/removed/replaced, one per other
+    field (old -> new, manifest paths and units), a ``!!`` line per step that stops a
+    VM or deletes data, and what waits for a restart. ``verbose`` adds unchanged
+    objects and every step."""
     lines: list[str] = []
     for action in plan.actions:
         if action.op is Op.NOOP and not (action.restart_pending or action.reason or verbose):
             continue
         marker = MARKERS[action.op]
+        op = action.op.value
         if action.op is Op.NOOP and action.restart_pending:
-            marker = "!"
-        head = f"{marker} {action.kind.value} {action.name}: {action.op.value}"
+            marker, op = "!", "restart pending"
+        head = f"{marker} {action.kind.value} {action.name}: {op}"
         if action.source is not None:
             head += f"  ({action.source})"
         lines.append(_paint(head, marker, colour))
         if action.reason:
             lines.append(f"    {action.reason}")
+        lines += ["    " + device_line(d) for d in action.devices]
         for change in action.changes:
+            if _covered(change, action.devices) or (
+                action.op is Op.DELETE and change.path == "exists"
+            ):
+                continue
             lines.append("    " + _change_line(change))
             if change.note:
                 lines.append("      " + change.note)
-        restart_fields = ", ".join(c.path for c in action.restart_pending)
+        for text in action.disruptions:
+            lines.append(_paint(f"    {DISRUPTION_MARKER} {text}", DISRUPTION_MARKER, colour))
         if action.restart_pending:
-            lines.append(f"    restart pending: {restart_fields}")
+            shown = [d.where or d.key for d in action.pending_devices]
+            shown += [c.shown_path for c in action.restart_pending
+                      if not _covered(c, action.pending_devices)]  # fmt: skip
+            lines.append(f"    restart pending: {', '.join(shown)}; {_restart_what(action)}")
+            told = {c.path for c in action.changes}
+            told_devices = {(d.key, d.how) for d in action.devices}
+            for device in action.pending_devices:
+                if (device.key, device.how) not in told_devices:
+                    lines.append("      " + device_line(device))
             for change in action.restart_pending:
-                if change.path not in {c.path for c in action.changes}:
+                if change.path not in told and not _covered(change, action.pending_devices):
                     lines.append("      " + _change_line(change, pending=True))
         if verbose:
             for step in action.steps:
@@ -87,6 +150,64 @@ def render_plan(plan: Plan, *, colour: bool = False, verbose: bool = False) -> s
         lines.append("")
     lines.append(plan.summary() if plan.has_changes or plan.has_errors else "No changes.")
     return "\n".join(lines)
+
+
+# Steps that send a definition to libvirt, and what libvirt call takes it.
+XML_VERBS = {
+    "define-domain": "domain",
+    "define-network": "network",
+    "define-pool": "pool",
+    "create-volume": "volume",
+    "write-seed": "volume",
+}
+_PASSWORD = re.compile(r"""(passwd=)(['"])(.*?)\2""")
+
+
+def mask_secrets(xml: str) -> str:
+    """``xml`` with every display password (``passwd='...'``) replaced by its token
+    (``domain.secret_token``): equal passwords show equal, none can be read."""
+    return _PASSWORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{secret_token(m.group(3))}"
+                         f"{m.group(2)}", xml)  # fmt: skip
+
+
+def _normalised(xml: str) -> list[str]:
+    """One layout for both sides of a diff (libvirt indents and quotes its own way)."""
+    try:
+        text = serialize(parse(xml))
+    except ET.ParseError:
+        text = xml
+    return mask_secrets(text).splitlines(keepends=True)
+
+
+def render_xml(plan: Plan) -> str:
+    """Every definition the plan sends to libvirt (``--show-xml``): for an object that
+    exists, a unified diff against its current persistent definition (both laid out
+    alike; libvirt's own additions, such as addresses, show as removed lines, and
+    libvirt keeps adding them); for a new one, the whole XML. Display passwords are
+    masked. '' when the plan defines nothing."""
+    parts: list[str] = []
+    for action in plan.actions:
+        if action.refused:
+            continue
+        for step in action.steps:
+            xml = step.args.get("xml")
+            if step.verb not in XML_VERBS or not isinstance(xml, str):
+                continue
+            what = f"{action.kind.value}/{action.name}"
+            if step.verb == "write-seed":
+                what = f"Volume/{step.args.get('volume')} (cloud-init seed of {what})"
+            current = step.args.get("current")
+            head = f"# {what}: {step.verb}"
+            if isinstance(current, str):
+                diff = difflib.unified_diff(
+                    _normalised(current), _normalised(xml),
+                    fromfile=f"{what} (current)", tofile=f"{what} (planned)",
+                )  # fmt: skip
+                body = "".join(diff) or "(the same XML as now)\n"
+                parts.append(f"{head} (changes to the current definition)\n{body}")
+            else:
+                parts.append(f"{head}\n{''.join(_normalised(xml))}")
+    return "\n".join(parts)
 
 
 def render_results(results: Sequence[ActionResult], *, colour: bool = False) -> str:
@@ -126,7 +247,8 @@ def _json_value(value: object) -> Any:
 
 
 def change_json(change: Change) -> dict[str, Any]:
-    """A change as docs/plan-json.md shows it; ``note`` only when there is one."""
+    """A change as docs/plan-json.md shows it; ``manifestPath`` and ``note`` only when
+    there is one."""
     data = {
         "path": change.path,
         "old": _json_value(change.old),
@@ -134,9 +256,26 @@ def change_json(change: Change) -> dict[str, Any]:
         "live": change.live,
         "origin": change.origin or None,
     }
+    if change.where:
+        data["manifestPath"] = change.where
     if change.note:
         data["note"] = change.note
     return data
+
+
+def device_json(device: DeviceChange) -> dict[str, Any]:
+    """A device added, removed or replaced whole, as docs/plan-json.md shows it."""
+    return {
+        "section": device.section,
+        "key": device.key,
+        "change": device.how,
+        "label": device.label,
+        "details": list(device.details),
+        "manifestPath": device.where or None,
+        "replaces": device.replaces or None,
+        "live": device.live,
+        "text": device_line(device),
+    }
 
 
 def action_json(action: Action) -> dict[str, Any]:
@@ -151,6 +290,13 @@ def action_json(action: Action) -> dict[str, Any]:
         "reason": action.reason or None,
         "changes": [change_json(c) for c in action.changes],
         "restartPending": [change_json(c) for c in action.restart_pending],
+        "devices": [device_json(d) for d in action.devices],
+        "pendingDevices": [device_json(d) for d in action.pending_devices],
+        "disruptions": [
+            {"verb": s.verb, "text": text}
+            for s in action.steps
+            if (text := s.disruption(action.op))
+        ],
         "steps": [
             {"verb": s.verb, "args": {k: _json_value(v) for k, v in s.shown_args().items()}}
             for s in action.steps

@@ -49,3 +49,10 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a manifest writes a timeout: ``120s``, ``1s``, ``1500ms`` (seconds
+    when whole, the unit timeouts are usually given in; milliseconds otherwise)."""
+    ms = round(float(seconds) * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"

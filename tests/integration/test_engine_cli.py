@@ -65,7 +65,9 @@ def test_plan_json_shape(ws: Workspace) -> None:
     assert code == 2
     [a] = [x for x in data["actions"] if x["op"] != "noop"]
     assert a["op"] == "update-live"
-    assert a["changes"] == [{"path": "autostart", "old": True, "new": False, "live": True}]
+    assert a["changes"] == [{"path": "autostart", "old": True, "new": False, "live": True,
+                             "origin": None}]  # fmt: skip
+    assert (a["devices"], a["pendingDevices"], a["disruptions"]) == ([], [], [])
 
 
 def test_apply_without_yes_and_no_tty_refuses(ws: Workspace) -> None:

@@ -64,3 +64,26 @@ def test_a_terminal_or_console_format_still_goes_through_structlog(fmt: str) -> 
         logs.configure()
     assert "apply.action" in out.getvalue()
     assert not out.getvalue().lstrip().startswith("{")
+
+
+def test_a_terminal_gets_one_short_line_per_event_without_none_noise() -> None:
+    render = logs.HumanLine(one_shot=False)
+    line = render(None, "warning", {
+        "kind": "VirtualMachine", "name": "web-1", "action": "delete", "event": "vm.stopped",
+        "how": "forced", "duration": 1.0, "reason": "no ACPI shutdown within 1s",
+        "notes": None, "hint": "", "steps": [], "level": "warning",
+        "timestamp": "2026-11-30T09:00:01.123456Z",
+    })  # fmt: skip
+    assert line == ("09:00:01 WARNING VirtualMachine web-1 (delete): vm.stopped how=forced "
+                    'duration=1s reason="no ACPI shutdown within 1s"')  # fmt: skip
+
+
+def test_a_one_shot_command_says_a_failed_actions_error_once_in_its_results() -> None:
+    event = {"kind": "Network", "name": "lab", "event": "apply.action", "outcome": "failed",
+             "duration": 0.25, "error": "define-network: boom", "hint": "start it",
+             "level": "error", "timestamp": "2026-11-30T09:00:01Z"}  # fmt: skip
+    assert logs.HumanLine(one_shot=True)(None, "error", dict(event)) == (
+        "09:00:01 ERROR Network lab: apply.action outcome=failed duration=0.25s"
+    )
+    daemon = logs.HumanLine(one_shot=False)(None, "error", dict(event))
+    assert 'error="define-network: boom"' in daemon and 'hint="start it"' in daemon
