@@ -4,14 +4,16 @@ Nested KVM differs from host to host: on AMD hosts running KVM inside a VM,
 every ``kvm`` domain whose CPU has ``arch-capabilities`` (IA32_ARCH_CAPABILITIES,
 MSR 0x10a) dies at start with ``failed to set MSR 0x10a``; a host without
 ``/dev/kvm`` runs only ``type: qemu`` (TCG). ``probe`` finds out by starting a
-throwaway domain (a unique name, 32 MiB, no disks, no NICs, destroyed and
-undefined at once) made by the product's own path (manifest -> host defaults
--> ``domain_xml.render``), trying each candidate in ``CANDIDATES`` until one
-starts. The first that starts is this host's ``VmDefaults`` (empty when plain
-``kvm`` starts). ``scripts/setup-host.sh`` writes it into the configuration
-(``write_config``), and the test suite probes once per run the same way.
+throwaway domain (a unique name, 32 MiB, no disks, no NICs; transient and
+started with libvirt's autodestroy, so it is gone when destroyed, and even if
+this process is killed, when its connection closes) made by the product's own
+path (manifest -> host defaults -> ``domain_xml.render``), trying each
+candidate in ``CANDIDATES`` until one starts. The first that starts is this
+host's ``VmDefaults`` (empty when plain ``kvm`` starts). ``scripts/setup-host.sh``
+writes it into the configuration (``write_config``), and the test suite probes
+once per run the same way.
 
-It touches nothing but the throwaway domain, always removed, also on failure.
+It touches nothing but the throwaway domain, which never outlives the probe.
 """
 
 from __future__ import annotations
@@ -94,12 +96,11 @@ def _spec(defaults: VmDefaults) -> VirtualMachineSpec:
 
 
 def try_start(hv: Hypervisor, name: str, defaults: VmDefaults) -> str | None:
-    """Define, start and remove domain ``name`` with ``defaults``; None if it started and
+    """Start and destroy throwaway domain ``name`` with ``defaults``; None if it started and
     kept running for ``SETTLE`` seconds, else libvirt's or QEMU's error text."""
     xml = domain_xml.render(name, _spec(defaults))
     try:
-        hv.define_domain(xml)
-        hv.start_domain(name)
+        hv.start_throwaway_domain(xml)
         time.sleep(SETTLE)
         if not hv.domain_active(name):
             return "the domain stopped right after it started"
@@ -108,9 +109,7 @@ def try_start(hv: Hypervisor, name: str, defaults: VmDefaults) -> str | None:
         return str(exc)
     finally:
         with contextlib.suppress(HypervisorError):
-            hv.destroy_domain(name)
-        with contextlib.suppress(HypervisorError):
-            hv.undefine_domain(name)
+            hv.destroy_domain(name)  # transient: gone once destroyed
 
 
 def probe(

@@ -650,6 +650,13 @@ class Hypervisor:
         with calling("defining domain"):
             self._conn.defineXML(xml)
 
+    def start_throwaway_domain(self, xml: str) -> None:
+        """Start a transient domain that libvirt destroys when this connection closes
+        (``virDomainCreateXML`` with ``VIR_DOMAIN_START_AUTODESTROY``): nothing is left
+        behind even if this process is killed. For probes only."""
+        with calling("starting a throwaway domain"):
+            self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_AUTODESTROY)
+
     def start_domain(self, name: str) -> None:
         with calling(f"starting domain {name}"):
             self._conn.lookupByName(name).create()

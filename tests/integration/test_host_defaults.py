@@ -172,3 +172,30 @@ def test_plan_json_of_a_fresh_vm_is_stable(ws: Workspace) -> None:
     [vm_action] = [a for a in plan["actions"] if a["name"] == name]
     assert all("origin" in c for c in vm_action["changes"]), json.dumps(vm_action)
     assert [c["origin"] for c in vm_action["changes"] if c["path"] == "memory"] == [None]
+
+
+def test_a_probe_killed_mid_way_leaves_no_domain(ws: Workspace) -> None:
+    """The throwaway domain is transient and autodestroyed with the probe's connection."""
+    import time
+
+    prefix = ws.n("kill-")
+    probe = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "probe", "--connect", ws.uri, "--config",
+         "/dev/null", "--name-prefix", prefix],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+
+    def ours() -> list[str]:
+        return [d.name() for d in ws.conn.listAllDomains(0) if d.name().startswith(prefix)]
+
+    deadline = time.monotonic() + 60
+    while not ours():  # wait until its domain runs
+        assert probe.poll() is None, "the probe ended before its domain was seen"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    probe.kill()
+    probe.wait()
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ours() == []
