@@ -234,12 +234,19 @@ def next_poll_delay(interval: float, failures: int) -> float:
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # git's last line usually says what failed ("fatal: ..."); keep the fatal one
-    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
-    chosen = (fatal or lines or ["(no message)"])[0 if fatal else -1]
-    chosen = chosen.removeprefix("fatal: ").removeprefix("error: ")
-    return chosen[:limit]
+    """The line of git's (or ssh's) message that says what failed: the last one that is
+    not git's boilerplate (ssh puts its verdict last, after any banner)."""
+    lines = [line.strip().removeprefix("fatal: ").removeprefix("error: ").rstrip(".")
+             for line in text.splitlines()]  # fmt: skip
+    kept = [line for line in lines if line and not line.startswith(_BOILERPLATE)]
+    return (kept[-1] if kept else "(no message)")[:limit]
+
+
+_BOILERPLATE = (
+    "Could not read from remote repository",
+    "Please make sure you have the correct access rights",
+    "and the repository exists",
+)
 
 
 # --------------------------------------------------------------------------
@@ -587,9 +594,10 @@ class Poller:
         cfg = self.source.config
         if result.error is None:
             self.failures = 0
-            self.error = None
         else:
-            self.failures += 1
+            # backoff is for the same failure repeating; a new one starts again from short
+            self.failures = self.failures + 1 if result.error == self.error else 1
+        self.error = result.error
         delay = next_poll_delay(cfg.interval, self.failures)
         self.next_poll = time.monotonic() + delay
         if result.error is not None:
@@ -598,7 +606,6 @@ class Poller:
                 error=result.error, url=cfg.url, ref=cfg.ref, commit=result.refused,
                 revision=result.revision, retry_in=round(delay, 1),
             )  # fmt: skip
-            self.error = result.error
         elif result.changed:
             self.log.info("source.switched", url=cfg.url, ref=cfg.ref, revision=result.revision,
                           duration=round(time.monotonic() - started, 3))  # fmt: skip
