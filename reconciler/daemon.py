@@ -268,12 +268,13 @@ class Daemon:
             error = f"no commit of {self.poller.source.config.url} applied yet"
             self._write_status(None, error=f"{error}: {self.poller.error or 'fetching'}")
             return
-        directory = self.reconciler.options.directory
+        current = self.poller.source.current() if self.poller is not None else None
+        directory = current[1] if current else self.settings.manifest_dir
         try:
             # permissions first: nothing of the directory (.git included) is read before
             if not self.settings.allow_writable_manifest_dir:
                 check_manifest_dir(directory, self.settings)
-            revision = self.reconciler.options.revision or source_revision(directory)
+            revision = current[0] if current else source_revision(directory)
             self._follow_root()
             load, observed, plan = self.reconciler.plan()
             for problem in load.problems:
