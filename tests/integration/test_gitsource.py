@@ -434,3 +434,31 @@ def test_over_ssh_on_loopback(env: Env, repo: Repo, sshd: Sshd, keys: dict[str, 
     wait_until(f"{b} running", lambda: running(env, b), timeout=40, daemon=daemon)
     wait_until("its revision", lambda: status(env).get("revision") == signed)
     assert daemon.stop() == 0
+
+
+# --- 5. one-shot plan and apply from the git source --------------------------------------
+
+
+def test_plan_and_apply_with_git(env: Env, repo: Repo, keys: dict[str, Path]) -> None:
+    signers = allowed_signers(env.root / "allowed_signers", keys["good"])
+    env.write_config(source=source_config(repo.url, verify={"allowedSignersFile": str(signers)}))
+    a = env.n("a")
+    common = ("--state-dir", str(env.state), "--connect", env.uri)
+    unsigned = repo.commit({"a.yaml": [kvm(a)]}, key=None)
+    repo.push()
+    refused_plan = env.cli("plan", "--git", *common)
+    assert refused_plan.returncode == 1
+    assert f"git source: refused: commit {unsigned[:12]} is not signed" in refused_plan.stderr
+    signed = repo.commit({}, key=keys["good"], message="signed")
+    repo.push()
+    planned = env.cli("plan", "--git", *common)
+    assert planned.returncode == 2, planned.stderr  # changes, and nothing switched to
+    assert not (env.state / "snapshots" / "current").exists()
+    applied = env.cli("apply", "--git", "--yes", *common)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert running(env, a)
+    assert env.inventory()[f"VirtualMachine/{a}"]["revision"] == signed
+    assert os.readlink(env.state / "snapshots" / "current") == signed
+    assert env.cli("plan", "--git", *common).returncode == 0
+    both = env.cli("plan", "--git", str(env.manifests), *common)
+    assert both.returncode == 1 and "--git takes no folder" in both.stderr
