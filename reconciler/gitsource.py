@@ -301,6 +301,10 @@ class GitSource:
             result = self._sync(switch)
         except SourceError as exc:
             result = self._failed(str(exc), fetch_failed=False)
+        except OSError as exc:  # a full or read-only state directory, a file in the way
+            where = exc.filename or self.state_dir
+            result = self._failed(f"cannot write the snapshot: {where}: {exc.strerror or exc}",
+                                  fetch_failed=False)  # fmt: skip
         for observer in self.observers:
             observer(result)
         return result

@@ -208,3 +208,12 @@ def test_sync_snapshots_switches_refuses_and_prunes(tmp_path: Path) -> None:
     assert "not a descendant" in str(refused.error)
     assert sorted(p.name for p in (tmp_path / "state" / "snapshots").iterdir()) == snapshots
     assert [r.error is None for r in seen] == [True, True, True, True, True, False]
+
+
+def test_a_state_directory_in_the_way_is_one_line_not_an_exception(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "snapshots").write_text("a file where the snapshots go\n")
+    result = GitSource(GitSourceConfig(url=f"file://{tmp_path}/none.git"), state).sync()
+    assert result.error is not None and "\n" not in result.error
+    assert str(state / "snapshots") in result.error and result.revision is None
