@@ -407,7 +407,8 @@ class Daemon:
         config = self.settings.git_source
         if config is None:
             return None
-        return Poller(GitSource(config, self.settings.state_dir), self.log.bind(source="git"))
+        source = GitSource(config, self.settings.state_dir, should_stop=self.stopping.is_set)
+        return Poller(source, self.log.bind(source="git"))
 
     def _poll_source(self) -> None:
         """Fetch when due; a new commit switched to: its pass at once."""

@@ -48,6 +48,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -272,6 +273,8 @@ class GitSource:
     config: GitSourceConfig
     state_dir: Path
     observers: list[Callable[[SyncResult], None]] = field(default_factory=list)
+    # checked while git runs: the daemon's SIGTERM ends a slow fetch at once
+    should_stop: Callable[[], bool] = field(default=lambda: False)
 
     @property
     def git_dir(self) -> Path:
@@ -531,17 +534,34 @@ class GitSource:
         return self._run(["git", *_SAFE_OPTIONS, *args], True)
 
     def _run(self, command: list[str], check: bool) -> subprocess.CompletedProcess[str]:
+        """Run git; killed (with its ssh) after ``GIT_TIMEOUT`` or when ``should_stop``."""
+        what = "git " + next(
+            (a for a in command[1 + len(_SAFE_OPTIONS) :] if a[0].isalpha() and "=" not in a),
+            "",
+        )
         try:
-            done = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                                  stdin=subprocess.DEVNULL, env=self._env(),
-                                  cwd=self.state_dir, timeout=GIT_TIMEOUT, check=False)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise SourceError(f"git {command[len(_SAFE_OPTIONS) + 1]} took over "
-                              f"{GIT_TIMEOUT:g}s") from None  # fmt: skip
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, errors="replace",
+                                    env=self._env(), cwd=self.state_dir,
+                                    start_new_session=True)  # fmt: skip
         except OSError as exc:
             raise SourceError(f"cannot run git: {exc}") from None
+        deadline = time.monotonic() + GIT_TIMEOUT
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                stop = self.should_stop()
+                if stop or time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.communicate()
+                    why = "the daemon is stopping" if stop else f"over {GIT_TIMEOUT:g}s"
+                    raise SourceError(f"{what} stopped: {why}") from None
+        done = subprocess.CompletedProcess(command, proc.returncode, out, err)
         if check and done.returncode != 0:
-            raise SourceError(f"git failed: {_one_line(done.stderr)}")
+            raise SourceError(f"{what} failed: {_one_line(done.stderr)}")
         return done
 
 
