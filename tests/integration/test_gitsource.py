@@ -462,3 +462,40 @@ def test_plan_and_apply_with_git(env: Env, repo: Repo, keys: dict[str, Path]) ->
     assert env.cli("plan", "--git", *common).returncode == 0
     both = env.cli("plan", "--git", str(env.manifests), *common)
     assert both.returncode == 1 and "--git takes no folder" in both.stderr
+
+
+# --- 6. stopping while a fetch hangs ------------------------------------------------------
+
+
+def test_sigterm_ends_a_hanging_fetch(env: Env, tmp_path: Path) -> None:
+    """A server that accepts the connection and never answers: SIGTERM still stops the
+    daemon at once (git and its ssh are killed), and nothing was ever applied."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        known = tmp_path / "known_hosts"
+        known.write_text("")
+        env.write_config(source={"git": {"url": f"ssh://git@127.0.0.1:{port}/repo.git",
+                                         "knownHostsFile": str(known), "interval": INTERVAL}})  # fmt: skip
+        daemon = env.start()
+        wait_until("the daemon waiting for the silent server", lambda: any(
+            "ssh" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            for p in _children(daemon.pid)), daemon=daemon)  # fmt: skip
+        started = time.monotonic()
+        assert daemon.stop(timeout=10) == 0
+        assert time.monotonic() - started < 5
+    assert not (env.state / "snapshots" / "current").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (git runs ssh in its own session)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                found += kids
+                todo += kids
+    return found
