@@ -217,3 +217,38 @@ def test_a_state_directory_in_the_way_is_one_line_not_an_exception(tmp_path: Pat
     result = GitSource(GitSourceConfig(url=f"file://{tmp_path}/none.git"), state).sync()
     assert result.error is not None and "\n" not in result.error
     assert str(state / "snapshots") in result.error and result.revision is None
+
+
+def test_a_sync_that_dies_half_way_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare, work = tmp_path / "r.git", tmp_path / "w"
+    _git("init", "-q", "--bare", "-b", "main", str(bare))
+    _git("init", "-q", "-b", "main", str(work))
+    _git("-C", str(work), "remote", "add", "origin", str(bare))
+    (work / "a.yaml").write_text("a: 1\n")
+    first = _commit(work, "one")
+    source = GitSource(GitSourceConfig(url=f"file://{bare}"), tmp_path / "state")
+    assert source.sync().revision == first
+    for n in range(3):
+        (work / f"n{n}.yaml").write_text(f"n: {n}\n")
+    second = _commit(work, "two")
+
+    def die(root: Path, entries: list[tuple[str, str, str]]) -> None:
+        (root / "n0.yaml").write_text("half")
+        raise KeyboardInterrupt  # killed while writing
+
+    monkeypatch.setattr(GitSource, "_write_blobs", lambda self, root, entries: die(root, entries))
+    with pytest.raises(KeyboardInterrupt):
+        source.sync()
+    snapshots = tmp_path / "state" / "snapshots"
+    assert source.current() is not None and source.current()[0] == first  # type: ignore[index]
+    assert not (snapshots / second).exists()
+    monkeypatch.undo()
+    result = source.sync()
+    assert result.revision == second and result.directory is not None
+    assert sorted(p.name for p in result.directory.iterdir()) == [
+        "a.yaml", "n0.yaml", "n1.yaml", "n2.yaml"
+    ]
+    assert (result.directory / "n0.yaml").read_text() == "n: 0\n"
+    assert not [p for p in snapshots.iterdir() if p.name.startswith(".tmp-")]
