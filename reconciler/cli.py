@@ -3,7 +3,10 @@
 
 ``validate`` loads and checks manifests (manifests.py). ``plan`` and
 ``apply`` run one reconcile pass (reconcile.py): plan touches nothing,
-apply carries out the very plan it printed. Exit codes: validate 0 clean /
+apply carries out the very plan it printed. With ``--git`` they take the
+manifests from the configured git source (gitsource.py) instead of DIR:
+``apply --git`` fetches, checks and switches to the ref's commit as the
+daemon would, ``plan --git`` fetches and checks it without switching. Exit codes: validate 0 clean /
 1 problems; plan 0 no changes / 2 changes / 1 error; apply 0 / 1.
 """
 
@@ -68,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         sub, "plan",
         help="show what apply would change; touches nothing (exit 0 none, 2 changes, 1 error)",
     )
-    plan.add_argument("directory", help="folder of manifests")
+    plan.add_argument("directory", nargs="?", help="folder of manifests")
+    _add_git(
+        plan,
+        "plan the commit the configured source.git ref points to (fetched and "
+        "checked as the daemon does; not switched to)",
+    )
     _add_engine(plan)
     plan.add_argument(
         "--verbose", "-v", action="store_true", help="also list unchanged objects and steps"
@@ -77,7 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(run=_plan)
 
     apply = _command(sub, "apply", help="make libvirt match the manifests (exit 0 done, 1 error)")
-    apply.add_argument("directory", help="folder of manifests")
+    apply.add_argument("directory", nargs="?", help="folder of manifests")
+    _add_git(
+        apply,
+        "apply the commit the configured source.git ref points to (fetched, "
+        "checked and switched to, as the daemon does)",
+    )
     _add_engine(apply)
     apply.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     apply.add_argument(
@@ -278,6 +291,10 @@ def _add_show_xml(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_git(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--git", action="store_true", help=text + "; instead of DIR")
+
+
 def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prune",
@@ -463,12 +480,36 @@ def _validate_json(result: LoadResult) -> dict[str, Any]:
 # --- plan and apply ----------------------------------------------------------------
 
 
+def _manifests(args: argparse.Namespace, settings: Settings) -> tuple[Path, str | None]:
+    """DIR, or with ``--git`` the snapshot of the git source's commit and that commit."""
+    if not getattr(args, "git", False):
+        if args.directory is None:
+            raise ReconcilerError(f"{args.command}: name a folder of manifests, or use --git")
+        return Path(args.directory), None
+    from reconciler.gitsource import GitSource
+
+    if args.directory is not None:
+        raise ReconcilerError(f"{args.command}: --git takes no folder: the source is the git "
+                              "repository of the configuration")  # fmt: skip
+    if settings.git_source is None:
+        raise ReconcilerError(f"{args.command} --git: no source.git in the configuration")
+    source = GitSource(settings.git_source, settings.state_dir)
+    result = source.sync(switch=args.command == "apply")
+    if result.error is not None or result.directory is None:
+        raise ReconcilerError(f"git source: {result.error}")
+    print(f"git: {settings.git_source.url} {settings.git_source.ref} is at commit "
+          f"{result.fetched}", file=sys.stderr)  # fmt: skip
+    return result.directory, result.fetched
+
+
 def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
     from reconciler.hypervisor import Hypervisor
     from reconciler.reconcile import PassOptions, Reconciler
 
+    directory, revision = _manifests(args, settings)
     options = PassOptions(
-        directory=Path(args.directory),
+        directory=directory,
+        revision=revision,
         state_dir=usable_state_dir(settings.state_dir),
         host=settings.host,
         prune=settings.prune,
@@ -592,7 +633,9 @@ def _status(args: argparse.Namespace) -> int:
         print(render_table(report))
     bad = {ObjectState.FAILED, ObjectState.CONFLICT}
     return (
-        EXIT_ERROR if report.last_error or any(o.state in bad for o in report.objects) else EXIT_OK
+        EXIT_ERROR
+        if report.last_error or report.source_error or any(o.state in bad for o in report.objects)
+        else EXIT_OK
     )
 
 

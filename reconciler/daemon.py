@@ -18,6 +18,14 @@ that failed as a whole (a libvirt error while observing) is retried with
 backoff too.
 
 After each pass: status file (status.py), sd_notify STATUS, one log line.
+
+With a git source (``source.git``), the files are not watched: gitsource.py's
+``Poller`` fetches every ``interval`` (with backoff after a failure), and a
+pass runs at once when it switched to a new commit, from that commit's
+read-only snapshot, with the commit id as the revision. A refused or failed
+fetch is one log line and ``source_error`` in the status file; the snapshot
+applied before stays in use. The poller's ``source.observers`` is where
+metrics follow each fetch.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from reconciler.errors import (
     ReconcilerError,
     StateDirError,
 )
+from reconciler.gitsource import GitSource, Poller
 from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
@@ -148,6 +157,9 @@ class Daemon:
         self._previous: StatusReport | None = None
         # (kind, name) of every object the last pass planned for; None: react to all
         self.managed: set[tuple[str, str]] | None = None
+        # source.git: fetches and snapshots (gitsource.py); None: the manifest directory
+        self.poller: Poller | None = self._make_poller()
+        self._source_error_shown: str | None = None
 
     # -- main loop -----------------------------------------------------------------
 
@@ -157,7 +169,8 @@ class Daemon:
             start_event_loop()
             self._previous = read_status(self.settings.state_dir)
             self._start_watchdog_pings()
-            self._watch_files()
+            if self.poller is None:  # a git source's snapshots never change in place
+                self._watch_files()
             self.triggers.request("startup", 0)
             next_resync = time.monotonic() + self.settings.resync_interval
             reconnect_delay = RECONNECT_MIN
@@ -182,6 +195,8 @@ class Daemon:
                 if time.monotonic() >= next_resync:
                     self.triggers.request("periodic resync", 0)
                     next_resync = time.monotonic() + self.settings.resync_interval
+                if self.poller is not None:
+                    self._poll_source()
                 reasons = self.triggers.take() if self.hypervisor is not None else None
                 if reasons is not None:
                     self._pass(reasons)
@@ -192,6 +207,8 @@ class Daemon:
                     waits.append(due)
                 if self.hypervisor is None:
                     waits.append(next_connect - time.monotonic())
+                if self.poller is not None:
+                    waits.append(self.poller.seconds_until_due())
                 self.triggers.wake.wait(max(0.0, min(waits)))
                 self.triggers.wake.clear()
             sdnotify.notify(stopping=True, status="stopping")
@@ -227,8 +244,10 @@ class Daemon:
 
     def _pass_options(self) -> PassOptions:
         s = self.settings
+        current = self.poller.source.current() if self.poller is not None else None
         return PassOptions(
-            directory=s.manifest_dir,
+            directory=current[1] if current else s.manifest_dir,
+            revision=current[0] if current else None,
             state_dir=s.state_dir,
             host=s.host,
             prune=s.prune,
@@ -244,11 +263,18 @@ class Daemon:
         self.passes += 1
         log = self.log.bind(reconcile=self.passes)
         revision: str | None = None
+        if self.poller is not None and self.poller.source.current() is None:
+            # a git source with no commit applied yet: nothing to reconcile, nothing pruned
+            error = f"no commit of {self.poller.source.config.url} applied yet"
+            self._write_status(None, error=f"{error}: {self.poller.error or 'fetching'}")
+            return
+        current = self.poller.source.current() if self.poller is not None else None
+        directory = current[1] if current else self.settings.manifest_dir
         try:
             # permissions first: nothing of the directory (.git included) is read before
             if not self.settings.allow_writable_manifest_dir:
-                check_manifest_dir(self.settings.manifest_dir, self.settings)
-            revision = source_revision(self.settings.manifest_dir)
+                check_manifest_dir(directory, self.settings)
+            revision = current[0] if current else source_revision(directory)
             self._follow_root()
             load, observed, plan = self.reconciler.plan()
             for problem in load.problems:
@@ -366,6 +392,7 @@ class Daemon:
             objects=objects,
             connected=connected,
             last_error=error,
+            source_error=self.poller.error if self.poller is not None else None,
         )  # fmt: skip
         try:
             write_status(self.settings.state_dir, report)
@@ -373,6 +400,30 @@ class Daemon:
             self.log.error("status.write_failed", error=str(exc))
         self._previous = report
         return report
+
+    # -- the git source -----------------------------------------------------------------
+
+    def _make_poller(self) -> Poller | None:
+        config = self.settings.git_source
+        if config is None:
+            return None
+        source = GitSource(config, self.settings.state_dir, should_stop=self.stopping.is_set)
+        return Poller(source, self.log.bind(source="git"))
+
+    def _poll_source(self) -> None:
+        """Fetch when due; a new commit switched to: its pass at once."""
+        assert self.poller is not None
+        result = self.poller.poll_if_due()
+        if result is None:
+            return
+        if result.changed and result.revision is not None:
+            if self.reconciler is not None:
+                self.reconciler.options = self._pass_options()
+            self.triggers.request(f"git commit {result.revision[:12]}", 0)
+        elif self.poller.error != self._source_error_shown:
+            # the refusal (or its end) in the status file now; the pass's own error stays
+            self._write_status(None, error=self._previous.last_error if self._previous else None)
+        self._source_error_shown = self.poller.error
 
     # -- triggers: files, libvirt, signals ---------------------------------------------
 
@@ -473,7 +524,12 @@ class Daemon:
             self.log.error("config.reload_failed", error=str(exc), kept="previous configuration")
         else:
             uri_changed = settings.uri != self.settings.uri
+            source_changed = settings.git_source != self.settings.git_source
             self.settings = settings
+            if source_changed:
+                self.poller = self._make_poller()
+                if self.poller is None and self._observer is None:
+                    self._watch_files()  # from a git source back to the manifest directory
             if self.reconciler is not None:
                 self.reconciler.options = self._pass_options()
             if uri_changed:

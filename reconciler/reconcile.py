@@ -58,6 +58,9 @@ class PassOptions:
     # the host's vmDefaults, merged under every VM manifest (hostdefaults.py)
     vm_defaults: VmDefaults = field(default_factory=VmDefaults)
     allowed_secret_roots: tuple[Path, ...] | None = None  # None: password files: any
+    # the source revision recorded on applied objects; None: read from ``directory``'s
+    # git work tree (gitrev.py). The git source (gitsource.py) sets its commit id here.
+    revision: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +204,7 @@ class Reconciler:
                 prune=self.options.prune,
                 default_update_policy=self.options.default_update_policy,
                 allow_replace=self.options.allow_replace,
-                revision=source_revision(self.options.directory),
+                revision=self.options.revision or source_revision(self.options.directory),
                 secrets=read_secrets(load.manifests, self._paths()),
                 paths=self._paths(),
             )

@@ -9,7 +9,8 @@ other module reads the environment or the file. SIGHUP simply calls
 ``load_settings`` again.
 
 Settings that guard the host against its input (``allowWritableManifestDir``,
-``allowedDiskRoots``, ``allowedSecretRoots``) come from the root-owned file or
+``allowedDiskRoots``, ``allowedSecretRoots``, ``source``: the repository
+the daemon follows and the keys it trusts) come from the root-owned file or
 flags only, never the environment. Every host path a manifest names passes
 one check against the two lists of roots (hostpaths.py): password files
 against ``allowedSecretRoots`` (default ``/etc/reconciler/secrets``), all
@@ -37,6 +38,7 @@ from typing import Any, Literal, cast, get_args
 
 from reconciler import gitrev
 from reconciler.errors import ConfigError, Problem, SourcePosition
+from reconciler.gitsource import GitSourceConfig, git_source_from_config
 from reconciler.hostdefaults import VmDefaults, vm_defaults_from_config
 from reconciler.hostpaths import HostPath, PathPolicy
 from reconciler.logs import LogFormat
@@ -75,6 +77,8 @@ class Settings:
     host: str = field(default_factory=socket.gethostname)
     # merged under every VM manifest (hostdefaults.py)
     vm_defaults: VmDefaults = field(default_factory=VmDefaults)
+    # source.git: the daemon follows this repository instead of manifest_dir (gitsource.py)
+    git_source: GitSourceConfig | None = None
     config_file: Path | None = None  # the file that was read, if any (for logs)
 
     def disk_path_allowed(self, path: str | os.PathLike[str]) -> bool:
@@ -200,6 +204,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("allowed_secret_roots", "allowedSecretRoots", None, _roots),
     _Field("host", "host", "RECONCILER_HOST", _text),
     _Field("vm_defaults", "vmDefaults", None, vm_defaults_from_config),
+    _Field("git_source", "source", None, git_source_from_config),
 )  # fmt: skip
 _BY_NAME = {f.name: f for f in _FIELDS}
 _BY_KEY = {f.key: f for f in _FIELDS}

@@ -76,6 +76,8 @@ class StatusReport:
     objects: tuple[ObjectStatus, ...]
     connected: bool  # whether libvirt answered in the last pass
     last_error: str | None = None  # a pass-wide error (manifests failed to load, libvirt down)
+    # the git source (gitsource.py): why the last fetched commit is not applied, one line
+    source_error: str | None = None
 
 
 def keep_last_change(
@@ -149,6 +151,7 @@ def to_json(report: StatusReport) -> dict[str, Any]:
         "last_duration": report.last_duration,
         "connected": report.connected,
         "last_error": report.last_error,
+        "source_error": report.source_error,
         "summary": summary_line(report),
         "objects": [
             {
@@ -186,6 +189,7 @@ def from_json(data: dict[str, Any]) -> StatusReport:
         ),
         connected=bool(data["connected"]),
         last_error=_optional_text(data.get("last_error")),
+        source_error=_optional_text(data.get("source_error")),
     )
 
 
@@ -247,6 +251,8 @@ def render_table(
     lines = [", ".join(header)]
     if report.last_error:
         lines.append(f"last error: {_one_line(report.last_error)}")
+    if report.source_error:
+        lines.append(f"git source: {_one_line(report.source_error)}")
     lines.append(summary_line(report))
     if not report.objects:
         return "\n".join(lines) + "\n"

@@ -54,6 +54,28 @@ else
     log "Debian packages present"
 fi
 
+# sshd for the git source's tests, which start their own `sshd -D -f CONFIG` on
+# 127.0.0.1. Installing Debian's openssh-server must not start a system sshd on
+# every address: with systemd, ssh.service and ssh.socket are masked first;
+# without it, only where policy-rc.d forbids starting services (containers).
+ssh_status="$(dpkg-query -W -f='${db:Status-Abbrev}' openssh-server 2>/dev/null || true)"
+if [[ "$ssh_status" != ii* ]]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl mask ssh.service ssh.socket >/dev/null
+        ssh_ok=1
+    elif [ -x /usr/sbin/policy-rc.d ] && { /usr/sbin/policy-rc.d ssh start >/dev/null 2>&1; [ $? -eq 101 ]; }; then
+        ssh_ok=1
+    else
+        ssh_ok=0
+        log "not installing openssh-server: it would start a system sshd (the ssh tests skip)"
+    fi
+    if [ "$ssh_ok" -eq 1 ]; then
+        log "installing openssh-server (no system sshd is started)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends openssh-server </dev/null >/dev/null
+    fi
+fi
+
 # --------------------------------------------------------------------------
 # 2. /dev/kvm + 3. libvirtd
 # --------------------------------------------------------------------------

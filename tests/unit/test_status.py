@@ -101,7 +101,7 @@ def test_json_shape_is_the_documented_one(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "status.json").read_text())
     assert list(data) == [
         "version", "written_at", "daemon_pid", "revision", "reconcile_count",
-        "last_duration", "connected", "last_error", "summary", "objects",
+        "last_duration", "connected", "last_error", "source_error", "summary", "objects",
     ]  # fmt: skip
     assert data["written_at"] == "2026-11-26T22:59:48.000Z"
     assert data["summary"] == "4 objects: 2 in sync, 1 restart pending, 1 failed"
@@ -245,3 +245,15 @@ def test_keep_last_change_while_the_state_holds() -> None:
 
 def test_to_json_is_plain_json() -> None:
     assert json.loads(json.dumps(to_json(SAMPLE))) == to_json(SAMPLE)
+
+
+def test_git_source_error_round_trips_and_is_shown() -> None:
+    from dataclasses import replace
+
+    from reconciler.status import from_json, render_table, to_json
+
+    report = replace(SAMPLE, source_error="refused: commit 1a2b3c4d5e6f is not signed")
+    assert from_json(to_json(report)) == report
+    assert "git source: refused: commit 1a2b3c4d5e6f is not signed" in render_table(
+        report, alive=lambda pid: True
+    )
