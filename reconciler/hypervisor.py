@@ -39,7 +39,6 @@ from reconciler.preflight import (
     PathFacts,
     QemuUser,
     cpu_compare_xml,
-    host_cpu_model,
 )
 from reconciler.references import KnownObjects
 
@@ -137,6 +136,20 @@ class Capabilities:
     machines: dict[tuple[str, str], frozenset[str]]
     memory: int  # bytes, the sum of the NUMA cells' memory (0: not stated)
     dac_label: str | None  # the DAC <baselabel> QEMU runs with, e.g. "+64055:+64055"
+    host_cpu_model: str | None = None  # <host><cpu><model>, e.g. Broadwell
+
+
+CPU_MAP_FEATURES = "/usr/share/libvirt/cpu_map/x86_features.xml"
+
+
+def _local_cpu_feature_names() -> frozenset[str]:
+    """Every x86 CPU feature name libvirt knows, from its cpu_map on this machine (for
+    'did you mean' hints only; empty when it cannot be read)."""
+    try:
+        root = ET.parse(CPU_MAP_FEATURES).getroot()
+    except (OSError, ET.ParseError):
+        return frozenset()
+    return frozenset(str(f.get("name")) for f in root.iter("feature") if f.get("name"))
 
 
 def parse_capabilities(text: str) -> Capabilities:
@@ -163,7 +176,8 @@ def parse_capabilities(text: str) -> Capabilities:
         if model.findtext("model") == "dac":
             labels = {b.get("type"): b.text for b in model.findall("baselabel")}
             label = labels.get("kvm") or labels.get("qemu")
-    return Capabilities(machines, memory, label)
+    host_model = (root.findtext("host/cpu/model") or "").strip() or None
+    return Capabilities(machines, memory, label, host_model)
 
 
 def parse_domain_capabilities(text: str, machine: str) -> MachineCaps:
@@ -395,9 +409,21 @@ class Hypervisor:
                 caps = parse_capabilities(str(self._conn.getCapabilities()))
             machines = caps.machines
             memory = caps.memory or None
+            host_cpu = caps.host_cpu_model
             qemu_user = _qemu_user(caps.dac_label) if local else None
         except Refused as exc:
+            host_cpu = None
             unknown.append(f"machine types and KVM not checked: {exc}")
+        # The NUMA cells of capabilities may cover only part of the memory (seen on a
+        # nested host: one 6.5 GiB cell of 24 GiB); /proc/meminfo's MemTotal, as
+        # virNodeGetMemoryStats reports it, is the whole. The larger one is taken: a
+        # false refusal is worse than a VM that fails to start.
+        try:
+            with calling("reading node memory"):
+                stats = self._conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+            memory = max(memory or 0, int(stats.get("total", 0)) * 1024) or None
+        except Refused:
+            pass
         if memory is None:
             try:
                 with calling("reading node info"):
@@ -405,6 +431,7 @@ class Hypervisor:
             except Refused as exc:
                 unknown.append(f"memory not checked: {exc}")
         return HostFacts(uri=self.uri, local=local, memory=memory, machines=machines,
+                         host_cpu_model=host_cpu,
                          qemu_user=qemu_user, unknown=tuple(unknown))  # fmt: skip
 
     def _cpu_facts(self, facts: HostFacts, wanted: FactsWanted) -> HostFacts:
@@ -442,9 +469,14 @@ class Hypervisor:
                     continue
                 self._cpu_verdicts[question] = found if isinstance(found, str) else None
             verdicts[question] = self._cpu_verdicts[question]
+        names: frozenset[str] = frozenset()
+        if facts.local and any(not self._cpu_feature_known.get(n, True)
+                               for n in wanted.cpu_features):  # fmt: skip
+            names = _local_cpu_feature_names()
         return replace(
             facts,
             cpu_models=self._cpu_models.get(arch),
+            cpu_feature_names=names,
             cpu_features_unknown=frozenset(
                 n for n in wanted.cpu_features if not self._cpu_feature_known.get(n, True)),
             cpu_verdicts=verdicts,
@@ -453,18 +485,22 @@ class Hypervisor:
 
     def _compare_cpu(self, question: CpuQuestion, facts: HostFacts) -> str | object | None:
         """None: the host runs it; a str: what libvirt says it lacks; ``_UNKNOWN``: no
-        comparison could be made (the guest type or machine is not known here)."""
-        caps = facts.machine_caps.get((question.arch, question.machine, question.virt_type))
-        if caps is None:
+        comparison could be made.
+
+        Compared with the host CPU of capabilities (``virConnectCompareCPU``), the
+        check libvirt makes when it starts a ``check='partial'`` domain: on nested hosts
+        the hypervisor's own view (``virConnectCompareHypervisorCPU``, the domain
+        capabilities' host-model) can lack features KVM gives guests all the same, and
+        would refuse models that start (seen: Nehalem). A required feature is compared
+        on top of the host's own model. TCG (``type: qemu``) emulates its CPU: only
+        names are checked there."""
+        if question.virt_type != "kvm":
             return _UNKNOWN
-        xml = cpu_compare_xml(question, host_cpu_model(caps.xml)[0])
+        xml = cpu_compare_xml(question, facts.host_cpu_model)
         if xml is None:
             return _UNKNOWN
         try:
-            self._conn.compareHypervisorCPU(
-                None, question.arch, question.machine, question.virt_type, xml,
-                libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE,
-            )  # fmt: skip
+            self._conn.compareCPU(xml, libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() in _CONNECTION_CODES:
                 raise wrap(exc, "comparing CPUs") from exc

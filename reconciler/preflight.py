@@ -207,7 +207,9 @@ class HostFacts:
     bridges: frozenset[str] | None = None  # host bridges; None: not known
     interfaces: frozenset[str] | None = None  # every host network interface
     addresses: tuple[HostAddress, ...] | None = None
+    host_cpu_model: str | None = None  # the host CPU's model in capabilities, e.g. Broadwell
     cpu_models: frozenset[str] | None = None  # CPU model names libvirt knows for the arch
+    cpu_feature_names: frozenset[str] = frozenset()  # every x86 feature name (local cpu_map)
     cpu_features_unknown: frozenset[str] = frozenset()  # asked-about names libvirt rejects
     # CpuQuestion -> None (the host can run it) or libvirt's answer (what it lacks)
     cpu_verdicts: Mapping[CpuQuestion, str | None] = field(default_factory=dict)
@@ -457,10 +459,16 @@ def check_cpu(
     m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
 ) -> Iterator[FieldProblem]:
     """A named CPU model libvirt knows and this host can run; feature names libvirt
-    knows; ``require``d features this host's CPU has (libvirt's own comparison)."""
+    knows; ``require``d features this host's CPU has (libvirt's own comparison). A
+    value the host's vmDefaults gave says so in its hint."""
     cpu = spec.cpu
     if cpu is None:
         return
+
+    def origin(path: str) -> str:
+        taken = path in m.host_defaults
+        return f"; {path} comes from vmDefaults in {m.host_defaults_origin}" if taken else ""
+
     written = m.document.get("spec", {}).get("cpu")
     where: FieldPath = ("spec", "cpu", "model") if isinstance(written, Mapping) and \
         "model" in written else ("spec", "cpu")  # fmt: skip
@@ -470,18 +478,19 @@ def check_cpu(
         yield FieldProblem(
             where, f"libvirt knows no CPU model {cpu.model!r} for {GUEST_ARCH}",
             ("close ones: " + ", ".join(close) if close else "`virsh cpu-models x86_64` lists them")
-            + "; or use cpu: host-model",
+            + "; or use cpu: host-model" + origin("cpu.model"),
         )  # fmt: skip
         return
     caps = facts.machine_caps.get((GUEST_ARCH, spec.machine, spec.type))
-    _, host_features = host_cpu_model(caps.xml if caps is not None else "")
+    names = facts.cpu_feature_names or frozenset(host_cpu_model(caps.xml if caps else "")[1])
     for name, _policy in cpu.features:
         if name in facts.cpu_features_unknown:
-            close = difflib.get_close_matches(name, host_features, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.6)
             yield FieldProblem(
                 ("spec", "cpu", "features", name), f"libvirt knows no CPU feature {name!r}",
                 ("did you mean " + " or ".join(repr(c) for c in close) + "?; " if close else "")
-                + "names are as libvirt spells them (`virsh domcapabilities` lists the host's)",
+                + "names are as libvirt spells them (its cpu_map, x86_features.xml)"
+                + origin(f"cpu.features.{name}"),
             )  # fmt: skip
     question = cpu_question(spec)
     if question is None or any(n in facts.cpu_features_unknown for n in question.required):
@@ -489,21 +498,23 @@ def check_cpu(
     verdict = facts.cpu_verdicts.get(question)
     if verdict is None:
         return
+    host = f"this host's CPU ({facts.host_cpu_model})" if facts.host_cpu_model else "this host"
     missing = _missing_features(verdict)
     lacking = [n for n in question.required if n in missing]
     if lacking:
         yield FieldProblem(
             ("spec", "cpu", "features", lacking[0]),
-            f"this host's CPU ({spec.type}) does not provide required feature"
-            f"{'s' if len(lacking) > 1 else ''} {', '.join(lacking)}",
-            "set its policy to optional, or run this VM on a host that has it",
+            f"{host} does not provide required feature{'s' if len(lacking) > 1 else ''} "
+            f"{', '.join(lacking)}",
+            "set its policy to optional, or run this VM on a host that has it"
+            + origin(f"cpu.features.{lacking[0]}"),
         )
     if cpu.model is not None and (not lacking or set(missing) - set(lacking)):
         shown = ", ".join(n for n in missing if n not in lacking) or verdict
         yield FieldProblem(
-            where, f"this host's CPU ({spec.type}) cannot run model {cpu.model}: it lacks {shown}",
+            where, f"{host} cannot run CPU model {cpu.model}: it lacks {shown}",
             "use cpu: host-model, or a model this host can run"
-            " (`virsh domcapabilities` marks them usable='yes')",
+            " (`virsh domcapabilities` marks them usable='yes')" + origin("cpu.model"),
         )
 
 

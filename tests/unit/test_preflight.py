@@ -489,6 +489,10 @@ class FakeConnection:
         self.calls.append("getInfo")
         return ["x86_64", 4096, 2]
 
+    def getMemoryStats(self, cell: int, flags: int) -> dict[str, int]:
+        self.calls.append("getMemoryStats")
+        return {"total": 8 * 1024**2, "free": 4 * 1024**2}  # KiB
+
     def getDomainCapabilities(self, emulator: object, arch: str, machine: str,
                               virt_type: str, flags: int) -> str:  # fmt: skip
         import libvirt
@@ -509,16 +513,17 @@ def test_host_facts_are_read_once_per_connection() -> None:
     first = hv.host_facts(want)
     second = hv.host_facts(want)
     assert first == second
-    assert conn.calls == ["getCapabilities", "getDomainCapabilities pc qemu"]
+    assert conn.calls == ["getCapabilities", "getMemoryStats", "getDomainCapabilities pc qemu"]
     assert first.machine_caps[("x86_64", "pc", "qemu")].machine == "pc-canonical"
-    assert first.memory == 4 * GiB and first.unknown == ()
+    # the NUMA cells say 4 GiB, MemTotal 8 GiB: the larger (a cell may not cover it all)
+    assert first.memory == 8 * GiB and first.unknown == ()
     # a new machine type is read when first wanted, once
     hv.host_facts(FactsWanted(guests=frozenset({("x86_64", "pc", "kvm")})))
     hv.host_facts(FactsWanted(guests=frozenset({("x86_64", "pc", "kvm")})))
-    assert conn.calls[2:] == ["getDomainCapabilities pc kvm"]
+    assert conn.calls[3:] == ["getDomainCapabilities pc kvm"]
     # a new connection (libvirtd restarted, QEMU upgraded) reads again
     Hypervisor(conn, "qemu:///system").host_facts(want)
-    assert conn.calls[3:] == ["getCapabilities", "getDomainCapabilities pc qemu"]
+    assert conn.calls[4:] == ["getCapabilities", "getMemoryStats", "getDomainCapabilities pc qemu"]
 
 
 def test_a_fact_libvirt_refuses_is_one_line_and_skips_its_checks() -> None:
@@ -554,6 +559,7 @@ CPU_FACTS = replace(
     FACTS,
     machine_caps={**FACTS.machine_caps,
                   ("x86_64", "pc", "kvm"): caps("pc-i440fx-7.2", xml=KVM64_CAPS)},
+    host_cpu_model="Broadwell",
     cpu_models=frozenset({"EPYC", "EPYC-Rome", "Nehalem", "Skylake-Server", "qemu64"}),
     cpu_features_unknown=frozenset({"arch-capabilites"}),
     cpu_verdicts={
@@ -582,16 +588,16 @@ def test_a_cpu_model_libvirt_does_not_know_lists_close_ones() -> None:
 def test_a_cpu_model_this_host_cannot_run_names_what_it_lacks() -> None:
     text = kvm_vm("{model: Skylake-Server}")
     assert problems(text, facts=CPU_FACTS) == [
-        f"m/vm.yaml:{line_of(text, 'cpu:')}:16: spec.cpu.model: this host's CPU (kvm) cannot "
-        "run model Skylake-Server: it lacks avx512f, pku; use cpu: host-model, or a model this "
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:16: spec.cpu.model: this host's CPU (Broadwell) "
+        "cannot run CPU model Skylake-Server: it lacks avx512f, pku; use cpu: host-model, or a model this "
         "host can run (`virsh domcapabilities` marks them usable='yes')"]
 
 
 def test_a_required_feature_the_host_lacks_is_placed_at_the_feature() -> None:
     text = kvm_vm("{mode: host-passthrough, features: {svm: require, vmx: require, x2apic: force}}")
     assert problems(text, facts=CPU_FACTS) == [
-        f"m/vm.yaml:{line_of(text, 'cpu:')}:63: spec.cpu.features.vmx: this host's CPU (kvm) "
-        "does not provide required feature vmx; set its policy to optional, or run this VM on "
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:63: spec.cpu.features.vmx: this host's CPU "
+        "(Broadwell) does not provide required feature vmx; set its policy to optional, or run this VM on "
         "a host that has it"]
     assert problems(kvm_vm("{model: EPYC, features: {svm: require}}"), facts=CPU_FACTS) == []
 
@@ -601,7 +607,7 @@ def test_a_feature_name_libvirt_does_not_know_suggests_the_right_one() -> None:
     assert problems(text, facts=CPU_FACTS) == [
         f"m/vm.yaml:{line_of(text, 'cpu:')}:38: spec.cpu.features.arch-capabilites: libvirt "
         "knows no CPU feature 'arch-capabilites'; did you mean 'arch-capabilities'?; names are "
-        "as libvirt spells them (`virsh domcapabilities` lists the host's)"]
+        "as libvirt spells them (its cpu_map, x86_features.xml)"]
 
 
 def test_cpu_checks_ask_only_what_they_need() -> None:
