@@ -58,6 +58,9 @@ class PlanOptions:
     # whether a host path a manifest names (disk, ISO, kernel, log, volume source) may
     # be used; None: any. The daemon passes its allowed roots (SPEC §5).
     path_allowed: Callable[[str], bool] | None = None
+    # virtual size in bytes of the local image files that Volume sources name, read
+    # (qemu-img info) for the volumes a plan may copy into; a missing path: unknown
+    source_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -303,17 +306,24 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         requires.append(f"Volume/{spec.backing_volume}")
         backing_path = ctx.volume_path(spec.pool, spec.backing_volume)
         backing_format = ctx.volume_formats.get(spec.backing_volume)
-    record = ctx.owner_record(m, pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
-    xml = volume_xml.render(m.name, spec, backing_path=backing_path, backing_format=backing_format)
-    create = [Step("create-volume", {"pool": spec.pool, "xml": xml})]
-    if spec.source:
-        create.append(
-            Step(
-                "import-volume", {"pool": spec.pool, "source": spec.source, "backing": backing_path}
-            )
-        )
+    too_big = _source_too_big(m, spec, ctx)
+    if too_big is not None:
+        return too_big
     entry = ctx.inventory_entry(f"Volume/{m.name}")
     owned = entry is not None and entry.get("pool") == spec.pool
+    # A volume with a source is done only when its content is (issue 11): the record
+    # says "content pending" until the executor has copied and verified it.
+    pending = _content_pending(entry) if owned else None
+    record = ctx.owner_record(m, pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
+    # the record a create or a re-copy writes before the copy starts
+    copying = {**record, inventory_file.CONTENT_PENDING: {"source": spec.source}}
+    xml = volume_xml.render(m.name, spec, backing_path=backing_path, backing_format=backing_format)
+    copy = Step(
+        "import-volume", {"pool": spec.pool, "source": spec.source, "backing": backing_path}
+    )
+    create = [Step("create-volume", {"pool": spec.pool, "xml": xml})]
+    if spec.source:
+        create.append(copy)
     if live is None and spec.pool in ctx.unlisted_pools:
         unseen = _unseen_volume(m, spec, ctx, owned)
         if unseen is not None:
@@ -326,7 +336,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             (),
             tuple(create),
             source=m.source,
-            owner_record=record,
+            owner_record=copying if spec.source else record,
             requires=tuple(requires),
         )
     if not owned and not spec.adopt:
@@ -362,7 +372,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             tuple(changes),
             tuple(steps),
             source=m.source,
-            owner_record=record,
+            owner_record=copying if spec.source else record,
             requires=tuple(requires),
         )
     if capacity is not None:
@@ -386,6 +396,23 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         else:
             steps.append(Step("resize-volume", {"pool": spec.pool, "capacity": new}))
         changes = [Change(c.path, c.old, c.new, live=True) if c is capacity else c for c in changes]
+    if pending is not None and spec.source:
+        # made by this tool, its copy never finished (killed, or the copy failed):
+        # copy again over the whole volume, unless a running VM uses it by now
+        user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
+        if user is not None:
+            return Action(
+                Kind.VOLUME, m.name, Op.ERROR, tuple(changes), (), source=m.source,
+                owner_record=copying,
+                reason=f"the copy of {spec.source} into this volume never completed, and "
+                f"running VM {user[0]} uses it now; not overwriting it. Stop the VM (the "
+                "copy is retried), or delete the volume to have it made again",
+            )  # fmt: skip
+        was = pending.get("source") or spec.source
+        changes.append(Change("content", f"copy of {was} pending", f"copy of {spec.source}",
+                              live=True))  # fmt: skip
+        steps.append(copy)
+        record = copying
     op = Op.UPDATE_LIVE if changes else Op.NOOP
     return Action(
         Kind.VOLUME,
@@ -397,6 +424,26 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         owner_record=record,
         requires=tuple(requires),
     )
+
+
+def _content_pending(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The volume's unfinished copy, from its inventory entry (``CONTENT_PENDING``)."""
+    found = None if entry is None else entry.get(inventory_file.CONTENT_PENDING)
+    return found if isinstance(found, Mapping) else None
+
+
+def _source_too_big(m: Manifest, spec: VolumeSpec, ctx: _Context) -> Action | None:
+    """A source image larger than the volume cannot be copied in: an error at plan time
+    (the size is known when reconcile.py could read the file)."""
+    size = ctx.options.source_sizes.get(spec.source) if spec.source else None
+    if size is None or size <= spec.capacity:
+        return None
+    return Action(
+        Kind.VOLUME, m.name, Op.ERROR, source=m.position(("spec", "source")),
+        reason=f"source {spec.source} holds {format_size(size)} ({size} bytes), more than "
+        f"capacity {format_size(spec.capacity)}: the copy cannot fit; set capacity: "
+        f"{format_size(size)} or more",
+    )  # fmt: skip
 
 
 def _unseen_volume(m: Manifest, spec: VolumeSpec, ctx: _Context, owned: bool) -> Action | None:

@@ -108,7 +108,7 @@ class Reconciler:
         load = check_against(apply_vm_defaults(load, self.options.vm_defaults),
                              known_objects(observed))  # fmt: skip
         verified = self._verified()
-        plan = make_plan(load, observed, self._plan_options(load, verified))
+        plan = make_plan(load, observed, self._plan_options(load, verified, observed))
         self._save_verified(plan, verified)
         return load, observed, plan
 
@@ -169,7 +169,10 @@ class Reconciler:
         return PassResult(load, plan, tuple(results), unsettled, after)
 
     def _plan_options(
-        self, load: LoadResult, verified: dict[str, str] | None = None
+        self,
+        load: LoadResult,
+        verified: dict[str, str] | None = None,
+        observed: Observed | None = None,
     ) -> PlanOptions:
         # The check after an apply plans with what the apply's plan was made with
         # (revision, passwords, allowed paths): asking git and the files again
@@ -183,6 +186,11 @@ class Reconciler:
                 revision=source_revision(self.options.directory),
                 secrets=read_secrets(load.manifests),
                 path_allowed=path_check(self.options.allowed_roots),
+                source_sizes=(
+                    source_sizes(load.manifests, observed, path_check(self.options.allowed_roots))
+                    if observed is not None
+                    else {}
+                ),
             )
             self._options_of = (load, base)
         else:
@@ -262,6 +270,45 @@ def source_revision(directory: Path) -> str | None:
         return None
     revision = head.stdout.strip()
     return revision + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def source_sizes(
+    manifests: tuple[Manifest, ...],
+    observed: Observed,
+    allowed: Callable[[str], bool] | None = None,
+) -> dict[str, int]:
+    """The virtual size of each Volume source that a plan may copy (the volume does not
+    exist yet, or its copy is pending), by path: ``qemu-img info`` of the local file.
+    A file that cannot be read is left out (the copy reports it); so is a path outside
+    the allowed roots (the planner refuses it)."""
+    sizes: dict[str, int] = {}
+    for m in manifests:
+        spec = m.spec
+        if not isinstance(spec, VolumeSpec) or not spec.source or spec.source in sizes:
+            continue
+        entry = observed.inventory.get(f"Volume/{m.name}") or {}
+        exists = (spec.pool, m.name) in observed.volumes
+        if exists and inventory_file.CONTENT_PENDING not in entry:
+            continue
+        if allowed is not None and not allowed(spec.source):
+            continue
+        size = image_virtual_size(spec.source)
+        if size is not None:
+            sizes[spec.source] = size
+    return sizes
+
+
+def image_virtual_size(path: str) -> int | None:
+    """What a guest would see of the image at ``path`` (``qemu-img info``), or None."""
+    try:
+        done = subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", path],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        size = json.loads(done.stdout).get("virtual-size") if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) else None
 
 
 def read_secrets(manifests: tuple[Manifest, ...]) -> dict[str, str]:
