@@ -39,8 +39,9 @@ from reconciler.errors import ConfigError, ConnectionLost, HypervisorError, Reco
 from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
-from reconciler.manifests import is_manifest_file
-from reconciler.plan import Action, Op
+from reconciler.manifests import LoadResult, is_manifest_file, snapshot
+from reconciler.observe import Observed
+from reconciler.plan import Action, Op, Plan
 from reconciler.reconcile import PassOptions, PassResult, Reconciler, source_revision
 from reconciler.settings import Settings, check_manifest_dir, load_settings
 from reconciler.status import (
@@ -59,6 +60,42 @@ RETRY_MIN = 5.0
 RETRY_MAX = 300.0
 EVENT_COALESCE = 0.2  # libvirt events come in bursts (our own apply makes some)
 MAX_STALL = 1800.0  # watchdog pings stop when the loop made no progress for this long
+# A removal (an owned object no manifest declares) is acted on only when a second read,
+# at least this long (and at least the debounce) after the first, finds the same
+# removal in files that did not change in between: an editor or a slow writer leaves
+# a file cut short for a moment (issue 11); a deliberate removal stays.
+REMOVAL_HOLD = 2.0
+
+
+@dataclass
+class RemovalGuard:
+    """The daemon's two-read rule for prune: which removals have been confirmed.
+
+    ``held``: the removals the last pass held back; ``files``: the manifest files'
+    snapshot (manifests.snapshot) when they were first seen, None when the files
+    changed while that pass read them; ``since``: when (monotonic)."""
+
+    hold: float = REMOVAL_HOLD
+    held: frozenset[str] = frozenset()
+    files: tuple[object, ...] | None = None
+    since: float = 0.0
+
+    def confirmed(self, files: tuple[object, ...], now: float) -> frozenset[str]:
+        """The removals a pass reading ``files`` at ``now`` may carry out."""
+        if self.files is None or files != self.files or now - self.since < self.hold:
+            return frozenset()
+        return self.held
+
+    def note(self, held: tuple[str, ...], files: tuple[object, ...] | None, now: float
+             ) -> float | None:  # fmt: skip
+        """Remember what a pass held back, read from ``files`` (None: they changed while
+        it read them); returns when to look again, or None when nothing is held."""
+        if not held:
+            self.held, self.files = frozenset(), None
+            return None
+        if frozenset(held) != self.held or files is None or files != self.files:
+            self.held, self.files, self.since = frozenset(held), files, now
+        return max(0.0, self.since + self.hold - now) + 0.05
 
 
 @dataclass
@@ -142,6 +179,7 @@ class Daemon:
         self._previous: StatusReport | None = None
         # (kind, name) of every object the last pass planned for; None: react to all
         self.managed: set[tuple[str, str]] | None = None
+        self.removals = RemovalGuard(hold=max(REMOVAL_HOLD, settings.debounce))
 
     # -- main loop -----------------------------------------------------------------
 
@@ -241,7 +279,7 @@ class Daemon:
             if not self.settings.allow_writable_manifest_dir:
                 check_manifest_dir(self.settings.manifest_dir, self.settings)
             self._follow_root()
-            load, observed, plan = self.reconciler.plan()
+            load, observed, plan = self._plan()
             for problem in load.problems:
                 log.error("manifest.problem", problem=str(problem), revision=revision)
             for action in plan.actions:
@@ -286,6 +324,31 @@ class Daemon:
             revision=revision,
         )
         sdnotify.notify(status=summary_line(report))
+
+    def _plan(self) -> tuple[LoadResult, Observed, Plan]:
+        """A plan that prunes only removals confirmed by two reads (``RemovalGuard``)."""
+        assert self.reconciler is not None
+        directory = self.settings.manifest_dir
+        before = snapshot(directory)
+        confirmed = self.removals.confirmed(before, time.monotonic())
+        load, observed, plan = self.reconciler.plan(confirmed_removals=confirmed)
+        after = snapshot(directory)
+        if confirmed and after != before:  # the files moved while read: confirm nothing
+            load, observed, plan = self.reconciler.plan(confirmed_removals=frozenset())
+        confirm_in = self.removals.note(plan.held_removals, before if after == before else None,
+                                        time.monotonic())  # fmt: skip
+        if confirm_in is not None:
+            self.log.info("prune.held", objects=list(plan.held_removals),
+                          confirm_in=round(confirm_in, 2),
+                          reason="a removal is carried out once a second read of unchanged "
+                          "files finds it again")  # fmt: skip
+            self.triggers.request("confirm removal", confirm_in)
+        pruned = [a.key for a in plan.actions if a.op in (Op.DELETE, Op.FORGET)]
+        if pruned:
+            self.log.info("prune.confirmed", objects=pruned,
+                          reason="no manifest declares them in two reads of unchanged files "
+                          f"{self.removals.hold:g}s apart")  # fmt: skip
+        return load, observed, plan
 
     # -- per-object retry backoff -------------------------------------------------
 

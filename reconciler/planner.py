@@ -61,6 +61,10 @@ class PlanOptions:
     # virtual size in bytes of the local image files that Volume sources name, read
     # (qemu-img info) for the volumes a plan may copy into; a missing path: unknown
     source_sizes: Mapping[str, int] = field(default_factory=dict)
+    # the removals (keys of owned objects no manifest declares) confirmed to be meant:
+    # only these are pruned, the others are held (Plan.held_removals). None: all are.
+    # The daemon confirms a removal by reading it twice (daemon.RemovalGuard).
+    confirmed_removals: frozenset[str] | None = None
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -114,10 +118,10 @@ def make_plan(load: LoadResult, observed: Observed, options: PlanOptions) -> Pla
     up += [_plan_volume(m, ctx) for m in _backing_first(by_kind[Kind.VOLUME])]
     up += [_plan_network(m, ctx) for m in by_kind[Kind.NETWORK]]
     up += [_plan_vm(m, ctx) for m in by_kind[Kind.VIRTUAL_MACHINE]]
-    down, blocked = _plan_prune(load, observed, options)
+    down, blocked, held = _plan_prune(load, observed, options)
     first = [a for a in down if a.kind is Kind.VIRTUAL_MACHINE]
     last = [a for a in down if a.kind is not Kind.VIRTUAL_MACHINE]
-    return Plan(actions=tuple(first + up + last), prune_blocked=blocked)
+    return Plan(actions=tuple(first + up + last), prune_blocked=blocked, held_removals=held)
 
 
 # --- shared context ------------------------------------------------------------
@@ -1111,28 +1115,39 @@ def _password_update(
 
 def _plan_prune(
     load: LoadResult, observed: Observed, options: PlanOptions
-) -> tuple[list[Action], str]:
-    """Delete what the tool owns and no manifest declares any more (SPEC §3 prune rules)."""
+) -> tuple[list[Action], str, tuple[str, ...]]:
+    """Delete what the tool owns and no manifest declares any more (SPEC §3 prune rules);
+    also why some are kept, and which removals wait for confirmation."""
     declared = {f"{m.kind.value}/{m.name}" for m in load.manifests}
     # Only the inventory decides what is pruned: a domain's metadata proves ownership
     # but may have been written by another reconciler (another state directory).
     owned: dict[str, Mapping[str, Any]] = dict(observed.inventory.objects)
     orphans = sorted(k for k in owned if k not in declared)
     if not orphans:
-        return [], ""
+        return [], "", ()
     if not load.complete:
         return [], (
             f"{len(orphans)} owned object(s) without a manifest kept: "
             "not every manifest loaded, and a broken file may still declare them "
             f"({', '.join(orphans)})"
-        )
+        ), ()
     if not options.prune:
-        return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off"
+        return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off", ()
+    blocked: str = ""
+    held: tuple[str, ...] = ()
+    if options.confirmed_removals is not None:
+        held = tuple(k for k in orphans if k not in options.confirmed_removals)
+        orphans = [k for k in orphans if k in options.confirmed_removals]
+        if held:
+            blocked = (
+                f"{len(held)} owned object(s) without a manifest kept until the removal is "
+                f"confirmed by a second read of unchanged files ({', '.join(held)})"
+            )
     actions = [a for key in orphans if (a := _delete(key, owned[key], observed)) is not None]
     order = {Kind.VIRTUAL_MACHINE: 0, Kind.NETWORK: 1, Kind.VOLUME: 2, Kind.STORAGE_POOL: 3}
     clones = {a.name for a in actions if a.kind is Kind.VOLUME and _has_backing(a, observed)}
     actions.sort(key=lambda a: (order[a.kind], a.name not in clones, a.name))
-    return actions, ""
+    return actions, blocked, held
 
 
 def _has_backing(action: Action, observed: Observed) -> bool:

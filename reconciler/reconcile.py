@@ -96,7 +96,11 @@ class Reconciler:
         state_dir = self.options.state_dir
         return inventory_file.load(state_dir) if state_dir else Inventory()
 
-    def plan(self) -> tuple[LoadResult, Observed, Plan]:
+    def plan(
+        self, *, confirmed_removals: frozenset[str] | None = None
+    ) -> tuple[LoadResult, Observed, Plan]:
+        """Load, observe and plan. ``confirmed_removals``: prune only these owned objects
+        without a manifest, hold the others (the daemon's two-read rule); None: all."""
         # libvirt answers while the manifests are parsed: its calls release the GIL
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self.observe)
@@ -108,7 +112,10 @@ class Reconciler:
         load = check_against(apply_vm_defaults(load, self.options.vm_defaults),
                              known_objects(observed))  # fmt: skip
         verified = self._verified()
-        plan = make_plan(load, observed, self._plan_options(load, verified, observed))
+        options = self._plan_options(load, verified, observed)
+        plan = make_plan(load, observed, replace(options, confirmed_removals=confirmed_removals))
+        self._options_of = (load, replace(self._options_of[1],
+                                          confirmed_removals=confirmed_removals))  # fmt: skip
         self._save_verified(plan, verified)
         return load, observed, plan
 
