@@ -40,7 +40,7 @@ from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
 from reconciler.manifests import LoadResult, is_manifest_file, snapshot
-from reconciler.observe import Observed
+from reconciler.observe import Observed, signature
 from reconciler.plan import Action, Op, Plan
 from reconciler.reconcile import PassOptions, PassResult, Reconciler, source_revision
 from reconciler.settings import Settings, check_manifest_dir, load_settings
@@ -55,7 +55,14 @@ from reconciler.status import (
 )
 
 RECONNECT_MIN = 1.0
-RECONNECT_MAX = 60.0
+# A failed connect costs next to nothing (the socket refuses it), and every second of
+# backoff is a second of not converging once libvirtd is back: with 60 s the daemon
+# took 47 s to converge after a 75 s outage (issue 11). 2 s gives within ~2 s.
+RECONNECT_MAX = 2.0
+# What libvirt raises no event for (autostart, memory and maxMemory set with virsh, a
+# volume deleted) is found by a cheap check every POLL_INTERVAL: observe, and compare
+# a digest with what the last pass left (observe.signature); a pass only on a change.
+POLL_INTERVAL = 10.0
 RETRY_MIN = 5.0
 RETRY_MAX = 300.0
 EVENT_COALESCE = 0.2  # libvirt events come in bursts (our own apply makes some)
@@ -180,6 +187,8 @@ class Daemon:
         # (kind, name) of every object the last pass planned for; None: react to all
         self.managed: set[tuple[str, str]] | None = None
         self.removals = RemovalGuard(hold=max(REMOVAL_HOLD, settings.debounce))
+        self.baseline: str | None = None  # observe.signature of libvirt after the last pass
+        self.connect_failures = 0
 
     # -- main loop -----------------------------------------------------------------
 
@@ -194,6 +203,7 @@ class Daemon:
             next_resync = time.monotonic() + self.settings.resync_interval
             reconnect_delay = RECONNECT_MIN
             next_connect = 0.0
+            next_poll = time.monotonic() + POLL_INTERVAL
             ready = False
             while not self.stopping.is_set():
                 self.heartbeat = time.monotonic()
@@ -217,8 +227,14 @@ class Daemon:
                 reasons = self.triggers.take() if self.hypervisor is not None else None
                 if reasons is not None:
                     self._pass(reasons)
+                    next_poll = time.monotonic() + POLL_INTERVAL
                     continue
-                waits = [next_resync - time.monotonic(), 5.0]
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + POLL_INTERVAL
+                    if self.hypervisor is not None and not self.connection_lost.is_set():
+                        self._poll()
+                        continue
+                waits = [next_resync - time.monotonic(), next_poll - time.monotonic(), 5.0]
                 due = self.triggers.seconds_until_due()
                 if due is not None and self.hypervisor is not None:
                     waits.append(due)
@@ -244,8 +260,13 @@ class Daemon:
             hv.watch(self._on_libvirt_event, self._on_connection_closed)
         except HypervisorError as exc:
             self._last_connect_error = str(exc)
-            self.log.warning("libvirt.unreachable", uri=self.settings.uri, error=str(exc))
+            self.connect_failures += 1
+            n = self.connect_failures
+            if n & (n - 1) == 0:  # attempts 1, 2, 4, 8...: the log stays readable
+                self.log.warning("libvirt.unreachable", uri=self.settings.uri, error=str(exc),
+                                 attempts=n, retry_every=RECONNECT_MAX)  # fmt: skip
             return False
+        self.connect_failures = 0
         self.connection_lost.clear()
         self.hypervisor = hv
         self.reconciler = Reconciler(
@@ -282,8 +303,20 @@ class Daemon:
             load, observed, plan = self._plan()
             for problem in load.problems:
                 log.error("manifest.problem", problem=str(problem), revision=revision)
+            # an object the tool owns that libvirt no longer has (a `vol-delete`, an
+            # undefine) is made again: drift healed, not a mere create
+            recreated = {
+                a.key
+                for a in plan.actions
+                if a.op is Op.CREATE and observed.inventory.get(a.key) is not None
+            }
             for action in plan.actions:
-                if action.changes_anything:
+                if action.key in recreated:
+                    log.info("drift", kind=action.kind.value, name=action.name,
+                             action="recreate", fields=["exists"], revision=revision,
+                             detail="owned, but missing from libvirt (deleted out of band, or "
+                             "an earlier apply was cut short): made again")  # fmt: skip
+                elif action.changes_anything:
                     log.info(
                         "drift" if action.op is not Op.CREATE else "plan.create",
                         kind=action.kind.value, name=action.name, action=action.op.value,
@@ -292,7 +325,7 @@ class Daemon:
             result = (
                 self.reconciler.apply(plan, observed, load)
                 if plan.has_changes
-                else PassResult(load, plan)
+                else PassResult(load, plan, observed=observed)
             )
         except ConnectionLost as exc:
             log.warning("libvirt.connection_lost", error=str(exc))
@@ -313,8 +346,18 @@ class Daemon:
         self.failed_passes = 0
         self._note_failures(result)
         self.managed = {(a.kind.value, a.name) for a in plan.actions}
+        self.baseline = (
+            signature(result.observed, self.managed) if result.observed is not None else None
+        )
+        if result.after is not None:
+            # what the apply's own changes brought to light (a VM's NIC found cut off once
+            # its network was healed): another pass now, not at the next trigger
+            tried = {r.action.key for r in result.results}
+            if any(a.changes_anything and a.key not in tried for a in result.after.actions):
+                self.triggers.request("follow-up: changes found after the apply", EVENT_COALESCE)
         duration = time.monotonic() - started
-        report = self._write_status(result, duration=duration, revision=revision)
+        report = self._write_status(result, duration=duration, revision=revision,
+                                    recreated=recreated)  # fmt: skip
         log.info(
             "reconcile.done",
             reasons=sorted(set(reasons)),
@@ -349,6 +392,28 @@ class Daemon:
                           reason="no manifest declares them in two reads of unchanged files "
                           f"{self.removals.hold:g}s apart")  # fmt: skip
         return load, observed, plan
+
+    def _poll(self) -> None:
+        """The cheap periodic check: libvirt read as a pass reads it, compared with what
+        the last pass left; a pass when it differs (see POLL_INTERVAL)."""
+        assert self.reconciler is not None
+        if self.baseline is None:
+            return
+        try:
+            now = signature(self.reconciler.observe(), self.managed)
+        except ConnectionLost as exc:
+            self.log.warning("libvirt.connection_lost", error=str(exc))
+            self.connection_lost.set()
+            self.triggers.request("reconnected", 0)
+            return
+        except (ReconcilerError, OSError) as exc:
+            self.log.warning("drift.check_failed", error=str(exc))
+            return
+        if now != self.baseline:
+            self.log.info("drift.suspected", reason="libvirt changed without an event "
+                          f"(found by the check every {POLL_INTERVAL:g}s)")  # fmt: skip
+            self.baseline = now
+            self.triggers.request("periodic check: libvirt changed", 0)
 
     # -- per-object retry backoff -------------------------------------------------
 
@@ -389,6 +454,7 @@ class Daemon:
         duration: float | None = None,
         revision: str | None = None,
         error: str | None = None,
+        recreated: AbstractSet[str] = frozenset(),
     ) -> StatusReport:
         now = datetime.now(UTC)
         if result is None:
@@ -399,7 +465,8 @@ class Daemon:
             objects = tuple(
                 keep_last_change(
                     self._previous,
-                    _object_statuses(result, now, revision, failing=set(self.failures)),
+                    _object_statuses(result, now, revision, failing=set(self.failures),
+                                     recreated=recreated),
                 )
             )
             connected = True
@@ -581,6 +648,7 @@ def _object_statuses(
     revision: str | None,
     *,
     failing: AbstractSet[str] = frozenset(),
+    recreated: AbstractSet[str] = frozenset(),
 ) -> list[ObjectStatus]:
     """Per object, its state after the pass. ``failing``: keys whose last attempt failed
     and that wait out their backoff; they stay *failed* while skipped, not *pending*."""
@@ -608,6 +676,9 @@ def _object_statuses(
         elif r is not None and action.op is not Op.CREATE:
             state = ObjectState.HEALED
             message = "changed: " + ", ".join(c.path for c in action.changes)[:300]
+        elif r is not None and action.key in recreated:
+            state = ObjectState.HEALED
+            message = "recreated: it was missing from libvirt"
         else:
             state, message = ObjectState.IN_SYNC, ""
         statuses.append(ObjectStatus(action.kind.value, action.name, state, message, now, revision))

@@ -64,6 +64,8 @@ class PassResult:
     results: tuple[ActionResult, ...] = ()
     unsettled: tuple[Action, ...] = ()  # still differing right after apply: a bug, reported
     after: Plan | None = None  # the plan right after apply
+    # libvirt as the last plan of the pass saw it (after the apply, when there was one)
+    observed: Observed | None = None
 
     @property
     def failed(self) -> bool:
@@ -173,7 +175,7 @@ class Reconciler:
             a for a in after.actions if a.key in tried and a.changes_anything
             and a.op not in (Op.FORGET,)
         )  # fmt: skip
-        return PassResult(load, plan, tuple(results), unsettled, after)
+        return PassResult(load, plan, tuple(results), unsettled, after, after_observed)
 
     def _plan_options(
         self,

@@ -17,14 +17,14 @@ import pytest
 import yaml
 
 from reconciler.daemon import REMOVAL_HOLD
-from tests.integration.test_daemon import (  # noqa: F401
+from tests.integration.test_daemon import (
     Daemon,
     Env,
-    env,
     kvm,
     record_bench,
     wait_until,
 )
+from tests.integration.test_daemon import env as env_fixture  # noqa: F401
 
 CUT_SECONDS = 0.8
 
