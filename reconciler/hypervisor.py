@@ -256,7 +256,7 @@ class Hypervisor:
                     config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
                     live = net.XMLDesc(0) if active else None
                     ports = (
-                        frozenset(p.getUUIDString() for p in net.listAllPorts(0))
+                        frozenset(p.UUIDString() for p in net.listAllPorts(0))
                         if active
                         else None
                     )

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from reconciler.daemon import REMOVAL_HOLD
+from tests.integration import test_daemon
 from tests.integration.test_daemon import (
     Daemon,
     Env,
@@ -24,9 +25,10 @@ from tests.integration.test_daemon import (
     record_bench,
     wait_until,
 )
-from tests.integration.test_daemon import env as env_fixture  # noqa: F401
 
 CUT_SECONDS = 0.8
+
+env = test_daemon.env  # the daemon tests' fixture: one test's manifests, state, daemons
 
 
 def _text(*docs: dict[str, Any]) -> str:
