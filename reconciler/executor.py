@@ -34,6 +34,7 @@ the next, until the domain restarts.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -453,17 +454,28 @@ def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
     if args.get("backing"):
         command += ["-B", str(args["backing"])]
     command += [str(args["source"]), path]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(_dies_with_us(command), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise ReconcilerError(f"importing {args['source']}: {done.stderr.strip()}")
     # verified: what a guest reads from the volume (through its backing volume, if
     # any) is what it reads from the source; only then is the copy done
-    check = subprocess.run(["qemu-img", "compare", "-U", str(args["source"]), path],
+    # no -U: a copy still being written (by a qemu-img an earlier, killed run left)
+    # holds the image's write lock, and the comparison fails instead of reading half
+    check = subprocess.run(_dies_with_us(["qemu-img", "compare", str(args["source"]), path]),
                            capture_output=True, text=True, check=False)  # fmt: skip
     if check.returncode != 0:
         said = (check.stdout + check.stderr).strip()
         raise ReconcilerError(f"importing {args['source']}: the copy differs from it ({said})")
     return f"imported {args['source']} (verified)"
+
+
+def _dies_with_us(command: list[str]) -> list[str]:
+    """``command`` run so that it is killed when the reconciler dies (SIGKILL included):
+    a copy left running by a killed apply would race the next apply's copy of the same
+    volume. ``setpriv --pdeathsig`` (util-linux) sets it before exec, without the
+    ``preexec_fn`` that is unsafe in a process with threads."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 def _write_seed(hv: Hypervisor, args: dict[str, Any]) -> str:
