@@ -63,6 +63,10 @@ RECONNECT_MAX = 2.0
 # volume deleted) is found by a cheap check every POLL_INTERVAL: observe, and compare
 # a digest with what the last pass left (observe.signature); a pass only on a change.
 POLL_INTERVAL = 10.0
+# ...or, on a host large enough that one check costs more than 1/POLL_BUDGET of the
+# interval, as often as keeps it to that share of one core (1 %, at most 5 minutes).
+POLL_BUDGET = 100.0
+POLL_MAX = 300.0
 RETRY_MIN = 5.0
 RETRY_MAX = 300.0
 EVENT_COALESCE = 0.2  # libvirt events come in bursts (our own apply makes some)
@@ -189,6 +193,7 @@ class Daemon:
         self.removals = RemovalGuard(hold=max(REMOVAL_HOLD, settings.debounce))
         self.baseline: str | None = None  # observe.signature of libvirt after the last pass
         self.connect_failures = 0
+        self.poll_interval = POLL_INTERVAL  # grows on a host where a check costs more
 
     # -- main loop -----------------------------------------------------------------
 
@@ -227,13 +232,13 @@ class Daemon:
                 reasons = self.triggers.take() if self.hypervisor is not None else None
                 if reasons is not None:
                     self._pass(reasons)
-                    next_poll = time.monotonic() + POLL_INTERVAL
+                    next_poll = time.monotonic() + self.poll_interval
                     continue
                 if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + POLL_INTERVAL
                     if self.hypervisor is not None and not self.connection_lost.is_set():
                         self._poll()
-                        continue
+                    next_poll = time.monotonic() + self.poll_interval
+                    continue
                 waits = [next_resync - time.monotonic(), next_poll - time.monotonic(), 5.0]
                 due = self.triggers.seconds_until_due()
                 if due is not None and self.hypervisor is not None:
@@ -399,8 +404,11 @@ class Daemon:
         assert self.reconciler is not None
         if self.baseline is None:
             return
+        cpu = time.process_time()
         try:
             now = signature(self.reconciler.observe(), self.managed)
+            cost = time.process_time() - cpu
+            self.poll_interval = min(max(POLL_INTERVAL, POLL_BUDGET * cost), POLL_MAX)
         except ConnectionLost as exc:
             self.log.warning("libvirt.connection_lost", error=str(exc))
             self.connection_lost.set()
@@ -411,7 +419,7 @@ class Daemon:
             return
         if now != self.baseline:
             self.log.info("drift.suspected", reason="libvirt changed without an event "
-                          f"(found by the check every {POLL_INTERVAL:g}s)")  # fmt: skip
+                          f"(found by the check every {self.poll_interval:.0f}s)")  # fmt: skip
             self.baseline = now
             self.triggers.request("periodic check: libvirt changed", 0)
 
