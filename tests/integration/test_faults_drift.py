@@ -33,6 +33,13 @@ DRIFT_BOUND = 30.0  # issue 11: out-of-band changes without events found within 
 env = test_daemon.env  # the daemon tests' fixture: one test's manifests, state, daemons
 
 
+@pytest.fixture(autouse=True)
+def _live_connection(conn: Any, libvirt_uri: str) -> None:
+    """The session's connection, opened again if libvirtd restarted since (the daemon
+    tests of this and other worktrees restart the shared libvirtd)."""
+    test_daemon._revive(conn, libvirt_uri)
+
+
 def _virsh(env: Env, *args: str) -> str:
     done = subprocess.run(["virsh", "-q", "-c", env.uri, *args], capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip

@@ -31,6 +31,13 @@ CUT_SECONDS = 0.8
 env = test_daemon.env  # the daemon tests' fixture: one test's manifests, state, daemons
 
 
+@pytest.fixture(autouse=True)
+def _live_connection(conn: Any, libvirt_uri: str) -> None:
+    """The session's connection, opened again if libvirtd restarted since (the daemon
+    tests of this and other worktrees restart the shared libvirtd)."""
+    test_daemon._revive(conn, libvirt_uri)
+
+
 def _text(*docs: dict[str, Any]) -> str:
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
 

@@ -52,6 +52,13 @@ from tests.integration.test_daemon import (
 
 env = test_daemon.env  # the daemon tests' fixture: one test's manifests, state, daemons
 
+
+@pytest.fixture(autouse=True)
+def _live_connection(conn: Any, libvirt_uri: str) -> None:
+    """The session's connection, opened again if libvirtd restarted since (the daemon
+    tests of this and other worktrees restart the shared libvirtd)."""
+    test_daemon._revive(conn, libvirt_uri)
+
 SEED = int(os.environ.get("RECONCILER_FAULT_SEED", "0")) or random.SystemRandom().randrange(1 << 30)
 OUTAGE = float(os.environ.get("RECONCILER_FAULT_OUTAGE", "12"))
 RECONNECT_BOUND = 5.0  # issue 11: converge within 5 s of libvirtd coming back
