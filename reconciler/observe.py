@@ -64,9 +64,11 @@ def observe_again(
     *,
     domains: AbstractSet[str],
     everything_else: bool,
+    networks: bool = False,
 ) -> Observed:
     """``before``, with the named ``domains`` read again (a name no longer defined is
-    dropped), and networks, pools and volumes read again if ``everything_else``.
+    dropped), and networks, pools and volumes read again if ``everything_else``;
+    networks alone if ``networks`` (a guest started or stopped: their ports changed).
 
     After an apply, only what it touched can have changed because of it: a host
     of 1,000 VMs that gained one is not read whole again to check that one.
@@ -74,12 +76,13 @@ def observe_again(
     fresh = {d.name: d for d in hv.domains_named(domains)}
     records = {n: d for n, d in before.domains.items() if n not in domains} | fresh
     if not everything_else:
-        return Observed(records, before.networks, before.pools, before.volumes,
+        nets = {n.name: n for n in hv.networks()} if networks else before.networks
+        return Observed(records, nets, before.pools, before.volumes,
                         before.machine_aliases, inventory)  # fmt: skip
     pools = {p.name: p for p in hv.pools()}
     volumes = {(v.pool, v.name): v for p in pools.values() if p.active for v in hv.volumes(p.name)}
-    networks = {n.name: n for n in hv.networks()}
-    return Observed(records, networks, pools, volumes, before.machine_aliases, inventory)
+    every_network = {n.name: n for n in hv.networks()}
+    return Observed(records, every_network, pools, volumes, before.machine_aliases, inventory)
 
 
 # What changes by itself in a pool's or a volume's XML as guests write: not drift.

@@ -42,6 +42,10 @@ DOMAIN_ONLY_VERBS = frozenset({
     "update-device",
 })  # fmt: skip
 PARSE_CACHE_FILE = "parsed.json"
+# Domain steps that connect or disconnect a guest's NICs: the networks' ports change,
+# and the settle check compares them (planner._lost_nics).
+PORT_VERBS = frozenset({"start-domain", "restart-domain", "stop-domain", "undefine-domain",
+                        "attach-device", "detach-device", "update-device"})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,7 @@ class Reconciler:
             everything_else=any(a.kind is not Kind.VIRTUAL_MACHINE
                                 or any(s.verb not in DOMAIN_ONLY_VERBS for s in a.steps)
                                 for a in touched),
+            networks=any(s.verb in PORT_VERBS for a in touched for s in a.steps),
         )  # fmt: skip
         verified = {
             a.name: a.fingerprint
