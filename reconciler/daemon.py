@@ -22,6 +22,7 @@ After each pass: status file (status.py), sd_notify STATUS, one log line.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -349,6 +350,13 @@ class Daemon:
             self._write_status(None, error=str(exc))
             return
         self.failed_passes = 0
+        if self.passes == 1:
+            # What the first pass leaves (modules, schemas, caches) lives as long as the
+            # daemon: out of the collector's way, so that an idle daemon's occasional
+            # full collection scans only what later passes and checks allocate (seen:
+            # one such collection cost 0.15 s of CPU, 1 % of an idle minute).
+            gc.collect()
+            gc.freeze()
         self._note_failures(result)
         self.managed = {(a.kind.value, a.name) for a in plan.actions}
         self.baseline = (
