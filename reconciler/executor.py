@@ -34,6 +34,7 @@ the next, until the domain restarts.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -291,6 +292,8 @@ class Executor:
         try:
             if verb in _LIVE_VERBS:
                 return self._live_step(action, step, refused)
+            if verb == "delete-volume":
+                self._log_data_loss(action, str(args["pool"]))
             handler = _SIMPLE_STEPS.get(verb)
             if handler is not None:
                 handler(hv, name, args)
@@ -303,7 +306,9 @@ class Executor:
                     note += ", started again"
                 return [note]
             if verb == "import-volume":
-                return [_import_volume(hv, action.name, args)]
+                note = _import_volume(hv, action.name, args)
+                self._content_done(action)
+                return [note]
             if verb == "write-seed":
                 note = _write_seed(hv, args)
                 self._note_seed_written(action, str(args["pool"]), str(args["volume"]))
@@ -342,6 +347,36 @@ class Executor:
                              step=step.verb, error=str(exc))  # fmt: skip
             return [note]
         return []
+
+    def _log_data_loss(self, action: Action, pool: str) -> None:
+        """A volume about to be deleted: say what is lost and what allowed it (SPEC §5)."""
+        try:
+            fields = volume_xml.observe(self.hypervisor.volume_xml(pool, action.name))
+        except HypervisorError:
+            fields = {}
+        entry = self.inventory.get(action.key) or {}
+        if action.op is Op.REPLACE:
+            why = f"replace allowed with --allow-replace {action.key}"
+        else:
+            why = action.reason or "reclaimPolicy: delete"
+        self.log.warning(
+            "data.lost", kind=action.kind.value, name=action.name, action=action.op.value,
+            lost=f"volume {pool}/{action.name} and all its content"
+            + (" (its copy had never completed)" if inventory_file.CONTENT_PENDING in entry
+               else ""),
+            capacity=fields.get("capacity"), why=why,
+        )  # fmt: skip
+
+    def _content_done(self, action: Action) -> None:
+        """The copy into a volume is complete and verified: drop its ``contentPending``
+        mark and save the inventory at once, so a kill after this point does not copy
+        the volume again (a kill before it does, which is harmless)."""
+        entry = self.inventory.get(action.key)
+        if entry is None or inventory_file.CONTENT_PENDING not in entry:
+            return
+        kept = {k: v for k, v in entry.items() if k != inventory_file.CONTENT_PENDING}
+        self.inventory = self.inventory.with_entry(action.key, kept)
+        self._save()
 
     def _note_seed_written(self, action: Action, pool: str, volume: str) -> None:
         """Keep, in the VM's inventory entry, when its seed's content was written: the
@@ -403,6 +438,11 @@ class Executor:
         self.hypervisor.destroy_domain(name)
         log.warning("vm.stopped", how="forced", duration=round(self.clock() - start, 3),
                     reason=f"no ACPI shutdown within {timeout:g}s")  # fmt: skip
+        log.warning(
+            "data.lost", action="force-off",
+            lost="whatever the guest had not written to its disks (forced power-off)",
+            why=f"it ignored the ACPI shutdown for its shutdownTimeout of {timeout:g}s",
+        )  # fmt: skip
         return f"forced off: guest ignored ACPI shutdown for {timeout:g}s"
 
 
@@ -414,10 +454,28 @@ def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
     if args.get("backing"):
         command += ["-B", str(args["backing"])]
     command += [str(args["source"]), path]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(_dies_with_us(command), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise ReconcilerError(f"importing {args['source']}: {done.stderr.strip()}")
-    return f"imported {args['source']}"
+    # verified: what a guest reads from the volume (through its backing volume, if
+    # any) is what it reads from the source; only then is the copy done
+    # no -U: a copy still being written (by a qemu-img an earlier, killed run left)
+    # holds the image's write lock, and the comparison fails instead of reading half
+    check = subprocess.run(_dies_with_us(["qemu-img", "compare", str(args["source"]), path]),
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    if check.returncode != 0:
+        said = (check.stdout + check.stderr).strip()
+        raise ReconcilerError(f"importing {args['source']}: the copy differs from it ({said})")
+    return f"imported {args['source']} (verified)"
+
+
+def _dies_with_us(command: list[str]) -> list[str]:
+    """``command`` run so that it is killed when the reconciler dies (SIGKILL included):
+    a copy left running by a killed apply would race the next apply's copy of the same
+    volume. ``setpriv --pdeathsig`` (util-linux) sets it before exec, without the
+    ``preexec_fn`` that is unsafe in a process with threads."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 def _write_seed(hv: Hypervisor, args: dict[str, Any]) -> str:

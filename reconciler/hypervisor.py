@@ -283,6 +283,10 @@ class NetworkRecord:
     config_xml: str
     live_xml: str | None
     persistent: bool = True
+    # the UUIDs of the network's ports (one per connected guest NIC) while it runs;
+    # None: not read. A running guest's NIC whose ``portid`` is not among them lost
+    # its connection (the network was destroyed and started again under it).
+    ports: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +631,11 @@ class Hypervisor:
                     active = bool(net.isActive())
                     config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
                     live = net.XMLDesc(0) if active else None
+                    ports = (
+                        frozenset(p.UUIDString() for p in net.listAllPorts(0))
+                        if active
+                        else None
+                    )
                     records.append(
                         NetworkRecord(
                             net.name(),
@@ -636,6 +645,7 @@ class Hypervisor:
                             config,
                             live,
                             persistent=bool(net.isPersistent()),
+                            ports=ports,
                         )
                     )
             return records

@@ -21,6 +21,13 @@ works; the planner keeps it while the VM should run and does not)::
         "message": "start-domain: starting domain web-1: internal error: ...",
         "hint": "QEMU runs as user libvirt-qemu ...", "field": "spec.disks[0].file",
         "at": "2026-11-30T09:00:00Z"}}
+
+A Volume with a ``source`` carries ``contentPending`` (``CONTENT_PENDING``) from
+before it is created (or its copy retried) until the executor has copied the
+source in and compared the result with it: a volume whose entry still has it is
+not in sync, and the next plan copies again::
+
+    "Volume/web-root": {"pool": "images", ..., "contentPending": {"source": "/var/tmp/base.qcow2"}}
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from reconciler.errors import Problem, ReconcilerError, StateDirError
 VERSION = 1
 FILENAME = "inventory.json"
 START_FAILURE = "startFailure"  # key of a VM entry: its last refused start
+CONTENT_PENDING = "contentPending"  # key of a Volume entry: its source copy is unfinished
 
 
 @dataclass(frozen=True, slots=True)

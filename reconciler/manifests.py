@@ -78,6 +78,26 @@ def discover(root: Path) -> list[Path]:
     return found
 
 
+def snapshot(root: str | os.PathLike[str]) -> tuple[object, ...]:
+    """What the manifest files under ``root`` are now, cheaply: where the root points,
+    and each file's name, size, inode and change times. Equal snapshots taken around a
+    read mean the read saw files nobody was changing (the daemon's removal check)."""
+    path = Path(root)
+    entries: list[object] = [os.path.realpath(path)]
+    try:
+        files = discover(path) if path.is_dir() else []
+    except OSError:
+        return (None,)
+    for file in files:
+        try:
+            st = file.stat()
+        except OSError:
+            entries.append((str(file), None))
+            continue
+        entries.append((str(file), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(entries)
+
+
 def load_directory(
     root: str | os.PathLike[str],
     *,
@@ -232,13 +252,27 @@ def load_text(
     """Every valid manifest in ``text`` (the contents of file ``shown``)."""
     manifests: list[Manifest] = []
     try:
-        for document in (parser or ParseCache(None)).documents(text):
+        documents = (parser or ParseCache(None)).documents(text)
+        for document in documents:
             manifest = _load_document(document, shown, problems)
             if manifest is not None:
                 manifests.append(manifest)
     except YamlProblem as exc:
         where = SourcePosition(shown, exc.line, exc.column)
         problems.append(Problem(where, exc.message, hint=exc.hint))
+        return manifests
+    if not documents:
+        # An empty file is what a slow writer or an editor leaves for a moment (issue
+        # 11): taken as valid, it would delete everything the file declared. A file
+        # that declares nothing is a problem, so nothing is pruned while it exists.
+        problems.append(
+            Problem(
+                SourcePosition(shown),
+                "file holds no manifest (empty, or only comments and ---)",
+                hint="an empty manifest file is never valid: delete the file to remove "
+                "what it declared",
+            )
+        )
     return manifests
 
 

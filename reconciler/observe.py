@@ -10,6 +10,8 @@ listings for domains, one definition each, a second for running ones).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -62,9 +64,11 @@ def observe_again(
     *,
     domains: AbstractSet[str],
     everything_else: bool,
+    networks: bool = False,
 ) -> Observed:
     """``before``, with the named ``domains`` read again (a name no longer defined is
-    dropped), and networks, pools and volumes read again if ``everything_else``.
+    dropped), and networks, pools and volumes read again if ``everything_else``;
+    networks alone if ``networks`` (a guest started or stopped: their ports changed).
 
     After an apply, only what it touched can have changed because of it: a host
     of 1,000 VMs that gained one is not read whole again to check that one.
@@ -72,9 +76,55 @@ def observe_again(
     fresh = {d.name: d for d in hv.domains_named(domains)}
     records = {n: d for n, d in before.domains.items() if n not in domains} | fresh
     if not everything_else:
-        return Observed(records, before.networks, before.pools, before.volumes,
+        nets = {n.name: n for n in hv.networks()} if networks else before.networks
+        return Observed(records, nets, before.pools, before.volumes,
                         before.machine_aliases, inventory)  # fmt: skip
     pools = {p.name: p for p in hv.pools()}
     volumes = {(v.pool, v.name): v for p in pools.values() if p.active for v in hv.volumes(p.name)}
-    networks = {n.name: n for n in hv.networks()}
-    return Observed(records, networks, pools, volumes, before.machine_aliases, inventory)
+    every_network = {n.name: n for n in hv.networks()}
+    return Observed(records, every_network, pools, volumes, before.machine_aliases, inventory)
+
+
+# What changes by itself in a pool's or a volume's XML as guests write: not drift.
+_USAGE = re.compile(
+    r"<(allocation|available|physical)[^>]*>[^<]*</\1>|<timestamps>.*?</timestamps>", re.S
+)
+
+
+def signature(observed: Observed, only: AbstractSet[tuple[str, str]] | None = None) -> str:
+    """A digest of everything an out-of-band change can alter: every object's
+    definitions, power state, autostart and network ports, and which volumes exist
+    with what capacity, leaving out what changes by itself (space used, times).
+
+    The daemon compares it between a pass and a later cheap check, to find changes
+    that raise no libvirt event (``virsh setmem``/``setmaxmem --config``,
+    ``autostart``, ``vol-delete``). ``only``: the (kind, name) pairs to cover (the
+    objects the daemon manages: others changing is none of its business); None: all."""
+    h = hashlib.sha256()
+
+    def wanted(kind: str, name: str) -> bool:
+        return only is None or (kind, name) in only
+
+    def add(*parts: object) -> None:
+        for part in parts:
+            h.update(repr(part).encode())
+            h.update(b"\0")
+
+    for name, d in sorted(observed.domains.items()):
+        if not wanted("VirtualMachine", name):
+            continue
+        add("d", name, d.active, d.autostart, d.persistent, d.config_xml, d.live_xml)
+    for name, n in sorted(observed.networks.items()):
+        if not wanted("Network", name):
+            continue
+        add("n", name, n.active, n.autostart, n.persistent, n.config_xml, n.live_xml,
+            sorted(n.ports or ()))  # fmt: skip
+    for name, p in sorted(observed.pools.items()):
+        if not wanted("StoragePool", name):
+            continue
+        add("p", name, p.active, p.autostart, p.persistent, _USAGE.sub("", p.config_xml))
+    for key, v in sorted(observed.volumes.items()):
+        if not wanted("Volume", key[1]):
+            continue
+        add("v", key, v.path, _USAGE.sub("", v.xml))
+    return h.hexdigest()

@@ -202,6 +202,9 @@ class Plan:
 
     actions: tuple[Action, ...]
     prune_blocked: str = ""  # why owned objects without manifests are not deleted
+    # owned objects no manifest declares whose removal awaits confirmation (the daemon's
+    # two-read rule, PlanOptions.confirmed_removals): neither deleted nor forgotten yet
+    held_removals: tuple[str, ...] = ()
 
     @property
     def has_changes(self) -> bool:

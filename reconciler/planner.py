@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,13 @@ class PlanOptions:
     # the one check of every host path a manifest names (pool path, volume source,
     # disk, ISO, kernel, log, password file; hostpaths.py); None: any path (SPEC §5)
     paths: PathPolicy | None = None
+    # virtual size in bytes of the local image files that Volume sources name, read
+    # (qemu-img info) for the volumes a plan may copy into; a missing path: unknown
+    source_sizes: Mapping[str, int] = field(default_factory=dict)
+    # the removals (keys of owned objects no manifest declares) confirmed to be meant:
+    # only these are pruned, the others are held (Plan.held_removals). None: all are.
+    # The daemon confirms a removal by reading it twice (daemon.RemovalGuard).
+    confirmed_removals: frozenset[str] | None = None
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -113,14 +121,14 @@ def make_plan(load: LoadResult, observed: Observed, options: PlanOptions) -> Pla
     up += [_plan_volume(m, ctx) for m in _backing_first(by_kind[Kind.VOLUME])]
     up += [_plan_network(m, ctx) for m in by_kind[Kind.NETWORK]]
     up += [_plan_vm(m, ctx) for m in by_kind[Kind.VIRTUAL_MACHINE]]
-    down, blocked = _plan_prune(load, observed, options)
+    down, blocked, held = _plan_prune(load, observed, options)
     first = [a for a in down if a.kind is Kind.VIRTUAL_MACHINE]
     last = [a for a in down if a.kind is not Kind.VIRTUAL_MACHINE]
     sizes = {m.name: m.spec.capacity for m in by_kind[Kind.VOLUME]
              if isinstance(m.spec, VolumeSpec)}  # fmt: skip
     actions = [in_user_terms(a, ctx.manifests.get((a.kind, a.name)), sizes)
                for a in first + up + last]  # fmt: skip
-    return Plan(actions=tuple(actions), prune_blocked=blocked)
+    return Plan(actions=tuple(actions), prune_blocked=blocked, held_removals=held)
 
 
 # --- shared context ------------------------------------------------------------
@@ -313,17 +321,24 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         requires.append(f"Volume/{spec.backing_volume}")
         backing_path = ctx.volume_path(spec.pool, spec.backing_volume)
         backing_format = ctx.volume_formats.get(spec.backing_volume)
-    record = ctx.owner_record(m, pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
-    xml = volume_xml.render(m.name, spec, backing_path=backing_path, backing_format=backing_format)
-    create = [Step("create-volume", {"pool": spec.pool, "xml": xml})]
-    if spec.source:
-        create.append(
-            Step(
-                "import-volume", {"pool": spec.pool, "source": spec.source, "backing": backing_path}
-            )
-        )
+    too_big = _source_too_big(m, spec, ctx)
+    if too_big is not None:
+        return too_big
     entry = ctx.inventory_entry(f"Volume/{m.name}")
     owned = entry is not None and entry.get("pool") == spec.pool
+    # A volume with a source is done only when its content is (issue 11): the record
+    # says "content pending" until the executor has copied and verified it.
+    pending = _content_pending(entry) if owned else None
+    record = ctx.owner_record(m, pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
+    # the record a create or a re-copy writes before the copy starts
+    copying = {**record, inventory_file.CONTENT_PENDING: {"source": spec.source}}
+    xml = volume_xml.render(m.name, spec, backing_path=backing_path, backing_format=backing_format)
+    copy = Step(
+        "import-volume", {"pool": spec.pool, "source": spec.source, "backing": backing_path}
+    )
+    create = [Step("create-volume", {"pool": spec.pool, "xml": xml})]
+    if spec.source:
+        create.append(copy)
     if live is None and spec.pool in ctx.unlisted_pools:
         unseen = _unseen_volume(m, spec, ctx, owned)
         if unseen is not None:
@@ -336,7 +351,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             (),
             tuple(create),
             source=m.source,
-            owner_record=record,
+            owner_record=copying if spec.source else record,
             requires=tuple(requires),
         )
     if not owned and not spec.adopt:
@@ -373,7 +388,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             tuple(changes),
             tuple(steps),
             source=m.source,
-            owner_record=record,
+            owner_record=copying if spec.source else record,
             requires=tuple(requires),
         )
     if capacity is not None:
@@ -397,6 +412,23 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         else:
             steps.append(Step("resize-volume", {"pool": spec.pool, "capacity": new}))
         changes = [Change(c.path, c.old, c.new, live=True) if c is capacity else c for c in changes]
+    if pending is not None and spec.source:
+        # made by this tool, its copy never finished (killed, or the copy failed):
+        # copy again over the whole volume, unless a running VM uses it by now
+        user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
+        if user is not None:
+            return Action(
+                Kind.VOLUME, m.name, Op.ERROR, tuple(changes), (), source=m.source,
+                owner_record=copying,
+                reason=f"the copy of {spec.source} into this volume never completed, and "
+                f"running VM {user[0]} uses it now; not overwriting it. Stop the VM (the "
+                "copy is retried), or delete the volume to have it made again",
+            )  # fmt: skip
+        was = pending.get("source") or spec.source
+        changes.append(Change("content", f"copy of {was} pending", f"copy of {spec.source}",
+                              live=True))  # fmt: skip
+        steps.append(copy)
+        record = copying
     op = Op.UPDATE_LIVE if changes else Op.NOOP
     return Action(
         Kind.VOLUME,
@@ -408,6 +440,26 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         owner_record=record,
         requires=tuple(requires),
     )
+
+
+def _content_pending(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The volume's unfinished copy, from its inventory entry (``CONTENT_PENDING``)."""
+    found = None if entry is None else entry.get(inventory_file.CONTENT_PENDING)
+    return found if isinstance(found, Mapping) else None
+
+
+def _source_too_big(m: Manifest, spec: VolumeSpec, ctx: _Context) -> Action | None:
+    """A source image larger than the volume cannot be copied in: an error at plan time
+    (the size is known when reconcile.py could read the file)."""
+    size = ctx.options.source_sizes.get(spec.source) if spec.source else None
+    if size is None or size <= spec.capacity:
+        return None
+    return Action(
+        Kind.VOLUME, m.name, Op.ERROR, source=m.position(("spec", "source")),
+        reason=f"source {spec.source} holds {format_size(size)} ({size} bytes), more than "
+        f"capacity {format_size(spec.capacity)}: the copy cannot fit; set capacity: "
+        f"{format_size(size)} or more",
+    )  # fmt: skip
 
 
 def _unseen_volume(m: Manifest, spec: VolumeSpec, ctx: _Context, owned: bool) -> Action | None:
@@ -778,7 +830,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             source=m.source, owner_record=record, requires=requires,
             reason=_host_defaults_note(m),
         )  # fmt: skip
+    lost = _lost_nics(live, ctx)
     context = {
+        "lost_nics": lost,
         "pools": {d.volume: ctx.volume_pools.get(d.volume) for d in spec.disks if d.volume},
         "formats": {d.volume: ctx.volume_formats.get(d.volume) for d in spec.disks if d.volume},
         "password": hashlib.sha256((password or "").encode()).hexdigest(),
@@ -854,6 +908,13 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             Change(c.path, c.old, c.new, live=True) if c.path in done else c for c in changes
         ]
         changes += [c for c in live_changes if c.path not in {x.path for x in changes}]
+        # a NIC cut off from its network (the network was restarted under the running
+        # guest): libvirt 9.0 cannot reconnect it live (see docs/decisions.md), a boot does
+        pending += [
+            Change(f"interfaces[{mac}].connected", f"no (network {net} was restarted)", "yes")
+            for mac, net in lost
+            if f"interfaces[{mac}].connected" not in {c.path for c in pending}
+        ]
         policy = spec.update_policy or ctx.options.default_update_policy
         if pending and spec.state == "running" and policy == "restart":
             steps.append(Step("restart-domain", {"timeout": timeout}))
@@ -902,6 +963,33 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         requires=requires,
         fingerprint=print_ if op is Op.NOOP and not pending else None,
     )
+
+
+_INTERFACE = re.compile(r"<interface type=.network.>.*?</interface>", re.S)
+_MAC = re.compile(r"<mac address=.([0-9a-fA-F:]+).")
+_PORT = re.compile(r"<source network=.([^'\"]+).[^>]*?portid=.([0-9a-f-]+).")
+
+
+def _lost_nics(live: DomainRecord, ctx: _Context) -> list[tuple[str, str]]:
+    """(MAC, network) of each NIC of a running domain that is no longer connected to its
+    running network: its ``portid`` is not among the network's ports. It happens when
+    the network is destroyed and started again under the guest (``virsh net-destroy``,
+    then the tool heals the network): the tap device stays off the new bridge, and
+    nothing in the domain's own XML changes. Read with a regular expression, not a
+    parse: it runs for every running VM on every plan, in sync or not."""
+    if not live.active or not live.live_xml or "portid=" not in live.live_xml:
+        return []
+    lost = []
+    for block in _INTERFACE.findall(live.live_xml):
+        mac, port = _MAC.search(block), _PORT.search(block)
+        if mac is None or port is None:
+            continue
+        net = ctx.observed.networks.get(port.group(1))
+        if net is None or not net.active or net.ports is None:
+            continue  # a network not running is the network's own change to make
+        if port.group(2) not in net.ports:
+            lost.append((mac.group(1).lower(), port.group(1)))
+    return lost
 
 
 def _host_defaults_note(m: Manifest) -> str:
@@ -1066,25 +1154,37 @@ def _password_update(
 
 def _plan_prune(
     load: LoadResult, observed: Observed, options: PlanOptions
-) -> tuple[list[Action], str]:
-    """Delete what the tool owns and no manifest declares any more (SPEC §3 prune rules)."""
+) -> tuple[list[Action], str, tuple[str, ...]]:
+    """Delete what the tool owns and no manifest declares any more (SPEC §3 prune rules);
+    also why some are kept, and which removals wait for confirmation."""
     declared = {f"{m.kind.value}/{m.name}" for m in load.manifests}
     # Only the inventory decides what is pruned: a domain's metadata proves ownership
     # but may have been written by another reconciler (another state directory).
     owned: dict[str, Mapping[str, Any]] = dict(observed.inventory.objects)
     orphans = sorted(k for k in owned if k not in declared)
     if not orphans:
-        return [], ""
+        return [], "", ()
     if not load.complete:
         return [], (
             f"{len(orphans)} owned object(s) without a manifest kept: "
-            "not every manifest loaded, and a broken file may still declare them "
+            "not every manifest loaded and passed its checks (see the problems), and a "
+            "manifest with a problem may still declare them "
             f"({', '.join(orphans)})"
-        )
+        ), ()
     if not options.prune:
-        return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off"
+        return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off", ()
+    blocked: str = ""
+    held: tuple[str, ...] = ()
+    if options.confirmed_removals is not None:
+        held = tuple(k for k in orphans if k not in options.confirmed_removals)
+        orphans = [k for k in orphans if k in options.confirmed_removals]
+        if held:
+            blocked = (
+                f"{len(held)} owned object(s) without a manifest kept until the removal is "
+                f"confirmed by a second read of unchanged files ({', '.join(held)})"
+            )
     actions = [a for key in orphans if (a := _delete(key, owned[key], observed)) is not None]
-    return _down_order(actions, observed), ""
+    return _down_order(actions, observed), blocked, held
 
 
 def _down_order(actions: list[Action], observed: Observed) -> list[Action]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,10 @@ DOMAIN_ONLY_VERBS = frozenset({
     "update-device",
 })  # fmt: skip
 PARSE_CACHE_FILE = "parsed.json"
+# Domain steps that connect or disconnect a guest's NICs: the networks' ports change,
+# and the settle check compares them (planner._lost_nics).
+PORT_VERBS = frozenset({"start-domain", "restart-domain", "stop-domain", "undefine-domain",
+                        "attach-device", "detach-device", "update-device"})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,8 @@ class PassResult:
     results: tuple[ActionResult, ...] = ()
     unsettled: tuple[Action, ...] = ()  # still differing right after apply: a bug, reported
     after: Plan | None = None  # the plan right after apply
+    # libvirt as the last plan of the pass saw it (after the apply, when there was one)
+    observed: Observed | None = None
 
     @property
     def failed(self) -> bool:
@@ -102,10 +109,14 @@ class Reconciler:
         state_dir = self.options.state_dir
         return inventory_file.load(state_dir) if state_dir else Inventory()
 
-    def plan(self) -> tuple[LoadResult, Observed, Plan]:
-        """Load, observe and plan. ``StateDirError`` naming the path when the state
-        directory cannot be created or read: never a plan against an empty inventory.
-        (It need not be writable: a plan's caches there are optional.)"""
+    def plan(
+        self, *, confirmed_removals: frozenset[str] | None = None
+    ) -> tuple[LoadResult, Observed, Plan]:
+        """Load, observe and plan. ``confirmed_removals``: prune only these owned objects
+        without a manifest, hold the others (the daemon's two-read rule); None: all.
+        ``StateDirError`` naming the path when the state directory cannot be created or
+        read: never a plan against an empty inventory. (It need not be writable: a plan's
+        caches there are optional.)"""
         if self.options.state_dir is not None:
             statedir.prepare(self.options.state_dir, write=False)
         # libvirt answers while the manifests are parsed: its calls release the GIL
@@ -120,7 +131,10 @@ class Reconciler:
                              known_objects(observed))  # fmt: skip
         load = self.preflight(load, observed)
         verified = self._verified()
-        plan = make_plan(load, observed, self._plan_options(load, verified))
+        options = self._plan_options(load, verified, observed)
+        plan = make_plan(load, observed, replace(options, confirmed_removals=confirmed_removals))
+        self._options_of = (load, replace(self._options_of[1],
+                                          confirmed_removals=confirmed_removals))  # fmt: skip
         self._save_verified(plan, verified)
         return load, observed, plan
 
@@ -174,6 +188,7 @@ class Reconciler:
             everything_else=any(a.kind is not Kind.VIRTUAL_MACHINE
                                 or any(s.verb not in DOMAIN_ONLY_VERBS for s in a.steps)
                                 for a in touched),
+            networks=any(s.verb in PORT_VERBS for a in touched for s in a.steps),
         )  # fmt: skip
         verified = {
             a.name: a.fingerprint
@@ -187,13 +202,16 @@ class Reconciler:
             a for a in after.actions if a.key in tried and a.changes_anything
             and a.op not in (Op.FORGET,)
         )  # fmt: skip
-        return PassResult(load, plan, tuple(results), unsettled, after)
+        return PassResult(load, plan, tuple(results), unsettled, after, after_observed)
 
     def _paths(self) -> PathPolicy:
         return PathPolicy(self.options.allowed_roots, self.options.allowed_secret_roots)
 
     def _plan_options(
-        self, load: LoadResult, verified: dict[str, str] | None = None
+        self,
+        load: LoadResult,
+        verified: dict[str, str] | None = None,
+        observed: Observed | None = None,
     ) -> PlanOptions:
         # The check after an apply plans with what the apply's plan was made with
         # (revision, passwords, allowed paths): asking git and the files again
@@ -207,6 +225,11 @@ class Reconciler:
                 revision=self.options.revision or source_revision(self.options.directory),
                 secrets=read_secrets(load.manifests, self._paths()),
                 paths=self._paths(),
+                source_sizes=(
+                    source_sizes(load.manifests, observed, self._paths().allows)
+                    if observed is not None
+                    else {}
+                ),
             )
             self._options_of = (load, base)
         else:
@@ -264,6 +287,45 @@ def source_revision(directory: Path) -> str | None:
     filters) is ever executed. None outside a git work tree.
     """
     return gitrev.revision(directory)
+
+
+def source_sizes(
+    manifests: tuple[Manifest, ...],
+    observed: Observed,
+    allowed: Callable[[str], bool] | None = None,
+) -> dict[str, int]:
+    """The virtual size of each Volume source that a plan may copy (the volume does not
+    exist yet, or its copy is pending), by path: ``qemu-img info`` of the local file.
+    A file that cannot be read is left out (the copy reports it); so is a path outside
+    the allowed roots (the planner refuses it)."""
+    sizes: dict[str, int] = {}
+    for m in manifests:
+        spec = m.spec
+        if not isinstance(spec, VolumeSpec) or not spec.source or spec.source in sizes:
+            continue
+        entry = observed.inventory.get(f"Volume/{m.name}") or {}
+        exists = (spec.pool, m.name) in observed.volumes
+        if exists and inventory_file.CONTENT_PENDING not in entry:
+            continue
+        if allowed is not None and not allowed(spec.source):
+            continue
+        size = image_virtual_size(spec.source)
+        if size is not None:
+            sizes[spec.source] = size
+    return sizes
+
+
+def image_virtual_size(path: str) -> int | None:
+    """What a guest would see of the image at ``path`` (``qemu-img info``), or None."""
+    try:
+        done = subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", path],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        size = json.loads(done.stdout).get("virtual-size") if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) else None
 
 
 def read_secrets(manifests: tuple[Manifest, ...], policy: PathPolicy) -> dict[str, str]:
