@@ -532,7 +532,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(dumps(plan_json(plan, load.problems, load.notes)))
     else:
         _print_problems(load)
-        print(render_plan(plan, colour=_colour(), verbose=args.verbose))
+        print(render_plan(plan, colour=_colour(), verbose=args.verbose,
+                          problems=len(load.problems)))  # fmt: skip
         _print_xml(args, plan)
     if load.problems or plan.has_errors:
         return EXIT_ERROR
@@ -574,7 +575,8 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
         text = args.output == "text"
         if text:
             _print_problems(load)
-            print(render_plan(plan, colour=_colour(), verbose=args.verbose))
+            print(render_plan(plan, colour=_colour(), verbose=args.verbose,
+                              problems=len(load.problems)))  # fmt: skip
             _print_xml(args, plan)
         if not plan.has_changes:
             if not text:
@@ -759,17 +761,31 @@ def _probe(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with Hypervisor.open(settings.uri) as hv:
         result = hostprobe.probe(hv, prefix=args.name_prefix)
+    written = None
+    if result.defaults is not None and args.write_config is not None:
+        try:
+            written = hostprobe.write_config(args.write_config, result)
+        except OSError as exc:
+            raise ReconcilerError(f"{args.write_config}: cannot write: {exc.strerror}") from None
+    if args.output == "json":
+        print(dumps({
+            "summary": result.summary(),
+            "kvm": result.kvm,
+            "kvmUsable": result.kvm_usable,
+            "vmDefaults": None if result.defaults is None else result.defaults.as_config(),
+            "attempts": [{"vmDefaults": a.defaults.as_config(), "error": a.error}
+                         for a in result.attempts],
+            "config": written,
+        }))  # fmt: skip
+        return EXIT_OK if result.defaults is not None else EXIT_ERROR
     for attempt in result.attempts:
         outcome = "starts" if attempt.error is None else f"fails: {attempt.error}"
         print(f"probe: {attempt.defaults.describe() or 'kvm as it is'}: {outcome}")
     print(f"probe: {result.summary()}")
     if result.defaults is None:
         return EXIT_ERROR
-    if args.write_config is not None:
-        try:
-            print("probe: " + hostprobe.write_config(args.write_config, result))
-        except OSError as exc:
-            raise ReconcilerError(f"{args.write_config}: cannot write: {exc.strerror}") from None
+    if written is not None:
+        print("probe: " + written)
     return EXIT_OK
 
 

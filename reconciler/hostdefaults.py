@@ -90,8 +90,10 @@ def vm_defaults_from_config(value: object) -> VmDefaults:
     cpu = None
     if value.get("cpu") is not None:
         cpu = _cpu_mapping(value["cpu"])
-        try:
-            cpu_from_manifest(cpu)
+        try:  # a mode-less default applies to any manifest mode: check migratable with one
+            check = cpu if "mode" in cpu or "migratable" not in cpu else \
+                {**cpu, "mode": "host-passthrough"}  # fmt: skip
+            cpu_from_manifest(check)
         except SpecError as exc:
             first = exc.problems[0]
             error = ValueError(f"{first.message}; {first.hint}" if first.hint else first.message)

@@ -95,7 +95,9 @@ def _restart_what(action: Action) -> str:
     )
 
 
-def render_plan(plan: Plan, *, colour: bool = False, verbose: bool = False) -> str:
+def render_plan(
+    plan: Plan, *, colour: bool = False, verbose: bool = False, problems: int = 0
+) -> str:
     """The plan as a person reads it, ending with the summary line.
 
     Per action: a head line (marker, kind, name, op or ``restart pending``, manifest
@@ -149,6 +151,10 @@ def render_plan(plan: Plan, *, colour: bool = False, verbose: bool = False) -> s
     if lines:
         lines.append("")
     lines.append(plan.summary() if plan.has_changes or plan.has_errors else "No changes.")
+    if problems:  # the objects they concern were left out of the plan
+        lines.append(_paint(
+            f"! {problems} problem{'s' if problems > 1 else ''} (on stderr): the objects "
+            "concerned were not planned and are left as they are.", "!", colour))  # fmt: skip
     return "\n".join(lines)
 
 

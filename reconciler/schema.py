@@ -134,11 +134,10 @@ def _explain(error: Any) -> Iterator[SchemaProblem]:
         )
     elif keyword == "enum":
         options = [str(o) for o in error.validator_value]
-        yield SchemaProblem(
-            path,
-            f"{_show(value)} is not one of: {', '.join(options)}",
-            _suggest(str(value), options, "value") if isinstance(value, str) else "",
-        )
+        hint = _suggest(str(value), options, "value") if isinstance(value, str) else ""
+        if "require" in options and str(value).lower() in _TURN_ON:
+            hint = "to turn a CPU feature on use require (the host must have it) or force"
+        yield SchemaProblem(path, f"{_show(value)} is not one of: {', '.join(options)}", hint)
     elif custom and "propertyNames" in error.schema_path:
         # a key that is not allowed: point at the key itself
         yield SchemaProblem((*path, str(value)), f"{_show(value)} {custom}", at_key=True)
@@ -165,6 +164,10 @@ def _explain(error: Any) -> Iterator[SchemaProblem]:
         yield SchemaProblem(path, f"{_show(value)} must be {error.validator_value!r}")
     else:
         yield SchemaProblem(path, error.message)
+
+
+# words for "on" that are not libvirt's feature policies ("enable" would suggest "disable")
+_TURN_ON = ("enable", "enabled", "on", "true", "yes", "1")
 
 
 def _show(value: Any) -> str:
