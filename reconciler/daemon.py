@@ -17,7 +17,9 @@ action failed is retried with its own backoff, and the others proceed; a pass
 that failed as a whole (a libvirt error while observing) is retried with
 backoff too.
 
-After each pass: status file (status.py), sd_notify STATUS, one log line.
+After each pass: status file (status.py), metrics (metrics.py, served on
+metricsAddress), sd_notify STATUS, one log line named after what moved (drift.py:
+a manifest edit is a *change*, libvirt moving away from it *drift*).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler import sdnotify
+from reconciler import drift, metrics, sdnotify
 from reconciler.errors import (
     ConfigError,
     ConnectionLost,
@@ -141,6 +143,7 @@ class Daemon:
         self.failed_passes = 0  # passes in a row that failed as a whole (retried with backoff)
         self.passes = 0
         self.heartbeat = time.monotonic()
+        self.metrics = metrics.Metrics()  # served from run(); fed after each status write
         self._observer: Any = None
         self._handler: Any = None
         self._root_watch: Any = None
@@ -158,6 +161,7 @@ class Daemon:
             self._previous = read_status(self.settings.state_dir)
             self._start_watchdog_pings()
             self._watch_files()
+            self._serve_metrics()
             self.triggers.request("startup", 0)
             next_resync = time.monotonic() + self.settings.resync_interval
             reconnect_delay = RECONNECT_MIN
@@ -197,6 +201,7 @@ class Daemon:
             sdnotify.notify(stopping=True, status="stopping")
             self.log.info("daemon.stopped", passes=self.passes)
             self._stop_watching()
+            self.metrics.close()
             if self.hypervisor is not None:
                 self.hypervisor.close()
         return 0
@@ -258,7 +263,7 @@ class Daemon:
             for action in plan.actions:
                 if action.changes_anything:
                     log.info(
-                        "drift" if action.op is not Op.CREATE else "plan.create",
+                        drift.EVENTS[drift.cause(action, observed.inventory)],
                         kind=action.kind.value, name=action.name, action=action.op.value,
                         fields=[c.path for c in action.changes][:20], revision=revision,
                     )  # fmt: skip
@@ -271,6 +276,7 @@ class Daemon:
             log.warning("libvirt.connection_lost", error=str(exc))
             self.connection_lost.set()
             self.triggers.request("reconnected", 0)
+            self.metrics.pass_failed(time.monotonic() - started)
             self._write_status(None, error=str(exc))
             return
         except (ReconcilerError, OSError) as exc:
@@ -281,6 +287,7 @@ class Daemon:
             self.triggers.request("retry after a failed pass", delay)
             log.error("reconcile.failed", error=str(exc), reasons=sorted(set(reasons)),
                       retry_in=delay, revision=revision)  # fmt: skip
+            self.metrics.pass_failed(time.monotonic() - started)
             self._write_status(None, error=str(exc))
             return
         self.failed_passes = 0
@@ -297,6 +304,14 @@ class Daemon:
             revision=revision,
         )
         sdnotify.notify(status=summary_line(report))
+        self.metrics.pass_done(
+            result.results,
+            drift.causes(plan, observed.inventory),
+            duration=duration,
+            outcome=_outcome(result, stopping=self.stopping.is_set()),
+            unsettled=[a.key for a in result.unsettled],
+        )
+        self._write_textfile()
 
     # -- per-object retry backoff -------------------------------------------------
 
@@ -371,8 +386,35 @@ class Daemon:
             write_status(self.settings.state_dir, report)
         except StateDirError as exc:  # a full or read-only disk: say so, keep converging
             self.log.error("status.write_failed", error=str(exc))
+        self.metrics.status_written(report)
+        if result is None:  # after a pass that ran to its end: see _pass
+            self._write_textfile()
         self._previous = report
         return report
+
+    # -- metrics (metrics.py) ------------------------------------------------------------
+
+    def _serve_metrics(self) -> None:
+        """The Prometheus endpoint at ``metricsAddress``; a port in use is logged, not fatal:
+        converging matters more (and Prometheus then says the target is down)."""
+        address = self.settings.metrics_address
+        if address is None:
+            return
+        try:
+            host, port = self.metrics.serve(address)
+        except ConfigError as exc:
+            self.log.error("metrics.listen_failed", error=str(exc))
+            return
+        self.log.info("metrics.listening", address=address, port=port, host=host)
+
+    def _write_textfile(self) -> None:
+        path = self.settings.metrics_textfile
+        if path is None:
+            return
+        try:
+            self.metrics.write_textfile(path)
+        except OSError as exc:
+            self.log.error("metrics.textfile_failed", path=str(path), error=str(exc))
 
     # -- triggers: files, libvirt, signals ---------------------------------------------
 
