@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler import drift, metrics, sdnotify
+from reconciler import drift, metrics, passstatus, sdnotify
 from reconciler.errors import (
     ConfigError,
     ConnectionLost,
@@ -367,10 +367,7 @@ class Daemon:
             )
             connected = True
             if result.load.problems:
-                error = (
-                    f"{len(result.load.problems)} manifest problem(s); nothing is deleted "
-                    f"until they are fixed. First: {result.load.problems[0]}"
-                )
+                error = passstatus.load_error(result.load.problems)
         report = StatusReport(
             written_at=now,
             daemon_pid=os.getpid(),
@@ -573,7 +570,8 @@ def _object_statuses(
     failing: AbstractSet[str] = frozenset(),
 ) -> list[ObjectStatus]:
     """Per object, its state after the pass. ``failing``: keys whose last attempt failed
-    and that wait out their backoff; they stay *failed* while skipped, not *pending*."""
+    and that wait out their backoff; they stay *failed* while skipped, not *pending*.
+    Manifests that failed to load are failed objects too (passstatus.py)."""
     results = {r.action.key: r for r in result.results}
     after = {a.key: a for a in result.after.actions} if result.after is not None else {}
     statuses = []
@@ -601,4 +599,8 @@ def _object_statuses(
         else:
             state, message = ObjectState.IN_SYNC, ""
         statuses.append(ObjectStatus(action.kind.value, action.name, state, message, now, revision))
-    return statuses
+    return passstatus.with_load_failures(statuses, result.load.problems, now, revision)
+
+
+# the same objects for the status that a one-shot apply writes (cli.py)
+object_statuses = _object_statuses
