@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_connection(probe)
     probe.set_defaults(run=_probe)
 
-    status = sub.add_parser("status", help="what the daemon last found, per object")
+    status = sub.add_parser(
+        "status", help="what the daemon (or the last apply) last found, per object"
+    )
     _add_common(status)
     status.add_argument("--state-dir", help="folder of status.json (default: /var/lib/reconciler)")
+    status.add_argument(
+        "--watch",
+        "-w",
+        nargs="?",
+        const="2s",
+        metavar="INTERVAL",
+        help="show it again every INTERVAL (default 2s) until Ctrl-C, like watch(1)",
+    )
+    status.add_argument(
+        "--count", type=int, metavar="N", help="with --watch: stop after N refreshes"
+    )
     status.set_defaults(run=_status)
     return parser
 
@@ -378,6 +392,9 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
+    from reconciler.reconcile import PassResult
+
+    started = time.monotonic()
     reconciler = _reconciler(args, settings)
     try:
         load, observed, plan = reconciler.plan()
@@ -386,6 +403,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
             _print_problems(load)
             print(render_plan(plan, colour=_colour(), verbose=args.verbose))
         if not plan.has_changes:
+            _write_apply_status(settings, PassResult(load, plan), args.directory, started)
             if not text:
                 print(dumps({**plan_json(plan, load.problems, load.notes), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
@@ -397,6 +415,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
                 print("Not applied.")
                 return EXIT_ERROR
         result = reconciler.apply(plan, observed, load)
+        _write_apply_status(settings, result, args.directory, started)
     finally:
         reconciler.hypervisor.close()
     if text:
@@ -414,6 +433,33 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_ERROR if result.failed else EXIT_OK
 
 
+def _write_apply_status(settings: Settings, result: Any, directory: str, started: float) -> None:
+    """``status`` shows the last apply too: the daemon's status file, ``written_by: apply``.
+    A state directory that cannot take it is a warning: the apply itself is done."""
+    from datetime import UTC, datetime
+
+    from reconciler.daemon import object_statuses
+    from reconciler.errors import StateDirError
+    from reconciler.passstatus import apply_report
+    from reconciler.reconcile import source_revision
+    from reconciler.status import read_status, write_status
+
+    now = datetime.now(UTC)
+    revision = source_revision(Path(directory))
+    try:
+        previous = read_status(settings.state_dir)
+    except ReconcilerError:
+        previous = None  # unreadable or not a status file: replaced whole
+    report = apply_report(
+        object_statuses(result, now, revision), result.load.problems, previous=previous,
+        now=now, duration=time.monotonic() - started, revision=revision,
+    )  # fmt: skip
+    try:
+        write_status(settings.state_dir, report)
+    except StateDirError as exc:
+        print(f"reconciler: warning: status not recorded: {exc}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     from reconciler.daemon import Daemon
     from reconciler.logs import configure
@@ -424,29 +470,61 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from reconciler.status import watch
+
+    settings = _settings(args)
+    if args.watch is None:
+        text, code = _status_frame(settings, args.output)
+        sys.stdout.write(text)
+        return code
+    from reconciler.units import parse_duration
+
+    try:
+        interval = float(args.watch)
+    except ValueError:
+        try:
+            interval = parse_duration(args.watch)
+        except ValueError:
+            interval = -1.0
+    if not 0 < interval <= 86400:
+        raise ReconcilerError(f"--watch: {args.watch!r} is not an interval (expected e.g. 2s)")
+    if args.count is not None and args.count < 1:
+        raise ReconcilerError("--count: expected a number of refreshes, 1 or more")
+    tty = sys.stdout.isatty() and args.output == "text"
+
+    def frame() -> tuple[str, int]:
+        text, code = _status_frame(settings, args.output)
+        if args.output == "json":
+            return text, code
+        stamp = time.strftime("%H:%M:%S")
+        return f"every {interval:g}s, Ctrl-C to stop; {stamp}\n\n{text}", code
+
+    return watch(frame, interval=interval, out=sys.stdout, tty=tty, count=args.count)
+
+
+def _status_frame(settings: Settings, output: str) -> tuple[str, int]:
+    """What ``status`` prints (text or one JSON document), and its exit code."""
     from reconciler.status import ObjectState, read_status, render_table
     from reconciler.status import to_json as status_json
 
-    settings = _settings(args)
-    report = read_status(settings.state_dir)
+    try:
+        report = read_status(settings.state_dir)
+    except ReconcilerError as exc:
+        return f"reconciler: error: {exc}\n", EXIT_ERROR
     if report is None:
         message = (
             f"no daemon has run yet: no {settings.state_dir}/status.json "
             "(start it with 'reconciler run' or 'systemctl start reconciler')"
         )
-        if args.output == "json":
-            print(dumps({"version": 1, "status": None, "message": message}))
-        else:
-            print(message)
-        return EXIT_ERROR
-    if args.output == "json":
-        print(dumps(status_json(report)))
-    else:
-        print(render_table(report))
+        if output == "json":
+            return dumps({"version": 1, "status": None, "message": message}) + "\n", EXIT_ERROR
+        return message + "\n", EXIT_ERROR
+    text = dumps(status_json(report)) if output == "json" else render_table(report)
     bad = {ObjectState.FAILED, ObjectState.CONFLICT}
-    return (
+    code = (
         EXIT_ERROR if report.last_error or any(o.state in bad for o in report.objects) else EXIT_OK
     )
+    return text + "\n", code
 
 
 # --- export --------------------------------------------------------------------------
