@@ -31,6 +31,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
+    disable_created_metrics,
     start_http_server,
     write_to_textfile,
 )
@@ -84,8 +86,12 @@ class Metrics:
     """The daemon's metrics; every method is cheap and never raises for a bad value."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # no <name>_created series beside every counter: a second line per series that
+        # PromQL does not use (a process-wide switch of the library; idempotent)
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
         self.objects = _Objects()
         r.register(self.objects)
         self.drift_detected = Counter(
