@@ -3,6 +3,8 @@ the endpoint on loopback; a manifest edit is a change, libvirt moving is drift."
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,3 +194,31 @@ def test_split_address() -> None:
     assert split_address("127.0.0.1:9731") == ("127.0.0.1", 9731)
     assert split_address("[::1]:9731") == ("::1", 9731)
     assert split_address("localhost:1") == ("localhost", 1)
+
+
+# --- the example alert rules --------------------------------------------------------------
+
+ALERTS = Path(__file__).resolve().parents[2] / "systemd" / "reconciler-alerts.yml"
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="no promtool (Debian's prometheus package)")
+def test_promtool_accepts_the_alert_rules_and_they_fire() -> None:
+    assert PROMTOOL is not None
+    checked = subprocess.run([PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True,
+                             text=True, timeout=60, check=False)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 7 rules found" in checked.stdout, checked.stdout
+    data = Path(__file__).parent / "data"
+    tested = subprocess.run([PROMTOOL, "test", "rules", "reconciler-alerts-test.yml"], cwd=data,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_the_alert_rules_name_only_metrics_that_exist() -> None:
+    import re
+
+    rules = ALERTS.read_text()
+    used = set(re.findall(r"\breconciler_[a-z_]+", rules))
+    exported = {name for name, _ in samples(Metrics())}
+    assert used and used <= exported, used - exported
