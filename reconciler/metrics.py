@@ -88,7 +88,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # no <name>_created series beside every counter: a second line per series that
         # PromQL does not use (a process-wide switch of the library; idempotent)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
