@@ -2,8 +2,11 @@
 
 ``validate`` loads and checks manifests (manifests.py). ``plan`` and
 ``apply`` run one reconcile pass (reconcile.py): plan touches nothing,
-apply carries out the very plan it printed. Exit codes: validate 0 clean /
-1 problems; plan 0 no changes / 2 changes / 1 error; apply 0 / 1.
+apply carries out the very plan it printed, and writes the status file the
+daemon writes (passstatus.py), which ``status`` shows (``--watch``: again
+and again, status.watch). Exit codes: validate 0 clean / 1 problems; plan 0
+no changes / 2 changes / 1 error; apply 0 / 1; status 0 / 1 (failed or in
+conflict).
 """
 
 from __future__ import annotations
