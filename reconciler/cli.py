@@ -477,7 +477,7 @@ def _status(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.watch is None:
-        text, code = _status_frame(settings, args.output)
+        text, code = _status_frame(settings, args.output, watching=False)
         sys.stdout.write(text)
         return code
     from reconciler.units import parse_duration
@@ -496,7 +496,7 @@ def _status(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and args.output == "text"
 
     def frame() -> tuple[str, int]:
-        text, code = _status_frame(settings, args.output)
+        text, code = _status_frame(settings, args.output, watching=True)
         if args.output == "json":
             return text, code
         stamp = time.strftime("%H:%M:%S")
@@ -505,14 +505,17 @@ def _status(args: argparse.Namespace) -> int:
     return watch(frame, interval=interval, out=sys.stdout, tty=tty, count=args.count)
 
 
-def _status_frame(settings: Settings, output: str) -> tuple[str, int]:
-    """What ``status`` prints (text or one JSON document), and its exit code."""
+def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[str, int]:
+    """What ``status`` prints (text or one JSON document), and its exit code. An
+    unreadable status file is an error, and while ``watching`` a frame saying so."""
     from reconciler.status import ObjectState, read_status, render_table
     from reconciler.status import to_json as status_json
 
     try:
         report = read_status(settings.state_dir)
     except ReconcilerError as exc:
+        if not watching:
+            raise
         return f"reconciler: error: {exc}\n", EXIT_ERROR
     if report is None:
         message = (
