@@ -142,7 +142,8 @@ _OFF = ("", "off")
 
 
 def _listen_address(value: object) -> str | None:
-    """``host:port`` (``[::1]:9731`` for IPv6), or None for ``off`` or empty."""
+    """``host:port`` (``[::1]:9731`` for IPv6; port 0: any free port, logged), or None for
+    ``off`` or empty."""
     expected = "expected host:port such as 127.0.0.1:9731, or off"
     if value is False or value is None:
         return None
@@ -153,7 +154,7 @@ def _listen_address(value: object) -> str | None:
         return None
     host, sep, port = text.rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not bare or not port.isdigit() or not 0 < int(port) < 65536 or (
+    if not sep or not bare or not port.isdigit() or not 0 <= int(port) < 65536 or (
         ":" in bare and not host.startswith("[")
     ):
         raise ValueError(f"{value!r} is not an address ({expected})")

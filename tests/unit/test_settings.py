@@ -554,7 +554,7 @@ def test_bad_metrics_settings_are_refused(tmp_path: Path, text: str) -> None:
     assert text.split(":")[0] in message
 
 
-@pytest.mark.parametrize("value", ["9731", "::1:9731", "host:0", "host:70000", "host:"])
+@pytest.mark.parametrize("value", ["9731", "::1:9731", "host:65536", "host:70000", "host:"])
 def test_bad_metrics_address_from_the_environment(value: str) -> None:
     message = error_of(environ={"RECONCILER_METRICS_ADDRESS": value})
     assert message.startswith("RECONCILER_METRICS_ADDRESS: ") and "expected host:port" in message
