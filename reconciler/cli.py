@@ -2,11 +2,12 @@
 
 ``validate`` loads and checks manifests (manifests.py). ``plan`` and
 ``apply`` run one reconcile pass (reconcile.py): plan touches nothing,
-apply carries out the very plan it printed, and writes the status file the
-daemon writes (passstatus.py), which ``status`` shows (``--watch``: again
-and again, status.watch). Exit codes: validate 0 clean / 1 problems; plan 0
-no changes / 2 changes / 1 error; apply 0 / 1; status 0 / 1 (failed or in
-conflict).
+apply carries out the very plan it printed. Exit codes: validate 0 clean /
+1 problems; plan 0 no changes / 2 changes / 1 error; apply 0 / 1.
+
+``apply`` also writes the status file the daemon writes (passstatus.py), which
+``status`` shows (``--watch``: again and again, status.watch); status exits 1
+when something failed or is in conflict.
 """
 
 from __future__ import annotations
@@ -406,7 +407,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
             _print_problems(load)
             print(render_plan(plan, colour=_colour(), verbose=args.verbose))
         if not plan.has_changes:
-            _write_apply_status(settings, PassResult(load, plan), args.directory, started)
+            _write_apply_status(settings, reconciler, PassResult(load, plan), started)
             if not text:
                 print(dumps({**plan_json(plan, load.problems, load.notes), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
@@ -418,7 +419,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
                 print("Not applied.")
                 return EXIT_ERROR
         result = reconciler.apply(plan, observed, load)
-        _write_apply_status(settings, result, args.directory, started)
+        _write_apply_status(settings, reconciler, result, started)
     finally:
         reconciler.hypervisor.close()
     if text:
@@ -436,7 +437,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_ERROR if result.failed else EXIT_OK
 
 
-def _write_apply_status(settings: Settings, result: Any, directory: str, started: float) -> None:
+def _write_apply_status(settings: Settings, reconciler: Any, result: Any, started: float) -> None:
     """``status`` shows the last apply too: the daemon's status file, ``written_by: apply``.
     A state directory that cannot take it is a warning: the apply itself is done."""
     from datetime import UTC, datetime
@@ -448,7 +449,9 @@ def _write_apply_status(settings: Settings, result: Any, directory: str, started
     from reconciler.status import read_status, write_status
 
     now = datetime.now(UTC)
-    revision = source_revision(Path(directory))
+    # the revision the pass planned with: a git source's commit, else the folder's
+    options = reconciler.options
+    revision = getattr(options, "revision", None) or source_revision(options.directory)
     try:
         previous = read_status(settings.state_dir)
     except ReconcilerError:

@@ -17,9 +17,11 @@ action failed is retried with its own backoff, and the others proceed; a pass
 that failed as a whole (a libvirt error while observing) is retried with
 backoff too.
 
-After each pass: status file (status.py), metrics (metrics.py, served on
-metricsAddress), sd_notify STATUS, one log line named after what moved (drift.py:
-a manifest edit is a *change*, libvirt moving away from it *drift*).
+After each pass: status file (status.py), sd_notify STATUS, one log line.
+
+Metrics (metrics.py, served on ``metricsAddress``) are fed after each status
+write and pass. The log line of a planned change is named after what moved
+(drift.py): a manifest edit is a *change*, libvirt moving away from it *drift*.
 """
 
 from __future__ import annotations
@@ -158,10 +160,10 @@ class Daemon:
         self._install_signals()
         with StateLock(self.settings.state_dir, wait=0):
             start_event_loop()
+            self._serve_metrics()
             self._previous = read_status(self.settings.state_dir)
             self._start_watchdog_pings()
             self._watch_files()
-            self._serve_metrics()
             self.triggers.request("startup", 0)
             next_resync = time.monotonic() + self.settings.resync_interval
             reconnect_delay = RECONNECT_MIN
@@ -389,30 +391,6 @@ class Daemon:
         self._previous = report
         return report
 
-    # -- metrics (metrics.py) ------------------------------------------------------------
-
-    def _serve_metrics(self) -> None:
-        """The Prometheus endpoint at ``metricsAddress``; a port in use is logged, not fatal:
-        converging matters more (and Prometheus then says the target is down)."""
-        address = self.settings.metrics_address
-        if address is None:
-            return
-        try:
-            host, port = self.metrics.serve(address)
-        except ConfigError as exc:
-            self.log.error("metrics.listen_failed", error=str(exc))
-            return
-        self.log.info("metrics.listening", address=address, port=port, host=host)
-
-    def _write_textfile(self) -> None:
-        path = self.settings.metrics_textfile
-        if path is None:
-            return
-        try:
-            self.metrics.write_textfile(path)
-        except OSError as exc:
-            self.log.error("metrics.textfile_failed", path=str(path), error=str(exc))
-
     # -- triggers: files, libvirt, signals ---------------------------------------------
 
     def _on_libvirt_event(self, kind: str, name: str, event: str) -> None:
@@ -534,6 +512,30 @@ class Daemon:
                 self.stopping.wait(interval)
 
         threading.Thread(target=ping, name="watchdog", daemon=True).start()
+
+    # -- metrics (metrics.py) ------------------------------------------------------------
+
+    def _serve_metrics(self) -> None:
+        """The Prometheus endpoint at ``metricsAddress``; a port in use is logged, not fatal:
+        converging matters more (and Prometheus then says the target is down)."""
+        address = self.settings.metrics_address
+        if address is None:
+            return
+        try:
+            host, port = self.metrics.serve(address)
+        except ConfigError as exc:
+            self.log.error("metrics.listen_failed", error=str(exc))
+            return
+        self.log.info("metrics.listening", address=address, port=port, host=host)
+
+    def _write_textfile(self) -> None:
+        path = self.settings.metrics_textfile
+        if path is None:
+            return
+        try:
+            self.metrics.write_textfile(path)
+        except OSError as exc:
+            self.log.error("metrics.textfile_failed", path=str(path), error=str(exc))
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:

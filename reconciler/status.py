@@ -78,8 +78,8 @@ class StatusReport:
     last_duration: float | None  # seconds the last pass took
     objects: tuple[ObjectStatus, ...]
     connected: bool  # whether libvirt answered in the last pass
-    last_error: str | None = None  # a pass-wide error (manifests failed to load, libvirt down)
     written_by: str = "daemon"  # "daemon" (reconciler run) or "apply" (one-shot)
+    last_error: str | None = None  # a pass-wide error (manifests failed to load, libvirt down)
 
 
 def keep_last_change(
@@ -189,9 +189,9 @@ def from_json(data: dict[str, Any]) -> StatusReport:
             )
             for o in data["objects"]
         ),
+        written_by=str(data.get("written_by") or "daemon"),
         connected=bool(data["connected"]),
         last_error=_optional_text(data.get("last_error")),
-        written_by=str(data.get("written_by") or "daemon"),
     )
 
 
