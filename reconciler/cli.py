@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -396,6 +395,8 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
     from reconciler.reconcile import PassResult
 
     started = time.monotonic()
@@ -440,6 +441,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
 def _write_apply_status(settings: Settings, reconciler: Any, result: Any, started: float) -> None:
     """``status`` shows the last apply too: the daemon's status file, ``written_by: apply``.
     A state directory that cannot take it is a warning: the apply itself is done."""
+    import time
     from datetime import UTC, datetime
 
     from reconciler.daemon import object_statuses
@@ -476,6 +478,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import time
+
     from reconciler.status import watch
 
     settings = _settings(args)

@@ -1,5 +1,9 @@
 """The daemon: decides when to run a reconcile pass; reconcile.py does the pass.
 
+Metrics (metrics.py, served on ``metricsAddress``) are fed after each status
+write and pass. The log line of a planned change is named after what moved
+(drift.py): a manifest edit is a *change*, libvirt moving away from it *drift*.
+
 Triggers, all funnelled into one ``Triggers`` value guarded by a lock:
 * file events under the manifest directory (watchdog), debounced: each event
   pushes the pass back by ``debounce`` (a git checkout writing hundreds of
@@ -18,10 +22,6 @@ that failed as a whole (a libvirt error while observing) is retried with
 backoff too.
 
 After each pass: status file (status.py), sd_notify STATUS, one log line.
-
-Metrics (metrics.py, served on ``metricsAddress``) are fed after each status
-write and pass. The log line of a planned change is named after what moved
-(drift.py): a manifest edit is a *change*, libvirt moving away from it *drift*.
 """
 
 from __future__ import annotations
