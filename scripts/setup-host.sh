@@ -63,6 +63,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null || rc=$?
     [ "$own_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d
     [ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed"
+    # installed here for its binaries only (the tests start their own, on loopback):
+    # not at boot either, where it would listen on every address
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        if [ "$(cat /proc/1/comm 2>/dev/null)" = "systemd" ]; then
+            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        else
+            update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+    fi
 else
     log "Debian packages present"
 fi
