@@ -8,6 +8,10 @@ manifests from the configured git source (gitsource.py) instead of DIR:
 ``apply --git`` fetches, checks and switches to the ref's commit as the
 daemon would, ``plan --git`` fetches and checks it without switching. Exit codes: validate 0 clean /
 1 problems; plan 0 no changes / 2 changes / 1 error; apply 0 / 1.
+
+``apply`` also writes the status file the daemon writes (passstatus.py), which
+``status`` shows (``--watch``: again and again, status.watch); status exits 1
+when something failed or is in conflict.
 """
 
 from __future__ import annotations
@@ -209,7 +213,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     probe.set_defaults(run=_probe)
 
-    status = _command(sub, "status", help="what the daemon last found, per object")
+    status = _command(
+        sub, "status", help="what the daemon (or the last apply) last found, per object"
+    )
+    status.add_argument(
+        "--watch",
+        "-w",
+        nargs="?",
+        const="2s",
+        metavar="INTERVAL",
+        help="show it again every INTERVAL (default 2s) until Ctrl-C, like watch(1)",
+    )
+    status.add_argument(
+        "--count", type=int, metavar="N", help="with --watch: stop after N refreshes"
+    )
     status.set_defaults(run=_status)
     return parser
 
@@ -569,6 +586,11 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from reconciler.reconcile import PassResult
+
+    started = time.monotonic()
     reconciler = _reconciler(args, settings)
     try:
         load, observed, plan = reconciler.plan()
@@ -579,6 +601,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
                               problems=len(load.problems)))  # fmt: skip
             _print_xml(args, plan)
         if not plan.has_changes:
+            _write_apply_status(settings, reconciler, PassResult(load, plan), started)
             if not text:
                 print(dumps({**plan_json(plan, load.problems, load.notes), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
@@ -586,6 +609,7 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
             print("Not applied.")
             return EXIT_ERROR
         result = reconciler.apply(plan, observed, load)
+        _write_apply_status(settings, reconciler, result, started)
     finally:
         reconciler.hypervisor.close()
     if text:
@@ -603,6 +627,36 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_ERROR if result.failed else EXIT_OK
 
 
+def _write_apply_status(settings: Settings, reconciler: Any, result: Any, started: float) -> None:
+    """``status`` shows the last apply too: the daemon's status file, ``written_by: apply``.
+    A state directory that cannot take it is a warning: the apply itself is done."""
+    import time
+    from datetime import UTC, datetime
+
+    from reconciler.daemon import object_statuses
+    from reconciler.errors import StateDirError
+    from reconciler.passstatus import apply_report
+    from reconciler.reconcile import source_revision
+    from reconciler.status import read_status, write_status
+
+    now = datetime.now(UTC)
+    # the revision the pass planned with: a git source's commit, else the folder's
+    options = reconciler.options
+    revision = getattr(options, "revision", None) or source_revision(options.directory)
+    try:
+        previous = read_status(settings.state_dir)
+    except ReconcilerError:
+        previous = None  # unreadable or not a status file: replaced whole
+    report = apply_report(
+        object_statuses(result, now, revision), result.load.problems, previous=previous,
+        now=now, duration=time.monotonic() - started, revision=revision,
+    )  # fmt: skip
+    try:
+        write_status(settings.state_dir, report)
+    except StateDirError as exc:
+        print(f"reconciler: warning: status not recorded: {exc}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     from reconciler.daemon import Daemon
     from reconciler.logs import configure
@@ -614,31 +668,68 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from reconciler.status import watch
+
+    settings = _settings(args)
+    if args.watch is None:
+        text, code = _status_frame(settings, args.output, watching=False)
+        sys.stdout.write(text)
+        return code
+    from reconciler.units import parse_duration
+
+    try:
+        interval = float(args.watch)
+    except ValueError:
+        try:
+            interval = parse_duration(args.watch)
+        except ValueError:
+            interval = -1.0
+    if not 0 < interval <= 86400:
+        raise ReconcilerError(f"--watch: {args.watch!r} is not an interval (expected e.g. 2s)")
+    if args.count is not None and args.count < 1:
+        raise ReconcilerError("--count: expected a number of refreshes, 1 or more")
+    tty = sys.stdout.isatty() and args.output == "text"
+
+    def frame() -> tuple[str, int]:
+        text, code = _status_frame(settings, args.output, watching=True)
+        if args.output == "json":
+            return text, code
+        stamp = time.strftime("%H:%M:%S")
+        return f"every {interval:g}s, Ctrl-C to stop; {stamp}\n\n{text}", code
+
+    return watch(frame, interval=interval, out=sys.stdout, tty=tty, count=args.count)
+
+
+def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[str, int]:
+    """What ``status`` prints (text or one JSON document), and its exit code. An
+    unreadable status file is an error, and while ``watching`` a frame saying so."""
     from reconciler.status import ObjectState, read_status, render_table
     from reconciler.status import to_json as status_json
 
-    settings = _settings(args)
-    report = read_status(usable_state_dir(settings.state_dir, create=False))
+    try:
+        report = read_status(usable_state_dir(settings.state_dir, create=False))
+    except ReconcilerError as exc:
+        if not watching:
+            raise
+        return f"reconciler: error: {exc}\n", EXIT_ERROR
     if report is None:
         message = (
             f"no daemon has run yet: no {settings.state_dir}/status.json "
             "(start it with 'reconciler run' or 'systemctl start reconciler')"
         )
-        if args.output == "json":
-            print(dumps({"version": 1, "status": None, "message": message}))
-        else:
-            print(message)
-        return EXIT_ERROR
-    if args.output == "json":
-        print(dumps(status_json(report)))
-    else:
-        print(render_table(report))
+        if output == "json":
+            return dumps({"version": 1, "status": None, "message": message}) + "\n", EXIT_ERROR
+        return message + "\n", EXIT_ERROR
+    text = dumps(status_json(report)) if output == "json" else render_table(report)
     bad = {ObjectState.FAILED, ObjectState.CONFLICT}
-    return (
+    code = (
         EXIT_ERROR
         if report.last_error or report.source_error or any(o.state in bad for o in report.objects)
         else EXIT_OK
     )
+    return text + "\n", code
 
 
 # --- delete --------------------------------------------------------------------------

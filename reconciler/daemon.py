@@ -1,5 +1,9 @@
 """The daemon: decides when to run a reconcile pass; reconcile.py does the pass.
 
+Metrics (metrics.py, served on ``metricsAddress``) are fed after each status
+write and pass. The log line of a planned change is named after what moved
+(drift.py): a manifest edit is a *change*, libvirt moving away from it *drift*.
+
 Triggers, all funnelled into one ``Triggers`` value guarded by a lock:
 * file events under the manifest directory (watchdog), debounced: each event
   pushes the pass back by ``debounce`` (a git checkout writing hundreds of
@@ -43,7 +47,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler import sdnotify
+from reconciler import drift, metrics, passstatus, sdnotify
 from reconciler.errors import (
     ConfigError,
     ConnectionLost,
@@ -51,7 +55,7 @@ from reconciler.errors import (
     ReconcilerError,
     StateDirError,
 )
-from reconciler.gitsource import GitSource, Poller
+from reconciler.gitsource import GitSource, Poller, SyncResult
 from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
@@ -199,6 +203,7 @@ class Daemon:
         self.failed_passes = 0  # passes in a row that failed as a whole (retried with backoff)
         self.passes = 0
         self.heartbeat = time.monotonic()
+        self.metrics = metrics.Metrics()  # served from run(); fed after each status write
         self._observer: Any = None
         self._handler: Any = None
         self._root_watch: Any = None
@@ -220,6 +225,7 @@ class Daemon:
         self._install_signals()
         with StateLock(self.settings.state_dir, wait=0):
             start_event_loop()
+            self._serve_metrics()
             self._previous = read_status(self.settings.state_dir)
             self._start_watchdog_pings()
             if self.poller is None:  # a git source's snapshots never change in place
@@ -274,6 +280,7 @@ class Daemon:
             sdnotify.notify(stopping=True, status="stopping")
             self.log.info("daemon.stopped", passes=self.passes)
             self._stop_watching()
+            self.metrics.close()
             if self.hypervisor is not None:
                 self.hypervisor.close()
         return 0
@@ -361,7 +368,7 @@ class Daemon:
                              "an earlier apply was cut short): made again")  # fmt: skip
                 elif action.changes_anything:
                     log.info(
-                        "drift" if action.op is not Op.CREATE else "plan.create",
+                        drift.EVENTS[drift.cause(action, observed.inventory)],
                         kind=action.kind.value, name=action.name, action=action.op.value,
                         fields=[c.path for c in action.changes][:20], revision=revision,
                     )  # fmt: skip
@@ -374,6 +381,7 @@ class Daemon:
             log.warning("libvirt.connection_lost", error=str(exc))
             self.connection_lost.set()
             self.triggers.request("reconnected", 0)
+            self.metrics.pass_failed(time.monotonic() - started)
             self._write_status(None, error=str(exc))
             return
         except (ReconcilerError, OSError) as exc:
@@ -384,6 +392,7 @@ class Daemon:
             self.triggers.request("retry after a failed pass", delay)
             log.error("reconcile.failed", error=str(exc), reasons=sorted(set(reasons)),
                       retry_in=delay, revision=revision)  # fmt: skip
+            self.metrics.pass_failed(time.monotonic() - started)
             self._write_status(None, error=str(exc))
             return
         self.failed_passes = 0
@@ -417,6 +426,14 @@ class Daemon:
             revision=revision,
         )
         sdnotify.notify(status=summary_line(report))
+        self.metrics.pass_done(
+            result.results,
+            drift.causes(plan, observed.inventory),
+            duration=duration,
+            outcome=_outcome(result, stopping=self.stopping.is_set()),
+            unsettled=[a.key for a in result.unsettled],
+        )
+        self._write_textfile()
 
     def _plan(self) -> tuple[LoadResult, Observed, Plan]:
         """A plan that prunes only removals confirmed by two reads (``RemovalGuard``)."""
@@ -524,10 +541,7 @@ class Daemon:
             )
             connected = True
             if result.load.problems:
-                error = (
-                    f"{len(result.load.problems)} manifest problem(s); nothing is deleted "
-                    f"until they are fixed. First: {result.load.problems[0]}"
-                )
+                error = passstatus.load_error(result.load.problems)
         report = StatusReport(
             written_at=now,
             daemon_pid=os.getpid(),
@@ -544,6 +558,9 @@ class Daemon:
             write_status(self.settings.state_dir, report)
         except StateDirError as exc:  # a full or read-only disk: say so, keep converging
             self.log.error("status.write_failed", error=str(exc))
+        self.metrics.status_written(report)
+        if result is None:  # after a pass that ran to its end: see _pass
+            self._write_textfile()
         self._previous = report
         return report
 
@@ -554,7 +571,12 @@ class Daemon:
         if config is None:
             return None
         source = GitSource(config, self.settings.state_dir, should_stop=self.stopping.is_set)
+        source.observers.append(self._count_fetch)  # the metrics follow each fetch
         return Poller(source, self.log.bind(source="git"))
+
+    def _count_fetch(self, result: SyncResult) -> None:
+        if result.fetch_failed:
+            self.metrics.git_fetch_failed()
 
     def _poll_source(self) -> None:
         """Fetch when due; a new commit switched to: its pass at once."""
@@ -698,6 +720,30 @@ class Daemon:
 
         threading.Thread(target=ping, name="watchdog", daemon=True).start()
 
+    # -- metrics (metrics.py) ------------------------------------------------------------
+
+    def _serve_metrics(self) -> None:
+        """The Prometheus endpoint at ``metricsAddress``; a port in use is logged, not fatal:
+        converging matters more (and Prometheus then says the target is down)."""
+        address = self.settings.metrics_address
+        if address is None:
+            return
+        try:
+            host, port = self.metrics.serve(address)
+        except ConfigError as exc:
+            self.log.error("metrics.listen_failed", error=str(exc))
+            return
+        self.log.info("metrics.listening", address=address, port=port, host=host)
+
+    def _write_textfile(self) -> None:
+        path = self.settings.metrics_textfile
+        if path is None:
+            return
+        try:
+            self.metrics.write_textfile(path)
+        except OSError as exc:
+            self.log.error("metrics.textfile_failed", path=str(path), error=str(exc))
+
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
     """The Python-level handler: the signal is handled by ``Daemon._on_signal``."""
@@ -734,7 +780,8 @@ def _object_statuses(
     recreated: AbstractSet[str] = frozenset(),
 ) -> list[ObjectStatus]:
     """Per object, its state after the pass. ``failing``: keys whose last attempt failed
-    and that wait out their backoff; they stay *failed* while skipped, not *pending*."""
+    and that wait out their backoff; they stay *failed* while skipped, not *pending*.
+    Manifests that failed to load are failed objects too (passstatus.py)."""
     results = {r.action.key: r for r in result.results}
     after = {a.key: a for a in result.after.actions} if result.after is not None else {}
     statuses = []
@@ -765,4 +812,8 @@ def _object_statuses(
         else:
             state, message = ObjectState.IN_SYNC, ""
         statuses.append(ObjectStatus(action.kind.value, action.name, state, message, now, revision))
-    return statuses
+    return passstatus.with_load_failures(statuses, result.load.problems, now, revision)
+
+
+# the same objects for the status that a one-shot apply writes (cli.py)
+object_statuses = _object_statuses

@@ -57,6 +57,8 @@ DEFAULT_DISK_ROOTS: tuple[Path, ...] = tuple(
 )
 # graphics.passwordFile: read by the root daemon itself, so a folder of its own
 DEFAULT_SECRET_ROOTS: tuple[Path, ...] = (Path("/etc/reconciler/secrets"),)
+# loopback only: metrics say which VMs a host runs; 9731 is in the exporters' range
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9731"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,10 @@ class Settings:
     prune: bool = True
     default_update_policy: UpdatePolicy = "manual"
     log_format: LogFormat = "auto"
+    # host:port of the Prometheus endpoint (metrics.py); None: no endpoint
+    metrics_address: str | None = DEFAULT_METRICS_ADDRESS
+    # node_exporter textfile written after each pass; None: none
+    metrics_textfile: Path | None = None
     allow_writable_manifest_dir: bool = False
     allowed_disk_roots: tuple[Path, ...] = DEFAULT_DISK_ROOTS
     allowed_secret_roots: tuple[Path, ...] = DEFAULT_SECRET_ROOTS
@@ -136,6 +142,35 @@ def _roots(value: object) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+_OFF = ("", "off")
+
+
+def _listen_address(value: object) -> str | None:
+    """``host:port`` (``[::1]:9731`` for IPv6; port 0: any free port, logged), or None for
+    ``off`` or empty."""
+    expected = "expected host:port such as 127.0.0.1:9731, or off"
+    if value is False or value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an address ({expected})")
+    text = value.strip()
+    if text.lower() in _OFF:
+        return None
+    host, sep, port = text.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not bare or not port.isdigit() or not 0 <= int(port) < 65536 or (
+        ":" in bare and not host.startswith("[")
+    ):
+        raise ValueError(f"{value!r} is not an address ({expected})")
+    return text
+
+
+def _optional_path(value: object) -> Path | None:
+    if value is False or value is None or (isinstance(value, str) and value.strip() in _OFF):
+        return None
+    return _path(value)
+
+
 def _duration(*, positive: bool) -> Coerce:
     expected = "expected e.g. 5m, 500ms, or a number of seconds"
 
@@ -199,6 +234,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("default_update_policy", "defaultUpdatePolicy", "RECONCILER_UPDATE_POLICY",
            _choice(get_args(UpdatePolicy))),
     _Field("log_format", "logFormat", "RECONCILER_LOG_FORMAT", _choice(get_args(LogFormat))),
+    _Field("metrics_address", "metricsAddress", "RECONCILER_METRICS_ADDRESS", _listen_address),
+    _Field("metrics_textfile", "metricsTextfile", "RECONCILER_METRICS_TEXTFILE", _optional_path),
     _Field("allow_writable_manifest_dir", "allowWritableManifestDir", None, _bool),
     _Field("allowed_disk_roots", "allowedDiskRoots", None, _roots),
     _Field("allowed_secret_roots", "allowedSecretRoots", None, _roots),

@@ -3,9 +3,11 @@
 daemon.py builds a ``StatusReport`` from each pass's results and writes it
 to ``state_dir/status.json`` (atomically, like the inventory: readers see
 the old or the new file, whole); ``reconciler status`` reads it and prints
-``render_table``; ``summary_line`` is the one-line ``STATUS=`` the daemon
-sends to systemd. The JSON shape is documented in docs/status-json.md and
-versioned; fields may be added, none renamed.
+``render_table`` (``watch`` re-renders it every few seconds); ``summary_line``
+is the one-line ``STATUS=`` the daemon sends to systemd. ``reconciler apply``
+writes the same file (passstatus.py), marked ``written_by: apply``. The JSON
+shape is documented in docs/status-json.md and versioned; fields may be
+added, none renamed.
 
 Pure values and file I/O in the state directory only; nothing here talks to
 libvirt or decides anything.
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from reconciler import statedir
 from reconciler.errors import ReconcilerError, StateDirError
@@ -75,6 +78,7 @@ class StatusReport:
     last_duration: float | None  # seconds the last pass took
     objects: tuple[ObjectStatus, ...]
     connected: bool  # whether libvirt answered in the last pass
+    written_by: str = "daemon"  # "daemon" (reconciler run) or "apply" (one-shot)
     last_error: str | None = None  # a pass-wide error (manifests failed to load, libvirt down)
     # the git source (gitsource.py): why the last fetched commit is not applied, one line
     source_error: str | None = None
@@ -153,6 +157,7 @@ def to_json(report: StatusReport) -> dict[str, Any]:
         "last_error": report.last_error,
         "source_error": report.source_error,
         "summary": summary_line(report),
+        "written_by": report.written_by,
         "objects": [
             {
                 "kind": o.kind,
@@ -187,6 +192,7 @@ def from_json(data: dict[str, Any]) -> StatusReport:
             )
             for o in data["objects"]
         ),
+        written_by=str(data.get("written_by") or "daemon"),
         connected=bool(data["connected"]),
         last_error=_optional_text(data.get("last_error")),
         source_error=_optional_text(data.get("source_error")),
@@ -240,8 +246,12 @@ def render_table(
     """A header (daemon, freshness, revision, libvirt) and one aligned row per object."""
     now = now or datetime.now(UTC)
     running = alive(report.daemon_pid)
+    if report.written_by == "apply":
+        writer = f"written by apply (pid {report.daemon_pid}{', running' if running else ''})"
+    else:
+        writer = f"daemon pid {report.daemon_pid} ({'running' if running else 'not running'})"
     header = [
-        f"daemon pid {report.daemon_pid} ({'running' if running else 'not running'})",
+        writer,
         f"status written {_age(report.written_at, now)} ago",
         f"revision {report.revision or '-'}",
         f"{report.reconcile_count} pass{'' if report.reconcile_count == 1 else 'es'}"
@@ -279,3 +289,42 @@ def _age(when: datetime, now: datetime) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+# On a terminal each frame is drawn over the last in place: cursor home, every line
+# cleared to its end as it is written, then the rest of the screen. Clearing the
+# whole screen first (as `clear` does) would flash blank between frames.
+_HOME, _CLEAR_SCREEN, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[2J", "\x1b[K", "\x1b[J"
+
+
+def watch(
+    frame: Callable[[], tuple[str, int]],
+    *,
+    interval: float,
+    out: TextIO,
+    tty: bool,
+    count: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Show ``frame()`` (text, exit code) every ``interval`` seconds until Ctrl-C, or
+    ``count`` frames; returns the last frame's exit code. The screen is cleared only
+    on a terminal (``tty``); elsewhere frames follow each other, a blank line apart."""
+    code = 0
+    shown = 0
+    try:
+        while True:
+            text, code = frame()
+            if tty:
+                lines = text.rstrip("\n").split("\n")
+                start = _HOME + (_CLEAR_SCREEN if not shown else "")
+                out.write(start + "".join(line + _CLEAR_LINE + "\n" for line in lines)
+                          + _CLEAR_BELOW)  # fmt: skip
+            else:
+                out.write(("\n" if shown else "") + text)
+            out.flush()
+            shown += 1
+            if count is not None and shown >= count:
+                return code
+            sleep(interval)
+    except KeyboardInterrupt:
+        return code

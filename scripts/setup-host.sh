@@ -38,6 +38,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils libxml2-utils ovmf genisoimage
     dnsmasq-base iproute2 iptables   # libvirt virtual networks
     python3-venv python3-dev gcc     # venv + building libvirt-python
+    prometheus                       # promtool (alert rules) and a real server for the metrics test
 )
 
 missing=()
@@ -49,7 +50,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq </dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+    # Packages must not start services (prometheus's init script would listen on
+    # every address, port 9090): without systemd, invoke-rc.d asks policy-rc.d,
+    # and 101 means "do not start". One already there (a container's) is kept.
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    rc=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null || rc=$?
+    [ "$own_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d
+    [ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed"
+    # installed here for its binaries only (the tests start their own, on loopback):
+    # not at boot either, where it would listen on every address
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        if [ "$(cat /proc/1/comm 2>/dev/null)" = "systemd" ]; then
+            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        else
+            update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+    fi
 else
     log "Debian packages present"
 fi

@@ -248,7 +248,9 @@ class Env:
         return {**env, "RECONCILER_CONFIG": str(self.config), "NO_COLOR": "1"}
 
     def write_config(self, **extra: Any) -> None:
-        settings = {"allowedDiskRoots": ["/var/lib/libvirt", "/var/tmp"], **extra}
+        # metrics on a free port: every test's daemon serves them, none takes 9731
+        settings = {"allowedDiskRoots": ["/var/lib/libvirt", "/var/tmp"],
+                    "metricsAddress": "127.0.0.1:0", **extra}  # fmt: skip
         if self.vm_defaults:  # what this host needs to start a VM, as setup-host writes it
             settings.setdefault("vmDefaults", self.vm_defaults.as_config())
         self.config.write_text(yaml.safe_dump(settings))

@@ -510,3 +510,51 @@ def test_secret_roots_come_from_the_file_only(tmp_path: Path) -> None:
     message = error_of(config_path=config(tmp_path, "allowedSecretRoots: [secrets]\n"),
                        environ={})  # fmt: skip
     assert "allowedSecretRoots.0: 'secrets' is not an absolute path" in message
+
+
+# --------------------------------------------------------------------------
+# Metrics: address and textfile
+# --------------------------------------------------------------------------
+
+
+def test_metrics_default_to_loopback_and_no_textfile() -> None:
+    s = load_settings(environ={})
+    assert s.metrics_address == "127.0.0.1:9731"
+    assert s.metrics_textfile is None
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("metricsAddress: 127.0.0.1:9100", "127.0.0.1:9100"),
+        ("metricsAddress: '[::1]:9731'", "[::1]:9731"),
+        ("metricsAddress: off", None),
+        ("metricsAddress: ''", None),
+        ("metricsAddress: false", None),
+    ],
+)
+def test_metrics_address_in_the_file(tmp_path: Path, text: str, address: str | None) -> None:
+    s = load_settings(config_path=config(tmp_path, text + "\n"), environ={})
+    assert s.metrics_address == address
+
+
+def test_metrics_address_and_textfile_from_environment_and_flags(tmp_path: Path) -> None:
+    env = {"RECONCILER_METRICS_ADDRESS": "off",
+           "RECONCILER_METRICS_TEXTFILE": str(tmp_path / "r.prom")}  # fmt: skip
+    s = load_settings(environ=env)
+    assert s.metrics_address is None and s.metrics_textfile == tmp_path / "r.prom"
+    s = load_settings(environ=env, overrides={"metrics_address": "localhost:9999"})
+    assert s.metrics_address == "localhost:9999"
+
+
+@pytest.mark.parametrize("text", ["metricsAddress: 9731", "metricsAddress: localhost",
+                                  "metricsAddress: true", "metricsTextfile: reconciler.prom"])  # fmt: skip
+def test_bad_metrics_settings_are_refused(tmp_path: Path, text: str) -> None:
+    message = error_of(config_path=config(tmp_path, text + "\n"), environ={})
+    assert text.split(":")[0] in message
+
+
+@pytest.mark.parametrize("value", ["9731", "::1:9731", "host:65536", "host:70000", "host:"])
+def test_bad_metrics_address_from_the_environment(value: str) -> None:
+    message = error_of(environ={"RECONCILER_METRICS_ADDRESS": value})
+    assert message.startswith("RECONCILER_METRICS_ADDRESS: ") and "expected host:port" in message

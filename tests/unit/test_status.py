@@ -101,7 +101,8 @@ def test_json_shape_is_the_documented_one(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "status.json").read_text())
     assert list(data) == [
         "version", "written_at", "daemon_pid", "revision", "reconcile_count",
-        "last_duration", "connected", "last_error", "source_error", "summary", "objects",
+        "last_duration", "connected", "last_error", "source_error", "summary", "written_by",
+        "objects",
     ]  # fmt: skip
     assert data["written_at"] == "2026-11-26T22:59:48.000Z"
     assert data["summary"] == "4 objects: 2 in sync, 1 restart pending, 1 failed"
@@ -257,3 +258,70 @@ def test_git_source_error_round_trips_and_is_shown() -> None:
     assert "git source: refused: commit 1a2b3c4d5e6f is not signed" in render_table(
         report, alive=lambda pid: True
     )
+# --- written by apply; --watch -------------------------------------------------------
+
+
+def test_a_report_written_by_apply_says_so(tmp_path: Path) -> None:
+    by_apply = replace(SAMPLE, written_by="apply")
+    write_status(tmp_path, by_apply)
+    assert read_status(tmp_path) == by_apply
+    assert json.loads((tmp_path / "status.json").read_text())["written_by"] == "apply"
+    first = render_table(by_apply, now=NOW, alive=lambda pid: False).splitlines()[0]
+    assert first.startswith("written by apply (pid 4321), status written 12s ago")
+    # a file written before the field existed was the daemon's
+    data = json.loads((tmp_path / "status.json").read_text())
+    del data["written_by"]
+    (tmp_path / "status.json").write_text(json.dumps(data))
+    assert read_status(tmp_path) == SAMPLE
+
+
+class Frames:
+    """A status that changes between frames, and a clock that only counts sleeps."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.sleeps: list[float] = []
+
+    def frame(self) -> tuple[str, int]:
+        return self.texts.pop(0), len(self.texts)
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def test_watch_off_a_terminal_prints_frames_one_after_another() -> None:
+    import io
+
+    from reconciler.status import watch
+
+    frames, out = Frames("one\n", "two\n", "three\n"), io.StringIO()
+    code = watch(frames.frame, interval=2.0, out=out, tty=False, count=2, sleep=frames.sleep)
+    assert out.getvalue() == "one\n\ntwo\n"  # no escape sequences in a pipe or a file
+    assert frames.sleeps == [2.0] and code == 1  # the exit code of the last frame
+
+
+def test_watch_on_a_terminal_redraws_in_place_without_clearing_first() -> None:
+    import io
+
+    from reconciler.status import watch
+
+    frames, out = Frames("a long line\nsecond\n", "short\n"), io.StringIO()
+    watch(frames.frame, interval=0.5, out=out, tty=True, count=2, sleep=frames.sleep)
+    first, second = out.getvalue().split("\x1b[J")[:2]
+    assert first == "\x1b[H\x1b[2Ja long line\x1b[K\nsecond\x1b[K\n"  # the screen once
+    assert second == "\x1b[Hshort\x1b[K\n"  # then drawn over: each line and the rest cleared
+
+
+def test_watch_ends_quietly_on_ctrl_c() -> None:
+    import io
+
+    from reconciler.status import watch
+
+    frames = Frames("x\n", "y\n")
+
+    def interrupted(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    out = io.StringIO()
+    assert watch(frames.frame, interval=1.0, out=out, tty=False, sleep=interrupted) == 1
+    assert out.getvalue() == "x\n"
