@@ -20,6 +20,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -850,12 +851,17 @@ def _probe(args: argparse.Namespace) -> int:
     from reconciler.hypervisor import Hypervisor
 
     settings = _settings(args)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", args.name_prefix):
+        raise ReconcilerError(f"--name-prefix: {args.name_prefix!r} is not a domain name prefix"
+                              " (up to 40 of A-Z a-z 0-9 _ . -, starting with a letter or digit)")
     with Hypervisor.open(settings.uri) as hv:
         result = hostprobe.probe(hv, prefix=args.name_prefix)
     written = None
     if result.defaults is not None and args.write_config is not None:
         try:
             written = hostprobe.write_config(args.write_config, result)
+        except hostprobe.ConfigNotWritten as exc:
+            raise ReconcilerError(str(exc)) from None
         except OSError as exc:
             raise ReconcilerError(f"{args.write_config}: cannot write: {exc.strerror}") from None
     if args.output == "json":

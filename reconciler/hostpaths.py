@@ -81,13 +81,18 @@ class PathPolicy:
     _real_dirs: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def allows(self, path: str, *, secret: bool = False) -> bool:
-        """Whether ``path`` (absolute), symlinks resolved, lies under a root of its class."""
+        """Whether ``path`` (absolute), symlinks resolved, lies under a root of its class.
+        A path whose links cannot be resolved (``/proc/1/cwd``: permission denied; a
+        loop) is not allowed."""
         roots = self.secret_roots if secret else self.disk_roots
         if roots is None:
             return True
         if not os.path.isabs(path):
             return False
-        real = self._real(path)
+        try:
+            real = self._real(path)
+        except (OSError, ValueError):
+            return False
         return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
                    for r in map(os.path.realpath, roots))  # fmt: skip
 
@@ -114,7 +119,10 @@ class PathPolicy:
             return f"{where} is not an absolute path"
         if self.allows(host_path.path, secret=host_path.secret):
             return None
-        real = Path(os.path.realpath(host_path.path))
+        try:
+            real = Path(os.path.realpath(host_path.path))
+        except (OSError, ValueError):
+            return f"{where} cannot be resolved (a link that cannot be followed)"
         shown = ", ".join(str(r) for r in roots) or "none"
         via = "" if str(real) == os.path.normpath(host_path.path) else f" (resolves to {real})"
         return f"{where}{via} is outside {setting} ({shown})"

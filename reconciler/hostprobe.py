@@ -22,11 +22,14 @@ import contextlib
 import os
 import re
 import secrets
+import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler.errors import HypervisorError, SourcePosition
 from reconciler.hostdefaults import VmDefaults, merge_vm_spec
@@ -44,6 +47,7 @@ CANDIDATES: tuple[VmDefaults, ...] = (
     VmDefaults(type="qemu"),
 )
 SETTLE = 1.0  # seconds a started domain must stay running to count as started
+QEMU_LOG_DIR = "/var/log/libvirt/qemu"  # where libvirt logs each domain (its error is kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,9 @@ def try_start(hv: Hypervisor, name: str, defaults: VmDefaults) -> str | None:
     finally:
         with contextlib.suppress(HypervisorError):
             hv.destroy_domain(name)  # transient: gone once destroyed
+        if not urlsplit(getattr(hv, "uri", "")).netloc:  # local: no litter in libvirt's logs
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(QEMU_LOG_DIR, f"{name}.log"))
 
 
 def probe(
@@ -133,7 +140,12 @@ def probe(
 
 # --- the configuration file ---------------------------------------------------------
 
-_TOP_KEY = re.compile(r"^vmDefaults\s*:", re.MULTILINE)
+MAX_CONFIG = 1024 * 1024  # bytes: a configuration file larger than this is not edited
+
+
+class ConfigNotWritten(ValueError):
+    """The configuration file cannot take the vmDefaults safely; the message says why and
+    what to add by hand."""
 
 
 def defaults_yaml(defaults: VmDefaults) -> str:
@@ -143,25 +155,98 @@ def defaults_yaml(defaults: VmDefaults) -> str:
     return yaml.safe_dump({"vmDefaults": defaults.as_config()}, sort_keys=False)
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(re.sub(r"[\x00-\x1f\x7f]+", " ", text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _read_regular(path: Path) -> tuple[str, os.stat_result] | None:
+    """The text of the regular file ``path`` and its stat, None when it does not exist.
+    Never follows a symlink, never blocks on a FIFO, never reads a device."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise ConfigNotWritten(f"{path}: {what}; not written (give the file itself)")
+    if st.st_size > MAX_CONFIG:
+        raise ConfigNotWritten(f"{path}: larger than {MAX_CONFIG} bytes; not written")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_CONFIG + 1)
+    try:
+        return data.decode("utf-8"), st
+    except UnicodeDecodeError:
+        raise ConfigNotWritten(f"{path}: not UTF-8 text; not written") from None
+
+
+def _mapping(text: str) -> dict[str, Any] | None:
+    """The one YAML mapping ``text`` holds ({} when empty), or None when it holds
+    anything else or is not valid YAML."""
+    from reconciler.yamlsource import YamlProblem, parse_documents
+
+    try:
+        documents = list(parse_documents(text))
+    except YamlProblem:
+        return None
+    if not documents:
+        return {}
+    if len(documents) > 1 or not isinstance(documents[0].value, dict):
+        return None
+    return dict(documents[0].value)
+
+
 def write_config(path: Path, result: ProbeResult) -> str:
     """Add the probe's ``vmDefaults`` to the configuration file at ``path`` (created,
     mode 0644, when missing); a file that already has ``vmDefaults`` is left as it is.
-    Returns what was done, in one line. Raises OSError when the file cannot be written."""
+    Returns what was done, in one line.
+
+    The file is replaced atomically (a temporary file in its folder, fsync, rename),
+    keeping its mode and owner, and only when the result is the same configuration
+    plus ``vmDefaults``: a file that is not valid YAML, holds no mapping, or whose style
+    (flow, JSON) an appended block would break is left untouched, and
+    ``ConfigNotWritten`` says what to add by hand. A symlink, FIFO or device is never
+    followed or read. Raises OSError when the folder cannot be written."""
     defaults = result.defaults
     if not defaults:
         return f"{path}: no vmDefaults needed"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if _TOP_KEY.search(text):
+    block = defaults_yaml(defaults)
+    by_hand = f"add this to it by hand:\n{block}"
+    found = _read_regular(path)
+    text, st = found if found is not None else ("", None)
+    before = _mapping(text)
+    if before is None:
+        raise ConfigNotWritten(f"{path}: not a valid configuration (one YAML mapping); "
+                               f"fix it first, or {by_hand}")  # fmt: skip
+    if "vmDefaults" in before:
         return (f"{path}: has vmDefaults already; left as it is"
                 f" (this host needs {defaults.describe()})")  # fmt: skip
-    block = (
-        "\n# Written by scripts/setup-host.sh (reconciler probe): " + result.summary() + ".\n"
-        + defaults_yaml(defaults)
-    )
+    comment = f"# Written by reconciler probe: {_one_line(result.summary())}\n"
+    new = text + ("\n" if text and not text.endswith("\n") else "") + "\n" + comment + block
+    after = _mapping(new)
+    if after != {**before, "vmDefaults": defaults.as_config()}:
+        raise ConfigNotWritten(f"{path}: its style (flow or JSON) cannot take an appended "
+                               f"block; {by_hand}")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        if text and not text.endswith("\n"):
-            f.write("\n")
-        f.write(block)
-    os.chmod(path, 0o644)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o644)
+        if st is not None:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return f"{path}: wrote vmDefaults: {defaults.describe()}"

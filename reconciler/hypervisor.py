@@ -230,18 +230,25 @@ def _path_facts(paths: AbstractSet[str]) -> dict[str, PathFacts]:
     chains: dict[str, tuple[DirFacts, ...] | None] = {}  # None: it does not exist
 
     def chain(directory: str) -> tuple[DirFacts, ...] | None:
-        """``directory`` and those above it, ``/`` first."""
-        if directory in chains:
-            return chains[directory]
-        parent = os.path.dirname(directory)
-        above = chain(parent) if parent != directory else ()
-        found = None
-        if above is not None:
-            with contextlib.suppress(OSError):
-                st = os.stat(directory)
-                found = (*above, DirFacts(directory, st.st_mode, st.st_uid, st.st_gid))
-        chains[directory] = found
-        return found
+        """``directory`` and those above it, ``/`` first (iteratively: a path may be deep)."""
+        todo = []
+        node = directory
+        while node not in chains:
+            todo.append(node)
+            parent = os.path.dirname(node)
+            if parent == node:
+                break
+            node = parent
+        for current in reversed(todo):
+            parent = os.path.dirname(current)
+            above = chains.get(parent, ()) if parent != current else ()
+            found = None
+            if above is not None:
+                with contextlib.suppress(OSError):
+                    st = os.stat(current)
+                    found = (*above, DirFacts(current, st.st_mode, st.st_uid, st.st_gid))
+            chains[current] = found
+        return chains[directory]
 
     return {
         path: PathFacts(os.path.exists(path), chain(os.path.dirname(os.path.normpath(path))) or ())

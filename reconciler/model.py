@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -166,6 +167,9 @@ class Graphics:
 
 
 CPU_MODES = ("host-model", "host-passthrough", "maximum", "custom")
+# as the schema says them, matched whole (a schema pattern's $ admits a final newline)
+_CPU_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_CPU_FEATURE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 CPU_FEATURE_POLICIES = ("require", "optional", "disable", "forbid", "force")
 
 
@@ -215,14 +219,29 @@ class CpuSpec:
         return ", ".join(parts)
 
 
+def _topology_hint(t: CpuTopology, vcpus: int) -> str:
+    """A topology close to ``t`` whose product is ``vcpus``: cores adjusted when the
+    other counts divide it, else everything in cores."""
+    rest = t.sockets * t.dies * t.threads
+    if vcpus % rest == 0:
+        return f"cores: {vcpus // rest}"
+    return f"sockets: 1, dies: 1, cores: {vcpus}, threads: 1"
+
+
 def cpu_from_manifest(value: object) -> CpuSpec:
     """A ``cpu`` as a manifest writes it (a mode or model name, or a mapping that passed
     the schema) -> ``CpuSpec``. Raises ``SpecError`` (paths under ``("spec", "cpu")``)
     for combinations libvirt refuses."""
     where: FieldPath = ("spec", "cpu")
     if isinstance(value, str):
-        if value in CPU_MODES and value != "custom":
+        if value == "custom":
+            raise SpecError([FieldProblem(where, "custom needs a model",
+                                          "write the model's name, e.g. cpu: EPYC")])  # fmt: skip
+        if value in CPU_MODES:
             return CpuSpec(mode=value)
+        if _CPU_MODEL_NAME.fullmatch(value) is None:
+            raise SpecError([FieldProblem(where, f"{value!r} is not a CPU model name",
+                                          "e.g. EPYC or Skylake-Server")])  # fmt: skip
         return CpuSpec(mode="custom", model=value)
     assert isinstance(value, Mapping)
     problems: list[FieldProblem] = []
@@ -245,14 +264,22 @@ def cpu_from_manifest(value: object) -> CpuSpec:
                          f"migratable applies to host-passthrough and maximum, not {mode}",
                          "remove migratable")
         )  # fmt: skip
+    if model is not None and _CPU_MODEL_NAME.fullmatch(str(model)) is None:
+        problems.append(FieldProblem((*where, "model"), f"{model!r} is not a CPU model name",
+                                     "e.g. EPYC or Skylake-Server"))  # fmt: skip
     topology = None
     if "topology" in value:
         t = value["topology"]
-        topology = CpuTopology(
-            sockets=t.get("sockets", 1), dies=t.get("dies", 1),
-            cores=t.get("cores", 1), threads=t.get("threads", 1),
+        topology = CpuTopology(  # int(): JSON Schema's integer admits 2.0
+            sockets=int(t.get("sockets", 1)), dies=int(t.get("dies", 1)),
+            cores=int(t.get("cores", 1)), threads=int(t.get("threads", 1)),
         )  # fmt: skip
     features = tuple(sorted((str(k), str(v)) for k, v in value.get("features", {}).items()))
+    for name, _ in features:
+        if _CPU_FEATURE_NAME.fullmatch(name) is None:
+            problems.append(FieldProblem((*where, "features", name),
+                                         f"{name!r} is not a CPU feature name",
+                                         "e.g. arch-capabilities or sse4.2"))  # fmt: skip
     if problems:
         raise SpecError(problems)
     return CpuSpec(mode=mode, model=model, features=features, topology=topology,
@@ -593,8 +620,8 @@ def _build_vm(
                 "raise maxMemory or lower memory",
             )
         )
-    vcpus = raw.get("vcpus", 1)
-    max_vcpus = raw.get("maxVcpus", vcpus)
+    vcpus = int(raw.get("vcpus", 1))  # int(): JSON Schema's integer admits 2.0
+    max_vcpus = int(raw.get("maxVcpus", vcpus))
     if max_vcpus < vcpus:
         problems.append(
             FieldProblem(
@@ -625,7 +652,7 @@ def _build_vm(
                 f"topology gives {t.sockets}x{t.dies}x{t.cores}x{t.threads} = {t.vcpus} vCPUs,"
                 f" but maxVcpus is {max_vcpus}",
                 "sockets x dies x cores x threads must equal maxVcpus (or vcpus when maxVcpus"
-                f" is not set), e.g. cores: {max_vcpus}",
+                f" is not set), e.g. {_topology_hint(t, max_vcpus)}",
             )
         )
     for key in ("initrd", "cmdline"):

@@ -889,6 +889,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         cpu_known, booted_cpu = domain_xml.booted_cpu(live_root)
         if cpu_known:
             live_projection["cpu"] = booted_cpu
+            mismatch = domain_xml.running_cpu_mismatch(live_root, spec.cpu)
+            if mismatch is not None:  # booted from a definition edited out of band
+                live_projection["cpu"] = f"{booted_cpu} (running: {mismatch})"
         else:
             incomparable.add("cpu")
         in_use = _cdrom_volumes(live_projection)

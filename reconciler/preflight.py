@@ -506,7 +506,8 @@ def check_cpu(
             ("spec", "cpu", "features", lacking[0]),
             f"{host} does not provide required feature{'s' if len(lacking) > 1 else ''} "
             f"{', '.join(lacking)}",
-            "set its policy to optional, or run this VM on a host that has it"
+            f"set {'their policies' if len(lacking) > 1 else 'its policy'} to optional, or run "
+            f"this VM on a host that has {'them' if len(lacking) > 1 else 'it'}"
             + origin(f"cpu.features.{lacking[0]}"),
         )
     if cpu.model is not None and (not lacking or set(missing) - set(lacking)):

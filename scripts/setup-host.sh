@@ -202,6 +202,6 @@ if [ "$WITH_DAEMON" -eq 1 ]; then
     CONFIG="${RECONCILER_CONFIG:-/etc/reconciler/config.yaml}"
     if ! "$VENV/bin/reconciler" probe --connect "$URI" --config /dev/null \
             --write-config "$CONFIG" </dev/null 2>&1 | sed 's/^/setup-host: /'; then
-        log "WARNING: the probe found no VM that starts on this host (see above)"
+        log "WARNING: 'reconciler probe' failed (see above): no VM starts here, or it could not write $CONFIG"
     fi
 fi

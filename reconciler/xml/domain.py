@@ -153,6 +153,28 @@ def booted_cpu(xml: str | Element) -> tuple[bool, str | None]:
     return True, text or None
 
 
+def running_cpu_mismatch(live: str | Element, declared: CpuSpec | None) -> str | None:
+    """What the running domain's ``<cpu>`` shows against ``declared`` that a start keeps
+    as written, or None: its topology, a ``disable``/``forbid`` feature, ``migratable``
+    off. (A start expands host-model and may turn other policies around, so only these
+    are compared.) Catches a definition edited out of band and booted, which the
+    ownership record's ``<rc:cpu>`` cannot show."""
+    running = read_cpu(live)
+    if declared is None or running is None:
+        return None
+    if running.topology != declared.topology:
+        t = running.topology
+        return "no topology" if t is None else \
+            f"topology {t.sockets}s/{t.dies}d/{t.cores}c/{t.threads}t"  # fmt: skip
+    have = dict(running.features)
+    for name, policy in declared.features:
+        if policy in ("disable", "forbid") and have.get(name) != policy:
+            return f"{name}={have.get(name, 'absent')}"
+    if declared.migratable is False and running.migratable is not False:
+        return "migratable on"
+    return None
+
+
 def graphics_update(live_xml: str, desired_xml: str) -> str | None:
     """The running display's ``<graphics>`` with the desired password, for a live password
     change (libvirt refuses any other change to it there); None without either."""

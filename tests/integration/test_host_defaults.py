@@ -199,3 +199,37 @@ def test_a_probe_killed_mid_way_leaves_no_domain(ws: Workspace) -> None:
     while ours() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ours() == []
+
+
+def test_a_cpu_edited_out_of_band_and_booted_is_restart_pending(ws: Workspace,
+                                                                host_probe: Any) -> None:  # fmt: skip
+    """virsh define of an edited topology keeps our ownership record (and its declared
+    cpu); the running CPU itself shows the edit, so the plan does not say in sync."""
+    import libvirt
+
+    name = ws.n("oob")
+    features = {"vmx": "disable", **(host_probe.defaults.cpu or {}).get("features", {})}
+    cpu = {"features": features, "topology": {"sockets": 1, "cores": 2, "threads": 1}}
+    ws.write("vm.yaml", vm(name, maxVcpus=2, cpu=cpu,
+                           **({} if host_probe.kvm_usable else {"type": "qemu"})))  # fmt: skip
+    ws.converge()
+    dom = ws.domain(name)
+    edited = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).replace(
+        "sockets='1' dies='1' cores='2'", "sockets='2' dies='1' cores='1'")
+    assert "sockets='2'" in edited
+    ws.conn.defineXML(edited)
+    dom.destroy()
+    dom.create()
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert a.op is not Op.NOOP, describe_plan(plan)
+    ws.converge()  # the definition is put back; the running guest keeps 2 sockets
+    after = action(ws.plan(), "VirtualMachine", name)
+    assert [c.path for c in after.restart_pending] == ["cpu"], after
+    assert "running: topology 2s/1d/1c/1t" in str(after.restart_pending[0].old)
+
+
+def describe_plan(plan: Any) -> str:
+    from reconciler.report import render_plan
+
+    return str(render_plan(plan, verbose=True))

@@ -4,6 +4,8 @@ decisions (hostprobe.py, against a fake hypervisor): pure, no libvirt."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +202,7 @@ def test_cpu_mapping_bad_input_names_file_line_column(write: WriteFiles) -> None
     assert _problems(write, "{topology: {sockets: 2, cores: 2}}", maxVcpus=2) == [
         "m/vm.yaml:6:19: spec.cpu.topology: topology gives 2x1x2x1 = 4 vCPUs, but maxVcpus is 2;"
         " sockets x dies x cores x threads must equal maxVcpus (or vcpus when maxVcpus is not"
-        " set), e.g. cores: 2"]
+        " set), e.g. cores: 1"]
     assert _problems(write, "{mode: custom}") == [
         "m/vm.yaml:6:15: spec.cpu.mode: mode custom needs a model; add e.g. model:"
         " Skylake-Server, or use mode: host-model"]
@@ -345,3 +347,75 @@ def test_write_config_adds_to_a_file_and_never_overwrites(tmp_path: Path) -> Non
     assert not nothing.exists()
     assert yaml.safe_load(hostprobe.defaults_yaml(VmDefaults(type="qemu"))) == {
         "vmDefaults": {"type": "qemu"}}
+
+
+def _amd_result(error: str = "failed to set MSR 0x10a") -> hostprobe.ProbeResult:
+    amd = VmDefaults(cpu={"features": {"arch-capabilities": "disable"}})
+    return hostprobe.ProbeResult(amd, True, (hostprobe.Attempt(VmDefaults(), error),
+                                             hostprobe.Attempt(amd, None)))  # fmt: skip
+
+
+def test_write_config_keeps_a_multi_line_libvirt_error_on_one_comment_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    error = ("internal error: qemu unexpectedly closed the monitor: failed to set MSR 0x10a\n"
+             "qemu-system-x86_64: kvm.c:2893: kvm_buf_set_msrs: Assertion `ret == n' failed.")
+    hostprobe.write_config(path, _amd_result(error))
+    assert load_settings(config_path=path, environ={}).vm_defaults.cpu == {
+        "features": {"arch-capabilities": "disable"}}
+    [comment] = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert "kvm_buf_set_msrs" in comment
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{stateDir: /srv/state, prune: false}\n', "its style"),
+        ('{"stateDir": "/srv/state"}', "its style"),
+        ("prune: false\n...\n", "its style"),
+        ("stateDir: [unclosed\n", "not a valid configuration"),
+        ("- a list\n", "not a valid configuration"),
+    ],
+)  # fmt: skip
+def test_write_config_never_breaks_a_file_it_cannot_append_to(tmp_path: Path, text: str,
+                                                              why: str) -> None:  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(hostprobe.ConfigNotWritten) as info:
+        hostprobe.write_config(path, _amd_result())
+    assert why in str(info.value) and "arch-capabilities: disable" in str(info.value)
+    assert path.read_text() == text
+
+
+def test_write_config_sees_vm_defaults_in_any_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    for text in ('{"vmDefaults": {"type": "kvm"}}', '"vmDefaults": {type: kvm}\n'):
+        path.write_text(text)
+        assert "left as it is" in hostprobe.write_config(path, _amd_result())
+        assert path.read_text() == text
+
+
+def test_write_config_follows_no_link_and_reads_no_fifo_or_device(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("secret: 1\n")
+    victim.chmod(0o600)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(victim)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path in (link, fifo, Path("/dev/full")):
+        with pytest.raises(hostprobe.ConfigNotWritten):
+            hostprobe.write_config(path, _amd_result())
+    assert victim.read_text() == "secret: 1\n" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"# caf\xe9\nprune: true\n")
+    with pytest.raises(hostprobe.ConfigNotWritten, match="not UTF-8"):
+        hostprobe.write_config(latin, _amd_result())
+
+
+def test_write_config_keeps_the_mode_and_replaces_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("prune: false\n")
+    path.chmod(0o600)
+    hostprobe.write_config(path, _amd_result())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary left
