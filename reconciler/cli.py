@@ -332,30 +332,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(config_path=args.config, overrides=_overrides(args))
 
 
-def usable_state_dir(path: Path, *, create: bool = True) -> Path:
-    """``path`` as a state directory that can be read and written: created (mode 0700)
-    when missing and ``create``; else a one-line ``ReconcilerError`` naming it (a file in
-    the way, a place no directory can be made such as /proc, no permission), never an
-    inventory read as empty."""
-    fix = "set --state-dir, stateDir in the configuration, or RECONCILER_STATE_DIR"
-    doing = "created"
-    try:
-        if not path.exists():
-            if not create:
-                return path
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.is_dir():
-            raise ReconcilerError(f"state directory {path}: not a directory; {fix}")
-        doing = "read"
-        os.listdir(path)
-        doing = "written"
-        probe = path / f".probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ReconcilerError(
-            f"state directory {path}: cannot be {doing}: {exc.strerror or exc}; {fix}"
-        ) from None
+def usable_state_dir(path: Path, *, create: bool = True, write: bool = True) -> Path:
+    """``path`` as a state directory (statedir.prepare: created mode 0700 when missing,
+    else a folder that can be read and, with ``write``, written), or a one-line
+    ``StateDirError`` naming it: never an inventory read as empty. Without ``create`` a
+    missing one is left missing (``status`` says no daemon has run)."""
+    from reconciler import statedir
+
+    if not create and not os.path.lexists(path):
+        return path
+    statedir.prepare(path, write=write)
     return path
 
 
@@ -528,7 +514,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
     options = PassOptions(
         directory=directory,
         revision=revision,
-        state_dir=usable_state_dir(settings.state_dir),
+        state_dir=usable_state_dir(settings.state_dir, write=False),
         host=settings.host,
         prune=settings.prune,
         default_update_policy=settings.default_update_policy,
@@ -710,7 +696,7 @@ def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[s
     from reconciler.status import to_json as status_json
 
     try:
-        report = read_status(usable_state_dir(settings.state_dir, create=False))
+        report = read_status(usable_state_dir(settings.state_dir, create=False, write=False))
     except ReconcilerError as exc:
         if not watching:
             raise

@@ -436,8 +436,12 @@ class Daemon:
         self._write_textfile()
 
     def _plan(self) -> tuple[LoadResult, Observed, Plan]:
-        """A plan that prunes only removals confirmed by two reads (``RemovalGuard``)."""
+        """A plan that prunes only removals confirmed by two reads (``RemovalGuard``).
+        With a git source the pass reads an immutable snapshot of one commit, switched
+        to atomically: a removal there is the commit's, and needs no second read."""
         assert self.reconciler is not None
+        if self.poller is not None:
+            return self.reconciler.plan()
         directory = self.settings.manifest_dir
         before = snapshot(directory)
         confirmed = self.removals.confirmed(before, time.monotonic())

@@ -691,6 +691,12 @@ class Hypervisor:
                 # A volume being uploaded, cloned or wiped (by anyone) makes refresh
                 # fail with "asynchronous jobs running": libvirt's list is current anyway.
                 if exc.get_error_code() != libvirt.VIR_ERR_INTERNAL_ERROR:
+                    if exc.get_error_code() in _CONNECTION_CODES and self.alive():
+                        # the pool itself is broken (its folder removed behind libvirt's
+                        # back: "cannot open directory", a system error), not the
+                        # connection: libvirt stops such a pool; nothing to list, and
+                        # one broken pool must not fail every other object's pass
+                        return records
                     raise
             for vol in pool.listAllVolumes():
                 with _vanished_ok():
