@@ -674,14 +674,18 @@ class Hypervisor:
                     )
             return records
 
-    def volumes(self, pool_name: str) -> list[VolumeRecord]:
+    def volumes(self, pool_name: str, *, refresh: bool = True) -> list[VolumeRecord]:
+        """The volumes of an active pool. ``refresh``: have libvirt read the pool again
+        first (``virStoragePoolRefresh``: finds files changed behind its back, but
+        stops a pool whose folder is gone, so only for pools the tool owns)."""
         with calling(f"listing volumes of pool {pool_name}"):
             records: list[VolumeRecord] = []
             try:
                 pool = self._conn.storagePoolLookupByName(pool_name)
                 if not pool.isActive():
                     return []
-                pool.refresh(0)
+                if refresh:
+                    pool.refresh(0)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() in (
                     libvirt.VIR_ERR_NO_STORAGE_POOL,

@@ -44,7 +44,9 @@ def observe(
 ) -> Observed:
     """Read every domain, network, pool and volume (volumes of active pools)."""
     pools = {p.name: p for p in hv.pools()}
-    volumes = {(v.pool, v.name): v for p in pools.values() if p.active for v in hv.volumes(p.name)}
+    ours = _owned_pools(inventory)
+    volumes = {(v.pool, v.name): v for p in pools.values() if p.active
+               for v in hv.volumes(p.name, refresh=p.name in ours)}  # fmt: skip
     if machine_aliases is None:
         machine_aliases = machine_aliases_from_capabilities(hv.capabilities())
     return Observed(
@@ -55,6 +57,16 @@ def observe(
         machine_aliases=machine_aliases,
         inventory=inventory,
     )
+
+
+def _owned_pools(inventory: Inventory) -> frozenset[str]:
+    """Pools the tool owns, or that hold a volume it owns: the only ones refreshed
+    (a refresh of someone else's pool whose folder is gone makes libvirt stop it, and
+    ``plan`` touches nothing)."""
+    names = {key.partition("/")[2] for key in inventory.objects if key.startswith("StoragePool/")}
+    names |= {str(e.get("pool")) for key, e in inventory.objects.items()
+              if key.startswith("Volume/") and e.get("pool")}  # fmt: skip
+    return frozenset(names)
 
 
 def observe_again(
@@ -80,7 +92,9 @@ def observe_again(
         return Observed(records, nets, before.pools, before.volumes,
                         before.machine_aliases, inventory)  # fmt: skip
     pools = {p.name: p for p in hv.pools()}
-    volumes = {(v.pool, v.name): v for p in pools.values() if p.active for v in hv.volumes(p.name)}
+    ours = _owned_pools(inventory)
+    volumes = {(v.pool, v.name): v for p in pools.values() if p.active
+               for v in hv.volumes(p.name, refresh=p.name in ours)}  # fmt: skip
     every_network = {n.name: n for n in hv.networks()}
     return Observed(records, every_network, pools, volumes, before.machine_aliases, inventory)
 
