@@ -83,6 +83,8 @@ def test_a_source_larger_than_capacity_is_a_plan_error(write: WriteFiles) -> Non
 class _Hv:
     """Just enough of a Hypervisor for an import: the volume's path and XML."""
 
+    remote = False  # this machine: qemu-img convert and compare
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
