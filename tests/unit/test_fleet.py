@@ -111,3 +111,17 @@ def test_a_remote_import_of_a_qcow2_on_a_backing_file_is_one_line(tmp_path: Path
                                 {"pool": "images", "source": str(source), "backing": None})
     message = str(caught.value)
     assert "\n" not in message and "backing file" in message and "flatten it" in message
+
+
+class _Conn:
+    def getHostname(self) -> str:
+        return "kvm-2"
+
+
+def test_the_host_name_is_libvirts_for_a_remote_uri_and_this_machines_for_a_local_one() -> None:
+    from reconciler.hypervisor import Hypervisor
+
+    remote = Hypervisor(_Conn(), "qemu+ssh://root@kvm-2/system")
+    assert remote.remote and remote.host_name() == "kvm-2"
+    local = Hypervisor(_Conn(), "qemu:///system")
+    assert not local.remote and local.host_name() == socket.gethostname()
