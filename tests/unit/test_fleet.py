@@ -4,8 +4,11 @@ tests/integration/test_fleet_remote.py."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +128,20 @@ def test_the_host_name_is_libvirts_for_a_remote_uri_and_this_machines_for_a_loca
     assert remote.remote and remote.host_name() == "kvm-2"
     local = Hypervisor(_Conn(), "qemu:///system")
     assert not local.remote and local.host_name() == socket.gethostname()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+@pytest.mark.parametrize("instance", ["reconciler@kvm-2.service", "reconciler@.service"])
+def test_systemd_analyze_verifies_the_template_unit(tmp_path: Path, instance: str) -> None:
+    """As scripts/install-daemon.sh installs it: ExecStart at an existing reconciler."""
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "systemd" / "reconciler@.service").read_text()
+    binary = Path(sys.executable).parent / "reconciler"
+    assert "ExecStart=/usr/local/bin/reconciler run --config /etc/reconciler/hosts/%i.yaml" \
+        " --state-dir /var/lib/reconciler/%i" in text
+    (tmp_path / instance).write_text(
+        text.replace("ExecStart=/usr/local/bin/reconciler ", f"ExecStart={binary} ")
+    )
+    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / instance)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stderr
