@@ -47,6 +47,9 @@ from reconciler.references import KnownObjects
 from reconciler.xml import volume as vol_xml
 
 DEFAULT_URI = "qemu:///system"
+# What libvirt's pool refresh may call a file that images.py reads as a format: an
+# ISO 9660 image is raw data to qemu-img, and libvirt converts from it as raw.
+_SAME_FORMAT = {"raw": {"raw", "iso"}}
 _UNKNOWN = object()  # a host fact that could not be read
 
 _CONNECTION_CODES = {
@@ -930,10 +933,15 @@ class Hypervisor:
                 self._upload_file(stage, source, size)
                 self._refresh_pool(p)
                 stage = p.storageVolLookupByName(staging)
-                seen = vol_xml.observe(str(stage.XMLDesc(0))).get("format")
-                if seen != source_format:
+                seen = vol_xml.observe(str(stage.XMLDesc(0)))
+                if seen.get("format") not in _SAME_FORMAT.get(source_format, {source_format}):
                     raise Refused(f"importing {source}: libvirt reads the streamed copy as "
-                                  f"{seen}, not {source_format}; not using it")  # fmt: skip
+                                  f"{seen.get('format')}, not {source_format}; not using "
+                                  "it")  # fmt: skip
+                if seen.get("backingVolume"):
+                    raise Refused(f"importing {source}: libvirt reads the streamed copy as "
+                                  f"an image on backing file {seen['backingVolume']}; "
+                                  "flatten it first")  # fmt: skip
                 if self._download_digest(stage, size) != images.file_digest(source):
                     raise Refused(f"importing {source}: the streamed copy differs from it")
                 target.delete(0)
