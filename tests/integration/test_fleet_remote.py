@@ -16,37 +16,50 @@ real folder would fail. libvirtd, reached over ssh, sees the real folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.hypervisor import Hypervisor
-from tests.integration import test_gitsource
+from reconciler.inventory import CONTENT_PENDING
+from tests.integration import test_daemon, test_gitsource
 from tests.integration.engine_support import (  # noqa: F401
     REPO,
     Workspace,
     doc,
     pool,
+    vm,
     volume,
     ws_fixture,
 )
+from tests.integration.test_daemon import Env, wait_until
 from tests.integration.test_gitsource import Sshd
 
 sshd = test_gitsource.sshd  # the fixture: a throwaway sshd on 127.0.0.1
+env = test_daemon.env  # the fixture: a daemon test's config, state and objects
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/virt-ssh-helper").exists(),
                                 reason="libvirt's virt-ssh-helper is not installed")  # fmt: skip
 
 
 def remote_uri(ws: Workspace, sshd: Sshd) -> str:
-    known = ws.root / "known_hosts"
+    return remote_uri_for(ws.root, sshd)
+
+
+def remote_uri_for(root: Path, sshd: Sshd) -> str:
+    """``qemu+ssh://`` to this machine's libvirtd through ``sshd``, with its key, and ssh
+    held to a known_hosts file in ``root`` that names only that sshd's host key."""
+    known = root / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key.with_suffix('.pub').read_text()}")
-    wrapper = ws.root / "ssh"
+    wrapper = root / "ssh"
     wrapper.write_text(
         "#!/bin/sh\n"
         f'exec ssh -o UserKnownHostsFile="{known}" -o StrictHostKeyChecking=yes '
@@ -167,3 +180,71 @@ def test_a_remote_host_converges_volumes_through_libvirt_only(ws: Workspace, ssh
     assert "No changes." in again.stdout
     calls = ws.root / "qemu-img.calls"
     assert not calls.exists(), calls.read_text()  # the controller ran no qemu-img
+
+
+def test_a_failed_remote_copy_stays_pending_until_it_is_made(ws: Workspace, sshd: Sshd) -> None:
+    """The content-pending mark (docs/reliability.md) works for a remote host: a copy that
+    fails leaves the volume marked, plans are never "No changes." and the next good copy
+    clears it. An ISO source (libvirt calls it iso, it is raw data) is imported as raw."""
+    uri = remote_uri(ws, sshd)
+    images = ws.hostdir / "images"
+    images.mkdir()
+    source = ws.hostdir / "seed.iso"
+    overlay_of = patterned(ws.hostdir / "under.img", 1)
+    # a qcow2 on a backing file: refused for a remote host, after the volume was made
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", str(overlay_of),
+                    str(source)], check=True, capture_output=True)  # fmt: skip
+    p, disk = ws.n("pool"), ws.n("iso")
+    ws.write("storage.yaml", pool(p, images),
+             volume(disk, p, "2MiB", format="qcow2", source=str(source)))  # fmt: skip
+    failed = controller(ws, uri, images, "apply", str(ws.directory), "--yes")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "flatten it first" in failed.stdout + failed.stderr
+    assert CONTENT_PENDING in ws.inventory()[f"Volume/{disk}"]
+    pending = controller(ws, uri, images, "plan", str(ws.directory))
+    assert pending.returncode == 2 and "content" in pending.stdout, pending.stdout
+
+    from reconciler import cloudinit
+
+    source.unlink()
+    source.write_bytes(cloudinit.build_iso({"meta-data": "instance-id: fleet\n",
+                                            "user-data": "#cloud-config\n"}))  # fmt: skip
+    done = controller(ws, uri, images, "apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert CONTENT_PENDING not in ws.inventory()[f"Volume/{disk}"]
+    assert guest_digest(images / disk, source.stat().st_size) == hashlib.sha256(
+        source.read_bytes()).hexdigest()  # fmt: skip
+    assert capacity(ws, p, disk) == 2 * 1024**2
+    again = controller(ws, uri, images, "plan", str(ws.directory))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (ws.root / "qemu-img.calls").exists()
+
+
+def test_a_daemon_for_a_remote_host_runs_its_manifests(env: Env, sshd: Sshd) -> None:
+    """``reconciler run`` as reconciler@HOST runs it: connected over ssh, it takes the
+    manifests selecting libvirt's name for the host, and runs their VM on a volume
+    streamed from a source on the controller."""
+    remote = dataclasses.replace(env, uri=remote_uri_for(env.root, sshd))
+    name = env.conn.getHostname()
+    folder = Path(tempfile.mkdtemp(prefix=env.prefix, dir="/var/tmp"))
+    try:
+        folder.chmod(0o755)
+        source = patterned(folder / "root.img", 1)
+        images = folder / "images"
+        p, root, web, other = env.n("pool"), env.n("root"), env.n("web"), env.n("other")
+        remote.put("fleet.yaml", pool(p, images),
+                   volume(root, p, "4MiB", format="qcow2", source=str(source)),
+                   {**vm(web, disks=[{"volume": root}]),
+                    "metadata": {"name": web, "hosts": [name]}},
+                   {**vm(other), "metadata": {"name": other, "hosts": ["not-" + name]}})  # fmt: skip
+        daemon = remote.start()
+        connected = daemon.wait_for("libvirt.connected",
+                                    lambda e: e.get("event") == "libvirt.connected")  # fmt: skip
+        assert connected["host"] == name and connected["uri"].startswith("qemu+ssh://")
+        wait_until(f"{web} running", lambda: remote.domain(web) is not None
+                   and bool(remote.domain(web).isActive()))  # fmt: skip
+        daemon.wait_quiet()
+        assert remote.domain(other) is None
+        assert (images / root).is_file()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
