@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler import cloudinit, hints, images
 from reconciler import inventory as inventory_file
@@ -489,7 +490,7 @@ def _import_volume_remote(hv: Hypervisor, name: str, args: dict[str, Any]) -> st
             "name NEW as source"
         )
     hv.import_file(str(args["pool"]), name, source, header.format)
-    return f"imported {source} (streamed to {hv.uri}, verified)"
+    return f"imported {source} (streamed to {urlsplit(hv.uri).hostname or hv.uri}, verified)"
 
 
 def _dies_with_us(command: list[str]) -> list[str]:

@@ -915,13 +915,18 @@ class Hypervisor:
         refresh must see it as ``source_format`` (else refused); it is read back
         (``virStorageVolDownload``) and compared by SHA-256; then the volume is made
         again from it (``virStorageVolCreateXMLFrom``: libvirt converts to the volume's
-        format, on its backing volume if any) and grown to its capacity
+        format; it cannot keep a backing store, so a volume on one is refused, as the
+        planner refuses it for a remote host) and grown to its capacity
         (``virStorageVolResize``). The staging volume is deleted whatever happens."""
         staging = f"{name}.upload"
         with calling(f"importing {source} into volume {pool}/{name}"):
             p = self._conn.storagePoolLookupByName(pool)
             target = p.storageVolLookupByName(name)
             current = str(target.XMLDesc(0))
+            if vol_xml.observe(current).get("backingVolume"):
+                # CreateXMLFrom would write the whole image and drop the backing store
+                raise Refused(f"importing {source}: volume {pool}/{name} is on a backing "
+                              "volume; a remote copy can only fill a whole volume")  # fmt: skip
             capacity = int(target.info()[1])
             with _vanished_ok():
                 p.storageVolLookupByName(staging).delete(0)  # left by a killed import
@@ -945,7 +950,7 @@ class Hypervisor:
                 if self._download_digest(stage, size) != images.file_digest(source):
                     raise Refused(f"importing {source}: the streamed copy differs from it")
                 target.delete(0)
-                made = p.createXMLFrom(vol_xml.copy_xml(current), stage, 0)
+                made = p.createXMLFrom(vol_xml.copy_xml(current), stage, 0)  # no backing
                 if int(made.info()[1]) < capacity:
                     made.resize(capacity, 0)
             finally:

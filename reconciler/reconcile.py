@@ -226,6 +226,7 @@ class Reconciler:
                 revision=self.options.revision or source_revision(self.options.directory),
                 secrets=read_secrets(load.manifests, self._paths()),
                 paths=self._paths(),
+                remote=self.hypervisor.remote,
                 source_sizes=(
                     source_sizes(load.manifests, observed, self._paths().allows,
                                  measure=images.virtual_size if self.hypervisor.remote

@@ -152,7 +152,7 @@ def test_a_remote_host_converges_volumes_through_libvirt_only(ws: Workspace, ssh
     stack(grown=False)
     applied = controller(ws, uri, images, "apply", str(ws.directory), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert "streamed to qemu+ssh://" in applied.stdout, applied.stdout
+    assert "streamed to 127.0.0.1" in applied.stdout, applied.stdout
     # made by libvirtd on the real folder, which the controller never saw
     for vol in (base, clone, data, ws.n("here")):
         assert (images / vol).is_file(), vol
@@ -180,6 +180,28 @@ def test_a_remote_host_converges_volumes_through_libvirt_only(ws: Workspace, ssh
     assert "No changes." in again.stdout
     calls = ws.root / "qemu-img.calls"
     assert not calls.exists(), calls.read_text()  # the controller ran no qemu-img
+
+
+def test_a_source_on_a_backing_volume_is_a_plan_error_for_a_remote_host(
+    ws: Workspace, sshd: Sshd
+) -> None:
+    """libvirt's virStorageVolCreateXMLFrom writes whole images (it drops a backing store),
+    so such a volume is refused at plan time, at its backingVolume, the rest proceeds."""
+    uri = remote_uri(ws, sshd)
+    images = ws.hostdir / "images"
+    images.mkdir()
+    source = patterned(ws.hostdir / "full.img", 2)
+    p, base, overlay = ws.n("pool"), ws.n("base"), ws.n("overlay")
+    ws.write("storage.yaml", pool(p, images), volume(base, p, "2MiB", format="qcow2"),
+             volume(overlay, p, "2MiB", format="qcow2", backingVolume=base,
+                    source=str(source)))  # fmt: skip
+    plan = controller(ws, uri, images, "plan", str(ws.directory))
+    assert plan.returncode == 1, plan.stdout + plan.stderr
+    assert "cannot be made on a remote host" in plan.stdout, plan.stdout
+    assert "storage.yaml:" in plan.stdout
+    applied = controller(ws, uri, images, "apply", str(ws.directory), "--yes")
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert (images / base).is_file() and not (images / overlay).exists()
 
 
 def test_a_failed_remote_copy_stays_pending_until_it_is_made(ws: Workspace, sshd: Sshd) -> None:
