@@ -150,6 +150,9 @@ def test_a_remote_host_converges_volumes_through_libvirt_only(ws: Workspace, ssh
                  doc("Volume", ws.n("here"), {"pool": p, "capacity": "1MiB"}, hosts=[name]))  # fmt: skip
 
     stack(grown=False)
+    valid = controller(ws, uri, images, "validate", str(ws.directory))
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert "5 manifests" in valid.stdout, valid.stdout  # not the one for another host
     applied = controller(ws, uri, images, "apply", str(ws.directory), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "streamed to 127.0.0.1" in applied.stdout, applied.stdout
