@@ -918,6 +918,12 @@ class Hypervisor:
         format; it cannot keep a backing store, so a volume on one is refused, as the
         planner refuses it for a remote host) and grown to its capacity
         (``virStorageVolResize``). The staging volume is deleted whatever happens."""
+        try:
+            self._import_file(pool, name, source, source_format)
+        except OSError as exc:  # the source, read here, went away or cannot be read
+            raise Refused(f"importing {source}: cannot read it: {exc.strerror or exc}") from None
+
+    def _import_file(self, pool: str, name: str, source: str, source_format: str) -> None:
         staging = f"{name}.upload"
         with calling(f"importing {source} into volume {pool}/{name}"):
             p = self._conn.storagePoolLookupByName(pool)
