@@ -21,10 +21,12 @@ import gc
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler import __version__
 from reconciler.errors import HypervisorError, ReconcilerError
@@ -292,7 +294,8 @@ def _add_global(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--host", default=hide,
-        help="host name matched against metadata.hosts (default: this machine's name)",
+        help="host name matched against metadata.hosts (default: the connected host's "
+             "name: libvirt's for a remote URI, this machine's for a local one)",
     )  # fmt: skip
     parser.add_argument(
         "--state-dir", default=hide,
@@ -417,31 +420,40 @@ def _colour() -> bool:
 # --- validate -------------------------------------------------------------------
 
 
-def _known_objects(uri: str) -> tuple[KnownObjects, str]:
-    """Unmanaged objects in libvirt, or empty with a note when libvirt is unreachable."""
+def _known_objects(uri: str) -> tuple[KnownObjects, str, str | None]:
+    """Unmanaged objects in libvirt and the connected host's name, or empty with a note
+    when libvirt is unreachable."""
     try:
-        from reconciler import hypervisor
+        from reconciler.hypervisor import Hypervisor
     except ImportError:
-        return KnownObjects(), "libvirt-python is not installed"
+        return KnownObjects(), "libvirt-python is not installed", None
     try:
-        conn = hypervisor.connect(uri, readonly=True)
+        with Hypervisor.open(uri, readonly=True) as hv:
+            return hv.known_objects(), "", hv.host_name()
     except HypervisorError as exc:
-        return KnownObjects(), str(exc)
-    try:
-        return hypervisor.known_objects(conn), ""
-    finally:
-        conn.close()
+        return KnownObjects(), str(exc), None
+
+
+def offline_host(uri: str) -> str:
+    """The host name manifests are matched against without libvirt: this machine's for a
+    local URI, the host part of a remote one (``qemu+ssh://root@kvm-2/system``: kvm-2)."""
+    remote = urlsplit(uri)
+    return remote.hostname if remote.netloc and remote.hostname else socket.gethostname()
 
 
 def _validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    known, note = (KnownObjects(), "") if args.offline else _known_objects(settings.uri)
+    known, note, connected = (
+        (KnownObjects(), "", None) if args.offline else _known_objects(settings.uri)
+    )
+    host = settings.host or connected or offline_host(settings.uri)
     result = check_against(
-        apply_vm_defaults(load_unchecked(args.directory, host=settings.host), settings.vm_defaults),
+        apply_vm_defaults(load_unchecked(args.directory, host=host), settings.vm_defaults),
         known,
     )
     # the allowedDiskRoots rule needs no libvirt: checked offline too, as plan does
-    policy = PathPolicy(settings.allowed_disk_roots, settings.allowed_secret_roots)
+    policy = PathPolicy(settings.allowed_disk_roots, settings.allowed_secret_roots,
+                        remote=bool(urlsplit(settings.uri).netloc))  # fmt: skip
     result = drop_findings(result, path_problems(result.manifests, policy))
     if args.output == "json":
         print(json.dumps(_validate_json(result), indent=2))
@@ -511,11 +523,18 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
     from reconciler.reconcile import PassOptions, Reconciler
 
     directory, revision = _manifests(args, settings)
+    state_dir = usable_state_dir(settings.state_dir, write=False)
+    hv = Hypervisor.open(settings.uri)
+    try:
+        host = settings.host or hv.host_name()
+    except HypervisorError:
+        hv.close()
+        raise
     options = PassOptions(
         directory=directory,
         revision=revision,
-        state_dir=usable_state_dir(settings.state_dir, write=False),
-        host=settings.host,
+        state_dir=state_dir,
+        host=host,
         prune=settings.prune,
         default_update_policy=settings.default_update_policy,
         allow_replace=frozenset(getattr(args, "allow_replace", ())),
@@ -523,7 +542,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
         vm_defaults=settings.vm_defaults,
         allowed_secret_roots=settings.allowed_secret_roots,
     )
-    return Reconciler(Hypervisor.open(settings.uri), options)
+    return Reconciler(hv, options)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -751,7 +770,7 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
                     raise ReconcilerError(f"delete: {exc}") from None
             keys += [key for key in found if key not in keys]
         directory = Path(args.manifest_dir) if args.manifest_dir else settings.manifest_dir
-        _refuse_declared(keys, directory, settings.host)
+        _refuse_declared(keys, directory, settings.host or hv.host_name())
         plan = plan_delete(keys, observed, delete_data=args.delete_data)
         text = args.output == "text"
         if text:

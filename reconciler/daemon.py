@@ -286,6 +286,7 @@ class Daemon:
         return 0
 
     _last_connect_error: str = ""
+    host_name: str | None = None  # the connected host's, read at each connect
 
     def _connect(self) -> bool:
         if self.hypervisor is not None:
@@ -294,6 +295,8 @@ class Daemon:
         try:
             hv = self.connect(self.settings.uri)
             hv.watch(self._on_libvirt_event, self._on_connection_closed)
+            # the host manifests are matched against, unless configured: the connected one
+            self.host_name = self.settings.host or hv.host_name()
         except HypervisorError as exc:
             self._last_connect_error = str(exc)
             self.connect_failures += 1
@@ -311,7 +314,7 @@ class Daemon:
             should_stop=self.stopping.is_set,
             should_skip=self._in_backoff,
         )
-        self.log.info("libvirt.connected", uri=self.settings.uri)
+        self.log.info("libvirt.connected", uri=self.settings.uri, host=self.host_name)
         return True
 
     def _pass_options(self) -> PassOptions:
@@ -321,7 +324,7 @@ class Daemon:
             directory=current[1] if current else s.manifest_dir,
             revision=current[0] if current else None,
             state_dir=s.state_dir,
-            host=s.host,
+            host=s.host or self.host_name,
             prune=s.prune,
             default_update_policy=s.default_update_policy,
             allowed_roots=s.allowed_disk_roots,

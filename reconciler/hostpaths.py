@@ -12,7 +12,12 @@ them all, per kind, with the field that names them:
 
 ``PathPolicy.refusal`` is the check: the path, symlinks resolved, must lie
 under one of the allowed roots: ``allowedSecretRoots`` for password files,
-``allowedDiskRoots`` for everything else (settings.py). The planner refuses
+``allowedDiskRoots`` for everything else (settings.py). For a remote host
+(``PathPolicy.remote``) the paths that live there (pool paths, disks, ISOs,
+kernels, logs) are checked as written, normalised but not resolved: this
+machine's symlinks say nothing of that host's, and nothing here is read for
+them. Volume sources and password files are read by the reconciler itself, on
+this machine (``HostPath.here``), so they are resolved here in both cases. The planner refuses
 a manifest with any path that fails it, and ``read_secret`` reads a password
 file only after it passed, so nothing outside the roots is read or created.
 """
@@ -43,6 +48,7 @@ class HostPath:
     path: str
     secret: bool = False  # a password file: checked against the secret roots
     where: tuple[str | int, ...] = ()
+    here: bool = False  # read by the reconciler on its own machine, even for a remote host
 
 
 def host_paths(manifest: Manifest) -> list[HostPath]:
@@ -51,7 +57,11 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     if isinstance(spec, StoragePoolSpec):
         return [HostPath("path", spec.path, where=("spec", "path"))]
     if isinstance(spec, VolumeSpec):
-        return [HostPath("source", spec.source, where=("spec", "source"))] if spec.source else []
+        return (
+            [HostPath("source", spec.source, where=("spec", "source"), here=True)]
+            if spec.source
+            else []
+        )
     if not isinstance(spec, VirtualMachineSpec):
         return []
     found = [HostPath(f"disks[{d.target}].file", d.file, where=("spec", "disks", i, "file"))
@@ -64,7 +74,7 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     ) if value]  # fmt: skip
     if spec.graphics is not None and spec.graphics.password_file:
         found.append(HostPath("graphics.passwordFile", spec.graphics.password_file, secret=True,
-                              where=("spec", "graphics", "passwordFile")))  # fmt: skip
+                              where=("spec", "graphics", "passwordFile"), here=True))  # fmt: skip
     return found
 
 
@@ -78,23 +88,32 @@ class PathPolicy:
 
     disk_roots: tuple[Path, ...] | None
     secret_roots: tuple[Path, ...] | None
+    # a remote host: its own paths are checked as written (see the module doc)
+    remote: bool = False
     _real_dirs: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    def allows(self, path: str, *, secret: bool = False) -> bool:
+    def allows(self, path: str, *, secret: bool = False, here: bool = True) -> bool:
         """Whether ``path`` (absolute), symlinks resolved, lies under a root of its class.
-        A path whose links cannot be resolved (``/proc/1/cwd``: permission denied; a
-        loop) is not allowed."""
+        ``here=False``: a path on the host, not read by the reconciler; for a remote
+        host it is only normalised (``os.path.normpath``), nothing is resolved. A path
+        whose links cannot be resolved (``/proc/1/cwd``: permission denied; a loop) is
+        not allowed."""
         roots = self.secret_roots if secret else self.disk_roots
         if roots is None:
             return True
         if not os.path.isabs(path):
             return False
-        try:
-            real = self._real(path)
-        except (OSError, ValueError):
-            return False
+        if self.remote and not here:
+            real = os.path.normpath(path)
+            resolved = map(os.path.normpath, roots)
+        else:
+            try:
+                real = self._real(path)
+            except (OSError, ValueError):
+                return False
+            resolved = map(os.path.realpath, roots)
         return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
-                   for r in map(os.path.realpath, roots))  # fmt: skip
+                   for r in resolved)  # fmt: skip
 
     def _real(self, path: str) -> str:
         head, tail = os.path.split(os.path.normpath(path))
@@ -117,10 +136,12 @@ class PathPolicy:
         where = f"{host_path.field} {host_path.path}"
         if not os.path.isabs(host_path.path):
             return f"{where} is not an absolute path"
-        if self.allows(host_path.path, secret=host_path.secret):
+        if self.allows(host_path.path, secret=host_path.secret, here=host_path.here):
             return None
+        local = host_path.here or not self.remote
         try:
-            real = Path(os.path.realpath(host_path.path))
+            real = Path(os.path.realpath(host_path.path) if local
+                        else os.path.normpath(host_path.path))  # fmt: skip
         except (OSError, ValueError):
             return f"{where} cannot be resolved (a link that cannot be followed)"
         shown = ", ".join(str(r) for r in roots) or "none"

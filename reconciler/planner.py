@@ -68,6 +68,9 @@ class PlanOptions:
     # only these are pruned, the others are held (Plan.held_removals). None: all are.
     # The daemon confirms a removal by reading it twice (daemon.RemovalGuard).
     confirmed_removals: frozenset[str] | None = None
+    # the host is remote (qemu+ssh://...): volumes are filled through libvirt's storage
+    # API only, which cannot copy a source onto a backing volume (see _remote_overlay)
+    remote: bool = False
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -321,7 +324,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         requires.append(f"Volume/{spec.backing_volume}")
         backing_path = ctx.volume_path(spec.pool, spec.backing_volume)
         backing_format = ctx.volume_formats.get(spec.backing_volume)
-    too_big = _source_too_big(m, spec, ctx)
+    too_big = _source_too_big(m, spec, ctx) or _remote_overlay(m, spec, ctx)
     if too_big is not None:
         return too_big
     entry = ctx.inventory_entry(f"Volume/{m.name}")
@@ -459,6 +462,20 @@ def _source_too_big(m: Manifest, spec: VolumeSpec, ctx: _Context) -> Action | No
         reason=f"source {spec.source} holds {format_size(size)} ({size} bytes), more than "
         f"capacity {format_size(spec.capacity)}: the copy cannot fit; set capacity: "
         f"{format_size(size)} or more",
+    )  # fmt: skip
+
+
+def _remote_overlay(m: Manifest, spec: VolumeSpec, ctx: _Context) -> Action | None:
+    """``source`` with ``backingVolume`` on a remote host: libvirt's copy from another
+    volume (``virStorageVolCreateXMLFrom``) writes the whole image and drops the backing
+    store, and nothing runs qemu-img on the controller, so it cannot be made there."""
+    if not (ctx.options.remote and spec.source and spec.backing_volume):
+        return None
+    return Action(
+        Kind.VOLUME, m.name, Op.ERROR, source=m.position(("spec", "backingVolume")),
+        reason=f"a copy of source {spec.source} on backing volume {spec.backing_volume} "
+        "cannot be made on a remote host (libvirt's storage API copies whole images); "
+        "drop backingVolume to copy the whole image, or run reconciler on that host",
     )  # fmt: skip
 
 

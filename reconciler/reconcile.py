@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reconciler import gitrev, hints, preflight, statedir
+from reconciler import gitrev, hints, images, preflight, statedir
 from reconciler import inventory as inventory_file
 from reconciler.errors import Problem
 from reconciler.executor import ActionResult, Executor, explain_at_source
@@ -205,7 +205,8 @@ class Reconciler:
         return PassResult(load, plan, tuple(results), unsettled, after, after_observed)
 
     def _paths(self) -> PathPolicy:
-        return PathPolicy(self.options.allowed_roots, self.options.allowed_secret_roots)
+        return PathPolicy(self.options.allowed_roots, self.options.allowed_secret_roots,
+                          remote=self.hypervisor.remote)  # fmt: skip
 
     def _plan_options(
         self,
@@ -225,8 +226,11 @@ class Reconciler:
                 revision=self.options.revision or source_revision(self.options.directory),
                 secrets=read_secrets(load.manifests, self._paths()),
                 paths=self._paths(),
+                remote=self.hypervisor.remote,
                 source_sizes=(
-                    source_sizes(load.manifests, observed, self._paths().allows)
+                    source_sizes(load.manifests, observed, self._paths().allows,
+                                 measure=images.virtual_size if self.hypervisor.remote
+                                 else image_virtual_size)
                     if observed is not None
                     else {}
                 ),
@@ -293,9 +297,13 @@ def source_sizes(
     manifests: tuple[Manifest, ...],
     observed: Observed,
     allowed: Callable[[str], bool] | None = None,
+    *,
+    measure: Callable[[str], int | None] | None = None,
 ) -> dict[str, int]:
     """The virtual size of each Volume source that a plan may copy (the volume does not
-    exist yet, or its copy is pending), by path: ``qemu-img info`` of the local file.
+    exist yet, or its copy is pending), by path: ``measure`` of the local file
+    (default ``qemu-img info``; for a remote host, ``images.virtual_size``, which reads
+    the header and runs no qemu-img).
     A file that cannot be read is left out (the copy reports it); so is a path outside
     the allowed roots (the planner refuses it)."""
     sizes: dict[str, int] = {}
@@ -309,7 +317,7 @@ def source_sizes(
             continue
         if allowed is not None and not allowed(spec.source):
             continue
-        size = image_virtual_size(spec.source)
+        size = (measure or image_virtual_size)(spec.source)
         if size is not None:
             sizes[spec.source] = size
     return sizes

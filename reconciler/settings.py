@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -80,7 +79,9 @@ class Settings:
     allow_writable_manifest_dir: bool = False
     allowed_disk_roots: tuple[Path, ...] = DEFAULT_DISK_ROOTS
     allowed_secret_roots: tuple[Path, ...] = DEFAULT_SECRET_ROOTS
-    host: str = field(default_factory=socket.gethostname)
+    # matched against metadata.hosts; None: the connected host's own name (cli.py and
+    # daemon.py ask Hypervisor.host_name: libvirt's for a remote URI, this machine's else)
+    host: str | None = None
     # merged under every VM manifest (hostdefaults.py)
     vm_defaults: VmDefaults = field(default_factory=VmDefaults)
     # source.git: the daemon follows this repository instead of manifest_dir (gitsource.py)

@@ -7,6 +7,9 @@
 #   * the manifest directory, if absent         /etc/reconciler/manifests   (0755 root)
 #   * the state directory                       /var/lib/reconciler         (0700 root)
 #   * the systemd unit                          /etc/systemd/system/reconciler.service
+#   * the template unit for remote hosts        /etc/systemd/system/reconciler@.service
+#     and its folder of host files, if absent   /etc/reconciler/hosts       (0755 root)
+#     (never enabled here: systemctl enable --now reconciler@HOST, see docs/fleet.md)
 #
 # then, when systemd runs this host (PID 1), daemon-reload and enable --now
 # (restarting a daemon that already ran, so that it runs the new code).
@@ -113,21 +116,31 @@ fi
 install -d -m 0700 -o root -g root "$STATE_DIR"
 chmod 0700 "$STATE_DIR"
 
+# reconciler@HOST.service reads /etc/reconciler/hosts/HOST.yaml (docs/fleet.md)
+if [ ! -d "$CONFIG_DIR/hosts" ]; then
+    install -d -m 0755 -o root -g root "$CONFIG_DIR/hosts"
+    log "created $CONFIG_DIR/hosts (one HOST.yaml per remote host for reconciler@HOST)"
+fi
+
 # --------------------------------------------------------------------------
 # 4. The systemd unit
 # --------------------------------------------------------------------------
 install -d -m 0755 "$UNIT_DIR"
 unit_tmp="$(mktemp)"
 trap 'rm -f "$unit_tmp"' EXIT
-sed -e "s|^ExecStart=/usr/local/bin/reconciler |ExecStart=$BIN_LINK |" \
-    -e "s|^ReadWritePaths=/var/lib/reconciler |ReadWritePaths=$STATE_DIR |" \
-    "$ROOT/systemd/$UNIT" >"$unit_tmp"
-if cmp -s "$unit_tmp" "$UNIT_DIR/$UNIT"; then
-    log "unit $UNIT_DIR/$UNIT is up to date"
-else
-    install -m 0644 -o root -g root "$unit_tmp" "$UNIT_DIR/$UNIT"
-    log "installed unit $UNIT_DIR/$UNIT"
-fi
+for unit in "$UNIT" reconciler@.service; do
+    sed -e "s|^ExecStart=/usr/local/bin/reconciler |ExecStart=$BIN_LINK |" \
+        -e "s|^ReadWritePaths=/var/lib/reconciler |ReadWritePaths=$STATE_DIR |" \
+        -e "s|/var/lib/reconciler/%i|$STATE_DIR/%i|g" \
+        -e "s|/etc/reconciler/hosts/|$CONFIG_DIR/hosts/|g" \
+        "$ROOT/systemd/$unit" >"$unit_tmp"
+    if cmp -s "$unit_tmp" "$UNIT_DIR/$unit"; then
+        log "unit $UNIT_DIR/$unit is up to date"
+    else
+        install -m 0644 -o root -g root "$unit_tmp" "$UNIT_DIR/$unit"
+        log "installed unit $UNIT_DIR/$unit"
+    fi
+done
 if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify "$UNIT_DIR/$UNIT" || log "WARNING: systemd-analyze verify reported problems"
 fi

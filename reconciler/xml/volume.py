@@ -34,7 +34,7 @@ from reconciler.xml._fields import (
     xml_text,
 )
 
-__all__ = ["FIELDS", "observe", "project", "render"]
+__all__ = ["FIELDS", "copy_xml", "observe", "project", "render"]
 
 QCOW2_SECTOR = 512
 
@@ -103,3 +103,26 @@ def modified(xml: str) -> str | None:
     it for file-backed pools; None where it does not (logical, iSCSI...)."""
     text = parse(xml).findtext("target/timestamps/mtime")
     return text.strip() if text and text.strip() not in ("", "0") else None
+
+
+def copy_xml(current: str) -> str:
+    """XML for ``storageVolCreateXMLFrom`` that makes a volume like ``current`` (its
+    ``XMLDesc``) again: name, capacity, format and backing store, nothing libvirt assigns
+    (key, path, allocation, permissions, timestamps)."""
+    old = parse(current)
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = old.findtext("name")
+    capacity = ET.SubElement(root, "capacity", unit="bytes")
+    capacity.text = str(observe(current).get("capacity") or 0)
+    fmt = old.find("target/format")
+    if fmt is not None:
+        ET.SubElement(ET.SubElement(root, "target"), "format", type=fmt.get("type", "raw"))
+    backing = old.find("backingStore")
+    path = None if backing is None else backing.findtext("path")
+    if backing is not None and path:
+        store = ET.SubElement(root, "backingStore")
+        ET.SubElement(store, "path").text = path
+        backing_format = backing.find("format")
+        if backing_format is not None:
+            ET.SubElement(store, "format", type=backing_format.get("type", "raw"))
+    return serialize(root)

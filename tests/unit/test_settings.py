@@ -58,7 +58,7 @@ def test_defaults_without_any_file_or_variable() -> None:
     assert s.allow_writable_manifest_dir is False
     assert s.allowed_disk_roots == DEFAULT_DISK_ROOTS
     assert s.allowed_secret_roots == (Path("/etc/reconciler/secrets"),)
-    assert s.host
+    assert s.host is None  # the connected host's name, asked of libvirt once connected
     assert s.config_file is None
 
 
@@ -163,7 +163,7 @@ def test_empty_environment_variables_count_as_unset() -> None:
         environ={"RECONCILER_URI": "", "RECONCILER_HOST": "", "RECONCILER_CONFIG": ""}
     )
     assert s.uri == "qemu:///system"
-    assert s.host
+    assert s.host is None
 
 
 def test_overrides_parse_text_like_the_environment(tmp_path: Path) -> None:

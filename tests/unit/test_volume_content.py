@@ -83,6 +83,8 @@ def test_a_source_larger_than_capacity_is_a_plan_error(write: WriteFiles) -> Non
 class _Hv:
     """Just enough of a Hypervisor for an import: the volume's path and XML."""
 
+    remote = False  # this machine: qemu-img convert and compare
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -122,3 +124,16 @@ def test_a_failed_copy_keeps_the_mark(tmp_path: Path) -> None:
     outcome, entry = _run(tmp_path, source, target)
     assert outcome == "failed"
     assert entry[inventory_file.CONTENT_PENDING] == {"source": str(source)}
+
+
+def test_a_source_on_a_backing_volume_is_refused_for_a_remote_host(write: WriteFiles) -> None:
+    """libvirt's storage API copies whole images (CreateXMLFrom drops a backing store),
+    and the controller runs no qemu-img for a remote host: a plan error, not a volume
+    that never settles. A local host makes it with qemu-img convert -B as before."""
+    result = edit(load(write), "root", source=SOURCE, backing_volume="root")
+    remote = action(plan_for(result, Observed(), remote=True), Kind.VOLUME, "root")
+    assert remote.op is Op.ERROR and remote.steps == ()
+    assert "cannot be made on a remote host" in remote.reason
+    assert "drop backingVolume" in remote.reason and "\n" not in remote.reason
+    local = action(plan_for(result, Observed()), Kind.VOLUME, "root")
+    assert local.op is Op.CREATE
