@@ -39,6 +39,12 @@ PACKAGES=(
     dnsmasq-base iproute2 iptables   # libvirt virtual networks
     python3-venv python3-dev gcc     # venv + building libvirt-python
     prometheus                       # promtool (alert rules) and a real server for the metrics test
+    # tests/integration/test_systemd_unit.py: systemd as PID 1 in a container over a
+    # debootstrapped tree. Neither starts a service: debootstrap has no maintainer
+    # scripts; systemd-container's postinst creates /var/lib/machines and enables
+    # machines.target (a target, no daemon), starting it only under systemd; its
+    # dbus dependency is held back by the policy-rc.d below.
+    systemd-container debootstrap
 )
 
 missing=()
