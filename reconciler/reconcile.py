@@ -178,9 +178,32 @@ class Reconciler:
             explain=explainer(load.manifests, observed),
         )
         results = executor.apply(plan)
-        # Did it settle? Read again what the apply touched, and plan again: the VMs it
-        # did not touch keep their records, and those found in sync before are taken
-        # as in sync by their fingerprint (which covers their XML byte for byte).
+        after_observed, after = self._settle(plan, observed, load, results)
+        # A live change libvirt refused or the guest ignored (an unplug) is restart
+        # pending now; a VM whose updatePolicy is restart gets that restart in this
+        # very apply, as it would have had the change been planned for a restart.
+        tried = {r.action.key for r in results if r.outcome == "ok"}
+        restarts = tuple(
+            a for a in after.actions
+            if a.key in tried and a.kind is Kind.VIRTUAL_MACHINE
+            and [s.verb for s in a.steps] == ["restart-domain"]
+        )  # fmt: skip
+        if restarts and not self.should_stop():
+            more = executor.apply(Plan(actions=restarts))
+            results = [*results, *more]
+            after_observed, after = self._settle(plan, after_observed, load, more)
+        unsettled = tuple(
+            a for a in after.actions if a.key in tried and a.changes_anything
+            and a.op not in (Op.FORGET,)
+        )  # fmt: skip
+        return PassResult(load, plan, tuple(results), unsettled, after, after_observed)
+
+    def _settle(
+        self, plan: Plan, observed: Observed, load: LoadResult, results: list[ActionResult]
+    ) -> tuple[Observed, Plan]:
+        """Did it settle? Read again what ``results`` touched, and plan again: the VMs it
+        did not touch keep their records, and those found in sync before are taken as
+        in sync by their fingerprint (which covers their XML byte for byte)."""
         touched = [r.action for r in results if r.outcome != "skipped" and r.action.steps]
         vms = {a.name for a in touched if a.kind is Kind.VIRTUAL_MACHINE}
         after_observed = observe_again(
@@ -197,12 +220,7 @@ class Reconciler:
         }
         after = make_plan(load, after_observed, self._plan_options(load, verified))
         self._save_verified(after, verified)  # the VMs just made: a quick next plan
-        tried = {r.action.key for r in results if r.outcome == "ok"}
-        unsettled = tuple(
-            a for a in after.actions if a.key in tried and a.changes_anything
-            and a.op not in (Op.FORGET,)
-        )  # fmt: skip
-        return PassResult(load, plan, tuple(results), unsettled, after, after_observed)
+        return after_observed, after
 
     def _paths(self) -> PathPolicy:
         return PathPolicy(self.options.allowed_roots, self.options.allowed_secret_roots,
