@@ -584,6 +584,8 @@ class Daemon:
     def _count_fetch(self, result: SyncResult) -> None:
         if result.fetch_failed:
             self.metrics.git_fetch_failed()
+        elif result.refused is not None:
+            self.metrics.git_commit_refused()
 
     def _poll_source(self) -> None:
         """Fetch when due; a new commit switched to: its pass at once."""

@@ -124,6 +124,10 @@ class Metrics:
         self.git_fetch_failures = Counter(
             "reconciler_git_fetch_failures", "Failed fetches of the git source (set by the git "
             "source; 0 while the manifests come from a plain folder).", registry=r)
+        self.git_refused = Counter(
+            "reconciler_git_commits_refused", "Commits of the git source refused (unsigned, "
+            "signed by a key not allowed, a force push off the applied commit, a missing path); "
+            "the last good commit stays applied.", registry=r)
         self.build = Info("reconciler_build", "The running reconciler.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
         self.revision.info({"revision": ""})
@@ -179,6 +183,10 @@ class Metrics:
     def git_fetch_failed(self) -> None:
         """For the git source: one fetch of the repository failed."""
         self.git_fetch_failures.inc()
+
+    def git_commit_refused(self) -> None:
+        """For the git source: a fetched commit was refused (verification, history)."""
+        self.git_refused.inc()
 
     # -- exposition -----------------------------------------------------------------
 

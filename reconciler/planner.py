@@ -1224,9 +1224,12 @@ def plan_delete(keys: Sequence[str], observed: Observed, *, delete_data: bool = 
     actions = []
     for key in keys:
         entry = dict(observed.inventory.objects[key])
+        why = "deleted on request"
         if delete_data and key.startswith(f"{Kind.VOLUME.value}/"):
+            if entry.get("reclaimPolicy") != "delete":
+                why = "deleted on request with --delete-data (its reclaimPolicy retain overridden)"
             entry["reclaimPolicy"] = "delete"
-        action = _delete(key, entry, observed, why="deleted on request")
+        action = _delete(key, entry, observed, why=why)
         if action is None:
             continue
         if action.op is Op.FORGET and action.kind is Kind.VOLUME and not delete_data:
@@ -1308,7 +1311,7 @@ def _delete(
         Op.DELETE,
         (Change("exists", True, False),),
         (Step("delete-volume", {"pool": pool_name}),),
-        reason=where + "; reclaimPolicy delete",
+        reason=where if "--delete-data" in where else where + "; reclaimPolicy delete",
     )
 
 
