@@ -24,6 +24,7 @@ import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -615,7 +616,11 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
             print("Not applied.")
             return EXIT_ERROR
         result = reconciler.apply(plan, observed, load)
-        _write_apply_status(settings, reconciler, result, started)
+        from reconciler import drift
+
+        edited = {a.key for a in plan.actions if a.changes_anything
+                  and drift.cause(a, observed.inventory) is drift.Cause.CHANGE}  # fmt: skip
+        _write_apply_status(settings, reconciler, result, started, edited=edited)
     finally:
         reconciler.hypervisor.close()
     if text:
@@ -633,7 +638,8 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_ERROR if result.failed else EXIT_OK
 
 
-def _write_apply_status(settings: Settings, reconciler: Any, result: Any, started: float) -> None:
+def _write_apply_status(settings: Settings, reconciler: Any, result: Any, started: float,
+                        *, edited: AbstractSet[str] = frozenset()) -> None:  # fmt: skip
     """``status`` shows the last apply too: the daemon's status file, ``written_by: apply``.
     A state directory that cannot take it is a warning: the apply itself is done."""
     import time
@@ -654,7 +660,8 @@ def _write_apply_status(settings: Settings, reconciler: Any, result: Any, starte
     except ReconcilerError:
         previous = None  # unreadable or not a status file: replaced whole
     report = apply_report(
-        object_statuses(result, now, revision), result.load.problems, previous=previous,
+        object_statuses(result, now, revision, edited=edited), result.load.problems,
+        previous=previous,
         now=now, duration=time.monotonic() - started, revision=revision,
     )  # fmt: skip
     try:

@@ -363,6 +363,9 @@ class Daemon:
                 for a in plan.actions
                 if a.op is Op.CREATE and observed.inventory.get(a.key) is not None
             }
+            # objects whose manifest was edited: an applied change, not drift healed
+            edited = {a.key for a in plan.actions if a.changes_anything
+                      and drift.cause(a, observed.inventory) is drift.Cause.CHANGE}  # fmt: skip
             for action in plan.actions:
                 if action.key in recreated:
                     log.info("drift", kind=action.kind.value, name=action.name,
@@ -419,7 +422,7 @@ class Daemon:
                 self.triggers.request("follow-up: changes found after the apply", EVENT_COALESCE)
         duration = time.monotonic() - started
         report = self._write_status(result, duration=duration, revision=revision,
-                                    recreated=recreated)  # fmt: skip
+                                    recreated=recreated, edited=edited)  # fmt: skip
         log.info(
             "reconcile.done",
             reasons=sorted(set(reasons)),
@@ -532,6 +535,7 @@ class Daemon:
         revision: str | None = None,
         error: str | None = None,
         recreated: AbstractSet[str] = frozenset(),
+        edited: AbstractSet[str] = frozenset(),
     ) -> StatusReport:
         now = datetime.now(UTC)
         if result is None:
@@ -543,7 +547,7 @@ class Daemon:
                 keep_last_change(
                     self._previous,
                     _object_statuses(result, now, revision, failing=set(self.failures),
-                                     recreated=recreated),
+                                     recreated=recreated, edited=edited),
                 )
             )
             connected = True
@@ -787,6 +791,7 @@ def _object_statuses(
     *,
     failing: AbstractSet[str] = frozenset(),
     recreated: AbstractSet[str] = frozenset(),
+    edited: AbstractSet[str] = frozenset(),
 ) -> list[ObjectStatus]:
     """Per object, its state after the pass. ``failing``: keys whose last attempt failed
     and that wait out their backoff; they stay *failed* while skipped, not *pending*.
@@ -812,6 +817,10 @@ def _object_statuses(
         elif final.restart_pending:
             state = ObjectState.RESTART_PENDING
             message = "restart pending: " + ", ".join(c.path for c in final.restart_pending)
+        elif r is not None and action.op is not Op.CREATE and action.key in edited:
+            # the manifest was edited and applied: in sync, not drift healed
+            state = ObjectState.IN_SYNC
+            message = "applied: " + ", ".join(c.path for c in action.changes)[:300]
         elif r is not None and action.op is not Op.CREATE:
             state = ObjectState.HEALED
             message = "changed: " + ", ".join(c.path for c in action.changes)[:300]

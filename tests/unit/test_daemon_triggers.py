@@ -81,3 +81,27 @@ def test_a_refused_manifest_directory_is_not_read_not_even_its_revision(
     report = read_status(tmp_path / "state")
     assert report is not None and report.last_error is not None
     assert f"{manifests / '.git'} is writable by others" in report.last_error
+
+
+def test_an_applied_manifest_edit_is_in_sync_and_drift_put_back_is_healed() -> None:
+    """status: 'healed' means libvirt had drifted and was put back; a manifest edit that
+    was applied is in sync ('applied: ...'), as the logs call it a change."""
+    from datetime import UTC, datetime
+
+    from reconciler.daemon import object_statuses
+    from reconciler.executor import ActionResult
+    from reconciler.manifests import LoadResult
+    from reconciler.model import Kind
+    from reconciler.plan import Action, Change, Op, Plan
+    from reconciler.reconcile import PassResult
+    from reconciler.status import ObjectState
+
+    edit = Action(Kind.VIRTUAL_MACHINE, "web", Op.UPDATE_LIVE, (Change("memory", 1, 2, True),))
+    drifted = Action(Kind.VIRTUAL_MACHINE, "db", Op.UPDATE_LIVE, (Change("state", "a", "b"),))
+    plan = Plan((edit, drifted))
+    results = tuple(ActionResult(a, "ok", 0.1) for a in plan.actions)
+    result = PassResult(LoadResult("m", (), (), ()), plan, results, (), Plan(()))
+    states = {s.name: (s.state, s.message) for s in object_statuses(
+        result, datetime.now(UTC), None, edited={"VirtualMachine/web"})}  # fmt: skip
+    assert states == {"web": (ObjectState.IN_SYNC, "applied: memory"),
+                      "db": (ObjectState.HEALED, "changed: state")}  # fmt: skip
