@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 from reconciler import cloudinit, hints, images
 from reconciler import inventory as inventory_file
 from reconciler.errors import HypervisorError, Problem, ReconcilerError, Refused, SourcePosition
-from reconciler.hypervisor import Hypervisor
+from reconciler.hypervisor import VOLUME_EXISTS, Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
 from reconciler.model import Kind
@@ -148,10 +148,14 @@ class Executor:
     # libvirt's refusal of an action's define or start -> the message placed in its manifest
     explain: Callable[[Action, str], Problem] = explain_at_source
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # keys this apply recorded as owned before creating them (the write-ahead)
+    _claimed: set[str] = field(default_factory=set)
 
     def apply(self, plan: Plan) -> list[ActionResult]:
         for action in plan.actions:
             if action.owner_record is not None and action.op not in (Op.CONFLICT, Op.ERROR):
+                if self.inventory.get(action.key) is None:
+                    self._claimed.add(action.key)
                 self.inventory = self.inventory.with_entry(action.key, action.owner_record)
         self._save()
         try:
@@ -225,12 +229,21 @@ class Executor:
         start = self.clock()
         notes: list[str] = []
         refused: list[str] = []  # this action's live changes that did not happen
+        done = 0  # steps carried out
         try:
             for step in action.steps:
                 notes += self._step(action, step, refused)
+                done += 1
             if action.op in (Op.DELETE, Op.FORGET):
                 self.inventory = self.inventory.without(action.key)
         except (HypervisorError, ReconcilerError, OSError) as exc:
+            if action.kind is Kind.VOLUME and action.op is Op.CREATE and done == 0 \
+                    and action.key in self._claimed and isinstance(exc, HypervisorError) \
+                    and exc.code == VOLUME_EXISTS:  # fmt: skip
+                # nothing was created (a volume of that name was there already, in a
+                # pool made by this apply): not ours, never claimed, never pruned
+                self.inventory = self.inventory.without(action.key)
+                notes.append("not claimed: the volume was not created by reconciler")
             self._record_refused(action.name, refused)
             duration = self.clock() - start
             explanation, failed_step = None, ""

@@ -14,8 +14,9 @@ a sub-path, a poll interval, an SSH key and known-hosts file, and optionally
 3. materialises the commit's tree under ``path`` as an immutable snapshot,
    ``STATE/snapshots/<commit>/`` (files 0444, folders 0555, owned by the
    daemon's user: root), written under a hidden temporary name, fsynced and
-   renamed into place whole; only regular files are written (no symlinks, no
-   submodules), byte for byte as committed (no filters, no attributes);
+   renamed into place whole; only regular files are written, byte for byte as
+   committed (no filters, no attributes), and a commit with a symlink or a
+   submodule under ``path`` is refused (what it points to would be missing);
 4. switches ``STATE/snapshots/current`` to it by renaming a new symlink over
    the old one, so a reader finds the old snapshot or the new one, never a
    half-written tree; then removes old snapshots, keeping ``keepSnapshots``.
@@ -417,7 +418,12 @@ class GitSource:
             mode, kind, oid = meta.split(" ")
             if kind == "blob" and mode in ("100644", "100755"):
                 entries.append((mode, oid, path))
-            # symlinks (120000) and submodules (160000) are not materialised
+            elif mode in ("120000", "160000"):
+                # not materialised; a manifest behind it would be missing from the
+                # snapshot, and what it declared pruned: the commit is refused instead
+                what = "a symlink" if mode == "120000" else "a submodule"
+                raise SourceError(f"refused: commit {commit[:12]}: {path} is {what}; a git "
+                                  "source takes regular files only (commit the file itself)")
         tmp = self.snapshots / f".tmp-{name}-{os.getpid()}"
         _remove_tree(tmp)
         tmp.mkdir(mode=0o700)

@@ -47,6 +47,7 @@ from reconciler.references import KnownObjects
 from reconciler.xml import volume as vol_xml
 
 DEFAULT_URI = "qemu:///system"
+VOLUME_EXISTS = libvirt.VIR_ERR_STORAGE_VOL_EXIST  # the code of "storage volume ... exists"
 # What libvirt's pool refresh may call a file that images.py reads as a format: an
 # ISO 9660 image is raw data to qemu-img, and libvirt converts from it as raw.
 _SAME_FORMAT = {"raw": {"raw", "iso"}}

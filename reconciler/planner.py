@@ -20,6 +20,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1203,8 +1204,74 @@ def _plan_prune(
                 f"{len(held)} owned object(s) without a manifest kept until the removal is "
                 f"confirmed by a second read of unchanged files ({', '.join(held)})"
             )
+    users = in_use(observed, load.manifests, going=set(orphans))
+    busy = [k for k in orphans if k in users]
+    if busy:
+        orphans = [k for k in orphans if k not in users]
+        note = (f"{len(busy)} owned object(s) without a manifest kept while in use: "
+                + "; ".join(f"{k} by {', '.join(sorted(users[k]))}" for k in busy))  # fmt: skip
+        blocked = f"{blocked}; {note}" if blocked else note
     actions = [a for key in orphans if (a := _delete(key, owned[key], observed)) is not None]
     return _down_order(actions, observed), blocked, held
+
+
+def in_use(
+    observed: Observed, manifests: Sequence[Manifest], *, going: AbstractSet[str] = frozenset()
+) -> dict[str, set[str]]:
+    """Who uses each volume, network and pool (``Kind/name`` -> users): a domain libvirt
+    has (defined or running) by its disks and NICs, a volume as the backing store of
+    another, a Volume or VirtualMachine manifest that names it. Objects in ``going``
+    (deleted by the same plan) use nothing. Deleting an object in use would pull a disk
+    from under a guest or a backing file from under a clone: prune and ``delete`` keep
+    it (SPEC §5: disk data is never deleted unless asked)."""
+    users: dict[str, set[str]] = {}
+
+    def use(key: str, by: str) -> None:
+        users.setdefault(key, set()).add(by)
+
+    by_path = {v.path: (pool, name) for (pool, name), v in observed.volumes.items()}
+    for name, dom in observed.domains.items():
+        who = f"VirtualMachine/{name}"
+        if who in going:
+            continue
+        for xml in (dom.config_xml, dom.live_xml or ""):
+            if not xml:
+                continue
+            seen = domain_xml.observe(xml)
+            for key, value in seen.items():
+                if key.endswith("].volume") and isinstance(value, str):
+                    pool = seen.get(key[: -len("volume")] + "pool")
+                    use(f"Volume/{value}", who)
+                    if isinstance(pool, str):
+                        use(f"StoragePool/{pool}", who)
+                elif key.endswith("].file") and isinstance(value, str) and value in by_path:
+                    pool, vol = by_path[value]
+                    use(f"Volume/{vol}", who)
+                    use(f"StoragePool/{pool}", who)
+                elif key.endswith("].network") and isinstance(value, str):
+                    use(f"Network/{value}", who)
+    for (_pool, name), record in observed.volumes.items():
+        who = f"Volume/{name}"
+        if who in going:
+            continue
+        backing = volume_xml.backing_path(record.xml)
+        if backing is not None and backing in by_path:
+            use(f"Volume/{by_path[backing][1]}", who)
+    for m in manifests:
+        who = f"{m.kind.value}/{m.name}"
+        spec = m.spec
+        if isinstance(spec, VolumeSpec):
+            use(f"StoragePool/{spec.pool}", who)
+            if spec.backing_volume:
+                use(f"Volume/{spec.backing_volume}", who)
+        elif isinstance(spec, VirtualMachineSpec):
+            for d in spec.disks:
+                if d.volume:
+                    use(f"Volume/{d.volume}", who)
+            for n in spec.interfaces:
+                if n.network:
+                    use(f"Network/{n.network}", who)
+    return users
 
 
 def _down_order(actions: list[Action], observed: Observed) -> list[Action]:
@@ -1222,7 +1289,16 @@ def plan_delete(keys: Sequence[str], observed: Observed, *, delete_data: bool = 
     volume's data deleted only under ``reclaimPolicy: delete`` or with ``delete_data``,
     else it is forgotten (kept, no longer managed). Pure, like ``make_plan``."""
     actions = []
+    users = in_use(observed, (), going=set(keys))
     for key in keys:
+        if key in users:
+            kind, _, name = key.partition("/")
+            actions.append(Action(
+                Kind(kind), name, Op.ERROR,
+                reason=f"in use by {', '.join(sorted(users[key]))}: not deleted; delete those "
+                "too, or take it out of their manifests first",
+            ))  # fmt: skip
+            continue
         entry = dict(observed.inventory.objects[key])
         why = "deleted on request"
         if delete_data and key.startswith(f"{Kind.VOLUME.value}/"):

@@ -126,3 +126,9 @@ def copy_xml(current: str) -> str:
         if backing_format is not None:
             ET.SubElement(store, "format", type=backing_format.get("type", "raw"))
     return serialize(root)
+
+
+def backing_path(xml: str) -> str | None:
+    """The path of a volume's backing store (``<backingStore><path>``), or None."""
+    text = parse(xml).findtext("backingStore/path")
+    return text.strip() if text and text.strip() else None

@@ -179,15 +179,22 @@ def test_sync_snapshots_switches_refuses_and_prunes(tmp_path: Path) -> None:
     (work / "m").mkdir()
     (work / "m" / "a.yaml").write_text("a: 1\n")
     os.symlink("/etc/passwd", work / "m" / "link.yaml")
-    first = _commit(work, "one")
+    linked = _commit(work, "a symlink")
     source = GitSource(GitSourceConfig(url=f"file://{bare}", path="m", keep_snapshots=2),
                        tmp_path / "state")  # fmt: skip
     seen = []
     source.observers.append(seen.append)
+    # a symlink is never materialised, and a manifest behind it would be pruned: refused
+    refused = source.sync()
+    assert refused.refused == linked and not refused.changed
+    assert "m/link.yaml is a symlink" in str(refused.error) or "link.yaml is a symlink" in str(
+        refused.error), refused.error
+    os.unlink(work / "m" / "link.yaml")
+    first = _commit(work, "one")
     result = source.sync()
     assert result.changed and result.revision == first and result.error is None
     assert result.directory is not None
-    assert sorted(p.name for p in result.directory.iterdir()) == ["a.yaml"]  # no symlink
+    assert sorted(p.name for p in result.directory.iterdir()) == ["a.yaml"]
     assert (result.directory / "a.yaml").stat().st_mode & 0o777 == 0o444
     assert result.directory.stat().st_mode & 0o777 == 0o555
     assert source.current() == (first, result.directory)
@@ -207,7 +214,7 @@ def test_sync_snapshots_switches_refuses_and_prunes(tmp_path: Path) -> None:
     assert refused.refused == rewritten and refused.revision == last and not refused.changed
     assert "not a descendant" in str(refused.error)
     assert sorted(p.name for p in (tmp_path / "state" / "snapshots").iterdir()) == snapshots
-    assert [r.error is None for r in seen] == [True, True, True, True, True, False]
+    assert [r.error is None for r in seen] == [False, True, True, True, True, True, False]
 
 
 def test_a_state_directory_in_the_way_is_one_line_not_an_exception(tmp_path: Path) -> None:

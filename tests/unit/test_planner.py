@@ -321,6 +321,27 @@ def test_volume_grow_shrink_and_replace(write: WriteFiles) -> None:
     assert [s.verb for s in allowed.steps] == ["delete-volume", "create-volume"]
 
 
+def test_prune_keeps_what_a_declared_or_defined_vm_still_uses(write: WriteFiles) -> None:
+    """A Volume (reclaimPolicy delete), Network and pool whose manifests are gone while the
+    VM that uses them is still declared and running: kept, and the plan says why."""
+    result = load(write)
+    observed = converged(result)
+    deleting = dataclasses.replace(observed, inventory=observed.inventory.with_entry(
+        "Volume/root", {"pool": "images", "reclaimPolicy": "delete"}))  # fmt: skip
+    stack_gone = _without(result, "images", "root", "lab")
+    plan = plan_for(stack_gone, deleting)
+    assert not [a for a in plan.actions if a.op in (Op.DELETE, Op.FORGET)], plan.actions
+    assert "kept while in use" in plan.prune_blocked
+    assert "Volume/root by VirtualMachine/web" in plan.prune_blocked
+    assert "Network/lab by VirtualMachine/web" in plan.prune_blocked
+    # the VM goes in the same plan: then so do they, VM first
+    everything = _without(result, "images", "root", "lab", "web")
+    order = [(a.kind, a.op) for a in plan_for(everything, deleting).actions
+             if a.op in (Op.DELETE, Op.FORGET)]
+    assert order[0] == (Kind.VIRTUAL_MACHINE, Op.DELETE)
+    assert (Kind.VOLUME, Op.DELETE) in order and (Kind.NETWORK, Op.DELETE) in order
+
+
 def _without(result: LoadResult, *names: str) -> LoadResult:
     keep: tuple[Manifest, ...] = tuple(m for m in result.manifests if m.name not in names)
     return dataclasses.replace(result, manifests=keep)
@@ -442,8 +463,10 @@ def test_volumes_of_a_stopped_pool_are_not_recreated(write: WriteFiles) -> None:
     inactive = edit(result, "images", state="inactive")
     refused = action(plan_for(inactive, unowned), Kind.VOLUME, "root")
     assert refused.op is Op.ERROR and "pool-start images" in refused.reason
-    # prune: reclaimPolicy delete waits for the pool; retain forgets as usual
-    gone = _without(result, "root")
+    # prune (the VM that used it gone too): reclaimPolicy delete waits for the pool;
+    # retain forgets as usual
+    gone = _without(result, "root", "web")
+    stopped = dataclasses.replace(stopped, domains={})
     assert action(plan_for(gone, stopped), Kind.VOLUME, "root").op is Op.FORGET
     deleting = dataclasses.replace(stopped, inventory=stopped.inventory.with_entry(
         "Volume/root", {"pool": "images", "reclaimPolicy": "delete"}))  # fmt: skip
