@@ -785,7 +785,7 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
         if not plan.has_changes:
             if not text:
                 print(dumps({**plan_json(plan), **results_json([], [])}))
-            return EXIT_OK
+            return EXIT_ERROR if plan.has_errors else EXIT_OK
         if not _confirm(args, "Delete these objects?", "deleting"):
             print("Not deleted.")
             return EXIT_ERROR
@@ -798,7 +798,8 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
               f"{len(results) - bad} succeeded, {bad} failed.")  # fmt: skip
     else:
         print(dumps({**plan_json(plan), **results_json(results, [])}))
-    return EXIT_ERROR if any(r.outcome != "ok" for r in results) else EXIT_OK
+    failed = plan.has_errors or any(r.outcome != "ok" for r in results)
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def delete_keys(refs: Sequence[Any], owned: Mapping[str, Mapping[str, Any]],

@@ -471,7 +471,14 @@ def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
         return _import_volume_remote(hv, name, args)
     path = hv.volume_path(str(args["pool"]), name)
     fmt = str(volume_xml.observe(hv.volume_xml(str(args["pool"]), name)).get("format") or "raw")
-    command = ["qemu-img", "convert", "-n", "-O", fmt]
+    # the source's format named, never probed: a file that says it is a vmdk or qed
+    # (whose descriptors name other files) is read as the raw bytes it is
+    try:
+        source_format = images.read_header(str(args["source"])).format
+    except OSError as exc:
+        raise ReconcilerError(
+            f"importing {args['source']}: cannot read it: {exc.strerror}") from None
+    command = ["qemu-img", "convert", "-n", "-f", source_format, "-O", fmt]
     if args.get("backing"):
         command += ["-B", str(args["backing"])]
     command += [str(args["source"]), path]
@@ -482,7 +489,8 @@ def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
     # any) is what it reads from the source; only then is the copy done
     # no -U: a copy still being written (by a qemu-img an earlier, killed run left)
     # holds the image's write lock, and the comparison fails instead of reading half
-    check = subprocess.run(_dies_with_us(["qemu-img", "compare", str(args["source"]), path]),
+    check = subprocess.run(_dies_with_us(["qemu-img", "compare", "-f", source_format, "-F", fmt,
+                                          str(args["source"]), path]),
                            capture_output=True, text=True, check=False)  # fmt: skip
     if check.returncode != 0:
         said = (check.stdout + check.stderr).strip()

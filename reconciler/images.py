@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -63,3 +64,52 @@ def file_digest(path: str) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+MAX_CHAIN = 16  # backing files followed at most (qemu's own limit is deeper)
+
+
+def _qcow2_references(path: str) -> tuple[str | None, bool]:
+    """(backing file as written, or None; whether data lives in an external file) of the
+    qcow2 image at ``path`` (qcow2 spec: backing_file_offset at byte 8, its size at 16;
+    incompatible_features at 72 in version 3, bit 2 = external data file)."""
+    with open(path, "rb") as f:
+        head = f.read(104)
+        offset, size = struct.unpack(">Q", head[8:16])[0], struct.unpack(">I", head[16:20])[0]
+        version = struct.unpack(">I", head[4:8])[0]
+        external = version >= 3 and len(head) >= 80 and bool(
+            struct.unpack(">Q", head[72:80])[0] & 4)  # fmt: skip
+        if not offset or not size or size > 4096:
+            return None, external
+        f.seek(offset)
+        return f.read(size).decode("utf-8", "replace"), external
+
+
+def chain_problem(path: str, allowed: Callable[[str], bool]) -> str | None:
+    """Why the image at ``path`` may not be used by a root daemon, or None: a qcow2 image
+    whose backing file (followed down the chain, relative to the image's folder) lies
+    outside the allowed roots, or a backing file that is not a plain path (``json:``,
+    a protocol), or data kept in an external file. Reading the image through such a
+    chain would read (or let libvirt relabel) files nobody named in a manifest.
+    Images in other formats are read as raw by the tool (``qemu-img -f raw``)."""
+    current = path
+    for _ in range(MAX_CHAIN):
+        try:
+            header = read_header(current)
+            if header.format != "qcow2":
+                return None
+            backing, external = _qcow2_references(current)
+        except OSError:
+            return None  # preflight reports a missing or unreadable file
+        if external:
+            return f"{current} keeps its data in an external file; flatten it first"
+        if backing is None:
+            return None
+        if ":" in backing.split("/", 1)[0]:
+            return f"{current} has a backing file that is not a path ({backing[:80]!r})"
+        resolved = os.path.normpath(os.path.join(os.path.dirname(current), backing))
+        if not allowed(resolved):
+            return (f"{current} reads through backing file {resolved}, outside the allowed "
+                    "roots; flatten it (qemu-img convert) or move its backing file")
+        current = resolved
+    return f"{path} has a backing chain deeper than {MAX_CHAIN}"

@@ -28,7 +28,15 @@ from reconciler.hostpaths import PathPolicy, host_paths, read_secret
 from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory, write_atomically
 from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
-from reconciler.model import Kind, Manifest, StoragePoolSpec, VolumeSpec
+from reconciler.model import (
+    FieldPath,
+    FieldProblem,
+    Kind,
+    Manifest,
+    StoragePoolSpec,
+    VirtualMachineSpec,
+    VolumeSpec,
+)
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
@@ -145,7 +153,10 @@ class Reconciler:
         could not be made become ``load.notes``."""
         facts = self.hypervisor.host_facts(preflight.wanted(load.manifests, self._paths().allows))
         notes = tuple(f"preflight: {line}" for line in facts.unknown)
-        return drop_findings(load, preflight.check(load.manifests, facts, observed), notes)
+        findings = preflight.check(load.manifests, facts, observed)
+        if facts.local:
+            findings += image_chain_problems(load.manifests, self._paths())
+        return drop_findings(load, findings, notes)
 
     # VMs found in sync, by fingerprint (planner.fingerprint): a cache in the state
     # directory, so that a plan of a large, converged host skips their XML. Losing
@@ -299,6 +310,30 @@ def known_objects(observed: Observed) -> KnownObjects:
         volumes=frozenset(observed.volumes),
         consulted=True,
     )
+
+
+def image_chain_problems(manifests: tuple[Manifest, ...], policy: PathPolicy) -> list[
+        tuple[Manifest, FieldProblem]]:  # fmt: skip
+    """A Volume ``source`` or a qcow2 disk ``file`` whose backing chain leaves the allowed
+    roots (images.chain_problem): QEMU, qemu-img and libvirt's relabelling would read
+    files no manifest named (a qcow2 made with ``-b /etc/shadow``). Local files only,
+    each read once, and only when the path itself is allowed."""
+    found: list[tuple[Manifest, FieldProblem]] = []
+    for m in manifests:
+        spec = m.spec
+        named: list[tuple[FieldPath, str]] = []
+        if isinstance(spec, VolumeSpec) and spec.source:
+            named.append((("spec", "source"), spec.source))
+        elif isinstance(spec, VirtualMachineSpec):
+            named += [(("spec", "disks", i, "file"), d.file) for i, d in enumerate(spec.disks)
+                      if d.file and d.format == "qcow2"]  # fmt: skip
+        for where, path in named:
+            if not policy.allows(path):
+                continue  # refused as a path already
+            problem = images.chain_problem(path, policy.allows)
+            if problem is not None:
+                found.append((m, FieldProblem(where, problem)))
+    return found
 
 
 def source_revision(directory: Path) -> str | None:
