@@ -70,6 +70,7 @@ DEBOOTSTRAP_TIMEOUT = 1200.0
 BOOT_TIMEOUT = 120.0
 UNIT = "reconciler"
 UNIT_FILE = REPO / "systemd" / "reconciler.service"
+CONTAINER_SRC = "/opt/reconciler-test-src"  # where the checkout is bound in the container
 CONTAINER_MANIFESTS = "/etc/reconciler/manifests"
 CONVERGE_TIMEOUT = 60.0
 
@@ -356,14 +357,20 @@ def _container(root: Path, base: str, names: dict[str, str], storage: Path, tree
     if hidden:
         pytest.fail(f"the virtualenv ({', '.join(hidden)}) is where ProtectHome=yes hides it "
                     "from the daemon: make it elsewhere (VENV=...)", pytrace=False)  # fmt: skip
-    binds = ["--bind=/run/libvirt", f"--bind-ro={REPO}", f"--bind={storage}",
+    # The checkout is bound at a fixed path outside /tmp: the unit's PrivateTmp=yes hides
+    # the container's /tmp from the daemon, and CI may clone into /tmp.
+    def inside(path: str) -> str:
+        return CONTAINER_SRC + path[len(str(REPO)):] if Path(path).is_relative_to(REPO) else path
+
+    binds = ["--bind=/run/libvirt", f"--bind-ro={REPO}:{CONTAINER_SRC}", f"--bind={storage}",
              f"--bind={manifests}:{CONTAINER_MANIFESTS}"]  # fmt: skip
     binds += [f"--bind-ro={sys.prefix}"] if not Path(sys.prefix).is_relative_to(REPO) else []
     launcher = "\n".join([
         "#!/usr/bin/python3",
         "# The test's virtualenv on the container's interpreter (test_systemd_unit.py).",
         "import site, sys",
-        *(f"site.addsitedir({p!r})" for p in sorted(site)),
+        *(f"site.addsitedir({inside(p)!r})" for p in sorted(site)),
+        f"sys.path.insert(0, {CONTAINER_SRC!r})",
         "from reconciler.cli import main",
         "sys.exit(main())",
         "",
