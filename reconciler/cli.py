@@ -729,8 +729,9 @@ def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[s
         return f"reconciler: error: {exc}\n", EXIT_ERROR
     if report is None:
         message = (
-            f"no daemon has run yet: no {settings.state_dir}/status.json "
-            "(start it with 'reconciler run' or 'systemctl start reconciler')"
+            f"no daemon has run yet, nor an apply: no {settings.state_dir}/status.json "
+            "('reconciler apply DIR' writes one, and the daemon: 'reconciler run' or "
+            "'systemctl start reconciler')"
         )
         if output == "json":
             return dumps({"version": 1, "status": None, "message": message}) + "\n", EXIT_ERROR
@@ -753,6 +754,26 @@ def _delete(args: argparse.Namespace) -> int:
     state_dir = usable_state_dir(settings.state_dir)
     with StateLock(state_dir):
         return _delete_locked(args, settings, state_dir)
+
+
+def _drop_from_status(state_dir: Path, keys: AbstractSet[str]) -> None:
+    """``status`` stops listing what ``delete`` removed (a status file that cannot be read
+    or written is left as it is: the delete itself is done)."""
+    import dataclasses
+
+    from reconciler.status import read_status, write_status
+
+    if not keys:
+        return
+    try:
+        report = read_status(state_dir)
+        if report is None:
+            return
+        kept = tuple(o for o in report.objects if f"{o.kind}/{o.name}" not in keys)
+        if len(kept) != len(report.objects):
+            write_status(state_dir, dataclasses.replace(report, objects=kept))
+    except (ReconcilerError, OSError):
+        pass
 
 
 def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path) -> int:
@@ -790,6 +811,7 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
             print("Not deleted.")
             return EXIT_ERROR
         results = Executor(hv, observed.inventory, state_dir).apply(plan)
+    _drop_from_status(state_dir, {r.action.key for r in results if r.outcome == "ok"})
     if text:
         print()
         print(render_results(results, colour=_colour()))

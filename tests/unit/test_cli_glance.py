@@ -216,3 +216,16 @@ def test_a_managed_object_gone_from_libvirt_is_named_by_the_inventory() -> None:
     assert cli.gone_keys("Volume/images/root", owned) == ["Volume/root"]
     assert cli.gone_keys("Volume/other/root", owned) == []
     assert cli.gone_keys("nothing", owned) == []
+
+
+def test_status_stops_listing_what_delete_removed(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from reconciler.status import read_status, write_status
+    from tests.unit.test_status import SAMPLE
+
+    write_status(tmp_path, SAMPLE)
+    first = SAMPLE.objects[0]
+    cli._drop_from_status(tmp_path, {f"{first.kind}/{first.name}"})
+    assert read_status(tmp_path) == replace(SAMPLE, objects=SAMPLE.objects[1:])
+    cli._drop_from_status(tmp_path / "none", {"VirtualMachine/x"})  # no status: nothing
