@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -910,20 +910,9 @@ class Hypervisor:
                 vol.resize(len(data), 0)
                 capacity = len(data)
             payload = data + bytes(capacity - len(data))
-            stream = self._conn.newStream(0)
-            vol.upload(stream, 0, len(payload), 0)
-            try:
-                view = memoryview(payload)
-                while view:
-                    sent = stream.send(view[: 1024**2].tobytes())
-                    if sent < 0:
-                        raise libvirt.libvirtError("volume upload stream refused data")
-                    view = view[sent:]
-                stream.finish()
-            except BaseException:
-                with contextlib.suppress(libvirt.libvirtError):
-                    stream.abort()
-                raise
+            view = memoryview(payload)
+            self._upload(vol, len(payload),
+                         (view[i : i + 1024**2] for i in range(0, len(payload), 1024**2)))
 
     def import_file(self, pool: str, name: str, source: str, source_format: str) -> None:
         """Make volume ``pool/name`` (it exists, empty or half copied) hold the image file
@@ -982,17 +971,22 @@ class Hypervisor:
                     p.storageVolLookupByName(staging).delete(0)
 
     def _upload_file(self, vol: Any, source: str, size: int) -> None:
+        with open(source, "rb") as f:
+            self._upload(vol, size, iter(lambda: f.read(1024**2), b""))
+
+    def _upload(self, vol: Any, size: int, chunks: Iterable[bytes | memoryview]) -> None:
+        """Stream ``chunks`` (``size`` bytes in all) into ``vol`` (``virStorageVolUpload``);
+        the stream is aborted on any error."""
         stream = self._conn.newStream(0)
         vol.upload(stream, 0, size, 0)
         try:
-            with open(source, "rb") as f:
-                while chunk := f.read(1024**2):
-                    view = memoryview(chunk)
-                    while view:
-                        sent = stream.send(view.tobytes())
-                        if sent < 0:
-                            raise libvirt.libvirtError("volume upload stream refused data")
-                        view = view[sent:]
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    sent = stream.send(view.tobytes())
+                    if sent < 0:
+                        raise libvirt.libvirtError("volume upload stream refused data")
+                    view = view[sent:]
             stream.finish()
         except BaseException:
             with contextlib.suppress(libvirt.libvirtError):
