@@ -359,13 +359,7 @@ class _Objects:
             shift += 7
         base: tuple[int, bytes] | None = None
         if kind == 6:  # OFS_DELTA: the base is earlier in this pack
-            byte = data[pos]
-            pos += 1
-            back = byte & 0x7F
-            while byte & 0x80:
-                byte = data[pos]
-                pos += 1
-                back = ((back + 1) << 7) | (byte & 0x7F)
+            back, pos = _varint(data, pos)
             base = self._unpack(data, offset - back, depth + 1)
         elif kind == 7:  # REF_DELTA: the base is named
             base = self.read(bytes(data[pos : pos + self.hash_len]), depth + 1)
