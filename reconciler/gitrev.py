@@ -492,7 +492,7 @@ def _index(repo: Repository, hash_len: int) -> dict[bytes, _Entry]:
     return entries
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def _varint(data: bytes | mmap.mmap, pos: int) -> tuple[int, int]:
     byte = data[pos]
     pos += 1
     value = byte & 0x7F
