@@ -27,7 +27,6 @@ Pure: no I/O, no libvirt.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -60,7 +59,7 @@ from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml
 from reconciler.xml import volume as volume_xml
-from reconciler.xml._fields import Projection, parse
+from reconciler.xml._fields import Element, Projection, parse
 
 STOCK = frozenset({(Kind.NETWORK, "default"), (Kind.STORAGE_POOL, "default")})
 """libvirt's own objects (the packaged NAT network, virt-install's image pool): left out
@@ -403,8 +402,10 @@ def vm_spec(
     _put(spec, "machine", p.get("machine"), _MODEL_NAME.match, notes)
     if p.get("firmware") == "uefi":
         spec["firmware"] = "uefi"
-    if cpu is not None and (cpu.model is None or _MODEL_NAME.match(cpu.model)) and all(
-        _FEATURE_NAME.match(name) for name, _ in cpu.features
+    if (
+        cpu is not None
+        and (cpu.model is None or _MODEL_NAME.match(cpu.model))
+        and all(_FEATURE_NAME.match(name) for name, _ in cpu.features)
     ):
         spec["cpu"] = cpu_manifest(cpu)
     else:
@@ -469,10 +470,11 @@ def _on_bus(target: str, bus: object, buses: Collection[str]) -> bool:
 
 def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
     out = []
-    for target in _entries(p, "disks"):
+    for key in _entries(p, "disks"):  # keyed by source; notes name the target
+        target = str(p.get(f"disks[{key}].target"))
         at = f"disks[{target}]"
-        bus = p.get(f"{at}.bus")
-        volume, file = p.get(f"{at}.volume"), p.get(f"{at}.file")
+        bus = p.get(f"disks[{key}].bus")
+        volume, file = p.get(f"disks[{key}].volume"), p.get(f"disks[{key}].file")
         if volume is None and file is None:
             notes.add(at, "only image files and pool volumes are expressible "
                       "(not block devices or network disks); left out")  # fmt: skip
@@ -488,17 +490,17 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
         disk["target"] = target
         if bus != "virtio":
             disk["bus"] = bus
-        fmt = p.get(f"{at}.format")
+        fmt = p.get(f"disks[{key}].format")
         if file is not None:
             if fmt in ("raw", "qcow2"):
                 disk["format"] = fmt
             else:
                 notes.add(f"{at}.format", f"image format {show_value('', fmt)} cannot be "
                           "expressed (raw or qcow2)")  # fmt: skip
-        _opt(disk, "cache", p.get(f"{at}.cache"))
-        if p.get(f"{at}.readonly"):
+        _opt(disk, "cache", p.get(f"disks[{key}].cache"))
+        if p.get(f"disks[{key}].readonly"):
             disk["readonly"] = True
-        serial = p.get(f"{at}.serial")
+        serial = p.get(f"disks[{key}].serial")
         if isinstance(serial, str) and _DISK_SERIAL.match(serial):
             disk["serial"] = serial
         out.append(disk)
@@ -601,6 +603,11 @@ _DOMAIN_IGNORED = (
 _DEFAULT_VIDEO = ("cirrus", "vga")
 
 
+# A redefinition patches the domain's definition (domain_xml.patch): what a manifest
+# cannot say stays in this domain; a VM created from the manifest elsewhere lacks it.
+_KEPT = "; kept by a redefine of this domain, left out of a VM created from the manifest"
+
+
 def _vm_losses(config_xml: str, rendered: str, notes: _Notes) -> None:
     root = parse(config_xml)
     for path, what in structural_losses(config_xml, rendered, _DOMAIN_IGNORED):
@@ -611,13 +618,14 @@ def _vm_losses(config_xml: str, rendered: str, notes: _Notes) -> None:
             sections = ("disks", "cdroms") if device.group(1) == "disk" else ("interfaces",)
             if any(notes.covers(f"{section}[{device.group(2)}]") for section in sections):
                 continue  # noted by its manifest name already
-        notes.add(path, what)
+        notes.add(path, what.replace("; left out", _KEPT))
     for i, video in enumerate(root.findall("devices/video")):
         model = video.find("model")
         kind = None if model is None else model.get("type")
         if i > 0 or kind not in (*_DEFAULT_VIDEO, None):
-            notes.add(f"devices/video[{kind}]", "video model is not expressible; libvirt's "
-                      "default is used when the VM is defined from the manifest")  # fmt: skip
+            notes.add(f"devices/video[{kind}]", "video model is not expressible; kept by a "
+                      "redefine of this domain, libvirt's default when a VM is created from "
+                      "the manifest")  # fmt: skip
     loader = root.find("os/loader")
     if loader is not None and (loader.get("secure") == "yes" or (
             (loader.text or "").strip() and root.find("os[@firmware='efi']") is None)):  # fmt: skip
@@ -626,7 +634,7 @@ def _vm_losses(config_xml: str, rendered: str, notes: _Notes) -> None:
                   "without secure boot")  # fmt: skip
     for element in root.findall("metadata/*"):
         if not element.tag.startswith("{" + domain_xml.OWNER_NAMESPACE + "}"):
-            notes.add("metadata", f"foreign metadata {element.tag} is not kept")
+            notes.add("metadata", f"foreign metadata {element.tag!s}{_KEPT}")
 
 
 def export_vm(record: DomainRecord, ctx: Context) -> Exported:
@@ -665,7 +673,7 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
 # --- structure: what the XML has that the rendered manifest does not ---------------
 
 
-def _qualifier(element: ET.Element) -> str | None:
+def _qualifier(element: Element) -> str | None:
     if element.tag == "disk":
         target = element.find("target")
         return None if target is None else target.get("dev")
@@ -688,20 +696,20 @@ def _ignored(bare: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(bare, pattern) for pattern in patterns)
 
 
-def _name(element: ET.Element) -> str:
+def _name(element: Element) -> str:
     qualifier = _qualifier(element)
-    return element.tag if qualifier is None else f"{element.tag}[{qualifier}]"
+    return str(element.tag) if qualifier is None else f"{element.tag!s}[{qualifier}]"
 
 
-def _counterpart(child: ET.Element, live: ET.Element, rendered: ET.Element,
-                 taken: set[int]) -> ET.Element | None:  # fmt: skip
+def _counterpart(child: Element, live: Element, rendered: Element,
+                 taken: list[Element]) -> Element | None:  # fmt: skip
     """The element of ``rendered`` that stands for ``child`` of ``live``: the only one of
     its tag on both sides, or else the first one not yet taken with the same identity."""
     same = [c for c in rendered if c.tag == child.tag]
     if len(same) == 1 and sum(1 for c in live if c.tag == child.tag) == 1:
-        return same[0] if id(same[0]) not in taken else None
+        return same[0] if not any(same[0] is t for t in taken) else None
     for candidate in same:
-        if id(candidate) not in taken and _qualifier(candidate) == _qualifier(child):
+        if not any(candidate is t for t in taken) and _qualifier(candidate) == _qualifier(child):
             return candidate
     return None
 
@@ -716,13 +724,14 @@ def structural_losses(live_xml: str, rendered_xml: str,
     patterns = tuple(ignored)
     losses: list[tuple[str, str]] = []
 
-    def walk(live: ET.Element, rendered: ET.Element, path: str, bare: str) -> None:
-        taken: set[int] = set()
+    def walk(live: Element, rendered: Element, path: str, bare: str) -> None:
+        taken: list[Element] = []  # the elements themselves: lxml proxies' ids are not stable
         for child in live:
             if not isinstance(child.tag, str) or child.tag.startswith("{"):
                 continue  # comments; namespaced metadata is the caller's business
+            tag = str(child.tag)
             child_path = f"{path}/{_name(child)}" if path else _name(child)
-            child_bare = f"{bare}/{child.tag}" if bare else child.tag
+            child_bare = f"{bare}/{tag}" if bare else tag
             if _ignored(child_bare, patterns) or (child.tag == "input"
                                                    and child.get("bus") == "ps2"):  # fmt: skip
                 continue
@@ -730,8 +739,9 @@ def structural_losses(live_xml: str, rendered_xml: str,
             if other is None:
                 losses.append((child_path, _describe(child) + " is not expressible; left out"))
                 continue
-            taken.add(id(other))
-            for attr, value in child.attrib.items():
+            taken.append(other)
+            for attr_key, value in child.attrib.items():
+                attr = str(attr_key)
                 if other.get(attr) == value or _ignored(f"{child_bare}@{attr}", patterns):
                     continue
                 losses.append((f"{child_path}@{attr}",
@@ -745,9 +755,9 @@ def structural_losses(live_xml: str, rendered_xml: str,
     return losses
 
 
-def _describe(element: ET.Element) -> str:
-    attrs = " ".join(f"{k}={v!r}" for k, v in element.attrib.items())
-    return f"<{element.tag}{' ' + attrs if attrs else ''}>"
+def _describe(element: Element) -> str:
+    attrs = " ".join(f"{k!s}={v!r}" for k, v in element.attrib.items())
+    return f"<{element.tag!s}{' ' + attrs if attrs else ''}>"
 
 
 # --- selection -----------------------------------------------------------------------
@@ -876,8 +886,8 @@ def _uses(observed: Observed, ref: Ref) -> list[Ref]:
     if ref.kind is Kind.VIRTUAL_MACHINE:
         dom = observed.domains[ref.name]
         p = domain_xml.observe(dom.config_xml)
-        for target in _entries(p, "disks"):
-            pool, volume = p.get(f"disks[{target}].pool"), p.get(f"disks[{target}].volume")
+        for key in _entries(p, "disks"):
+            pool, volume = p.get(f"disks[{key}].pool"), p.get(f"disks[{key}].volume")
             if isinstance(pool, str) and isinstance(volume, str) \
                     and (pool, volume) in observed.volumes:  # fmt: skip
                 out.append(Ref(Kind.VOLUME, volume, pool))

@@ -128,6 +128,11 @@ class NetworkSpec:
 
 @dataclass(frozen=True, slots=True)
 class Disk:
+    """One disk. Its identity is its source (``volume``, else ``file``), never its
+    place in the list. ``target_declared`` False: the manifest named no target, and
+    ``target`` is the one assigned when the VM is created; an existing domain keeps
+    the target its disk has (planner, ``domain_xml.settle_targets``)."""
+
     target: str
     bus: str = "virtio"
     volume: str | None = None
@@ -136,6 +141,7 @@ class Disk:
     cache: str | None = None
     readonly: bool = False
     serial: str | None = None
+    target_declared: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +422,16 @@ def is_q35(machine: str) -> bool:
 
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 _IDE_TARGETS = ("hda", "hdb", "hdc", "hdd")
+
+
+def target_names(bus: str) -> tuple[str, ...]:
+    """The device names a disk on ``bus`` can have, in the order they are given out."""
+    return _IDE_TARGETS if bus == "ide" else _target_names(_TARGET_PREFIX[bus])
+
+
+def target_fits(target: str, bus: str) -> bool:
+    """Whether ``target`` names a device on ``bus`` (``vdb`` on virtio)."""
+    return target.startswith(_TARGET_PREFIX.get(bus, "?"))
 
 
 @functools.cache
@@ -699,7 +715,21 @@ def _build_vm(
             )
 
     disks = []
+    images: dict[str, int] = {}
     for i, d in enumerate(raw.get("disks", ())):
+        image = d.get("volume") or d.get("file")
+        if image is not None:
+            if image in images:
+                what = "volume" if "volume" in d else "file"
+                problems.append(
+                    FieldProblem(
+                        ("spec", "disks", i, what),
+                        f"{what} {image} is already disks[{images[image]}]: a disk is known"
+                        " by its image, and two writers of one image corrupt it",
+                        "list each image once",
+                    )
+                )
+            images.setdefault(image, i)
         bus = d.get("bus", "virtio")
         check_bus(bus, ("spec", "disks", i, "bus"))
         check_target_bus(d.get("target"), bus, ("spec", "disks", i, "target"))
@@ -721,6 +751,7 @@ def _build_vm(
                 cache=d.get("cache"),
                 readonly=d.get("readonly", False),
                 serial=d.get("serial"),
+                target_declared="target" in d,
             )
         )
     cdroms = []

@@ -207,8 +207,9 @@ def _adoption(owned: bool) -> list[Change]:
     return [] if owned else [Change("ownership", "unmanaged", "managed")]
 
 
-def _recorded(entry: Mapping[str, Any] | None, record: Mapping[str, Any],
-              fields: Iterable[str]) -> list[Change]:
+def _recorded(
+    entry: Mapping[str, Any] | None, record: Mapping[str, Any], fields: Iterable[str]
+) -> list[Change]:
     """Changes to settings that live only in the inventory (libvirt has no place for them):
     recorded by the apply like any other change, or they would silently never apply."""
     if entry is None:
@@ -506,12 +507,12 @@ def _running_user(
         if not d.active or d.live_xml is None:
             continue
         live = domain_xml.observe(d.live_xml)
-        for target in devices(live, "disks"):
+        for key in devices(live, "disks"):
             if (
-                live.get(f"disks[{target}].pool") == pool
-                and live.get(f"disks[{target}].volume") == volume
+                live.get(f"disks[{key}].pool") == pool
+                and live.get(f"disks[{key}].volume") == volume
             ):
-                return (d.name, target)
+                return (d.name, str(live.get(f"disks[{key}].target")))
     return None
 
 
@@ -866,19 +867,21 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         quick = _vm_power_and_autostart(m, spec, live, record, print_)
         if quick is not None:
             return quick
+    config_root = parse(live.config_xml)
+    # a disk keeps the target the domain has it at, unless the manifest names one
+    spec = domain_xml.settle_targets(spec, config_root)
     try:
         desired = domain_xml.project(spec, **kwargs)
     except ValueError as exc:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
-    config_root = parse(live.config_xml)
     owned = domain_xml.read_ownership(config_root) is not None or entry is not None
     if not owned and not spec.adopt:
         return _conflict(m, f"VM '{m.name}'")
-    uuid = live.uuid
 
     @functools.cache
-    def rendered() -> str:  # only for a VM that changes: rendering is a plan's main cost
-        return domain_xml.render(m.name, spec, uuid=uuid, ownership=ownership, **kwargs)
+    def rendered() -> str:  # only for a VM that changes: patching is a plan's main cost
+        # the current definition, patched: what the manifest does not say is kept
+        return domain_xml.patch(live.config_xml, spec, ownership=ownership, **kwargs)
 
     config = domain_xml.observe(config_root)
     seeds = seeds.with_domain(config)
@@ -1039,6 +1042,8 @@ def _from_host(m: Manifest, changes: Iterable[Change]) -> tuple[Change, ...]:
             )
         out.append(c)
     return tuple(out)
+
+
 def _start_failure(
     entry: Mapping[str, Any] | None, spec: VirtualMachineSpec, live: DomainRecord
 ) -> dict[str, Any]:
@@ -1186,12 +1191,16 @@ def _plan_prune(
     if not orphans:
         return [], "", ()
     if not load.complete:
-        return [], (
-            f"{len(orphans)} owned object(s) without a manifest kept: "
-            "not every manifest loaded and passed its checks (see the problems), and a "
-            "manifest with a problem may still declare them "
-            f"({', '.join(orphans)})"
-        ), ()
+        return (
+            [],
+            (
+                f"{len(orphans)} owned object(s) without a manifest kept: "
+                "not every manifest loaded and passed its checks (see the problems), and a "
+                "manifest with a problem may still declare them "
+                f"({', '.join(orphans)})"
+            ),
+            (),
+        )
     if not options.prune:
         return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off", ()
     blocked: str = ""
@@ -1323,9 +1332,7 @@ def _has_backing(action: Action, observed: Observed) -> bool:
     return False
 
 
-def _delete(
-    key: str, entry: Mapping[str, Any], observed: Observed, why: str = ""
-) -> Action | None:
+def _delete(key: str, entry: Mapping[str, Any], observed: Observed, why: str = "") -> Action | None:
     kind_name, _, name = key.partition("/")
     kind = Kind(kind_name)
     where = why or f"manifest {entry.get('manifest', '?')} is gone"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from reconciler.errors import Problem
 from reconciler.model import Kind
 from reconciler.plan import MARKERS, Action, Change, DeviceChange, Op, Plan
 from reconciler.units import format_duration, format_size
-from reconciler.xml._fields import parse, serialize
+from reconciler.xml._fields import ParseError, parse, serialize
 from reconciler.xml.domain import secret_token
 
 if TYPE_CHECKING:  # executor imports libvirt: not needed to print a plan
@@ -180,7 +179,7 @@ def _normalised(xml: str) -> list[str]:
     """One layout for both sides of a diff (libvirt indents and quotes its own way)."""
     try:
         text = serialize(parse(xml))
-    except ET.ParseError:
+    except ParseError:
         text = xml
     return mask_secrets(text).splitlines(keepends=True)
 

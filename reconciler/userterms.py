@@ -38,7 +38,7 @@ _LABEL_FIELDS: Mapping[str, tuple[str, ...]] = {
     "dnsHosts": (),
 }
 _DETAIL_FIELDS: Mapping[str, tuple[str, ...]] = {
-    "disks": ("bus", "format", "cache", "readonly"),
+    "disks": ("target", "bus", "format", "cache", "readonly"),
     "cdroms": ("bus",),
     "interfaces": ("network", "bridge", "model"),
     "ipv4.dhcp.hosts": ("ip", "name"),
@@ -76,7 +76,7 @@ def manifest_indexes(m: Manifest | None) -> dict[str, str]:
     spec = m.spec
     if isinstance(spec, VirtualMachineSpec):
         for i, disk in enumerate(spec.disks):
-            out[f"disks[{disk.target}]"] = f"disks[{i}]"
+            out[f"disks[{disk.volume if disk.volume is not None else disk.file}]"] = f"disks[{i}]"
         for i, cdrom in enumerate(spec.cdroms):
             out[f"cdroms[{cdrom.target}]"] = f"cdroms[{i}]"
         if spec.cloud_init is not None:

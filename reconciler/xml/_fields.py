@@ -14,21 +14,29 @@ so render, project and observe cannot disagree. ``Device`` does the same for
 repeated devices (disks, NICs, DHCP hosts), keyed by identity, never position:
 ``disks[vda].bus``.
 
-Pure: no I/O, no libvirt. Values are written as ElementTree attributes and
-text, never by string formatting, so the serializer escapes every one; text
-that XML 1.0 cannot carry at all (NUL, most control characters) is refused.
+A redefinition patches the current definition instead of rendering a new one
+(``Place.clear`` removes what ``write`` writes, ``Device.patch`` keeps each
+device's element, so its ``<address>``, ``<alias>`` and everything the manifest
+does not manage stay as they are).
+
+Pure: no I/O, no libvirt. Values are written as lxml attributes and text, never
+by string formatting, so the serializer escapes every one; text that XML 1.0
+cannot carry at all (NUL, most control characters) is refused. lxml, not
+xml.etree: it keeps foreign namespace prefixes (``libosinfo:``) as written, and
+its parser here resolves no entities and fetches nothing (docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
-Element: TypeAlias = ET.Element
+from lxml import etree as ET
+
+Element: TypeAlias = ET._Element
 Projection: TypeAlias = dict[str, object]
 """Flat, canonical view of an object's fields: field path -> value (None: absent)."""
 
@@ -118,6 +126,44 @@ def reorder(parent: Element, order: Sequence[str]) -> None:
     parent[:] = children
 
 
+def remove(element: Element) -> None:
+    """Take ``element`` out of its parent, keeping the text that followed it."""
+    parent = element.getparent()
+    if parent is None:
+        return
+    if element.tail and element.tail.strip():
+        previous = element.getprevious()
+        if previous is not None:
+            previous.tail = (previous.tail or "") + element.tail
+        else:
+            parent.text = (parent.text or "") + element.tail
+    parent.remove(element)
+
+
+def beside(element: Element) -> None:
+    """Move ``element`` (just appended) after the last sibling with its tag, so a
+    device added to a definition stands with its kind (libvirt orders them anyway)."""
+    parent = element.getparent()
+    if parent is None:
+        return
+    same = [c for c in parent if c.tag == element.tag and c is not element]
+    if same:
+        same[-1].addnext(element)
+
+
+def drop_attr(element: Element, name: str) -> None:
+    """Remove attribute ``name`` of ``element`` if it has one."""
+    if name in element.attrib:
+        del element.attrib[name]
+
+
+def _remove_at(root: Element, path: str) -> None:
+    if not path:
+        return
+    for element in list(root.findall(path)):
+        remove(element)
+
+
 def _set_fixed(element: Element, fixed: Mapping[str, str]) -> None:
     for key, value in fixed.items():
         element.set(key, value)
@@ -127,9 +173,14 @@ def _set_fixed(element: Element, fixed: Mapping[str, str]) -> None:
 
 
 class Place(Protocol):
-    """Where one value lives in the XML. ``None`` means absent in both directions."""
+    """Where one value lives in the XML. ``None`` means absent in both directions.
+
+    ``clear`` removes what ``write`` writes (and nothing else), so a redefinition
+    can change one value of an existing definition: clear, then write."""
 
     def write(self, root: Element, value: Any) -> None: ...
+
+    def clear(self, root: Element) -> None: ...
 
     def read(self, root: Element) -> object: ...
 
@@ -149,6 +200,22 @@ class Attr:
         element = ensure(root, self.path)
         _set_fixed(element, self.fixed or {})
         element.set(self.name, xml_text(self.codec.dump(value), self.name))
+
+    def clear(self, root: Element) -> None:
+        element = find(root, self.path)
+        if element is None:
+            return
+        drop_attr(element, self.name)
+        if not self.path:
+            return
+        # an element left with only the attributes that select or go with it is gone
+        kept = {**(_steps(self.path)[-1][1]), **(self.fixed or {})}
+        if (
+            len(element) == 0
+            and not (element.text or "").strip()
+            and all(kept.get(str(k)) == v for k, v in element.attrib.items())
+        ):
+            remove(element)
 
     def read(self, root: Element) -> object:
         element = find(root, self.path)
@@ -172,6 +239,9 @@ class Text:
         _set_fixed(element, self.fixed or {})
         element.text = xml_text(self.codec.dump(value), self.path)
 
+    def clear(self, root: Element) -> None:
+        _remove_at(root, self.path)
+
     def read(self, root: Element) -> object:
         element = find(root, self.path)
         if element is None:
@@ -191,6 +261,9 @@ class Flag:
     def write(self, root: Element, value: Any) -> None:
         if value:
             ensure(root, self.path)
+
+    def clear(self, root: Element) -> None:
+        _remove_at(root, self.path)
 
     def read(self, root: Element) -> object:
         return find(root, self.path) is not None
@@ -223,6 +296,14 @@ class Each:
             element = ET.SubElement(parent, self.tag, {**attrs, **(self.fixed or {})})
             if self.attr is None:
                 element.text = text
+
+    def clear(self, root: Element) -> None:
+        parent = find(root, self.parent)
+        if parent is None:
+            return
+        for element in list(parent.findall(self.tag)):
+            if all(element.get(k) == v for k, v in (self.fixed or {}).items()):
+                remove(element)
 
     def read(self, root: Element) -> object:
         parent = find(root, self.parent)
@@ -283,6 +364,31 @@ def render_fields(
             field.place.write(root, value)
 
 
+def patch_fields(
+    root: Element,
+    fields: Iterable[Field[T]],
+    desired: T,
+    variant: str | None = None,
+    observed_variant: str | None = None,
+) -> list[str]:
+    """Set in ``root`` each field whose desired value differs from the one it has
+    (clear that place, write the desired value); every other part of ``root`` stays
+    as it is. Returns the paths of the fields changed."""
+    fields = tuple(fields)
+    want = project_fields(fields, desired, "", variant)
+    have = observe_fields(root, fields, "", observed_variant)
+    changed = []
+    for field in fields:
+        if want[field.path] == have[field.path]:
+            continue
+        field.place.clear(root)
+        value = _wanted(field, desired, variant)
+        if value is not None:
+            field.place.write(root, value)
+        changed.append(field.path)
+    return changed
+
+
 def project_fields(
     fields: Iterable[Field[T]], desired: T, prefix: str = "", variant: str | None = None
 ) -> Projection:
@@ -340,6 +446,18 @@ class Device(Generic[T]):
     variant_of: Callable[[T], str] | None = None
     decorate: Callable[[Element, T], None] | None = None
     order: tuple[str, ...] = ()
+    variants: frozenset[str] | None = None
+    readdress: frozenset[str] = frozenset()
+
+    def _selects(self, element: Element) -> bool:
+        return all(element.get(k) == v for k, v in (self.fixed or {}).items())
+
+    def managed(self, element: Element) -> bool:
+        """Whether ``element`` is one of this device set's (a manifest makes the set
+        exact): its fixed attributes match and its ``type`` is one of ``variants``."""
+        if not self._selects(element):
+            return False
+        return self.variants is None or element.get("type", "") in self.variants
 
     def _path(self, key: object) -> str:
         return f"{self.section}[{key}]."
@@ -350,18 +468,67 @@ class Device(Generic[T]):
             return
         parent = ensure(root, self.parent)
         for item in items:
-            element = ET.SubElement(parent, self.tag)
-            variant = None
-            if self.variant_of is not None:
-                variant = self.variant_of(item)
-                element.set("type", variant)
-            _set_fixed(element, self.fixed or {})
-            self.key.write(element, self.key_of(item))
-            render_fields(element, self.fields, item, variant)
-            if self.decorate is not None:
-                self.decorate(element, item)
-            if self.order:
-                reorder(element, self.order)
+            self._render_one(parent, item)
+
+    def _render_one(self, parent: Element, item: T) -> Element:
+        element = ET.SubElement(parent, self.tag)
+        variant = None
+        if self.variant_of is not None:
+            variant = self.variant_of(item)
+            element.set("type", variant)
+        _set_fixed(element, self.fixed or {})
+        self.key.write(element, self.key_of(item))
+        render_fields(element, self.fields, item, variant)
+        if self.decorate is not None:
+            self.decorate(element, item)
+        if self.order:
+            reorder(element, self.order)
+        return element
+
+    def patch(self, root: Element, items: Iterable[T]) -> list[Element]:
+        """Make this device set in ``root`` exactly ``items``, keeping every element
+        that stays: an element whose identity is declared keeps its place, its
+        ``<address>``, ``<alias>`` and whatever else the manifest does not manage, and
+        gets only the fields that differ (a change of a ``readdress`` field, such as a
+        disk's bus, also drops its address: the old one cannot fit). Elements of the
+        set that are not declared are removed; elements outside the set (``managed``
+        False) are not touched. New ones are appended without an address (libvirt
+        assigns a free one). Returns the elements appended."""
+        wanted = {self.key.canon(self.key_of(item)): item for item in items}
+        parent = find(root, self.parent)
+        seen: set[object] = set()
+        for element in [] if parent is None else list(parent.findall(self.tag)):
+            if not self.managed(element):
+                continue
+            key = self.key.read(element)
+            item = wanted.get(key)
+            if item is None or key in seen:
+                remove(element)
+                continue
+            seen.add(key)
+            self._patch_one(element, item)
+        added = []
+        for key, item in wanted.items():
+            if key not in seen:
+                element = self._render_one(ensure(root, self.parent), item)
+                beside(element)
+                added.append(element)
+        return added
+
+    def _patch_one(self, element: Element, item: T) -> None:
+        have = element.get("type") if self.variant_of is not None else None
+        variant = None if self.variant_of is None else self.variant_of(item)
+        if variant is not None and variant != have:
+            for field in self.fields:  # another kind of source: the old one goes
+                if field.variant is not None:
+                    field.place.clear(element)
+            element.set("type", variant)
+            have = variant
+        changed = patch_fields(element, self.fields, item, variant, have)
+        if self.readdress.intersection(changed):
+            _remove_at(element, "address")
+        if changed and self.decorate is not None:
+            self.decorate(element, item)
 
     def project(self, items: Iterable[T]) -> Projection:
         out: Projection = {}
@@ -377,7 +544,7 @@ class Device(Generic[T]):
         if parent is None:
             return out
         for element in parent.findall(self.tag):
-            if any(element.get(k) != v for k, v in (self.fixed or {}).items()):
+            if not self.managed(element):
                 continue
             key = self.key.read(element)
             if key is None:
@@ -392,7 +559,7 @@ class Device(Generic[T]):
         if parent is None:
             return None
         for element in parent.findall(self.tag):
-            if any(element.get(k) != v for k, v in (self.fixed or {}).items()):
+            if not self.managed(element):
                 continue
             if self.key.read(element) == key:
                 return element
@@ -402,16 +569,30 @@ class Device(Generic[T]):
 # --- documents --------------------------------------------------------------
 
 
-def parse(xml: str | Element) -> Element:
+# No entity expansion, no DTD, no network: a document is data, never an instruction
+# to fetch or expand something (billion laughs, external entities).
+_PARSER = ET.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+    huge_tree=False,
+)  # fmt: skip
+
+ParseError = ET.XMLSyntaxError
+
+
+def parse(xml: str | bytes | Element) -> Element:
     """Parse an XML document from libvirt (or a fixture) into its root element.
 
-    An element passes through, so a caller can parse once and read twice."""
+    An element passes through, so a caller can parse once and read twice.
+    Raises ``ParseError`` (lxml's XMLSyntaxError, a SyntaxError)
+    on text that is not well-formed XML."""
     if isinstance(xml, str):
-        return ET.fromstring(xml)
+        xml = xml.encode()
+    if isinstance(xml, bytes):
+        return ET.fromstring(xml, _PARSER)
     return xml
 
 
 def serialize(root: Element) -> str:
     """Indented XML text, as golden files and ``virsh dumpxml`` show it."""
     ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
+    return ET.tostring(root, encoding="unicode", with_tail=False) + "\n"

@@ -36,12 +36,14 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from lxml import etree as ET
 
 from reconciler.model import (
     Cdrom,
@@ -51,6 +53,8 @@ from reconciler.model import (
     Interface,
     VirtualMachineSpec,
     is_q35,
+    target_fits,
+    target_names,
 )
 from reconciler.xml._fields import (
     INT,
@@ -65,11 +69,15 @@ from reconciler.xml._fields import (
     Flag,
     Projection,
     Text,
+    beside,
+    drop_attr,
     ensure,
     find,
     observe_fields,
     parse,
+    patch_fields,
     project_fields,
+    remove,
     render_fields,
     reorder,
     serialize,
@@ -88,6 +96,7 @@ __all__ = [
     "device_xml",
     "machine_aliases_from_capabilities",
     "observe",
+    "patch",
     "project",
     "read_cpu",
     "read_ownership",
@@ -127,7 +136,16 @@ def _owner_tag(name: str) -> str:
 
 
 def _render_ownership(root: Element, ownership: Ownership) -> None:
-    owner = ET.SubElement(ensure(root, "metadata"), _owner_tag("owner"))
+    """Write the ownership record into ``<metadata>``: the one writer of ``<rc:owner>``.
+    A record already there is replaced where it stands; other tools' metadata stays."""
+    metadata = ensure(root, "metadata")
+    old = metadata.find(_owner_tag("owner"))
+    owner = ET.Element(_owner_tag("owner"))
+    if old is None:
+        metadata.append(owner)
+    else:
+        old.addnext(owner)
+        remove(old)
     ET.SubElement(owner, _owner_tag("manifest")).text = xml_text(ownership.manifest, "manifest")
     ET.SubElement(owner, _owner_tag("digest")).text = xml_text(ownership.digest, "digest")
     if ownership.revision is not None:
@@ -212,8 +230,9 @@ def read_refused(xml: str | Element) -> frozenset[str]:
     if record is None:
         return frozenset()
     return frozenset(
-        str(c.get("path")) for c in record if c.tag.endswith("change") and c.get("path")
-    )
+        str(c.get("path")) for c in record
+        if isinstance(c.tag, str) and c.tag.endswith("change") and c.get("path")
+    )  # fmt: skip
 
 
 def has_device(xml: str, path: str) -> bool:
@@ -314,6 +333,15 @@ class _Firmware:
                 ensure(os_element, "firmware"), "feature", {"enabled": "no", "name": "secure-boot"}
             )
 
+    def clear(self, root: Element) -> None:
+        os_element = root.find("os")
+        if os_element is None:
+            return
+        drop_attr(os_element, "firmware")
+        for tag in ("firmware", "loader", "nvram"):
+            for element in os_element.findall(tag):
+                remove(element)
+
     def read(self, root: Element) -> object:
         os_element = root.find("os")
         if os_element is None:
@@ -338,6 +366,9 @@ class _BootOrder:
 
     def write(self, root: Element, value: Any) -> None:
         _BOOT_DEVS.write(root, tuple(_BOOT_DEVICES[name] for name in value))
+
+    def clear(self, root: Element) -> None:
+        _BOOT_DEVS.clear(root)
 
     def read(self, root: Element) -> object:
         if root.find("os/kernel") is not None:
@@ -418,6 +449,10 @@ class _Cpu:
             ET.SubElement(cpu, "feature", {"policy": policy, "name": xml_text(name, "feature")})
         reorder(cpu, _CPU_ORDER)
 
+    def clear(self, root: Element) -> None:
+        for cpu in root.findall("cpu"):
+            remove(cpu)
+
     def read(self, root: Element) -> object:
         cpu = read_cpu(root)
         return None if cpu is None else cpu.describe()
@@ -437,6 +472,12 @@ class _GraphicsPort:
         else:
             graphics.set("port", str(int(value)))
             graphics.set("autoport", "no")
+
+    def clear(self, root: Element) -> None:
+        graphics = root.find("devices/graphics")
+        if graphics is not None:
+            for key in ("port", "autoport"):
+                drop_attr(graphics, key)
 
     def read(self, root: Element) -> object:
         graphics = root.find("devices/graphics")
@@ -467,6 +508,20 @@ class _Serial:
         console = ET.SubElement(devices, "console", {"type": value})
         ET.SubElement(console, "target", {"type": "serial", "port": "0"})
 
+    def clear(self, root: Element) -> None:
+        """The first serial port and the console that mirrors it (port 0)."""
+        devices = root.find("devices")
+        if devices is None:
+            return
+        serial = devices.find("serial")
+        if serial is not None:
+            remove(serial)
+        for console in devices.findall("console"):
+            target = console.find("target")
+            if target is None or (target.get("type", "serial") == "serial"
+                                  and target.get("port", "0") == "0"):  # fmt: skip
+                remove(console)
+
     def read(self, root: Element) -> object:
         serial = root.find("devices/serial")
         return "none" if serial is None else serial.get("type")
@@ -484,6 +539,13 @@ class _SerialFile:
             element = find(root, f"devices/{tag}[@type='file']")
             if element is not None:
                 element.insert(0, ET.Element("source", {"path": xml_text(str(value), "serial")}))
+
+    def clear(self, root: Element) -> None:
+        for tag in ("serial", "console"):
+            element = find(root, f"devices/{tag}[@type='file']")
+            if element is not None:
+                for source in element.findall("source"):
+                    remove(source)
 
     def read(self, root: Element) -> object:
         return Attr("devices/serial[@type='file']/source", "path").read(root)
@@ -504,6 +566,10 @@ class _SeedDigest:
         if owner is None:
             owner = ET.SubElement(metadata, _owner_tag("owner"))
         ET.SubElement(owner, _owner_tag("cloudInit")).text = xml_text(str(value), "cloudInit")
+
+    def clear(self, root: Element) -> None:
+        for element in root.findall(f"metadata/{_owner_tag('owner')}/{_owner_tag('cloudInit')}"):
+            remove(element)
 
     def read(self, root: Element) -> object:
         return root.findtext(f"metadata/{_owner_tag('owner')}/{_owner_tag('cloudInit')}")
@@ -588,15 +654,52 @@ FIELDS: tuple[Field[_Desired], ...] = (
 
 FIELDS_BY_PATH: Mapping[str, Field[_Desired]] = {f.path: f for f in FIELDS}
 
+
+@dataclass(frozen=True, slots=True)
+class _DiskSource:
+    """A disk's identity: the volume it names (``type='volume'``), else its file path.
+    Written by the source fields; only read here."""
+
+    def write(self, root: Element, value: Any) -> None:
+        pass
+
+    def clear(self, root: Element) -> None:
+        pass
+
+    def read(self, root: Element) -> object:
+        source = root.find("source")
+        if source is None:
+            return None
+        return source.get("volume" if root.get("type") == "volume" else "file")
+
+    def canon(self, value: Any) -> object:
+        return value
+
+
+MANAGED_DISK_TYPES = frozenset({"file", "volume"})
+"""The ``<disk type>`` of the disks and CD-ROMs a manifest manages as a whole set.
+Block and network disks (and the rest, docs/decisions.md) are kept as they are."""
+MANAGED_INTERFACE_TYPES = frozenset({"network", "bridge"})
+"""The ``<interface type>`` a manifest manages; direct, user, hostdev... NICs are kept."""
+
+
+def disk_key(disk: Disk) -> str:
+    """A disk's identity in projections and plans: its volume name, else its file path."""
+    return disk.volume if disk.volume is not None else str(disk.file)
+
+
 DISKS: Device[_DiskView] = Device(
     section="disks",
     parent="devices",
     tag="disk",
     fixed={"device": "disk"},
-    key=Attr("target", "dev"),
-    key_of=lambda v: v.disk.target,
+    key=_DiskSource(),
+    key_of=lambda v: disk_key(v.disk),
     variant_of=lambda v: "volume" if v.disk.volume is not None else "file",
+    variants=MANAGED_DISK_TYPES,
+    readdress=frozenset({"bus"}),
     fields=(
+        Field("target", lambda v: v.disk.target, Attr("target", "dev")),
         Field("format", lambda v: v.format, Attr("driver", "type", fixed={"name": "qemu"})),
         Field("cache", lambda v: v.disk.cache, Attr("driver", "cache", fixed={"name": "qemu"})),
         Field("pool", lambda v: v.pool, Attr("source", "pool"), variant="volume"),
@@ -631,6 +734,8 @@ CDROMS: Device[Cdrom] = Device(
     ),
     decorate=_cdrom_structure,
     order=("driver", "source", "target", "readonly"),
+    variants=MANAGED_DISK_TYPES,
+    readdress=frozenset({"bus"}),
 )
 
 INTERFACES: Device[Interface] = Device(
@@ -651,6 +756,7 @@ INTERFACES: Device[Interface] = Device(
         ),
     ),
     order=("mac", "source", "model", "rom"),
+    variants=MANAGED_INTERFACE_TYPES,
 )
 
 
@@ -771,6 +877,133 @@ def render(
     reorder(ensure(root, "os"), _OS_ORDER)
     reorder(devices, _DEVICE_ORDER)
     return serialize(root)
+
+
+def patch(
+    current: str | Element,
+    spec: VirtualMachineSpec,
+    *,
+    ownership: Ownership | None = None,
+    volume_pools: Mapping[str, str] | None = None,
+    volume_formats: Mapping[str, str] | None = None,
+    graphics_password: str | None = None,
+    machine_aliases: Mapping[str, str] | None = None,
+    cloud_init_seed: CloudInitSeed | None = None,
+) -> str:
+    """Domain XML for redefining an existing domain: ``current`` (its persistent
+    definition, read INACTIVE|SECURE) with the declared fields that differ set and the
+    managed device sets made exact; everything else is kept as it is (addresses,
+    controllers, video, channels, rng, timers, ``<pm>``, other tools' metadata, unknown
+    elements). Same keywords as ``render``; ``spec``'s disk targets should be settled
+    against ``current`` first (``settle_targets``).
+
+    Managed device sets (formatdomain "Hard drives, floppy disks, CDROMs", "Network
+    interfaces", "Graphical framebuffers", "Input devices", "Serial port"): disks and
+    CD-ROMs of type file/volume, NICs of type network/bridge, the graphics, USB inputs,
+    the serial port and its console. A disk or NIC kept by identity keeps its element:
+    only fields that differ change, and a bus change drops only that disk's address.
+    New devices have no address (libvirt gives each a free one); on q35 root ports are
+    added up to ``pcie_root_ports`` when devices are added. The ownership record
+    (``<rc:owner>``) is replaced where it stands. Raises ValueError as ``render``."""
+    desired = _desired(spec, machine_aliases, graphics_password, cloud_init_seed)
+    root = parse(current)
+    if not isinstance(current, (str, bytes)):
+        root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
+    os_type = root.find("os/type")
+    was_q35 = is_q35("" if os_type is None else os_type.get("machine", ""))
+    patch_fields(root, (f for f in FIELDS if f.path != "cloudInit"), desired)
+    if was_q35 != is_q35(spec.machine):
+        _new_chipset(root)
+    if spec.graphics is None:
+        for graphics in root.findall("devices/graphics"):
+            remove(graphics)
+    added = DISKS.patch(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
+    added += CDROMS.patch(root, _cdroms(desired))
+    added += INTERFACES.patch(root, spec.interfaces)
+    devices = ensure(root, "devices")
+    scsi = any(disk.bus == "scsi" for disk in spec.disks) or any(
+        cdrom.bus == "scsi" for cdrom in spec.cdroms
+    )
+    if scsi and devices.find("controller[@type='scsi']") is None:
+        beside(ET.SubElement(devices, "controller", {"type": "scsi", "model": "virtio-scsi"}))
+    if (added or was_q35 != is_q35(spec.machine)) and is_q35(spec.machine):
+        if devices.find("controller[@model='pcie-root']") is None:
+            beside(ET.SubElement(devices, "controller", {"type": "pci", "index": "0",
+                                                  "model": "pcie-root"}))  # fmt: skip
+        have = len(devices.findall("controller[@model='pcie-root-port']"))
+        for _ in range(pcie_root_ports(spec) - have):
+            beside(ET.SubElement(devices, "controller", {"type": "pci", "model": "pcie-root-port"}))
+    if ownership is not None:
+        _render_ownership(root, ownership)
+        _render_declared_cpu(root, spec.cpu)
+    else:
+        for owner in root.findall(f"metadata/{_owner_tag('owner')}"):
+            remove(owner)
+    if cloud_init_seed is not None and ownership is not None:
+        _SeedDigest().write(root, cloud_init_seed.digest)
+    return serialize(root)
+
+
+_CHIPSET_CONTROLLERS = ("pci", "ide", "sata", "usb")
+
+
+def _new_chipset(root: Element) -> None:
+    """A machine changed between i440fx (pc) and q35: the chipset's controllers and
+    every device address belong to the old chipset, so they go (libvirt gives the new
+    chipset's). Only for a declared machine change, which the plan shows."""
+    devices = root.find("devices")
+    if devices is None:
+        return
+    for device in list(devices):
+        if device.tag == "controller" and device.get("type") in _CHIPSET_CONTROLLERS:
+            remove(device)
+            continue
+        for address in device.findall("address"):
+            remove(address)
+
+
+def settle_targets(spec: VirtualMachineSpec, current: str | Element) -> VirtualMachineSpec:
+    """``spec`` with each disk whose target the manifest does not declare at the target
+    the existing domain (``current``, its persistent XML) gives that disk's source, so
+    a target once assigned is kept; a disk new to the domain, or whose bus no longer
+    fits its target, gets the first name for its bus that no disk or CD-ROM of the
+    domain has (its own, the manifest's, and the ones the manifest does not manage)."""
+    root = parse(current)
+    used: set[str] = set()
+    have: dict[object, str] = {}
+    for element in root.findall("devices/disk"):
+        target = element.find("target")
+        dev = None if target is None else target.get("dev")
+        if not dev:
+            continue
+        used.add(str(dev))
+        if DISKS.managed(element):
+            key = DISKS.key.read(element)
+            if key is not None:
+                have.setdefault(key, str(dev))
+    used.update(d.target for d in spec.disks if d.target_declared)
+    used.update(c.target for c in spec.cdroms)
+    if spec.cloud_init is not None:
+        used.add(spec.cloud_init.target)
+    settled: dict[int, str] = {}
+    for i, disk in enumerate(spec.disks):
+        now = have.get(disk_key(disk))
+        if not disk.target_declared and now is not None and target_fits(now, disk.bus):
+            settled[i] = now
+    taken = used | set(settled.values())
+    for i, disk in enumerate(spec.disks):
+        if disk.target_declared or i in settled:
+            continue
+        free = next((t for t in target_names(disk.bus) if t not in taken), disk.target)
+        settled[i] = free
+        taken.add(free)
+    if all(spec.disks[i].target == t for i, t in settled.items()):
+        return spec
+    disks = tuple(
+        dataclasses.replace(d, target=settled[i]) if i in settled else d
+        for i, d in enumerate(spec.disks)
+    )
+    return dataclasses.replace(spec, disks=disks)
 
 
 # PCIe root ports of a q35 domain: as many as virt-install gives (14), and always some

@@ -20,9 +20,10 @@ Pure: no I/O, no libvirt.
 from __future__ import annotations
 
 import ipaddress
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
+
+from lxml import etree as ET
 
 from reconciler.model import DhcpHost, DnsHost, NetworkSpec
 from reconciler.xml._fields import (
@@ -34,11 +35,13 @@ from reconciler.xml._fields import (
     Element,
     Field,
     Projection,
+    drop_attr,
     ensure,
     find,
     observe_fields,
     parse,
     project_fields,
+    remove,
     render_fields,
     reorder,
     serialize,
@@ -58,6 +61,10 @@ class _Forward:
         if value != "isolated":
             ensure(root, "forward").set("mode", xml_text(str(value), "mode"))
 
+    def clear(self, root: Element) -> None:
+        for forward in root.findall("forward"):
+            remove(forward)
+
     def read(self, root: Element) -> object:
         forward = root.find("forward")
         if forward is None:
@@ -74,6 +81,12 @@ class _Prefix:
 
     def write(self, root: Element, value: Any) -> None:
         ensure(root, "ip").set("prefix", str(int(value)))
+
+    def clear(self, root: Element) -> None:
+        ip = root.find("ip")
+        if ip is not None:
+            drop_attr(ip, "prefix")
+            drop_attr(ip, "netmask")
 
     def read(self, root: Element) -> object:
         ip = root.find("ip")

@@ -12,7 +12,8 @@ Pure: no I/O, no libvirt.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
+
+from lxml import etree as ET
 
 from reconciler.model import StoragePoolSpec
 from reconciler.xml._fields import (

@@ -16,8 +16,9 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+
+from lxml import etree as ET
 
 from reconciler.model import VolumeSpec
 from reconciler.xml._fields import (

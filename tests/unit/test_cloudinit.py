@@ -265,7 +265,7 @@ def test_create_writes_the_seed_before_defining_the_vm(write: WriteFiles) -> Non
     assert "StoragePool/images" in vm.requires
     assert vm.owner_record["seeds"] == [{"pool": "images", "volume": "web-cidata"}]
     xml = vm.steps[1].args["xml"]
-    assert '<source pool="images" volume="web-cidata" />' in xml
+    assert '<source pool="images" volume="web-cidata"/>' in xml
     assert f"<rc:cloudInit>{seed['digest']}</rc:cloudInit>" in xml
     assert "files" not in vm.steps[0].describe() and "digest=" in vm.steps[0].describe()
 

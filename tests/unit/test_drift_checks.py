@@ -17,8 +17,8 @@ PORT = "0a461ae0-8c93-42c8-9918-d8582ce1fe57"
 def _with_port(observed: Observed, ports: frozenset[str]) -> Observed:
     web = observed.domains["web"]
     assert web.live_xml is not None
-    live = web.live_xml.replace('<source network="lab" />',
-                                f'<source network="lab" portid="{PORT}" bridge="virbr-lab" />')  # fmt: skip
+    live = web.live_xml.replace('<source network="lab"/>',
+                                f'<source network="lab" portid="{PORT}" bridge="virbr-lab"/>')  # fmt: skip
     assert live != web.live_xml
     lab = dataclasses.replace(observed.networks["lab"], ports=ports)
     return dataclasses.replace(

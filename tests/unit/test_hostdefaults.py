@@ -136,7 +136,7 @@ def test_a_vm_created_with_host_defaults_says_so(write: WriteFiles) -> None:
     assert a.reason == ("with host defaults: cpu.features.arch-capabilities=disable"
                         " (vmDefaults in /etc/r.yaml)")  # fmt: skip
     [define] = [s for s in a.steps if s.verb == "define-domain"]
-    assert '<feature policy="disable" name="arch-capabilities" />' in define.args["xml"]
+    assert '<feature policy="disable" name="arch-capabilities"/>' in define.args["xml"]
 
 
 def action_kind() -> Any:
