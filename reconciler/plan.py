@@ -78,9 +78,11 @@ class DeviceChange:
 
     ``section``: the manifest list (``disks``, ``cdroms``, ``interfaces``,
     ``ipv4.dhcp.hosts``, ``dnsHosts``); ``key``: its identity in ``Change.path``
-    (``disks[vdb]``); ``how``: ``add`` | ``remove`` | ``replace``; ``label``: what
-    the user named it by (the volume, file, MAC, IP); ``details``: the rest of its
-    identity, shortest first (target, bus, size); ``where``: its place in the
+    (``disks[web-data]``); ``how``: ``add`` | ``remove`` | ``replace`` | ``change``
+    (the same device with some fields changed); ``label``: what the user named it by
+    (the volume, file, MAC, IP); ``details``: the rest of its identity, shortest
+    first (target, bus, size), or for ``change`` each field's ``name old -> new``;
+    ``where``: its place in the
     manifest (``disks[1]``), "" for a device the manifest no longer has;
     ``replaces``: the label of the device it replaces (``replaces_key`` its identity
     when that differs: a NIC's old MAC); ``live``: done to the

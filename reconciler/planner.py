@@ -1110,7 +1110,15 @@ def _vm_live_updates(
         else:
             pending.append(Change("memory", config.get("memory"), desired.get("memory")))
     grouped = by_device(diff(desired, live, ignore=incomparable))
-    for dev, changes in sorted(grouped.items(), key=lambda kv: str(kv[0])):
+
+    def going_first(kv: tuple[tuple[str, str] | None, list[Change]]) -> tuple[bool, str]:
+        # devices that go are detached before new ones come: a new disk may take
+        # the target an old one frees (another image at vdb)
+        dev = kv[0]
+        gone = dev is not None and dev[1] not in devices(desired, dev[0])
+        return (not gone, str(dev))
+
+    for dev, changes in sorted(grouped.items(), key=going_first):
         if dev is None:
             graphics = [c for c in changes if c.path.startswith("graphics.")]
             password = _password_update(graphics, live_xml, desired_xml, refused)
@@ -1152,9 +1160,9 @@ def _vm_live_updates(
         )
         if only_media:
             verb, source = "update-device", desired_xml()
-        elif hot and wanted and not present:
+        elif hot and wanted and not present and not _target_reused(section, key, desired, live):
             verb, source = "attach-device", desired_xml()
-        elif hot and present and not wanted:
+        elif hot and present and not wanted and not _target_reused(section, key, live, desired):
             verb, source = "detach-device", live_xml  # the device as the guest has it
         else:
             pending += changes
@@ -1162,6 +1170,21 @@ def _vm_live_updates(
         steps.append(Step(verb, {"path": path, "xml": domain_xml.device_xml(source, section, key)}))
         applied += [Change(c.path, c.old, c.new, live=True) for c in changes]
     return steps, pending, applied
+
+
+def _target_reused(
+    section: str, key: str, mine: Mapping[str, object], other: Mapping[str, object]
+) -> bool:
+    """Whether disk ``key``'s target in ``mine`` is another disk's in ``other``: another
+    image at the same target (desired vs running, for an attach; running vs desired,
+    for a detach). An unplug completes only when the guest lets go, so such a swap
+    waits for a restart, whole, instead of racing the detach."""
+    if section != "disks":
+        return False
+    target = mine.get(f"disks[{key}].target")
+    return any(
+        k != key and other.get(f"disks[{k}].target") == target for k in devices(other, "disks")
+    )
 
 
 def _password_update(

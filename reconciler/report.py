@@ -23,12 +23,12 @@ from reconciler.xml.domain import secret_token
 if TYPE_CHECKING:  # executor imports libvirt: not needed to print a plan
     from reconciler.executor import ActionResult
 
-JSON_VERSION = 1
+JSON_VERSION = 2  # 2: disks keyed by image, devices[].change "change"
 
 _COLOURS = {"+": "32", "~": "33", "-": "31", "!": "35", " ": "0", "!!": "31"}
 _SIZE_FIELDS = ("memory", "maxMemory", "capacity")
 _DURATION_FIELDS = ("shutdownTimeout",)
-_DEVICE_MARKERS = {"add": "+", "remove": "-", "replace": "~"}
+_DEVICE_MARKERS = {"add": "+", "remove": "-", "replace": "~", "change": "~"}
 DISRUPTION_MARKER = "!!"
 """Starts each line that says a step stops a VM or deletes data (``Step.disruption``)."""
 
@@ -70,6 +70,11 @@ def device_line(device: DeviceChange) -> str:
     """``+ disk web-data (vdb, virtio, 20GiB), live``: marker, noun, the name the user
     gave it, the rest of its identity, and whether the running object gets it now."""
     label = device.label
+    if device.how == "change":  # changed in place: its fields, one line
+        where = device.where or device.key
+        named = "" if label in where else f" ({label})"
+        what = f"~ {where}{named}: {', '.join(device.details)}"
+        return what + (", live" if device.live else "")
     if device.how == "replace":
         if device.replaces and device.replaces != device.label:
             label = f"{device.replaces} -> {device.label}"

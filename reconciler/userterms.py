@@ -63,6 +63,7 @@ _SOURCE_FIELDS: Mapping[str, frozenset[str]] = {
 # Sections whose identity is a MAC: one removed and one added with the same
 # attachment (network, bridge, IP) is the same device with a new MAC.
 _PAIRED_BY: Mapping[str, tuple[str, ...]] = {
+    "disks": ("target",),  # another image at the same target: one replaced
     "interfaces": ("network", "bridge"),
     "ipv4.dhcp.hosts": ("ip",),
 }
@@ -150,6 +151,11 @@ def whole_devices(
             was = _device(section, ident, "remove", old, "", live, sizes)
             device = _device(section, ident, "replace", {**old, **new}, where, live, sizes)
             found.append(dataclasses.replace(device, replaces=was.label))
+        elif section in _CHANGED_IN_PLACE:
+            device = _device(section, ident, "change", {**old, **new}, where, live, sizes)
+            changed = tuple(f"{_field(c.path)} {_plain(c.old)} -> {_plain(c.new)}"
+                            for c in group)  # fmt: skip
+            found.append(dataclasses.replace(device, details=changed))
     for device, values in added:
         partner = _partner(device.section, values, removed)
         if partner is None:
@@ -160,8 +166,21 @@ def whole_devices(
                                          replaces_key=partner.key,
                                          live=device.live and partner.live))  # fmt: skip
     found += [device for device, _ in removed]
-    order = {"replace": 0, "remove": 1, "add": 2}
+    order = {"replace": 0, "change": 0, "remove": 1, "add": 2}
     return tuple(sorted(found, key=lambda d: (d.section, order[d.how], d.where, d.key)))
+
+
+# Sections whose device changed in place is one line: ``disks[1] (web-data): bus ide
+# -> virtio, target hda -> vdb``.
+_CHANGED_IN_PLACE = frozenset({"disks", "cdroms", "interfaces"})
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def _field(path: str) -> str:

@@ -46,7 +46,7 @@ def test_plan_json_shape(ws: Workspace) -> None:
     ws.write("net.yaml", ws.isolated_network(net, autostart=False))
     code, data = ws.cli_json("plan", str(ws.directory))
     assert code == 2
-    assert data["version"] == 1 and data["changes"] is True
+    assert data["version"] == 2 and data["changes"] is True
     assert SUMMARY.match(data["summary"]), data["summary"]
     assert data["counts"]["create"] == 1 and data["problems"] == []
     [a] = data["actions"]

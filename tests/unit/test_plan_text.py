@@ -45,7 +45,7 @@ def test_device_removed_at_restart(tmp_path: Path) -> None:
     assert shown(plan, tmp_path) == """\
 ~ VirtualMachine web: update-restart  (ROOT/m/stack.yaml:16:1)
     - disk web-data (sda, sata, 20GiB)
-    restart pending: disks[sda]; takes effect when the VM restarts (shut it down and start it, or set updatePolicy: restart)
+    restart pending: disks[web-data]; takes effect when the VM restarts (shut it down and start it, or set updatePolicy: restart)
 
 Plan: 0 to create, 1 to update (1 needs restart), 0 to delete. 1 restart pending.
 """
@@ -55,7 +55,7 @@ def test_device_replaced_same_target(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(disks=", {file: /srv/images/old.img, target: vdb}"), stack(disks=", {volume: web-data, target: vdb}"))
     assert shown(plan, tmp_path) == """\
 ~ VirtualMachine web: update-restart  (ROOT/m/stack.yaml:16:1)
-    ~ disk /srv/images/old.img -> web-data (vdb, 20GiB)
+    ~ disk /srv/images/old.img -> web-data (vdb, virtio, 20GiB)
     restart pending: disks[1]; takes effect when the VM restarts (shut it down and start it, or set updatePolicy: restart)
 
 Plan: 0 to create, 1 to update (1 needs restart), 0 to delete. 1 restart pending.
@@ -72,12 +72,27 @@ Plan: 0 to create, 1 to update, 0 to delete.
 """
 
 
+def test_bus_change_is_one_line_and_keeps_the_disk_known_by_its_image(tmp_path: Path) -> None:
+    # the disk is the same image: one change line, its target follows the bus (the
+    # first free virtio name, vda being the root disk), nothing is attached or detached
+    plan = plan_edit(tmp_path, stack(disks=", {volume: web-data, bus: ide}"), stack(disks=", {volume: web-data, bus: virtio}"))
+    assert shown(plan, tmp_path) == """\
+~ VirtualMachine web: update-restart  (ROOT/m/stack.yaml:16:1)
+    ~ disks[1] (web-data): bus ide -> virtio, target hda -> vdb
+    restart pending: disks[1]; takes effect when the VM restarts (shut it down and start it, or set updatePolicy: restart)
+
+Plan: 0 to create, 1 to update (1 needs restart), 0 to delete. 1 restart pending.
+"""
+    web = next(a for a in plan.actions if a.name == "web")
+    assert [s.verb for s in web.steps] == ["define-domain"]
+
+
 def test_device_field_by_manifest_index(tmp_path: Path) -> None:
     plan = plan_edit(tmp_path, stack(disks=", {volume: web-data}"), stack(disks=", {volume: web-data, cache: writeback}"))
     assert shown(plan, tmp_path) == """\
 ~ VirtualMachine web: update-restart  (ROOT/m/stack.yaml:16:1)
-    disks[1].cache: (none) -> writeback
-    restart pending: disks[1].cache; takes effect when the VM restarts (shut it down and start it, or set updatePolicy: restart)
+    ~ disks[1] (web-data): cache (none) -> writeback
+    restart pending: disks[1]; takes effect when the VM restarts (shut it down and start it, or set updatePolicy: restart)
 
 Plan: 0 to create, 1 to update (1 needs restart), 0 to delete. 1 restart pending.
 """
@@ -179,7 +194,7 @@ def test_json_carries_the_same_facts(tmp_path: Path) -> None:
     text = json.dumps({k: web[k] for k in ("op", "devices", "disruptions")}, indent=2)
     assert text == (Path(__file__).parent / "data" / "plan-json" / "restart.json").read_text()
     changes = {c["path"]: c for c in web["changes"]}
-    assert changes["disks[vdb].cache"]["manifestPath"] == "disks[1].cache"
+    assert changes["disks[web-data].cache"]["manifestPath"] == "disks[1].cache"
     assert "manifestPath" not in changes["machine"]
 
 

@@ -261,7 +261,8 @@ def test_hotplug_nic_and_disk(write: WriteFiles) -> None:
     assert [s.verb for s in act.steps] == ["define-domain", "attach-device"]
     assert "52:54:00:00:00:02" in act.steps[1].args["xml"]
     assert act.restart_pending == ()
-    disk = dataclasses.replace(base.disks[0], target="vdb")
+    disk = dataclasses.replace(base.disks[0], target="vdb", volume=None, file="/srv/extra.img",
+                               format="raw")
     two = edit(result, "web", disks=(*base.disks, disk))
     removed = action(plan_for(result, converged(two)), Kind.VIRTUAL_MACHINE, "web")
     assert [s.verb for s in removed.steps] == ["define-domain", "detach-device"]

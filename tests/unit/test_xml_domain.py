@@ -195,10 +195,13 @@ def test_projection_keys_name_devices_by_identity() -> None:
     assert projected["memory"] == 1024**3
     assert projected["maxMemory"] == 4 * 1024**3
     assert (projected["vcpus"], projected["maxVcpus"]) == (1, 4)
-    assert projected["disks[vda].volume"] == "win7-root"
-    assert projected["disks[vda].pool"] == "images"
-    assert projected["disks[vda].format"] == "qcow2"
-    assert projected["disks[vdb].readonly"] is True
+    # disks are known by their source (volume, else file), not by target or position
+    assert projected["disks[win7-root].volume"] == "win7-root"
+    assert projected["disks[win7-root].target"] == "vda"
+    assert projected["disks[win7-root].pool"] == "images"
+    assert projected["disks[win7-root].format"] == "qcow2"
+    assert projected["disks[/var/lib/libvirt/images/data.img].readonly"] is True
+    assert projected["disks[/var/lib/libvirt/images/data.img].target"] == "vdb"
     assert projected["cdroms[hda].file"] == "/opt/ISO/Windows7.iso"
     assert projected["interfaces[52:54:00:12:34:80].network"] == "default"
     assert projected["graphics.port"] == 5902
@@ -308,7 +311,7 @@ def test_observe_sees_out_of_band_changes() -> None:
     )
     observed = domain.observe(edited)
     changed = {k for k in expected.keys() | observed.keys() if expected.get(k) != observed.get(k)}
-    assert changed == {"memory", "disks[vdb].bus", "interfaces[52:54:00:f0:80:d5].bridge", "boot"}
+    assert changed == {"memory", "disks[/var/lib/libvirt/images/data.img].bus", "interfaces[52:54:00:f0:80:d5].bridge", "boot"}
     assert observed["memory"] == 2 * 1024**3
 
 
