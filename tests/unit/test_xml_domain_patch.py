@@ -1,0 +1,312 @@
+"""domain.patch: a redefinition is the current definition with only what changed set.
+
+The domain below is what ``virsh dumpxml --inactive`` shows of a VM made by hand
+(virt-install style): agent channel and its virtio-serial controller, rng, USB2
+controllers, video, timers, ``<pm>``, hand-set PCI addresses, libosinfo metadata,
+a block disk and a direct NIC the manifest cannot express.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lxml import etree
+
+from reconciler.diff import diff
+from reconciler.model import CpuSpec, VirtualMachineSpec
+from reconciler.xml import domain
+from reconciler.xml.domain import Ownership
+
+from .xml_support import manifest
+
+LIBOSINFO = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+OWNER = Ownership(manifest="/m/vm1.yaml", digest="sha256:abc")
+
+HANDMADE = f"""<domain type='kvm'>
+  <name>vm1</name>
+  <uuid>8b7a2f0e-1111-4c3a-9d7e-0123456789ab</uuid>
+  <metadata>
+    <libosinfo:libosinfo xmlns:libosinfo="{LIBOSINFO}">
+      <libosinfo:os id="http://debian.org/debian/12"/>
+    </libosinfo:libosinfo>
+  </metadata>
+  <memory unit='KiB'>1048576</memory>
+  <currentMemory unit='KiB'>1048576</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+    <vmport state='off'/>
+  </features>
+  <cpu mode='host-model' check='partial'/>
+  <clock offset='utc'>
+    <timer name='rtc' tickpolicy='catchup'/>
+    <timer name='pit' tickpolicy='delay'/>
+    <timer name='hpet' present='no'/>
+  </clock>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <pm>
+    <suspend-to-mem enabled='no'/>
+    <suspend-to-disk enabled='no'/>
+  </pm>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file='/var/lib/libvirt/images/vm1.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
+    </disk>
+    <disk type='volume' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source pool='images' volume='vm1-data'/>
+      <target dev='vdb' bus='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x07' slot='0x00' function='0x0'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source dev='/dev/sdz'/>
+      <target dev='vdc' bus='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x08' slot='0x00' function='0x0'/>
+    </disk>
+    <controller type='usb' index='0' model='qemu-xhci' ports='15'>
+      <address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>
+    </controller>
+    <controller type='pci' index='0' model='pcie-root'/>
+    <controller type='pci' index='1' model='pcie-root-port'>
+      <model name='pcie-root-port'/>
+      <target chassis='1' port='0x10'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x0' multifunction='on'/>
+    </controller>
+    <controller type='virtio-serial' index='0'>
+      <address type='pci' domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>
+    </controller>
+    <interface type='network'>
+      <mac address='52:54:00:aa:bb:01'/>
+      <source network='default'/>
+      <model type='virtio'/>
+      <rom enabled='no'/>
+      <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>
+    </interface>
+    <interface type='direct'>
+      <mac address='52:54:00:aa:bb:99'/>
+      <source dev='eth0' mode='bridge'/>
+      <model type='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x09' slot='0x00' function='0x0'/>
+    </interface>
+    <serial type='pty'>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+      <address type='virtio-serial' controller='0' bus='0' port='1'/>
+    </channel>
+    <input type='tablet' bus='usb'>
+      <address type='usb' bus='0' port='1'/>
+    </input>
+    <input type='mouse' bus='ps2'/>
+    <input type='keyboard' bus='ps2'/>
+    <graphics type='spice' autoport='yes'>
+      <listen type='address' address='127.0.0.1'/>
+      <image compression='off'/>
+    </graphics>
+    <video>
+      <model type='virtio' heads='1' primary='yes'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x0'/>
+    </video>
+    <memballoon model='virtio'>
+      <address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>
+    </memballoon>
+    <rng model='virtio'>
+      <backend model='random'>/dev/urandom</backend>
+      <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
+    </rng>
+  </devices>
+</domain>
+"""
+
+VM1 = """
+apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata: {name: vm1}
+spec:
+  type: kvm
+  memory: 1GiB
+  vcpus: 2
+  machine: q35
+  cpu: host-model
+  disks:
+    - {file: /var/lib/libvirt/images/vm1.qcow2, format: qcow2}
+    - {volume: vm1-data}
+  interfaces:
+    - {network: default, mac: "52:54:00:aa:bb:01"}
+  graphics: {type: spice}
+  inputs: [tablet]
+  adopt: true
+"""
+CONTEXT: dict[str, Any] = {
+    "volume_pools": {"vm1-data": "images"},
+    "volume_formats": {"vm1-data": "raw"},
+    "machine_aliases": {"q35": "pc-q35-7.2"},
+}
+
+
+def _spec(text: str = VM1, **change: Any) -> VirtualMachineSpec:
+    spec = manifest(text).spec
+    assert isinstance(spec, VirtualMachineSpec)
+    spec = dataclasses.replace(spec, **change)
+    return domain.settle_targets(spec, HANDMADE)
+
+
+def _patched(spec: VirtualMachineSpec, current: str = HANDMADE) -> str:
+    return domain.patch(current, spec, ownership=OWNER, **CONTEXT)
+
+
+def _canon(xml: str, *, drop_owner: bool = True) -> str:
+    """The document as comparable text: whitespace and our ownership record aside."""
+    root = etree.fromstring(xml.encode(), etree.XMLParser(remove_blank_text=True))
+    if drop_owner:
+        for owner in root.findall(f"metadata/{{{domain.OWNER_NAMESPACE}}}owner"):
+            owner.getparent().remove(owner)  # type: ignore[union-attr]
+    return etree.tostring(root, method="c14n").decode()
+
+
+def _changed_elements(before: str, after: str) -> set[str]:
+    """Top-level and device children whose canonical text differs (by tag and index)."""
+
+    def parts(xml: str) -> dict[str, str]:
+        root = etree.fromstring(_canon(xml).encode())
+        out = {}
+        for child in root:
+            if child.tag == "devices":
+                for j, device in enumerate(child):
+                    out[f"devices/{device.tag}#{j}"] = etree.tostring(device).decode()
+            else:
+                out[str(child.tag)] = etree.tostring(child).decode()
+        return out
+
+    a, b = parts(before), parts(after)
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def test_the_manifest_matches_the_handmade_domain() -> None:
+    # the premise of the tests below: adoption plans only the ownership change
+    spec = _spec()
+    assert diff(domain.project(spec, **CONTEXT), domain.observe(HANDMADE)) == []
+
+
+def test_adoption_keeps_everything_but_adds_the_ownership_record() -> None:
+    patched = _patched(_spec())
+    assert _canon(patched) == _canon(HANDMADE)
+    assert domain.read_ownership(patched) == OWNER
+    # the foreign namespace keeps its prefix (xml.etree would write ns0:)
+    assert "<libosinfo:libosinfo" in patched and "ns0:" not in patched
+    # the same patch twice is one record, replaced where it stands
+    again = domain.patch(patched, _spec(), ownership=OWNER, **CONTEXT)
+    assert again.count("<rc:owner") == 1 and _canon(again) == _canon(HANDMADE)
+
+
+def test_a_restart_class_change_changes_only_that_field() -> None:
+    cases: dict[str, tuple[dict[str, Any], set[str]]] = {
+        "machine": ({"machine": "pc-q35-7.1"}, {"os"}),
+        "cpu": ({"cpu": CpuSpec(mode="host-passthrough")}, {"cpu"}),
+        "boot": ({"boot": ("cdrom", "disk")}, {"os"}),
+        "memory": ({"max_memory": 2 * 1024**3}, {"memory"}),
+    }
+    for name, (change, expected) in cases.items():
+        patched = _patched(_spec(**change))
+        assert _changed_elements(HANDMADE, patched) == expected, name
+    # and only that attribute or child: the boot change keeps <type> as it was
+    boot = etree.fromstring(_patched(_spec(boot=("cdrom", "disk"))).encode())
+    assert [b.get("dev") for b in boot.findall("os/boot")] == ["cdrom", "hd"]
+    assert boot.find("os/type").get("machine") == "pc-q35-7.2"  # type: ignore[union-attr]
+
+
+def test_removing_a_declared_disk_removes_only_that_element() -> None:
+    spec = _spec()
+    patched = _patched(dataclasses.replace(spec, disks=spec.disks[:1]))
+    changed = _changed_elements(HANDMADE, patched)
+    # one device fewer: every device after it shifts by one index, compare by content
+    before = {etree.tostring(d) for d in etree.fromstring(_canon(HANDMADE).encode()).find("devices")}  # type: ignore[union-attr]
+    after = {etree.tostring(d) for d in etree.fromstring(_canon(patched).encode()).find("devices")}  # type: ignore[union-attr]
+    assert changed and before - after == {d for d in before if b"vm1-data" in d}
+    assert after <= before
+
+
+def test_a_bus_change_moves_only_that_disk() -> None:
+    spec = _spec()
+    data = dataclasses.replace(spec.disks[1], bus="sata")
+    spec = domain.settle_targets(dataclasses.replace(spec, disks=(spec.disks[0], data)), HANDMADE)
+    patched = _patched(spec)
+    root = etree.fromstring(patched.encode())
+    disks = {d.findtext("source[@volume]") or "": d for d in root.findall("devices/disk")}
+    moved = next(d for d in root.findall("devices/disk") if d.find("source").get("volume"))  # type: ignore[union-attr]
+    assert moved.find("target").attrib == {"dev": "sda", "bus": "sata"}  # type: ignore[union-attr]
+    assert moved.find("address") is None  # a PCI address cannot fit a SATA disk
+    assert moved.find("driver").get("type") == "raw"  # type: ignore[union-attr]
+    # every other device is as it was, address and all
+    before = {etree.tostring(d) for d in etree.fromstring(_canon(HANDMADE).encode()).find("devices")}  # type: ignore[union-attr]
+    after = {etree.tostring(d) for d in etree.fromstring(_canon(patched).encode()).find("devices")}  # type: ignore[union-attr]
+    assert len(before - after) == 1 and len(after - before) == 1
+    assert disks
+
+
+def test_a_new_disk_takes_a_free_target_and_no_address() -> None:
+    spec = _spec()
+    extra = dataclasses.replace(spec.disks[0], file="/srv/new.img", format="raw",
+                                target="vdb", target_declared=False)  # fmt: skip
+    settled = domain.settle_targets(dataclasses.replace(spec, disks=(*spec.disks, extra)), HANDMADE)
+    # vda, vdb are the manifest's, vdc the block disk the manifest does not manage
+    assert [d.target for d in settled.disks] == ["vda", "vdb", "vdd"]
+    patched = etree.fromstring(_patched(settled).encode())
+    new = next(d for d in patched.findall("devices/disk") if d.find("source").get("file") == "/srv/new.img")  # type: ignore[union-attr]
+    assert new.find("address") is None
+    # the NIC keeps its slot
+    nic = patched.find("devices/interface[@type='network']/address")
+    assert nic is not None and nic.get("bus") == "0x01"
+
+
+def test_undeclared_devices_of_a_managed_kind_go_others_stay() -> None:
+    # a file disk attached out of band (virsh attach-disk --config) is drift: it goes;
+    # the block disk and the direct NIC are kinds a manifest cannot say: they stay
+    drifted = HANDMADE.replace("    <controller type='usb'", """    <disk type='file' device='disk'>
+      <source file='/tmp/oob.img'/>
+      <target dev='vde' bus='virtio'/>
+    </disk>
+    <controller type='usb'""")
+    assert any(c.path.startswith("disks[/tmp/oob.img]") for c in
+               diff(domain.project(_spec(), **CONTEXT), domain.observe(drifted)))  # fmt: skip
+    patched = _patched(_spec(), drifted)
+    assert "/tmp/oob.img" not in patched
+    assert _canon(patched) == _canon(HANDMADE)
+
+
+def test_settled_targets_follow_the_domain_not_the_list_position() -> None:
+    # the manifest lists the data disk first: without a declared target the model
+    # would give it vda; the domain has it at vdb, and there it stays
+    text = VM1.replace(
+        "    - {file: /var/lib/libvirt/images/vm1.qcow2, format: qcow2}\n    - {volume: vm1-data}",
+        "    - {volume: vm1-data}\n    - {file: /var/lib/libvirt/images/vm1.qcow2, format: qcow2}",
+    )
+    spec = _spec(text)
+    assert [(d.volume or d.file, d.target) for d in spec.disks] == [
+        ("vm1-data", "vdb"), ("/var/lib/libvirt/images/vm1.qcow2", "vda")]  # fmt: skip
+    assert _canon(_patched(spec)) == _canon(HANDMADE)
+
+
+def test_the_parser_expands_no_entities() -> None:
+    evil = """<!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><domain><name>&x;</name></domain>"""
+    root = domain.parse(evil)
+    assert "root:" not in (root.findtext("name") or "")
