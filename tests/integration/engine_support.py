@@ -369,7 +369,7 @@ def hand_made_cpu_xml(cpu: str | Mapping[str, Any], defaults: VmDefaults) -> str
     """``<cpu>`` for a domain made by hand on this host: ``cpu`` with ``defaults`` merged
     under it by the product's merge, rendered by the product's domain XML ('' for a
     host that runs only type qemu)."""
-    import xml.etree.ElementTree as ET
+    from lxml import etree as ET
 
     from reconciler.model import cpu_from_manifest
     from reconciler.xml import domain as domain_xml

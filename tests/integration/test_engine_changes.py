@@ -134,12 +134,13 @@ VM_CASES = [
     VmCase(
         "disk-cache",
         _cache,
-        frozenset({"disks[vda].cache"}),
+        frozenset({"disks[{disk1}].cache"}),  # a disk is known by its image
         running_op=Op.UPDATE_RESTART,
         pending=True,
     ),
-    VmCase("disk-add", _add_disk, prefix="disks[vdb]."),
-    VmCase("disk-remove", _remove_disk, prefix="disks[vdb].", base=_add_disk, guest_keeps=True),
+    VmCase("disk-add", _add_disk, prefix="disks[{disk2}]."),
+    VmCase("disk-remove", _remove_disk, prefix="disks[{disk2}].", base=_add_disk,
+           guest_keeps=True),
     VmCase("nic-add", _add_nic, prefix=f"interfaces[{MAC2}]."),
     VmCase("nic-remove", _remove_nic, prefix=f"interfaces[{MAC2}].", base=_add_nic,
            guest_keeps=True),
@@ -171,12 +172,19 @@ def _files(ws: Workspace) -> Files:
     return Files(ws.file("disk1.img"), ws.file("disk2.img"), ws.iso("one.iso"), ws.iso("two.iso"))
 
 
-def _check_paths(a: Action, case: VmCase) -> None:
+def _named(paths: frozenset[str], files: Files) -> frozenset[str]:
+    """``{disk1}`` in a case's paths: the image file of this test (disks are keyed by it)."""
+    return frozenset(p.replace("{disk1}", str(files.disk1)).replace("{disk2}", str(files.disk2))
+                     for p in paths)  # fmt: skip
+
+
+def _check_paths(a: Action, case: VmCase, files: Files) -> None:
     got = paths(a)
     if case.paths:
-        assert got == case.paths, render_plan_of(a)
+        assert got == _named(case.paths, files), render_plan_of(a)
     else:
-        assert got and all(p.startswith(case.prefix) for p in got), render_plan_of(a)
+        [prefix] = _named(frozenset({case.prefix}), files)
+        assert got and all(p.startswith(prefix) for p in got), render_plan_of(a)
 
 
 def render_plan_of(a: Action) -> str:
@@ -210,7 +218,7 @@ def test_vm_field_change(ws: Workspace, case: VmCase, state: str) -> None:
     ws.write("vm.yaml", manifest)
     plan = ws.plan()
     a = only(plan, "VirtualMachine", name)
-    _check_paths(a, case)
+    _check_paths(a, case, files)
     if state == "running":
         assert a.op is case.running_op, render_plan(plan)
         assert all(c.live for c in a.changes) == (case.running_op is Op.UPDATE_LIVE), render_plan(
@@ -224,11 +232,12 @@ def test_vm_field_change(ws: Workspace, case: VmCase, state: str) -> None:
     after = assert_settled(ws, allow_restart_pending=True)
     pending = action(after, "VirtualMachine", name).restart_pending
     if state == "running" and case.pending:
-        assert {c.path for c in pending} == case.paths, render_plan(after, verbose=True)
+        assert {c.path for c in pending} == _named(case.paths, files), render_plan(after)
     elif state == "running" and case.guest_keeps:
         notes = [n for r in result.results for n in r.notes]
         assert any("has not released" in n for n in notes), describe(result)
-        assert pending and all(c.path.startswith(case.prefix) for c in pending), describe(result)
+        [prefix] = _named(frozenset({case.prefix}), files)
+        assert pending and all(c.path.startswith(prefix) for c in pending), describe(result)
         assert not action(after, "VirtualMachine", name).steps  # not sent again
     else:
         assert not pending, describe(result)

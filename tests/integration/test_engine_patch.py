@@ -1,0 +1,207 @@
+"""A redefinition keeps what the manifest does not say, against the real libvirtd.
+
+Hand-made ``pc`` and ``q35`` domains, as virt-install leaves them: a guest agent
+channel with its virtio-serial controller, rng, USB2 controllers (ich9-ehci1 and
+its uhci companions), vga and virtio video, ``<clock>`` timers, ``<pm>``, a
+hand-set PCI address on a disk, libosinfo metadata. Adoption (export, plan, apply)
+leaves ``virsh dumpxml --inactive`` as it was apart from our ownership record; a
+restart-class change then changes only that field. And the disk identity case: an
+ide root disk with a hot-plugged virtio data disk; the root disk moved to virtio
+keeps the data disk where it is, and no attach of an image the guest has is planned.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lxml import etree
+
+from reconciler.plan import Op
+from reconciler.report import render_plan
+from reconciler.xml import domain as domain_xml
+from tests.integration.engine_support import (  # noqa: F401
+    Workspace,
+    action,
+    assert_settled,
+    vm,
+    ws_fixture,
+)
+
+LIBOSINFO = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+
+
+def _usb2() -> str:
+    """ich9-ehci1 and its three uhci companions, as virt-install gives a pc VM."""
+    out = ["<controller type='usb' index='0' model='ich9-ehci1'/>"]
+    for i, start in ((1, 0), (2, 2), (3, 4)):
+        out.append(f"<controller type='usb' index='0' model='ich9-uhci{i}'>"
+                   f"<master startport='{start}'/></controller>")  # fmt: skip
+    return "\n    ".join(out)
+
+
+def _hand_made_xml(ws: Workspace, name: str, machine: str, disk: Path) -> str:
+    # a PCI address set by hand on the disk: slot 0x0a on pc's root bus, a root
+    # port's bus on q35 (libvirt adds the ports a definition needs)
+    address = ("<address type='pci' domain='0x0000' bus='0x00' slot='0x0a' function='0x0'/>"
+               if machine == "pc" else
+               "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>")  # fmt: skip
+    video = "vga" if machine == "pc" else "virtio"  # pc: vga and a virtio second head
+    return f"""<domain type='{ws.domain_type}'>
+  <name>{name}</name>
+  <metadata>
+    <libosinfo:libosinfo xmlns:libosinfo="{LIBOSINFO}">
+      <libosinfo:os id="http://debian.org/debian/12"/>
+    </libosinfo:libosinfo>
+  </metadata>
+  <memory unit='MiB'>64</memory>
+  <currentMemory unit='MiB'>64</currentMemory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='{machine}'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/><apic/></features>
+  {ws.cpu_xml("host-model")}
+  <clock offset='utc'>
+    <timer name='rtc' tickpolicy='catchup'/>
+    <timer name='pit' tickpolicy='delay'/>
+    <timer name='hpet' present='no'/>
+  </clock>
+  <pm>
+    <suspend-to-mem enabled='no'/>
+    <suspend-to-disk enabled='no'/>
+  </pm>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' discard='unmap'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+      {address}
+    </disk>
+    {_usb2()}
+    <controller type='virtio-serial' index='0'/>
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <input type='tablet' bus='usb'/>
+    <graphics type='vnc' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
+    <video><model type='{video}' heads='1' primary='yes'/></video>
+    {"<video><model type='virtio' heads='1'/></video>" if machine == "pc" else ""}
+    <memballoon model='virtio'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>"""
+
+
+def _inactive(ws: Workspace, name: str) -> str:
+    """libvirt's own dump of the persistent definition."""
+    return ws.virsh("dumpxml", "--inactive", "--security-info", name)
+
+
+def _without_owner(xml: str) -> str:
+    root = etree.fromstring(xml.encode(), etree.XMLParser(remove_blank_text=True))
+    for owner in root.findall(f"metadata/{{{domain_xml.OWNER_NAMESPACE}}}owner"):
+        parent = owner.getparent()
+        assert parent is not None
+        parent.remove(owner)
+    etree.indent(root)
+    return etree.tostring(root, encoding="unicode")
+
+
+def _differences(before: str, after: str) -> list[str]:
+    a, b = _without_owner(before).splitlines(), _without_owner(after).splitlines()
+    return [line for line in difflib.unified_diff(a, b, lineterm="", n=0)
+            if line[:1] in "+-" and line[:3] not in ("+++", "---")]  # fmt: skip
+
+
+def _adopt(ws: Workspace, name: str) -> Path:
+    """export -> a plan of only the ownership change -> apply; returns the manifest."""
+    out = ws.root / f"export-{name}"
+    done = ws.cli("export", f"VirtualMachine/{name}", "--output-dir", str(out), state=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = list(out.rglob("*.yaml"))
+    target = ws.directory / path.name
+    target.write_text(path.read_text())
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert [(c.path, c.old, c.new) for c in a.changes] == [
+        ("ownership", "unmanaged", "managed")], render_plan(plan, verbose=True)  # fmt: skip
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert action(ws.plan(), "VirtualMachine", name).op is Op.NOOP
+    return target
+
+
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_adoption_and_a_restart_class_change_keep_the_rest(ws: Workspace, machine: str) -> None:
+    name = ws.n(f"hm-{machine}")
+    disk = ws.file(f"{machine}.img", "1M", "raw")
+    xml_path = ws.root / f"{name}.xml"
+    xml_path.write_text(_hand_made_xml(ws, name, machine, disk))
+    ws.virsh("define", str(xml_path))
+    before = _inactive(ws, name)
+    assert "libosinfo:libosinfo" in before and "ich9-uhci3" in before
+
+    manifest = _adopt(ws, name)
+    adopted = _inactive(ws, name)
+    assert _differences(before, adopted) == []
+    assert "libosinfo:libosinfo" in adopted and "ns0:" not in adopted
+    assert domain_xml.read_ownership(adopted) is not None
+
+    # a restart-class change: only that field moves in libvirt's dump (the timers stay)
+    doc: dict[str, Any] = yaml.safe_load(manifest.read_text())
+    doc["spec"]["clock"] = "localtime"
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    load = ws.reconciler().plan()[0]
+    assert not load.problems, "\n".join(str(p) for p in load.problems)
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert [c.path for c in a.changes] == ["clock"], render_plan(plan)
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    changed = _differences(adopted, _inactive(ws, name))
+    assert changed == ['-  <clock offset="utc">', '+  <clock offset="localtime">'], changed
+    assert_settled(ws)
+
+
+def test_root_disk_to_virtio_keeps_the_hot_plugged_data_disk(ws: Workspace) -> None:
+    name = ws.n("ide-root")
+    root, data = ws.file("root.img", "1M", "raw"), ws.file("data.img", "1M", "raw")
+    manifest = vm(name, machine="pc", state="running",
+                  disks=[{"file": str(root), "format": "raw", "bus": "ide"}])  # fmt: skip
+    ws.write("vm.yaml", manifest)
+    ws.converge()
+    # the data disk is hot-plugged: a virtio disk that takes the first virtio name
+    manifest["spec"]["disks"].append({"file": str(data), "format": "raw"})
+    ws.write("vm.yaml", manifest)
+    plan = ws.plan()
+    assert [s.verb for s in action(plan, "VirtualMachine", name).steps] == [
+        "define-domain", "attach-device"], render_plan(plan, verbose=True)  # fmt: skip
+    ws.converge()
+    live = ws.virsh("dumpxml", name)
+    config = _inactive(ws, name)
+
+    def data_disk(xml: str) -> tuple[str | None, str | None]:
+        element = etree.fromstring(xml.encode()).find(f"devices/disk/source[@file='{data}']/..")
+        assert element is not None, xml
+        target, address = element.find("target"), element.find("address")
+        assert target is not None
+        return target.get("dev"), None if address is None else etree.tostring(address).decode()
+
+    assert data_disk(live)[0] == data_disk(config)[0] == "vda"
+
+    manifest["spec"]["disks"][0]["bus"] = "virtio"
+    ws.write("vm.yaml", manifest)
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    text = render_plan(plan)
+    assert not any(s.verb == "attach-device" for s in a.steps), render_plan(plan, verbose=True)
+    # one line, in the user's terms; the root disk takes the next free virtio name
+    assert f"~ disks[0] ({root}): bus ide -> virtio, target hda -> vdb" in text, text
+    ws.converge()
+    after = _inactive(ws, name)
+    assert data_disk(after) == data_disk(config)  # target and address as they were
+    assert data_disk(ws.virsh("dumpxml", name))[0] == "vda"
