@@ -1044,10 +1044,14 @@ def project(
 
 def device_xml(xml: str, section: str, key: str) -> str | None:
     """One device of a domain XML, for hot-plug calls: ``section`` is disks, cdroms or
-    interfaces, ``key`` its identity as in the projection (target, MAC)."""
+    interfaces, ``key`` its identity as in the projection (image, target, MAC)."""
     tables: dict[str, Device[Any]] = {"disks": DISKS, "cdroms": CDROMS, "interfaces": INTERFACES}
     element = tables[section].element(parse(xml), key)
-    return None if element is None else serialize(element).strip()
+    if element is None:
+        return None
+    alone = ET.fromstring(ET.tostring(element, with_tail=False))
+    ET.cleanup_namespaces(alone)  # not the document's other namespaces (libosinfo:...)
+    return serialize(alone).strip()
 
 
 def observe(xml: str | Element) -> Projection:

@@ -306,6 +306,11 @@ def test_settled_targets_follow_the_domain_not_the_list_position() -> None:
     assert _canon(_patched(spec)) == _canon(HANDMADE)
 
 
+def test_a_device_for_hot_plug_carries_no_foreign_namespace() -> None:
+    xml = domain.device_xml(HANDMADE, "disks", "vm1-data")
+    assert xml is not None and xml.startswith("<disk type=\"volume\"") and "libosinfo" not in xml
+
+
 def test_the_parser_expands_no_entities() -> None:
     evil = """<!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><domain><name>&x;</name></domain>"""
     root = domain.parse(evil)
