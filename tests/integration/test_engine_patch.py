@@ -162,9 +162,22 @@ def test_adoption_and_a_restart_class_change_keep_the_rest(ws: Workspace, machin
     assert [c.path for c in a.changes] == ["clock"], render_plan(plan)
     done = ws.cli("apply", str(ws.directory), "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
-    changed = _differences(adopted, _inactive(ws, name))
+    now = _inactive(ws, name)
+    changed = _differences(adopted, now)
     assert changed == ['-  <clock offset="utc">', '+  <clock offset="localtime">'], changed
     assert_settled(ws)
+
+    # drift inside a managed kind: a file disk attached by hand shows and is reverted;
+    # nothing else moves
+    extra = ws.file(f"{machine}-extra.img", "1M", "raw")
+    ws.virsh("attach-disk", name, str(extra), "vdc", "--config", "--subdriver", "raw")
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert {c.path.partition("]")[0] for c in a.changes} == {f"disks[{extra}"}, render_plan(plan)
+    assert [d.how for d in a.devices] == ["remove"], render_plan(plan)
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _differences(now, _inactive(ws, name)) == []
 
 
 def test_root_disk_to_virtio_keeps_the_hot_plugged_data_disk(ws: Workspace) -> None:
