@@ -356,7 +356,7 @@ class Workspace:
 
     def cpu_xml(self, cpu: str | Mapping[str, Any] = "host-model") -> str:
         """The ``<cpu>`` element of a hand-made kvm domain with this host's vmDefaults
-        merged in (as the product merges them), e.g. ``<cpu mode="host-model" />``."""
+        merged in (as the product merges them), e.g. ``<cpu mode="host-model"/>``."""
         return hand_made_cpu_xml(cpu, self.vm_defaults)
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ def test_show_xml_prints_new_definitions_and_diffs_updates(ws: Workspace) -> Non
     out = done.stdout
     assert f"# Network/{net}: define-network (changes to the current definition)" in out
     assert f"--- Network/{net} (current)\n+++ Network/{net} (planned)\n" in out
-    assert '+  <mtu size="9000" />' in out
+    assert '+  <mtu size="9000"/>' in out
     assert "    mtu: (none) -> 9000" in out  # the plan above the XML
     done = ws.cli("plan", str(ws.directory), "--show-xml")
     assert done.returncode == 0 and "define-network" not in done.stdout, done.stdout
