@@ -2,7 +2,7 @@
 
 Both sides come from ``reconciler.xml`` (``project`` of the desired spec,
 ``observe`` of live XML), keyed by the manifest's own field paths, devices by
-identity (``disks[vdb].bus``). Comparing them is then a matter of keys and
+identity (``disks[web-data].bus``). Comparing them is then a matter of keys and
 values; this module adds the grouping the planner needs (which device a key
 belongs to, whether a whole device came or went).
 
@@ -34,7 +34,7 @@ def diff(desired: Projection, actual: Projection, *, ignore: Collection[str] = (
 
 
 def device_of(path: str) -> tuple[str, str] | None:
-    """``disks[vdb].bus`` -> ``("disks", "vdb")``; None for a scalar field."""
+    """``disks[web-data].bus`` -> ``("disks", "web-data")``; None for a scalar field."""
     match = _DEVICE.match(path)
     return None if match is None else (match.group(1), match.group(2))
 

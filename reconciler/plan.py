@@ -63,7 +63,7 @@ class Change:
     origin: str = ""  # where the new value came from when not the manifest (host defaults)
     note: str = ""  # what the user should know about it (a VM's last refused start)
     # the path as the manifest writes it, where that differs from ``path`` and is known:
-    # ``disks[1].bus`` for ``disks[vdb].bus`` (the device's index in the manifest's list)
+    # ``disks[1].bus`` for ``disks[web-data].bus`` (the device's index in the manifest's list)
     where: str = ""
 
     @property

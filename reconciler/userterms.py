@@ -1,6 +1,6 @@
 """A planned action in the user's terms: manifest paths and whole devices.
 
-The planner compares projections keyed by device identity (``disks[vdb].bus``,
+The planner compares projections keyed by device identity (``disks[web-data].bus``,
 ``interfaces[52:54:00:00:00:01].network``): right for matching, not how the
 user wrote the manifest. After each action is planned, ``in_user_terms``
 (called by planner.make_plan) adds what a person reads:
@@ -70,7 +70,7 @@ _PAIRED_BY: Mapping[str, tuple[str, ...]] = {
 
 
 def manifest_indexes(m: Manifest | None) -> dict[str, str]:
-    """``disks[vdb]`` -> ``disks[1]``: each device's place in the manifest's lists."""
+    """``disks[web-data]`` -> ``disks[1]``: each device's place in the manifest's lists."""
     if m is None:
         return {}
     out: dict[str, str] = {}

@@ -6,7 +6,7 @@ derived from one table of field declarations (``_fields``):
 
 * ``render(name, spec, ...)``: the XML that defines/creates the object;
 * ``project(spec, ...)``: the desired fields as a flat dict, keyed by stable
-  field paths in the manifest's own names (``memory``, ``disks[vda].bus``,
+  field paths in the manifest's own names (``memory``, ``disks[web-data].bus``,
   ``interfaces[52:54:00:aa:bb:cc].network``, ``ipv4.dhcp.hosts[<mac>].ip``);
 * ``observe(xml, ...)``: the same keys read from live libvirt XML, ignoring
   whatever libvirt adds on its own (addresses, aliases, controllers, ...).

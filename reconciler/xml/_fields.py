@@ -12,7 +12,7 @@ modules derive all three directions:
 
 so render, project and observe cannot disagree. ``Device`` does the same for
 repeated devices (disks, NICs, DHCP hosts), keyed by identity, never position:
-``disks[vda].bus``.
+``disks[web-data].bus``.
 
 A redefinition patches the current definition instead of rendering a new one
 (``Place.clear`` removes what ``write`` writes, ``Device.patch`` keeps each

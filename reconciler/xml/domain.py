@@ -5,7 +5,7 @@ redefine) and compares ``project(spec, ...)`` with ``observe(xml)`` of the
 inactive definition (``XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE)``:
 without ``SECURE`` libvirt leaves the display password out). Everything a VM
 manifest declares is one ``Field`` below (scalars) or a ``Device`` field
-(disks and CD-ROMs keyed by target, NICs by MAC), so render, project and
+(disks keyed by image, CD-ROMs by target, NICs by MAC), so render, project and
 observe are derived from the same declarations.
 
 What libvirt adds and ``observe`` ignores: ``<uuid>``, ``<emulator>``,
@@ -30,6 +30,10 @@ The display password is compared on both when read with ``SECURE``.
 The ownership record lives in ``<metadata>`` in the tool's own namespace;
 with ``cloudInit`` it also holds the digest of the seed (field ``cloudInit``),
 whose volume the domain has as one more CD-ROM (``<disk type='volume'>``).
+
+An existing domain is redefined with ``patch``: its current definition with only
+the declared fields that differ set and the managed device sets made exact, so what
+the manifest does not say (and libvirt added) is kept; ``render`` is for creation.
 
 Pure: no I/O, no libvirt.
 """
@@ -213,7 +217,7 @@ REFUSED_PREFIX = "rcl"
 
 
 def refused_xml(paths: Iterable[str]) -> str:
-    """The ``<refused>`` metadata element listing field or device paths (``disks[vdb]``)."""
+    """The ``<refused>`` metadata element listing field or device paths (``disks[web-data]``)."""
     root = ET.Element("refused")
     for path in sorted(set(paths)):
         ET.SubElement(root, "change", {"path": xml_text(path, "path")})
@@ -236,7 +240,7 @@ def read_refused(xml: str | Element) -> frozenset[str]:
 
 
 def has_device(xml: str, path: str) -> bool:
-    """Whether the domain XML has the device ``path`` names (``disks[vdb]``)."""
+    """Whether the domain XML has the device ``path`` names (``disks[web-data]``)."""
     section, _, key = path.partition("[")
     return device_xml(xml, section, key.rstrip("]")) is not None
 
