@@ -501,8 +501,12 @@ class Device(Generic[T]):
             if not self.managed(element):
                 continue
             key = self.key.read(element)
+            if key is None or key in seen:
+                # no identity (observe skips it), or the same one twice (one image on two
+                # targets; observe sees one): no plan line could show a change, so kept
+                continue
             item = wanted.get(key)
-            if item is None or key in seen:
+            if item is None:
                 remove(element)
                 continue
             seen.add(key)

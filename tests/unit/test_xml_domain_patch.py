@@ -315,3 +315,15 @@ def test_the_parser_expands_no_entities() -> None:
     evil = """<!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><domain><name>&x;</name></domain>"""
     root = domain.parse(evil)
     assert "root:" not in (root.findtext("name") or "")
+
+
+def test_a_disk_the_plan_cannot_see_is_kept() -> None:
+    # the manifest's image at a second target (hand-made): observe sees the image once,
+    # so no plan line could show removing the second; the patch keeps it
+    twice = HANDMADE.replace("    <disk type='block'", """    <disk type='volume' device='disk'>
+      <source pool='images' volume='vm1-data'/>
+      <target dev='vdf' bus='virtio'/>
+      <readonly/>
+    </disk>
+    <disk type='block'""")
+    assert _canon(_patched(_spec(), twice)) == _canon(twice)
