@@ -179,6 +179,16 @@ def test_adoption_and_a_restart_class_change_keep_the_rest(ws: Workspace, machin
     assert done.returncode == 0, done.stdout + done.stderr
     assert _differences(now, _inactive(ws, name)) == []
 
+    # a disk added: only lines added (the disk, its address, on q35 spare root ports),
+    # no device of the domain moves
+    doc["spec"]["disks"].append({"file": str(extra), "format": "raw"})
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    added = _differences(now, _inactive(ws, name))
+    assert added and all(line.startswith("+") for line in added), added
+    assert any(str(extra) in line for line in added), added
+
 
 def test_root_disk_to_virtio_keeps_the_hot_plugged_data_disk(ws: Workspace) -> None:
     name = ws.n("ide-root")
