@@ -76,8 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_validate)
 
     plan = _command(
-        sub,
-        "plan",
+        sub, "plan",
         help="show what apply would change; touches nothing (exit 0 none, 2 changes, 1 error)",
     )
     plan.add_argument("directory", nargs="?", help="folder of manifests")
@@ -114,8 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.set_defaults(run=_apply)
 
     delete = _command(
-        sub,
-        "delete",
+        sub, "delete",
         help="delete named objects reconciler manages (exit 0 done, 1 error)",
         description="Delete objects reconciler manages, as a prune would: a VM shut down "
         "gracefully (forced off after its shutdownTimeout) and undefined with its cloud-init "
@@ -157,8 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(run=_run)
 
     export = _command(
-        sub,
-        "export",
+        sub, "export",
         help="write manifests for existing libvirt objects, to adopt them (exit 0 done, 1 error)",
         description="Read libvirt (nothing is changed) and write one manifest per object, with "
         "adopt: true, so that applying them takes the objects over. Fields a manifest cannot "
@@ -200,8 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     probe = _command(
-        sub,
-        "probe",
+        sub, "probe",
         help="find out which VMs this host can start, and the vmDefaults that make them start",
         description="Start throwaway domains (a unique name, no disks, removed at once) to find "
         "out whether type kvm guests start here as they are, only with a CPU feature disabled "
@@ -891,10 +887,8 @@ def _probe(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", args.name_prefix):
-        raise ReconcilerError(
-            f"--name-prefix: {args.name_prefix!r} is not a domain name prefix"
-            " (up to 40 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"
-        )
+        raise ReconcilerError(f"--name-prefix: {args.name_prefix!r} is not a domain name prefix"
+                              " (up to 40 of A-Z a-z 0-9 _ . -, starting with a letter or digit)")
     with Hypervisor.open(settings.uri) as hv:
         result = hostprobe.probe(hv, prefix=args.name_prefix)
     written = None
@@ -965,7 +959,8 @@ def _export(args: argparse.Namespace) -> int:
     failed_named = [
         item.key
         for item in items
-        if item.document is None and export.Ref(item.kind, item.name, item.pool) in named
+        if item.document is None
+        and export.Ref(item.kind, item.name, item.pool) in named
     ]
     if args.output_dir is None:
         sys.stdout.write("---\n".join(export.to_yaml(item, settings.uri) for item in done))

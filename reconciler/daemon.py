@@ -546,14 +546,8 @@ class Daemon:
             objects = tuple(
                 keep_last_change(
                     self._previous,
-                    _object_statuses(
-                        result,
-                        now,
-                        revision,
-                        failing=set(self.failures),
-                        recreated=recreated,
-                        edited=edited,
-                    ),
+                    _object_statuses(result, now, revision, failing=set(self.failures),
+                                     recreated=recreated, edited=edited),
                 )
             )
             connected = True

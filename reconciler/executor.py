@@ -477,8 +477,7 @@ def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
         source_format = images.read_header(str(args["source"])).format
     except OSError as exc:
         raise ReconcilerError(
-            f"importing {args['source']}: cannot read it: {exc.strerror}"
-        ) from None
+            f"importing {args['source']}: cannot read it: {exc.strerror}") from None
     command = ["qemu-img", "convert", "-n", "-f", source_format, "-O", fmt]
     if args.get("backing"):
         command += ["-B", str(args["backing"])]

@@ -402,10 +402,8 @@ def vm_spec(
     _put(spec, "machine", p.get("machine"), _MODEL_NAME.match, notes)
     if p.get("firmware") == "uefi":
         spec["firmware"] = "uefi"
-    if (
-        cpu is not None
-        and (cpu.model is None or _MODEL_NAME.match(cpu.model))
-        and all(_FEATURE_NAME.match(name) for name, _ in cpu.features)
+    if cpu is not None and (cpu.model is None or _MODEL_NAME.match(cpu.model)) and all(
+        _FEATURE_NAME.match(name) for name, _ in cpu.features
     ):
         spec["cpu"] = cpu_manifest(cpu)
     else:

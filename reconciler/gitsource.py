@@ -422,10 +422,8 @@ class GitSource:
                 # not materialised; a manifest behind it would be missing from the
                 # snapshot, and what it declared pruned: the commit is refused instead
                 what = "a symlink" if mode == "120000" else "a submodule"
-                raise SourceError(
-                    f"refused: commit {commit[:12]}: {path} is {what}; a git "
-                    "source takes regular files only (commit the file itself)"
-                )
+                raise SourceError(f"refused: commit {commit[:12]}: {path} is {what}; a git "
+                                  "source takes regular files only (commit the file itself)")
         tmp = self.snapshots / f".tmp-{name}-{os.getpid()}"
         _remove_tree(tmp)
         tmp.mkdir(mode=0o700)

@@ -171,9 +171,6 @@ def apply_vm_defaults(load: LoadResult, defaults: VmDefaults) -> LoadResult:
                     )
                 )
             continue
-        manifests.append(
-            dataclasses.replace(
-                built, host_defaults=tuple(taken), host_defaults_origin=defaults.origin
-            )
-        )
+        manifests.append(dataclasses.replace(
+            built, host_defaults=tuple(taken), host_defaults_origin=defaults.origin))
     return dataclasses.replace(load, manifests=tuple(manifests), problems=tuple(problems))

@@ -662,7 +662,9 @@ class Hypervisor:
                     config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
                     live = net.XMLDesc(0) if active else None
                     ports = (
-                        frozenset(p.UUIDString() for p in net.listAllPorts(0)) if active else None
+                        frozenset(p.UUIDString() for p in net.listAllPorts(0))
+                        if active
+                        else None
                     )
                     records.append(
                         NetworkRecord(
@@ -909,9 +911,8 @@ class Hypervisor:
                 capacity = len(data)
             payload = data + bytes(capacity - len(data))
             view = memoryview(payload)
-            self._upload(
-                vol, len(payload), (view[i : i + 1024**2] for i in range(0, len(payload), 1024**2))
-            )
+            self._upload(vol, len(payload),
+                         (view[i : i + 1024**2] for i in range(0, len(payload), 1024**2)))
 
     def import_file(self, pool: str, name: str, source: str, source_format: str) -> None:
         """Make volume ``pool/name`` (it exists, empty or half copied) hold the image file

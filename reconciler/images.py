@@ -109,9 +109,7 @@ def chain_problem(path: str, allowed: Callable[[str], bool]) -> str | None:
             return f"{current} has a backing file that is not a path ({backing[:80]!r})"
         resolved = os.path.normpath(os.path.join(os.path.dirname(current), backing))
         if not allowed(resolved):
-            return (
-                f"{current} reads through backing file {resolved}, outside the allowed "
-                "roots; flatten it (qemu-img convert) or move its backing file"
-            )
+            return (f"{current} reads through backing file {resolved}, outside the allowed "
+                    "roots; flatten it (qemu-img convert) or move its backing file")
         current = resolved
     return f"{path} has a backing chain deeper than {MAX_CHAIN}"

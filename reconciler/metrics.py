@@ -96,69 +96,38 @@ class Metrics:
         self.objects = _Objects()
         r.register(self.objects)
         self.drift_detected = Counter(
-            "reconciler_drift_detected",
-            "Objects found drifted from the manifest last applied "
-            "(libvirt changed out of band, the manifest did not).",
-            ["kind"],
-            registry=r,
-        )
+            "reconciler_drift_detected", "Objects found drifted from the manifest last applied "
+            "(libvirt changed out of band, the manifest did not).", ["kind"], registry=r)
         self.drift_healed = Counter(
-            "reconciler_drift_healed",
-            "Drifted objects put back by the pass that found them.",
-            ["kind"],
-            registry=r,
-        )
+            "reconciler_drift_healed", "Drifted objects put back by the pass that found them.",
+            ["kind"], registry=r)
         self.actions = Counter(
-            "reconciler_actions",
-            "Actions carried out, by kind, operation (plan op: create, "
+            "reconciler_actions", "Actions carried out, by kind, operation (plan op: create, "
             "update-live, update-restart, replace, delete, forget) and outcome (ok, failed, "
-            "skipped).",
-            ["kind", "op", "outcome"],
-            registry=r,
-        )
+            "skipped).", ["kind", "op", "outcome"], registry=r)
         self.passes = Counter(
-            "reconciler_passes",
-            "Reconcile passes, by outcome: ok, failed (an object failed), "
-            "interrupted (SIGTERM), error (the pass failed as a whole).",
-            ["outcome"],
-            registry=r,
-        )
+            "reconciler_passes", "Reconcile passes, by outcome: ok, failed (an object failed), "
+            "interrupted (SIGTERM), error (the pass failed as a whole).", ["outcome"], registry=r)
         self.pass_duration = Histogram(
-            "reconciler_pass_duration_seconds",
-            "Time a reconcile pass took, load to settled.",
-            buckets=PASS_BUCKETS,
-            registry=r,
-        )
+            "reconciler_pass_duration_seconds", "Time a reconcile pass took, load to settled.",
+            buckets=PASS_BUCKETS, registry=r)
         self.last_success = Gauge(
-            "reconciler_last_successful_pass_timestamp_seconds",
-            "When the last pass that ran "
+            "reconciler_last_successful_pass_timestamp_seconds", "When the last pass that ran "
             "to its end finished (Unix time); objects that failed in it are in "
-            "reconciler_objects.",
-            registry=r,
-        )
+            "reconciler_objects.", registry=r)
         self.libvirt_up = Gauge(
-            "reconciler_libvirt_up",
-            "1 when libvirt answered at the last attempt, else 0.",
-            registry=r,
-        )
+            "reconciler_libvirt_up", "1 when libvirt answered at the last attempt, else 0.",
+            registry=r)
         self.revision = Info(
-            "reconciler_applied_revision",
-            "Source revision (git commit) of the manifests of the last pass; empty when not known.",
-            registry=r,
-        )
+            "reconciler_applied_revision", "Source revision (git commit) of the manifests of "
+            "the last pass; empty when not known.", registry=r)
         self.git_fetch_failures = Counter(
-            "reconciler_git_fetch_failures",
-            "Failed fetches of the git source (set by the git "
-            "source; 0 while the manifests come from a plain folder).",
-            registry=r,
-        )
+            "reconciler_git_fetch_failures", "Failed fetches of the git source (set by the git "
+            "source; 0 while the manifests come from a plain folder).", registry=r)
         self.git_refused = Counter(
-            "reconciler_git_commits_refused",
-            "Commits of the git source refused (unsigned, "
+            "reconciler_git_commits_refused", "Commits of the git source refused (unsigned, "
             "signed by a key not allowed, a force push off the applied commit, a missing path); "
-            "the last good commit stays applied.",
-            registry=r,
-        )
+            "the last good commit stays applied.", registry=r)
         self.build = Info("reconciler_build", "The running reconciler.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
         self.revision.info({"revision": ""})

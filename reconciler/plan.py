@@ -82,8 +82,8 @@ class DeviceChange:
     (the same device with some fields changed); ``label``: what the user named it by
     (the volume, file, MAC, IP); ``details``: the rest of its identity, shortest
     first (target, bus, size), or for ``change`` each field's ``name old -> new``;
-    ``where``: its place in the
-    manifest (``disks[1]``), "" for a device the manifest no longer has;
+    ``where``: its place in the manifest (``disks[1]``), "" for a device the
+    manifest no longer has;
     ``replaces``: the label of the device it replaces (``replaces_key`` its identity
     when that differs: a NIC's old MAC); ``live``: done to the
     running object (else at its next restart). The field changes it stands for stay

@@ -207,9 +207,8 @@ def _adoption(owned: bool) -> list[Change]:
     return [] if owned else [Change("ownership", "unmanaged", "managed")]
 
 
-def _recorded(
-    entry: Mapping[str, Any] | None, record: Mapping[str, Any], fields: Iterable[str]
-) -> list[Change]:
+def _recorded(entry: Mapping[str, Any] | None, record: Mapping[str, Any],
+              fields: Iterable[str]) -> list[Change]:
     """Changes to settings that live only in the inventory (libvirt has no place for them):
     recorded by the apply like any other change, or they would silently never apply."""
     if entry is None:
@@ -1042,8 +1041,6 @@ def _from_host(m: Manifest, changes: Iterable[Change]) -> tuple[Change, ...]:
             )
         out.append(c)
     return tuple(out)
-
-
 def _start_failure(
     entry: Mapping[str, Any] | None, spec: VirtualMachineSpec, live: DomainRecord
 ) -> dict[str, Any]:
@@ -1214,16 +1211,12 @@ def _plan_prune(
     if not orphans:
         return [], "", ()
     if not load.complete:
-        return (
-            [],
-            (
-                f"{len(orphans)} owned object(s) without a manifest kept: "
-                "not every manifest loaded and passed its checks (see the problems), and a "
-                "manifest with a problem may still declare them "
-                f"({', '.join(orphans)})"
-            ),
-            (),
-        )
+        return [], (
+            f"{len(orphans)} owned object(s) without a manifest kept: "
+            "not every manifest loaded and passed its checks (see the problems), and a "
+            "manifest with a problem may still declare them "
+            f"({', '.join(orphans)})"
+        ), ()
     if not options.prune:
         return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off", ()
     blocked: str = ""
@@ -1355,7 +1348,9 @@ def _has_backing(action: Action, observed: Observed) -> bool:
     return False
 
 
-def _delete(key: str, entry: Mapping[str, Any], observed: Observed, why: str = "") -> Action | None:
+def _delete(
+    key: str, entry: Mapping[str, Any], observed: Observed, why: str = ""
+) -> Action | None:
     kind_name, _, name = key.partition("/")
     kind = Kind(kind_name)
     where = why or f"manifest {entry.get('manifest', '?')} is gone"

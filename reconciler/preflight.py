@@ -513,8 +513,7 @@ def check_cpu(
     if cpu.model is not None and (not lacking or set(missing) - set(lacking)):
         shown = ", ".join(n for n in missing if n not in lacking) or verdict
         yield FieldProblem(
-            where,
-            f"{host} cannot run CPU model {cpu.model}: it lacks {shown}",
+            where, f"{host} cannot run CPU model {cpu.model}: it lacks {shown}",
             "use cpu: host-model, or a model this host can run"
             " (`virsh domcapabilities` marks them usable='yes')" + origin("cpu.model"),
         )

@@ -107,7 +107,9 @@ class Reconciler:
     _options_of: tuple[LoadResult | None, PlanOptions] = (None, PlanOptions())
 
     def observe(self) -> Observed:
-        observed = observe(self.hypervisor, self._inventory(), machine_aliases=self.machine_aliases)
+        observed = observe(
+            self.hypervisor, self._inventory(), machine_aliases=self.machine_aliases
+        )
         self.machine_aliases = dict(observed.machine_aliases)
         return observed
 
@@ -255,14 +257,9 @@ class Reconciler:
                 paths=self._paths(),
                 remote=self.hypervisor.remote,
                 source_sizes=(
-                    source_sizes(
-                        load.manifests,
-                        observed,
-                        self._paths().allows,
-                        measure=images.virtual_size
-                        if self.hypervisor.remote
-                        else image_virtual_size,
-                    )
+                    source_sizes(load.manifests, observed, self._paths().allows,
+                                 measure=images.virtual_size if self.hypervisor.remote
+                                 else image_virtual_size)
                     if observed is not None
                     else {}
                 ),

@@ -159,12 +159,8 @@ def _listen_address(value: object) -> str | None:
         return None
     host, sep, port = text.rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if (
-        not sep
-        or not bare
-        or not port.isdigit()
-        or not 0 <= int(port) < 65536
-        or (":" in bare and not host.startswith("["))
+    if not sep or not bare or not port.isdigit() or not 0 <= int(port) < 65536 or (
+        ":" in bare and not host.startswith("[")
     ):
         raise ValueError(f"{value!r} is not an address ({expected})")
     return text

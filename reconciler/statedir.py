@@ -23,7 +23,8 @@ from reconciler.errors import StateDirError
 _HINTS = {
     errno.ENOSPC: "free space on its file system",
     errno.EDQUOT: "free space on its file system (quota)",
-    errno.EROFS: "its file system is read-only; choose a writable one with --state-dir or stateDir",
+    errno.EROFS: "its file system is read-only; choose a writable one with --state-dir "
+    "or stateDir",
     errno.EACCES: "check the owner, mode and attributes (lsattr) of the state directory",
     errno.EPERM: "check the owner, mode and attributes (lsattr) of the state directory",
     errno.ENOTDIR: "a file is in the way; move it, or choose another --state-dir or stateDir",
