@@ -60,10 +60,10 @@ from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
 from reconciler.manifests import LoadResult, is_manifest_file, snapshot
-from reconciler.observe import Observed, signature
 from reconciler.plan import Action, Op, Plan
 from reconciler.reconcile import PassOptions, PassResult, Reconciler, source_revision
 from reconciler.settings import Settings, check_manifest_dir, load_settings
+from reconciler.snapshot import Observed, signature
 from reconciler.status import (
     ObjectState,
     ObjectStatus,

@@ -24,7 +24,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -44,10 +44,8 @@ from reconciler import __version__
 from reconciler.drift import Cause
 from reconciler.errors import ConfigError
 from reconciler.model import Kind
+from reconciler.plan import ActionResult
 from reconciler.status import ObjectState, StatusReport
-
-if TYPE_CHECKING:
-    from reconciler.executor import ActionResult
 
 # a pass of a converged host takes well under a second; a first apply of hundreds of VMs,
 # or graceful shutdowns, minutes

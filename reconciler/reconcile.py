@@ -22,7 +22,7 @@ from pathlib import Path
 from reconciler import gitrev, hints, images, preflight, statedir
 from reconciler import inventory as inventory_file
 from reconciler.errors import Problem
-from reconciler.executor import ActionResult, Executor, explain_at_source
+from reconciler.executor import Executor, explain_at_source
 from reconciler.hostdefaults import VmDefaults, apply_vm_defaults
 from reconciler.hostpaths import PathPolicy, host_paths, read_secret
 from reconciler.hypervisor import Hypervisor
@@ -38,7 +38,7 @@ from reconciler.model import (
     VolumeSpec,
 )
 from reconciler.observe import Observed, observe, observe_again
-from reconciler.plan import Action, Op, Plan
+from reconciler.plan import Action, ActionResult, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
 from reconciler.xml import pool as pool_xml

@@ -89,10 +89,9 @@ def test_an_applied_manifest_edit_is_in_sync_and_drift_put_back_is_healed() -> N
     from datetime import UTC, datetime
 
     from reconciler.daemon import object_statuses
-    from reconciler.executor import ActionResult
     from reconciler.manifests import LoadResult
     from reconciler.model import Kind
-    from reconciler.plan import Action, Change, Op, Plan
+    from reconciler.plan import Action, ActionResult, Change, Op, Plan
     from reconciler.reconcile import PassResult
     from reconciler.status import ObjectState
 
