@@ -60,13 +60,14 @@ from typing import Any
 
 from reconciler import statedir
 from reconciler.atomicfile import fsync_dir
+from reconciler.backoff import RETRY, Backoff
 
 # the folders in the state directory: statedir.GIT_REPOSITORY, GIT_HOME, GIT_SNAPSHOTS
 CURRENT = "current"  # STATE/snapshots/current -> <name>
 FETCHED_REF = "refs/reconciler/fetched"
 APPLIED_REF = "refs/reconciler/applied"
 GIT_TIMEOUT = 120.0  # seconds for one git command (a fetch over a slow link)
-RETRY_MAX = 300.0  # the longest wait between two polls after failures
+RETRY_MAX = RETRY.cap  # the longest wait between two polls after failures (5 minutes)
 MAX_FILE = 64 << 20  # a single manifest larger than this is not materialised
 _HEX = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _SNAPSHOT = re.compile(r"^([0-9a-f]{40}(?:[0-9a-f]{24})?)(?:\.([0-9a-f]{8}))?$")
@@ -233,7 +234,8 @@ def next_poll_delay(interval: float, failures: int) -> float:
     ``RETRY_MAX`` (or ``interval`` itself when that is longer)."""
     if failures <= 0:
         return interval
-    return float(min(interval * 2 ** min(failures, 30), max(RETRY_MAX, interval)))
+    cap = max(RETRY_MAX, interval)
+    return Backoff(first=min(2 * interval, cap), cap=cap).delay(failures)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
