@@ -82,7 +82,7 @@ from reconciler.status import (
 # (issue 11); RECONNECT's cap of 2 s converges within ~2 s.
 # What libvirt raises no event for (autostart, memory and maxMemory set with virsh, a
 # volume deleted) is found by a cheap check every POLL_INTERVAL: observe, and compare
-# a digest with what the last pass left (observe.signature); a pass only on a change.
+# a digest with what the last pass left (snapshot.signature); a pass only on a change.
 POLL_INTERVAL = 10.0
 # ...or, on a host large enough that one check costs more than 1/POLL_BUDGET of the
 # interval, as often as keeps it to that share of one core (1 %, at most 5 minutes).
@@ -214,7 +214,7 @@ class Daemon:
         self.poller: Poller | None = self._make_poller()
         self._source_error_shown: str | None = None
         self.removals = RemovalGuard(hold=max(REMOVAL_HOLD, settings.debounce))
-        self.baseline: str | None = None  # observe.signature of libvirt after the last pass
+        self.baseline: str | None = None  # snapshot.signature of libvirt after the last pass
         self.connect_failures = 0
         self.poll_interval = POLL_INTERVAL  # grows on a host where a check costs more
 
