@@ -17,7 +17,7 @@ echo "lint: ruff check ."
 echo "lint: mypy"
 "$VENV/bin/mypy" || rc=1
 echo "lint: lint-imports (layers, see docs/architecture.md)"
-"$VENV/bin/lint-imports" --no-cache || rc=1
+"$VENV/bin/lint-imports" --no-cache --no-logo || rc=1
 
 if [ "$rc" -ne 0 ]; then
     echo "lint: FAILED" >&2
