@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,20 @@ def test_only_the_hypervisor_imports_libvirt() -> None:
             if any(n == "libvirt" or n.startswith("libvirt.") for n in names):
                 importers.append(path.relative_to(ROOT).as_posix())
     assert importers == ["reconciler/hypervisor.py"]
+
+
+def test_the_architecture_page_lists_the_contract_layers_in_order() -> None:
+    """docs/architecture.md's layer table and .importlinter name the same modules, top
+    to bottom: the page a newcomer reads is the contract that is checked."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    layers = config["importlinter:contract:layers"]["layers"].split("\n")
+    contract = [m.strip() for layer in layers if layer.strip() for m in layer.split("|")]
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    table = page[page.index("| layer (top to bottom) |"):].split("\n\n")[0]
+    documented = [
+        name
+        for row in table.splitlines()[2:]
+        for name in re.findall(r"`([\w.]+)`", re.split(r"(?<!\\)\|", row)[2])
+    ]
+    assert documented == contract
