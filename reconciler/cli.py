@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from reconciler import __version__
+from reconciler import __version__, statedir
+from reconciler.atomicfile import write_atomically
 from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.hostdefaults import apply_vm_defaults
 from reconciler.hostpaths import PathPolicy
@@ -247,7 +248,8 @@ def _managed_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> li
     try:
         state_dir = getattr(parsed_args, "state_dir", None) or load_settings(
             config_path=getattr(parsed_args, "config", None)).state_dir  # fmt: skip
-        data = json.loads((Path(state_dir) / "inventory.json").read_text(encoding="utf-8"))
+        path = statedir.path(Path(state_dir), statedir.INVENTORY)
+        data = json.loads(path.read_text(encoding="utf-8"))
         return [key for key in data.get("objects", {}) if key.startswith(prefix)]
     except (OSError, ValueError, ReconcilerError):
         return []
@@ -341,8 +343,6 @@ def usable_state_dir(path: Path, *, create: bool = True, write: bool = True) -> 
     else a folder that can be read and, with ``write``, written), or a one-line
     ``StateDirError`` naming it: never an inventory read as empty. Without ``create`` a
     missing one is left missing (``status`` says no daemon has run)."""
-    from reconciler import statedir
-
     if not create and not os.path.lexists(path):
         return path
     statedir.prepare(path, write=write)
@@ -729,7 +729,8 @@ def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[s
         return f"reconciler: error: {exc}\n", EXIT_ERROR
     if report is None:
         message = (
-            f"no daemon has run yet, nor an apply: no {settings.state_dir}/status.json "
+            f"no daemon has run yet, nor an apply: no "
+            f"{statedir.path(settings.state_dir, statedir.STATUS)} "
             "('reconciler apply DIR' writes one, and the daemon: 'reconciler run' or "
             "'systemctl start reconciler')"
         )
@@ -836,8 +837,8 @@ def delete_keys(refs: Sequence[Any], owned: Mapping[str, Mapping[str, Any]],
             shown = key if ref.pool is None else f"{ref.kind.value}/{ref.pool}/{ref.name}"
             raise ReconcilerError(
                 f"delete: {shown}: not managed by reconciler (not in "
-                f"{state_dir / 'inventory.json'}); it deletes only objects it manages "
-                "(use virsh for others)"
+                f"{statedir.path(state_dir, statedir.INVENTORY)}); it deletes only objects it "
+                "manages (use virsh for others)"
             )
         if key not in keys:
             keys.append(key)
@@ -989,9 +990,7 @@ def _write_exported(directory: Path, items: Sequence[Any], source: str, *, force
     try:
         for path, text in files:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.tmp")
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, path)
+            write_atomically(path, text, mode=0o644)
     except OSError as exc:
         raise ReconcilerError(f"export: cannot write {exc.filename}: {exc.strerror}") from None
 

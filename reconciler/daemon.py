@@ -48,6 +48,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler import drift, metrics, passstatus, sdnotify
+from reconciler.backoff import RECONNECT, RETRY
 from reconciler.errors import (
     ConfigError,
     ConnectionLost,
@@ -60,10 +61,10 @@ from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
 from reconciler.manifests import LoadResult, is_manifest_file, snapshot
-from reconciler.observe import Observed, signature
 from reconciler.plan import Action, Op, Plan
 from reconciler.reconcile import PassOptions, PassResult, Reconciler, source_revision
 from reconciler.settings import Settings, check_manifest_dir, load_settings
+from reconciler.snapshot import Observed, signature
 from reconciler.status import (
     ObjectState,
     ObjectStatus,
@@ -74,21 +75,19 @@ from reconciler.status import (
     write_status,
 )
 
-RECONNECT_MIN = 1.0
-# A failed connect costs next to nothing (the socket refuses it), and every second of
-# backoff is a second of not converging once libvirtd is back: with 60 s the daemon
-# took 47 s to converge after a 75 s outage (issue 11). 2 s gives within ~2 s.
-RECONNECT_MAX = 2.0
+# Retries (a failed object, a failed pass, libvirtd unreachable) wait as backoff.py says:
+# RETRY for the first two, RECONNECT for libvirtd. A failed connect costs next to nothing
+# (the socket refuses it), and every second of backoff is a second of not converging once
+# libvirtd is back: with 60 s the daemon took 47 s to converge after a 75 s outage
+# (issue 11); RECONNECT's cap of 2 s converges within ~2 s.
 # What libvirt raises no event for (autostart, memory and maxMemory set with virsh, a
 # volume deleted) is found by a cheap check every POLL_INTERVAL: observe, and compare
-# a digest with what the last pass left (observe.signature); a pass only on a change.
+# a digest with what the last pass left (snapshot.signature); a pass only on a change.
 POLL_INTERVAL = 10.0
 # ...or, on a host large enough that one check costs more than 1/POLL_BUDGET of the
 # interval, as often as keeps it to that share of one core (1 %, at most 5 minutes).
 POLL_BUDGET = 100.0
 POLL_MAX = 300.0
-RETRY_MIN = 5.0
-RETRY_MAX = 300.0
 EVENT_COALESCE = 0.2  # libvirt events come in bursts (our own apply makes some)
 MAX_STALL = 1800.0  # watchdog pings stop when the loop made no progress for this long
 # A removal (an owned object no manifest declares) is acted on only when a second read,
@@ -215,7 +214,7 @@ class Daemon:
         self.poller: Poller | None = self._make_poller()
         self._source_error_shown: str | None = None
         self.removals = RemovalGuard(hold=max(REMOVAL_HOLD, settings.debounce))
-        self.baseline: str | None = None  # observe.signature of libvirt after the last pass
+        self.baseline: str | None = None  # snapshot.signature of libvirt after the last pass
         self.connect_failures = 0
         self.poll_interval = POLL_INTERVAL  # grows on a host where a check costs more
 
@@ -232,7 +231,6 @@ class Daemon:
                 self._watch_files()
             self.triggers.request("startup", 0)
             next_resync = time.monotonic() + self.settings.resync_interval
-            reconnect_delay = RECONNECT_MIN
             next_connect = 0.0
             next_poll = time.monotonic() + POLL_INTERVAL
             ready = False
@@ -243,11 +241,10 @@ class Daemon:
                 disconnected = self.hypervisor is None or self.connection_lost.is_set()
                 if disconnected and time.monotonic() >= next_connect:
                     if self._connect():
-                        reconnect_delay = RECONNECT_MIN
                         self.triggers.request("connected", 0)
                     else:
-                        next_connect = time.monotonic() + reconnect_delay
-                        reconnect_delay = min(reconnect_delay * 2, RECONNECT_MAX)
+                        wait = RECONNECT.delay(self.connect_failures)
+                        next_connect = time.monotonic() + wait
                         self._write_status(None, error=self._last_connect_error)
                 if not ready:
                     sdnotify.notify(ready=True, status="starting")
@@ -303,7 +300,7 @@ class Daemon:
             n = self.connect_failures
             if n & (n - 1) == 0:  # attempts 1, 2, 4, 8...: the log stays readable
                 self.log.warning("libvirt.unreachable", uri=self.settings.uri, error=str(exc),
-                                 attempts=n, retry_every=RECONNECT_MAX)  # fmt: skip
+                                 attempts=n, retry_every=RECONNECT.cap)  # fmt: skip
             return False
         self.connect_failures = 0
         self.connection_lost.clear()
@@ -394,7 +391,7 @@ class Daemon:
             # the triggers are spent: without a retry a transient error (a busy pool)
             # would leave a change unapplied until some unrelated trigger
             self.failed_passes += 1
-            delay = min(RETRY_MIN * 2 ** (self.failed_passes - 1), RETRY_MAX)
+            delay = RETRY.delay(self.failed_passes)
             self.triggers.request("retry after a failed pass", delay)
             log.error("reconcile.failed", error=str(exc), reasons=sorted(set(reasons)),
                       retry_in=delay, revision=revision)  # fmt: skip
@@ -515,8 +512,7 @@ class Daemon:
                 b = self.failures.setdefault(r.action.key, _Backoff())
                 b.attempts += 1
                 b.error = r.error
-                delay = min(RETRY_MIN * 2 ** (b.attempts - 1), RETRY_MAX)
-                b.next_try = time.monotonic() + delay
+                b.next_try = time.monotonic() + RETRY.delay(b.attempts)
         # Every pass consumes the pending triggers, retry timers included: set them
         # again, or an object skipped by this pass (still in backoff) would wait for
         # some unrelated trigger, up to the periodic resync.

@@ -52,7 +52,7 @@ from reconciler.hypervisor import VOLUME_EXISTS, Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
 from reconciler.model import Kind
-from reconciler.plan import Action, Op, Plan, Step
+from reconciler.plan import Action, ActionResult, Op, Plan, Step
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import volume as volume_xml
 
@@ -111,18 +111,6 @@ def batches(actions: Sequence[Action]) -> list[tuple[Action, ...]]:
     if current:
         runs.append(tuple(current))
     return runs
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    action: Action
-    outcome: str  # ok | failed | skipped
-    duration: float = 0.0
-    error: str = ""
-    notes: tuple[str, ...] = ()
-    refused: tuple[str, ...] = ()  # paths of live changes libvirt refused
-    explanation: Problem | None = None  # a refused define/start, placed in the manifest
-    failed_step: str = ""  # the verb of the step that failed (a restart's start: start-domain)
 
 
 def explain_at_source(action: Action, message: str) -> Problem:

@@ -36,7 +36,6 @@ import yaml
 
 from reconciler.diff import device_of, diff
 from reconciler.errors import SourcePosition
-from reconciler.hypervisor import DomainRecord, NetworkRecord, PoolRecord, VolumeRecord
 from reconciler.model import (
     API_VERSION,
     CpuSpec,
@@ -51,9 +50,9 @@ from reconciler.model import (
     cpu_manifest,
     seed_volume_name,
 )
-from reconciler.observe import Observed
 from reconciler.report import show_value
 from reconciler.schema import validate_document
+from reconciler.snapshot import DomainRecord, NetworkRecord, Observed, PoolRecord, VolumeRecord
 from reconciler.units import format_size
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml

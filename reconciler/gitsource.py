@@ -58,14 +58,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GIT_DIR = "git"  # STATE/git: the private bare repository
-HOME_DIR = "git-home"  # STATE/git-home: an empty HOME for git and ssh
-SNAPSHOTS = "snapshots"  # STATE/snapshots/<name>/
+from reconciler import statedir
+from reconciler.atomicfile import fsync_dir
+from reconciler.backoff import RETRY, Backoff
+
+# the folders in the state directory: statedir.GIT_REPOSITORY, GIT_HOME, GIT_SNAPSHOTS
 CURRENT = "current"  # STATE/snapshots/current -> <name>
 FETCHED_REF = "refs/reconciler/fetched"
 APPLIED_REF = "refs/reconciler/applied"
 GIT_TIMEOUT = 120.0  # seconds for one git command (a fetch over a slow link)
-RETRY_MAX = 300.0  # the longest wait between two polls after failures
+RETRY_MAX = RETRY.cap  # the longest wait between two polls after failures (5 minutes)
 MAX_FILE = 64 << 20  # a single manifest larger than this is not materialised
 _HEX = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _SNAPSHOT = re.compile(r"^([0-9a-f]{40}(?:[0-9a-f]{24})?)(?:\.([0-9a-f]{8}))?$")
@@ -232,7 +234,8 @@ def next_poll_delay(interval: float, failures: int) -> float:
     ``RETRY_MAX`` (or ``interval`` itself when that is longer)."""
     if failures <= 0:
         return interval
-    return float(min(interval * 2 ** min(failures, 30), max(RETRY_MAX, interval)))
+    cap = max(RETRY_MAX, interval)
+    return Backoff(first=min(2 * interval, cap), cap=cap).delay(failures)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -279,11 +282,15 @@ class GitSource:
 
     @property
     def git_dir(self) -> Path:
-        return self.state_dir / GIT_DIR
+        return statedir.path(self.state_dir, statedir.GIT_REPOSITORY)
 
     @property
     def snapshots(self) -> Path:
-        return self.state_dir / SNAPSHOTS
+        return statedir.path(self.state_dir, statedir.GIT_SNAPSHOTS)
+
+    @property
+    def _home(self) -> Path:
+        return statedir.path(self.state_dir, statedir.GIT_HOME)
 
     def current(self) -> tuple[str, Path] | None:
         """The commit applied now and its snapshot folder (resolved), if any."""
@@ -396,7 +403,7 @@ class GitSource:
     # -- files ------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        for directory in (self.state_dir, self.snapshots, self.state_dir / HOME_DIR):
+        for directory in (self.state_dir, self.snapshots, self._home):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not (self.git_dir / "HEAD").is_file():
             self._git_plain("init", "--quiet", "--bare", str(self.git_dir))
@@ -432,7 +439,7 @@ class GitSource:
             for directory, _dirs, files in os.walk(tmp, topdown=False):
                 for filename in files:
                     os.chmod(os.path.join(directory, filename), 0o444)
-                _fsync_dir(Path(directory))
+                fsync_dir(Path(directory))
                 os.chmod(directory, 0o555)
             os.utime(tmp)
             try:
@@ -441,7 +448,7 @@ class GitSource:
                 if not final.is_dir():  # else: another sync (plan --git) made it first
                     raise
                 _remove_tree(tmp)
-            _fsync_dir(self.snapshots)
+            fsync_dir(self.snapshots)
         except BaseException:
             _remove_tree(tmp)
             raise
@@ -491,7 +498,7 @@ class GitSource:
             new.unlink()
         os.symlink(name, new)
         os.replace(new, link)
-        _fsync_dir(self.snapshots)
+        fsync_dir(self.snapshots)
         os.utime(self.snapshots / name)  # its place in the keep-the-last-N order
 
     def _prune(self) -> None:
@@ -520,7 +527,7 @@ class GitSource:
             ssh += ["-o", "IdentitiesOnly=yes", "-i", str(cfg.ssh_key_file)]
         return {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": str(self.state_dir / HOME_DIR),
+            "HOME": str(self._home),
             "LANG": "C",
             "LC_ALL": "C",
             "GIT_CONFIG_NOSYSTEM": "1",
@@ -569,14 +576,6 @@ class GitSource:
         if check and done.returncode != 0:
             raise SourceError(f"{what} failed: {_one_line(done.stderr)}")
         return done
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_tree(path: Path) -> None:

@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from reconciler.atomicfile import write_atomically
 from reconciler.errors import HypervisorError, SourcePosition
 from reconciler.hostdefaults import VmDefaults, merge_vm_spec
 from reconciler.hypervisor import Hypervisor
@@ -202,7 +202,7 @@ def write_config(path: Path, result: ProbeResult) -> str:
     mode 0644, when missing); a file that already has ``vmDefaults`` is left as it is.
     Returns what was done, in one line.
 
-    The file is replaced atomically (a temporary file in its folder, fsync, rename),
+    The file is replaced atomically (atomicfile.write_atomically),
     keeping its mode and owner, and only when the result is the same configuration
     plus ``vmDefaults``: a file that is not valid YAML, holds no mapping, or whose style
     (flow, JSON) an appended block would break is left untouched, and
@@ -214,7 +214,7 @@ def write_config(path: Path, result: ProbeResult) -> str:
     block = defaults_yaml(defaults)
     by_hand = f"add this to it by hand:\n{block}"
     found = _read_regular(path)
-    text, st = found if found is not None else ("", None)
+    text = found[0] if found is not None else ""
     before = _mapping(text)
     if before is None:
         raise ConfigNotWritten(f"{path}: not a valid configuration (one YAML mapping); "
@@ -229,24 +229,5 @@ def write_config(path: Path, result: ProbeResult) -> str:
         raise ConfigNotWritten(f"{path}: its style (flow or JSON) cannot take an appended "
                                f"block; {by_hand}")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o644)
-        if st is not None:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomically(path, new, mode=0o644)  # an existing file keeps its mode and owner
     return f"{path}: wrote vmDefaults: {defaults.describe()}"

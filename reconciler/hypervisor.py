@@ -44,6 +44,10 @@ from reconciler.preflight import (
     cpu_compare_xml,
 )
 from reconciler.references import KnownObjects
+from reconciler.snapshot import DomainRecord as DomainRecord
+from reconciler.snapshot import NetworkRecord as NetworkRecord
+from reconciler.snapshot import PoolRecord as PoolRecord
+from reconciler.snapshot import VolumeRecord as VolumeRecord
 from reconciler.xml import volume as vol_xml
 
 DEFAULT_URI = "qemu:///system"
@@ -276,50 +280,6 @@ def _local_bridges() -> dict[str, Any]:
 
 
 # --- the connection as a narrow interface ------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DomainRecord:
-    name: str
-    uuid: str
-    active: bool
-    autostart: bool
-    config_xml: str  # persistent definition, with secrets (VIR_DOMAIN_XML_SECURE)
-    live_xml: str | None  # running definition, when active
-    persistent: bool = True  # False: running without a definition (after `virsh undefine`)
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkRecord:
-    name: str
-    uuid: str
-    active: bool
-    autostart: bool
-    config_xml: str
-    live_xml: str | None
-    persistent: bool = True
-    # the UUIDs of the network's ports (one per connected guest NIC) while it runs;
-    # None: not read. A running guest's NIC whose ``portid`` is not among them lost
-    # its connection (the network was destroyed and started again under it).
-    ports: frozenset[str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PoolRecord:
-    name: str
-    uuid: str
-    active: bool
-    autostart: bool
-    config_xml: str
-    persistent: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeRecord:
-    pool: str
-    name: str
-    path: str
-    xml: str
 
 
 class Hypervisor:

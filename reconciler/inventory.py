@@ -3,7 +3,7 @@
 libvirt lets a domain carry our ownership record in its own ``<metadata>``;
 networks, pools and volumes (libvirt 9.0) cannot, so the inventory is their
 record, and a second one for domains. One JSON file, replaced atomically
-(write a temporary file, fsync, rename, fsync the directory): a reconciler
+(atomicfile.py: a temporary file, fsync, rename, fsync the directory): a reconciler
 killed at any point leaves the old or the new inventory, never a torn one.
 
 Shape (version 1)::
@@ -33,8 +33,6 @@ not in sync, and the next plan copies again::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import statedir
+from reconciler.atomicfile import write_atomically
 from reconciler.errors import Problem, ReconcilerError, StateDirError
 
 VERSION = 1
-FILENAME = "inventory.json"
 START_FAILURE = "startFailure"  # key of a VM entry: its last refused start
 CONTENT_PENDING = "contentPending"  # key of a Volume entry: its source copy is unfinished
 
@@ -85,7 +83,7 @@ def load(state_dir: Path) -> Inventory:
     taken for an empty one. ``ReconcilerError`` for a file that is not an
     inventory.
     """
-    path = state_dir / FILENAME
+    path = statedir.path(state_dir, statedir.INVENTORY)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -112,7 +110,7 @@ def save(state_dir: Path, inventory: Inventory) -> None:
 
     Raises ``StateDirError`` naming the path on any OS error (a full disk, a
     read-only or missing folder)."""
-    path = state_dir / FILENAME
+    path = statedir.path(state_dir, statedir.INVENTORY)
     payload = json.dumps(
         {"version": VERSION, "objects": dict(sorted(inventory.objects.items()))},
         indent=2,
@@ -125,23 +123,3 @@ def save(state_dir: Path, inventory: Inventory) -> None:
         raise statedir.error(path, "write the inventory", exc) from None
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, whole.
-
-    Raises ``OSError`` (callers name what they were writing); the temporary
-    file is removed, and ``path`` is untouched, when writing it fails."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

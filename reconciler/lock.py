@@ -27,7 +27,6 @@ from types import TracebackType
 from reconciler import statedir
 from reconciler.errors import ReconcilerError
 
-FILENAME = "lock"
 _RETRY_EVERY = 0.1
 
 
@@ -60,7 +59,7 @@ class StateLock:
     """
 
     def __init__(self, state_dir: Path, *, wait: float = 0.0, command: str | None = None) -> None:
-        self.path = Path(state_dir) / FILENAME
+        self.path = statedir.path(state_dir, statedir.LOCK)
         self.wait = wait
         self.command = command if command is not None else default_command()
         self._fd: int | None = None

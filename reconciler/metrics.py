@@ -24,7 +24,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,20 +34,19 @@ from prometheus_client import (
     Info,
     ProcessCollector,
     disable_created_metrics,
+    generate_latest,
     start_http_server,
-    write_to_textfile,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from reconciler import __version__
+from reconciler import __version__, statedir
+from reconciler.atomicfile import write_atomically
 from reconciler.drift import Cause
 from reconciler.errors import ConfigError
 from reconciler.model import Kind
+from reconciler.plan import ActionResult
 from reconciler.status import ObjectState, StatusReport
-
-if TYPE_CHECKING:
-    from reconciler.executor import ActionResult
 
 # a pass of a converged host takes well under a second; a first apply of hundreds of VMs,
 # or graceful shutdowns, minutes
@@ -68,7 +67,8 @@ class _Objects(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "reconciler_objects",
-            "Objects the manifests declare, by kind and state (the states of status.json).",
+            "Objects the manifests declare, by kind and state "
+            f"(the states of {statedir.STATUS}).",
             labels=["kind", "state"],
         )
         for (kind, state), count in sorted(self.counts.items()):
@@ -212,9 +212,10 @@ class Metrics:
             self._server = None
 
     def write_textfile(self, path: Path) -> None:
-        """The node_exporter textfile format, replaced atomically (prometheus_client writes a
-        temporary file beside it and renames it). ``OSError`` when it cannot."""
-        write_to_textfile(str(path), self.registry)
+        """The node_exporter textfile format, replaced atomically
+        (atomicfile.write_atomically; mode 0644 when new, so node_exporter can read it).
+        ``OSError`` when it cannot."""
+        write_atomically(path, generate_latest(self.registry), mode=0o644)
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -10,33 +10,14 @@ listings for domains, one definition each, a second for running ones).
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 
-from reconciler.hypervisor import (
-    DomainRecord,
-    Hypervisor,
-    NetworkRecord,
-    PoolRecord,
-    VolumeRecord,
-)
+from reconciler.hypervisor import Hypervisor
 from reconciler.inventory import Inventory
+from reconciler.snapshot import Observed as Observed
+from reconciler.snapshot import signature as signature
 from reconciler.xml.domain import machine_aliases_from_capabilities
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """libvirt as it was when observed."""
-
-    domains: Mapping[str, DomainRecord] = field(default_factory=dict)
-    networks: Mapping[str, NetworkRecord] = field(default_factory=dict)
-    pools: Mapping[str, PoolRecord] = field(default_factory=dict)
-    volumes: Mapping[tuple[str, str], VolumeRecord] = field(default_factory=dict)
-    machine_aliases: Mapping[str, str] = field(default_factory=dict)
-    inventory: Inventory = field(default_factory=Inventory)
 
 
 def observe(
@@ -97,48 +78,3 @@ def observe_again(
                for v in hv.volumes(p.name, refresh=p.name in ours)}  # fmt: skip
     every_network = {n.name: n for n in hv.networks()}
     return Observed(records, every_network, pools, volumes, before.machine_aliases, inventory)
-
-
-# What changes by itself in a pool's or a volume's XML as guests write: not drift.
-_USAGE = re.compile(
-    r"<(allocation|available|physical)[^>]*>[^<]*</\1>|<timestamps>.*?</timestamps>", re.S
-)
-
-
-def signature(observed: Observed, only: AbstractSet[tuple[str, str]] | None = None) -> str:
-    """A digest of everything an out-of-band change can alter: every object's
-    definitions, power state, autostart and network ports, and which volumes exist
-    with what capacity, leaving out what changes by itself (space used, times).
-
-    The daemon compares it between a pass and a later cheap check, to find changes
-    that raise no libvirt event (``virsh setmem``/``setmaxmem --config``,
-    ``autostart``, ``vol-delete``). ``only``: the (kind, name) pairs to cover (the
-    objects the daemon manages: others changing is none of its business); None: all."""
-    h = hashlib.sha256()
-
-    def wanted(kind: str, name: str) -> bool:
-        return only is None or (kind, name) in only
-
-    def add(*parts: object) -> None:
-        for part in parts:
-            h.update(repr(part).encode())
-            h.update(b"\0")
-
-    for name, d in sorted(observed.domains.items()):
-        if not wanted("VirtualMachine", name):
-            continue
-        add("d", name, d.active, d.autostart, d.persistent, d.config_xml, d.live_xml)
-    for name, n in sorted(observed.networks.items()):
-        if not wanted("Network", name):
-            continue
-        add("n", name, n.active, n.autostart, n.persistent, n.config_xml, n.live_xml,
-            sorted(n.ports or ()))  # fmt: skip
-    for name, p in sorted(observed.pools.items()):
-        if not wanted("StoragePool", name):
-            continue
-        add("p", name, p.active, p.autostart, p.persistent, _USAGE.sub("", p.config_xml))
-    for key, v in sorted(observed.volumes.items()):
-        if not wanted("Volume", key[1]):
-            continue
-        add("v", key, v.path, _USAGE.sub("", v.xml))
-    return h.hexdigest()

@@ -6,7 +6,8 @@ new) and the ``Step``s that carry it out. Steps hold everything they need
 (rendered XML included), so ``apply`` executes the very value ``plan``
 printed, and a plan can be serialised to JSON (see docs/plan-json.md).
 
-Pure data; planner.py makes it, executor.py runs it, report.py prints it.
+Pure data; planner.py makes it, executor.py runs it (one ``ActionResult`` per
+action), report.py prints it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from reconciler.errors import SourcePosition
+from reconciler.errors import Problem, SourcePosition
 from reconciler.model import Kind
 from reconciler.units import format_duration
 
@@ -242,3 +243,18 @@ class Plan:
         if extra:
             text += " " + ", ".join(extra).capitalize() + "."
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What carrying out one ``Action`` came to (made by executor.py, printed by
+    report.py, counted by metrics.py): a value, so printing a result needs no libvirt."""
+
+    action: Action
+    outcome: str  # ok | failed | skipped
+    duration: float = 0.0
+    error: str = ""
+    notes: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()  # paths of live changes libvirt refused
+    explanation: Problem | None = None  # a refused define/start, placed in the manifest
+    failed_step: str = ""  # the verb of the step that failed (a restart's start: start-domain)

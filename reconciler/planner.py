@@ -28,7 +28,6 @@ from reconciler import __version__, cloudinit
 from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
 from reconciler.hostpaths import PathPolicy
-from reconciler.hypervisor import DomainRecord, VolumeRecord
 from reconciler.manifests import LoadResult
 from reconciler.model import (
     Kind,
@@ -39,8 +38,8 @@ from reconciler.model import (
     VolumeSpec,
     seed_volume_name,
 )
-from reconciler.observe import Observed
 from reconciler.plan import Action, Change, Op, Plan, Step
+from reconciler.snapshot import DomainRecord, Observed, VolumeRecord
 from reconciler.units import format_size
 from reconciler.userterms import in_user_terms
 from reconciler.xml import domain as domain_xml

@@ -65,7 +65,6 @@ import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from reconciler.hostpaths import PathPolicy, host_paths
 from reconciler.model import (
@@ -77,10 +76,8 @@ from reconciler.model import (
     VirtualMachineSpec,
     VolumeSpec,
 )
+from reconciler.snapshot import Observed
 from reconciler.units import format_size
-
-if TYPE_CHECKING:
-    from reconciler.observe import Observed
 
 Finding = tuple[Manifest, FieldProblem]
 GUEST_ARCH = "x86_64"  # the arch every domain is rendered with (xml/domain.py)

@@ -21,12 +21,13 @@ from pathlib import Path
 
 from reconciler import gitrev, hints, images, preflight, statedir
 from reconciler import inventory as inventory_file
+from reconciler.atomicfile import write_atomically
 from reconciler.errors import Problem
-from reconciler.executor import ActionResult, Executor, explain_at_source
+from reconciler.executor import Executor, explain_at_source
 from reconciler.hostdefaults import VmDefaults, apply_vm_defaults
 from reconciler.hostpaths import PathPolicy, host_paths, read_secret
 from reconciler.hypervisor import Hypervisor
-from reconciler.inventory import Inventory, write_atomically
+from reconciler.inventory import Inventory
 from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
 from reconciler.model import (
     FieldPath,
@@ -38,13 +39,12 @@ from reconciler.model import (
     VolumeSpec,
 )
 from reconciler.observe import Observed, observe, observe_again
-from reconciler.plan import Action, Op, Plan
+from reconciler.plan import Action, ActionResult, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
 from reconciler.xml import pool as pool_xml
 from reconciler.yamlsource import ParseCache
 
-VERIFIED_FILE = "verified.json"
 # Steps that change nothing but the domain they act on: after an apply of only
 # these, networks, pools and volumes need not be read again.
 DOMAIN_ONLY_VERBS = frozenset({
@@ -52,7 +52,6 @@ DOMAIN_ONLY_VERBS = frozenset({
     "autostart-domain", "set-memory", "set-vcpus", "attach-device", "detach-device",
     "update-device",
 })  # fmt: skip
-PARSE_CACHE_FILE = "parsed.json"
 # Domain steps that connect or disconnect a guest's NICs: the networks' ports change,
 # and the settle check compares them (planner._lost_nics).
 PORT_VERBS = frozenset({"start-domain", "restart-domain", "stop-domain", "undefine-domain",
@@ -130,9 +129,8 @@ class Reconciler:
         # libvirt answers while the manifests are parsed: its calls release the GIL
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self.observe)
-            cache = ParseCache(
-                self.options.state_dir / PARSE_CACHE_FILE if self.options.state_dir else None
-            )
+            state = self.options.state_dir
+            cache = ParseCache(statedir.path(state, statedir.PARSE_CACHE) if state else None)
             load = load_unchecked(self.options.directory, host=self.options.host, cache=cache)
             observed = pending.result()
         load = check_against(apply_vm_defaults(load, self.options.vm_defaults),
@@ -166,7 +164,8 @@ class Reconciler:
         if self.options.state_dir is None:
             return {}
         try:
-            data = json.loads((self.options.state_dir / VERIFIED_FILE).read_text())
+            path = statedir.path(self.options.state_dir, statedir.VERIFIED_PLANS)
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
@@ -177,7 +176,9 @@ class Reconciler:
             return
         with contextlib.suppress(OSError):
             self.options.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomically(self.options.state_dir / VERIFIED_FILE, json.dumps(now))
+            write_atomically(
+                statedir.path(self.options.state_dir, statedir.VERIFIED_PLANS), json.dumps(now)
+            )
 
     def apply(self, plan: Plan, observed: Observed, load: LoadResult) -> PassResult:
         executor = Executor(

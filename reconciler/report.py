@@ -11,17 +11,14 @@ import difflib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.errors import Problem
 from reconciler.model import Kind
-from reconciler.plan import MARKERS, Action, Change, DeviceChange, Op, Plan
+from reconciler.plan import MARKERS, Action, ActionResult, Change, DeviceChange, Op, Plan
 from reconciler.units import format_duration, format_size
 from reconciler.xml._fields import ParseError, parse, serialize
 from reconciler.xml.domain import secret_token
-
-if TYPE_CHECKING:  # executor imports libvirt: not needed to print a plan
-    from reconciler.executor import ActionResult
 
 JSON_VERSION = 2  # 2: disks keyed by image, devices[].change "change"
 

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler import statedir
+from reconciler.atomicfile import write_atomically
 from reconciler.errors import ReconcilerError, StateDirError
-from reconciler.inventory import write_atomically
 
 VERSION = 1
-FILENAME = "status.json"
 
 
 class ObjectState(StrEnum):
@@ -104,7 +103,7 @@ def keep_last_change(
 
 
 def status_path(state_dir: Path) -> Path:
-    return Path(state_dir) / FILENAME
+    return statedir.path(state_dir, statedir.STATUS)
 
 
 def write_status(state_dir: Path, report: StatusReport) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.atomicfile import write_atomically
 from reconciler.model import FieldPath
 
 try:
@@ -219,8 +220,6 @@ class ParseCache:
     def save(self) -> None:
         if self.path is None or self._used == self._entries:
             return
-        from reconciler.inventory import write_atomically
-
         with contextlib.suppress(OSError):
             write_atomically(
                 self.path, json.dumps({"version": self.VERSION, "entries": self._used})

@@ -7,13 +7,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from reconciler.hypervisor import DomainRecord, NetworkRecord, PoolRecord, VolumeRecord
 from reconciler.inventory import Inventory
 from reconciler.manifests import LoadResult, load_directory
 from reconciler.model import Kind, VolumeSpec
-from reconciler.observe import Observed
 from reconciler.plan import Plan
 from reconciler.planner import PlanOptions, digest, make_plan
+from reconciler.snapshot import DomainRecord, NetworkRecord, Observed, PoolRecord, VolumeRecord
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml

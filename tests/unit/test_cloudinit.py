@@ -16,13 +16,12 @@ import pycdlib
 import pytest
 
 from reconciler.cloudinit import build_iso, make_seed
-from reconciler.hypervisor import DomainRecord, PoolRecord, VolumeRecord
 from reconciler.inventory import Inventory
 from reconciler.manifests import LoadResult, load_directory
 from reconciler.model import CloudInit, Kind, VirtualMachineSpec
-from reconciler.observe import Observed
 from reconciler.plan import Action, Op, Plan
 from reconciler.planner import PlanOptions, make_plan
+from reconciler.snapshot import DomainRecord, Observed, PoolRecord, VolumeRecord
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import pool as pool_xml
 from tests.unit.conftest import WriteFiles

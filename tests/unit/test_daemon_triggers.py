@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,10 +90,9 @@ def test_an_applied_manifest_edit_is_in_sync_and_drift_put_back_is_healed() -> N
     from datetime import UTC, datetime
 
     from reconciler.daemon import object_statuses
-    from reconciler.executor import ActionResult
     from reconciler.manifests import LoadResult
     from reconciler.model import Kind
-    from reconciler.plan import Action, Change, Op, Plan
+    from reconciler.plan import Action, ActionResult, Change, Op, Plan
     from reconciler.reconcile import PassResult
     from reconciler.status import ObjectState
 
@@ -105,3 +105,36 @@ def test_an_applied_manifest_edit_is_in_sync_and_drift_put_back_is_healed() -> N
         result, datetime.now(UTC), None, edited={"VirtualMachine/web"})}  # fmt: skip
     assert states == {"web": (ObjectState.IN_SYNC, "applied: memory"),
                       "db": (ObjectState.HEALED, "changed: state")}  # fmt: skip
+
+
+def test_an_unreachable_libvirtd_is_retried_as_the_reconnect_backoff_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 s after the first refused connect, then every 2 s (backoff.RECONNECT), and the
+    status file says why meanwhile."""
+    from reconciler.backoff import RECONNECT
+    from reconciler.errors import HypervisorError
+    from reconciler.status import read_status
+
+    attempts: list[float] = []
+
+    def refuse(_uri: str) -> Any:
+        attempts.append(time.monotonic())
+        if len(attempts) == 4:
+            daemon.stopping.set()
+            daemon.triggers.wake.set()
+        raise HypervisorError("cannot connect: Connection refused")
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    daemon = Daemon(Settings(host="h", manifest_dir=manifests, state_dir=tmp_path / "state"),
+                    connect=refuse)  # fmt: skip
+    monkeypatch.setattr(daemon, "_install_signals", lambda: None)
+    assert daemon.run() == 0
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    expected = [RECONNECT.delay(n) for n in (1, 2, 3)]
+    assert expected == [1.0, 2.0, 2.0]
+    assert all(want - 0.05 <= gap <= want + 0.5 for gap, want in zip(gaps, expected, strict=True))
+    report = read_status(tmp_path / "state")
+    assert report is not None and not report.connected
+    assert "Connection refused" in (report.last_error or "")

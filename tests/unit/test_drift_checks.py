@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from reconciler.model import Kind
-from reconciler.observe import Observed, signature
+from reconciler.snapshot import Observed, signature
 from tests.unit.conftest import WriteFiles
 from tests.unit.test_planner import action, converged, load, plan_for
 

@@ -11,10 +11,9 @@ import pytest
 import yaml
 
 from reconciler import export
-from reconciler.hypervisor import DomainRecord, NetworkRecord, PoolRecord, VolumeRecord
 from reconciler.manifests import load_text
 from reconciler.model import Kind
-from reconciler.observe import Observed
+from reconciler.snapshot import DomainRecord, NetworkRecord, Observed, PoolRecord, VolumeRecord
 
 POOL_XML = """<pool type='dir'>
   <name>images</name>

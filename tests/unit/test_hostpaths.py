@@ -12,10 +12,10 @@ from reconciler import hostpaths
 from reconciler.hostpaths import HostPath, PathPolicy, host_paths, read_secret
 from reconciler.manifests import load_directory
 from reconciler.model import Kind
-from reconciler.observe import Observed
 from reconciler.plan import Op
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.reconcile import read_secrets
+from reconciler.snapshot import Observed
 from tests.unit.conftest import WriteFiles
 
 POOL = """

@@ -15,11 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.drift import Cause, cause, causes
 from reconciler.errors import ConfigError
-from reconciler.executor import ActionResult
 from reconciler.inventory import Inventory
 from reconciler.metrics import Metrics, split_address
 from reconciler.model import Kind
-from reconciler.plan import Action, Change, Op, Plan, Step
+from reconciler.plan import Action, ActionResult, Change, Op, Plan, Step
 from reconciler.status import ObjectState, ObjectStatus, StatusReport
 
 NOW = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reconciler.hypervisor import DomainRecord, NetworkRecord, PoolRecord, VolumeRecord
 from reconciler.inventory import Inventory
 from reconciler.manifests import LoadResult, load_directory
 from reconciler.model import CpuSpec, Kind, Manifest
-from reconciler.observe import Observed
 from reconciler.plan import Op, Plan
 from reconciler.planner import PlanOptions, digest, make_plan
+from reconciler.snapshot import DomainRecord, NetworkRecord, Observed, PoolRecord, VolumeRecord
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml

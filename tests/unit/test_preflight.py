@@ -22,7 +22,6 @@ from reconciler.hypervisor import (
 )
 from reconciler.manifests import LoadResult, drop_findings, load_text
 from reconciler.model import FieldProblem, Manifest
-from reconciler.observe import Observed
 from reconciler.preflight import (
     DirFacts,
     FactsWanted,
@@ -32,6 +31,7 @@ from reconciler.preflight import (
     PathFacts,
     QemuUser,
 )
+from reconciler.snapshot import Observed
 
 MACHINES = frozenset({"pc", "pc-i440fx-7.2", "pc-i440fx-7.1", "pc-i440fx-2.9", "q35",
                       "pc-q35-7.2", "isapc", "microvm"})  # fmt: skip

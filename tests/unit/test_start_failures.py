@@ -12,12 +12,11 @@ from typing import Any
 from reconciler import inventory as inventory_file
 from reconciler.errors import Refused, SourcePosition
 from reconciler.executor import Executor
-from reconciler.hypervisor import DomainRecord
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
-from reconciler.observe import Observed
 from reconciler.plan import Action, Op, Plan, Step
 from reconciler.report import plan_json, render_plan, render_results, results_json
+from reconciler.snapshot import DomainRecord, Observed
 from tests.unit.conftest import WriteFiles
 from tests.unit.test_executor_batches import FakeLog
 from tests.unit.test_planner import action, converged, load, plan_for

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from reconciler import inventory, statedir, status
 from reconciler.errors import StateDirError
 from reconciler.lock import StateLock
+from tests.unit.test_status import SAMPLE
 
 
 def test_a_missing_state_directory_is_created_mode_0700(tmp_path: Path) -> None:
@@ -68,3 +71,63 @@ def test_status_of_a_file_in_the_way(tmp_path: Path) -> None:
     with pytest.raises(StateDirError, match=r"status\.json: cannot read the status file: Not a"):
         status.read_status(tmp_path / "state")
     assert status.read_status(tmp_path / "missing") is None  # no daemon has run
+
+
+# --- the layout --------------------------------------------------------------------
+
+
+def test_the_layout_names_are_the_on_disk_names() -> None:
+    # what an existing state directory holds: renaming one loses the inventory
+    assert (statedir.INVENTORY, statedir.STATUS, statedir.LOCK) == (
+        "inventory.json", "status.json", "lock")  # fmt: skip
+    assert (statedir.VERIFIED_PLANS, statedir.PARSE_CACHE) == ("verified.json", "parsed.json")
+    assert (statedir.GIT_REPOSITORY, statedir.GIT_HOME, statedir.GIT_SNAPSHOTS) == (
+        "git", "git-home", "snapshots")  # fmt: skip
+    assert len(set(statedir.LAYOUT)) == len(statedir.LAYOUT)
+
+
+def test_a_name_outside_the_layout_is_refused(tmp_path: Path) -> None:
+    assert statedir.path(tmp_path, statedir.STATUS) == tmp_path / "status.json"
+    with pytest.raises(ValueError, match="not part of the state directory's layout"):
+        statedir.path(tmp_path, "notes.txt")
+
+
+def test_the_owners_use_the_layout(tmp_path: Path) -> None:
+    inventory.save(tmp_path, inventory.Inventory({"Network/n": {"uuid": "u"}}))
+    status.write_status(tmp_path, SAMPLE)
+    with StateLock(tmp_path, wait=0):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [statedir.INVENTORY, statedir.STATUS, statedir.LOCK])  # fmt: skip
+
+
+def _string_constants(path: Path) -> list[str]:
+    """String literals in code (docstrings left out), f-string parts included."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]  # fmt: skip
+
+
+def test_no_other_module_spells_a_state_file_name() -> None:
+    # names distinctive enough to find as text ("git", "lock" are words too)
+    # (instance-id is also a cloud-init meta-data key: cloudinit.py spells that one)
+    names = [n for n in statedir.LAYOUT if ("." in n or "-" in n) and n != statedir.INSTANCE_ID]
+    root = Path(statedir.__file__).parent
+    spelled = [
+        (path.name, name)
+        for path in sorted(root.rglob("*.py"))
+        if path.name != "statedir.py"
+        for text in _string_constants(path)
+        for name in names
+        if re.search(rf"(^|[/\s]){re.escape(name)}($|[\s)'\"])", text)
+    ]
+    assert spelled == []

@@ -16,8 +16,8 @@ from reconciler import inventory as inventory_file
 from reconciler.executor import Executor
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
-from reconciler.observe import Observed
 from reconciler.plan import Action, Op, Plan, Step
+from reconciler.snapshot import Observed
 from tests.unit.conftest import WriteFiles
 from tests.unit.test_planner import action, converged, edit, load, plan_for
 
