@@ -327,3 +327,17 @@ def test_a_disk_the_plan_cannot_see_is_kept() -> None:
     </disk>
     <disk type='block'""")
     assert _canon(_patched(_spec(), twice)) == _canon(twice)
+
+
+def test_one_image_listed_twice_is_a_validation_error() -> None:
+    import pytest
+
+    from reconciler.model import SpecError
+
+    text = VM1.replace("    - {volume: vm1-data}\n",
+                       "    - {volume: vm1-data}\n    - {volume: vm1-data, bus: sata}\n")  # fmt: skip
+    with pytest.raises(SpecError) as raised:
+        manifest(text)
+    [problem] = raised.value.problems
+    assert problem.path == ("spec", "disks", 2, "volume")
+    assert "already disks[1]" in problem.message
