@@ -381,8 +381,11 @@ def patch_fields(
     for field in fields:
         if want[field.path] == have[field.path]:
             continue
-        field.place.clear(root)
         value = _wanted(field, desired, variant)
+        if value is None or not isinstance(field.place, Attr | Text):
+            field.place.clear(root)
+        # an attribute or a text is set where it stands (the element keeps its place
+        # and its other attributes: <memory unit='KiB' dumpCore='on'>)
         if value is not None:
             field.place.write(root, value)
         changed.append(field.path)

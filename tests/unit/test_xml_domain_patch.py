@@ -341,3 +341,12 @@ def test_one_image_listed_twice_is_a_validation_error() -> None:
     [problem] = raised.value.problems
     assert problem.path == ("spec", "disks", 2, "volume")
     assert "already disks[1]" in problem.message
+
+
+def test_a_changed_text_keeps_its_element_and_other_attributes() -> None:
+    dumped = HANDMADE.replace("<memory unit='KiB'>1048576</memory>",
+                              "<memory unit='KiB' dumpCore='on'>1048576</memory>")  # fmt: skip
+    root = etree.fromstring(_patched(_spec(max_memory=2 * 1024**3), dumped).encode())
+    memory = root.find("memory")
+    assert memory is not None and memory.get("dumpCore") == "on" and memory.text == "2097152"
+    assert root.index(memory) < root.index(root.find("currentMemory"))  # type: ignore[arg-type]
