@@ -414,6 +414,19 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                 source=m.source,
             )
         user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
+        taken = volume_xml.allocation(live.xml)
+        if user is None and rounding.resize_refused(new, taken):  # (QEMU's resize is not)
+            return Action(
+                Kind.VOLUME,
+                m.name,
+                Op.ERROR,
+                tuple(changes),
+                (),
+                reason=f"growing capacity from {old} to {new} bytes is refused by libvirt: "
+                f"the volume's file already takes {taken} bytes (whole filesystem blocks), "
+                f"and libvirt resizes to no less than that; set capacity: {taken}B or more",
+                source=m.source,
+            )
         if user is not None:
             steps.append(
                 Step("block-resize", {"domain": user[0], "target": user[1], "capacity": new})

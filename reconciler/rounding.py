@@ -47,6 +47,14 @@ Each rule, with where it comes from (measured on this project's host: Debian
   101000001 -> 101000192. ``raw`` is truncated to exactly that size
   (measured: 101000001 kept). ``resized_capacity``.
 
+* **Volume allocation** (``<allocation>``): a dir pool's file takes whole
+  filesystem blocks (a raw file is allocated in full: 100000000 bytes take
+  100003840), and libvirt refuses any resize to less than the current
+  allocation, growth included ("can't shrink capacity below existing
+  allocation", ``storageVolResize``, src/storage/storage_driver.c; measured:
+  raw 100000000 -> 100001001 and raw 513 -> 1000 refused, qcow2 1000 -> 2001
+  refused: its file is 196616 bytes). ``resize_refused``.
+
 So a qcow2 capacity that is not a whole KiB has two right answers, one per
 path it reached libvirt by; ``volume_capacity`` accepts either (and asks for
 the KiB one, which both paths then keep exactly).
@@ -60,6 +68,7 @@ __all__ = [
     "balloon_target",
     "created_capacity",
     "definition_memory",
+    "resize_refused",
     "resized_capacity",
     "rounded_note",
     "running_memory",
@@ -118,6 +127,12 @@ def volume_capacity(size: int, fmt: str, current: int | None = None) -> int:
     if current is not None and current in (wanted, resized_capacity(size, fmt)):
         return current
     return wanted
+
+
+def resize_refused(capacity: int, allocation: int | None) -> bool:
+    """Whether libvirt refuses resizing a volume that takes ``allocation`` bytes to
+    ``capacity`` bytes (below the allocation, even when it grows the volume)."""
+    return allocation is not None and capacity < allocation
 
 
 def rounded_note(size: int, rounded: int) -> str:

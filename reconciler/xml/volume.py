@@ -95,6 +95,16 @@ def observe(xml: str) -> Projection:
     return observe_fields(parse(xml), FIELDS)
 
 
+def allocation(xml: str) -> int | None:
+    """Bytes the volume takes on disk (``<allocation>``, in whole filesystem blocks for
+    a dir pool), or None when libvirt does not say."""
+    text = parse(xml).findtext("allocation")
+    try:
+        return int(text.strip()) if text else None
+    except ValueError:
+        return None
+
+
 def modified(xml: str) -> str | None:
     """When the volume's content last changed (``<timestamps><mtime>``), as libvirt reports
     it for file-backed pools; None where it does not (logical, iSCSI...)."""
