@@ -366,7 +366,8 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     desired["capacity"] = rounding.volume_capacity(
         spec.capacity, spec.format, have if isinstance(have, int) else None
     )
-    changes = _adoption(owned) + diff(desired, current)
+    changes = _rounding_notes(_adoption(owned) + diff(desired, current),
+                              {"capacity": spec.capacity})  # fmt: skip
     recorded = _recorded(entry if owned else None, record, ["reclaimPolicy"])
     steps: list[Step] = []
     replace = [c for c in changes if c.path not in ("capacity", "ownership")]
@@ -433,7 +434,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             )
         else:
             steps.append(Step("resize-volume", {"pool": spec.pool, "capacity": new}))
-        changes = [Change(c.path, c.old, c.new, live=True) if c is capacity else c for c in changes]
+        changes = [dataclasses.replace(c, live=True) if c is capacity else c for c in changes]
     if pending is not None and spec.source:
         # made by this tool, its copy never finished (killed, or the copy failed):
         # copy again over the whole volume, unless a running VM uses it by now
@@ -904,7 +905,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
-    config_changes = diff(desired, config)
+    config_changes = _rounding_notes(diff(desired, config), {
+        "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
     changes = _adoption(owned) + config_changes + _persist(live.persistent)
     overwritten = seeds.overwritten()
     steps: list[Step] = seeds.write_steps(
@@ -947,9 +949,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             if c.path not in incomparable
             and live_projection.get(c.path) == desired_live.get(c.path)
         }
-        changes = [
-            Change(c.path, c.old, c.new, live=True) if c.path in done else c for c in changes
-        ]
+        changes = [dataclasses.replace(c, live=True) if c.path in done else c for c in changes]
         changes += [c for c in live_changes if c.path not in {x.path for x in changes}]
         # a NIC cut off from its network (the network was restarted under the running
         # guest): libvirt 9.0 cannot reconnect it live (see docs/decisions.md), a boot does
@@ -1046,6 +1046,20 @@ def _restart_history(entry: Mapping[str, Any] | None, manifest_digest: str) -> d
         return {}
     return {inventory_file.RESTARTED_FOR: {"digest": manifest_digest,
                                            "changes": [str(c) for c in changes]}}
+
+
+def _rounding_notes(changes: list[Change], asked: Mapping[str, int]) -> list[Change]:
+    """``changes``, those to a size the manifest gives (``asked``: path -> its bytes)
+    noted with the value libvirt makes of it when that is not the manifest's own."""
+    out = []
+    for c in changes:
+        size = asked.get(c.path)
+        if size is not None and isinstance(c.new, int) and not c.note:
+            note = rounding.rounded_note(size, c.new)
+            if note:
+                c = dataclasses.replace(c, note=note)
+        out.append(c)
+    return out
 
 
 def _as_running(desired: Mapping[str, object]) -> dict[str, object]:

@@ -136,8 +136,8 @@ def resize_refused(capacity: int, allocation: int | None) -> bool:
 
 
 def rounded_note(size: int, rounded: int) -> str:
-    """``"100000000 bytes, rounded by libvirt"``-style text for a plan line, or "" when
-    libvirt keeps ``size`` exactly."""
+    """The plan's note on a size libvirt does not keep exactly (``manifest: 100000000
+    bytes, which libvirt keeps as 100000768``), or "" when it does."""
     if rounded == size:
         return ""
-    return f"manifest says {size} bytes; libvirt rounds it to {rounded}"
+    return f"manifest: {size} bytes, which libvirt keeps as {rounded}"

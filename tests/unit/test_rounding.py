@@ -271,3 +271,64 @@ def test_render_unsettled_names_field_and_both_values() -> None:
     act = Action(Kind.VIRTUAL_MACHINE, "web", Op.NOOP, restart_pending=(change,))
     text = render_unsettled([act])
     assert "web does not settle" in text and "maxMemory" in text and "unsettled: x" in text
+
+
+def test_status_flags_an_unsettled_change(write: WriteFiles) -> None:
+    from datetime import UTC, datetime
+
+    from reconciler.daemon import _object_statuses
+    from reconciler.reconcile import PassResult
+    from reconciler.status import ObjectState
+
+    result, observed = _unsettled_vm(write)
+    [m] = [x for x in result.manifests if x.name == "web"]
+    record = {"digest": digest(m), "changes": ["maxMemory: 201326592 -> 200278016"]}
+    after = _with_entry(observed, "VirtualMachine/web", **{RESTARTED_FOR: record})
+    vm = action(plan_for(result, after), Kind.VIRTUAL_MACHINE, "web")
+    statuses = _object_statuses(PassResult(result, Plan((vm,))), datetime.now(UTC), None)
+    [status] = [s for s in statuses if s.name == "web"]
+    assert status.state is ObjectState.RESTART_PENDING
+    assert "unsettled (a bug, not restarted again): maxMemory is 201326592, wanted 200278016" in (
+        status.message
+    )
+
+
+# --- what libvirt refuses, and what the plan says of a rounded size -----------------
+
+
+def test_resize_refused_below_the_allocation() -> None:
+    assert rounding.resize_refused(100_001_001, 100_003_840)
+    assert not rounding.resize_refused(100_003_840, 100_003_840)
+    assert not rounding.resize_refused(100_001_001, None)
+
+
+def _with_allocation(observed: Observed, allocation: int) -> Observed:
+    [(key, record)] = observed.volumes.items()
+    xml = record.xml.replace("</capacity>", f"</capacity><allocation unit='bytes'>"
+                                            f"{allocation}</allocation>")  # fmt: skip
+    return dataclasses.replace(observed, volumes={key: dataclasses.replace(record, xml=xml)})
+
+
+def test_growth_below_the_allocation_is_refused_with_the_size_to_set(write: WriteFiles) -> None:
+    raw = load(write, ODD.replace("capacity: 100000000B}", "capacity: 100000000B, format: raw}"))
+    observed = dataclasses.replace(converged(raw), domains={})  # not in use: resize-volume
+    observed = _with_allocation(observed, 100_003_840)
+    grow = action(plan_for(edit(raw, "root", capacity=100_001_001), observed), Kind.VOLUME, "root")
+    assert grow.op is Op.ERROR and grow.steps == ()
+    assert "set capacity: 100003840B or more" in grow.reason
+    fine = action(plan_for(edit(raw, "root", capacity=100_003_840), observed), Kind.VOLUME, "root")
+    assert fine.op is Op.UPDATE_LIVE
+
+
+def test_the_plan_notes_what_libvirt_keeps_of_an_odd_size(write: WriteFiles) -> None:
+    result, observed = _odd(write)
+    stopped = dataclasses.replace(observed, domains={})
+    grow = action(plan_for(edit(result, "root", capacity=100_001_001), stopped),
+                  Kind.VOLUME, "root")  # fmt: skip
+    [change] = grow.changes
+    assert change.note == "manifest: 100001001 bytes, which libvirt keeps as 100001792"
+    assert "which libvirt keeps as 100001792" in render_plan(Plan((grow,)))
+    vm = action(plan_for(edit(result, "web", memory=90 * 1000**2), observed),
+                Kind.VIRTUAL_MACHINE, "web")  # fmt: skip
+    [memory] = [c for c in vm.changes if c.path == "memory"]
+    assert memory.new == 87890 * KIB and "90000000 bytes" in memory.note
