@@ -30,13 +30,15 @@ not in sync, and the next plan copies again::
     "Volume/web-root": {"pool": "images", ..., "contentPending": {"source": "/var/tmp/base.qcow2"}}
 
 A VM with ``updatePolicy: restart`` that was restarted for pending changes carries
-``restartedFor`` (``RESTARTED_FOR``): the manifest digest and each difference
-(``path: old -> new``) it was restarted for. A restart leaves them settled; if one
-is still there after the restart, under the same digest, the planner reports it
-as unsettled and never restarts the VM for it again (no restart loop)::
+``restartedFor`` (``RESTARTED_FOR``): the manifest digest, each difference
+(``path: old -> new``) it was restarted for, and the domain id before the restart
+(``boot``: while the id is unchanged the restart has not happened, skipped or
+failed, and may be tried again). A restart leaves them settled; if one is still
+there after the restart, under the same digest, the planner reports it as
+unsettled and never restarts the VM for it again (no restart loop)::
 
     "VirtualMachine/web-1": {..., "restartedFor": {"digest": "sha256:...",
-        "changes": ["maxMemory: 200278016 -> 199999488"]}}
+        "changes": ["maxMemory: 201326592 -> 200278016"], "boot": "7"}}
 """
 
 from __future__ import annotations

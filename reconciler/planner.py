@@ -959,7 +959,13 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             if f"interfaces[{mac}].connected" not in {c.path for c in pending}
         ]
         policy = spec.update_policy or ctx.options.default_update_policy
-        tried = set(history.get(inventory_file.RESTARTED_FOR, {}).get("changes", ()))
+        # what a restart was done for (under this manifest); not if the domain has not
+        # booted since the record was written (the restart was skipped, or failed)
+        boot = live_root.get("id")
+        restart_record = history.get(inventory_file.RESTARTED_FOR, {})
+        tried = set(restart_record.get("changes", ()))
+        if restart_record.get("boot") == boot:
+            tried = set()
         if pending and spec.state == "running" and policy == "restart" and not (
             {_pending_key(c) for c in pending} <= tried
         ):
@@ -969,6 +975,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             history = {inventory_file.RESTARTED_FOR: {
                 "digest": digest(m),
                 "changes": sorted(tried | {_pending_key(c) for c in pending}),
+                "boot": boot,  # the domain id before the restart: it changes at a boot
             }}  # fmt: skip
         else:
             restarted = False
@@ -1045,7 +1052,8 @@ def _restart_history(entry: Mapping[str, Any] | None, manifest_digest: str) -> d
     if not isinstance(changes, list):
         return {}
     return {inventory_file.RESTARTED_FOR: {"digest": manifest_digest,
-                                           "changes": [str(c) for c in changes]}}
+                                           "changes": [str(c) for c in changes],
+                                           "boot": record.get("boot")}}  # fmt: skip
 
 
 def _rounding_notes(changes: list[Change], asked: Mapping[str, int]) -> list[Change]:

@@ -213,6 +213,7 @@ def _unsettled_vm(write: WriteFiles) -> tuple[LoadResult, Observed]:
     vm = observed.domains["web"]
     assert vm.live_xml is not None
     odd_live = vm.live_xml.replace(">195584</memory>", ">196608</memory>")
+    odd_live = odd_live.replace("<domain ", "<domain id='7' ", 1)  # its 7th boot
     return result, dataclasses.replace(
         observed, domains={"web": dataclasses.replace(vm, live_xml=odd_live)}
     )
@@ -233,7 +234,16 @@ def test_restart_is_recorded_and_not_repeated_for_the_same_change(write: WriteFi
     [m] = [x for x in result.manifests if x.name == "web"]
     assert record["digest"] == digest(m)
     assert record["changes"] == ["maxMemory: 201326592 -> 200278016"]
-    # the restart left it as it was: the next plan does not restart again
+    assert record["boot"] == "7"
+    # the restart never happened (skipped, failed): the domain has the same id
+    skipped = _with_entry(observed, "VirtualMachine/web", **{RESTARTED_FOR: record})
+    assert action(plan_for(result, skipped), Kind.VIRTUAL_MACHINE, "web").op is (
+        Op.UPDATE_RESTART)  # fmt: skip
+    # it was restarted (boot 8) and left as it was: the next plan does not restart again
+    vm = observed.domains["web"]
+    assert vm.live_xml is not None
+    rebooted = dataclasses.replace(vm, live_xml=vm.live_xml.replace("id='7'", "id='8'"))
+    observed = dataclasses.replace(observed, domains={"web": rebooted})
     after = _with_entry(observed, "VirtualMachine/web", **{RESTARTED_FOR: record})
     second = action(plan_for(result, after), Kind.VIRTUAL_MACHINE, "web")
     assert second.op is Op.NOOP and second.steps == ()
@@ -247,7 +257,8 @@ def test_restart_is_recorded_and_not_repeated_for_the_same_change(write: WriteFi
 
 def test_a_new_manifest_may_restart_again(write: WriteFiles) -> None:
     result, observed = _unsettled_vm(write)
-    stale = {"digest": "sha256:older", "changes": ["maxMemory: 201326592 -> 200278016"]}
+    stale = {"digest": "sha256:older", "changes": ["maxMemory: 201326592 -> 200278016"],
+             "boot": "6"}
     after = _with_entry(observed, "VirtualMachine/web", **{RESTARTED_FOR: stale})
     act = action(plan_for(result, after), Kind.VIRTUAL_MACHINE, "web")
     assert act.op is Op.UPDATE_RESTART
@@ -257,7 +268,7 @@ def test_a_new_manifest_may_restart_again(write: WriteFiles) -> None:
 def test_a_different_difference_may_restart_again(write: WriteFiles) -> None:
     result, observed = _unsettled_vm(write)
     [m] = [x for x in result.manifests if x.name == "web"]
-    other = {"digest": digest(m), "changes": ["machine: 'pc' -> 'q35'"]}
+    other = {"digest": digest(m), "changes": ["machine: 'pc' -> 'q35'"], "boot": "6"}
     after = _with_entry(observed, "VirtualMachine/web", **{RESTARTED_FOR: other})
     act = action(plan_for(result, after), Kind.VIRTUAL_MACHINE, "web")
     assert act.op is Op.UPDATE_RESTART
@@ -282,7 +293,8 @@ def test_status_flags_an_unsettled_change(write: WriteFiles) -> None:
 
     result, observed = _unsettled_vm(write)
     [m] = [x for x in result.manifests if x.name == "web"]
-    record = {"digest": digest(m), "changes": ["maxMemory: 201326592 -> 200278016"]}
+    record = {"digest": digest(m), "changes": ["maxMemory: 201326592 -> 200278016"],
+              "boot": "6"}
     after = _with_entry(observed, "VirtualMachine/web", **{RESTARTED_FOR: record})
     vm = action(plan_for(result, after), Kind.VIRTUAL_MACHINE, "web")
     statuses = _object_statuses(PassResult(result, Plan((vm,))), datetime.now(UTC), None)
