@@ -61,7 +61,7 @@ from reconciler.hypervisor import Hypervisor, start_event_loop
 from reconciler.lock import StateLock
 from reconciler.logs import get_logger
 from reconciler.manifests import LoadResult, is_manifest_file, snapshot
-from reconciler.plan import Action, Op, Plan
+from reconciler.plan import Action, Op, Plan, is_unsettled
 from reconciler.reconcile import PassOptions, PassResult, Reconciler, source_revision
 from reconciler.settings import Settings, check_manifest_dir, load_settings
 from reconciler.snapshot import Observed, signature
@@ -813,6 +813,11 @@ def _object_statuses(
         elif final.restart_pending:
             state = ObjectState.RESTART_PENDING
             message = "restart pending: " + ", ".join(c.path for c in final.restart_pending)
+            unsettled = [c for c in final.restart_pending if is_unsettled(c)]
+            if unsettled:  # a restart did not settle it: said, and not restarted again
+                message += "; unsettled (a bug, not restarted again): " + "; ".join(
+                    f"{c.path} is {c.old!r}, wanted {c.new!r}" for c in unsettled
+                )
         elif r is not None and action.op is not Op.CREATE and action.key in edited:
             # the manifest was edited and applied: in sync, not drift healed
             state = ObjectState.IN_SYNC

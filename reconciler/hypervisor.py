@@ -620,12 +620,19 @@ class Hypervisor:
                 with _vanished_ok():
                     active = bool(net.isActive())
                     config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
-                    live = net.XMLDesc(0) if active else None
-                    ports = (
-                        frozenset(p.UUIDString() for p in net.listAllPorts(0))
-                        if active
-                        else None
-                    )
+                    try:
+                        live = net.XMLDesc(0) if active else None
+                        ports = (
+                            frozenset(p.UUIDString() for p in net.listAllPorts(0))
+                            if active
+                            else None
+                        )
+                    except libvirt.libvirtError as exc:
+                        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                            raise
+                        # stopped while we listed ("network ... is not active"), as
+                        # a domain's read tolerates it: inactive, not a failed pass
+                        active, live, ports = False, None, None
                     records.append(
                         NetworkRecord(
                             net.name(),

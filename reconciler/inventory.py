@@ -28,6 +28,17 @@ source in and compared the result with it: a volume whose entry still has it is
 not in sync, and the next plan copies again::
 
     "Volume/web-root": {"pool": "images", ..., "contentPending": {"source": "/var/tmp/base.qcow2"}}
+
+A VM with ``updatePolicy: restart`` that was restarted for pending changes carries
+``restartedFor`` (``RESTARTED_FOR``): the manifest digest, each difference
+(``path: old -> new``) it was restarted for, and the domain id before the restart
+(``boot``: while the id is unchanged the restart has not happened, skipped or
+failed, and may be tried again). A restart leaves them settled; if one is still
+there after the restart, under the same digest, the planner reports it as
+unsettled and never restarts the VM for it again (no restart loop)::
+
+    "VirtualMachine/web-1": {..., "restartedFor": {"digest": "sha256:...",
+        "changes": ["maxMemory: 201326592 -> 200278016"], "boot": "7"}}
 """
 
 from __future__ import annotations
@@ -45,6 +56,10 @@ from reconciler.errors import Problem, ReconcilerError, StateDirError
 
 VERSION = 1
 START_FAILURE = "startFailure"  # key of a VM entry: its last refused start
+# key of a VM entry: the pending differences (``path: old -> new``) an update policy
+# ``restart`` restarted it for, with the manifest digest they were for (planner.py):
+# never restarted again for the same ones under the same digest
+RESTARTED_FOR = "restartedFor"
 CONTENT_PENDING = "contentPending"  # key of a Volume entry: its source copy is unfinished
 
 

@@ -258,3 +258,14 @@ class ActionResult:
     refused: tuple[str, ...] = ()  # paths of live changes libvirt refused
     explanation: Problem | None = None  # a refused define/start, placed in the manifest
     failed_step: str = ""  # the verb of the step that failed (a restart's start: start-domain)
+
+
+UNSETTLED_NOTE = "unsettled"
+"""The first word of the note on a pending change that a restart already failed to
+settle (``Change.note``, planner._plan_vm): a bug, reported once, never restarted for
+again."""
+
+
+def is_unsettled(change: Change) -> bool:
+    """Whether ``change`` is a pending change a restart already failed to settle."""
+    return change.note.startswith(UNSETTLED_NOTE + ":")

@@ -24,7 +24,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import __version__, cloudinit
+from reconciler import __version__, cloudinit, rounding
 from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
 from reconciler.hostpaths import PathPolicy
@@ -38,7 +38,7 @@ from reconciler.model import (
     VolumeSpec,
     seed_volume_name,
 )
-from reconciler.plan import Action, Change, Op, Plan, Step
+from reconciler.plan import UNSETTLED_NOTE, Action, Change, Op, Plan, Step
 from reconciler.snapshot import DomainRecord, Observed, VolumeRecord
 from reconciler.units import format_size
 from reconciler.userterms import in_user_terms
@@ -360,7 +360,14 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     if not owned and not spec.adopt:
         return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'")
     desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
-    changes = _adoption(owned) + diff(desired, volume_xml.observe(live.xml))
+    current = volume_xml.observe(live.xml)
+    have = current.get("capacity")
+    # what libvirt makes of the manifest's bytes, by the path it took (rounding.py)
+    desired["capacity"] = rounding.volume_capacity(
+        spec.capacity, spec.format, have if isinstance(have, int) else None
+    )
+    changes = _rounding_notes(_adoption(owned) + diff(desired, current),
+                              {"capacity": spec.capacity})  # fmt: skip
     recorded = _recorded(entry if owned else None, record, ["reclaimPolicy"])
     steps: list[Step] = []
     replace = [c for c in changes if c.path not in ("capacity", "ownership")]
@@ -408,13 +415,26 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                 source=m.source,
             )
         user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
+        taken = volume_xml.allocation(live.xml)
+        if user is None and rounding.resize_refused(new, taken):  # (QEMU's resize is not)
+            return Action(
+                Kind.VOLUME,
+                m.name,
+                Op.ERROR,
+                tuple(changes),
+                (),
+                reason=f"growing capacity from {old} to {new} bytes is refused by libvirt: "
+                f"the volume's file already takes {taken} bytes (whole filesystem blocks), "
+                f"and libvirt resizes to no less than that; set capacity: {taken}B or more",
+                source=m.source,
+            )
         if user is not None:
             steps.append(
                 Step("block-resize", {"domain": user[0], "target": user[1], "capacity": new})
             )
         else:
             steps.append(Step("resize-volume", {"pool": spec.pool, "capacity": new}))
-        changes = [Change(c.path, c.old, c.new, live=True) if c is capacity else c for c in changes]
+        changes = [dataclasses.replace(c, live=True) if c is capacity else c for c in changes]
     if pending is not None and spec.source:
         # made by this tool, its copy never finished (killed, or the copy failed):
         # copy again over the whole volume, unless a running VM uses it by now
@@ -856,9 +876,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         "machine": ctx.observed.machine_aliases.get(spec.machine),
         "seeds": seeds.fingerprint(),
     }
-    record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
-                              **seeds.record(seeds.owned))  # fmt: skip
     entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
+    history = _restart_history(entry, digest(m))
+    record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
+                              **seeds.record(seeds.owned), **history)  # fmt: skip
     recorded = _recorded(entry, record, ["shutdownTimeout"])
     print_ = fingerprint(m, live, context)
     if ctx.options.verified.get(m.name) == print_ and not recorded:
@@ -886,7 +907,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
-    config_changes = diff(desired, config)
+    config_changes = _rounding_notes(diff(desired, config), {
+        "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
     changes = _adoption(owned) + config_changes + _persist(live.persistent)
     overwritten = seeds.overwritten()
     steps: list[Step] = seeds.write_steps(
@@ -915,8 +937,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             incomparable.add("cpu")
         in_use = _cdrom_volumes(live_projection)
         refused = domain_xml.read_refused(live_root)
+        # the running domain has the desired sizes as QEMU rounds them (rounding.py)
+        desired_live = _as_running(desired)
         live_steps, pending, live_changes = _vm_live_updates(
-            desired, config, live_projection, rendered, live.live_xml, refused,
+            desired_live, config, live_projection, rendered, live.live_xml, refused,
             frozenset(incomparable),
         )  # fmt: skip
         steps += live_steps
@@ -924,11 +948,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         done = {c.path for c in live_changes} | {
             c.path
             for c in config_changes
-            if c.path not in incomparable and live_projection.get(c.path) == c.new
+            if c.path not in incomparable
+            and live_projection.get(c.path) == desired_live.get(c.path)
         }
-        changes = [
-            Change(c.path, c.old, c.new, live=True) if c.path in done else c for c in changes
-        ]
+        changes = [dataclasses.replace(c, live=True) if c.path in done else c for c in changes]
         changes += [c for c in live_changes if c.path not in {x.path for x in changes}]
         # a NIC cut off from its network (the network was restarted under the running
         # guest): libvirt 9.0 cannot reconnect it live (see docs/decisions.md), a boot does
@@ -938,12 +961,32 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             if f"interfaces[{mac}].connected" not in {c.path for c in pending}
         ]
         policy = spec.update_policy or ctx.options.default_update_policy
-        if pending and spec.state == "running" and policy == "restart":
+        # what a restart was done for (under this manifest); not if the domain has not
+        # booted since the record was written (the restart was skipped, or failed)
+        boot = live_root.get("id")
+        restart_record = history.get(inventory_file.RESTARTED_FOR, {})
+        tried = set(restart_record.get("changes", ()))
+        if restart_record.get("boot") == boot:
+            tried = set()
+        if pending and spec.state == "running" and policy == "restart" and not (
+            {_pending_key(c) for c in pending} <= tried
+        ):
             steps.append(Step("restart-domain", {"timeout": timeout}))
             changes += [c for c in pending if c.path not in {x.path for x in changes}]
             restarted = True
+            history = {inventory_file.RESTARTED_FOR: {
+                "digest": digest(m),
+                "changes": sorted(tried | {_pending_key(c) for c in pending}),
+                "boot": boot,  # the domain id before the restart: it changes at a boot
+            }}  # fmt: skip
         else:
             restarted = False
+            if policy == "restart" and tried:
+                # restarted for this very manifest already, and the running domain
+                # still differs the same way: a rounding (or other) bug of ours. Said
+                # once by the apply that restarted it; never restarted again for it.
+                pending = [_unsettled(c) if _pending_key(c) in tried else c
+                           for c in pending]  # fmt: skip
     else:
         restarted = False
     failure = _start_failure(entry, spec, live)
@@ -964,7 +1007,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     changes += old_changes
     steps += old_steps
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
-                              **seeds.record(kept), **failure)  # fmt: skip
+                              **seeds.record(kept), **failure, **history)  # fmt: skip
     if restarted:
         op, pending = Op.UPDATE_RESTART, []
     elif not changes:
@@ -985,6 +1028,58 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         requires=requires,
         fingerprint=print_ if op is Op.NOOP and not pending else None,
     )
+
+
+def _pending_key(change: Change) -> str:
+    """One pending difference, as the VM's ``restartedFor`` record keeps it."""
+    return f"{change.path}: {change.old!r} -> {change.new!r}"
+
+
+def _unsettled(change: Change) -> Change:
+    return dataclasses.replace(change, note=(
+        f"{UNSETTLED_NOTE}: the VM was restarted for this manifest and still has "
+        f"{change.old!r}, not {change.new!r}; not restarting it again for this "
+        "(a bug in reconciler: please report it)"
+    ))  # fmt: skip
+
+
+def _restart_history(entry: Mapping[str, Any] | None, manifest_digest: str) -> dict[str, Any]:
+    """The VM's ``restartedFor`` record (inventory.RESTARTED_FOR) to keep: the pending
+    differences it was restarted for under this same manifest digest; {} once the
+    manifest changed (a new manifest may be restarted for again)."""
+    record = (entry or {}).get(inventory_file.RESTARTED_FOR)
+    if not isinstance(record, Mapping) or record.get("digest") != manifest_digest:
+        return {}
+    changes = record.get("changes")
+    if not isinstance(changes, list):
+        return {}
+    return {inventory_file.RESTARTED_FOR: {"digest": manifest_digest,
+                                           "changes": [str(c) for c in changes],
+                                           "boot": record.get("boot")}}  # fmt: skip
+
+
+def _rounding_notes(changes: list[Change], asked: Mapping[str, int]) -> list[Change]:
+    """``changes``, those to a size the manifest gives (``asked``: path -> its bytes)
+    noted with the value libvirt makes of it when that is not the manifest's own."""
+    out = []
+    for c in changes:
+        size = asked.get(c.path)
+        if size is not None and isinstance(c.new, int) and not c.note:
+            note = rounding.rounded_note(size, c.new)
+            if note:
+                c = dataclasses.replace(c, note=note)
+        out.append(c)
+    return out
+
+
+def _as_running(desired: Mapping[str, object]) -> dict[str, object]:
+    """``desired`` (a domain projection) as a running domain shows it: ``maxMemory``
+    aligned the way QEMU's start aligns it (rounding.running_memory)."""
+    out = dict(desired)
+    size = out.get("maxMemory")
+    if isinstance(size, int):
+        out["maxMemory"] = rounding.running_memory(size)
+    return out
 
 
 _INTERFACE = re.compile(r"<interface type=.network.>.*?</interface>", re.S)

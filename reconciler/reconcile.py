@@ -39,7 +39,7 @@ from reconciler.model import (
     VolumeSpec,
 )
 from reconciler.observe import Observed, observe, observe_again
-from reconciler.plan import Action, ActionResult, Op, Plan
+from reconciler.plan import Action, ActionResult, Op, Plan, is_unsettled
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
 from reconciler.xml import pool as pool_xml
@@ -204,9 +204,11 @@ class Reconciler:
             more = executor.apply(Plan(actions=restarts))
             results = [*results, *more]
             after_observed, after = self._settle(plan, after_observed, load, more)
+        # still to change right after its apply; or a restart for it left it differing
+        # (planner.is_unsettled): reported by this apply, never restarted for again
         unsettled = tuple(
-            a for a in after.actions if a.key in tried and a.changes_anything
-            and a.op not in (Op.FORGET,)
+            a for a in after.actions if a.key in tried and a.op not in (Op.FORGET,)
+            and (a.changes_anything or any(is_unsettled(c) for c in a.restart_pending))
         )  # fmt: skip
         return PassResult(load, plan, tuple(results), unsettled, after, after_observed)
 

@@ -144,6 +144,8 @@ def render_plan(
             for change in action.restart_pending:
                 if change.path not in told and not _covered(change, action.pending_devices):
                     lines.append("      " + _change_line(change, pending=True))
+                    if change.note:
+                        lines.append("        " + change.note)
         if verbose:
             for step in action.steps:
                 lines.append(f"    > {step.describe()}")
@@ -241,6 +243,8 @@ def render_unsettled(actions: Iterable[Action]) -> str:
             "(a bug in reconciler; please report it with this output):"
         )
         lines += ["    " + _change_line(c) for c in a.changes]
+        lines += ["    " + _change_line(c, pending=True) + f" ({c.note})"
+                  for c in a.restart_pending if c.note]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -6,8 +6,10 @@ which only libvirt knows (``backing_path``: the backing volume's
 ``vol.path()``), so render and project take it as a keyword. libvirt's
 ``<key>``, allocation, physical size, permissions and timestamps are ignored.
 
-qemu-img creates qcow2 images in whole 512-byte sectors, so a qcow2
-capacity is projected rounded up to 512 bytes (raw files keep the exact size).
+libvirt creates qcow2 images in whole KiB, so a qcow2 capacity is rendered
+and projected as rounding.created_capacity gives it (raw files keep the exact
+size); the planner also accepts the 512-byte rounding of a resize
+(rounding.volume_capacity).
 Growing the volume (``vol.resize``) and copying ``source`` in are the
 executor's business, not the XML's.
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from lxml import etree as ET
 
 from reconciler.model import VolumeSpec
+from reconciler.rounding import created_capacity
 from reconciler.xml._fields import (
     INT,
     Attr,
@@ -37,9 +40,6 @@ from reconciler.xml._fields import (
 
 __all__ = ["FIELDS", "copy_xml", "observe", "project", "render"]
 
-QCOW2_SECTOR = 512
-
-
 @dataclass(frozen=True, slots=True)
 class _Desired:
     spec: VolumeSpec
@@ -48,10 +48,7 @@ class _Desired:
 
 
 def _capacity(desired: _Desired) -> int:
-    capacity = desired.spec.capacity
-    if desired.spec.format == "qcow2":
-        capacity = -(-capacity // QCOW2_SECTOR) * QCOW2_SECTOR
-    return capacity
+    return created_capacity(desired.spec.capacity, desired.spec.format)
 
 
 FIELDS: tuple[Field[_Desired], ...] = (
@@ -97,6 +94,16 @@ def project(
 def observe(xml: str) -> Projection:
     """The declared fields read from ``vol.XMLDesc(0)``."""
     return observe_fields(parse(xml), FIELDS)
+
+
+def allocation(xml: str) -> int | None:
+    """Bytes the volume takes on disk (``<allocation>``, in whole filesystem blocks for
+    a dir pool), or None when libvirt does not say."""
+    text = parse(xml).findtext("allocation")
+    try:
+        return int(text.strip()) if text else None
+    except ValueError:
+        return None
 
 
 def modified(xml: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Property: any valid VM spec applies, and the next plan is empty.
+"""Property: any valid VM spec applies, and the next plan is empty; any sequence of
+odd memory sizes and out-of-band (virsh --config) edits settles with no restart loop.
 
 Hypothesis draws VM specs across the fields a typical server VM uses; each
 example is written as a manifest, applied, re-planned, then removed. One VM
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.report import render_plan
+from reconciler.units import parse_size
 from tests.integration.engine_support import (  # noqa: F401
     Workspace,
     assert_settled,
@@ -140,5 +142,64 @@ def test_any_change_between_stopped_vms_applies_and_settles(ws: Workspace) -> No
             assert not plan.has_changes, render_plan(plan, verbose=True)
         finally:
             remove_prefixed(ws.conn, name)
+
+    check()
+
+
+# --- sizes libvirt rounds, edited in the manifest and behind its back -------------------
+
+ODD_MEMORY = ["64MiB", "100MB", "70000001B", "96.5MiB", "130MB", "98765KiB"]
+ODD_MAX_MEMORY = [None, "200MB", "150000001B", "160MiB", "131MB"]
+
+
+@st.composite
+def memory_edits(draw: st.DrawFn) -> list[tuple[str, Any, Any]]:
+    """A short sequence of edits to one running VM: the manifest's memory sizes (odd
+    ones, decimal units), or its persistent definition changed with virsh (--config)."""
+    steps: list[tuple[str, Any, Any]] = []
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.booleans()):
+            memory = draw(st.sampled_from(ODD_MEMORY))
+            maximum = draw(st.sampled_from(ODD_MAX_MEMORY))
+            if maximum is not None and parse_size(maximum) < parse_size(memory):
+                maximum = None
+            steps.append(("manifest", memory, maximum))
+        else:
+            command = draw(st.sampled_from(["setmem", "setmaxmem"]))
+            steps.append(("virsh", command, draw(st.sampled_from([65537, 99999, 140001]))))
+    return steps
+
+
+def test_odd_sizes_and_out_of_band_edits_settle_without_a_restart_loop(ws: Workspace) -> None:
+    """Any sequence of memory edits (manifest or virsh --config) to a running VM with
+    ``updatePolicy: restart``: each apply settles, the plan after it is empty, and an
+    apply after that restarts nothing (the domain keeps its id)."""
+    name = ws.n("rvm")
+    manifest: dict[str, Any] = {"memory": "64MiB", "state": "running",
+                                "updatePolicy": "restart"}  # fmt: skip
+    ws.write("vm.yaml", vm(name, **manifest))
+    ws.converge()
+
+    @settings(max_examples=int(os.environ.get("RECONCILER_PROPERTY_EXAMPLES", "5")),
+              deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])  # fmt: skip
+    @given(memory_edits())
+    def check(steps: list[tuple[str, Any, Any]]) -> None:
+        for how, first, second in steps:
+            if how == "manifest":
+                manifest.update(memory=first, maxMemory=second)
+                ws.write("vm.yaml", vm(name, **manifest))
+            else:  # behind the tool's back; libvirt may refuse (setmem above the maximum)
+                ws.virsh(first, name, f"{second}KiB", "--config", check=False)
+            result = ws.apply()
+            assert not result.failed, describe(result)
+            plan = ws.plan()
+            assert not plan.has_changes, render_plan(plan, verbose=True)
+            assert not [a for a in plan.actions if a.restart_pending], render_plan(plan)
+            booted = ws.domain(name).ID()
+            again = ws.apply()
+            assert again.results == (), describe(again)
+            assert ws.domain(name).ID() == booted
 
     check()
