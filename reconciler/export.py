@@ -27,7 +27,6 @@ Pure: no I/O, no libvirt.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -734,7 +733,7 @@ def _inner(live: Element, rendered: Element, bare: str) -> list[str]:
     text = (live.text or "").strip()
     if text and text != (rendered.text or "").strip():
         out.append(" ".join(text.split()))
-    taken: set[int] = set()
+    taken: list[Element] = []
     for child in live:
         if not isinstance(child.tag, str):
             continue
@@ -745,7 +744,7 @@ def _inner(live: Element, rendered: Element, bare: str) -> list[str]:
         if other is None:
             out.append(_short(child))
             continue
-        taken.add(id(other))
+        taken.append(other)
         out += [f"{_short(child)} {what}" for what in _inner(child, other, child_bare)]
     return out
 
@@ -781,7 +780,7 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
     not listed again."""
     live, mine = parse(config_xml), parse(rendered)
     kept: list[Kept] = []
-    taken: set[int] = set()
+    taken: list[Element] = []
     for element in live:
         if not isinstance(element.tag, str) or _ignored(element.tag, _KEPT_SILENT):
             continue
@@ -789,7 +788,7 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
             continue  # a CPU the manifest cannot say is noted as 'cpu' already
         other = _counterpart(element, live, mine, taken)
         if other is not None:
-            taken.add(id(other))
+            taken.append(other)
         if element.tag != "devices":
             if other is None:
                 kept.append(Kept(element.tag, _label(element)))
@@ -801,7 +800,7 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
                     kept.append(Kept(element.tag, f"{_label(element)}: {', '.join(inner)}"))
             continue
         rendered_devices = other if other is not None else mine.makeelement("devices", {})
-        done: set[int] = set()
+        done: list[Element] = []
         for device in element:
             bare = f"devices/{device.tag}"
             if not isinstance(device.tag, str) or _ignored(bare, _KEPT_SILENT) or (
@@ -810,7 +809,7 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
             path = f"devices/{_name(device)}"
             counterpart = _counterpart(device, element, rendered_devices, done)
             if counterpart is not None:
-                done.add(id(counterpart))
+                done.append(counterpart)
                 inner = _inner(device, counterpart, bare)
                 if inner:
                     kept.append(Kept(path, f"{_label(device)}: {', '.join(inner)}"))
@@ -869,7 +868,7 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
 # --- structure: what the XML has that the rendered manifest does not ---------------
 
 
-def _qualifier(element: ET.Element) -> str | None:
+def _qualifier(element: Element) -> str | None:
     if element.tag == "disk":
         target = element.find("target")
         return None if target is None else target.get("dev")
@@ -892,20 +891,20 @@ def _ignored(bare: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(bare, pattern) for pattern in patterns)
 
 
-def _name(element: ET.Element) -> str:
+def _name(element: Element) -> str:
     qualifier = _qualifier(element)
     return element.tag if qualifier is None else f"{element.tag}[{qualifier}]"
 
 
-def _counterpart(child: ET.Element, live: ET.Element, rendered: ET.Element,
-                 taken: set[int]) -> ET.Element | None:  # fmt: skip
+def _counterpart(child: Element, live: Element, rendered: Element,
+                 taken: list[Element]) -> Element | None:  # fmt: skip
     """The element of ``rendered`` that stands for ``child`` of ``live``: the only one of
     its tag on both sides, or else the first one not yet taken with the same identity."""
     same = [c for c in rendered if c.tag == child.tag]
     if len(same) == 1 and sum(1 for c in live if c.tag == child.tag) == 1:
-        return same[0] if id(same[0]) not in taken else None
+        return same[0] if not any(same[0] is t for t in taken) else None
     for candidate in same:
-        if id(candidate) not in taken and _qualifier(candidate) == _qualifier(child):
+        if not any(candidate is t for t in taken) and _qualifier(candidate) == _qualifier(child):
             return candidate
     return None
 
@@ -920,8 +919,8 @@ def structural_losses(live_xml: str, rendered_xml: str,
     patterns = tuple(ignored)
     losses: list[tuple[str, str]] = []
 
-    def walk(live: ET.Element, rendered: ET.Element, path: str, bare: str) -> None:
-        taken: set[int] = set()
+    def walk(live: Element, rendered: Element, path: str, bare: str) -> None:
+        taken: list[Element] = []  # the elements themselves: lxml proxies' ids are not stable
         for child in live:
             if not isinstance(child.tag, str) or child.tag.startswith("{"):
                 continue  # comments; namespaced metadata is the caller's business
@@ -934,7 +933,7 @@ def structural_losses(live_xml: str, rendered_xml: str,
             if other is None:
                 losses.append((child_path, _describe(child) + " is not expressible; left out"))
                 continue
-            taken.add(id(other))
+            taken.append(other)
             for attr, value in child.attrib.items():
                 if other.get(attr) == value or _ignored(f"{child_bare}@{attr}", patterns):
                     continue
@@ -949,7 +948,7 @@ def structural_losses(live_xml: str, rendered_xml: str,
     return losses
 
 
-def _describe(element: ET.Element) -> str:
+def _describe(element: Element) -> str:
     attrs = " ".join(f"{k}={v!r}" for k, v in element.attrib.items())
     return f"<{element.tag}{' ' + attrs if attrs else ''}>"
 
