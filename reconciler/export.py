@@ -692,7 +692,7 @@ def _label(element: Element) -> str:
         target, source = element.find("target"), element.find("source")
         dev = "" if target is None else f" {target.get('dev')}"
         what = "" if source is None else next(
-            (f" {v}" for k, v in source.attrib.items() if k in ("file", "dev", "name", "volume")),
+            (f" {v!s}" for k, v in source.attrib.items() if k in ("file", "dev", "name", "volume")),
             "")  # fmt: skip
         return f"{element.get('device', 'disk')}{dev} ({kind}{what})"
     if tag == "interface":
@@ -727,9 +727,10 @@ def _short(element: Element) -> str:
 def _inner(live: Element, rendered: Element, bare: str) -> list[str]:
     """What ``live`` has below it that ``rendered`` lacks or spells differently, short."""
     out: list[str] = []
-    for attr, value in live.attrib.items():
+    for attr_key, value in live.attrib.items():
+        attr = str(attr_key)  # lxml may type keys as bytes too
         if rendered.get(attr) != value and not _ignored(f"{bare}@{attr}", _KEPT_SILENT):
-            out.append(f"{attr}={value}")
+            out.append(f"{attr}={value!s}")
     text = (live.text or "").strip()
     if text and text != (rendered.text or "").strip():
         out.append(" ".join(text.split()))
@@ -934,7 +935,8 @@ def structural_losses(live_xml: str, rendered_xml: str,
                 losses.append((child_path, _describe(child) + " is not expressible; left out"))
                 continue
             taken.append(other)
-            for attr, value in child.attrib.items():
+            for attr_key, value in child.attrib.items():
+                attr = str(attr_key)
                 if other.get(attr) == value or _ignored(f"{child_bare}@{attr}", patterns):
                     continue
                 losses.append((f"{child_path}@{attr}",
@@ -949,7 +951,7 @@ def structural_losses(live_xml: str, rendered_xml: str,
 
 
 def _describe(element: Element) -> str:
-    attrs = " ".join(f"{k}={v!r}" for k, v in element.attrib.items())
+    attrs = " ".join(f"{k!s}={v!r}" for k, v in element.attrib.items())
     return f"<{element.tag}{' ' + attrs if attrs else ''}>"
 
 
