@@ -224,6 +224,24 @@ def define(conn: Any, xml: str) -> tuple[Any, bool]:
     return conn.defineXML(xml), existed
 
 
+def refused(conn: Any, exc: Any) -> bool:
+    """Whether a failed define is libvirt refusing the XML on this host (a feature its
+    QEMU lacks, a rule of its version), rather than libvirtd not answering (connection
+    lost, daemon restarted), which must never turn into a skipped file."""
+    import libvirt
+
+    if exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE) or (
+        exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
+                                 libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_OPERATION_TIMEOUT)
+    ):  # fmt: skip
+        return False
+    try:
+        conn.getLibVersion()
+    except libvirt.libvirtError:
+        return False
+    return bool(conn.isAlive())
+
+
 def undefine(dom: Any, nvram_existed: bool) -> None:
     """Destroy (should anything have started it) and undefine, with the NVRAM file
     unless it existed before the define; never raises."""
@@ -253,6 +271,8 @@ def adopt(conn: Any, path: Path, name: str, work: Path) -> Outcome:
     try:
         dom, nvram_existed = define(conn, prepared(path, name))
     except libvirt.libvirtError as exc:
+        if not refused(conn, exc):
+            raise  # libvirtd unreachable: no verdict on the file, never a skip
         out.skipped = exc.get_error_message() or str(exc)
         return out
     try:
