@@ -159,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
         sub, "export",
         help="write manifests for existing libvirt objects, to adopt them (exit 0 done, 1 error)",
         description="Read libvirt (nothing is changed) and write one manifest per object, with "
-        "adopt: true, so that applying them takes the objects over. Fields a manifest cannot "
-        "express are listed on stderr and in each file's header.",
+        "adopt: true, so that applying them takes the objects over. Each file's header and stderr "
+        "list what the object has that the manifest does not manage (kept as defined when "
+        "applied) and what applying it would change.",
     )
     export.add_argument(
         "names",
@@ -947,6 +948,25 @@ def _export(args: argparse.Namespace) -> int:
     except export.SelectionError as exc:
         raise ReconcilerError(f"export: {exc}") from None
     items = export.export(observed, refs)
+    done = [item for item in items if item.document is not None]
+    failed_named = [
+        item.key
+        for item in items
+        if item.document is None
+        and export.Ref(item.kind, item.name, item.pool) in named
+    ]
+    if args.output == "json":
+        files = {}
+        if args.output_dir is not None:
+            _write_exported(args.output_dir, done, settings.uri, force=args.force)
+            files = {item.key: str(args.output_dir / export.file_name(item)) for item in done}
+        print(dumps({
+            "version": 1,
+            "source": settings.uri,
+            "objects": [export.to_json(item, files.get(item.key)) for item in items],
+            "skipped": skipped,
+        }))  # fmt: skip
+        return EXIT_ERROR if failed_named or not done else EXIT_OK
     for line in skipped:
         print(f"export: skipped {line}", file=sys.stderr)
     for item in items:
@@ -956,21 +976,17 @@ def _export(args: argparse.Namespace) -> int:
             continue
         for note in item.notes:
             print(f"export: {item.key}: {note}", file=sys.stderr)
-    done = [item for item in items if item.document is not None]
-    failed_named = [
-        item.key
-        for item in items
-        if item.document is None
-        and export.Ref(item.kind, item.name, item.pool) in named
-    ]
+        if item.kept:
+            print(f"export: {item.key}: {export.KEPT_HEADING}: "
+                  + ", ".join(export.kept_lines(item.kept)), file=sys.stderr)  # fmt: skip
     if args.output_dir is None:
         sys.stdout.write("---\n".join(export.to_yaml(item, settings.uri) for item in done))
     else:
         _write_exported(args.output_dir, done, settings.uri, force=args.force)
-        lossy = sum(1 for item in done if item.notes)
+        changing = sum(1 for item in done if item.notes)
         print(
             f"{args.output_dir}: {_plural(len(done), 'manifest')} written"
-            + (f", {lossy} with fields not exported (listed above)" if lossy else ""),
+            + (f", {changing} that applying would change (listed above)" if changing else ""),
             file=sys.stderr,
         )
     if failed_named:

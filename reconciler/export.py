@@ -88,14 +88,34 @@ class Note:
 
 
 @dataclass(frozen=True, slots=True)
+class Kept:
+    """Something the definition has that the manifest does not manage: applying the
+    manifest to this object keeps it as defined (a redefine patches the current
+    definition); a VM created from the manifest elsewhere would not have it.
+
+    ``path``: where it is in libvirt's XML (``devices/channel[org.qemu.guest_agent.0]``,
+    ``clock``); ``label``: what it is, as a user reads it
+    (``channel (org.qemu.guest_agent.0)``, ``clock: timer rtc, timer pit``)."""
+
+    path: str
+    label: str
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True, slots=True)
 class Exported:
-    """One object's manifest document (None: it cannot be exported) and its notes."""
+    """One object's manifest document (None: it cannot be exported), its notes (what
+    applying the manifest would change, or why it cannot be exported) and what the
+    object has that the manifest does not manage and a redefine keeps (``kept``)."""
 
     kind: Kind
     name: str
     document: dict[str, Any] | None
     notes: tuple[Note, ...] = ()
     pool: str | None = None  # volumes: their pool
+    kept: tuple[Kept, ...] = ()
 
     @property
     def key(self) -> str:
@@ -107,16 +127,26 @@ class _Notes:
 
     def __init__(self) -> None:
         self._notes: dict[str, Note] = {}
+        self._silent: set[str] = set()
 
     def add(self, path: str, message: str) -> None:
         if not self.covers(path):
             self._notes[path] = Note(path, message)
 
+    def silence(self, path: str) -> None:
+        """No note for ``path`` (a device: nor its fields): the device is not managed
+        by the manifest, and listed as kept instead."""
+        self._silent.add(path)
+
+    def silenced(self, path: str) -> bool:
+        return path in self._silent
+
     def covers(self, path: str) -> bool:
-        if path in self._notes:
+        if path in self._notes or path in self._silent:
             return True
         dev = device_of(path)
-        return dev is not None and f"{dev[0]}[{dev[1]}]" in self._notes
+        return dev is not None and (f"{dev[0]}[{dev[1]}]" in self._notes
+                                    or f"{dev[0]}[{dev[1]}]" in self._silent)  # fmt: skip
 
     def __iter__(self) -> Iterator[Note]:
         return iter(self._notes.values())
@@ -378,14 +408,18 @@ def _size(value: object) -> str | None:
 
 def vm_spec(
     projection: Projection, *, active: bool, autostart: bool, name: str,
-    notes: _Notes | None = None, cpu: CpuSpec | None = None,
+    notes: _Notes | None = None, cpu: CpuSpec | None = None, config: Element | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A VirtualMachine spec from ``domain_xml.observe`` of the persistent definition.
 
-    Values the schema cannot hold are left out with a note; whatever else the
+    Values the schema cannot hold are not exported, with a note; whatever else the
     manifest cannot say is found by comparing projections afterwards. ``cpu``: the
     definition's ``<cpu>`` (``domain_xml.read_cpu``); without it only a CPU mode or
-    model name is taken from the projection.
+    model name is taken from the projection. ``config``: the parsed definition, to
+    tell the CD-ROMs the manifest manages (image files, volumes) from host drives.
+    Devices the manifest does not manage (block and network disks, NICs other than
+    network and bridge ones) are not exported and have no note: ``export_vm`` lists
+    them as kept.
     """
     notes = notes if notes is not None else _Notes()
     p = projection
@@ -415,17 +449,19 @@ def vm_spec(
     disks = _disks(p, notes)
     if disks:
         spec["disks"] = disks
-    cdroms = _cdroms(p, name, notes)
+    cdroms = _cdroms(p, name, notes, config)
     if cdroms:
         spec["cdroms"] = cdroms
     boot = [dev for dev in _tuple(p.get("boot")) if dev in ("cdrom", "disk", "network")]
     if "cdrom" in boot and not cdroms:
         boot.remove("cdrom")
-    if boot and boot != ["disk"]:
-        spec["boot"] = boot
     interfaces = _interfaces(p, "network" in boot, notes)
     if interfaces:
         spec["interfaces"] = interfaces
+    elif "network" in boot:  # a manifest boots from the network only through its NICs
+        boot.remove("network")
+    if boot and boot != ["disk"]:
+        spec["boot"] = boot
     graphics = _graphics(p, notes)
     if graphics is not None:
         spec["graphics"] = graphics
@@ -455,7 +491,7 @@ def _put(spec: dict[str, Any], key: str, value: object, ok: Any, notes: _Notes) 
     if isinstance(value, str) and ok(value):
         spec[key] = value
     else:
-        notes.add(key, f"{value!r} cannot be expressed; left out")
+        notes.add(key, f"{value!r} cannot be expressed; not exported")
 
 
 def _on_bus(target: str, bus: object, buses: Collection[str]) -> bool:
@@ -473,15 +509,15 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
         bus = p.get(f"disks[{key}].bus")
         volume, file = p.get(f"disks[{key}].volume"), p.get(f"disks[{key}].file")
         if volume is None and file is None:
-            notes.add(at, "only image files and pool volumes are expressible "
-                      "(not block devices or network disks); left out")  # fmt: skip
+            notes.silence(at)  # a block or network disk: not managed, kept as defined
             continue
         if not _on_bus(target, bus, _TARGET_PREFIX):
-            notes.add(at, f"a disk on bus {bus} cannot be expressed "
-                      "(virtio vdX, sata/scsi sdX, ide hdX); left out")  # fmt: skip
+            notes.add(at, f"a disk on bus {bus} cannot be expressed (virtio vdX, sata/scsi "
+                      f"sdX, ide hdX); {_REMOVES} disks")  # fmt: skip
             continue
         if volume is not None and not _NAME.match(str(volume)):
-            notes.add(at, f"volume {volume!r} has a name a manifest cannot hold; left out")
+            notes.add(at, f"volume {volume!r} has a name a manifest cannot hold; "
+                      f"{_REMOVES} disks")  # fmt: skip
             continue
         disk: dict[str, Any] = {"volume": volume} if volume is not None else {"file": file}
         disk["target"] = target
@@ -504,18 +540,32 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
     return out
 
 
-def _cdroms(p: Projection, name: str, notes: _Notes) -> list[dict[str, Any]]:
+def _disk_type(config: Element, target: str) -> str | None:
+    """``<disk type>`` of the disk or CD-ROM at ``target`` in a parsed definition."""
+    for disk in config.findall("devices/disk"):
+        element = disk.find("target")
+        if element is not None and element.get("dev") == target:
+            return disk.get("type")
+    return None
+
+
+def _cdroms(p: Projection, name: str, notes: _Notes,
+            config: Element | None = None) -> list[dict[str, Any]]:  # fmt: skip
     out = []
     for target in _entries(p, "cdroms"):
         at = f"cdroms[{target}]"
         bus = p.get(f"{at}.bus")
         if p.get(f"{at}.volume") == seed_volume_name(name):
             notes.add("cloudInit", "the VM has a cloud-init seed; its user-data, meta-data and "
-                      "network-config cannot be read back from libvirt; left out")  # fmt: skip
-            notes.add(at, "the cloud-init seed's drive; left out with cloudInit")
+                      "network-config cannot be read back from libvirt; not exported")  # fmt: skip
+            notes.add(at, "the cloud-init seed's drive; not exported, with cloudInit")
+            continue
+        if config is not None and _disk_type(config, target) not in _MANAGED_DISK_TYPES:
+            notes.silence(at)  # a host CD-ROM drive (block): not managed, kept as defined
             continue
         if not _on_bus(target, bus, ("sata", "scsi", "ide")):
-            notes.add(at, f"a CD-ROM on bus {bus} cannot be expressed (sata, scsi, ide); left out")
+            notes.add(at, f"a CD-ROM on bus {bus} cannot be expressed (sata, scsi, ide); "
+                      f"{_REMOVES} CD-ROMs")  # fmt: skip
             continue
         cdrom: dict[str, Any] = {}
         if p.get(f"{at}.file") is not None:
@@ -536,9 +586,12 @@ def _interfaces(p: Projection, boot_network: bool, notes: _Notes) -> list[dict[s
             nic = {"network": network}
         elif bridge is not None and _BRIDGE.match(str(bridge)):
             nic = {"bridge": bridge}
+        elif network is None and bridge is None:
+            notes.silence(at)  # direct, user, hostdev...: not managed, kept as defined
+            continue
         else:
-            notes.add(at, "only interfaces on a libvirt network or a host bridge are "
-                      "expressible; left out")  # fmt: skip
+            notes.add(at, f"the name of its {'network' if bridge is None else 'bridge'} "
+                      f"cannot be expressed; {_REMOVES} interfaces")  # fmt: skip
             continue
         nic["mac"] = mac
         model = p.get(f"{at}.model")
@@ -561,7 +614,8 @@ def _graphics(p: Projection, notes: _Notes) -> dict[str, Any] | None:
     if kind is None:
         return None
     if kind not in ("vnc", "spice"):
-        notes.add("graphics", f"{kind} graphics cannot be expressed (vnc or spice); left out")
+        notes.add("graphics", f"{kind} graphics cannot be expressed (vnc or spice); "
+                  f"{_REMOVES} displays")  # fmt: skip
         return None
     graphics: dict[str, Any] = {"type": kind}
     port = p.get("graphics.port")
@@ -582,56 +636,201 @@ def _opt(target: dict[str, Any], key: str, value: object) -> None:
         target[key] = value
 
 
-# What libvirt adds to any definition on its own, and what the tool's own rendering
-# spells differently with the same meaning: never a loss. Bare paths (tags only).
-_DOMAIN_IGNORED = (
-    "uuid", "metadata", "resource", "resource/*", "seclabel", "seclabel/*", "*/address", "*/alias",
-    "vcpu@placement", "memory@unit", "currentMemory@unit",
+# --- what a redefine keeps: the definition against the rendered manifest --------------
+
+_REMOVES = "applying the manifest removes it: a manifest holds the whole set of a VM's"
+
+_MANAGED_DISK_TYPES = ("file", "volume")
+"""``<disk type>`` of the disks and CD-ROMs a manifest manages as a whole set."""
+_MANAGED_INTERFACE_TYPES = ("network", "bridge")
+"""``<interface type>`` of the NICs a manifest manages as a whole set."""
+
+
+def _managed_device(device: Element) -> bool:
+    """Whether a manifest manages ``device``'s kind as a whole set, so that one it does
+    not name is removed by applying it: disks and CD-ROMs of files and volumes, NICs on
+    networks and bridges, the displays, the serial port and its console, USB inputs
+    (formatdomain "Hard drives...", "Network interfaces", "Graphical framebuffers",
+    "Serial port", "Input devices"). Every other device is kept as defined."""
+    tag, kind = device.tag, device.get("type")
+    if tag == "disk":
+        return kind in _MANAGED_DISK_TYPES
+    if tag == "interface":
+        return kind in _MANAGED_INTERFACE_TYPES
+    if tag == "input":
+        return device.get("bus") == "usb"
+    return tag in ("graphics", "serial", "console")
+
+
+# Never listed: the identity and our own record, what libvirt adds to any definition
+# (addresses, aliases, the emulator, PS/2 inputs), and what the manifest holds with the
+# same meaning in another spelling. Bare paths (tags only), fnmatch patterns.
+_KEPT_SILENT = (
+    "uuid", "name", "metadata", "*/address", "*/alias", "devices/emulator",
+    "os/boot", "os/type@machine", "clock@offset",  # manifest fields: a change is a note
+    "memory@unit", "currentMemory@unit", "vcpu@placement", "maxMemory@unit",
     "cpu@check", "cpu@migratable", "cpu@match", "cpu/model@fallback",
-    "os/loader", "os/loader@*", "os/nvram", "os/nvram@*",
-    "devices/emulator", "devices/controller", "devices/controller/*", "devices/controller@*",
-    "devices/console", "devices/console/*", "devices/console@*",
-    "devices/audio", "devices/audio@*", "devices/memballoon/*",
-    "devices/serial/target@type", "devices/serial/target/model", "devices/serial/target@port",
+    "devices/disk/source@index", "devices/interface/source@portid",
+    "devices/interface/target", "devices/interface/target@*",
     "devices/graphics@listen", "devices/graphics@port", "devices/graphics@autoport",
-    "devices/graphics@passwd", "devices/disk/source@index", "devices/interface/target",
-    "devices/interface/source@portid", "devices/interface/target@*",
+    "devices/graphics@passwd", "devices/serial/target@type", "devices/serial/target/model",
+    "devices/serial/target@port",
 )  # fmt: skip
 _DEFAULT_VIDEO = ("cirrus", "vga")
 
 
-# A redefinition patches the domain's definition (domain_xml.patch): what a manifest
-# cannot say stays in this domain; a VM created from the manifest elsewhere lacks it.
-_KEPT = "; kept by a redefine of this domain, left out of a VM created from the manifest"
+def _local(tag: object) -> str:
+    text = str(tag)
+    return text.rsplit("}", 1)[-1]
 
 
-def _vm_losses(config_xml: str, rendered: str, notes: _Notes) -> None:
-    root = parse(config_xml)
-    for path, what in structural_losses(config_xml, rendered, _DOMAIN_IGNORED):
-        if path.startswith("devices/video") or (path.startswith("cpu") and notes.covers("cpu")):
-            continue  # video: below; a CPU the manifest cannot say is noted as 'cpu' already
-        device = re.match(r"^devices/(disk|interface)\[([^\]#]+)\]", path)
-        if device is not None:
-            sections = ("disks", "cdroms") if device.group(1) == "disk" else ("interfaces",)
-            if any(notes.covers(f"{section}[{device.group(2)}]") for section in sections):
-                continue  # noted by its manifest name already
-        notes.add(path, what.replace("; left out", _KEPT))
-    for i, video in enumerate(root.findall("devices/video")):
-        model = video.find("model")
-        kind = None if model is None else model.get("type")
-        if i > 0 or kind not in (*_DEFAULT_VIDEO, None):
-            notes.add(f"devices/video[{kind}]", "video model is not expressible; kept by a "
-                      "redefine of this domain, libvirt's default when a VM is created from "
-                      "the manifest")  # fmt: skip
-    loader = root.find("os/loader")
+def _label(element: Element) -> str:
+    """A device or element as a user names it: ``channel (org.qemu.guest_agent.0)``,
+    ``controller usb (ich9-ehci1)``, ``disk hda (block /dev/HostVG/guest)``, ``pm``."""
+    tag, kind = _local(element.tag), element.get("type")
+    if tag == "disk":
+        target, source = element.find("target"), element.find("source")
+        dev = "" if target is None else f" {target.get('dev')}"
+        what = "" if source is None else next(
+            (f" {v!s}" for k, v in source.attrib.items() if k in ("file", "dev", "name", "volume")),
+            "")  # fmt: skip
+        return f"{element.get('device', 'disk')}{dev} ({kind}{what})"
+    if tag == "interface":
+        mac = element.find("mac")
+        return f"interface {kind}" + ("" if mac is None else f" {mac.get('address')}")
+    if tag == "channel":
+        target = element.find("target")
+        name = None if target is None else target.get("name") or target.get("type")
+        return f"channel ({name})" if name else f"channel {kind}"
+    model = element.get("model")
+    model_el = element.find("model")
+    if model is None and model_el is not None:
+        model = model_el.get("type") or model_el.get("name") or (model_el.text or "").strip()
+    text = " ".join((element.text or "").split())  # one line, even for a <description>
+    if len(text) > 60:
+        text = text[:57] + "..."
+    kind = kind or element.get("mode") or element.get("name")
+    out = tag if kind is None else f"{tag} {kind}"
+    if model is not None:
+        out += f" ({model})"
+    elif text and len(element) == 0:
+        out += f" ({text})"
+    return out
+
+
+def _short(element: Element) -> str:
+    """A child element inside a kept list: ``timer rtc``, ``bootmenu``, ``vmport``."""
+    qualifier = _qualifier(element)
+    return _local(element.tag) if qualifier is None else f"{_local(element.tag)} {qualifier}"
+
+
+def _inner(live: Element, rendered: Element, bare: str) -> list[str]:
+    """What ``live`` has below it that ``rendered`` lacks or spells differently, short."""
+    out: list[str] = []
+    for attr_key, value in live.attrib.items():
+        attr = str(attr_key)  # lxml may type keys as bytes too
+        if rendered.get(attr) != value and not _ignored(f"{bare}@{attr}", _KEPT_SILENT):
+            out.append(f"{attr}={value!s}")
+    text = (live.text or "").strip()
+    if text and text != (rendered.text or "").strip():
+        out.append(" ".join(text.split()))
+    taken: list[Element] = []
+    for child in live:
+        if not isinstance(child.tag, str):
+            continue
+        child_bare = f"{bare}/{child.tag}"
+        if _ignored(child_bare, _KEPT_SILENT):
+            continue
+        other = _counterpart(child, live, rendered, taken)
+        if other is None:
+            out.append(_short(child))
+            continue
+        taken.append(other)
+        out += [f"{_short(child)} {what}" for what in _inner(child, other, child_bare)]
+    return out
+
+
+def _device_key(device: Element) -> str | None:
+    """The manifest's key of a disk, CD-ROM or NIC (``disks[vda]``), for its notes."""
+    if device.tag == "disk":
+        target = device.find("target")
+        section = "cdroms" if device.get("device") == "cdrom" else "disks"
+        return None if target is None else f"{section}[{target.get('dev')}]"
+    if device.tag == "interface":
+        mac = device.find("mac")
+        return None if mac is None else f"interfaces[{(mac.get('address') or '').lower()}]"
+    return None
+
+
+def _noted(device: Element, notes: _Notes) -> bool:
+    key = _device_key(device)
+    if key is not None and notes.covers(key) and not notes.silenced(key):
+        return True
+    return (device.tag == "graphics" and notes.covers("graphics")) or (
+        device.tag in ("serial", "console") and notes.covers("serial"))  # fmt: skip
+
+
+def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Kept]:
+    """What the definition ``config_xml`` has that the manifest, rendered as ``rendered``,
+    does not say, and that applying the manifest keeps (the redefine patches the current
+    definition): every element, attribute and text outside the manifest's fields, found
+    by comparing the two trees (elements matched by identity: a disk's target, a NIC's
+    MAC, a ``type`` or ``name``), never from a list of names. A whole device of a kind
+    the manifest manages (``_managed_device``) that the manifest lacks is not kept but
+    removed by applying it: that becomes a note. Fields already noted (``notes``) are
+    not listed again."""
+    live, mine = parse(config_xml), parse(rendered)
+    kept: list[Kept] = []
+    taken: list[Element] = []
+    for element in live:
+        if not isinstance(element.tag, str) or _ignored(element.tag, _KEPT_SILENT):
+            continue
+        if element.tag == "cpu" and notes.covers("cpu"):
+            continue  # a CPU the manifest cannot say is noted as 'cpu' already
+        other = _counterpart(element, live, mine, taken)
+        if other is not None:
+            taken.append(other)
+        if element.tag != "devices":
+            if other is None:
+                kept.append(Kept(element.tag, _label(element)))
+            else:
+                inner = _inner(element, other, element.tag)
+                if len(element) == 0 and (element.text or "").strip() in inner:
+                    kept.append(Kept(element.tag, _label(element)))  # on_crash (restart)
+                elif inner:
+                    kept.append(Kept(element.tag, f"{_label(element)}: {', '.join(inner)}"))
+            continue
+        rendered_devices = other if other is not None else mine.makeelement("devices", {})
+        done: list[Element] = []
+        for device in element:
+            bare = f"devices/{device.tag}"
+            if not isinstance(device.tag, str) or _ignored(bare, _KEPT_SILENT) or (
+                    device.tag == "input" and device.get("bus") == "ps2"):  # fmt: skip
+                continue
+            path = f"devices/{_name(device)}"
+            counterpart = _counterpart(device, element, rendered_devices, done)
+            if counterpart is not None:
+                done.append(counterpart)
+                inner = _inner(device, counterpart, bare)
+                if inner:
+                    kept.append(Kept(path, f"{_label(device)}: {', '.join(inner)}"))
+            elif _noted(device, notes):
+                continue
+            elif _managed_device(device):
+                notes.add(path, f"{_label(device)} cannot be expressed; {_REMOVES} "
+                          f"{device.tag} devices")  # fmt: skip
+            else:
+                kept.append(Kept(path, _label(device)))
+    for element in live.findall("metadata/*"):
+        if not str(element.tag).startswith("{" + domain_xml.OWNER_NAMESPACE + "}"):
+            kept.append(Kept("metadata", f"metadata {_local(element.tag)}"))
+    loader = live.find("os/loader")
     if loader is not None and (loader.get("secure") == "yes" or (
-            (loader.text or "").strip() and root.find("os[@firmware='efi']") is None)):  # fmt: skip
+            (loader.text or "").strip() and live.find("os[@firmware='efi']") is None)):  # fmt: skip
         notes.add("os/loader", f"firmware {(loader.text or '').strip() or 'with secure boot'} "
                   "is not expressible; firmware: uefi is OVMF as libvirt selects it, "
                   "without secure boot")  # fmt: skip
-    for element in root.findall("metadata/*"):
-        if not element.tag.startswith("{" + domain_xml.OWNER_NAMESPACE + "}"):
-            notes.add("metadata", f"foreign metadata {element.tag!s}{_KEPT}")
+    return kept
 
 
 def export_vm(record: DomainRecord, ctx: Context) -> Exported:
@@ -644,8 +843,8 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     if observed.get("type") not in ("kvm", "qemu"):
         notes.add("type", f"domain type {observed.get('type')} cannot be expressed (kvm, qemu)")
         return _unexportable(kind, record.name, notes)
-    spec = vm_spec(observed, active=record.active, autostart=record.autostart,
-                   name=record.name, notes=notes, cpu=domain_xml.read_cpu(config))  # fmt: skip
+    spec = vm_spec(observed, active=record.active, autostart=record.autostart, name=record.name,
+                   notes=notes, cpu=domain_xml.read_cpu(config), config=config)  # fmt: skip
     doc = document(kind, record.name, spec)
     m = _build(kind, doc, notes)
     if m is None:
@@ -663,8 +862,8 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
         notes.add("disks", str(exc))
         return _unexportable(kind, record.name, notes)
     _compare(desired, observed, notes)
-    _vm_losses(record.config_xml, rendered, notes)
-    return Exported(kind, record.name, doc, notes.all())
+    kept = kept_in_definition(record.config_xml, rendered, notes)
+    return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 
 
 # --- structure: what the XML has that the rendered manifest does not ---------------
@@ -754,7 +953,7 @@ def structural_losses(live_xml: str, rendered_xml: str,
 
 def _describe(element: Element) -> str:
     attrs = " ".join(f"{k!s}={v!r}" for k, v in element.attrib.items())
-    return f"<{element.tag!s}{' ' + attrs if attrs else ''}>"
+    return f"<{element.tag}{' ' + attrs if attrs else ''}>"
 
 
 # --- selection -----------------------------------------------------------------------
@@ -972,14 +1171,38 @@ def _flowed(value: Any) -> Any:
     return value
 
 
+KEPT_HEADING = "kept as defined, not managed by this manifest"
+NOTES_HEADING = "not in this manifest as libvirt has it: applying the manifest changes it"
+
+
+def kept_lines(kept: Iterable[Kept]) -> list[str]:
+    """Labels of ``kept``, each once, in order, a repeated one with its count
+    (``controller usb (ich9-uhci1) (x3)``)."""
+    counts: dict[str, int] = {}
+    for item in kept:
+        counts[item.label] = counts.get(item.label, 0) + 1
+    return [label if n == 1 else f"{label} (x{n})" for label, n in counts.items()]
+
+
+def _one_line(text: str) -> str:
+    """``text`` fit for one comment line: a line break in it would end the comment."""
+    return " ".join(text.split())
+
+
 def to_yaml(item: Exported, source: str) -> str:
-    """One manifest document as YAML text, headed by comments naming its notes."""
+    """One manifest document as YAML text, headed by comments: what the object has that
+    the manifest does not manage and applying it keeps, then the notes (what applying
+    it would change)."""
     assert item.document is not None
     lines = [f"# Exported by 'reconciler export' from {source}: {item.key}"]
+    if item.kept:
+        lines.append(f"# {KEPT_HEADING[0].upper()}{KEPT_HEADING[1:]} (applying it "
+                     "leaves them as they are; a VM created from it would lack them):")  # fmt: skip
+        lines += [f"#   {_one_line(line)}" for line in kept_lines(item.kept)]
     if item.notes:
-        lines.append("# Not expressible in this manifest (lost when reconciler defines the "
-                     "object from it):")  # fmt: skip
-        lines += [f"#   {note}" for note in item.notes]
+        lines.append(f"# {NOTES_HEADING[0].upper()}{NOTES_HEADING[1:]} (check each before "
+                     "applying):")  # fmt: skip
+        lines += [f"#   {_one_line(str(note))}" for note in item.notes]
     body = yaml.dump(_flowed(item.document), Dumper=_Dumper, sort_keys=False,
                      default_flow_style=False, allow_unicode=True, width=100)  # fmt: skip
     return "\n".join(lines) + "\n" + body
@@ -992,3 +1215,20 @@ _DIRS = {Kind.STORAGE_POOL: "pools", Kind.VOLUME: "volumes", Kind.NETWORK: "netw
 def file_name(item: Exported) -> str:
     """Where an object's manifest goes in the output directory (``vms/web-1.yaml``)."""
     return f"{_DIRS[item.kind]}/{item.name}.yaml"
+
+
+def to_json(item: Exported, file: str | None = None) -> dict[str, Any]:
+    """One object as ``reconciler -o json export`` prints it (docs/adoption.md): its
+    document (null: not exported), ``kept`` (what applying keeps as defined, with where
+    it is in libvirt's XML) and ``notes`` (what applying would change, or why it could
+    not be exported). ``file``: where the manifest was written, if it was."""
+    return {
+        "kind": item.kind.value,
+        "name": item.name,
+        "pool": item.pool,
+        "exported": item.document is not None,
+        "file": file,
+        "document": item.document,
+        "kept": [{"path": k.path, "what": k.label} for k in item.kept],
+        "notes": [{"field": n.field, "message": n.message} for n in item.notes],
+    }

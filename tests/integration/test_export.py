@@ -9,6 +9,7 @@ restarted. Networks are isolated (no forward), on the session's own subnets.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -162,7 +163,11 @@ def test_round_trip_adopts_a_hand_made_host(ws: Workspace) -> None:
     done = ws.cli("export", f"VirtualMachine/{n['vm']}", "--with-deps", "--output-dir", str(out),
                   state=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "export:" not in done.stderr.replace("export: skipped", ""), done.stderr  # nothing lossy
+    # nothing that applying would change; what the manifests do not manage is listed as kept
+    lines = [line for line in done.stderr.splitlines()
+             if line.startswith("export: ") and not line.startswith("export: skipped")]  # fmt: skip
+    assert lines and all(": kept as defined, not managed by this manifest: " in line
+                         for line in lines), done.stderr  # fmt: skip
     assert _snapshot(ws) == before  # read-only
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*.yaml"))
     assert files == sorted([f"vms/{n['vm']}.yaml", f"volumes/{n['root']}.yaml",
@@ -261,13 +266,29 @@ def test_lossy_fields_are_reported(ws: Workspace) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("export: ")]
     text = "\n".join(lines)
-    for expected in ("devices/channel[unix]", "devices/graphics[spice]", "devices/rng",
-                     "devices/watchdog", "devices/disk[fda]", "os/bootmenu", "features/vmport",
-                     "clock/timer[rtc]", "on_crash", "graphics.password", "devices/hostdev[pci]"):  # fmt: skip
-        assert f"export: VirtualMachine/{name}: {expected}" in text, text
+    # what applying would change: the password (not exported), and devices of kinds the
+    # manifest manages as a whole set that it cannot hold (a floppy, a second display)
+    for expected in ("graphics.password", "devices/disk[fda]", "devices/graphics[spice]"):
+        assert f"export: VirtualMachine/{name}: {expected}: " in text, text
+    # the rest is kept as defined, and said so on one line
+    [kept] = [line for line in lines if ": kept as defined, not managed by this manifest: "
+              in line]  # fmt: skip
+    for expected in ("channel (org.qemu.guest_agent.0)", "rng (virtio)", "watchdog (i6300esb)",
+                     "os: bootmenu", "features: vmport", "clock: timer rtc", "on_crash (restart)",
+                     "hostdev pci"):  # fmt: skip
+        assert expected in kept, kept
     assert passwd not in done.stderr
     manifest = (out / "vms" / f"{name}.yaml").read_text()
-    assert "#   devices/channel[unix]" in manifest and passwd not in manifest
+    assert "#   channel (org.qemu.guest_agent.0)\n" in manifest and passwd not in manifest
+    # -o json: the same, as fields
+    done = ws.cli("-o", "json", "export", name, state=False)
+    assert done.returncode == 0, done.stderr
+    [obj] = json.loads(done.stdout)["objects"]
+    assert obj["exported"] and obj["document"]["metadata"]["name"] == name
+    assert {"path": "devices/channel[unix]", "what": "channel (org.qemu.guest_agent.0)"} \
+        in obj["kept"]  # fmt: skip
+    assert {n["field"] for n in obj["notes"]} >= {"graphics.password", "devices/disk[fda]"}
+    assert passwd not in done.stdout
     done = ws.cli("validate", str(out), state=False)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -313,18 +313,26 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     obs = observed(domains={"web-1": DomainRecord("web-1", "u", False, False, xml, None)})
     item = one(Kind.VIRTUAL_MACHINE, "web-1", obs)
     assert item.document is not None
+    # applying changes only these: the password is not exported, and the second display
+    # is of a kind the manifest manages as a set (it would be removed)
     fields = [n.field for n in item.notes]
-    assert set(fields) == {
-        "graphics.password", "features/vmport", "on_crash", "devices/hostdev[pci]",
-        "devices/graphics[vnc]", "devices/channel[unix]", "devices/disk[vdz]",
-        "devices/interface[52:54:00:12:34:99]", "devices/video[virtio]",
-    }, item.notes  # fmt: skip
-    # a block disk and a direct NIC are not in the sets a manifest manages: a redefine
-    # keeps them, and the note says so
-    notes = {n.field: n.message for n in item.notes}
-    assert "kept by a redefine" in notes["devices/disk[vdz]"]
-    assert "kept by a redefine" in notes["devices/interface[52:54:00:12:34:99]"]
+    assert set(fields) == {"graphics.password", "devices/graphics[vnc]"}, item.notes
+    assert "removes it" in {n.field: n.message for n in item.notes}["devices/graphics[vnc]"]
     assert len(fields) == len(set(fields))  # one note per field, never twice
+    # everything else the manifest does not manage is kept as defined, and said so
+    kept = {k.path: k.label for k in item.kept}
+    assert {
+        "features": "features: vmport",
+        "on_crash": "on_crash (restart)",
+        "devices/hostdev[pci]": "hostdev pci",
+        "devices/channel[unix]": "channel (org.qemu.guest_agent.0)",
+        "devices/disk[vdz]": "disk vdz (block /dev/sdz)",
+        "devices/interface[52:54:00:12:34:99]": "interface direct 52:54:00:12:34:99",
+        "devices/video": "video (virtio)",
+    }.items() <= kept.items(), kept
+    header = export.to_yaml(item, "qemu:///system")
+    assert "#   channel (org.qemu.guest_agent.0)\n" in header
+    assert header.index("Kept as defined") < header.index("apiVersion:")
     assert "hunter2" not in " ".join(str(n) for n in item.notes)
     assert "hunter2" not in export.to_yaml(item, "qemu:///system")
     # what the manifest can say is still exported
