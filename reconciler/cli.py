@@ -521,11 +521,14 @@ def _manifests(args: argparse.Namespace, settings: Settings) -> tuple[Path, str 
 
 
 def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
+    from reconciler import statedir
     from reconciler.hypervisor import Hypervisor
     from reconciler.reconcile import PassOptions, Reconciler
 
     directory, revision = _manifests(args, settings)
     state_dir = usable_state_dir(settings.state_dir, write=False)
+    # an apply makes this instance's id (once); a plan never writes: it may have none
+    instance = statedir.instance_id(state_dir, create=args.command != "plan")
     hv = Hypervisor.open(settings.uri)
     try:
         host = settings.host or hv.host_name()
@@ -543,6 +546,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
         allowed_roots=settings.allowed_disk_roots,
         vm_defaults=settings.vm_defaults,
         allowed_secret_roots=settings.allowed_secret_roots,
+        instance=instance,
     )
     return Reconciler(hv, options)
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler import drift, metrics, passstatus, sdnotify
+from reconciler import drift, metrics, passstatus, sdnotify, statedir
 from reconciler.backoff import RECONNECT, RETRY
 from reconciler.errors import (
     ConfigError,
@@ -327,6 +327,7 @@ class Daemon:
             allowed_roots=s.allowed_disk_roots,
             vm_defaults=s.vm_defaults,
             allowed_secret_roots=s.allowed_secret_roots,
+            instance=statedir.instance_id(s.state_dir, create=True),
         )
 
     def _pass(self, reasons: list[str]) -> None:

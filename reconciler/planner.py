@@ -24,7 +24,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import __version__, cloudinit, rounding
+from reconciler import __version__, cloudinit, owners, rounding
 from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
 from reconciler.hostpaths import PathPolicy
@@ -71,6 +71,14 @@ class PlanOptions:
     # the host is remote (qemu+ssh://...): volumes are filled through libvirt's storage
     # API only, which cannot copy a source onto a backing volume (see _remote_overlay)
     remote: bool = False
+    # this reconciler instance's id (statedir.instance_id), written into every ownership
+    # record; None: the state directory has none yet (a read-only plan), so no record
+    # naming an instance is ours (owners.py)
+    instance: str | None = None
+    # ids of lost instances being taken back (``reconciler adopt --from-instance``): their
+    # objects, and declared pools and volumes (which carry no record) that exist outside
+    # our inventory, are planned as adopted, each ``ownership`` change noted TAKEN_BACK
+    take_over: frozenset[str] = frozenset()
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -167,6 +175,7 @@ class _Context:
 
     def owner_record(self, m: Manifest, **extra: Any) -> dict[str, Any]:
         return {
+            "instance": self.options.instance,
             "manifest": m.source.path,
             "digest": digest(m),
             "revision": self.options.revision,
@@ -191,19 +200,59 @@ class _Context:
         return None if base is None else os.path.join(base, name)
 
 
-def _conflict(m: Manifest, what: str) -> Action:
-    return Action(
-        m.kind,
-        m.name,
-        Op.CONFLICT,
-        reason=f"{what} exists in libvirt and is not managed by reconciler; "
-        "set adopt: true to take it over, or rename the manifest",
-        source=m.source,
-    )
+    @functools.cached_property
+    def _users(self) -> dict[str, set[str]]:
+        return in_use(self.observed, ())
+
+    def other_owners(self, key: str) -> list[str]:
+        """Instance ids (neither ours nor being taken back) of the VMs that use the pool
+        or volume ``key``: a sign that it belongs to that instance too, since libvirt
+        keeps no record on a pool or a volume."""
+        found = set()
+        for user in self._users.get(key, ()):
+            dom = self.observed.domains.get(user.partition("/")[2])
+            record = None if dom is None else domain_xml.read_ownership(dom.config_xml)
+            instance = None if record is None else record.instance
+            if instance and instance != self.options.instance and \
+                    instance not in self.options.take_over:  # fmt: skip
+                found.add(instance)
+        return sorted(found)
+
+    def unrecorded_owner(self, key: str, in_inventory: bool) -> owners.Owner:
+        """The owner of a pool or volume (no record in libvirt): our inventory decides."""
+        return owners.judge(None, in_inventory=in_inventory, ours=self.options.instance)
+
+    def taken(self, owner: owners.Owner, key: str = "", *, recorded: bool = True) -> bool:
+        """Whether ``reconciler adopt --from-instance`` takes this object back: one whose
+        record names an instance being taken back, or (pools and volumes, which carry no
+        record) one not in our inventory that no VM of a third instance uses."""
+        if not self.options.take_over or owner.ours:
+            return False
+        if recorded:
+            return owner.instance in self.options.take_over
+        return owner.standing is owners.Standing.UNMANAGED and not self.other_owners(key)
 
 
-def _adoption(owned: bool) -> list[Change]:
-    return [] if owned else [Change("ownership", "unmanaged", "managed")]
+def _conflict(m: Manifest, what: str, owner: owners.Owner | None = None, *,
+              recorded: bool = True, ctx: _Context | None = None) -> Action:  # fmt: skip
+    owner = owner or owners.Owner(owners.Standing.UNMANAGED)
+    reason = owners.conflict_reason(what, owner, recorded=recorded)
+    if not recorded and ctx is not None:
+        others = ctx.other_owners(f"{m.kind.value}/{m.name}")
+        if others:
+            reason += f"; VMs of reconciler instance {', '.join(others)} use it"
+    return Action(m.kind, m.name, Op.CONFLICT, reason=reason, source=m.source)
+
+
+def _adoption(owner: owners.Owner, ctx: _Context, *, taken: bool = False) -> list[Change]:
+    """The ``ownership`` change of an object taken over (adopt: true, a take-back) or
+    whose record is rewritten with our id; none for one that is ours as it stands."""
+    if owner.ours and not owner.retag:
+        return []
+    if owner.standing is owners.Standing.UNMANAGED and not taken:
+        return [Change("ownership", "unmanaged", "managed")]
+    return [Change("ownership", owner.label(), owners.ours_label(ctx.options.instance),
+                   note=owners.TAKEN_BACK if taken else "")]  # fmt: skip
 
 
 def _recorded(entry: Mapping[str, Any] | None, record: Mapping[str, Any],
@@ -254,11 +303,13 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
             source=m.source,
             owner_record=record,
         )
-    owned = ctx.inventory_entry(f"StoragePool/{m.name}") is not None
-    if not owned and not spec.adopt:
-        return _conflict(m, f"storage pool '{m.name}'")
+    key = f"StoragePool/{m.name}"
+    owner = ctx.unrecorded_owner(key, ctx.inventory_entry(key) is not None)
+    taken = ctx.taken(owner, key, recorded=False)
+    if not owner.ours and not spec.adopt and not taken:
+        return _conflict(m, f"storage pool '{m.name}'", owner, recorded=False, ctx=ctx)
     config_changes = diff(pool_xml.project(spec), pool_xml.observe(live.config_xml))
-    changes = _adoption(owned) + config_changes + _persist(live.persistent)
+    changes = _adoption(owner, ctx, taken=taken) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
         steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid),
@@ -357,8 +408,11 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             owner_record=copying if spec.source else record,
             requires=tuple(requires),
         )
-    if not owned and not spec.adopt:
-        return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'")
+    owner = ctx.unrecorded_owner(f"Volume/{m.name}", owned)
+    taking_back = ctx.taken(owner, f"Volume/{m.name}", recorded=False)
+    if not owned and not spec.adopt and not taking_back:
+        return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'", owner, recorded=False,
+                         ctx=ctx)  # fmt: skip
     desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
     current = volume_xml.observe(live.xml)
     have = current.get("capacity")
@@ -366,7 +420,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     desired["capacity"] = rounding.volume_capacity(
         spec.capacity, spec.format, have if isinstance(have, int) else None
     )
-    changes = _rounding_notes(_adoption(owned) + diff(desired, current),
+    changes = _rounding_notes(_adoption(owner, ctx, taken=taking_back) + diff(desired, current),
                               {"capacity": spec.capacity})  # fmt: skip
     recorded = _recorded(entry if owned else None, record, ["reclaimPolicy"])
     steps: list[Step] = []
@@ -544,8 +598,13 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     assert isinstance(spec, NetworkSpec)
     live = ctx.observed.networks.get(m.name)
     record = ctx.owner_record(m)
+    ownership = network_xml.NetworkOwnership(
+        instance=ctx.options.instance, manifest=m.source.path, digest=digest(m),
+        revision=ctx.options.revision,
+    )  # fmt: skip
     if live is None:
-        new = [Step("define-network", {"xml": network_xml.render(m.name, spec)})]
+        new = [Step("define-network",
+                    {"xml": network_xml.render(m.name, spec, ownership=ownership)})]
         if spec.state == "active":
             new.append(Step("start-network"))
         if spec.autostart:
@@ -553,17 +612,31 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         return Action(
             Kind.NETWORK, m.name, Op.CREATE, (), tuple(new), source=m.source, owner_record=record
         )
-    owned = ctx.inventory_entry(f"Network/{m.name}") is not None
-    if not owned and not spec.adopt:
-        return _conflict(m, f"network '{m.name}'")
+    found = network_xml.read_ownership(live.config_xml)
+    in_inventory = ctx.inventory_entry(f"Network/{m.name}") is not None
+    owner = owners.judge(
+        None if found is None else owners.Record(found.instance, found.manifest, found.revision),
+        in_inventory=in_inventory, ours=ctx.options.instance,
+    )  # fmt: skip
+    taken = ctx.taken(owner)
+    if not owner.ours and not spec.adopt and not taken:
+        return _conflict(m, f"network '{m.name}'", owner)
+    # networks made before they carried a record: ours by the inventory, recorded now
+    if owner.ours and found is None and ctx.options.instance is not None:
+        owner = owners.Owner(owners.Standing.OURS, None, retag=True)
     declared = spec.bridge is not None
     desired = network_xml.project(spec)
-    xml = network_xml.render(m.name, spec, uuid=live.uuid)
+    xml = network_xml.render(m.name, spec, uuid=live.uuid, ownership=ownership)
     config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
-    changes = _adoption(owned) + config_changes + _persist(live.persistent)
+    adoption = _adoption(owner, ctx, taken=taken)
+    changes = adoption + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
         steps.append(Step("define-network", {"xml": xml, "current": live.config_xml}))
+    elif adoption:  # only the record changes: the definition is kept as libvirt has it
+        steps.append(Step("define-network", {
+            "xml": network_xml.with_ownership(live.config_xml, ownership),
+            "current": live.config_xml}))  # fmt: skip
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
@@ -829,8 +902,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             )
     live = ctx.observed.domains.get(m.name)
     ownership = domain_xml.Ownership(
-        manifest=m.source.path, digest=digest(m), revision=ctx.options.revision
-    )
+        manifest=m.source.path, digest=digest(m), revision=ctx.options.revision,
+        instance=ctx.options.instance,
+    )  # fmt: skip
     seeds = _SeedPlan.make(m, spec, ctx)
     if isinstance(seeds, str):
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=seeds)
@@ -875,6 +949,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         "password": hashlib.sha256((password or "").encode()).hexdigest(),
         "machine": ctx.observed.machine_aliases.get(spec.machine),
         "seeds": seeds.fingerprint(),
+        "instance": ctx.options.instance,
     }
     entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
     history = _restart_history(entry, digest(m))
@@ -893,9 +968,14 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         desired = domain_xml.project(spec, **kwargs)
     except ValueError as exc:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
-    owned = domain_xml.read_ownership(config_root) is not None or entry is not None
-    if not owned and not spec.adopt:
-        return _conflict(m, f"VM '{m.name}'")
+    found = domain_xml.read_ownership(config_root)
+    owner = owners.judge(
+        None if found is None else owners.Record(found.instance, found.manifest, found.revision),
+        in_inventory=entry is not None, ours=ctx.options.instance,
+    )  # fmt: skip
+    taken = ctx.taken(owner)
+    if not owner.ours and not spec.adopt and not taken:
+        return _conflict(m, f"VM '{m.name}'", owner)
 
     @functools.cache
     def rendered() -> str:  # only for a VM that changes: patching is a plan's main cost
@@ -909,7 +989,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
     config_changes = _rounding_notes(diff(desired, config), {
         "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
-    changes = _adoption(owned) + config_changes + _persist(live.persistent)
+    adoption = _adoption(owner, ctx, taken=taken)
+    changes = adoption + config_changes + _persist(live.persistent)
     overwritten = seeds.overwritten()
     steps: list[Step] = seeds.write_steps(
         force=config.get("cloudInit") != desired.get("cloudInit") or overwritten
@@ -918,7 +999,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         # the seed volume went missing or was overwritten: written again, as it was
         was = "overwritten outside reconciler" if overwritten else None
         changes.append(Change("cloudInit.volume", was, seeds.seed.key, live=True))
-    if changes:
+    if owner.retag and changes == adoption and not steps:
+        # only the record lacks our id: set it, and keep the definition as libvirt has it
+        retagged = domain_xml.with_owner_instance(live.config_xml, str(ctx.options.instance))
+        steps.append(Step("define-domain", {"xml": retagged, "current": live.config_xml}))
+    elif changes:
         steps.append(Step("define-domain", {"xml": rendered(), "current": live.config_xml}))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
@@ -1330,8 +1415,36 @@ def _plan_prune(
         note = (f"{len(busy)} owned object(s) without a manifest kept while in use: "
                 + "; ".join(f"{k} by {', '.join(sorted(users[k]))}" for k in busy))  # fmt: skip
         blocked = f"{blocked}; {note}" if blocked else note
-    actions = [a for key in orphans if (a := _delete(key, owned[key], observed)) is not None]
+    actions = [a for key in orphans
+               if (a := _other_owner(key, observed, options.instance)
+                   or _delete(key, owned[key], observed)) is not None]  # fmt: skip
     return _down_order(actions, observed), blocked, held
+
+
+def other_owner(key: str, observed: Observed, ours: str | None) -> owners.Owner | None:
+    """The other reconciler instance whose record the VM or network ``key`` carries now
+    (it adopted it), or None. Such an object is never pruned or deleted by this one."""
+    kind, _, name = key.partition("/")
+    record: domain_xml.Ownership | network_xml.NetworkOwnership | None = None
+    if kind == Kind.VIRTUAL_MACHINE.value and name in observed.domains:
+        record = domain_xml.read_ownership(observed.domains[name].config_xml)
+    elif kind == Kind.NETWORK.value and name in observed.networks:
+        record = network_xml.read_ownership(observed.networks[name].config_xml)
+    if record is None or record.instance is None or record.instance == ours:
+        return None
+    return owners.Owner(owners.Standing.OTHER,
+                        owners.Record(record.instance, record.manifest, record.revision))
+
+
+def _other_owner(key: str, observed: Observed, ours: str | None) -> Action | None:
+    """A prune of an object another instance owns now: dropped from our inventory only."""
+    owner = other_owner(key, observed, ours)
+    if owner is None:
+        return None
+    kind, _, name = key.partition("/")
+    return Action(Kind(kind), name, Op.FORGET,
+                  reason=f"owned by {owner.describe()} now: left alone, and dropped from this "
+                  "instance's inventory")  # fmt: skip
 
 
 def in_use(
@@ -1400,16 +1513,24 @@ def _down_order(actions: list[Action], observed: Observed) -> list[Action]:
     return sorted(actions, key=lambda a: (order[a.kind], a.name not in clones, a.name))
 
 
-def plan_delete(keys: Sequence[str], observed: Observed, *, delete_data: bool = False) -> Plan:
+def plan_delete(keys: Sequence[str], observed: Observed, *, delete_data: bool = False,
+                instance: str | None = None) -> Plan:  # fmt: skip
     """The plan of ``reconciler delete``: the owned objects ``keys`` (``Kind/name``, each in
     ``observed.inventory``; KeyError otherwise) deleted as a prune deletes them: a VM
     shut down gracefully (forced off after its shutdownTimeout) and undefined, with its
     cloud-init seed; a network or pool stopped and undefined (a pool's files kept); a
     volume's data deleted only under ``reclaimPolicy: delete`` or with ``delete_data``,
-    else it is forgotten (kept, no longer managed). Pure, like ``make_plan``."""
+    else it is forgotten (kept, no longer managed). One whose record names another
+    instance than ``instance`` (this one's id) is refused. Pure, like ``make_plan``."""
     actions = []
     users = in_use(observed, (), going=set(keys))
     for key in keys:
+        owner = other_owner(key, observed, instance)
+        if owner is not None:
+            kind, _, name = key.partition("/")
+            actions.append(Action(Kind(kind), name, Op.ERROR,
+                                  reason=f"owned by {owner.describe()} now: not deleted"))
+            continue
         if key in users:
             kind, _, name = key.partition("/")
             actions.append(Action(

@@ -73,6 +73,9 @@ class PassOptions:
     # the source revision recorded on applied objects; None: read from ``directory``'s
     # git work tree (gitrev.py). The git source (gitsource.py) sets its commit id here.
     revision: str | None = None
+    # this reconciler instance's id (statedir.instance_id), recorded as the owner of
+    # what it applies; None: the state directory has none yet (read-only commands)
+    instance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,7 @@ class Reconciler:
                 prune=self.options.prune,
                 default_update_policy=self.options.default_update_policy,
                 allow_replace=self.options.allow_replace,
+                instance=self.options.instance,
                 revision=self.options.revision or source_revision(self.options.directory),
                 secrets=read_secrets(load.manifests, self._paths()),
                 paths=self._paths(),

@@ -13,7 +13,7 @@ modules that own each one take its path from ``path(state_dir, NAME)``::
     git-home/        GIT_HOME        an empty HOME for git and ssh (gitsource.py)
     snapshots/       GIT_SNAPSHOTS   one read-only folder per applied commit, ``current``
                                      the symlink to the applied one (gitsource.py)
-    instance-id      INSTANCE_ID     reserved: this reconciler instance's id (issue 10)
+    instance-id      INSTANCE_ID     this reconciler instance's id, made once (instance_id)
 
 Files are replaced with ``atomicfile.write_atomically``; the caches can be
 deleted at any time (they cost time only), the inventory never (it is what makes
@@ -29,9 +29,11 @@ inventory would make every owned object look foreign.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import uuid
 from pathlib import Path
 
 from reconciler.errors import StateDirError
@@ -46,8 +48,8 @@ PARSE_CACHE = "parsed.json"
 GIT_REPOSITORY = "git"
 GIT_HOME = "git-home"
 GIT_SNAPSHOTS = "snapshots"
-# Reserved for the instance id (issue 10: owner identity): the id this reconciler
-# instance records in the ownership metadata of what it creates.
+# The instance id (issue 10: owner identity): the id this reconciler instance records
+# in the ownership metadata of what it manages (instance_id, owners.py).
 INSTANCE_ID = "instance-id"
 
 LAYOUT = (INVENTORY, STATUS, LOCK, VERIFIED_PLANS, PARSE_CACHE, GIT_REPOSITORY, GIT_HOME,
@@ -117,3 +119,67 @@ def _read_only_mount(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+# --- this instance's id ------------------------------------------------------------
+
+
+def instance_id(state_dir: Path, *, create: bool) -> str | None:
+    """This reconciler instance's id: the UUID in ``<state_dir>/instance-id``.
+
+    The id names the owner in every ownership record the instance writes (SPEC §3,
+    "Owners are distinct"). With ``create`` a state directory without one gets one,
+    made once and atomically: written whole to a temporary file, fsynced, then
+    hard-linked into place (``link`` fails when the name exists, so two processes
+    racing both end up with the first one's id). Without ``create`` (read-only
+    commands such as ``plan``) nothing is written: None when there is none yet.
+
+    Raises ``StateDirError`` naming the file when it cannot be read or written, or
+    holds something that is not a UUID (it is never replaced: records carry it).
+    """
+    file = path(state_dir, INSTANCE_ID)
+    text = _read_instance(file)
+    if text is None and create:
+        _create_instance(file)
+        text = _read_instance(file)
+    if text is None:
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise StateDirError(
+            f"{file}: not an instance id ({text[:40]!r}); restore the file from a backup, "
+            "or move it aside: a new id makes every object this instance owned foreign "
+            "(take them back with reconciler adopt --from-instance OLD_ID DIR)"
+        ) from None
+
+
+def _read_instance(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise error(path, "read the instance id", exc) from None
+
+
+def _create_instance(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, f"{uuid.uuid4()}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process made it first: its id
+            os.link(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise error(path, "write the instance id", exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -106,6 +106,7 @@ __all__ = [
     "read_ownership",
     "render",
     "secret_token",
+    "with_owner_instance",
 ]
 
 OWNER_NAMESPACE = "https://reconciler.dev/xmlns/domain/v1"
@@ -128,11 +129,14 @@ _BOOT_NAMES = {dev: name for name, dev in _BOOT_DEVICES.items()}
 
 @dataclass(frozen=True, slots=True)
 class Ownership:
-    """What the tool records in a domain it owns: which manifest, which spec, which commit."""
+    """What the tool records in a domain it owns: which reconciler instance (the id of
+    its state directory, ``statedir.instance_id``; None in records written before
+    instances had ids), which manifest, which spec, which commit."""
 
     manifest: str
     digest: str
     revision: str | None = None
+    instance: str | None = None
 
 
 def _owner_tag(name: str) -> str:
@@ -150,6 +154,9 @@ def _render_ownership(root: Element, ownership: Ownership) -> None:
     else:
         old.addnext(owner)
         remove(old)
+    if ownership.instance is not None:
+        ET.SubElement(owner, _owner_tag("instance")).text = xml_text(ownership.instance,
+                                                                     "instance")  # fmt: skip
     ET.SubElement(owner, _owner_tag("manifest")).text = xml_text(ownership.manifest, "manifest")
     ET.SubElement(owner, _owner_tag("digest")).text = xml_text(ownership.digest, "digest")
     if ownership.revision is not None:
@@ -255,7 +262,26 @@ def read_ownership(xml: str | Element) -> Ownership | None:
     if not manifest or not digest:
         return None
     revision = owner.findtext(_owner_tag("revision"))
-    return Ownership(manifest=manifest, digest=digest, revision=revision)
+    instance = (owner.findtext(_owner_tag("instance")) or "").strip() or None
+    return Ownership(manifest=manifest, digest=digest, revision=revision, instance=instance)
+
+
+def with_owner_instance(xml: str, instance: str) -> str:
+    """The domain definition ``xml`` (its inactive XML, as libvirt returns it) with its
+    ownership record naming ``instance``, all else as it was: how a record is taken
+    over without redefining the domain from a manifest (``reconciler adopt
+    --from-instance``, and a record written before instances had ids). ValueError for
+    a definition without an ownership record."""
+    root = parse(xml)
+    owner = root.find(f"metadata/{_owner_tag('owner')}")
+    if owner is None:
+        raise ValueError("the domain has no ownership record")
+    found = owner.find(_owner_tag("instance"))
+    if found is None:
+        found = ET.Element(_owner_tag("instance"))
+        owner.insert(0, found)
+    found.text = xml_text(instance, "instance")
+    return serialize(root)
 
 
 # --- machine types ----------------------------------------------------------

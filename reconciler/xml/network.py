@@ -14,6 +14,11 @@ says so with ``bridge_declared=False``). An ``<ip>`` written with a
 ``netmask`` reads as the same prefix. Only the first ``<ip>`` (IPv4) is
 managed. Active/inactive and autostart are not in the XML.
 
+The ownership record (``NetworkOwnership``) lives in the network's
+``<metadata>`` in the tool's own namespace, as a domain's does: libvirt 9.0
+keeps a network's ``<metadata>`` (only the API that edits it alone,
+``virNetworkSetMetadata``, is 9.7's), so it is written with a define.
+
 Pure: no I/O, no libvirt.
 """
 
@@ -48,9 +53,15 @@ from reconciler.xml._fields import (
     xml_text,
 )
 
-__all__ = ["DEVICES", "FIELDS", "entry_xml", "observe", "project", "render"]
+__all__ = [
+    "DEVICES", "FIELDS", "OWNER_NAMESPACE", "NetworkOwnership", "entry_xml", "observe",
+    "project", "read_ownership", "render", "with_ownership",
+]  # fmt: skip
 
-_ORDER = ("name", "uuid", "forward", "bridge", "mtu", "mac", "domain", "dns", "ip")
+OWNER_NAMESPACE = "https://reconciler.dev/xmlns/network/v1"
+ET.register_namespace("rcn", OWNER_NAMESPACE)
+
+_ORDER = ("name", "uuid", "metadata", "forward", "bridge", "mtu", "mac", "domain", "dns", "ip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +162,76 @@ def _dhcp_hosts(spec: NetworkSpec) -> tuple[DhcpHost, ...]:
     return spec.ipv4.dhcp.hosts
 
 
-def render(name: str, spec: NetworkSpec, *, uuid: str | None = None) -> str:
-    """Network XML for ``networkDefineXML``; ``uuid`` keeps an existing network's identity."""
+# --- ownership -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkOwnership:
+    """What the tool records in a network it owns (``<metadata><rcn:owner>``): which
+    reconciler instance (None in a record without one), manifest, spec and commit."""
+
+    instance: str | None
+    manifest: str
+    digest: str = ""
+    revision: str | None = None
+
+
+def _tag(name: str) -> str:
+    return f"{{{OWNER_NAMESPACE}}}{name}"
+
+
+def _set_ownership(root: Element, ownership: NetworkOwnership) -> None:
+    metadata = ensure(root, "metadata")
+    for old in metadata.findall(_tag("owner")):
+        metadata.remove(old)
+    owner = ET.SubElement(metadata, _tag("owner"))
+    fields = (("instance", ownership.instance), ("manifest", ownership.manifest),
+              ("digest", ownership.digest or None), ("revision", ownership.revision))  # fmt: skip
+    for tag, value in fields:
+        if value is not None:
+            ET.SubElement(owner, _tag(tag)).text = xml_text(value, tag)
+
+
+def read_ownership(xml: str | Element) -> NetworkOwnership | None:
+    """The ownership record in a network's XML, or None when it carries none."""
+    owner = parse(xml).find(f"metadata/{_tag('owner')}")
+    if owner is None:
+        return None
+    manifest = owner.findtext(_tag("manifest"))
+    if not manifest:
+        return None
+    return NetworkOwnership(
+        instance=(owner.findtext(_tag("instance")) or "").strip() or None,
+        manifest=manifest,
+        digest=owner.findtext(_tag("digest")) or "",
+        revision=owner.findtext(_tag("revision")),
+    )
+
+
+def with_ownership(xml: str, ownership: NetworkOwnership) -> str:
+    """The network definition ``xml`` (as libvirt returns it) with ``ownership`` as its
+    record and all else as it was: a record written without a redefine from the
+    manifest (adopting, or taking a record over)."""
+    root = parse(xml)
+    _set_ownership(root, ownership)  # libvirt reads its XML in any order
+    return serialize(root)
+
+
+def render(
+    name: str,
+    spec: NetworkSpec,
+    *,
+    uuid: str | None = None,
+    ownership: NetworkOwnership | None = None,
+) -> str:
+    """Network XML for ``networkDefineXML``; ``uuid`` keeps an existing network's identity,
+    ``ownership`` is the record it carries."""
     root = ET.Element("network")
     ET.SubElement(root, "name").text = xml_text(name, "name")
     if uuid is not None:
         ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
+    if ownership is not None:
+        _set_ownership(root, ownership)
     render_fields(root, FIELDS, spec)
     DNS_HOSTS.render(root, spec.dns_hosts)
     DHCP_HOSTS.render(root, _dhcp_hosts(spec))
