@@ -17,6 +17,7 @@ when something failed or is in conflict.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -50,6 +51,10 @@ from reconciler.report import (
 )
 from reconciler.settings import Settings, load_settings
 
+NO_INSTANCE_NOTE = (
+    "this state directory has no instance id yet (plan writes nothing; the first apply "
+    "makes one): no object recorded by a reconciler instance is counted as its own"
+)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
@@ -218,6 +223,33 @@ def _parser() -> argparse.ArgumentParser:
         help="names of the throwaway domains start with this (default: reconciler-probe-)",
     )
     probe.set_defaults(run=_probe)
+
+    adopt = _command(
+        sub, "adopt",
+        help="take back every object a lost reconciler instance owned (exit 0 done, 1 error)",
+        description="After a state directory was lost (disk replaced, wiped), the objects it "
+        "managed show as owned by that unknown instance. This takes them all back into this "
+        "instance, once, on purpose: VMs and networks whose ownership record names "
+        "OLD_ID, and the pools and volumes DIR declares that exist and this instance does "
+        "not manage (libvirt keeps no record on those), unless a VM of a third instance uses "
+        "them. It lists them, asks (or --yes), then writes this instance's id into their "
+        "records and its inventory; nothing else is changed: the next plan shows any other "
+        "difference.",
+    )  # fmt: skip
+    adopt.add_argument("directory", nargs="?", help="folder of manifests")
+    adopt.add_argument(
+        "--from-instance", required=True, metavar="OLD_ID",
+        help="the lost instance's id, as plans name it (owned by reconciler instance ...)",
+    )  # fmt: skip
+    adopt.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    adopt.set_defaults(run=_adopt)
+
+    instance = _command(
+        sub, "instance",
+        help="this reconciler instance's id (its state directory's), as ownership records "
+        "carry it (exit 1 when it has none yet)",
+    )  # fmt: skip
+    instance.set_defaults(run=_instance)
 
     status = _command(
         sub, "status", help="what the daemon (or the last apply) last found, per object"
@@ -388,11 +420,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.command in ("plan", "apply", "run", "delete"):  # the others log nothing
+    if args.command in ("plan", "apply", "run", "delete", "adopt"):  # the others log nothing
         from reconciler.logs import configure
 
         configure(format=args.log_format, one_shot=args.command != "run")
-    one_shot = args.command in ("validate", "plan", "apply", "status", "export", "delete")
+    one_shot = args.command in ("validate", "plan", "apply", "status", "export", "delete",
+                                "adopt", "instance")
     if one_shot:
         # One pass and exit: the cyclic collector would only rescan the many small,
         # acyclic objects of manifests and XML (a third of a large plan's time).
@@ -557,8 +590,11 @@ def _plan(args: argparse.Namespace) -> int:
         load, _observed, plan = reconciler.plan()
     finally:
         reconciler.hypervisor.close()
+    if reconciler.options.instance is None:
+        load = dataclasses.replace(load, notes=(*load.notes, NO_INSTANCE_NOTE))
     if args.output == "json":
-        print(dumps(plan_json(plan, load.problems, load.notes)))
+        print(dumps(plan_json(plan, load.problems, load.notes,
+                              instance=reconciler.options.instance)))
     else:
         _print_problems(load)
         print(render_plan(plan, colour=_colour(), verbose=args.verbose,
@@ -615,7 +651,8 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
         if not plan.has_changes:
             _write_apply_status(settings, reconciler, PassResult(load, plan), started)
             if not text:
-                print(dumps({**plan_json(plan, load.problems, load.notes), **results_json([], [])}))
+                print(dumps({**plan_json(plan, load.problems, load.notes,
+                              instance=reconciler.options.instance), **results_json([], [])}))
             return EXIT_ERROR if load.problems or plan.has_errors else EXIT_OK
         if not _confirm(args, "Apply these changes?", "applying"):
             print("Not applied.")
@@ -638,7 +675,8 @@ def _apply_locked(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nApply {'complete' if not bad else 'finished with errors'}: "
               f"{ok} succeeded, {bad} failed.")  # fmt: skip
     else:
-        print(dumps({**plan_json(plan, load.problems, load.notes),
+        print(dumps({**plan_json(plan, load.problems, load.notes,
+                              instance=reconciler.options.instance),
                      **results_json(result.results, result.unsettled)}))  # fmt: skip
     return EXIT_ERROR if result.failed else EXIT_OK
 
@@ -723,11 +761,14 @@ def _status(args: argparse.Namespace) -> int:
 def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[str, int]:
     """What ``status`` prints (text or one JSON document), and its exit code. An
     unreadable status file is an error, and while ``watching`` a frame saying so."""
+    from reconciler import statedir
     from reconciler.status import ObjectState, read_status, render_table
     from reconciler.status import to_json as status_json
 
     try:
-        report = read_status(usable_state_dir(settings.state_dir, create=False, write=False))
+        state_dir = usable_state_dir(settings.state_dir, create=False, write=False)
+        report = read_status(state_dir)
+        instance = statedir.instance_id(state_dir, create=False) if state_dir.is_dir() else None
     except ReconcilerError as exc:
         if not watching:
             raise
@@ -740,9 +781,13 @@ def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[s
             "'systemctl start reconciler')"
         )
         if output == "json":
-            return dumps({"version": 1, "status": None, "message": message}) + "\n", EXIT_ERROR
+            return dumps({"version": 1, "status": None, "instance": instance,
+                          "message": message}) + "\n", EXIT_ERROR  # fmt: skip
         return message + "\n", EXIT_ERROR
-    text = dumps(status_json(report)) if output == "json" else render_table(report)
+    if output == "json":
+        text = dumps({**status_json(report), "instance": instance})
+    else:
+        text = render_table(report) + f"\ninstance: {instance or 'none yet'}"
     bad = {ObjectState.FAILED, ObjectState.CONFLICT}
     code = (
         EXIT_ERROR
@@ -750,6 +795,139 @@ def _status_frame(settings: Settings, output: str, *, watching: bool) -> tuple[s
         else EXIT_OK
     )
     return text + "\n", code
+
+
+# --- instance and adopt --from-instance ------------------------------------------------
+
+
+def _instance(args: argparse.Namespace) -> int:
+    from reconciler import statedir
+
+    settings = _settings(args)
+    state_dir = usable_state_dir(settings.state_dir, create=False, write=False)
+    instance = statedir.instance_id(state_dir, create=False) if state_dir.is_dir() else None
+    if args.output == "json":
+        print(dumps({"instance": instance, "stateDir": str(state_dir)}))
+    elif instance is not None:
+        print(instance)
+    else:
+        print(f"{state_dir}: no instance id yet (the first apply, run or delete makes one)",
+              file=sys.stderr)  # fmt: skip
+    return EXIT_OK if instance is not None else EXIT_ERROR
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    import uuid
+
+    settings = _settings(args)
+    try:
+        old = str(uuid.UUID(args.from_instance))
+    except ValueError:
+        raise ReconcilerError(f"adopt: --from-instance {args.from_instance!r} is not an "
+                              "instance id (a UUID, as plans name it)") from None  # fmt: skip
+    usable_state_dir(settings.state_dir)
+    with StateLock(settings.state_dir):
+        return _adopt_locked(args, settings, old)
+
+
+def taken_back(plan: Any) -> list[Any]:
+    """The actions of a take-back plan that take an object back (their ``ownership``
+    change is noted ``owners.TAKEN_BACK``)."""
+    from reconciler import owners
+
+    return [a for a in plan.actions
+            if any(c.path == "ownership" and c.note == owners.TAKEN_BACK for c in a.changes)]
+
+
+def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int:
+    from reconciler.executor import Executor
+    from reconciler.plan import Action, Op, Plan, Step
+    from reconciler.xml import domain as domain_xml
+    from reconciler.xml import network as network_xml
+
+    reconciler = _reconciler(args, settings)
+    instance = reconciler.options.instance
+    if old == instance:
+        reconciler.hypervisor.close()
+        raise ReconcilerError(f"adopt: {old} is this instance's own id: nothing to take back")
+    reconciler.options = dataclasses.replace(reconciler.options, take_over=frozenset({old}))
+    try:
+        load, observed, plan = reconciler.plan()
+        _print_problems(load)
+        if load.problems:
+            print("adopt: not every manifest loaded; nothing taken back (fix the problems "
+                  "first: a manifest that failed may declare what is to be taken)")  # fmt: skip
+            return EXIT_ERROR
+        actions: list[Action] = []
+        lines: list[str] = []
+        for a in taken_back(plan):
+            record = dict(a.owner_record or {})
+            steps: tuple[Step, ...] = ()
+            if a.kind is Kind.VIRTUAL_MACHINE:
+                dom = observed.domains[a.name]
+                found = domain_xml.read_ownership(dom.config_xml)
+                record["digest"] = found.digest if found else record.get("digest")
+                xml = domain_xml.with_owner_instance(dom.config_xml, str(instance))
+                steps = (Step("define-domain", {"xml": xml, "current": dom.config_xml}),)
+                why = f"its ownership record names {old}"
+            elif a.kind is Kind.NETWORK:
+                net = observed.networks[a.name]
+                was = network_xml.read_ownership(net.config_xml)
+                mine = network_xml.NetworkOwnership(
+                    instance=instance, manifest=str(record.get("manifest")),
+                    digest=was.digest if was else str(record.get("digest")),
+                    revision=was.revision if was else None)  # fmt: skip
+                record["digest"] = mine.digest
+                xml = network_xml.with_ownership(net.config_xml, mine)
+                steps = (Step("define-network", {"xml": xml, "current": net.config_xml}),)
+                why = f"its ownership record names {old}"
+            else:
+                why = ("declared, exists, not in this inventory, and used by no VM of another "
+                       "instance (libvirt keeps no owner record on pools and volumes)")
+            change = next(c for c in a.changes if c.path == "ownership")
+            actions.append(Action(a.kind, a.name, Op.UPDATE_LIVE, (change,), steps,
+                                  reason=f"taken back: {why}", source=a.source,
+                                  owner_record=record))  # fmt: skip
+            lines.append(f"  {a.kind.value} {a.name}: {why}")
+        declared = {(m.kind, m.name) for m in load.manifests}
+        left = [f"  VirtualMachine {n}" for n, d in sorted(observed.domains.items())
+                if (Kind.VIRTUAL_MACHINE, n) not in declared
+                and (r := domain_xml.read_ownership(d.config_xml)) and r.instance == old]
+        left += [f"  Network {n}" for n, net in sorted(observed.networks.items())
+                 if (Kind.NETWORK, n) not in declared
+                 and (r2 := network_xml.read_ownership(net.config_xml)) and r2.instance == old]
+        text = args.output == "text"
+        if text:
+            print(f"Taking back from reconciler instance {old} into this instance "
+                  f"{instance}:")  # fmt: skip
+            print("\n".join(lines) if lines else "  nothing")
+            if left:
+                print(f"Left alone (their records name {old}, but no manifest in "
+                      f"{reconciler.options.directory} declares them):")
+                print("\n".join(left))
+        if not actions:
+            if not text:
+                print(dumps({"instance": instance, "from": old, "taken": [], "results": []}))
+            return EXIT_OK
+        if not _confirm(args, f"Take these {len(actions)} objects back?", "taking back"):
+            print("Not taken back.")
+            return EXIT_ERROR
+        results = Executor(reconciler.hypervisor, observed.inventory,
+                           reconciler.options.state_dir).apply(Plan(actions=tuple(actions)))
+    finally:
+        reconciler.hypervisor.close()
+    bad = [r for r in results if r.outcome != "ok"]
+    if text:
+        print()
+        print(render_results(results, colour=_colour()))
+        print(f"\nTake-back {'complete' if not bad else 'finished with errors'}: "
+              f"{len(results) - len(bad)} taken back, {len(bad)} failed. "
+              "'reconciler plan' shows what else differs.")  # fmt: skip
+    else:
+        print(dumps({"instance": instance, "from": old,
+                     "taken": [f"{a.kind.value}/{a.name}" for a in actions],
+                     **results_json(results, [])}))  # fmt: skip
+    return EXIT_ERROR if bad else EXIT_OK
 
 
 # --- delete --------------------------------------------------------------------------
@@ -783,13 +961,14 @@ def _drop_from_status(state_dir: Path, keys: AbstractSet[str]) -> None:
 
 
 def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path) -> int:
-    from reconciler import export
+    from reconciler import export, statedir
     from reconciler import inventory as inventory_file
     from reconciler.executor import Executor
     from reconciler.hypervisor import Hypervisor
     from reconciler.observe import observe
     from reconciler.planner import plan_delete
 
+    instance = statedir.instance_id(state_dir, create=True)
     with Hypervisor.open(settings.uri) as hv:
         observed = observe(hv, inventory_file.load(state_dir))
         keys: list[str] = []
@@ -805,13 +984,13 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
             keys += [key for key in found if key not in keys]
         directory = Path(args.manifest_dir) if args.manifest_dir else settings.manifest_dir
         _refuse_declared(keys, directory, settings.host or hv.host_name())
-        plan = plan_delete(keys, observed, delete_data=args.delete_data)
+        plan = plan_delete(keys, observed, delete_data=args.delete_data, instance=instance)
         text = args.output == "text"
         if text:
             print(render_plan(plan, colour=_colour()))
         if not plan.has_changes:
             if not text:
-                print(dumps({**plan_json(plan), **results_json([], [])}))
+                print(dumps({**plan_json(plan, instance=instance), **results_json([], [])}))
             return EXIT_ERROR if plan.has_errors else EXIT_OK
         if not _confirm(args, "Delete these objects?", "deleting"):
             print("Not deleted.")
@@ -825,7 +1004,7 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
         print(f"\nDelete {'complete' if not bad else 'finished with errors'}: "
               f"{len(results) - bad} succeeded, {bad} failed.")  # fmt: skip
     else:
-        print(dumps({**plan_json(plan), **results_json(results, [])}))
+        print(dumps({**plan_json(plan, instance=instance), **results_json(results, [])}))
     failed = plan.has_errors or any(r.outcome != "ok" for r in results)
     return EXIT_ERROR if failed else EXIT_OK
 

@@ -76,6 +76,8 @@ class PassOptions:
     # this reconciler instance's id (statedir.instance_id), recorded as the owner of
     # what it applies; None: the state directory has none yet (read-only commands)
     instance: str | None = None
+    # lost instances being taken back (``reconciler adopt --from-instance``; planner.py)
+    take_over: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +261,7 @@ class Reconciler:
                 default_update_policy=self.options.default_update_policy,
                 allow_replace=self.options.allow_replace,
                 instance=self.options.instance,
+                take_over=self.options.take_over,
                 revision=self.options.revision or source_revision(self.options.directory),
                 secrets=read_secrets(load.manifests, self._paths()),
                 paths=self._paths(),

@@ -329,11 +329,18 @@ def problem_json(problem: Problem) -> dict[str, Any]:
 
 
 def plan_json(
-    plan: Plan, problems: Sequence[Problem] = (), notes: Sequence[str] = ()
+    plan: Plan,
+    problems: Sequence[Problem] = (),
+    notes: Sequence[str] = (),
+    *,
+    instance: str | None = None,
 ) -> dict[str, Any]:
+    """The documented JSON shape of a plan (docs/plan-json.md); ``instance``: the id of
+    the reconciler instance that planned it (None: its state directory has none yet)."""
     counts = plan.counts()
     return {
         "version": JSON_VERSION,
+        "instance": instance,
         "changes": plan.has_changes,
         "summary": plan.summary() if plan.has_changes or plan.has_errors else "No changes.",
         "counts": {op.value: counts.get(op, 0) for op in Op},
