@@ -1,14 +1,17 @@
 """The inventory: which libvirt objects the tool owns, kept in the state directory.
 
-libvirt lets a domain carry our ownership record in its own ``<metadata>``;
-networks, pools and volumes (libvirt 9.0) cannot, so the inventory is their
-record, and a second one for domains. One JSON file, replaced atomically
-(atomicfile.py: a temporary file, fsync, rename, fsync the directory): a reconciler
+libvirt lets a domain and a network carry our ownership record in their own
+``<metadata>``; pools and volumes (libvirt 9.0) cannot, so the inventory is
+their record, and a second one for domains and networks. Each entry names the
+reconciler instance that wrote it (``"instance"``, ``statedir.instance_id``;
+absent in entries written before instances had ids): see owners.py. One JSON
+file, replaced atomically (atomicfile.py: a temporary file, fsync, rename, fsync
+the directory): a reconciler
 killed at any point leaves the old or the new inventory, never a torn one.
 
 Shape (version 1)::
 
-    {"version": 1, "objects": {"Network/lab": {"uuid": "...", "manifest": "net.yaml",
+    {"version": 1, "objects": {"Network/lab": {"instance": "5f0c2a4e-...", "manifest": "net.yaml",
         "digest": "sha256:...", "revision": "abc123", "applied": "2026-11-26T23:00:00Z"},
         "Volume/root": {"pool": "images", "reclaimPolicy": "retain", ...}}}
 
