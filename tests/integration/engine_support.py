@@ -280,6 +280,12 @@ class Workspace:
         base["vm_defaults"] = self.vm_defaults  # as the CLI gets from self.config
         if "allowed_secret_roots" in PassOptions.__dataclass_fields__:
             base["allowed_secret_roots"] = (self.hostdir,)
+        if "instance" in PassOptions.__dataclass_fields__:
+            # this state directory's instance id, as the CLI's apply makes and uses it
+            from reconciler import statedir
+
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            base["instance"] = statedir.instance_id(self.state_dir, create=True)
         base.update(overrides)
         if "allow_replace" in base:
             base["allow_replace"] = frozenset(base["allow_replace"])

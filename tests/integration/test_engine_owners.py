@@ -205,7 +205,7 @@ def test_records_from_before_instance_ids_are_taken_by_their_inventory(ws: Works
     definition is otherwise kept, and nothing restarts."""
     name = ws.n("vm")
     ws.write("vm.yaml", vm(name))
-    ws.converge()  # in-process, without an instance: records as before this change
+    ws.converge(instance=None)  # in-process, without an instance: records as before
     dom = ws.domain(name)
     before = (dom.XMLDesc(INACTIVE), dom.XMLDesc(0))
     assert domain_xml.read_ownership(before[0]).instance is None  # type: ignore[union-attr]
