@@ -372,7 +372,7 @@ def network_spec(projection: Projection, *, active: bool, autostart: bool,
 
 _NETWORK_IGNORED = (
     "uuid", "mac", "bridge@stp", "bridge@delay", "forward/nat", "forward/nat/*",
-    "ip@family", "ip@netmask", "dns/host@ip",
+    "ip@family", "ip@netmask", "dns/host@ip", "metadata",
 )  # fmt: skip
 
 
@@ -396,6 +396,10 @@ def export_network(record: NetworkRecord) -> Exported:
     rendered = network_xml.render(record.name, m.spec)
     for path, what in structural_losses(record.config_xml, rendered, _NETWORK_IGNORED):
         notes.add(path, what)
+    # a reconciler's ownership record is no loss; any other tool's metadata is
+    for element in parse(record.config_xml).findall("metadata/*"):
+        if not element.tag.startswith("{" + network_xml.OWNER_NAMESPACE + "}"):
+            notes.add("metadata", f"foreign metadata {element.tag} is not kept")
     return Exported(kind, record.name, doc, notes.all())
 
 

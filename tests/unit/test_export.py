@@ -422,3 +422,17 @@ def test_cli_asks_for_names_or_all(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export"]) == 1
     err = capsys.readouterr().err
     assert err == "reconciler: error: export: name the objects to export (NAME or KIND/NAME), or --all\n"
+
+
+def test_a_networks_ownership_record_is_no_loss_other_metadata_is() -> None:
+    record = ("<metadata><rcn:owner xmlns:rcn='https://reconciler.dev/xmlns/network/v1'>"
+              "<rcn:instance>0b7d3f4e-58a4-4a8f-9d1e-3c5b8a2f6e01</rcn:instance>"
+              "<rcn:manifest>net.yaml</rcn:manifest></rcn:owner></metadata>")  # fmt: skip
+    xml = NETWORK_XML.replace("<mtu ", record + "<mtu ")
+    item = one(Kind.NETWORK, "lab", observed(networks={
+        "lab": NetworkRecord("lab", "u", True, False, xml, None)}))  # fmt: skip
+    assert item.document is not None and not item.notes, item.notes
+    xml = xml.replace("</metadata>", "<o:x xmlns:o='https://example.org/o'/></metadata>")
+    item = one(Kind.NETWORK, "lab", observed(networks={
+        "lab": NetworkRecord("lab", "u", True, False, xml, None)}))  # fmt: skip
+    assert [n.field for n in item.notes] == ["metadata"]
