@@ -136,7 +136,7 @@ def test_instance_id_is_made_once_and_plan_never_writes(tmp_path: Path) -> None:
     assert made is not None and str(uuid.UUID(made)) == made
     assert statedir.instance_id(tmp_path, create=True) == made
     assert statedir.instance_id(tmp_path, create=False) == made
-    assert sorted(os.listdir(tmp_path)) == [statedir.INSTANCE_FILE]  # no temporary left
+    assert sorted(os.listdir(tmp_path)) == [statedir.INSTANCE_ID]  # no temporary left
 
 
 def test_instance_id_racing_writers_agree(tmp_path: Path) -> None:
@@ -151,10 +151,10 @@ def test_instance_id_racing_writers_agree(tmp_path: Path) -> None:
 
 
 def test_instance_id_that_is_not_one_is_an_error_never_replaced(tmp_path: Path) -> None:
-    (tmp_path / statedir.INSTANCE_FILE).write_text("garbage\n")
+    (tmp_path / statedir.INSTANCE_ID).write_text("garbage\n")
     with pytest.raises(StateDirError, match="not an instance id"):
         statedir.instance_id(tmp_path, create=True)
-    assert (tmp_path / statedir.INSTANCE_FILE).read_text() == "garbage\n"
+    assert (tmp_path / statedir.INSTANCE_ID).read_text() == "garbage\n"
 
 
 # --- the planner -----------------------------------------------------------------------
