@@ -115,8 +115,9 @@ def test_another_instances_vm_is_a_conflict_naming_it_until_adopted(ws: Workspac
     b_id = _instance(ws, state_b)  # the apply made B's id
     assert b_id != a_id
 
-    # adopt: true takes it over, on purpose: B's record, B's manifest
-    _write(dir_b, [vm(names["vm"], adopt=True)])
+    # adopt: true takes it over, on purpose: B's record, B's manifest (the network too)
+    net_b = {**docs[2], "spec": {**docs[2]["spec"], "adopt": True}}
+    _write(dir_b, [net_b, vm(names["vm"], adopt=True)])
     code, plan = _plan_json(ws, state_b, dir_b)
     [a] = [a for a in plan["actions"] if a["name"] == names["vm"]]
     assert {"path": "ownership", "old": f"instance {a_id}", "new": f"instance {b_id}"}.items() \
@@ -133,15 +134,20 @@ def test_another_instances_vm_is_a_conflict_naming_it_until_adopted(ws: Workspac
                 "--manifest-dir", str(ws.root / "nowhere"))  # fmt: skip
     assert done.returncode == 1 and b_id in done.stdout, done.stdout + done.stderr
     assert ws.domain(names["vm"]).isActive()
-    # A's manifest of the VM is removed: a prune forgets it, and deletes nothing
-    _write(ws.directory, docs[:3])
-    after_b = dom.XMLDesc(INACTIVE)
+    # A's manifests of the VM and the network are removed: a prune forgets them, and
+    # deletes nothing
+    net = ws.conn.networkLookupByName(names["net"])
+    assert network_xml.read_ownership(net.XMLDesc(1)).instance == b_id  # type: ignore[union-attr]
+    _write(ws.directory, docs[:2])
+    after_b = (dom.XMLDesc(INACTIVE), net.XMLDesc(1))
     done = _cli(ws, state_a, "apply", str(ws.directory), "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert b_id in done.stdout
-    assert ws.domain(names["vm"]).XMLDesc(INACTIVE) == after_b and dom.isActive()
+    assert (dom.XMLDesc(INACTIVE), net.XMLDesc(1)) == after_b
+    assert dom.isActive() and net.isActive()
     inventory = json.loads((state_a / "inventory.json").read_text())["objects"]
     assert f"VirtualMachine/{names['vm']}" not in inventory
+    assert f"Network/{names['net']}" not in inventory
 
 
 def test_lost_state_directory_is_taken_back_in_one_step(ws: Workspace) -> None:
