@@ -841,7 +841,7 @@ def taken_back(plan: Any) -> list[Any]:
 
 def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int:
     from reconciler.executor import Executor
-    from reconciler.plan import Action, Op, Plan, Step
+    from reconciler.plan import Action, DefineDomain, DefineNetwork, Op, Plan, Step
     from reconciler.xml import domain as domain_xml
     from reconciler.xml import network as network_xml
 
@@ -868,7 +868,7 @@ def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int
                 found = domain_xml.read_ownership(dom.config_xml)
                 record["digest"] = found.digest if found else record.get("digest")
                 xml = domain_xml.with_owner_instance(dom.config_xml, str(instance))
-                steps = (Step("define-domain", {"xml": xml, "current": dom.config_xml}),)
+                steps = (DefineDomain(xml, current=dom.config_xml),)
                 why = f"its ownership record names {old}"
             elif a.kind is Kind.NETWORK:
                 net = observed.networks[a.name]
@@ -879,7 +879,7 @@ def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int
                     revision=was.revision if was else None)  # fmt: skip
                 record["digest"] = mine.digest
                 xml = network_xml.with_ownership(net.config_xml, mine)
-                steps = (Step("define-network", {"xml": xml, "current": net.config_xml}),)
+                steps = (DefineNetwork(xml, current=net.config_xml),)
                 why = f"its ownership record names {old}"
             else:
                 why = ("declared, exists, not in this inventory, and used by no VM of another "

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlsplit
 
 from reconciler import cloudinit, hints, images
@@ -52,12 +52,46 @@ from reconciler.hypervisor import VOLUME_EXISTS, Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
 from reconciler.model import Kind
-from reconciler.plan import Action, ActionResult, Op, Plan, Step
+from reconciler.plan import (
+    Action,
+    ActionResult,
+    AttachDevice,
+    AutostartDomain,
+    AutostartNetwork,
+    AutostartPool,
+    BlockResize,
+    BuildPool,
+    CreateVolume,
+    DefineDomain,
+    DefineNetwork,
+    DefinePool,
+    DeleteSeed,
+    DeleteVolume,
+    DetachDevice,
+    ImportVolume,
+    LiveStep,
+    NetUpdate,
+    Op,
+    Plan,
+    ResizeVolume,
+    RestartDomain,
+    SetMemory,
+    SetVcpus,
+    StartDomain,
+    StartNetwork,
+    StartPool,
+    Step,
+    StopDomain,
+    StopNetwork,
+    StopPool,
+    UndefineDomain,
+    UndefineNetwork,
+    UndefinePool,
+    UpdateDevice,
+    WriteSeed,
+)
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import volume as volume_xml
-
-_LIVE_VERBS = frozenset({"set-memory", "set-vcpus", "attach-device", "detach-device",
-                         "update-device"})  # fmt: skip
 
 # Steps that may run for several actions at once: each touches only its own
 # domain's definition, and libvirtd serves them on its worker pool. None is a
@@ -289,36 +323,16 @@ class Executor:
 
     def _step(self, action: Action, step: Step, refused: list[str]) -> list[str]:
         """Run one step; return notes worth reporting."""
-        hv, name, args = self.hypervisor, action.name, step.args
-        verb = doing = step.verb
+        doing = step.verb
         try:
-            if verb in _LIVE_VERBS:
+            if isinstance(step, LiveStep):
                 return self._live_step(action, step, refused)
-            if verb == "delete-volume":
-                self._log_data_loss(action, str(args["pool"]))
-            handler = _SIMPLE_STEPS.get(verb)
-            if handler is not None:
-                handler(hv, name, args)
-                return []
-            if verb in ("stop-domain", "restart-domain"):
-                note = self.graceful_stop(name, float(args["timeout"]))
-                if verb == "restart-domain":
-                    doing = "start-domain"
-                    hv.start_domain(name)
-                    note += ", started again"
-                return [note]
-            if verb == "import-volume":
-                note = _import_volume(hv, action.name, args)
-                self._content_done(action)
-                return [note]
-            if verb == "write-seed":
-                note = _write_seed(hv, args)
-                self._note_seed_written(action, str(args["pool"]), str(args["volume"]))
-                return [note]
-            if verb == "delete-seed":
-                if hv.volume_exists(str(args["pool"]), str(args["volume"])):
-                    hv.delete_volume(str(args["pool"]), str(args["volume"]))
-                return [f"deleted cloud-init seed {args['pool']}/{args['volume']}"]
+            if isinstance(step, RestartDomain):
+                note = self.graceful_stop(action.name, step.timeout)
+                doing = "start-domain"
+                self.hypervisor.start_domain(action.name)
+                return [note + ", started again"]
+            return self._call(action, step)
         except HypervisorError as exc:
             message = f"{step.describe()}: {exc}"
             explanation = None
@@ -326,24 +340,93 @@ class Executor:
                 explanation = self.explain(action, message)
                 message = str(explanation)
             raise type(exc)(message, code=exc.code, explanation=explanation, step=doing) from exc
-        raise ReconcilerError(f"unknown step {verb!r} (planner and executor disagree)")
 
-    def _live_step(self, action: Action, step: Step, refused: list[str]) -> list[str]:
-        hv, name, args = self.hypervisor, action.name, step.args
+    def _call(self, action: Action, step: Step) -> list[str]:
+        """The libvirt calls of one step other than a live change or a restart, by its
+        type: every member of ``Step`` has its case (mypy checks it: ``assert_never``)."""
+        hv, name = self.hypervisor, action.name
+        match step:
+            case DefinePool(xml=xml):
+                hv.define_pool(xml)
+            case BuildPool():
+                hv.build_pool(name)
+            case StartPool():
+                hv.start_pool(name)
+            case StopPool():
+                hv.stop_pool(name)
+            case UndefinePool():
+                hv.undefine_pool(name)
+            case AutostartPool(on=on):
+                hv.set_pool_autostart(name, on)
+            case CreateVolume(pool=pool, xml=xml):
+                hv.create_volume(pool, xml)
+            case ImportVolume():
+                note = _import_volume(hv, name, step)
+                self._content_done(action)
+                return [note]
+            case DeleteVolume(pool=pool):
+                self._log_data_loss(action, pool)
+                hv.delete_volume(pool, name)
+            case ResizeVolume(pool=pool, capacity=capacity):
+                hv.resize_volume(pool, name, capacity)
+            case BlockResize(domain=domain, target=target, capacity=capacity):
+                hv.block_resize(domain, target, capacity)
+            case DefineNetwork(xml=xml):
+                hv.define_network(xml)
+            case StartNetwork():
+                hv.start_network(name)
+            case StopNetwork():
+                hv.stop_network(name)
+            case UndefineNetwork():
+                hv.undefine_network(name)
+            case AutostartNetwork(on=on):
+                hv.set_network_autostart(name, on)
+            case NetUpdate(command=command, section=section, xml=xml):
+                hv.update_network(name, command, section, xml)
+            case WriteSeed():
+                note = _write_seed(hv, step)
+                self._note_seed_written(action, step.pool, step.volume)
+                return [note]
+            case DeleteSeed(pool=pool, volume=volume):
+                if hv.volume_exists(pool, volume):
+                    hv.delete_volume(pool, volume)
+                return [f"deleted cloud-init seed {pool}/{volume}"]
+            case DefineDomain(xml=xml):
+                hv.define_domain(xml)
+            case StartDomain():
+                hv.start_domain(name)
+            case StopDomain(timeout=timeout):
+                return [self.graceful_stop(name, timeout)]
+            case UndefineDomain():
+                hv.undefine_domain(name)
+            case AutostartDomain(on=on):
+                hv.set_domain_autostart(name, on)
+            case RestartDomain() | SetMemory() | SetVcpus() | AttachDevice() | DetachDevice() \
+                    | UpdateDevice():  # fmt: skip
+                raise ReconcilerError(f"{step.verb}: not a plain call (see Executor._step)")
+            case _:
+                assert_never(step)
+        return []
+
+    def _live_step(self, action: Action, step: LiveStep, refused: list[str]) -> list[str]:
+        hv, name = self.hypervisor, action.name
         try:
-            if step.verb == "set-memory":
-                hv.set_domain_memory(name, int(args["bytes"]) // 1024)
-            elif step.verb == "set-vcpus":
-                hv.set_domain_vcpus(name, int(args["count"]))
-            elif step.verb == "attach-device":
-                hv.attach_domain_device(name, str(args["xml"]))
-            elif step.verb == "detach-device":
-                hv.detach_domain_device(name, str(args["xml"]))
-                return self._check_released(action, str(args["path"]), refused)
-            else:
-                hv.update_domain_device(name, str(args["xml"]))
+            match step:
+                case SetMemory(bytes=size):
+                    hv.set_domain_memory(name, size // 1024)
+                case SetVcpus(count=count):
+                    hv.set_domain_vcpus(name, count)
+                case AttachDevice(xml=xml):
+                    hv.attach_domain_device(name, xml)
+                case DetachDevice(xml=xml, path=path):
+                    hv.detach_domain_device(name, xml)
+                    return self._check_released(action, path, refused)
+                case UpdateDevice(xml=xml):
+                    hv.update_domain_device(name, xml)
+                case _:
+                    assert_never(step)
         except Refused as exc:
-            refused.append(str(args.get("path", step.verb)))
+            refused.append(step.path)
             note = f"live change refused ({step.describe()}: {exc}); takes effect at next restart"
             self.log.warning("apply.live_refused", kind=action.kind.value, name=name,
                              step=step.verb, error=str(exc))  # fmt: skip
@@ -448,7 +531,7 @@ class Executor:
         return f"forced off: guest ignored ACPI shutdown for {timeout:g}s"
 
 
-def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
+def _import_volume(hv: Hypervisor, name: str, step: ImportVolume) -> str:
     """Copy ``source`` into the new volume (as differences from ``backing`` when given).
 
     On this machine, ``qemu-img convert`` then ``qemu-img compare`` (any format qemu-img
@@ -456,38 +539,39 @@ def _import_volume(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
     API only (``Hypervisor.import_file``): nothing runs qemu-img or opens the volume's
     path here."""
     if hv.remote:
-        return _import_volume_remote(hv, name, args)
-    path = hv.volume_path(str(args["pool"]), name)
-    fmt = str(volume_xml.observe(hv.volume_xml(str(args["pool"]), name)).get("format") or "raw")
+        return _import_volume_remote(hv, name, step)
+    source = str(step.source)
+    path = hv.volume_path(step.pool, name)
+    fmt = str(volume_xml.observe(hv.volume_xml(step.pool, name)).get("format") or "raw")
     # the source's format named, never probed: a file that says it is a vmdk or qed
     # (whose descriptors name other files) is read as the raw bytes it is
     try:
-        source_format = images.read_header(str(args["source"])).format
+        source_format = images.read_header(source).format
     except OSError as exc:
         raise ReconcilerError(
-            f"importing {args['source']}: cannot read it: {exc.strerror}") from None
+            f"importing {source}: cannot read it: {exc.strerror}") from None
     command = ["qemu-img", "convert", "-n", "-f", source_format, "-O", fmt]
-    if args.get("backing"):
-        command += ["-B", str(args["backing"])]
-    command += [str(args["source"]), path]
+    if step.backing:
+        command += ["-B", step.backing]
+    command += [source, path]
     done = subprocess.run(_dies_with_us(command), capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise ReconcilerError(f"importing {args['source']}: {done.stderr.strip()}")
+        raise ReconcilerError(f"importing {source}: {done.stderr.strip()}")
     # verified: what a guest reads from the volume (through its backing volume, if
     # any) is what it reads from the source; only then is the copy done
     # no -U: a copy still being written (by a qemu-img an earlier, killed run left)
     # holds the image's write lock, and the comparison fails instead of reading half
     check = subprocess.run(_dies_with_us(["qemu-img", "compare", "-f", source_format, "-F", fmt,
-                                          str(args["source"]), path]),
+                                          source, path]),
                            capture_output=True, text=True, check=False)  # fmt: skip
     if check.returncode != 0:
         said = (check.stdout + check.stderr).strip()
-        raise ReconcilerError(f"importing {args['source']}: the copy differs from it ({said})")
-    return f"imported {args['source']} (verified)"
+        raise ReconcilerError(f"importing {source}: the copy differs from it ({said})")
+    return f"imported {source} (verified)"
 
 
-def _import_volume_remote(hv: Hypervisor, name: str, args: dict[str, Any]) -> str:
-    source = str(args["source"])
+def _import_volume_remote(hv: Hypervisor, name: str, step: ImportVolume) -> str:
+    source = str(step.source)
     try:
         header = images.read_header(source)
     except OSError as exc:
@@ -498,7 +582,7 @@ def _import_volume_remote(hv: Hypervisor, name: str, args: dict[str, Any]) -> st
             f"remote host; flatten it first (qemu-img convert -O qcow2 {source} NEW) and "
             "name NEW as source"
         )
-    hv.import_file(str(args["pool"]), name, source, header.format)
+    hv.import_file(step.pool, name, source, header.format)
     return f"imported {source} (streamed to {urlsplit(hv.uri).hostname or hv.uri}, verified)"
 
 
@@ -511,39 +595,14 @@ def _dies_with_us(command: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
-def _write_seed(hv: Hypervisor, args: dict[str, Any]) -> str:
+def _write_seed(hv: Hypervisor, step: WriteSeed) -> str:
     """Make the seed volume if missing, and write the seed image into it."""
-    pool, volume = str(args["pool"]), str(args["volume"])
+    pool, volume = step.pool, step.volume
     if not hv.volume_exists(pool, volume):
-        hv.create_volume(pool, str(args["xml"]))
-    image = cloudinit.build_iso(args["files"])
+        hv.create_volume(pool, step.xml)
+    image = cloudinit.build_iso(step.files)
     hv.write_volume(pool, volume, image)
-    return f"wrote cloud-init seed {pool}/{volume} ({args['digest']}, {len(image)} bytes)"
+    return f"wrote cloud-init seed {pool}/{volume} ({step.digest}, {len(image)} bytes)"
 
 
 _RUN = object()  # Executor._before: the action runs
-
-_SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {
-    "define-pool": lambda hv, name, a: hv.define_pool(a["xml"]),
-    "build-pool": lambda hv, name, a: hv.build_pool(name),
-    "start-pool": lambda hv, name, a: hv.start_pool(name),
-    "stop-pool": lambda hv, name, a: hv.stop_pool(name),
-    "undefine-pool": lambda hv, name, a: hv.undefine_pool(name),
-    "autostart-pool": lambda hv, name, a: hv.set_pool_autostart(name, bool(a["on"])),
-    "create-volume": lambda hv, name, a: hv.create_volume(a["pool"], a["xml"]),
-    "delete-volume": lambda hv, name, a: hv.delete_volume(a["pool"], name),
-    "resize-volume": lambda hv, name, a: hv.resize_volume(a["pool"], name, int(a["capacity"])),
-    "block-resize": lambda hv, name, a: hv.block_resize(a["domain"], a["target"],
-                                                        int(a["capacity"])),
-    "define-network": lambda hv, name, a: hv.define_network(a["xml"]),
-    "start-network": lambda hv, name, a: hv.start_network(name),
-    "stop-network": lambda hv, name, a: hv.stop_network(name),
-    "undefine-network": lambda hv, name, a: hv.undefine_network(name),
-    "autostart-network": lambda hv, name, a: hv.set_network_autostart(name, bool(a["on"])),
-    "net-update": lambda hv, name, a: hv.update_network(name, a["command"], a["section"],
-                                                        a["xml"]),
-    "define-domain": lambda hv, name, a: hv.define_domain(a["xml"]),
-    "start-domain": lambda hv, name, a: hv.start_domain(name),
-    "undefine-domain": lambda hv, name, a: hv.undefine_domain(name),
-    "autostart-domain": lambda hv, name, a: hv.set_domain_autostart(name, bool(a["on"])),
-}  # fmt: skip

@@ -13,9 +13,10 @@ action), report.py prints it.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
 
 from reconciler.errors import Problem, SourcePosition
 from reconciler.model import Kind
@@ -129,11 +130,27 @@ HIDDEN_ARGS = frozenset({"xml", "files", "current"})
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
-    """One call the executor makes. ``verb`` names it; ``args`` are plain values."""
+class StepBase:
+    """One call the executor makes, as a typed value: each kind of step is a subclass
+    (``DefineDomain``, ``StopDomain`` ...) whose fields are its arguments, and the union
+    of them all is ``Step``, which the executor matches exhaustively.
 
-    verb: str
-    args: dict[str, Any] = field(default_factory=dict)
+    ``verb`` names the call (``define-domain``), as plans print it and the JSON plan
+    says it (docs/plan-json.md); ``args`` are its fields as a dict, in declaration
+    order, an unset ``current`` left out."""
+
+    verb: ClassVar[str] = ""
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The step's fields by name, in order (``current`` only when set)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "current" and value is None:
+                continue
+            out[f.name] = value
+        return out
 
     def shown_args(self) -> dict[str, Any]:
         """The arguments worth printing (not ``HIDDEN_ARGS``)."""
@@ -143,16 +160,6 @@ class Step:
         """What this step does that a user must know before saying yes, or "":
         a graceful stop that ends in a forced power-off, a volume's data deleted.
         ``op``: the action's classification (a replace deletes to recreate)."""
-        timeout = self.args.get("timeout")
-        after = "" if timeout is None else f", forced off after {format_duration(timeout)}"
-        if self.verb == "stop-domain":
-            return f"shuts the VM down: ACPI shutdown{after}"
-        if self.verb == "restart-domain":
-            return f"restarts the VM: ACPI shutdown{after}, then start"
-        if self.verb == "delete-volume":
-            if op is Op.REPLACE:
-                return "deletes the volume and its data, then creates it again empty"
-            return "deletes the volume and its data"
         return ""
 
     def describe(self) -> str:
@@ -160,6 +167,279 @@ class Step:
         if not shown:
             return self.verb
         return self.verb + " " + " ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def _forced_after(timeout: float | None) -> str:
+    return "" if timeout is None else f", forced off after {format_duration(timeout)}"
+
+
+# --- storage pools --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DefinePool(StepBase):
+    verb: ClassVar[str] = "define-pool"
+    xml: str
+    current: str | None = None  # the definition replaced, for --show-xml
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPool(StepBase):
+    verb: ClassVar[str] = "build-pool"
+
+
+@dataclass(frozen=True, slots=True)
+class StartPool(StepBase):
+    verb: ClassVar[str] = "start-pool"
+
+
+@dataclass(frozen=True, slots=True)
+class StopPool(StepBase):
+    verb: ClassVar[str] = "stop-pool"
+
+
+@dataclass(frozen=True, slots=True)
+class UndefinePool(StepBase):
+    verb: ClassVar[str] = "undefine-pool"
+
+
+@dataclass(frozen=True, slots=True)
+class AutostartPool(StepBase):
+    verb: ClassVar[str] = "autostart-pool"
+    on: bool
+
+
+# --- volumes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateVolume(StepBase):
+    verb: ClassVar[str] = "create-volume"
+    pool: str
+    xml: str
+    current: str | None = None  # the volume replaced (a replace), for --show-xml
+
+
+@dataclass(frozen=True, slots=True)
+class ImportVolume(StepBase):
+    """Copy ``source`` (a host file) into the volume just created, as differences from
+    ``backing`` (the backing volume's path) when given."""
+
+    verb: ClassVar[str] = "import-volume"
+    pool: str
+    source: str | None
+    backing: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteVolume(StepBase):
+    verb: ClassVar[str] = "delete-volume"
+    pool: str
+
+    def disruption(self, op: Op) -> str:
+        if op is Op.REPLACE:
+            return "deletes the volume and its data, then creates it again empty"
+        return "deletes the volume and its data"
+
+
+@dataclass(frozen=True, slots=True)
+class ResizeVolume(StepBase):
+    verb: ClassVar[str] = "resize-volume"
+    pool: str
+    capacity: int  # bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockResize(StepBase):
+    """Grow a volume through the running domain that uses it (QEMU's block_resize)."""
+
+    verb: ClassVar[str] = "block-resize"
+    domain: str
+    target: str  # the disk's target in that domain (vdb)
+    capacity: int  # bytes
+
+
+# --- networks -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DefineNetwork(StepBase):
+    verb: ClassVar[str] = "define-network"
+    xml: str
+    current: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartNetwork(StepBase):
+    verb: ClassVar[str] = "start-network"
+
+
+@dataclass(frozen=True, slots=True)
+class StopNetwork(StepBase):
+    verb: ClassVar[str] = "stop-network"
+
+
+@dataclass(frozen=True, slots=True)
+class UndefineNetwork(StepBase):
+    verb: ClassVar[str] = "undefine-network"
+
+
+@dataclass(frozen=True, slots=True)
+class AutostartNetwork(StepBase):
+    verb: ClassVar[str] = "autostart-network"
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NetUpdate(StepBase):
+    """``virNetworkUpdate`` of one entry: ``command`` add | delete, ``section``
+    ip-dhcp-host | dns-host, ``path`` the manifest's entry, ``xml`` the entry."""
+
+    verb: ClassVar[str] = "net-update"
+    command: str
+    section: str
+    path: str
+    xml: str
+
+
+# --- cloud-init seeds -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSeed(StepBase):
+    """Make the seed volume ``pool/volume`` if missing (``xml``) and write the ISO built
+    from ``files`` (name -> content) into it; ``digest`` names that content."""
+
+    verb: ClassVar[str] = "write-seed"
+    pool: str
+    volume: str
+    digest: str
+    xml: str
+    files: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSeed(StepBase):
+    verb: ClassVar[str] = "delete-seed"
+    pool: str
+    volume: str
+
+
+# --- domains ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DefineDomain(StepBase):
+    verb: ClassVar[str] = "define-domain"
+    xml: str
+    current: str | None = None  # the persistent definition replaced, for --show-xml
+
+
+@dataclass(frozen=True, slots=True)
+class StartDomain(StepBase):
+    verb: ClassVar[str] = "start-domain"
+
+
+@dataclass(frozen=True, slots=True)
+class StopDomain(StepBase):
+    """ACPI shutdown, forced off after ``timeout`` seconds."""
+
+    verb: ClassVar[str] = "stop-domain"
+    timeout: float
+
+    def disruption(self, op: Op) -> str:
+        return f"shuts the VM down: ACPI shutdown{_forced_after(self.timeout)}"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartDomain(StepBase):
+    """``StopDomain`` then ``StartDomain``."""
+
+    verb: ClassVar[str] = "restart-domain"
+    timeout: float
+
+    def disruption(self, op: Op) -> str:
+        return f"restarts the VM: ACPI shutdown{_forced_after(self.timeout)}, then start"
+
+
+@dataclass(frozen=True, slots=True)
+class UndefineDomain(StepBase):
+    verb: ClassVar[str] = "undefine-domain"
+
+
+@dataclass(frozen=True, slots=True)
+class AutostartDomain(StepBase):
+    verb: ClassVar[str] = "autostart-domain"
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetMemory(StepBase):
+    """Set the running domain's balloon to ``bytes`` (libvirt takes KiB)."""
+
+    verb: ClassVar[str] = "set-memory"
+    path: str
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetVcpus(StepBase):
+    verb: ClassVar[str] = "set-vcpus"
+    path: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttachDevice(StepBase):
+    """Hot-plug ``xml`` (one device) into the running domain; ``path`` is the
+    manifest's device (``disks[web-data]``)."""
+
+    verb: ClassVar[str] = "attach-device"
+    path: str
+    xml: str
+
+
+@dataclass(frozen=True, slots=True)
+class DetachDevice(StepBase):
+    verb: ClassVar[str] = "detach-device"
+    path: str
+    xml: str  # the device as the running domain has it
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateDevice(StepBase):
+    """Change a device in place (a cdrom's medium, a display password)."""
+
+    verb: ClassVar[str] = "update-device"
+    path: str
+    xml: str
+
+
+Step: TypeAlias = (
+    DefinePool | BuildPool | StartPool | StopPool | UndefinePool | AutostartPool
+    | CreateVolume | ImportVolume | DeleteVolume | ResizeVolume | BlockResize
+    | DefineNetwork | StartNetwork | StopNetwork | UndefineNetwork | AutostartNetwork
+    | NetUpdate | WriteSeed | DeleteSeed
+    | DefineDomain | StartDomain | StopDomain | RestartDomain | UndefineDomain
+    | AutostartDomain | SetMemory | SetVcpus | AttachDevice | DetachDevice | UpdateDevice
+)
+"""Every step there is: the executor matches on this union, and mypy checks that every
+member has a case (``assert_never``)."""
+
+LiveStep: TypeAlias = SetMemory | SetVcpus | AttachDevice | DetachDevice | UpdateDevice
+"""Steps done to a running domain, which libvirt may refuse (then: at the next restart)."""
+
+STEP_TYPES: tuple[type[StepBase], ...] = (
+    DefinePool, BuildPool, StartPool, StopPool, UndefinePool, AutostartPool,
+    CreateVolume, ImportVolume, DeleteVolume, ResizeVolume, BlockResize,
+    DefineNetwork, StartNetwork, StopNetwork, UndefineNetwork, AutostartNetwork,
+    NetUpdate, WriteSeed, DeleteSeed,
+    DefineDomain, StartDomain, StopDomain, RestartDomain, UndefineDomain,
+    AutostartDomain, SetMemory, SetVcpus, AttachDevice, DetachDevice, UpdateDevice,
+)  # fmt: skip
+"""The members of ``Step``, for lookups by verb (tests, docs)."""
+
+STEPS_BY_VERB: Mapping[str, type[StepBase]] = {t.verb: t for t in STEP_TYPES}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from typing import Any
 from reconciler import __version__, cloudinit, owners, rounding
 from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
+from reconciler.errors import ReconcilerError
 from reconciler.hostpaths import PathPolicy
 from reconciler.manifests import LoadResult
 from reconciler.model import (
@@ -38,7 +39,44 @@ from reconciler.model import (
     VolumeSpec,
     seed_volume_name,
 )
-from reconciler.plan import UNSETTLED_NOTE, Action, Change, Op, Plan, Step
+from reconciler.plan import (
+    UNSETTLED_NOTE,
+    Action,
+    AttachDevice,
+    AutostartDomain,
+    AutostartNetwork,
+    AutostartPool,
+    BlockResize,
+    BuildPool,
+    Change,
+    CreateVolume,
+    DefineDomain,
+    DefineNetwork,
+    DefinePool,
+    DeleteSeed,
+    DeleteVolume,
+    DetachDevice,
+    ImportVolume,
+    NetUpdate,
+    Op,
+    Plan,
+    ResizeVolume,
+    RestartDomain,
+    SetMemory,
+    SetVcpus,
+    StartDomain,
+    StartNetwork,
+    StartPool,
+    Step,
+    StopDomain,
+    StopNetwork,
+    StopPool,
+    UndefineDomain,
+    UndefineNetwork,
+    UndefinePool,
+    UpdateDevice,
+    WriteSeed,
+)
 from reconciler.snapshot import DomainRecord, Observed, VolumeRecord
 from reconciler.units import format_size
 from reconciler.userterms import in_user_terms
@@ -271,10 +309,15 @@ def _persist(persistent: bool) -> list[Change]:
     return [] if persistent else [Change("persistent", False, True, live=True)]
 
 
+_AUTOSTART: dict[str, type[AutostartPool | AutostartNetwork | AutostartDomain]] = {
+    "pool": AutostartPool, "network": AutostartNetwork, "domain": AutostartDomain,
+}  # fmt: skip
+
+
 def _autostart(kind: str, have: bool, want: bool) -> tuple[list[Change], list[Step]]:
     if have == want:
         return [], []
-    return [Change("autostart", have, want, live=True)], [Step(f"autostart-{kind}", {"on": want})]
+    return [Change("autostart", have, want, live=True)], [_AUTOSTART[kind](on=want)]
 
 
 # --- storage pools -----------------------------------------------------------------
@@ -289,11 +332,11 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     live = ctx.observed.pools.get(m.name)
     record = ctx.owner_record(m)
     if live is None:
-        new = [Step("define-pool", {"xml": pool_xml.render(m.name, spec)}), Step("build-pool")]
+        new: list[Step] = [DefinePool(pool_xml.render(m.name, spec)), BuildPool()]
         if spec.state == "active":
-            new.append(Step("start-pool"))
+            new.append(StartPool())
         if spec.autostart:
-            new.append(Step("autostart-pool", {"on": True}))
+            new.append(AutostartPool(on=True))
         return Action(
             Kind.STORAGE_POOL,
             m.name,
@@ -312,18 +355,18 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     changes = _adoption(owner, ctx, taken=taken) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
-        steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid),
-                                          "current": live.config_xml}))  # fmt: skip
+        steps.append(DefinePool(pool_xml.render(m.name, spec, uuid=live.uuid),
+                                 current=live.config_xml))  # fmt: skip
     if config_changes:
-        steps.append(Step("build-pool"))
+        steps.append(BuildPool())
         if live.active and spec.state == "active":
-            steps += [Step("stop-pool"), Step("start-pool")]  # a dir pool restarts harmlessly
+            steps += [StopPool(), StartPool()]  # a dir pool restarts harmlessly
     if spec.state == "active" and not live.active:
         changes.append(Change("state", "inactive", "active", live=True))
-        steps += [Step("build-pool"), Step("start-pool")]  # build: mkdir if it went missing
+        steps += [BuildPool(), StartPool()]  # build: mkdir if it went missing
     elif spec.state == "inactive" and live.active:
         changes.append(Change("state", "active", "inactive", live=True))
-        steps.append(Step("stop-pool"))
+        steps.append(StopPool())
     auto_changes, auto_steps = _autostart("pool", live.autostart, spec.autostart)
     changes += auto_changes
     steps += auto_steps
@@ -387,10 +430,8 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     # the record a create or a re-copy writes before the copy starts
     copying = {**record, inventory_file.CONTENT_PENDING: {"source": spec.source}}
     xml = volume_xml.render(m.name, spec, backing_path=backing_path, backing_format=backing_format)
-    copy = Step(
-        "import-volume", {"pool": spec.pool, "source": spec.source, "backing": backing_path}
-    )
-    create = [Step("create-volume", {"pool": spec.pool, "xml": xml})]
+    copy = ImportVolume(spec.pool, spec.source, backing_path)
+    create: list[Step] = [CreateVolume(spec.pool, xml)]
     if spec.source:
         create.append(copy)
     if live is None and spec.pool in ctx.unlisted_pools:
@@ -443,8 +484,8 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                 source=m.source,
                 requires=tuple(requires),
             )
-        create[0] = Step("create-volume", {**create[0].args, "current": live.xml})
-        steps = [Step("delete-volume", {"pool": spec.pool}), *create]
+        create[0] = CreateVolume(spec.pool, xml, current=live.xml)
+        steps = [DeleteVolume(spec.pool), *create]
         return Action(
             Kind.VOLUME,
             m.name,
@@ -484,10 +525,10 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
             )
         if user is not None:
             steps.append(
-                Step("block-resize", {"domain": user[0], "target": user[1], "capacity": new})
+                BlockResize(domain=user[0], target=user[1], capacity=new)
             )
         else:
-            steps.append(Step("resize-volume", {"pool": spec.pool, "capacity": new}))
+            steps.append(ResizeVolume(spec.pool, new))
         changes = [dataclasses.replace(c, live=True) if c is capacity else c for c in changes]
     if pending is not None and spec.source:
         # made by this tool, its copy never finished (killed, or the copy failed):
@@ -603,12 +644,11 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         revision=ctx.options.revision,
     )  # fmt: skip
     if live is None:
-        new = [Step("define-network",
-                    {"xml": network_xml.render(m.name, spec, ownership=ownership)})]
+        new: list[Step] = [DefineNetwork(network_xml.render(m.name, spec, ownership=ownership))]
         if spec.state == "active":
-            new.append(Step("start-network"))
+            new.append(StartNetwork())
         if spec.autostart:
-            new.append(Step("autostart-network", {"on": True}))
+            new.append(AutostartNetwork(on=True))
         return Action(
             Kind.NETWORK, m.name, Op.CREATE, (), tuple(new), source=m.source, owner_record=record
         )
@@ -632,11 +672,10 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     changes = adoption + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
-        steps.append(Step("define-network", {"xml": xml, "current": live.config_xml}))
+        steps.append(DefineNetwork(xml, current=live.config_xml))
     elif adoption:  # only the record changes: the definition is kept as libvirt has it
-        steps.append(Step("define-network", {
-            "xml": network_xml.with_ownership(live.config_xml, ownership),
-            "current": live.config_xml}))  # fmt: skip
+        steps.append(DefineNetwork(network_xml.with_ownership(live.config_xml, ownership),
+                                   current=live.config_xml))  # fmt: skip
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
@@ -646,11 +685,11 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         changes = _mark_live(changes, {s.args["path"] for s in live_steps})
     if spec.state == "active" and not live.active:
         changes.append(Change("state", "inactive", "active", live=True))
-        steps.append(Step("start-network"))
+        steps.append(StartNetwork())
         pending = []
     elif spec.state == "inactive" and live.active:
         changes.append(Change("state", "active", "inactive", live=True))
-        steps.append(Step("stop-network"))
+        steps.append(StopNetwork())
         pending = []
     auto_changes, auto_steps = _autostart("network", live.autostart, spec.autostart)
     changes += auto_changes
@@ -690,21 +729,18 @@ def _network_live_updates(
         path = f"{section}[{key}]"
         if present:
             old = network_xml.entry_xml(live_xml, section, key)
-            steps.append(
-                Step(
-                    "net-update",
-                    {"command": "delete", "section": xml_section, "path": path, "xml": old},
-                )
-            )
+            steps.append(NetUpdate("delete", xml_section, path, _found(old, path)))
         if wanted:
             new = network_xml.entry_xml(desired_xml, section, key)
-            steps.append(
-                Step(
-                    "net-update",
-                    {"command": "add", "section": xml_section, "path": path, "xml": new},
-                )
-            )
+            steps.append(NetUpdate("add", xml_section, path, _found(new, path)))
     return steps, pending
+
+
+def _found(xml: str | None, path: str) -> str:
+    """The XML of the device or entry at ``path``, which the diff says is there."""
+    if xml is None:  # the projection and the XML disagree: a bug, never a guess
+        raise ReconcilerError(f"{path}: not found in the definition it was read from")
+    return xml
 
 
 def _mark_live(changes: list[Change], live_prefixes: set[str]) -> list[Change]:
@@ -832,14 +868,8 @@ class _SeedPlan:
         if seed is None or files is None or not (force or not self._exists(seed.key)):
             return []
         spec = VolumeSpec(pool=seed.pool, capacity=SEED_CAPACITY, format=cloudinit.SEED_FORMAT)
-        args = {
-            "pool": seed.pool,
-            "volume": seed.volume,
-            "digest": seed.digest,
-            "xml": volume_xml.render(seed.volume, spec),
-            "files": files.as_dict(),
-        }
-        return [Step("write-seed", args)]
+        return [WriteSeed(seed.pool, seed.volume, seed.digest,
+                          volume_xml.render(seed.volume, spec), files.as_dict())]
 
     def retire(self, in_use: set[str]) -> tuple[list[Change], list[Step], list[str]]:
         """Changes and steps that delete owned seeds the VM no longer needs; the ones kept
@@ -855,7 +885,7 @@ class _SeedPlan:
             elif self._exists(key):
                 pool, _, volume = key.partition("/")
                 changes.append(Change("cloudInit.volume", key, None, live=True))
-                steps.append(Step("delete-seed", {"pool": pool, "volume": volume}))
+                steps.append(DeleteSeed(pool, volume))
         return changes, steps, kept
 
     def record(self, kept: Iterable[str]) -> dict[str, Any]:
@@ -927,11 +957,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         except ValueError as exc:
             return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
                           reason=str(exc))  # fmt: skip
-        new = [*seeds.write_steps(force=True), Step("define-domain", {"xml": xml})]
+        new: list[Step] = [*seeds.write_steps(force=True), DefineDomain(xml)]
         if spec.state == "running":
-            new.append(Step("start-domain"))
+            new.append(StartDomain())
         if spec.autostart:
-            new.append(Step("autostart-domain", {"on": True}))
+            new.append(AutostartDomain(on=True))
         old_changes, old_steps, kept = seeds.retire(in_use=set())
         new += old_steps
         record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
@@ -1002,9 +1032,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     if owner.retag and changes == adoption and not steps:
         # only the record lacks our id: set it, and keep the definition as libvirt has it
         retagged = domain_xml.with_owner_instance(live.config_xml, str(ctx.options.instance))
-        steps.append(Step("define-domain", {"xml": retagged, "current": live.config_xml}))
+        steps.append(DefineDomain(retagged, current=live.config_xml))
     elif changes:
-        steps.append(Step("define-domain", {"xml": rendered(), "current": live.config_xml}))
+        steps.append(DefineDomain(rendered(), current=live.config_xml))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
     in_use: set[str] = set()
@@ -1056,7 +1086,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         if pending and spec.state == "running" and policy == "restart" and not (
             {_pending_key(c) for c in pending} <= tried
         ):
-            steps.append(Step("restart-domain", {"timeout": timeout}))
+            steps.append(RestartDomain(timeout))
             changes += [c for c in pending if c.path not in {x.path for x in changes}]
             restarted = True
             history = {inventory_file.RESTARTED_FOR: {
@@ -1078,10 +1108,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     if spec.state == "running" and not live.active:
         note = _start_failure_note(failure)
         changes.append(Change("state", "stopped", "running", live=True, note=note))
-        steps.append(Step("start-domain"))
+        steps.append(StartDomain())
     elif spec.state == "stopped" and live.active:
         changes.append(Change("state", "running", "stopped", live=True))
-        steps.append(Step("stop-domain", {"timeout": timeout}))
+        steps.append(StopDomain(timeout))
         pending = []
     auto_changes, auto_steps = _autostart("domain", live.autostart, spec.autostart)
     changes += auto_changes + recorded
@@ -1281,7 +1311,7 @@ def _vm_live_updates(
             desired.get("memory") or 0  # type: ignore[call-overload]
         ) <= int(max_memory or 0)  # type: ignore[call-overload]
         if fits and "memory" not in refused:
-            steps.append(Step("set-memory", {"path": "memory", "bytes": desired.get("memory")}))
+            steps.append(SetMemory("memory", int(desired.get("memory") or 0)))  # type: ignore[call-overload]
             applied.append(change)
         else:
             pending.append(Change("memory", config.get("memory"), desired.get("memory")))
@@ -1311,7 +1341,7 @@ def _vm_live_updates(
                     and desired.get("maxVcpus") == max_vcpus
                     and int(change.old or 0) < int(change.new or 0) <= int(max_vcpus or 0)  # type: ignore[call-overload]
                 ):
-                    steps.append(Step("set-vcpus", {"path": "vcpus", "count": change.new}))
+                    steps.append(SetVcpus("vcpus", int(change.new)))
                     applied.append(Change(change.path, change.old, change.new, live=True))
                 else:
                     pending.append(change)
@@ -1334,16 +1364,17 @@ def _vm_live_updates(
             and present
             and all(c.path == f"cdroms[{key}].file" for c in changes)
         )
+        verb: type[UpdateDevice | AttachDevice | DetachDevice]
         if only_media:
-            verb, source = "update-device", desired_xml()
+            verb, source = UpdateDevice, desired_xml()
         elif hot and wanted and not present and not _target_reused(section, key, desired, live):
-            verb, source = "attach-device", desired_xml()
+            verb, source = AttachDevice, desired_xml()
         elif hot and present and not wanted and not _target_reused(section, key, live, desired):
-            verb, source = "detach-device", live_xml  # the device as the guest has it
+            verb, source = DetachDevice, live_xml  # the device as the guest has it
         else:
             pending += changes
             continue
-        steps.append(Step(verb, {"path": path, "xml": domain_xml.device_xml(source, section, key)}))
+        steps.append(verb(path, _found(domain_xml.device_xml(source, section, key), path)))
         applied += [Change(c.path, c.old, c.new, live=True) for c in changes]
     return steps, pending, applied
 
@@ -1371,7 +1402,7 @@ def _password_update(
     if [c.path for c in graphics] != ["graphics.password"] or "graphics" in refused:
         return None
     xml = domain_xml.graphics_update(live_xml, desired_xml())
-    return None if xml is None else Step("update-device", {"path": "graphics", "xml": xml})
+    return None if xml is None else UpdateDevice("graphics", xml)
 
 
 # --- prune ------------------------------------------------------------------------
@@ -1579,12 +1610,12 @@ def _delete(
             why = where + "; its cloud-init seed goes too"
             return Action(kind, name, Op.DELETE, (Change("exists", True, False),),
                           tuple(seeds), reason=why)  # fmt: skip
-        steps = []
+        steps: list[Step] = []
         if dom.active:
             timeout = float(entry.get("shutdownTimeout", 120))
-            steps.append(Step("stop-domain", {"timeout": timeout}))
+            steps.append(StopDomain(timeout))
         if dom.persistent:  # a transient domain is gone once stopped
-            steps.append(Step("undefine-domain"))
+            steps.append(UndefineDomain())
         steps += _delete_seeds(entry, observed)
         return Action(
             kind, name, Op.DELETE, (Change("exists", True, False),), tuple(steps), reason=where
@@ -1593,8 +1624,8 @@ def _delete(
         net = observed.networks.get(name)
         if net is None:
             return gone
-        steps = [Step("stop-network")] if net.active else []
-        steps += [Step("undefine-network")] if net.persistent else []
+        steps = [StopNetwork()] if net.active else []
+        steps += [UndefineNetwork()] if net.persistent else []
         return Action(
             kind, name, Op.DELETE, (Change("exists", True, False),), tuple(steps), reason=where
         )
@@ -1602,8 +1633,8 @@ def _delete(
         pool = observed.pools.get(name)
         if pool is None:
             return gone
-        steps = [Step("stop-pool")] if pool.active else []
-        steps += [Step("undefine-pool")] if pool.persistent else []
+        steps = [StopPool()] if pool.active else []
+        steps += [UndefinePool()] if pool.persistent else []
         return Action(
             kind,
             name,
@@ -1626,18 +1657,18 @@ def _delete(
         name,
         Op.DELETE,
         (Change("exists", True, False),),
-        (Step("delete-volume", {"pool": pool_name}),),
+        (DeleteVolume(pool_name),),
         reason=where if "--delete-data" in where else where + "; reclaimPolicy delete",
     )
 
 
 def _delete_seeds(entry: Mapping[str, Any], observed: Observed) -> list[Step]:
     """Steps that delete the cloud-init seed volumes of a VM that goes."""
-    steps = []
+    steps: list[Step] = []
     for seed in entry.get("seeds", ()):
         if not isinstance(seed, Mapping):
             continue
         pool, volume = str(seed.get("pool")), str(seed.get("volume"))
         if (pool, volume) in observed.volumes:
-            steps.append(Step("delete-seed", {"pool": pool, "volume": volume}))
+            steps.append(DeleteSeed(pool, volume))
     return steps

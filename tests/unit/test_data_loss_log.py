@@ -9,7 +9,7 @@ from typing import Any
 from reconciler.executor import Executor
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
-from reconciler.plan import Action, Op, Plan, Step
+from reconciler.plan import Action, DeleteVolume, Op, Plan
 
 
 class _Log:
@@ -61,7 +61,7 @@ def _executor(log: _Log, hv: _Hv) -> Executor:
 
 def test_a_pruned_volume_is_logged_as_lost_with_its_reason() -> None:
     log, hv = _Log(), _Hv()
-    prune = Action(Kind.VOLUME, "data", Op.DELETE, steps=(Step("delete-volume", {"pool": "p"}),),
+    prune = Action(Kind.VOLUME, "data", Op.DELETE, steps=(DeleteVolume("p"),),
                    reason="manifest vols.yaml is gone; reclaimPolicy delete")  # fmt: skip
     [result] = _executor(log, hv).apply(Plan((prune,)))
     assert result.outcome == "ok" and hv.calls == ["delete p/data"]
@@ -73,7 +73,7 @@ def test_a_pruned_volume_is_logged_as_lost_with_its_reason() -> None:
 def test_a_replaced_volume_names_the_flag_that_allowed_it() -> None:
     log, hv = _Log(), _Hv()
     replace = Action(Kind.VOLUME, "data", Op.REPLACE,
-                     steps=(Step("delete-volume", {"pool": "p"}),))  # fmt: skip
+                     steps=(DeleteVolume("p"),))  # fmt: skip
     _executor(log, hv).apply(Plan((replace,)))
     [lost] = log.lost()
     assert lost["why"] == "replace allowed with --allow-replace Volume/data"

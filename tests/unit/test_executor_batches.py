@@ -14,19 +14,35 @@ from reconciler.errors import Refused
 from reconciler.executor import MAX_CONCURRENT, Executor, batches, concurrent
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
-from reconciler.plan import Action, Op, Plan, Step
+from reconciler.plan import (
+    STEPS_BY_VERB,
+    Action,
+    AutostartDomain,
+    DefineDomain,
+    DefineNetwork,
+    Op,
+    Plan,
+    SetMemory,
+    StopDomain,
+    WriteSeed,
+)
 
 
 def vm(name: str, *verbs: str, op: Op = Op.CREATE, requires: tuple[str, ...] = ()) -> Action:
     steps = tuple(
-        Step(v, {"xml": f"<domain><name>{name}</name></domain>"} if v == "define-domain" else {})
+        DefineDomain(f"<domain><name>{name}</name></domain>") if v == "define-domain"
+        else StopDomain(1.0) if v == "stop-domain"
+        else AutostartDomain(on=True) if v == "autostart-domain"
+        else WriteSeed("p", f"{name}-cidata", "d", "<volume/>", {}) if v == "write-seed"
+        else SetMemory("memory", 2**30) if v == "set-memory"
+        else STEPS_BY_VERB[v]()
         for v in (verbs or ("define-domain",))
     )
     return Action(Kind.VIRTUAL_MACHINE, name, op, steps=steps, requires=requires)
 
 
 def net(name: str) -> Action:
-    return Action(Kind.NETWORK, name, Op.CREATE, steps=(Step("define-network", {"xml": name}),))
+    return Action(Kind.NETWORK, name, Op.CREATE, steps=(DefineNetwork(name),))
 
 
 def names(runs: list[tuple[Action, ...]]) -> list[list[str]]:

@@ -18,6 +18,7 @@ from reconciler import executor, images
 from reconciler.cli import offline_host
 from reconciler.errors import ReconcilerError
 from reconciler.hostpaths import HostPath, PathPolicy
+from reconciler.plan import ImportVolume
 from reconciler.xml import volume as volume_xml
 
 
@@ -100,8 +101,8 @@ def test_a_remote_import_streams_through_libvirt_and_runs_no_qemu_img(
     source = tmp_path / "base.qcow2"
     source.write_bytes(_qcow2_header(1024**2) + bytes(4096))
     hv = _RemoteHv()
-    note = executor._import_volume(hv, "web-root", {"pool": "images",  # type: ignore[arg-type]
-                                                    "source": str(source), "backing": None})
+    note = executor._import_volume(hv, "web-root",  # type: ignore[arg-type]
+                                   ImportVolume("images", str(source), None))
     assert hv.imported == [("images", "web-root", str(source), "qcow2")]
     assert "streamed to kvm-2" in note
 
@@ -111,7 +112,7 @@ def test_a_remote_import_of_a_qcow2_on_a_backing_file_is_one_line(tmp_path: Path
     source.write_bytes(_qcow2_header(1024**2, backing_offset=512) + bytes(1024))
     with pytest.raises(ReconcilerError) as caught:
         executor._import_volume(_RemoteHv(), "web-root",  # type: ignore[arg-type]
-                                {"pool": "images", "source": str(source), "backing": None})
+                                ImportVolume("images", str(source), None))
     message = str(caught.value)
     assert "\n" not in message and "backing file" in message and "flatten it" in message
 

@@ -18,14 +18,14 @@ from reconciler.errors import ConfigError
 from reconciler.inventory import Inventory
 from reconciler.metrics import Metrics, split_address
 from reconciler.model import Kind
-from reconciler.plan import Action, ActionResult, Change, Op, Plan, Step
+from reconciler.plan import Action, ActionResult, Change, DefineDomain, Op, Plan, UndefineDomain
 from reconciler.status import ObjectState, ObjectStatus, StatusReport
 
 NOW = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
 
 
 def action(kind: Kind, name: str, op: Op, digest: str = "sha256:new") -> Action:
-    steps = (Step("define-domain"),) if op is not Op.NOOP else ()
+    steps = (DefineDomain("<domain/>"),) if op is not Op.NOOP else ()
     return Action(kind, name, op, changes=(Change("memory", 1, 2),) if steps else (),
                   steps=steps, owner_record={"digest": digest})  # fmt: skip
 
@@ -66,7 +66,7 @@ def test_a_manifest_edit_is_a_change_and_libvirt_moving_is_drift() -> None:
     drifted = action(Kind.VIRTUAL_MACHINE, "db", Op.UPDATE_LIVE, "sha256:same")
     recreated = action(Kind.NETWORK, "lab", Op.CREATE, "sha256:same")  # undefined out of band
     new = action(Kind.VIRTUAL_MACHINE, "new", Op.CREATE)
-    gone = Action(Kind.VIRTUAL_MACHINE, "old", Op.DELETE, steps=(Step("undefine-domain"),))
+    gone = Action(Kind.VIRTUAL_MACHINE, "old", Op.DELETE, steps=(UndefineDomain(),))
     same = action(Kind.VIRTUAL_MACHINE, "calm", Op.NOOP, "sha256:same")
     assert cause(edited, inventory) is Cause.CHANGE
     assert cause(drifted, inventory) is Cause.DRIFT

@@ -14,7 +14,7 @@ from reconciler.errors import Refused, SourcePosition
 from reconciler.executor import Executor
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
-from reconciler.plan import Action, Op, Plan, Step
+from reconciler.plan import Action, DefineDomain, Op, Plan, RestartDomain, StartDomain
 from reconciler.report import plan_json, render_plan, render_results, results_json
 from reconciler.snapshot import DomainRecord, Observed
 from tests.unit.conftest import WriteFiles
@@ -50,7 +50,7 @@ class StartingHypervisor:
 
 def start(name: str = "web") -> Action:
     record = {"manifest": "vms/web.yaml", "digest": "sha256:x", "shutdownTimeout": 1.0}
-    return Action(Kind.VIRTUAL_MACHINE, name, Op.UPDATE_LIVE, steps=(Step("start-domain"),),
+    return Action(Kind.VIRTUAL_MACHINE, name, Op.UPDATE_LIVE, steps=(StartDomain(),),
                   source=SOURCE, owner_record=record)  # fmt: skip
 
 
@@ -103,8 +103,8 @@ def test_a_failed_define_is_explained_but_is_no_start_failure(tmp_path: Path) ->
             raise Refused("defining domain: internal error: Failed to reserve port 5902")
 
     define = dataclasses.replace(start(), op=Op.CREATE,
-                                 steps=(Step("define-domain", {"xml": "<domain/>"}),
-                                        Step("start-domain")))  # fmt: skip
+                                 steps=(DefineDomain("<domain/>"),
+                                        StartDomain()))  # fmt: skip
     ex = Executor(Refusing(refuse=False), Inventory(), tmp_path, log=FakeLog([]))  # type: ignore[arg-type]
     [result] = ex.apply(Plan((define,)))
     assert result.failed_step == "define-domain"
@@ -195,7 +195,7 @@ def test_status_shows_the_explained_failure(write: WriteFiles, tmp_path: Path) -
 
 def test_a_restart_whose_start_is_refused_is_a_start_failure(tmp_path: Path) -> None:
     restart = dataclasses.replace(start(), op=Op.UPDATE_RESTART,
-                                  steps=(Step("restart-domain", {"timeout": 1.0}),))  # fmt: skip
+                                  steps=(RestartDomain(1.0),))  # fmt: skip
     ex = Executor(StartingHypervisor(refuse=True), Inventory(), tmp_path, log=FakeLog([]),  # type: ignore[arg-type]
                   now=lambda: WHEN)  # fmt: skip
     [result] = ex.apply(Plan((restart,)))

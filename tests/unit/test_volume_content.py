@@ -16,7 +16,7 @@ from reconciler import inventory as inventory_file
 from reconciler.executor import Executor
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
-from reconciler.plan import Action, Op, Plan, Step
+from reconciler.plan import Action, ImportVolume, Op, Plan
 from reconciler.snapshot import Observed
 from tests.unit.conftest import WriteFiles
 from tests.unit.test_planner import action, converged, edit, load, plan_for
@@ -96,7 +96,7 @@ class _Hv:
 
 
 def _import_action(source: Path) -> Action:
-    step = Step("import-volume", {"pool": "images", "source": str(source), "backing": None})
+    step = ImportVolume("images", str(source), None)
     record = {"pool": "images", inventory_file.CONTENT_PENDING: {"source": str(source)}}
     return Action(Kind.VOLUME, "root", Op.CREATE, (), (step,), owner_record=record)
 
