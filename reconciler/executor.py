@@ -91,7 +91,6 @@ from reconciler.plan import (
     WriteSeed,
 )
 from reconciler.xml import domain as domain_xml
-from reconciler.xml import volume as volume_xml
 
 # Steps that may run for several actions at once: each touches only its own
 # domain's definition, and libvirtd serves them on its worker pool. None is a
@@ -436,9 +435,9 @@ class Executor:
     def _log_data_loss(self, action: Action, pool: str) -> None:
         """A volume about to be deleted: say what is lost and what allowed it (SPEC §5)."""
         try:
-            fields = volume_xml.observe(self.hypervisor.volume_xml(pool, action.name))
+            capacity = self.hypervisor.volume(pool, action.name).capacity
         except HypervisorError:
-            fields = {}
+            capacity = None
         entry = self.inventory.get(action.key) or {}
         if action.op is Op.REPLACE:
             why = f"replace allowed with --allow-replace {action.key}"
@@ -449,7 +448,7 @@ class Executor:
             lost=f"volume {pool}/{action.name} and all its content"
             + (" (its copy had never completed)" if inventory_file.CONTENT_PENDING in entry
                else ""),
-            capacity=fields.get("capacity"), why=why,
+            capacity=capacity, why=why,
         )  # fmt: skip
 
     def _content_done(self, action: Action) -> None:
@@ -469,7 +468,7 @@ class Executor:
         entry = self.inventory.get(action.key)
         if entry is None:
             return
-        mtime = volume_xml.modified(self.hypervisor.volume_xml(pool, volume))
+        mtime = self.hypervisor.volume(pool, volume).modified
         seeds = [
             {**s, "written": mtime} if s.get("pool") == pool and s.get("volume") == volume else s
             for s in entry.get("seeds", ())
@@ -541,8 +540,8 @@ def _import_volume(hv: Hypervisor, name: str, step: ImportVolume) -> str:
     if hv.remote:
         return _import_volume_remote(hv, name, step)
     source = str(step.source)
-    path = hv.volume_path(step.pool, name)
-    fmt = str(volume_xml.observe(hv.volume_xml(step.pool, name)).get("format") or "raw")
+    created = hv.volume(step.pool, name)
+    path, fmt = created.path, created.format or "raw"
     # the source's format named, never probed: a file that says it is a vmdk or qed
     # (whose descriptors name other files) is read as the raw bytes it is
     try:

@@ -178,8 +178,8 @@ class Context:
         formats: dict[str, str] = {}
         for (pool, name), record in observed.volumes.items():
             pools.setdefault(name, pool)
-            fmt = volume_xml.observe(record.xml).get("format")
-            if isinstance(fmt, str):
+            fmt = record.format
+            if fmt is not None:
                 formats.setdefault(name, fmt)
         for v in volumes:
             if v.document is not None:
@@ -292,7 +292,7 @@ def export_volume(record: VolumeRecord, ctx: Context) -> Exported:
     kind = Kind.VOLUME
     if not _check_name(kind, record.name, notes):
         return _unexportable(kind, record.name, notes, record.pool)
-    observed = volume_xml.observe(record.xml)
+    observed = record.config
     if observed.get("format") not in ("qcow2", "raw"):
         notes.add("format", f"a {observed.get('format')} volume cannot be expressed "
                   "(manifests have qcow2 and raw volumes)")  # fmt: skip
@@ -842,8 +842,8 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     kind = Kind.VIRTUAL_MACHINE
     if not _check_name(kind, record.name, notes):
         return _unexportable(kind, record.name, notes)
-    config = parse(record.config_xml)
-    observed = domain_xml.observe(config)
+    config = record.config_root
+    observed = record.config
     if observed.get("type") not in ("kvm", "qemu"):
         notes.add("type", f"domain type {observed.get('type')} cannot be expressed (kvm, qemu)")
         return _unexportable(kind, record.name, notes)
@@ -1073,7 +1073,7 @@ def _seed_volumes(observed: Observed) -> dict[tuple[str | None, str], str]:
     """(pool, volume) of each VM's cloud-init seed drive -> the VM."""
     seeds: dict[tuple[str | None, str], str] = {}
     for dom in observed.domains.values():
-        p = domain_xml.observe(dom.config_xml)
+        p = dom.config
         for target in _entries(p, "cdroms"):
             volume = p.get(f"cdroms[{target}].volume")
             if volume == seed_volume_name(dom.name):
@@ -1085,7 +1085,7 @@ def _uses(observed: Observed, ref: Ref) -> list[Ref]:
     out: list[Ref] = []
     if ref.kind is Kind.VIRTUAL_MACHINE:
         dom = observed.domains[ref.name]
-        p = domain_xml.observe(dom.config_xml)
+        p = dom.config
         for key in _entries(p, "disks"):
             pool, volume = p.get(f"disks[{key}].pool"), p.get(f"disks[{key}].volume")
             if isinstance(pool, str) and isinstance(volume, str) \
@@ -1099,7 +1099,7 @@ def _uses(observed: Observed, ref: Ref) -> list[Ref]:
         if ref.pool in observed.pools:
             out.append(Ref(Kind.STORAGE_POOL, ref.pool))
         record = observed.volumes.get((ref.pool, ref.name))
-        backing = None if record is None else volume_xml.observe(record.xml).get("backingVolume")
+        backing = None if record is None else record.config.get("backingVolume")
         for base in observed.volumes.values():
             if base.path == backing:
                 out.append(Ref(Kind.VOLUME, base.name, base.pool))

@@ -996,6 +996,12 @@ class Hypervisor:
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
             return str(vol.XMLDesc(0))
 
+    def volume(self, pool: str, name: str) -> VolumeRecord:
+        """One volume as it is now (``snapshot.ObservedVolume``: path and XML, read once)."""
+        with calling(f"reading volume {pool}/{name}"):
+            vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            return VolumeRecord(pool, name, str(vol.path()), str(vol.XMLDesc(0)))
+
     def volume_path(self, pool: str, name: str) -> str:
         with calling(f"looking up volume {pool}/{name}"):
             return str(self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name).path())

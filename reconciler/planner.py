@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -84,7 +83,6 @@ from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml
 from reconciler.xml import volume as volume_xml
-from reconciler.xml._fields import parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +198,8 @@ class _Context:
         # so that manifests win for names they declare
         for (pool, name), record in observed.volumes.items():
             self.volume_pools.setdefault(name, pool)
-            fmt = volume_xml.observe(record.xml).get("format")
-            if isinstance(fmt, str):
+            fmt = record.format
+            if fmt is not None:
                 self.volume_formats.setdefault(name, fmt)
         for m in manifests:
             if isinstance(m.spec, VolumeSpec):
@@ -225,10 +223,7 @@ class _Context:
         if m is not None and isinstance(m.spec, StoragePoolSpec):
             return m.spec.path
         live = self.observed.pools.get(pool)
-        if live is not None:
-            path = pool_xml.observe(live.config_xml).get("path")
-            return path if isinstance(path, str) else None
-        return None
+        return None if live is None else live.path
 
     def volume_path(self, pool: str, name: str) -> str | None:
         live = self.observed.volumes.get((pool, name))
@@ -249,7 +244,7 @@ class _Context:
         found = set()
         for user in self._users.get(key, ()):
             dom = self.observed.domains.get(user.partition("/")[2])
-            record = None if dom is None else domain_xml.read_ownership(dom.config_xml)
+            record = None if dom is None else dom.ownership
             instance = None if record is None else record.instance
             if instance and instance != self.options.instance and \
                     instance not in self.options.take_over:  # fmt: skip
@@ -455,7 +450,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'", owner, recorded=False,
                          ctx=ctx)  # fmt: skip
     desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
-    current = volume_xml.observe(live.xml)
+    current = live.config
     have = current.get("capacity")
     # what libvirt makes of the manifest's bytes, by the path it took (rounding.py)
     desired["capacity"] = rounding.volume_capacity(
@@ -510,7 +505,7 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                 source=m.source,
             )
         user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
-        taken = volume_xml.allocation(live.xml)
+        taken = live.allocation
         if user is None and rounding.resize_refused(new, taken):  # (QEMU's resize is not)
             return Action(
                 Kind.VOLUME,
@@ -617,9 +612,9 @@ def _running_user(
 ) -> tuple[str, str] | None:
     """(domain, target) of a running domain that has the volume as a disk."""
     for d in domains:
-        if not d.active or d.live_xml is None:
+        live = d.live
+        if live is None:
             continue
-        live = domain_xml.observe(d.live_xml)
         for key in devices(live, "disks"):
             if (
                 live.get(f"disks[{key}].pool") == pool
@@ -842,7 +837,7 @@ class _SeedPlan:
     def _modified(self, key: str) -> str | None:
         pool, _, volume = key.partition("/")
         record = self.volumes.get((pool, volume))
-        return None if record is None else volume_xml.modified(record.xml)
+        return None if record is None else record.modified
 
     def overwritten(self) -> bool:
         """Whether the seed volume was written by someone else since the tool wrote it."""
@@ -991,14 +986,13 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         quick = _vm_power_and_autostart(m, spec, live, record, print_)
         if quick is not None:
             return quick
-    config_root = parse(live.config_xml)
     # a disk keeps the target the domain has it at, unless the manifest names one
-    spec = domain_xml.settle_targets(spec, config_root)
+    spec = domain_xml.settle_targets(spec, live.config_root)
     try:
         desired = domain_xml.project(spec, **kwargs)
     except ValueError as exc:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
-    found = domain_xml.read_ownership(config_root)
+    found = live.ownership
     owner = owners.judge(
         None if found is None else owners.Record(found.instance, found.manifest, found.revision),
         in_inventory=entry is not None, ours=ctx.options.instance,
@@ -1012,7 +1006,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         # the current definition, patched: what the manifest does not say is kept
         return domain_xml.patch(live.config_xml, spec, ownership=ownership, **kwargs)
 
-    config = domain_xml.observe(config_root)
+    config = live.config
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
@@ -1038,20 +1032,19 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
     in_use: set[str] = set()
-    if live.active and live.live_xml is not None:
-        live_root = parse(live.live_xml)
-        live_projection = dict(domain_xml.observe(live_root))
+    if live.live is not None and live.live_xml is not None:
+        live_projection = dict(live.live)
         incomparable = {"memory"}
-        cpu_known, booted_cpu = domain_xml.booted_cpu(live_root)
+        cpu_known, booted_cpu = live.booted_cpu
         if cpu_known:
             live_projection["cpu"] = booted_cpu
-            mismatch = domain_xml.running_cpu_mismatch(live_root, spec.cpu)
+            mismatch = live.running_cpu_mismatch(spec.cpu)
             if mismatch is not None:  # booted from a definition edited out of band
                 live_projection["cpu"] = f"{booted_cpu} (running: {mismatch})"
         else:
             incomparable.add("cpu")
         in_use = _cdrom_volumes(live_projection)
-        refused = domain_xml.read_refused(live_root)
+        refused = live.refused
         # the running domain has the desired sizes as QEMU rounds them (rounding.py)
         desired_live = _as_running(desired)
         live_steps, pending, live_changes = _vm_live_updates(
@@ -1078,7 +1071,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         policy = spec.update_policy or ctx.options.default_update_policy
         # what a restart was done for (under this manifest); not if the domain has not
         # booted since the record was written (the restart was skipped, or failed)
-        boot = live_root.get("id")
+        boot = live.boot
         restart_record = history.get(inventory_file.RESTARTED_FOR, {})
         tried = set(restart_record.get("changes", ()))
         if restart_record.get("boot") == boot:
@@ -1197,30 +1190,20 @@ def _as_running(desired: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-_INTERFACE = re.compile(r"<interface type=.network.>.*?</interface>", re.S)
-_MAC = re.compile(r"<mac address=.([0-9a-fA-F:]+).")
-_PORT = re.compile(r"<source network=.([^'\"]+).[^>]*?portid=.([0-9a-f-]+).")
-
-
 def _lost_nics(live: DomainRecord, ctx: _Context) -> list[tuple[str, str]]:
     """(MAC, network) of each NIC of a running domain that is no longer connected to its
     running network: its ``portid`` is not among the network's ports. It happens when
     the network is destroyed and started again under the guest (``virsh net-destroy``,
     then the tool heals the network): the tap device stays off the new bridge, and
-    nothing in the domain's own XML changes. Read with a regular expression, not a
-    parse: it runs for every running VM on every plan, in sync or not."""
-    if not live.active or not live.live_xml or "portid=" not in live.live_xml:
-        return []
+    nothing in the domain's own XML changes. (``live.nic_ports`` is read without a
+    parse: it runs for every running VM on every plan, in sync or not.)"""
     lost = []
-    for block in _INTERFACE.findall(live.live_xml):
-        mac, port = _MAC.search(block), _PORT.search(block)
-        if mac is None or port is None:
-            continue
-        net = ctx.observed.networks.get(port.group(1))
+    for mac, network, port in live.nic_ports:
+        net = ctx.observed.networks.get(network)
         if net is None or not net.active or net.ports is None:
             continue  # a network not running is the network's own change to make
-        if port.group(2) not in net.ports:
-            lost.append((mac.group(1).lower(), port.group(1)))
+        if port not in net.ports:
+            lost.append((mac, network))
     return lost
 
 
@@ -1458,9 +1441,9 @@ def other_owner(key: str, observed: Observed, ours: str | None) -> owners.Owner 
     kind, _, name = key.partition("/")
     record: domain_xml.Ownership | network_xml.NetworkOwnership | None = None
     if kind == Kind.VIRTUAL_MACHINE.value and name in observed.domains:
-        record = domain_xml.read_ownership(observed.domains[name].config_xml)
+        record = observed.domains[name].ownership
     elif kind == Kind.NETWORK.value and name in observed.networks:
-        record = network_xml.read_ownership(observed.networks[name].config_xml)
+        record = observed.networks[name].ownership
     if record is None or record.instance is None or record.instance == ours:
         return None
     return owners.Owner(owners.Standing.OTHER,
@@ -1497,10 +1480,7 @@ def in_use(
         who = f"VirtualMachine/{name}"
         if who in going:
             continue
-        for xml in (dom.config_xml, dom.live_xml or ""):
-            if not xml:
-                continue
-            seen = domain_xml.observe(xml)
+        for seen in (dom.config, dom.live or {}):
             for key, value in seen.items():
                 if key.endswith("].volume") and isinstance(value, str):
                     pool = seen.get(key[: -len("volume")] + "pool")
@@ -1517,7 +1497,7 @@ def in_use(
         who = f"Volume/{name}"
         if who in going:
             continue
-        backing = volume_xml.backing_path(record.xml)
+        backing = record.backing_path
         if backing is not None and backing in by_path:
             use(f"Volume/{by_path[backing][1]}", who)
     for m in manifests:
@@ -1590,7 +1570,7 @@ def plan_delete(keys: Sequence[str], observed: Observed, *, delete_data: bool = 
 def _has_backing(action: Action, observed: Observed) -> bool:
     for (_pool, name), record in observed.volumes.items():
         if name == action.name:
-            return volume_xml.observe(record.xml).get("backingVolume") is not None
+            return record.config.get("backingVolume") is not None
     return False
 
 

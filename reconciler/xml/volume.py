@@ -27,6 +27,7 @@ from reconciler.rounding import created_capacity
 from reconciler.xml._fields import (
     INT,
     Attr,
+    Element,
     Field,
     Projection,
     Text,
@@ -91,12 +92,12 @@ def project(
     return project_fields(FIELDS, _desired(spec, backing_path, backing_format))
 
 
-def observe(xml: str) -> Projection:
+def observe(xml: str | Element) -> Projection:
     """The declared fields read from ``vol.XMLDesc(0)``."""
     return observe_fields(parse(xml), FIELDS)
 
 
-def allocation(xml: str) -> int | None:
+def allocation(xml: str | Element) -> int | None:
     """Bytes the volume takes on disk (``<allocation>``, in whole filesystem blocks for
     a dir pool), or None when libvirt does not say."""
     text = parse(xml).findtext("allocation")
@@ -106,7 +107,7 @@ def allocation(xml: str) -> int | None:
         return None
 
 
-def modified(xml: str) -> str | None:
+def modified(xml: str | Element) -> str | None:
     """When the volume's content last changed (``<timestamps><mtime>``), as libvirt reports
     it for file-backed pools; None where it does not (logical, iSCSI...)."""
     text = parse(xml).findtext("target/timestamps/mtime")
@@ -136,7 +137,7 @@ def copy_xml(current: str) -> str:
     return serialize(root)
 
 
-def backing_path(xml: str) -> str | None:
+def backing_path(xml: str | Element) -> str | None:
     """The path of a volume's backing store (``<backingStore><path>``), or None."""
     text = parse(xml).findtext("backingStore/path")
     return text.strip() if text and text.strip() else None

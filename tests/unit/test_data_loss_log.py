@@ -10,6 +10,7 @@ from reconciler.executor import Executor
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
 from reconciler.plan import Action, DeleteVolume, Op, Plan
+from reconciler.snapshot import VolumeRecord
 
 
 class _Log:
@@ -35,6 +36,9 @@ class _Log:
 class _Hv:
     def __init__(self) -> None:
         self.calls: list[str] = []
+
+    def volume(self, pool: str, name: str) -> VolumeRecord:
+        return VolumeRecord(pool, name, "/var/lib/libvirt/images/data", self.volume_xml(pool, name))
 
     def volume_xml(self, pool: str, name: str) -> str:
         return ("<volume><name>data</name><capacity unit='bytes'>1073741824</capacity>"

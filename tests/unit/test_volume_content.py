@@ -17,7 +17,7 @@ from reconciler.executor import Executor
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
 from reconciler.plan import Action, ImportVolume, Op, Plan
-from reconciler.snapshot import Observed
+from reconciler.snapshot import Observed, VolumeRecord
 from tests.unit.conftest import WriteFiles
 from tests.unit.test_planner import action, converged, edit, load, plan_for
 
@@ -90,6 +90,9 @@ class _Hv:
 
     def volume_path(self, pool: str, name: str) -> str:
         return str(self.path)
+
+    def volume(self, pool: str, name: str) -> VolumeRecord:
+        return VolumeRecord(pool, name, str(self.path), self.volume_xml(pool, name))
 
     def volume_xml(self, pool: str, name: str) -> str:
         return "<volume><name>root</name><target><format type='raw'/></target></volume>"
