@@ -428,11 +428,13 @@ def vm_spec(
     notes = notes if notes is not None else _Notes()
     p = projection
     spec: dict[str, Any] = {}
-    if p.get("type") != "kvm":
-        spec["type"] = p.get("type")
-    spec["memory"] = _size(p.get("memory"))
+    # each as its field declaration writes it back (Field.exported: left out at its default)
+    fields = domain_xml.FIELDS_BY_PATH
+    if (kind := fields["type"].exported(p.get("type"))) is not None:
+        spec["type"] = kind
+    spec["memory"] = fields["memory"].exported(p.get("memory"))
     if p.get("maxMemory") != p.get("memory"):
-        spec["maxMemory"] = _size(p.get("maxMemory"))
+        spec["maxMemory"] = fields["maxMemory"].exported(p.get("maxMemory"))
     spec["vcpus"] = p.get("vcpus")
     if p.get("maxVcpus") != p.get("vcpus"):
         spec["maxVcpus"] = p.get("maxVcpus")
@@ -448,8 +450,8 @@ def vm_spec(
     if p.get("clock") != "utc":
         _put(spec, "clock", p.get("clock"), ("localtime",).__contains__, notes)
     for key in ("kernel", "initrd", "cmdline"):
-        if p.get(key) is not None:
-            spec[key] = p[key]
+        if (value := fields[key].exported(p.get(key))) is not None:
+            spec[key] = value
     disks = _disks(p, notes)
     if disks:
         spec["disks"] = disks

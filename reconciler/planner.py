@@ -83,6 +83,7 @@ from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml
 from reconciler.xml import volume as volume_xml
+from reconciler.xml._fields import ChangeClass, change_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +121,10 @@ class PlanOptions:
 # Fields of a running domain that cannot be compared with its definition: the
 # balloon's current size, and the CPU model host-model expands to unless the
 # ownership record says what the domain booted with (domain_xml.booted_cpu).
-LIVE_INCOMPARABLE = frozenset({"memory", "cpu"})
-# Device buses that can be hot-plugged on pc/q35 machines.
-_HOTPLUG_DISK_BUSES = frozenset({"virtio", "scsi"})
+# Declared on the fields (Field.live_readable), as every field's change class is.
+LIVE_INCOMPARABLE = domain_xml.LIVE_INCOMPARABLE
+_DOMAIN_DEVICES = {d.section: d for d in (domain_xml.DISKS, domain_xml.CDROMS,
+                                          domain_xml.INTERFACES)}  # fmt: skip
 
 
 def digest(manifest: Manifest) -> str:
@@ -460,7 +462,8 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                               {"capacity": spec.capacity})  # fmt: skip
     recorded = _recorded(entry if owned else None, record, ["reclaimPolicy"])
     steps: list[Step] = []
-    replace = [c for c in changes if c.path not in ("capacity", "ownership")]
+    replace = [c for c in changes
+               if change_class(volume_xml.FIELDS, c.path) is ChangeClass.REPLACE]  # fmt: skip
     changes += recorded
     capacity = next((c for c in changes if c.path == "capacity"), None)
     key = f"Volume/{m.name}"
@@ -1034,7 +1037,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     in_use: set[str] = set()
     if live.live is not None and live.live_xml is not None:
         live_projection = dict(live.live)
-        incomparable = {"memory"}
+        # cpu: compared through the record of what the domain booted with, when known
+        incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}
         cpu_known, booted_cpu = live.booted_cpu
         if cpu_known:
             live_projection["cpu"] = booted_cpu
@@ -1318,8 +1322,10 @@ def _vm_live_updates(
             for change in changes:
                 # vCPUs are hot-plugged, not unplugged: taking one away needs the
                 # guest's help and often never completes, so that waits for a restart.
+                declared = domain_xml.FIELDS_BY_PATH.get(change.path)
                 if (
-                    change.path == "vcpus"
+                    change.path == "vcpus"  # the one live field without a step of its own
+                    and declared is not None and declared.change is ChangeClass.LIVE
                     and change.path not in refused
                     and desired.get("maxVcpus") == max_vcpus
                     and int(change.old or 0) < int(change.new or 0) <= int(max_vcpus or 0)  # type: ignore[call-overload]
@@ -1336,16 +1342,18 @@ def _vm_live_updates(
             continue
         wanted = key in devices(desired, section)
         present = key in devices(live, section)
-        hot = section == "interfaces" or (
-            section == "disks"
-            and (desired.get(f"disks[{key}].bus") if wanted else live.get(f"disks[{key}].bus"))
-            in _HOTPLUG_DISK_BUSES
+        table = _DOMAIN_DEVICES[section]
+        hot = table.change is ChangeClass.LIVE and (
+            section != "disks"
+            or (desired.get(f"disks[{key}].bus") if wanted else live.get(f"disks[{key}].bus"))
+            in domain_xml.HOTPLUG_DISK_BUSES
         )
+        # a device that stays, changed only in fields done to the running domain
         only_media = (
-            section == "cdroms"
-            and wanted
+            wanted
             and present
-            and all(c.path == f"cdroms[{key}].file" for c in changes)
+            and all(change_class(table.fields, c.path.removeprefix(f"{path}."))
+                    is ChangeClass.LIVE for c in changes)
         )
         verb: type[UpdateDevice | AttachDevice | DetachDevice]
         if only_media:

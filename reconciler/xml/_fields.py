@@ -32,6 +32,7 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from lxml import etree as ET
@@ -329,15 +330,34 @@ def _same(value: object) -> object:
     return value
 
 
+class ChangeClass(StrEnum):
+    """What changing a field takes (the planner classifies a change by it)."""
+
+    LIVE = "live"  # can be applied to the running object (libvirt may still refuse)
+    RESTART = "restart"  # the definition changes now, the running object at its next start
+    REPLACE = "replace"  # the object is made again (a volume: its data lost)
+
+
 @dataclass(frozen=True, slots=True)
 class Field(Generic[T]):
-    """One manifest field: its projection key, its desired value, its place in the XML.
+    """One manifest field: its projection key, its desired value, its place in the XML,
+    and what the engine needs to know about it besides.
 
     ``variant``: only for devices whose root ``type`` attribute has this value
     (``source@network`` only on ``<interface type='network'>``). ``fallback``:
     when the XML leaves it out, libvirt means the value of that other field
     (``<vcpu>`` without ``current`` means all of them). ``show``: how the value
     is compared and shown, applied to both sides (a secret becomes a token).
+
+    ``change``: what changing it takes (``ChangeClass``); ``live_readable``: False
+    when the running definition cannot tell the value (a balloon's current size, the
+    CPU model host-model expands to), so the running object is not compared on it.
+    ``default``: the manifest's value when it leaves the field out, in projection
+    terms (tests pin it to the JSON Schema's and the model's); ``unit``: the unit of
+    the projection's value (``bytes``) and ``rounding`` how libvirt keeps a value of
+    it (``rounding.py``: what a definition read back holds). ``export``: the inverse,
+    projection value -> manifest value as export writes it (``format_size`` for a
+    size); None: export does not write the field as is.
     """
 
     path: str
@@ -346,6 +366,27 @@ class Field(Generic[T]):
     variant: str | None = None
     fallback: str | None = None
     show: Callable[[object], object] = _same
+    change: ChangeClass = ChangeClass.RESTART
+    live_readable: bool = True
+    default: object = None
+    unit: str | None = None
+    rounding: Callable[[int], int] | None = None
+    export: Callable[[object], object] | None = _same
+
+    def exported(self, value: object) -> object:
+        """``value`` (as observed) as a manifest writes it; None when it is the default
+        or the field is not exported as is (``export`` is None)."""
+        if self.export is None or value is None or value == self.default:
+            return None
+        return self.export(value)
+
+
+def change_class(fields: Iterable[Field[Any]], path: str) -> ChangeClass | None:
+    """The change class of the field ``path`` (a projection key), None if no field has it."""
+    for field in fields:
+        if field.path == path:
+            return field.change
+    return None
 
 
 def _wanted(field: Field[T], desired: T, variant: str | None) -> object:
@@ -451,6 +492,9 @@ class Device(Generic[T]):
     order: tuple[str, ...] = ()
     variants: frozenset[str] | None = None
     readdress: frozenset[str] = frozenset()
+    # adding or removing a whole device: LIVE (hot-plug) or RESTART; the change
+    # class of a field of a device that stays is the field's own
+    change: ChangeClass = ChangeClass.RESTART
 
     def _selects(self, element: Element) -> bool:
         return all(element.get(k) == v for k, v in (self.fixed or {}).items())

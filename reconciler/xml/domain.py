@@ -60,12 +60,15 @@ from reconciler.model import (
     target_fits,
     target_names,
 )
+from reconciler.rounding import definition_memory
+from reconciler.units import format_size
 from reconciler.xml._fields import (
     INT,
     KIB,
     MAC,
     YES_NO,
     Attr,
+    ChangeClass,
     Device,
     Each,
     Element,
@@ -630,35 +633,51 @@ def _sorted(value: object) -> object:
     return tuple(sorted(value))
 
 
+def _size(value: object) -> object:
+    """A size in bytes as a manifest writes it (``format_size``: 128MiB)."""
+    return format_size(value) if isinstance(value, int) else value
+
+
 FIELDS: tuple[Field[_Desired], ...] = (
-    Field("type", lambda d: d.spec.type, Attr("", "type")),
-    Field("maxMemory", lambda d: d.spec.max_memory, Text("memory", KIB, {"unit": "KiB"})),
+    Field("type", lambda d: d.spec.type, Attr("", "type"), default="kvm"),
+    Field("maxMemory", lambda d: d.spec.max_memory, Text("memory", KIB, {"unit": "KiB"}),
+          unit="bytes", rounding=definition_memory, export=_size),
+    # the balloon: set live up to maxMemory; a running domain does not show its target
     Field(
         "memory",
         lambda d: d.spec.memory,
         Text("currentMemory", KIB, {"unit": "KiB"}),
         fallback="maxMemory",
+        change=ChangeClass.LIVE, live_readable=False,
+        unit="bytes", rounding=definition_memory, export=_size,
     ),
     Field("maxVcpus", lambda d: d.spec.max_vcpus, Text("vcpu", INT)),
-    Field("vcpus", lambda d: d.spec.vcpus, Attr("vcpu", "current", INT), fallback="maxVcpus"),
+    # hot-plugged up to maxVcpus (an unplug waits for a restart: see the planner)
+    Field("vcpus", lambda d: d.spec.vcpus, Attr("vcpu", "current", INT), fallback="maxVcpus",
+          change=ChangeClass.LIVE, default=1),
     Field(
         "machine",
         lambda d: d.machine_aliases.get(d.spec.machine, d.spec.machine),
         Attr("os/type", "machine", fixed={"arch": "x86_64"}),
+        default="pc",
     ),
-    Field("firmware", lambda d: d.spec.firmware, _Firmware()),
+    Field("firmware", lambda d: d.spec.firmware, _Firmware(), default="bios"),
     Field("kernel", lambda d: d.spec.kernel, Text("os/kernel")),
     Field("initrd", lambda d: d.spec.initrd, Text("os/initrd")),
     Field("cmdline", lambda d: d.spec.cmdline, Text("os/cmdline")),
-    Field("boot", lambda d: () if d.spec.kernel else d.spec.boot, _BootOrder()),
-    Field("cpu", lambda d: d.spec.cpu, _Cpu()),
-    Field("clock", lambda d: d.spec.clock, Attr("clock", "offset")),
-    Field("graphics.type", _graphics("type"), Attr("devices/graphics", "type")),
-    Field("graphics.port", _graphics("port"), _GraphicsPort()),
+    Field("boot", lambda d: () if d.spec.kernel else d.spec.boot, _BootOrder(),
+          default=("disk",)),
+    # host-model is expanded in the running definition: compared through the record of
+    # the CPU the domain booted with (booted_cpu), not the running <cpu>
+    Field("cpu", lambda d: d.spec.cpu, _Cpu(), live_readable=False, export=None),
+    Field("clock", lambda d: d.spec.clock, Attr("clock", "offset"), default="utc"),
+    Field("graphics.type", _graphics("type"), Attr("devices/graphics", "type"), default="vnc"),
+    Field("graphics.port", _graphics("port"), _GraphicsPort(), default="auto"),
     Field(
         "graphics.listen",
         _graphics("listen"),
         Attr("devices/graphics/listen[@type='address']", "address"),
+        default="127.0.0.1",
     ),
     Field("graphics.keymap", _graphics("keymap"), Attr("devices/graphics", "keymap")),
     Field(
@@ -666,6 +685,8 @@ FIELDS: tuple[Field[_Desired], ...] = (
         _graphics("password"),
         Attr("devices/graphics", "passwd"),
         show=secret_token,
+        change=ChangeClass.LIVE,  # a rotated secret is set on the running display
+        export=None,  # never written back: the manifest names a file
     ),
     Field(
         "inputs",
@@ -673,16 +694,23 @@ FIELDS: tuple[Field[_Desired], ...] = (
         Each("devices", "input", "type", fixed={"bus": "usb"}),
         show=_sorted,
     ),
-    Field("serial", lambda d: d.spec.serial, _Serial()),
+    Field("serial", lambda d: d.spec.serial, _Serial(), default="pty"),
     Field(
         "serial.file",
         lambda d: d.spec.serial_file if d.spec.serial == "file" else None,
         _SerialFile(),
     ),
-    Field("cloudInit", lambda d: None if d.seed is None else d.seed.digest, _SeedDigest()),
+    Field("cloudInit", lambda d: None if d.seed is None else d.seed.digest, _SeedDigest(),
+          export=None),
 )
 
 FIELDS_BY_PATH: Mapping[str, Field[_Desired]] = {f.path: f for f in FIELDS}
+
+LIVE_INCOMPARABLE = frozenset(f.path for f in FIELDS if not f.live_readable)
+"""Fields a running definition cannot tell (``Field.live_readable``): memory, cpu."""
+
+HOTPLUG_DISK_BUSES = frozenset({"virtio", "scsi"})
+"""Disk buses a pc/q35 machine hot-plugs (``DISKS.change`` is live on these alone)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -728,6 +756,7 @@ DISKS: Device[_DiskView] = Device(
     variant_of=lambda v: "volume" if v.disk.volume is not None else "file",
     variants=MANAGED_DISK_TYPES,
     readdress=frozenset({"bus"}),
+    change=ChangeClass.LIVE,  # hot-plugged on HOTPLUG_DISK_BUSES only
     fields=(
         Field("target", lambda v: v.disk.target, Attr("target", "dev")),
         Field("format", lambda v: v.format, Attr("driver", "type", fixed={"name": "qemu"})),
@@ -735,8 +764,8 @@ DISKS: Device[_DiskView] = Device(
         Field("pool", lambda v: v.pool, Attr("source", "pool"), variant="volume"),
         Field("volume", lambda v: v.disk.volume, Attr("source", "volume"), variant="volume"),
         Field("file", lambda v: v.disk.file, Attr("source", "file"), variant="file"),
-        Field("bus", lambda v: v.disk.bus, Attr("target", "bus")),
-        Field("readonly", lambda v: v.disk.readonly, Flag("readonly")),
+        Field("bus", lambda v: v.disk.bus, Attr("target", "bus"), default="virtio"),
+        Field("readonly", lambda v: v.disk.readonly, Flag("readonly"), default=False),
         Field("serial", lambda v: v.disk.serial, Text("serial")),
     ),
     order=("driver", "source", "target", "readonly", "serial"),
@@ -756,8 +785,10 @@ CDROMS: Device[Cdrom] = Device(
     key=Attr("target", "dev"),
     key_of=lambda cdrom: cdrom.target,
     variant_of=lambda cdrom: "file" if cdrom.volume is None else "volume",
+    # a medium change is done to the running domain (update-device)
     fields=(
-        Field("file", lambda cdrom: cdrom.file, Attr("source", "file"), variant="file"),
+        Field("file", lambda cdrom: cdrom.file, Attr("source", "file"), variant="file",
+              change=ChangeClass.LIVE),
         Field("pool", lambda cdrom: cdrom.pool, Attr("source", "pool"), variant="volume"),
         Field("volume", lambda cdrom: cdrom.volume, Attr("source", "volume"), variant="volume"),
         Field("bus", lambda cdrom: cdrom.bus, Attr("target", "bus")),
@@ -775,10 +806,11 @@ INTERFACES: Device[Interface] = Device(
     key=Attr("mac", "address", MAC),
     key_of=lambda nic: nic.mac,
     variant_of=lambda nic: "network" if nic.network is not None else "bridge",
+    change=ChangeClass.LIVE,  # NICs are hot-plugged and unplugged
     fields=(
         Field("network", lambda nic: nic.network, Attr("source", "network"), variant="network"),
         Field("bridge", lambda nic: nic.bridge, Attr("source", "bridge"), variant="bridge"),
-        Field("model", lambda nic: nic.model, Attr("model", "type")),
+        Field("model", lambda nic: nic.model, Attr("model", "type"), default="virtio"),
         # No PXE option ROM unless the VM boots from the network: a guest with an
         # empty disk must not fall through to network boot.
         Field(

@@ -24,9 +24,11 @@ from lxml import etree as ET
 
 from reconciler.model import VolumeSpec
 from reconciler.rounding import created_capacity
+from reconciler.units import format_size
 from reconciler.xml._fields import (
     INT,
     Attr,
+    ChangeClass,
     Element,
     Field,
     Projection,
@@ -48,15 +50,27 @@ class _Desired:
     backing_format: str | None
 
 
+def format_size_of(value: object) -> object:
+    """A capacity in bytes as a manifest writes it (``format_size``)."""
+    return format_size(value) if isinstance(value, int) else value
+
+
 def _capacity(desired: _Desired) -> int:
     return created_capacity(desired.spec.capacity, desired.spec.format)
 
 
 FIELDS: tuple[Field[_Desired], ...] = (
-    Field("capacity", _capacity, Text("capacity", INT, fixed={"unit": "bytes"})),
-    Field("format", lambda d: d.spec.format, Attr("target/format", "type")),
-    Field("backingVolume", lambda d: d.backing_path, Text("backingStore/path")),
-    Field("backingFormat", lambda d: d.backing_format, Attr("backingStore/format", "type")),
+    # grown in place (resize, or QEMU's block_resize under a running guest); libvirt
+    # keeps it rounded by format (rounding.volume_capacity); shrinking is refused
+    Field("capacity", _capacity, Text("capacity", INT, fixed={"unit": "bytes"}),
+          change=ChangeClass.LIVE, unit="bytes", export=format_size_of),
+    # anything else is a new volume: made again, its data lost (--allow-replace)
+    Field("format", lambda d: d.spec.format, Attr("target/format", "type"),
+          change=ChangeClass.REPLACE, default="qcow2"),
+    Field("backingVolume", lambda d: d.backing_path, Text("backingStore/path"),
+          change=ChangeClass.REPLACE, export=None),
+    Field("backingFormat", lambda d: d.backing_format, Attr("backingStore/format", "type"),
+          change=ChangeClass.REPLACE, export=None),
 )
 
 
