@@ -865,14 +865,14 @@ def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int
             steps: tuple[Step, ...] = ()
             if a.kind is Kind.VIRTUAL_MACHINE:
                 dom = observed.domains[a.name]
-                found = domain_xml.read_ownership(dom.config_xml)
+                found = dom.ownership
                 record["digest"] = found.digest if found else record.get("digest")
                 xml = domain_xml.with_owner_instance(dom.config_xml, str(instance))
                 steps = (DefineDomain(xml, current=dom.config_xml),)
                 why = f"its ownership record names {old}"
             elif a.kind is Kind.NETWORK:
                 net = observed.networks[a.name]
-                was = network_xml.read_ownership(net.config_xml)
+                was = net.ownership
                 mine = network_xml.NetworkOwnership(
                     instance=instance, manifest=str(record.get("manifest")),
                     digest=was.digest if was else str(record.get("digest")),
@@ -892,10 +892,10 @@ def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int
         declared = {(m.kind, m.name) for m in load.manifests}
         left = [f"  VirtualMachine {n}" for n, d in sorted(observed.domains.items())
                 if (Kind.VIRTUAL_MACHINE, n) not in declared
-                and (r := domain_xml.read_ownership(d.config_xml)) and r.instance == old]
+                and (r := d.ownership) and r.instance == old]
         left += [f"  Network {n}" for n, net in sorted(observed.networks.items())
                  if (Kind.NETWORK, n) not in declared
-                 and (r2 := network_xml.read_ownership(net.config_xml)) and r2.instance == old]
+                 and (r2 := net.ownership) and r2.instance == old]
         text = args.output == "text"
         if text:
             print(f"Taking back from reconciler instance {old} into this instance "

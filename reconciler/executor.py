@@ -2,7 +2,7 @@
 
 Runs the plan's actions in order and each action's steps in order, through
 ``Hypervisor`` (the one module importing libvirt). Consecutive actions that
-only define domains (``CONCURRENT_VERBS``) run a few at a time: libvirtd
+only define domains (``CONCURRENT_STEPS``) run a few at a time: libvirtd
 defines them on its worker pool, and a run starts only once every action
 before it has finished, so the plan's order still holds (see ``batches``).
 Results and log lines keep the plan's order either way. One failing action is
@@ -96,13 +96,13 @@ from reconciler.xml import domain as domain_xml
 # domain's definition, and libvirtd serves them on its worker pool. None is a
 # live step, a seed write or a delete: those read the domain back or change the
 # executor's inventory, one action at a time.
-CONCURRENT_VERBS = frozenset({"define-domain", "autostart-domain"})
+CONCURRENT_STEPS = (DefineDomain, AutostartDomain)
 # Steps whose refusal by libvirt is explained with the manifest's position and a hint.
 # (A restart's start counts as start-domain; its graceful stop is not explained.)
-EXPLAINED_VERBS = frozenset({"define-domain", "start-domain", "define-network",
-                             "start-network"})  # fmt: skip
+EXPLAINED_VERBS = frozenset(t.verb for t in (DefineDomain, StartDomain, DefineNetwork,
+                                              StartNetwork))  # fmt: skip
 # Steps that start a domain: their failure is remembered, their success forgets it.
-START_VERBS = frozenset({"start-domain", "restart-domain"})
+START_STEPS = (StartDomain, RestartDomain)
 # In flight at once, on one connection: libvirtd serves up to max_client_requests
 # (default 5) calls of one client at a time and queues the rest.
 MAX_CONCURRENT = 4
@@ -113,7 +113,7 @@ def concurrent(action: Action) -> bool:
     return (
         action.kind is Kind.VIRTUAL_MACHINE
         and bool(action.steps)
-        and all(step.verb in CONCURRENT_VERBS for step in action.steps)
+        and all(isinstance(step, CONCURRENT_STEPS) for step in action.steps)
     )
 
 
@@ -309,7 +309,7 @@ class Executor:
         elif (
             result.outcome == "ok"
             and inventory_file.START_FAILURE in entry
-            and any(step.verb in START_VERBS for step in action.steps)
+            and any(isinstance(step, START_STEPS) for step in action.steps)
         ):
             kept = {k: v for k, v in entry.items() if k != inventory_file.START_FAILURE}
             self.inventory = self.inventory.with_entry(action.key, kept)

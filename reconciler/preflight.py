@@ -645,7 +645,6 @@ def display_ports(xml: str) -> list[tuple[int, str, bool]]:
 
 def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
     from reconciler.xml import network as network_xml
-    from reconciler.xml import pool as pool_xml
 
     bridges = {
         m.spec.bridge
@@ -658,7 +657,7 @@ def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
             bridges.add(bridge)
     pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}
     for name, pool in observed.pools.items():
-        path = pool_xml.observe(pool.config_xml).get("path")
+        path = pool.path
         if isinstance(path, str):
             pool_paths.setdefault(name, path)
     volume_paths = {

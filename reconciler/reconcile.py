@@ -42,7 +42,6 @@ from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, ActionResult, Op, Plan, is_unsettled
 from reconciler.planner import PlanOptions, make_plan
 from reconciler.references import KnownObjects
-from reconciler.xml import pool as pool_xml
 from reconciler.yamlsource import ParseCache
 
 # Steps that change nothing but the domain they act on: after an apply of only
@@ -299,8 +298,7 @@ def explainer(
         base = pool_paths.get(spec.pool)
         live = observed.pools.get(spec.pool)
         if base is None and live is not None:
-            found = pool_xml.observe(live.config_xml).get("path")
-            base = found if isinstance(found, str) else None
+            base = live.path
         return None if base is None else os.path.join(base, name)
 
     def explain(action: Action, message: str) -> Problem:
