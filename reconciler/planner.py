@@ -896,6 +896,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     owned = domain_xml.read_ownership(config_root) is not None or entry is not None
     if not owned and not spec.adopt:
         return _conflict(m, f"VM '{m.name}'")
+    cannot = domain_xml.refusal(spec, config_root)
+    if cannot is not None:  # patching would lose what the domain has
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
 
     @functools.cache
     def rendered() -> str:  # only for a VM that changes: patching is a plan's main cost

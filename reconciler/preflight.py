@@ -441,7 +441,7 @@ def check_graphics_port(
     if g is None or g.port is None:
         return
     for holder, listen, running in ctx.ports.get(g.port, ()):
-        if holder == m.name or not _listens_overlap(g.listen, listen):
+        if holder == m.name or not _listens_overlap(g.listen or "", listen):
             continue
         how = "running, holds it" if running else "defined with it fixed"
         yield FieldProblem(
