@@ -838,6 +838,36 @@ def set_aside(root: Element) -> list[Element]:
     return found
 
 
+def _take_aside(root: Element) -> list[tuple[Element, Element | None]]:
+    """Take the ``set_aside`` devices out of ``root``: (device, the sibling before it
+    that stays, None at the start), for ``_put_back``."""
+    aside = set_aside(root)
+    taken = []
+    for element in aside:
+        anchor = element.getprevious()
+        while anchor is not None and any(anchor is other for other in aside):
+            anchor = anchor.getprevious()
+        taken.append((element, anchor))
+    for element, _ in taken:
+        remove(element)
+    return taken
+
+
+def _put_back(devices: Element, taken: list[tuple[Element, Element | None]]) -> None:
+    """Put ``_take_aside``'s devices back where they stood (after the same sibling, or
+    at the end when it is gone); libvirt orders devices by kind anyway."""
+    last: list[tuple[Element | None, Element]] = []  # anchor -> the last put after it
+    for element, anchor in taken:
+        after = next((e for a, e in reversed(last) if a is anchor), anchor)
+        if after is None:
+            devices.insert(0, element)
+        elif after.getparent() is devices:
+            after.addnext(element)
+        else:
+            devices.append(element)
+        last.append((anchor, element))
+
+
 def _serial_console(console: Element) -> bool:
     target = console.find("target")
     return target is None or (target.get("type", "serial") == "serial"
@@ -1005,9 +1035,7 @@ def patch(
     root = parse(current)
     if not isinstance(current, (str, bytes)):
         root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
-    aside = set_aside(root)
-    for element in aside:
-        remove(element)
+    aside = _take_aside(root)
     os_type = root.find("os/type")
     was_q35 = is_q35("" if os_type is None else os_type.get("machine", ""))
     patch_fields(root, (f for f in FIELDS if f.path != "cloudInit"), desired)
@@ -1040,9 +1068,7 @@ def patch(
             remove(owner)
     if cloud_init_seed is not None and ownership is not None:
         _SeedDigest().write(root, cloud_init_seed.digest)
-    devices = ensure(root, "devices")
-    for element in aside:  # libvirt orders devices by kind: where they go is moot
-        devices.append(element)
+    _put_back(ensure(root, "devices"), aside)
     return serialize(root)
 
 
