@@ -680,6 +680,8 @@ def _managed_device(device: Element, aside: Collection[Element] = ()) -> bool:
         return False
     if tag == "graphics":
         return kind in domain_xml.MANAGED_GRAPHICS_TYPES
+    if tag == "console":  # a virtio or sclp console is not the serial port's
+        return domain_xml.serial_console(device)
     if tag == "disk":
         return kind in _MANAGED_DISK_TYPES
     if tag == "interface":
@@ -852,12 +854,9 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
     for element in live.findall("metadata/*"):
         if not str(element.tag).startswith("{" + domain_xml.OWNER_NAMESPACE + "}"):
             kept.append(Kept("metadata", f"metadata {_local(element.tag)}"))
-    loader = live.find("os/loader")
-    if loader is not None and (loader.get("secure") == "yes" or (
-            (loader.text or "").strip() and live.find("os[@firmware='efi']") is None)):  # fmt: skip
-        notes.add("os/loader", f"firmware {(loader.text or '').strip() or 'with secure boot'} "
-                  "is not expressible; firmware: uefi is OVMF as libvirt selects it, "
-                  "without secure boot")  # fmt: skip
+    # A firmware chosen by path (<loader type='pflash'>OVMF_CODE...</loader>) or with
+    # secure boot reads as firmware: uefi and is kept by a redefine (listed under os);
+    # only a VM created from the manifest would get libvirt's plain OVMF instead.
     return kept
 
 

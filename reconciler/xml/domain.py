@@ -114,6 +114,7 @@ __all__ = [
     "refusal",
     "render",
     "secret_token",
+    "serial_console",
     "set_aside",
 ]
 
@@ -834,7 +835,7 @@ def set_aside(root: Element) -> list[Element]:
     serial = devices.find("serial")
     if serial is not None and serial.get("type") not in MANAGED_SERIAL_TYPES:
         found += devices.findall("serial")
-        found += [c for c in devices.findall("console") if _serial_console(c)]
+        found += [c for c in devices.findall("console") if serial_console(c)]
     return found
 
 
@@ -868,7 +869,9 @@ def _put_back(devices: Element, taken: list[tuple[Element, Element | None]]) -> 
         last.append((anchor, element))
 
 
-def _serial_console(console: Element) -> bool:
+def serial_console(console: Element) -> bool:
+    """Whether a ``<console>`` is serial port 0's (``virsh console``), the one a
+    manifest's ``serial`` manages; other consoles (virtio...) are kept."""
     target = console.find("target")
     return target is None or (target.get("type", "serial") == "serial"
                               and target.get("port", "0") == "0")  # fmt: skip
