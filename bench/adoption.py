@@ -13,7 +13,9 @@ project. For each file, on the real libvirtd:
    is dropped (two runs at once must not collide), and it is defined with
    ``defineXML``. A file this host refuses (an emulator feature it lacks...) is
    *skipped*, with libvirt's message: the host decides, never a list;
-2. ``reconciler export NAME -d DIR`` writes its manifest;
+2. ``reconciler export NAME -d DIR`` writes its manifest (the configuration's
+   ``allowedDiskRoots``: the defaults and the directories of the files the XML
+   names, as an operator adopting it would set them, ``disk_roots``);
 3. ``reconciler -o json plan DIR`` (fresh state directory): the VM's only change
    must be ``ownership: unmanaged -> managed``, nothing guest-visible;
 4. ``reconciler apply --yes DIR``;
@@ -258,6 +260,26 @@ def undefine(dom: Any, nvram_existed: bool) -> None:
             dom.undefine()
 
 
+def disk_roots(path: Path) -> list[str]:
+    """``allowedDiskRoots`` as an operator adopting this domain would set it: the
+    default roots and the directory of every host file the XML names that a manifest
+    can name (disk and CD-ROM files, kernel, initrd, a serial log). SPEC §5 checks
+    every path a manifest names against these roots, adoption included, so a domain
+    whose disk is /tmp/idedisk.img is adopted only by a configuration that allows /tmp.
+    """
+    from reconciler.settings import DEFAULT_DISK_ROOTS
+
+    root = ET.parse(path).getroot()
+    named = [s.get("file") for s in root.findall("devices/disk/source")]
+    named += [s.get("path") for s in root.findall("devices/serial/source")]
+    named += [root.findtext("os/kernel"), root.findtext("os/initrd")]
+    roots = [str(r) for r in DEFAULT_DISK_ROOTS]
+    for file in named:
+        if file and os.path.isabs(file) and os.path.dirname(file) not in roots:
+            roots.append(os.path.dirname(file))
+    return roots
+
+
 def adopt(conn: Any, path: Path, name: str, work: Path) -> Outcome:
     """Define ``path`` as ``name``, export, plan, apply, compare; undefine. ``work``: an
     empty directory for the manifests and state. Never raises for what the tool does:
@@ -266,7 +288,7 @@ def adopt(conn: Any, path: Path, name: str, work: Path) -> Outcome:
 
     out = Outcome(file=path.name, name=name)
     config = work / "config.yaml"
-    config.write_text("{}\n")
+    config.write_text(json.dumps({"allowedDiskRoots": disk_roots(path)}) + "\n")
     manifests, state = work / "manifests", work / "state"
     try:
         dom, nvram_existed = define(conn, prepared(path, name))

@@ -38,6 +38,7 @@ from reconciler.diff import device_of, diff
 from reconciler.errors import SourcePosition
 from reconciler.model import (
     API_VERSION,
+    CPU_HYPERVISOR_DEFAULT,
     CpuSpec,
     Kind,
     Manifest,
@@ -47,6 +48,7 @@ from reconciler.model import (
     VirtualMachineSpec,
     VolumeSpec,
     build_manifest,
+    clock_parts,
     cpu_manifest,
     seed_volume_name,
 )
@@ -441,14 +443,18 @@ def vm_spec(
     _put(spec, "machine", p.get("machine"), _MODEL_NAME.match, notes)
     if p.get("firmware") == "uefi":
         spec["firmware"] = "uefi"
-    if cpu is not None and (cpu.model is None or _MODEL_NAME.match(cpu.model)) and all(
+    if cpu is None and p.get("cpu") is None:
+        if p.get("type") == "kvm":  # type qemu has no <cpu> by default
+            spec["cpu"] = CPU_HYPERVISOR_DEFAULT
+    elif cpu is not None and (cpu.model is None or _MODEL_NAME.match(cpu.model)) and all(
         _FEATURE_NAME.match(name) for name, _ in cpu.features
     ):
         spec["cpu"] = cpu_manifest(cpu)
     else:
         _put(spec, "cpu", p.get("cpu"), _MODEL_NAME.match, notes)
-    if p.get("clock") != "utc":
-        _put(spec, "clock", p.get("clock"), ("localtime",).__contains__, notes)
+    clock = _clock(p.get("clock"))
+    if clock is not None:
+        spec["clock"] = clock
     for key in ("kernel", "initrd", "cmdline"):
         if (value := fields[key].exported(p.get(key))) is not None:
             spec[key] = value
@@ -458,16 +464,16 @@ def vm_spec(
     cdroms = _cdroms(p, name, notes, config)
     if cdroms:
         spec["cdroms"] = cdroms
+    # device classes as libvirt has them: a host CD-ROM drive or no NIC at all is
+    # still the domain's boot order (the firmware skips a class with no device)
     boot = [dev for dev in _tuple(p.get("boot")) if dev in ("cdrom", "disk", "network")]
-    if "cdrom" in boot and not cdroms:
-        boot.remove("cdrom")
     interfaces = _interfaces(p, "network" in boot, notes)
     if interfaces:
         spec["interfaces"] = interfaces
-    elif "network" in boot:  # a manifest boots from the network only through its NICs
-        boot.remove("network")
     if boot and boot != ["disk"]:
         spec["boot"] = boot
+    elif p.get("boot") == () and p.get("kernel") is None:
+        spec["boot"] = []  # the devices carry their own <boot order>
     graphics = _graphics(p, notes)
     if graphics is not None:
         spec["graphics"] = graphics
@@ -485,6 +491,20 @@ def vm_spec(
     spec["autostart"] = autostart
     spec["adopt"] = True
     return spec
+
+
+def _clock(text: object) -> str | dict[str, Any] | None:
+    """The manifest's ``clock`` for a canonical clock text (``model.clock_text``); None
+    for ``utc``, the default."""
+    if not isinstance(text, str) or text == "utc":
+        return None
+    offset, attrs = clock_parts(text)
+    if not attrs:
+        return offset
+    out: dict[str, Any] = {"offset": offset}
+    for key, value in attrs.items():
+        out[key] = int(value) if key in ("start", "adjustment") and value != "reset" else value
+    return out
 
 
 def _tuple(value: object) -> tuple[Any, ...]:
@@ -619,7 +639,7 @@ def _graphics(p: Projection, notes: _Notes) -> dict[str, Any] | None:
     kind = p.get("graphics.type")
     if kind is None:
         return None
-    if kind not in ("vnc", "spice"):
+    if kind not in domain_xml.MANAGED_GRAPHICS_TYPES:
         notes.add("graphics", f"{kind} graphics cannot be expressed (vnc or spice); "
                   f"{_REMOVES} displays")  # fmt: skip
         return None
@@ -628,7 +648,9 @@ def _graphics(p: Projection, notes: _Notes) -> dict[str, Any] | None:
     if isinstance(port, int) and 5900 <= port <= 65535:
         graphics["port"] = port
     listen = p.get("graphics.listen")
-    if isinstance(listen, str) and _IPV4.match(listen):
+    if listen is None:
+        graphics["listen"] = None  # no address: the host's qemu.conf default
+    elif isinstance(listen, str) and _IPV4.match(listen):
         graphics["listen"] = listen
     _put(graphics, "keymap", p.get("graphics.keymap"), _KEYMAP.match, notes)
     if p.get("graphics.password") is not None:
@@ -646,19 +668,26 @@ def _opt(target: dict[str, Any], key: str, value: object) -> None:
 
 _REMOVES = "applying the manifest removes it: a manifest holds the whole set of a VM's"
 
-_MANAGED_DISK_TYPES = ("file", "volume")
-"""``<disk type>`` of the disks and CD-ROMs a manifest manages as a whole set."""
-_MANAGED_INTERFACE_TYPES = ("network", "bridge")
-"""``<interface type>`` of the NICs a manifest manages as a whole set."""
+_MANAGED_DISK_TYPES = domain_xml.MANAGED_DISK_TYPES
+_MANAGED_INTERFACE_TYPES = domain_xml.MANAGED_INTERFACE_TYPES
 
 
-def _managed_device(device: Element) -> bool:
+def _managed_device(device: Element, aside: Collection[Element] = ()) -> bool:
     """Whether a manifest manages ``device``'s kind as a whole set, so that one it does
-    not name is removed by applying it: disks and CD-ROMs of files and volumes, NICs on
-    networks and bridges, the displays, the serial port and its console, USB inputs
-    (formatdomain "Hard drives...", "Network interfaces", "Graphical framebuffers",
-    "Serial port", "Input devices"). Every other device is kept as defined."""
+    not name is removed by applying it: the sets of ``domain_xml`` (``MANAGED_*``):
+    disks and CD-ROMs of files and volumes, NICs on networks and bridges, VNC and SPICE
+    displays, the serial port (pty, file) and its console, USB inputs (formatdomain
+    "Hard drives...", "Network interfaces", "Graphical framebuffers", "Serial port",
+    "Input devices"). Every other device is kept as defined, and so are those a
+    redefine sets aside (``aside``, ``domain_xml.set_aside``: an SDL display, a tcp
+    serial port...)."""
     tag, kind = device.tag, device.get("type")
+    if any(device is other for other in aside):
+        return False
+    if tag == "graphics":
+        return kind in domain_xml.MANAGED_GRAPHICS_TYPES
+    if tag == "console":  # a virtio or sclp console is not the serial port's
+        return domain_xml.serial_console(device)
     if tag == "disk":
         return kind in _MANAGED_DISK_TYPES
     if tag == "interface":
@@ -807,6 +836,7 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
                     kept.append(Kept(element.tag, f"{_label(element)}: {', '.join(inner)}"))
             continue
         rendered_devices = other if other is not None else mine.makeelement("devices", {})
+        aside = domain_xml.set_aside(live)
         done: list[Element] = []
         for device in element:
             bare = f"devices/{device.tag}"
@@ -822,7 +852,7 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
                     kept.append(Kept(path, f"{_label(device)}: {', '.join(inner)}"))
             elif _noted(device, notes):
                 continue
-            elif _managed_device(device):
+            elif _managed_device(device, aside):
                 notes.add(path, f"{_label(device)} cannot be expressed; {_REMOVES} "
                           f"{device.tag} devices")  # fmt: skip
             else:
@@ -830,12 +860,9 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
     for element in live.findall("metadata/*"):
         if not str(element.tag).startswith("{" + domain_xml.OWNER_NAMESPACE + "}"):
             kept.append(Kept("metadata", f"metadata {_local(element.tag)}"))
-    loader = live.find("os/loader")
-    if loader is not None and (loader.get("secure") == "yes" or (
-            (loader.text or "").strip() and live.find("os[@firmware='efi']") is None)):  # fmt: skip
-        notes.add("os/loader", f"firmware {(loader.text or '').strip() or 'with secure boot'} "
-                  "is not expressible; firmware: uefi is OVMF as libvirt selects it, "
-                  "without secure boot")  # fmt: skip
+    # A firmware chosen by path (<loader type='pflash'>OVMF_CODE...</loader>) or with
+    # secure boot reads as firmware: uefi and is kept by a redefine (listed under os);
+    # only a VM created from the manifest would get libvirt's plain OVMF instead.
     return kept
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from reconciler.errors import Problem
 from reconciler.manifests import LoadResult, _dotted
 from reconciler.model import (
+    CPU_HYPERVISOR_DEFAULT,
     CPU_MODES,
     Kind,
     Manifest,
@@ -115,6 +116,8 @@ def merge_vm_spec(
         merged["type"] = defaults.type
         taken.append("type")
     if not defaults.cpu or merged.get("type", "kvm") != "kvm":
+        return merged, taken
+    if merged.get("cpu") == CPU_HYPERVISOR_DEFAULT:  # no <cpu>: nothing to add to
         return merged, taken
     base = dict(defaults.cpu)
     own = _cpu_mapping(merged["cpu"]) if "cpu" in merged else {}

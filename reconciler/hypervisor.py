@@ -692,7 +692,16 @@ class Hypervisor:
                         # one broken pool must not fail every other object's pass
                         return records
                     raise
-            for vol in pool.listAllVolumes():
+            try:
+                listed = pool.listAllVolumes()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (
+                    libvirt.VIR_ERR_NO_STORAGE_POOL,  # undefined between lookup and listing
+                    libvirt.VIR_ERR_OPERATION_INVALID,  # stopped meanwhile
+                ):
+                    return records
+                raise
+            for vol in listed:
                 with _vanished_ok():
                     records.append(VolumeRecord(pool_name, vol.name(), vol.path(), vol.XMLDesc(0)))
             return records

@@ -167,12 +167,19 @@ class Interface:
 class Graphics:
     type: str = "vnc"
     port: int | None = None  # None: auto
-    listen: str = "127.0.0.1"
+    listen: str | None = "127.0.0.1"  # None: no address, qemu.conf's (vnc|spice)_listen
     keymap: str | None = None
     password_file: str | None = None
 
 
 CPU_MODES = ("host-model", "host-passthrough", "maximum", "custom")
+CPU_HYPERVISOR_DEFAULT = "hypervisor-default"
+"""``cpu: hypervisor-default``: no ``<cpu>`` element at all, the CPU QEMU gives when the
+definition names none (qemu64 under TCG, the machine's default model under KVM);
+an adopted domain without ``<cpu>`` keeps having none."""
+CLOCK_OFFSETS = ("utc", "localtime", "timezone", "variable", "absolute")
+"""``<clock offset>`` (formatdomain "Time keeping")."""
+_CLOCK_ATTRS = ("adjustment", "basis", "start", "timezone")
 # as the schema says them, matched whole (a schema pattern's $ admits a final newline)
 _CPU_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CPU_FEATURE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -232,6 +239,48 @@ def _topology_hint(t: CpuTopology, vcpus: int) -> str:
     if vcpus % rest == 0:
         return f"cores: {vcpus // rest}"
     return f"sockets: 1, dies: 1, cores: {vcpus}, threads: 1"
+
+
+def clock_text(offset: str, **attrs: object) -> str:
+    """A clock's canonical text: its offset, then its attributes sorted (``absolute
+    start=1234``, ``variable adjustment=3600 basis=utc``); ``utc`` alone."""
+    return " ".join([offset, *(f"{k}={attrs[k]}" for k in sorted(attrs) if attrs[k] is not None)])
+
+
+def clock_parts(text: str) -> tuple[str, dict[str, str]]:
+    """The inverse of ``clock_text``: (offset, attributes)."""
+    offset, *rest = text.split(" ")
+    return offset, dict(item.split("=", 1) for item in rest)
+
+
+def clock_from_manifest(value: object) -> tuple[str, list[FieldProblem]]:
+    """A ``clock`` as a manifest writes it (``utc``, ``localtime``, or a mapping with
+    ``offset`` and libvirt's attributes for it: ``absolute`` needs ``start`` (seconds
+    since the epoch), ``timezone`` needs ``timezone``, ``variable`` takes ``adjustment``
+    (seconds) and ``basis``; ``utc``/``localtime`` take ``adjustment: reset``)
+    -> (canonical text, problems). formatdomain "Time keeping"."""
+    where: FieldPath = ("spec", "clock")
+    if isinstance(value, str):
+        return value, []
+    assert isinstance(value, Mapping)
+    offset = str(value.get("offset", "utc"))
+    attrs = {k: value.get(k) for k in _CLOCK_ATTRS}
+    allowed = {"absolute": {"start"}, "timezone": {"timezone"},
+               "variable": {"adjustment", "basis"}, "utc": {"adjustment"},
+               "localtime": {"adjustment"}}.get(offset, set())  # fmt: skip
+    problems = [
+        FieldProblem((*where, k), f"{k} does not go with offset {offset}",
+                     f"libvirt takes {', '.join(sorted(allowed)) or 'nothing more'} with it")
+        for k, v in attrs.items() if v is not None and k not in allowed
+    ]  # fmt: skip
+    need = {"absolute": "start", "timezone": "timezone"}.get(offset)
+    if need is not None and attrs[need] is None:
+        problems.append(FieldProblem((*where, need), f"offset {offset} needs {need}"))
+    if offset in ("utc", "localtime") and attrs["adjustment"] not in (None, "reset"):
+        problems.append(FieldProblem((*where, "adjustment"),
+                                     f"offset {offset} takes only adjustment: reset",
+                                     "use offset: variable for a fixed adjustment"))  # fmt: skip
+    return clock_text(offset, **attrs), problems
 
 
 def cpu_from_manifest(value: object) -> CpuSpec:
@@ -332,8 +381,8 @@ class VirtualMachineSpec:
     type: str = "kvm"
     machine: str = "pc"
     firmware: str = "bios"
-    cpu: CpuSpec | None = None  # None: the hypervisor's default (type qemu only)
-    clock: str = "utc"
+    cpu: CpuSpec | None = None  # None: no <cpu>, the hypervisor's default
+    clock: str = "utc"  # canonical: "utc", "absolute start=1234" (clock_text)
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
@@ -645,7 +694,9 @@ def _build_vm(
             )
         )
     cpu: CpuSpec | None = None
-    if "cpu" in raw:
+    if raw.get("cpu") == CPU_HYPERVISOR_DEFAULT:
+        cpu = None
+    elif "cpu" in raw:
         try:
             cpu = cpu_from_manifest(raw["cpu"])
         except SpecError as exc:
@@ -797,13 +848,12 @@ def _build_vm(
             )
         )
 
+    # Device classes, as libvirt's <boot dev>: a class may be met by a device the
+    # manifest does not manage (a host CD-ROM drive kept on adoption), and firmware
+    # skips a class with no device. [] is no <boot dev> (devices carry <boot order>).
     boot = tuple(raw.get("boot", ("disk",)))
-    if "cdrom" in boot and not cdroms:
-        problems.append(FieldProblem(("spec", "boot"), "boot lists cdrom but the VM has no cdroms"))
-    if "network" in boot and not interfaces:
-        problems.append(
-            FieldProblem(("spec", "boot"), "boot lists network but the VM has no interfaces")
-        )
+    clock, clock_problems = clock_from_manifest(raw.get("clock", "utc"))
+    problems += clock_problems
 
     graphics = None
     if "graphics" in raw:
@@ -812,7 +862,7 @@ def _build_vm(
         graphics = Graphics(
             type=g.get("type", "vnc"),
             port=None if port == "auto" else port,
-            listen=g.get("listen", "127.0.0.1"),
+            listen=g.get("listen", "127.0.0.1"),  # null: no address (qemu.conf's)
             keymap=g.get("keymap"),
             password_file=g.get("passwordFile"),
         )
@@ -863,7 +913,7 @@ def _build_vm(
         machine=machine,
         firmware=raw.get("firmware", "bios"),
         cpu=cpu,
-        clock=raw.get("clock", "utc"),
+        clock=clock,
         kernel=raw.get("kernel"),
         initrd=raw.get("initrd"),
         cmdline=raw.get("cmdline"),

@@ -1003,6 +1003,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     taken = ctx.taken(owner)
     if not owner.ours and not spec.adopt and not taken:
         return _conflict(m, f"VM '{m.name}'", owner)
+    cannot = domain_xml.refusal(spec, live.config_root)
+    if cannot is not None:  # patching would lose what the domain has
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
 
     @functools.cache
     def rendered() -> str:  # only for a VM that changes: patching is a plan's main cost

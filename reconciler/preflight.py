@@ -370,11 +370,20 @@ def check_memory(
 
 
 def check_files(
-    _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
 ) -> Iterator[FieldProblem]:
-    """Disk, CD-ROM, kernel and initrd files exist, and QEMU's user can reach them."""
+    """Disk, CD-ROM, kernel and initrd files exist, and QEMU's user can reach them.
+
+    A missing file the existing domain's definition already names, on a VM the apply
+    does not start (``state: stopped``), is not a problem: redefining it (adoption,
+    any field change) opens no file, and refusing would only stop ownership being
+    recorded; the start that needs the file is refused when it is asked for. (Its path
+    is still checked against the allowed roots, as every path a manifest names.)"""
     if not facts.local:
         return
+    record = ctx.observed.domains.get(m.name)
+    defined = _defined_files(record.config_xml) \
+        if record is not None and spec.state == "stopped" else frozenset()  # fmt: skip
     for where, path in host_files(spec):
         found = facts.paths.get(path)
         if found is None:
@@ -382,6 +391,8 @@ def check_files(
         if not found.exists:
             if path in ctx.volume_paths:
                 continue  # a Volume manifest makes it
+            if path in defined:
+                continue  # already the stopped domain's: a redefine opens nothing
             yield FieldProblem(
                 where,
                 f"{path} does not exist on this host",
@@ -441,7 +452,7 @@ def check_graphics_port(
     if g is None or g.port is None:
         return
     for holder, listen, running in ctx.ports.get(g.port, ()):
-        if holder == m.name or not _listens_overlap(g.listen, listen):
+        if holder == m.name or not _listens_overlap(g.listen or "", listen):
             continue
         how = "running, holds it" if running else "defined with it fixed"
         yield FieldProblem(
@@ -573,6 +584,17 @@ def check_subnet(
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _defined_files(config_xml: str) -> frozenset[str]:
+    """The host files a domain definition opens (disk and CD-ROM sources, kernel,
+    initrd), as written there."""
+    from reconciler.xml._fields import parse
+
+    root = parse(config_xml)
+    named = [s.get("file") for s in root.findall("devices/disk/source")]
+    named += [root.findtext("os/kernel"), root.findtext("os/initrd")]
+    return frozenset(str(n) for n in named if n)
 
 
 def host_files(spec: VirtualMachineSpec) -> list[tuple[FieldPath, str]]:

@@ -285,7 +285,7 @@ def _check_vm_claims(manifests: Sequence[Manifest]) -> list[Finding]:
                 )
         g = m.spec.graphics
         if g is not None and g.port is not None:
-            first = ports.setdefault((g.listen, g.port), m)
+            first = ports.setdefault((g.listen or "", g.port), m)
             if first is not m:
                 findings.append(
                     (

@@ -56,6 +56,8 @@ from reconciler.model import (
     Disk,
     Interface,
     VirtualMachineSpec,
+    clock_parts,
+    clock_text,
     is_q35,
     target_fits,
     target_names,
@@ -96,6 +98,10 @@ __all__ = [
     "DISKS",
     "FIELDS",
     "INTERFACES",
+    "MANAGED_DISK_TYPES",
+    "MANAGED_GRAPHICS_TYPES",
+    "MANAGED_INTERFACE_TYPES",
+    "MANAGED_SERIAL_TYPES",
     "OWNER_NAMESPACE",
     "VNC_PASSWORD_MAX",
     "CloudInitSeed",
@@ -104,11 +110,15 @@ __all__ = [
     "machine_aliases_from_capabilities",
     "observe",
     "patch",
+    "per_device_boot",
     "project",
     "read_cpu",
     "read_ownership",
+    "refusal",
     "render",
     "secret_token",
+    "serial_console",
+    "set_aside",
     "with_owner_instance",
 ]
 
@@ -406,6 +416,8 @@ class _BootOrder:
     def read(self, root: Element) -> object:
         if root.find("os/kernel") is not None:
             return ()  # libvirt adds <boot dev='hd'/> even then
+        if per_device_boot(root):
+            return ()  # libvirt refuses <os><boot> beside it
         devs = _BOOT_DEVS.read(root)
         assert isinstance(devs, tuple)
         return tuple(_BOOT_NAMES.get(dev, dev) for dev in devs)
@@ -414,6 +426,43 @@ class _BootOrder:
         return tuple(value)
 
 
+def per_device_boot(xml: str | Element) -> bool:
+    """Whether the domain orders boot per device (``<boot order='N'/>`` in a disk, NIC,
+    hostdev...; formatdomain "BIOS bootloader", "Specifying boot order"): libvirt then
+    refuses ``<os><boot>``, so a manifest's ``boot`` must be ``[]``."""
+    return parse(xml).find("devices/*/boot") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """``clock``: ``<clock offset>`` and its attributes (start, timezone, adjustment,
+    basis) as one canonical text (``model.clock_text``); the timers inside are kept."""
+
+    def write(self, root: Element, value: Any) -> None:
+        offset, attrs = clock_parts(str(value))
+        clock = ensure(root, "clock")
+        clock.set("offset", xml_text(offset, "clock"))
+        for key, text in attrs.items():
+            clock.set(key, xml_text(text, f"clock.{key}"))
+
+    def clear(self, root: Element) -> None:
+        clock = root.find("clock")
+        if clock is not None:
+            for key in ("offset", *_CLOCK_ATTRS):
+                drop_attr(clock, key)
+
+    def read(self, root: Element) -> object:
+        clock = root.find("clock")
+        if clock is None or clock.get("offset") is None:
+            return None
+        return clock_text(str(clock.get("offset")),
+                          **{k: clock.get(k) for k in _CLOCK_ATTRS})  # fmt: skip
+
+    def canon(self, value: Any) -> object:
+        return str(value)
+
+
+_CLOCK_ATTRS = ("adjustment", "basis", "start", "timezone")
 _DEFAULT_CPU_MODELS = ("qemu64",)
 _CPU_ORDER = ("model", "vendor", "topology", "cache", "feature", "numa")
 
@@ -670,7 +719,7 @@ FIELDS: tuple[Field[_Desired], ...] = (
     # host-model is expanded in the running definition: compared through the record of
     # the CPU the domain booted with (booted_cpu), not the running <cpu>
     Field("cpu", lambda d: d.spec.cpu, _Cpu(), live_readable=False, export=None),
-    Field("clock", lambda d: d.spec.clock, Attr("clock", "offset"), default="utc"),
+    Field("clock", lambda d: d.spec.clock, _Clock(), default="utc"),
     Field("graphics.type", _graphics("type"), Attr("devices/graphics", "type"), default="vnc"),
     Field("graphics.port", _graphics("port"), _GraphicsPort(), default="auto"),
     Field(
@@ -734,6 +783,13 @@ class _DiskSource:
         return value
 
 
+MANAGED_GRAPHICS_TYPES = frozenset({"vnc", "spice"})
+"""The ``<graphics type>`` a manifest manages; an SDL, egl-headless, dbus, rdp display
+is kept as it is (``set_aside``)."""
+MANAGED_SERIAL_TYPES = frozenset({"pty", "file"})
+"""The ``<serial type>`` of a serial port 0 a manifest manages with its console; a
+port 0 of another type (tcp, udp, unix, dev...) is kept, with every serial port and
+the port-0 console (``set_aside``), and the manifest reads ``serial: none``."""
 MANAGED_DISK_TYPES = frozenset({"file", "volume"})
 """The ``<disk type>`` of the disks and CD-ROMs a manifest manages as a whole set.
 Block and network disks (and the rest, docs/decisions.md) are kept as they are."""
@@ -823,6 +879,75 @@ INTERFACES: Device[Interface] = Device(
 
 
 # --- render / project / observe ------------------------------------------------
+
+
+def set_aside(root: Element) -> list[Element]:
+    """The devices of kinds the manifest manages that it cannot hold, which a redefine
+    keeps and observation does not see: displays not in ``MANAGED_GRAPHICS_TYPES``;
+    with a serial port 0 not in ``MANAGED_SERIAL_TYPES``, every serial port and the
+    console on serial port 0. (Elements of ``root``, not removed.)"""
+    devices = root.find("devices")
+    if devices is None:
+        return []
+    found = [g for g in devices.findall("graphics") if g.get("type") not in MANAGED_GRAPHICS_TYPES]
+    serial = devices.find("serial")
+    if serial is not None and serial.get("type") not in MANAGED_SERIAL_TYPES:
+        found += devices.findall("serial")
+        found += [c for c in devices.findall("console") if serial_console(c)]
+    return found
+
+
+def _take_aside(root: Element) -> list[tuple[Element, Element | None]]:
+    """Take the ``set_aside`` devices out of ``root``: (device, the sibling before it
+    that stays, None at the start), for ``_put_back``."""
+    aside = set_aside(root)
+    taken = []
+    for element in aside:
+        anchor = element.getprevious()
+        while anchor is not None and any(anchor is other for other in aside):
+            anchor = anchor.getprevious()
+        taken.append((element, anchor))
+    for element, _ in taken:
+        remove(element)
+    return taken
+
+
+def _put_back(devices: Element, taken: list[tuple[Element, Element | None]]) -> None:
+    """Put ``_take_aside``'s devices back where they stood (after the same sibling, or
+    at the end when it is gone); libvirt orders devices by kind anyway."""
+    last: list[tuple[Element | None, Element]] = []  # anchor -> the last put after it
+    for element, anchor in taken:
+        after = next((e for a, e in reversed(last) if a is anchor), anchor)
+        if after is None:
+            devices.insert(0, element)
+        elif after.getparent() is devices:
+            after.addnext(element)
+        else:
+            devices.append(element)
+        last.append((anchor, element))
+
+
+def serial_console(console: Element) -> bool:
+    """Whether a ``<console>`` is serial port 0's (``virsh console``), the one a
+    manifest's ``serial`` manages; other consoles (virtio...) are kept."""
+    target = console.find("target")
+    return target is None or (target.get("type", "serial") == "serial"
+                              and target.get("port", "0") == "0")  # fmt: skip
+
+
+def refusal(spec: VirtualMachineSpec, current: str | Element) -> str | None:
+    """Why ``spec`` cannot be applied to the existing domain ``current`` without losing
+    what it has, or None: ``boot`` listed for a domain ordering boot per device, or a
+    serial port declared where a serial port the manifest cannot hold is kept."""
+    root = parse(current)
+    if spec.boot and not spec.kernel and per_device_boot(root):
+        return ("boot: the domain orders boot per device (<boot order=.../> in its devices), "
+                "and libvirt refuses <os><boot> beside it; write boot: [] to keep that order")
+    kept = [e for e in set_aside(root) if e.tag == "serial"]
+    if kept and spec.serial != "none":
+        return (f"serial: the domain's serial port 0 is {kept[0].get('type')}, which a "
+                "manifest does not manage and a redefine keeps; write serial: none")
+    return None
 
 
 VNC_PASSWORD_MAX = 8
@@ -971,6 +1096,7 @@ def patch(
     root = parse(current)
     if not isinstance(current, (str, bytes)):
         root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
+    aside = _take_aside(root)
     os_type = root.find("os/type")
     was_q35 = is_q35("" if os_type is None else os_type.get("machine", ""))
     patch_fields(root, (f for f in FIELDS if f.path != "cloudInit"), desired)
@@ -1003,6 +1129,7 @@ def patch(
             remove(owner)
     if cloud_init_seed is not None and ownership is not None:
         _SeedDigest().write(root, cloud_init_seed.digest)
+    _put_back(ensure(root, "devices"), aside)
     return serialize(root)
 
 
@@ -1117,8 +1244,13 @@ def device_xml(xml: str, section: str, key: str) -> str | None:
 
 
 def observe(xml: str | Element) -> Projection:
-    """The declared fields read from a domain's XML (inactive or live)."""
+    """The declared fields read from a domain's XML (inactive or live); devices a
+    manifest cannot hold (``set_aside``) are not seen."""
     root = parse(xml)
+    if set_aside(root):
+        root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
+        for element in set_aside(root):
+            remove(element)
     out = observe_fields(root, FIELDS)
     out.update(DISKS.observe(root))
     out.update(CDROMS.observe(root))

@@ -6,7 +6,10 @@ place; see ``SOURCES.md`` there): defined on the real libvirtd under a unique
 nothing else), applied, and ``XMLDesc(INACTIVE | SECURE)`` compared before and
 after with our ``<rc:owner>`` metadata taken out: identical, and no device gone.
 A file is skipped only when this host's libvirt refuses to define it, with
-libvirt's message. The domains are never started; each is undefined (with an
+libvirt's message. The configuration's ``allowedDiskRoots`` are the defaults plus
+the directories of the files the XML names (``adoption.disk_roots``), as an
+operator adopting those domains would set them: SPEC §5 checks every path a
+manifest names against the roots, adoption included (docs/decisions.md). The domains are never started; each is undefined (with an
 NVRAM file only if it was not there before) whatever the outcome.
 
 The steps and checks are ``bench/adoption.py``'s, which also prints the figures

@@ -339,7 +339,7 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda"]
 
 
-def test_a_firmware_chosen_by_path_is_noted() -> None:
+def test_a_firmware_chosen_by_path_is_kept() -> None:
     xml = DOMAIN_XML.replace("<os firmware='efi'>", "<os>").replace(
         "<loader secure='no'/>",
         "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>",
@@ -347,22 +347,34 @@ def test_a_firmware_chosen_by_path_is_noted() -> None:
     obs = observed(domains={"web-1": DomainRecord("web-1", "u", False, False, xml, None)})
     item = one(Kind.VIRTUAL_MACHINE, "web-1", obs)
     assert item.document is not None and item.document["spec"]["firmware"] == "uefi"
-    assert [n.field for n in item.notes] == ["os/loader"]
-    assert "OVMF_CODE_4M.ms.fd" in item.notes[0].message
+    # the redefine keeps the loader (patch does not touch an unchanged firmware)
+    assert item.notes == ()
+    assert any("loader" in k.label for k in item.kept), item.kept
 
 
-def test_fields_the_manifest_spells_differently_are_noted_with_both_values() -> None:
-    # no <cpu>, no listen address: the manifest's defaults (host-model, 127.0.0.1) differ
+def test_no_cpu_and_no_listen_address_are_exported_as_such_not_as_defaults() -> None:
+    # no <cpu>, no listen address: the manifest says so (cpu: hypervisor-default,
+    # listen: null) rather than taking its defaults for new VMs (host-model, 127.0.0.1)
     xml = DOMAIN_XML.replace("<cpu mode='host-passthrough' check='none' migratable='on'/>", "")
     xml = xml.replace("listen='0.0.0.0'>", ">").replace(
         "<listen type='address' address='0.0.0.0'/>", "<listen type='address'/>"
     )
     obs = observed(domains={"web-1": DomainRecord("web-1", "u", False, False, xml, None)})
-    notes = {n.field: n.message for n in one(Kind.VIRTUAL_MACHINE, "web-1", obs).notes}
-    assert notes == {
-        "cpu": "libvirt has (none), the manifest gives host-model",
-        "graphics.listen": "libvirt has (none), the manifest gives 127.0.0.1",
-    }
+    item = one(Kind.VIRTUAL_MACHINE, "web-1", obs)
+    assert item.notes == ()
+    assert item.document is not None
+    assert item.document["spec"]["cpu"] == "hypervisor-default"
+    assert item.document["spec"]["graphics"]["listen"] is None
+
+
+def test_a_clock_offset_beyond_utc_and_localtime_is_exported_with_its_attributes() -> None:
+    xml = DOMAIN_XML.replace("<clock offset='localtime'", "<clock offset='absolute' start='1234'")
+    assert "offset='absolute'" in xml
+    obs = observed(domains={"web-1": DomainRecord("web-1", "u", False, False, xml, None)})
+    item = one(Kind.VIRTUAL_MACHINE, "web-1", obs)
+    assert item.notes == ()
+    assert item.document is not None
+    assert item.document["spec"]["clock"] == {"offset": "absolute", "start": 1234}
 
 
 def test_selection() -> None:

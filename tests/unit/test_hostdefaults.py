@@ -55,6 +55,8 @@ AMD = VmDefaults(cpu={"features": {"arch-capabilities": "disable"}}, origin="/et
          ["cpu.mode", "cpu.migratable"]),
         ({"cpu": "host-model"}, VmDefaults(cpu={"mode": "host-passthrough", "migratable": False}),
          {"cpu": "host-model"}, []),
+        # no <cpu> at all (an adopted domain without one): nothing to add features to
+        ({"cpu": "hypervisor-default"}, AMD, {"cpu": "hypervisor-default"}, []),
         # TCG: no CPU defaults; a type only where the manifest has none
         ({"type": "qemu"}, AMD, {"type": "qemu"}, []),
         ({}, VmDefaults(type="qemu", cpu={"features": {"x2apic": "disable"}}),

@@ -426,3 +426,37 @@ def test_spec_examples_validate() -> None:
     result = load_directory(here, known=known)
     assert result.problems == ()
     assert len(result.manifests) == 4
+
+
+# --- what an adopted domain has: libvirt's vocabulary (issue 10) ----------------------
+
+
+def test_clock_offsets_take_libvirts_attributes(write: WriteFiles) -> None:
+    root = write(**{
+        "a.yaml": vm_with("clock: {offset: absolute, start: 1234}"),
+        "b.yaml": vm_with("clock: {offset: absolute}").replace("name: web", "name: web-b"),
+        "c.yaml": vm_with("clock: {offset: utc, start: 5}").replace("name: web", "name: web-c"),
+    })
+    found = problems(root)
+    assert any("spec.clock.start: offset absolute needs start" in p for p in found), found
+    assert any("spec.clock.start: start does not go with offset utc" in p for p in found), found
+    assert not any("a.yaml" in p for p in found), found
+
+
+def test_boot_names_device_classes_the_manifest_may_not_hold(write: WriteFiles) -> None:
+    # a host CD-ROM drive or no NIC: libvirt's <boot dev> is a class, kept as the
+    # domain has it; [] is no <boot dev> at all (boot order per device)
+    root = write(**{
+        "a.yaml": vm_with("boot: [cdrom, network, disk]"),
+        "b.yaml": vm_with("boot: []").replace("name: web", "name: web-b"),
+    })
+    assert problems(root) == []
+    specs = {m.name: m.spec for m in load_directory(root.name).manifests}
+    assert [getattr(s, "boot", None) for _, s in sorted(specs.items())] == [
+        ("cdrom", "network", "disk"), ()]
+
+
+def test_cpu_hypervisor_default_is_no_cpu_element(write: WriteFiles) -> None:
+    root = write(**{"a.yaml": vm_with("cpu: hypervisor-default")})
+    [m] = load_directory(root.name).manifests
+    assert isinstance(m.spec, VirtualMachineSpec) and m.spec.cpu is None

@@ -188,6 +188,24 @@ def test_a_missing_disk_file() -> None:
                      "or fix the path")  # fmt: skip
 
 
+def test_a_missing_file_the_stopped_domain_already_has_is_no_reason_to_refuse() -> None:
+    # adoption (or any redefine) of a domain whose disk file is gone: the definition
+    # already names it and nothing is started, so ownership can be recorded; asked to
+    # run, or naming a file the definition does not have, it is refused as before
+    defined = ("<domain type='qemu'><name>web</name><devices><disk type='file' device='disk'>"
+               "<source file='/var/lib/libvirt/images/gone.img'/><target dev='vda'/></disk>"
+               "</devices></domain>")  # fmt: skip
+    obs = Observed(domains={"web": DomainRecord("web", "u", False, False, defined, None)})
+    stopped = vm("state: stopped\ndisks:\n  - file: /var/lib/libvirt/images/gone.img")
+    assert problems(stopped, observed=obs) == []
+    running = vm("disks:\n  - file: /var/lib/libvirt/images/gone.img")
+    assert "gone.img does not exist" in problems(running, observed=obs)[0]
+    elsewhere = obs.domains["web"].config_xml.replace("gone.img", "a.img")
+    moved = Observed(domains={"web": DomainRecord("web", "u", False, False, elsewhere, None)})
+    assert "gone.img does not exist" in problems(stopped, observed=moved)[0]
+    assert "gone.img does not exist" in problems(stopped)[0]  # no such domain
+
+
 def test_a_file_qemu_cannot_reach_names_the_directory() -> None:
     text = vm("cdroms:\n  - file: /root/a.iso\nkernel: /var/lib/libvirt/images/a.img")
     (found,) = problems(text)

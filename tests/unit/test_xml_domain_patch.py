@@ -350,3 +350,85 @@ def test_a_changed_text_keeps_its_element_and_other_attributes() -> None:
     memory = root.find("memory")
     assert memory is not None and memory.get("dumpCore") == "on" and memory.text == "2097152"
     assert root.index(memory) < root.index(root.find("currentMemory"))  # type: ignore[arg-type]
+
+
+# --- what an adopted domain has that a new VM would not (issue 10, the corpus) --------
+
+TCP_SERIAL = """    <serial type='tcp'>
+      <source mode='bind' host='127.0.0.1' service='9999'/>
+      <protocol type='telnet'/>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+    </serial>
+    <console type='tcp'>
+      <source mode='bind' host='127.0.0.1' service='9999'/>
+      <protocol type='telnet'/>
+      <target type='serial' port='0'/>
+    </console>
+"""
+PTY_SERIAL = HANDMADE[HANDMADE.index("    <serial type='pty'>"):HANDMADE.index("    <channel")]
+
+
+def test_a_display_or_serial_port_a_manifest_cannot_hold_is_kept() -> None:
+    # an SDL display beside the SPICE one, a tcp serial port: outside the managed sets,
+    # so the manifest reads serial none and the SPICE display only, and a redefine keeps
+    # them; a manifest saying no display at all removes only the SPICE one
+    sdl = "    <graphics type='sdl' display=':0.1' fullscreen='yes'/>\n"
+    current = HANDMADE.replace(PTY_SERIAL, TCP_SERIAL).replace("    <video>", sdl + "    <video>")
+    observed = domain.observe(current)
+    assert observed["serial"] == "none" and observed["graphics.type"] == "spice"
+    spec = _spec(serial="none")
+    assert diff(domain.project(spec, **CONTEXT), observed) == []
+    assert _canon(_patched(spec, current)) == _canon(current)
+    no_display = etree.fromstring(_patched(_spec(serial="none", graphics=None), current).encode())
+    assert [g.get("type") for g in no_display.findall("devices/graphics")] == ["sdl"]
+    assert no_display.find("devices/serial").get("type") == "tcp"  # type: ignore[union-attr]
+    # declaring a serial port where the tcp one stands is refused, not a second port 0
+    refusal = domain.refusal(_spec(), current)
+    assert refusal is not None and "serial: none" in refusal
+    assert domain.refusal(_spec(serial="none"), current) is None
+
+
+def test_a_domain_ordering_boot_per_device_gets_no_os_boot() -> None:
+    current = HANDMADE.replace("    <boot dev='hd'/>\n", "").replace(
+        "<target dev='vda' bus='virtio'/>", "<target dev='vda' bus='virtio'/>\n      <boot order='1'/>"
+    )
+    assert "<boot order='1'/>" in current and domain.per_device_boot(current)
+    assert domain.observe(current)["boot"] == ()
+    refusal = domain.refusal(_spec(), current)  # boot: [disk], libvirt refuses both
+    assert refusal is not None and "boot: []" in refusal
+    spec = _spec(boot=())
+    assert domain.refusal(spec, current) is None
+    assert diff(domain.project(spec, **CONTEXT), domain.observe(current)) == []
+    assert _canon(_patched(spec, current)) == _canon(current)
+
+
+def test_clock_offsets_keep_their_attributes_and_timers() -> None:
+    absolute = HANDMADE.replace("<clock offset='utc'>", "<clock offset='absolute' start='1234'>")
+    assert domain.observe(absolute)["clock"] == "absolute start=1234"
+    spec = _spec(VM1 + "  clock: {offset: absolute, start: 1234}\n")
+    assert "clock" not in dict(diff(domain.project(spec, **CONTEXT), domain.observe(absolute)))
+    assert _canon(_patched(spec, absolute)) == _canon(absolute)
+    # utc -> absolute: the attributes change, the timers stay
+    patched = etree.fromstring(_patched(spec).encode())
+    clock = patched.find("clock")
+    assert clock is not None and dict(clock.attrib) == {"offset": "absolute", "start": "1234"}
+    assert [t.get("name") for t in clock.findall("timer")] == ["rtc", "pit", "hpet"]
+    # and back: no start left behind
+    back = etree.fromstring(_patched(_spec(), _patched(spec)).encode()).find("clock")
+    assert back is not None and dict(back.attrib) == {"offset": "utc"}
+
+
+def test_no_cpu_and_no_listen_address_are_manifest_values() -> None:
+    bare = HANDMADE.replace("  <cpu mode='host-model' check='partial'/>\n", "").replace(
+        "<listen type='address' address='127.0.0.1'/>", "<listen type='address'/>"
+    )
+    text = VM1.replace("  graphics: {type: spice}", "  graphics: {type: spice, listen: null}")
+    spec = _spec(text + "  cpu: hypervisor-default\n")
+    assert spec.cpu is None and spec.graphics is not None and spec.graphics.listen is None
+    assert diff(domain.project(spec, **CONTEXT), domain.observe(bare)) == []
+    assert _canon(_patched(spec, bare)) == _canon(bare)
+    new = etree.fromstring(domain.render("vm1", spec, **CONTEXT).encode())
+    assert new.find("cpu") is None
+    assert new.find("devices/graphics/listen[@address]") is None
