@@ -408,10 +408,6 @@ def export_network(record: NetworkRecord) -> Exported:
 # --- virtual machines ---------------------------------------------------------------------
 
 
-def _size(value: object) -> str | None:
-    return format_size(int(value)) if isinstance(value, int) else None
-
-
 def vm_spec(
     projection: Projection, *, active: bool, autostart: bool, name: str,
     notes: _Notes | None = None, cpu: CpuSpec | None = None, config: Element | None = None,
