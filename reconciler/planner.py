@@ -138,7 +138,9 @@ def digest(manifest: Manifest) -> str:
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
-def fingerprint(m: Manifest, live: DomainRecord, context: Mapping[str, Any]) -> str:
+def fingerprint(
+    m: Manifest, live: DomainRecord, context: Mapping[str, Any], manifest_digest: str | None = None
+) -> str:
     """What a VM's comparison depends on: the manifest's digest, the context it is
     rendered with, and libvirt's definitions (persistent and running), byte for byte.
 
@@ -148,7 +150,7 @@ def fingerprint(m: Manifest, live: DomainRecord, context: Mapping[str, Any]) -> 
     h = hashlib.sha256()
     for part in (
         __version__,
-        digest(m),
+        manifest_digest or digest(m),
         json.dumps(context, sort_keys=True, default=str),
         live.config_xml,
         live.live_xml or "",
@@ -192,6 +194,7 @@ class _Context:
         self.observed = observed
         self.options = options
         self.manifests = {m.key: m for m in manifests}
+        self._digests: dict[tuple[Kind, str], str] = {}
         # pools libvirt cannot list the volumes of (not active)
         self.unlisted_pools = frozenset(n for n, p in observed.pools.items() if not p.active)
         self.volume_pools: dict[str, str] = {}
@@ -208,6 +211,14 @@ class _Context:
                 self.volume_pools[m.name] = m.spec.pool
                 self.volume_formats[m.name] = m.spec.format
 
+    def digest(self, m: Manifest) -> str:
+        """``digest(m)``, computed once per manifest and plan (a VM needs it 4 times, and
+        it is most of the cost of a VM found in sync)."""
+        found = self._digests.get(m.key)
+        if found is None:
+            found = self._digests[m.key] = digest(m)
+        return found
+
     def inventory_entry(self, key: str) -> Mapping[str, Any] | None:
         return self.observed.inventory.get(key)
 
@@ -215,7 +226,7 @@ class _Context:
         return {
             "instance": self.options.instance,
             "manifest": m.source.path,
-            "digest": digest(m),
+            "digest": self.digest(m),
             "revision": self.options.revision,
             **extra,
         }
@@ -930,7 +941,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             )
     live = ctx.observed.domains.get(m.name)
     ownership = domain_xml.Ownership(
-        manifest=m.source.path, digest=digest(m), revision=ctx.options.revision,
+        manifest=m.source.path, digest=ctx.digest(m), revision=ctx.options.revision,
         instance=ctx.options.instance,
     )  # fmt: skip
     seeds = _SeedPlan.make(m, spec, ctx)
@@ -980,11 +991,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         "instance": ctx.options.instance,
     }
     entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
-    history = _restart_history(entry, digest(m))
+    history = _restart_history(entry, ctx.digest(m))
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
                               **seeds.record(seeds.owned), **history)  # fmt: skip
     recorded = _recorded(entry, record, ["shutdownTimeout"])
-    print_ = fingerprint(m, live, context)
+    print_ = fingerprint(m, live, context, ctx.digest(m))
     if ctx.options.verified.get(m.name) == print_ and not recorded:
         quick = _vm_power_and_autostart(m, spec, live, record, print_)
         if quick is not None:
@@ -1090,7 +1101,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             changes += [c for c in pending if c.path not in {x.path for x in changes}]
             restarted = True
             history = {inventory_file.RESTARTED_FOR: {
-                "digest": digest(m),
+                "digest": ctx.digest(m),
                 "changes": sorted(tried | {_pending_key(c) for c in pending}),
                 "boot": boot,  # the domain id before the restart: it changes at a boot
             }}  # fmt: skip
@@ -1204,6 +1215,8 @@ def _lost_nics(live: DomainRecord, ctx: _Context) -> list[tuple[str, str]]:
     then the tool heals the network): the tap device stays off the new bridge, and
     nothing in the domain's own XML changes. (``live.nic_ports`` is read without a
     parse: it runs for every running VM on every plan, in sync or not.)"""
+    if not live.active or not live.live_xml or "portid=" not in live.live_xml:
+        return []  # (before nic_ports: this runs for every VM, in sync or not)
     lost = []
     for mac, network, port in live.nic_ports:
         net = ctx.observed.networks.get(network)
