@@ -377,18 +377,25 @@ def patch_fields(
     fields = tuple(fields)
     want = project_fields(fields, desired, "", variant)
     have = observe_fields(root, fields, "", observed_variant)
-    changed = []
-    for field in fields:
-        if want[field.path] == have[field.path]:
-            continue
-        value = _wanted(field, desired, variant)
-        if value is None or not isinstance(field.place, Attr | Text):
-            field.place.clear(root)
-        # an attribute or a text is set where it stands (the element keeps its place
-        # and its other attributes: <memory unit='KiB' dumpCore='on'>)
-        if value is not None:
-            field.place.write(root, value)
-        changed.append(field.path)
+    changed: list[str] = []
+    # Twice at most: a field that reads as another's value when left out (``fallback``:
+    # <vcpu> without ``current`` means all of them) matched only through that field;
+    # once that field changed, it reads differently and is written in its own right.
+    for _ in range(2):
+        todo = [field for field in fields if want[field.path] != have[field.path]]
+        if not todo:
+            break
+        for field in todo:
+            value = _wanted(field, desired, variant)
+            if value is None or not isinstance(field.place, Attr | Text):
+                field.place.clear(root)
+            # an attribute or a text is set where it stands (the element keeps its place
+            # and its other attributes: <memory unit='KiB' dumpCore='on'>)
+            if value is not None:
+                field.place.write(root, value)
+            if field.path not in changed:
+                changed.append(field.path)
+        have = observe_fields(root, fields, "", variant)
     return changed
 
 
