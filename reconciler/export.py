@@ -268,7 +268,8 @@ def export_pool(record: PoolRecord) -> Exported:
     assert isinstance(m.spec, StoragePoolSpec)
     _compare(pool_xml.project(m.spec), observed, notes)
     rendered = pool_xml.render(record.name, m.spec)
-    kept = kept_in_definition(record.config_xml, rendered, notes, silent=_POOL_SILENT)
+    kept = kept_in_definition(record.config_xml, rendered, notes, silent=_POOL_SILENT,
+                              detail=True)  # fmt: skip
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 
 
@@ -401,7 +402,7 @@ def export_network(record: NetworkRecord) -> Exported:
     # a redefine patches the current definition: what the manifest cannot say (an IPv6
     # <ip>, dns forwarders, routes, portgroups, other tools' metadata) is kept
     kept = kept_in_definition(record.config_xml, rendered, notes, silent=_NETWORK_SILENT,
-                              namespace=network_xml.OWNER_NAMESPACE)  # fmt: skip
+                              namespace=network_xml.OWNER_NAMESPACE, detail=True)  # fmt: skip
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 
 
@@ -814,6 +815,7 @@ def _noted(device: Element, notes: _Notes) -> bool:
 def kept_in_definition(
     config_xml: str, rendered: str, notes: _Notes, *,
     silent: Iterable[str] = _KEPT_SILENT, namespace: str = domain_xml.OWNER_NAMESPACE,
+    detail: bool = False,
 ) -> list[Kept]:  # fmt: skip
     """What the definition ``config_xml`` has that the manifest, rendered as ``rendered``,
     does not say, and that applying the manifest keeps (the redefine patches the current
@@ -823,7 +825,9 @@ def kept_in_definition(
     whole device of a kind the manifest manages (``_managed_device``) that the manifest
     lacks is not kept but removed by applying it: that becomes a note. Fields already
     noted (``notes``) are not listed again. Domains by default; a network or a pool
-    with its own ``silent`` bare paths (never listed) and record ``namespace``."""
+    with its own ``silent`` bare paths (never listed) and record ``namespace``, and
+    ``detail``: an element the manifest lacks altogether is listed with what it holds
+    (``dns: forwarder 127.0.0.53, txt example``, not just ``dns``)."""
     silent = tuple(silent)
     live, mine = parse(config_xml), parse(rendered)
     kept: list[Kept] = []
@@ -838,7 +842,11 @@ def kept_in_definition(
             taken.append(other)
         if element.tag != "devices":
             if other is None:
-                if len(element) or element.attrib or (element.text or "").strip():
+                inner = _inner(element, mine.makeelement(element.tag, {}), element.tag,
+                               silent) if detail and len(element) else []  # fmt: skip
+                if inner and _label(element) == element.tag:
+                    kept.append(Kept(element.tag, f"{element.tag}: {', '.join(inner)}"))
+                elif len(element) or element.attrib or (element.text or "").strip():
                     kept.append(Kept(element.tag, _label(element)))  # (empty: says nothing)
             else:
                 inner = _inner(element, other, element.tag, silent)
