@@ -75,13 +75,24 @@ def _edit(manifest: Path, change: Any) -> None:
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def _apply(ws: Workspace, kind: str, name: str, paths: list[str]) -> None:
+def _change(ws: Workspace, manifest: Path, kind: str, name: str, change: Any,
+            paths: list[str], *, restart: bool = False) -> list[str]:  # fmt: skip
+    """Edit the manifest, check that the plan changes only ``paths``, apply (``restart``:
+    then restart the network, which a change of its definition waits for), check it
+    settled; the lines of libvirt's inactive dump that changed."""
+    dump = "net-dumpxml" if kind == "Network" else "pool-dumpxml"
+    before = ws.virsh(dump, "--inactive", name)
+    _edit(manifest, change)
     plan = ws.plan()
-    a = action(plan, kind, name)
-    assert [c.path for c in a.changes] == paths, render_plan(plan, verbose=True)
+    assert [c.path for c in action(plan, kind, name).changes] == paths, \
+        render_plan(plan, verbose=True)  # fmt: skip
     done = ws.cli("apply", str(ws.directory), "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
+    if restart:
+        ws.virsh("net-destroy", name)
+        ws.virsh("net-start", name)
     assert_settled(ws)
+    return _differences(before, ws.virsh(dump, "--inactive", name))
 
 
 def test_a_hand_made_network_keeps_what_its_manifest_cannot_say(ws: Workspace) -> None:
@@ -126,45 +137,28 @@ def test_a_hand_made_network_keeps_what_its_manifest_cannot_say(ws: Workspace) -
     assert network_xml.read_ownership(adopted) is not None
     assert "other:tag" in adopted and "ns0:" not in adopted
 
-    # the DHCP range: only that line changes (the network is running: restart pending)
-    _edit(manifest, lambda spec: spec["ipv4"]["dhcp"].update(end=str(v4[149])))
-    plan = ws.plan()
-    assert [c.path for c in action(plan, "Network", name).changes] == ["ipv4.dhcp.end"]
-    done = ws.cli("apply", str(ws.directory), "--yes")
-    assert done.returncode == 0, done.stdout + done.stderr
-    now = ws.virsh("net-dumpxml", "--inactive", name)
-    assert _differences(adopted, now) == [
-        f"-      <range start=\"{v4[99]}\" end=\"{v4[199]}\"/>",
-        f"+      <range start=\"{v4[99]}\" end=\"{v4[149]}\"/>",
-    ]
-    ws.virsh("net-destroy", name)  # the change takes effect at the next start
-    ws.virsh("net-start", name)
-    assert_settled(ws)
+    # the DHCP range: only that line changes (the network runs: restart pending)
+    changed = _change(ws, manifest, "Network", name,
+                      lambda spec: spec["ipv4"]["dhcp"].update(end=str(v4[149])),
+                      ["ipv4.dhcp.end"], restart=True)  # fmt: skip
+    assert changed == [f"-      <range start=\"{v4[99]}\" end=\"{v4[199]}\"/>",
+                       f"+      <range start=\"{v4[99]}\" end=\"{v4[149]}\"/>"]  # fmt: skip
 
     # the domain name: only that attribute (localOnly stays)
-    _apply_and_compare = ws.virsh("net-dumpxml", "--inactive", name)
-    _edit(manifest, lambda spec: spec.update(domain=f"{name}.example"))
-    plan = ws.plan()
-    assert [c.path for c in action(plan, "Network", name).changes] == ["domain"]
-    done = ws.cli("apply", str(ws.directory), "--yes")
-    assert done.returncode == 0, done.stdout + done.stderr
-    renamed = ws.virsh("net-dumpxml", "--inactive", name)
-    assert _differences(_apply_and_compare, renamed) == [
-        f"-  <domain name=\"{name}.test\" localOnly=\"yes\"/>",
-        f"+  <domain name=\"{name}.example\" localOnly=\"yes\"/>",
-    ]
-    ws.virsh("net-destroy", name)
-    ws.virsh("net-start", name)
-    assert_settled(ws)
+    changed = _change(ws, manifest, "Network", name,
+                      lambda spec: spec.update(domain=f"{name}.example"), ["domain"],
+                      restart=True)  # fmt: skip
+    assert changed == [f"-  <domain name=\"{name}.test\" localOnly=\"yes\"/>",
+                       f"+  <domain name=\"{name}.example\" localOnly=\"yes\"/>"]  # fmt: skip
 
     # a DHCP host, live: net-update goes to the IPv4 <ip> (libvirt's default, the first
     # <ip> with DHCP, is the IPv6 one here and refuses a MAC), and the definition gets
     # only that line
     host = {"mac": "52:54:00:5e:00:01", "ip": str(v4[9])}
-    _edit(manifest, lambda spec: spec["ipv4"]["dhcp"].update(hosts=[host]))
-    _apply(ws, "Network", name, [f"ipv4.dhcp.hosts[{host['mac']}].ip"])
-    line = f"<host mac=\"{host['mac']}\" ip=\"{host['ip']}\"/>"
-    assert _differences(renamed, ws.virsh("net-dumpxml", "--inactive", name)) == [f"+      {line}"]
+    changed = _change(ws, manifest, "Network", name,
+                      lambda spec: spec["ipv4"]["dhcp"].update(hosts=[host]),
+                      [f"ipv4.dhcp.hosts[{host['mac']}].ip"])  # fmt: skip
+    assert changed == [f"+      <host mac=\"{host['mac']}\" ip=\"{host['ip']}\"/>"]
     running = etree.fromstring(ws.virsh("net-dumpxml", name).encode())
     assert [h.get("mac") for h in running.findall("ip/dhcp/host")] == [host["mac"]]
     assert running.find("ip[@family='ipv6']/dhcp/host") is None
@@ -191,7 +185,6 @@ def test_a_hand_made_pool_keeps_its_permissions(ws: Workspace) -> None:
     adopted = ws.virsh("pool-dumpxml", "--inactive", name)
     assert _differences(before, adopted) == []
 
-    _edit(manifest, lambda spec: spec.update(path=str(second)))
-    _apply(ws, "StoragePool", name, ["path"])
-    assert _differences(adopted, ws.virsh("pool-dumpxml", "--inactive", name)) == [
-        f"-    <path>{first}</path>", f"+    <path>{second}</path>"]
+    changed = _change(ws, manifest, "StoragePool", name,
+                      lambda spec: spec.update(path=str(second)), ["path"])  # fmt: skip
+    assert changed == [f"-    <path>{first}</path>", f"+    <path>{second}</path>"]
