@@ -17,6 +17,7 @@ from reconciler.diff import diff
 from reconciler.model import Dhcp, DhcpHost, DnsHost, Ipv4, NetworkSpec, StoragePoolSpec
 from reconciler.xml import network, pool
 from reconciler.xml._fields import ensure, find, findall, parse
+from tests.unit.conftest import WriteFiles
 
 from .xml_support import manifest
 
@@ -262,3 +263,40 @@ def test_pool_patch_keeps_permissions_and_changes_only_the_path() -> None:
     assert path is not None
     path.text = "/srv/other"
     assert _canon(moved) == _canon(want)
+
+
+# --- the planner: a redefine is the patch; live DHCP hosts go to the IPv4 <ip> ----------
+
+
+def test_the_planner_redefines_a_network_by_patching_it(write: WriteFiles) -> None:
+    from reconciler.model import Kind
+    from reconciler.plan import Op
+    from tests.unit.test_planner import action, converged, edit, load, plan_for
+
+    result = load(write)
+    observed = converged(result)
+    live = observed.networks["lab"]
+    # libvirt's network as someone left it: an IPv6 <ip> with DHCPv6 first, a portgroup
+    six = ("<ip family='ipv6' address='fd00:1::1' prefix='64'><dhcp>"
+           "<range start='fd00:1::100' end='fd00:1::1ff'/></dhcp></ip>")  # fmt: skip
+    xml = live.config_xml.replace("<ip ", six + "<ip ", 1).replace(
+        "</network>", "<portgroup name='eng'/></network>")
+    observed = dataclasses.replace(observed, networks={"lab": dataclasses.replace(
+        live, config_xml=xml, live_xml=xml)})  # fmt: skip
+    assert not action(plan_for(result, observed), Kind.NETWORK, "lab").changes
+
+    spec = next(m.spec for m in result.manifests if m.name == "lab")
+    assert isinstance(spec, NetworkSpec) and spec.ipv4 is not None and spec.ipv4.dhcp
+    dhcp = dataclasses.replace(spec.ipv4.dhcp, end="10.254.0.150", hosts=(
+        *spec.ipv4.dhcp.hosts, DhcpHost(mac="52:54:00:00:00:02", ip="10.254.0.11")))
+    plan = plan_for(edit(result, "lab", ipv4=dataclasses.replace(spec.ipv4, dhcp=dhcp)),
+                    observed)  # fmt: skip
+    a = action(plan, Kind.NETWORK, "lab")
+    assert a.op is Op.UPDATE_RESTART
+    [define] = [s for s in a.steps if s.verb == "define-network"]
+    root = parse(define.args["xml"])
+    assert root.find("ip[@family='ipv6']/dhcp/range") is not None
+    assert root.find("portgroup") is not None
+    [update] = [s for s in a.steps if s.verb == "net-update"]
+    assert (update.args["command"], update.args["index"]) == ("add", 1)  # not libvirt's -1
+    assert "index" not in update.shown_args()
