@@ -1,4 +1,4 @@
-"""Network XML (``<network>``): render, project, observe.
+"""Network XML (``<network>``): render, patch, project, observe.
 
 The planner renders this for ``networkDefineXML`` on creation, patches the
 current definition on a redefine (``patch``), and compares ``project(spec)`` with

@@ -1,4 +1,4 @@
-"""Storage pool XML (``<pool type='dir'>``): render, project, observe.
+"""Storage pool XML (``<pool type='dir'>``): render, patch, project, observe.
 
 The planner renders this for ``storagePoolDefineXML`` on creation, patches the
 current definition on a redefine (``patch``), and compares ``project(spec)``
