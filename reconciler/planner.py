@@ -367,7 +367,8 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     changes = _adoption(owner, ctx, taken=taken) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
-        steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid),
+        # the current definition, patched: its <source>, <permissions> and the rest stay
+        steps.append(Step("define-pool", {"xml": pool_xml.patch(live.config_xml, spec),
                                           "current": live.config_xml}))  # fmt: skip
     if config_changes:
         steps.append(Step("build-pool"))
@@ -682,22 +683,24 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         owner = owners.Owner(owners.Standing.OURS, None, retag=True)
     declared = spec.bridge is not None
     desired = network_xml.project(spec)
-    xml = network_xml.render(m.name, spec, uuid=live.uuid, ownership=ownership)
     config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
     adoption = _adoption(owner, ctx, taken=taken)
     changes = adoption + config_changes + _persist(live.persistent)
+
+    @functools.cache
+    def patched() -> str:
+        # the current definition, patched: what the manifest does not say is kept
+        return network_xml.patch(live.config_xml, spec, ownership=ownership)
+
     steps: list[Step] = []
-    if config_changes or not live.persistent:
-        steps.append(Step("define-network", {"xml": xml, "current": live.config_xml}))
-    elif adoption:  # only the record changes: the definition is kept as libvirt has it
-        steps.append(Step("define-network", {
-            "xml": network_xml.with_ownership(live.config_xml, ownership),
-            "current": live.config_xml}))  # fmt: skip
+    if config_changes or not live.persistent or adoption:
+        steps.append(Step("define-network", {"xml": patched(), "current": live.config_xml}))
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
         live_projection = network_xml.observe(live.live_xml, bridge_declared=declared)
-        live_steps, pending = _network_live_updates(desired, live_projection, xml, live.live_xml)
+        live_steps, pending = _network_live_updates(desired, live_projection, patched,
+                                                    live.live_xml)  # fmt: skip
         steps += live_steps
         changes = _mark_live(changes, {s.args["path"] for s in live_steps})
     if spec.state == "active" and not live.active:
@@ -730,9 +733,12 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
 
 
 def _network_live_updates(
-    desired: Mapping[str, object], live: Mapping[str, object], desired_xml: str, live_xml: str
-) -> tuple[list[Step], list[Change]]:
-    """net-update steps for lease and DNS entries; everything else waits for a restart."""
+    desired: Mapping[str, object], live: Mapping[str, object],
+    desired_xml: Callable[[], str], live_xml: str,
+) -> tuple[list[Step], list[Change]]:  # fmt: skip
+    """net-update steps for lease and DNS entries; everything else waits for a restart.
+    A DHCP host goes to the IPv4 ``<ip>`` by its index (``index``), never to the first
+    ``<ip>`` with DHCP, which may be the IPv6 one."""
     steps: list[Step] = []
     pending: list[Change] = []
     for dev, changes in sorted(by_device(diff(desired, live)).items(), key=lambda kv: str(kv[0])):
@@ -742,24 +748,18 @@ def _network_live_updates(
         section, key = dev
         wanted = key in devices(desired, section)
         present = key in devices(live, section)
-        xml_section = "ip-dhcp-host" if section == "ipv4.dhcp.hosts" else "dns-host"
+        dhcp = section == "ipv4.dhcp.hosts"
+        where = {"index": network_xml.dhcp_parent_index(live_xml)} if dhcp else {}
+        xml_section = "ip-dhcp-host" if dhcp else "dns-host"
         path = f"{section}[{key}]"
         if present:
             old = network_xml.entry_xml(live_xml, section, key)
-            steps.append(
-                Step(
-                    "net-update",
-                    {"command": "delete", "section": xml_section, "path": path, "xml": old},
-                )
-            )
+            steps.append(Step("net-update", {"command": "delete", "section": xml_section,
+                                             "path": path, "xml": old, **where}))  # fmt: skip
         if wanted:
-            new = network_xml.entry_xml(desired_xml, section, key)
-            steps.append(
-                Step(
-                    "net-update",
-                    {"command": "add", "section": xml_section, "path": path, "xml": new},
-                )
-            )
+            new = network_xml.entry_xml(desired_xml(), section, key)
+            steps.append(Step("net-update", {"command": "add", "section": xml_section,
+                                             "path": path, "xml": new, **where}))  # fmt: skip
     return steps, pending
 
 
