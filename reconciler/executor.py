@@ -380,8 +380,8 @@ class Executor:
                 hv.undefine_network(name)
             case AutostartNetwork(on=on):
                 hv.set_network_autostart(name, on)
-            case NetUpdate(command=command, section=section, xml=xml):
-                hv.update_network(name, command, section, xml)
+            case NetUpdate(command=command, section=section, xml=xml, index=index):
+                hv.update_network(name, command, section, xml, -1 if index is None else index)
             case WriteSeed():
                 note = _write_seed(hv, step)
                 self._note_seed_written(action, step.pool, step.volume)

@@ -126,7 +126,9 @@ _DEVICE_NOUNS = {
 # Step arguments too long or too private to print (rendered XML with a display
 # password, cloud-init seed files with whatever user-data holds).
 # ``current``: the definition libvirt has now, kept for ``--show-xml`` to diff against.
-HIDDEN_ARGS = frozenset({"xml", "files", "current"})
+# ``index``: which ``<ip>`` of a network a DHCP host goes to (libvirt's count, no meaning
+# to a reader: the path names the entry).
+HIDDEN_ARGS = frozenset({"xml", "files", "current", "index"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +142,16 @@ class StepBase:
     order, an unset ``current`` left out."""
 
     verb: ClassVar[str] = ""
+    # arguments left out of ``args`` while None (as the JSON plan has always had them)
+    optional: ClassVar[frozenset[str]] = frozenset({"current"})
 
     @property
     def args(self) -> dict[str, Any]:
-        """The step's fields by name, in order (``current`` only when set)."""
+        """The step's fields by name, in order (an ``optional`` one only when set)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "current" and value is None:
+            if value is None and f.name in self.optional:
                 continue
             out[f.name] = value
         return out
@@ -293,13 +297,18 @@ class AutostartNetwork(StepBase):
 @dataclass(frozen=True, slots=True)
 class NetUpdate(StepBase):
     """``virNetworkUpdate`` of one entry: ``command`` add | delete, ``section``
-    ip-dhcp-host | dns-host, ``path`` the manifest's entry, ``xml`` the entry."""
+    ip-dhcp-host | dns-host, ``path`` the manifest's entry, ``xml`` the entry,
+    ``index`` the parent element's index."""
 
     verb: ClassVar[str] = "net-update"
+    optional: ClassVar[frozenset[str]] = frozenset({"index"})
     command: str
     section: str
     path: str
     xml: str
+    # a DHCP host: the index of the IPv4 <ip> it goes to (never the first <ip> with
+    # DHCP, which may be the IPv6 one); None: libvirt's choice
+    index: int | None = None
 
 
 # --- cloud-init seeds -----------------------------------------------------------------
