@@ -10,6 +10,7 @@ from reconciler.plan import (
     DefineDomain,
     DeleteVolume,
     ImportVolume,
+    NetUpdate,
     Op,
     RestartDomain,
     SetMemory,
@@ -29,6 +30,10 @@ def test_args_keep_the_json_plan_shape() -> None:
     assert DefineDomain("<a/>", current="<b/>").args == {"xml": "<a/>", "current": "<b/>"}
     assert DefineDomain("<a/>", current="<b/>").shown_args() == {}
     assert SetMemory("memory", 2**30).describe() == "set-memory path=memory bytes=1073741824"
+    dns = NetUpdate("add", "dns-host", "dnsHosts[10.0.0.5]", "<host/>")
+    assert dns.args == {"command": "add", "section": "dns-host", "path": "dnsHosts[10.0.0.5]",
+                        "xml": "<host/>"}
+    assert NetUpdate("add", "ip-dhcp-host", "p", "<host/>", 1).shown_args()["index"] == 1
     assert ImportVolume("images", "/srv/a.img").describe() == (
         "import-volume pool=images source=/srv/a.img backing=None"
     )
