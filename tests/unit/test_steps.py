@@ -33,7 +33,7 @@ def test_args_keep_the_json_plan_shape() -> None:
     dns = NetUpdate("add", "dns-host", "dnsHosts[10.0.0.5]", "<host/>")
     assert dns.args == {"command": "add", "section": "dns-host", "path": "dnsHosts[10.0.0.5]",
                         "xml": "<host/>"}
-    assert NetUpdate("add", "ip-dhcp-host", "p", "<host/>", 1).shown_args()["index"] == 1
+    assert NetUpdate("add", "ip-dhcp-host", "p", "<host/>", 1).args["index"] == 1
     assert ImportVolume("images", "/srv/a.img").describe() == (
         "import-volume pool=images source=/srv/a.img backing=None"
     )
