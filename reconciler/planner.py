@@ -315,9 +315,13 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
         steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid),
                                           "current": live.config_xml}))  # fmt: skip
     if config_changes:
+        # libvirt builds only a stopped pool ("already active"); a dir pool restarts
+        # harmlessly, on its new definition
+        if live.active:
+            steps.append(Step("stop-pool"))
         steps.append(Step("build-pool"))
         if live.active and spec.state == "active":
-            steps += [Step("stop-pool"), Step("start-pool")]  # a dir pool restarts harmlessly
+            steps.append(Step("start-pool"))
     if spec.state == "active" and not live.active:
         changes.append(Change("state", "inactive", "active", live=True))
         steps += [Step("build-pool"), Step("start-pool")]  # build: mkdir if it went missing
