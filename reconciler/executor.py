@@ -47,7 +47,14 @@ from urllib.parse import urlsplit
 
 from reconciler import cloudinit, hints, images
 from reconciler import inventory as inventory_file
-from reconciler.errors import HypervisorError, Problem, ReconcilerError, Refused, SourcePosition
+from reconciler.errors import (
+    DefinitionChanged,
+    HypervisorError,
+    Problem,
+    ReconcilerError,
+    Refused,
+    SourcePosition,
+)
 from reconciler.hypervisor import VOLUME_EXISTS, Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
@@ -239,7 +246,7 @@ class Executor:
                 explanation, failed_step = exc.explanation, exc.step
             return ActionResult(
                 action, "failed", duration, str(exc), tuple(notes), tuple(refused),
-                explanation, failed_step,
+                explanation, failed_step, stale=isinstance(exc, DefinitionChanged),
             )  # fmt: skip
         self._record_refused(action.name, refused)
         duration = self.clock() - start
@@ -321,6 +328,8 @@ class Executor:
                 return [f"deleted cloud-init seed {args['pool']}/{args['volume']}"]
         except HypervisorError as exc:
             message = f"{step.describe()}: {exc}"
+            if isinstance(exc, DefinitionChanged):  # its message is the whole story
+                message = str(exc)
             explanation = None
             if doing in EXPLAINED_VERBS and isinstance(exc, Refused):
                 explanation = self.explain(action, message)
@@ -524,7 +533,7 @@ def _write_seed(hv: Hypervisor, args: dict[str, Any]) -> str:
 _RUN = object()  # Executor._before: the action runs
 
 _SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {
-    "define-pool": lambda hv, name, a: hv.define_pool(a["xml"]),
+    "define-pool": lambda hv, name, a: hv.define_pool(a["xml"], current=a.get("current")),
     "build-pool": lambda hv, name, a: hv.build_pool(name),
     "start-pool": lambda hv, name, a: hv.start_pool(name),
     "stop-pool": lambda hv, name, a: hv.stop_pool(name),
@@ -535,14 +544,14 @@ _SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {
     "resize-volume": lambda hv, name, a: hv.resize_volume(a["pool"], name, int(a["capacity"])),
     "block-resize": lambda hv, name, a: hv.block_resize(a["domain"], a["target"],
                                                         int(a["capacity"])),
-    "define-network": lambda hv, name, a: hv.define_network(a["xml"]),
+    "define-network": lambda hv, name, a: hv.define_network(a["xml"], current=a.get("current")),
     "start-network": lambda hv, name, a: hv.start_network(name),
     "stop-network": lambda hv, name, a: hv.stop_network(name),
     "undefine-network": lambda hv, name, a: hv.undefine_network(name),
     "autostart-network": lambda hv, name, a: hv.set_network_autostart(name, bool(a["on"])),
     "net-update": lambda hv, name, a: hv.update_network(name, a["command"], a["section"],
                                                         a["xml"]),
-    "define-domain": lambda hv, name, a: hv.define_domain(a["xml"]),
+    "define-domain": lambda hv, name, a: hv.define_domain(a["xml"], current=a.get("current")),
     "start-domain": lambda hv, name, a: hv.start_domain(name),
     "undefine-domain": lambda hv, name, a: hv.undefine_domain(name),
     "autostart-domain": lambda hv, name, a: hv.set_domain_autostart(name, bool(a["on"])),

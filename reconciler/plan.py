@@ -124,7 +124,8 @@ _DEVICE_NOUNS = {
 
 # Step arguments too long or too private to print (rendered XML with a display
 # password, cloud-init seed files with whatever user-data holds).
-# ``current``: the definition libvirt has now, kept for ``--show-xml`` to diff against.
+# ``current``: the persistent definition the plan read and patched: apply defines only
+# while libvirt still has it (``Hypervisor.define_*``), ``--show-xml`` diffs against it.
 HIDDEN_ARGS = frozenset({"xml", "files", "current"})
 
 
@@ -258,6 +259,9 @@ class ActionResult:
     refused: tuple[str, ...] = ()  # paths of live changes libvirt refused
     explanation: Problem | None = None  # a refused define/start, placed in the manifest
     failed_step: str = ""  # the verb of the step that failed (a restart's start: start-domain)
+    # failed because its definition changed since the plan (errors.DefinitionChanged):
+    # nothing was done, and a new plan (the daemon's next pass) patches what libvirt has
+    stale: bool = False
 
 
 UNSETTLED_NOTE = "unsettled"

@@ -30,10 +30,10 @@ class Tampering(Hypervisor):
         self.full_reads = 0
         self.named: list[set[str]] = []
 
-    def define_domain(self, xml: str) -> None:
+    def define_domain(self, xml: str, current: str | None = None) -> None:
         if f"<name>{self.victim}</name>" in xml:
             xml = re.sub(r"(<vcpu[^>]*>)1(</vcpu>)", r"\g<1>2\g<2>", xml)
-        super().define_domain(xml)
+        super().define_domain(xml, current=current)
 
     def domains(self) -> list[Any]:
         self.full_reads += 1
