@@ -310,3 +310,36 @@ def test_errors_are_one_line(ws: Workspace) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("reconciler: error: cannot connect to libvirt")
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_running_vm_without_a_cpu_exports_a_cpu_this_host_accepts(
+    ws: Workspace, host_probe: object
+) -> None:
+    """q35, no ``<cpu>``, started with ``virsh create`` (transient): libvirt runs it
+    with QEMU's default model and the features this host cannot give disabled (svm on
+    an Intel host). Export writes that CPU; plan must not refuse the CPU the VM runs
+    with (it did: "cannot run CPU model qemu64: it lacks svm")."""
+    kvm = getattr(host_probe, "kvm_usable", False)
+    name = ws.n("nocpu")
+    define(ws, "create", f"""
+<domain type='{'kvm' if kvm else 'qemu'}'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices/>
+</domain>""")
+    out = ws.root / "export"
+    done = ws.cli("export", f"VirtualMachine/{name}", "--output-dir", str(out), state=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = list(out.rglob("*.yaml"))
+    document = yaml.safe_load(path.read_text())
+    if kvm:
+        assert document["spec"]["cpu"]["model"], document
+    (ws.directory).mkdir(parents=True, exist_ok=True)
+    (ws.directory / path.name).write_text(path.read_text())
+    done = ws.cli("plan", str(ws.directory))
+    assert done.returncode == 2, done.stdout + done.stderr  # an adoption, no problem
+    plan = ws.plan()
+    assert [c.path for c in action(plan, "VirtualMachine", name).changes] == [
+        "ownership", "persistent"]
