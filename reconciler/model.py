@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
 from reconciler.errors import SourcePosition
-from reconciler.units import parse_duration, parse_size
+from reconciler.units import parse_duration, parse_size, too_large
 
 FieldPath: TypeAlias = tuple[str | int, ...]
 
@@ -534,6 +534,17 @@ def build_manifest(
     )
 
 
+def _within_libvirt(
+    raw: Mapping[str, Any], fields: tuple[str, ...], problems: list[FieldProblem]
+) -> None:
+    """A problem for each size field of ``raw`` too large for libvirt (``units.MAX_SIZE``):
+    refused here, at its line, rather than by libvirt at apply."""
+    for name in fields:
+        if name in raw and (why := too_large(parse_size(raw[name]))) is not None:
+            problems.append(FieldProblem(("spec", name), f"{raw[name]} {why}",
+                                         "give a smaller size"))  # fmt: skip
+
+
 def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> VolumeSpec:
     spec = VolumeSpec(
         pool=raw["pool"],
@@ -546,6 +557,7 @@ def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Volum
     )
     if spec.capacity <= 0:
         problems.append(FieldProblem(("spec", "capacity"), "capacity must be more than 0"))
+    _within_libvirt(raw, ("capacity",), problems)
     if spec.backing_volume and spec.format != "qcow2":
         problems.append(
             FieldProblem(
@@ -677,6 +689,7 @@ def _build_vm(
     max_memory = parse_size(raw["maxMemory"]) if "maxMemory" in raw else memory
     if memory < 1024**2:
         problems.append(FieldProblem(("spec", "memory"), "memory must be at least 1MiB"))
+    _within_libvirt(raw, ("memory", "maxMemory"), problems)
     if max_memory < memory:
         problems.append(
             FieldProblem(

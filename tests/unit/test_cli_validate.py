@@ -79,3 +79,26 @@ def test_json_output_shape(write: WriteFiles) -> None:
             "text": "m/a.yaml:1:1: spec: required field is missing",
         }
     ]
+
+
+def test_a_size_libvirt_cannot_hold_is_refused_at_its_line(write: WriteFiles) -> None:
+    """libvirt parses capacity and memory into a signed 64-bit count of bytes: beyond it,
+    "malformed capacity element" at apply. validate refuses it, naming the field."""
+    root = write(**{
+        "vol.yaml": "apiVersion: reconciler/v1\nkind: Volume\nmetadata: {name: v}\n"
+                    "spec:\n  pool: p\n  capacity: 99999999999999999999TiB\n",
+        "vm.yaml": "apiVersion: reconciler/v1\nkind: VirtualMachine\nmetadata: {name: w}\n"
+                   "spec:\n  memory: 1GiB\n  maxMemory: 8388608TiB\n",
+        "ok.yaml": "apiVersion: reconciler/v1\nkind: Volume\nmetadata: {name: ok}\n"
+                   "spec:\n  pool: p\n  capacity: 8388607TiB\n---\n"
+                   "apiVersion: reconciler/v1\nkind: StoragePool\nmetadata: {name: p}\n"
+                   "spec:\n  path: /srv/p\n",
+    })  # fmt: skip
+    result = run("validate", "--offline", "m", cwd=root.parent)
+    assert result.returncode == 1
+    limit = "is more than libvirt can hold (at most 9223372036854774784 bytes: 8EiB less 1KiB)"
+    assert result.stderr.splitlines() == [
+        f"m/vm.yaml:6:14: spec.maxMemory: 8388608TiB {limit}; give a smaller size",
+        f"m/vol.yaml:6:13: spec.capacity: 99999999999999999999TiB {limit}; give a smaller size",
+        "2 problems in 2 files",
+    ]
