@@ -102,3 +102,22 @@ def test_a_size_libvirt_cannot_hold_is_refused_at_its_line(write: WriteFiles) ->
         f"m/vol.yaml:6:13: spec.capacity: 99999999999999999999TiB {limit}; give a smaller size",
         "2 problems in 2 files",
     ]
+
+
+def test_a_manifest_path_xml_cannot_hold_is_refused_by_validate(tmp_path: Path) -> None:
+    """The ownership record in libvirt names the manifest by its path: a folder whose
+    name holds a control character could not be recorded, and plan said so while
+    validate called everything valid."""
+    folder = tmp_path / "m" / "a\x01b"
+    folder.mkdir(parents=True)
+    (folder / "net.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: Network\nmetadata: {name: n}\n"
+        "spec: {mode: isolated, ipv4: {address: 10.254.250.1, prefix: 24}}\n")  # fmt: skip
+    result = run("validate", "--offline", "m", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.splitlines() == [
+        "m/a\\x01b/net.yaml: the manifest's path holds '\\x01', a character XML cannot hold, "
+        "and libvirt's ownership record names the manifest by its path; rename the folder or "
+        "file",
+        "1 problem in 1 file",
+    ]
