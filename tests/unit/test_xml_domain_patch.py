@@ -432,3 +432,21 @@ def test_no_cpu_and_no_listen_address_are_manifest_values() -> None:
     new = etree.fromstring(domain.render("vm1", spec, **CONTEXT).encode())
     assert new.find("cpu") is None
     assert new.find("devices/graphics/listen[@address]") is None
+
+
+def test_a_second_display_and_a_floppy_are_kept() -> None:
+    """The manifest's one ``graphics`` is the first VNC or SPICE display; a second one (a
+    VNC beside it) and a floppy (neither a disk nor a CD-ROM) are outside the managed
+    sets: a redefine keeps them, as export says (export.kept_in_definition)."""
+    extra = ("    <graphics type='vnc' port='-1' autoport='yes'/>\n"
+             "    <disk type='file' device='floppy'><source file='/srv/fd.img'/>"
+             "<target dev='fda' bus='fdc'/></disk>\n")  # fmt: skip
+    current = HANDMADE.replace("    <video>", extra + "    <video>")
+    observed = domain.observe(current)
+    assert observed["graphics.type"] == "spice"
+    spec = _spec()
+    assert diff(domain.project(spec, **CONTEXT), observed) == []
+    assert _canon(_patched(spec, current)) == _canon(current)
+    changed = etree.fromstring(_patched(_spec(vcpus=2), current).encode())
+    assert [g.get("type") for g in changed.findall("devices/graphics")] == ["spice", "vnc"]
+    assert changed.find("devices/disk[@device='floppy']") is not None
