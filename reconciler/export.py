@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from reconciler import rounding
 from reconciler.diff import device_of, diff
 from reconciler.errors import SourcePosition
 from reconciler.model import (
@@ -317,6 +318,11 @@ def export_volume(record: VolumeRecord, ctx: Context) -> Exported:
     backing_format = None if backing is None else ctx.volume_formats.get(backing)
     desired = volume_xml.project(m.spec, backing_path=str(backing_path) if backing else None,
                                  backing_format=backing_format)  # fmt: skip
+    # compared as the planner compares it: what libvirt makes of the manifest's bytes by
+    # either path it may have taken (a qcow2 resize keeps 512-byte multiples; rounding.py)
+    have = observed.get("capacity")
+    desired["capacity"] = rounding.volume_capacity(
+        m.spec.capacity, m.spec.format, have if isinstance(have, int) else None)
     _compare(desired, observed, notes)
     return Exported(kind, record.name, doc, notes.all(), record.pool)
 
