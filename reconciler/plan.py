@@ -126,7 +126,9 @@ _DEVICE_NOUNS = {
 # password, cloud-init seed files with whatever user-data holds).
 # ``current``: the persistent definition the plan read and patched: apply defines only
 # while libvirt still has it (``Hypervisor.define_*``), ``--show-xml`` diffs against it.
-HIDDEN_ARGS = frozenset({"xml", "files", "current"})
+# ``index``: which ``<ip>`` of a network a DHCP host goes to (libvirt's count, no meaning
+# to a reader: the path names the entry).
+HIDDEN_ARGS = frozenset({"xml", "files", "current", "index"})
 
 
 @dataclass(frozen=True, slots=True)
