@@ -38,7 +38,7 @@ from reconciler.model import (
     VolumeSpec,
     seed_volume_name,
 )
-from reconciler.plan import UNSETTLED_NOTE, Action, Change, Op, Plan, Step
+from reconciler.plan import UNSETTLED_NOTE, Action, Change, Op, Plan, Step, is_unsettled
 from reconciler.snapshot import DomainRecord, Observed, VolumeRecord
 from reconciler.units import format_size
 from reconciler.userterms import in_user_terms
@@ -953,8 +953,12 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     }
     entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
     history = _restart_history(entry, digest(m))
+    # differences an apply made under this manifest that did not settle: not again
+    stuck_record = _stuck_history(entry, digest(m))
+    stuck_keys = set(stuck_record.get(inventory_file.UNSETTLED, {}).get("changes", ()))
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
-                              **seeds.record(seeds.owned), **history)  # fmt: skip
+                              **seeds.record(seeds.owned), **history,
+                              **stuck_record)  # fmt: skip
     recorded = _recorded(entry, record, ["shutdownTimeout"])
     print_ = fingerprint(m, live, context)
     if ctx.options.verified.get(m.name) == print_ and not recorded:
@@ -992,6 +996,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
     config_changes = _rounding_notes(diff(desired, config), {
         "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
+    stuck: list[Change] = []
+    if config_changes and all(settle_key(c) in stuck_keys for c in config_changes):
+        # an apply defined exactly this and libvirt kept something else: defining it
+        # again would loop (a define every pass); said as unsettled instead
+        stuck, config_changes = [_not_settled(c) for c in config_changes], []
     adoption = _adoption(owner, ctx, taken=taken)
     changes = adoption + config_changes + _persist(live.persistent)
     overwritten = seeds.overwritten()
@@ -1056,15 +1065,18 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         tried = set(restart_record.get("changes", ()))
         if restart_record.get("boot") == boot:
             tried = set()
-        if pending and spec.state == "running" and policy == "restart" and not (
-            {_pending_key(c) for c in pending} <= tried
+        # a pending difference that an apply already failed to settle restarts nothing
+        pending = [_not_settled(c) if settle_key(c) in stuck_keys else c for c in pending]
+        restartable = [c for c in pending if not is_unsettled(c)]
+        if restartable and spec.state == "running" and policy == "restart" and not (
+            {_pending_key(c) for c in restartable} <= tried
         ):
             steps.append(Step("restart-domain", {"timeout": timeout}))
-            changes += [c for c in pending if c.path not in {x.path for x in changes}]
+            changes += [c for c in restartable if c.path not in {x.path for x in changes}]
             restarted = True
             history = {inventory_file.RESTARTED_FOR: {
                 "digest": digest(m),
-                "changes": sorted(tried | {_pending_key(c) for c in pending}),
+                "changes": sorted(tried | {_pending_key(c) for c in restartable}),
                 "boot": boot,  # the domain id before the restart: it changes at a boot
             }}  # fmt: skip
         else:
@@ -1073,8 +1085,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
                 # restarted for this very manifest already, and the running domain
                 # still differs the same way: a rounding (or other) bug of ours. Said
                 # once by the apply that restarted it; never restarted again for it.
-                pending = [_unsettled(c) if _pending_key(c) in tried else c
-                           for c in pending]  # fmt: skip
+                pending = [_unsettled(c) if _pending_key(c) in tried and not is_unsettled(c)
+                           else c for c in pending]  # fmt: skip
     else:
         restarted = False
     failure = _start_failure(entry, spec, live)
@@ -1095,9 +1107,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     changes += old_changes
     steps += old_steps
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
-                              **seeds.record(kept), **failure, **history)  # fmt: skip
+                              **seeds.record(kept), **failure, **history,
+                              **stuck_record)  # fmt: skip
+    pending += [c for c in stuck if c.path not in {x.path for x in pending}]
     if restarted:
-        op, pending = Op.UPDATE_RESTART, []
+        op, pending = Op.UPDATE_RESTART, [c for c in pending if is_unsettled(c)]
     elif not changes:
         op = Op.NOOP
     elif any(not c.live and c.path != "ownership" for c in changes) and live.active:
@@ -1121,6 +1135,34 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
 def _pending_key(change: Change) -> str:
     """One pending difference, as the VM's ``restartedFor`` record keeps it."""
     return f"{change.path}: {change.old!r} -> {change.new!r}"
+
+
+def settle_key(change: Change) -> str:
+    """One difference an apply made that did not settle, as the VM's ``unsettled``
+    record (inventory.UNSETTLED) keeps it: the field and the value asked for."""
+    return f"{change.path} -> {change.new!r}"
+
+
+def _not_settled(change: Change) -> Change:
+    return dataclasses.replace(change, note=(
+        f"{UNSETTLED_NOTE}: an apply of this manifest set {change.new!r} and libvirt "
+        f"kept {change.old!r}; not defining or restarting it again for this "
+        "(a bug in reconciler: please report it)"
+    ))  # fmt: skip
+
+
+def _stuck_history(entry: Mapping[str, Any] | None, manifest_digest: str) -> dict[str, Any]:
+    """The VM's ``unsettled`` record (inventory.UNSETTLED) to keep: the differences an
+    apply of this same manifest digest made that did not settle; {} once the manifest
+    changed (a new manifest may be tried again)."""
+    record = (entry or {}).get(inventory_file.UNSETTLED)
+    if not isinstance(record, Mapping) or record.get("digest") != manifest_digest:
+        return {}
+    changes = record.get("changes")
+    if not isinstance(changes, list):
+        return {}
+    return {inventory_file.UNSETTLED: {"digest": manifest_digest,
+                                       "changes": sorted(str(c) for c in changes)}}
 
 
 def _unsettled(change: Change) -> Change:
