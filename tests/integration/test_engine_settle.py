@@ -6,12 +6,17 @@ together come out as if defined one by one."""
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
+import pytest
+
+from reconciler.daemon import Daemon
 from reconciler.hypervisor import Hypervisor
 from reconciler.plan import Op, is_unsettled
 from reconciler.reconcile import Reconciler
 from reconciler.report import render_plan
+from reconciler.settings import Settings
 from tests.integration.engine_support import (  # noqa: F401
     Workspace,
     assert_settled,
@@ -136,3 +141,45 @@ def test_a_define_that_did_not_settle_is_recorded_and_never_made_again(ws: Works
     assert result is not None and hv.defines == 2
     plan, result = apply()
     assert result is None and hv.defines == 2
+
+
+def test_the_daemon_does_not_define_again_what_did_not_settle(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``reconciler run`` for a few seconds with a define that never settles: one define,
+    then none (it was 73 in 25 s: every define's libvirt event made a pass that defined
+    again)."""
+    name = ws.n("loop")
+    ws.write("vm.yaml", vm(name, state="stopped"))
+    ws.converge()
+    ws.write("vm.yaml", vm(name, state="stopped", memory="96MiB"))
+    made: list[CountingTampering] = []
+
+    def connect(uri: str) -> Hypervisor:
+        made.append(CountingTampering(Hypervisor.open(uri)._conn, uri, victim=name))
+        return made[-1]
+
+    settings = Settings(uri=ws.uri, manifest_dir=ws.directory, state_dir=ws.state_dir,
+                        resync_interval=0.5, debounce=0.1, metrics_address=None,
+                        allowed_disk_roots=(ws.hostdir,), allowed_secret_roots=(ws.hostdir,),
+                        vm_defaults=ws.vm_defaults)  # fmt: skip
+    daemon = Daemon(settings, connect=connect)
+    # the test process's signals stay pytest's; the test stops the daemon itself
+    monkeypatch.setattr(daemon, "_install_signals", lambda: None)
+
+    def stop() -> None:
+        daemon.stopping.set()
+        daemon.triggers.wake.set()
+
+    timer = threading.Timer(5.0, stop)
+    timer.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        timer.cancel()
+    assert daemon.passes >= 3, daemon.passes  # periodic resyncs: it kept planning
+    assert sum(hv.defines for hv in made) == 1
+    record = ws.inventory()[f"VirtualMachine/{name}"]["unsettled"]
+    assert "maxVcpus -> 1" in record["changes"]
+    status = ws.cli("status", "--state-dir", str(ws.state_dir), state=False)
+    assert "unsettled" in status.stdout, status.stdout + status.stderr
