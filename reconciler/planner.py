@@ -980,15 +980,21 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     taken = ctx.taken(owner)
     if not owner.ours and not spec.adopt and not taken:
         return _conflict(m, f"VM '{m.name}'", owner)
-    cannot = domain_xml.refusal(spec, config_root)
-    if cannot is not None:  # patching would lose what the domain has
-        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
 
     @functools.cache
     def rendered() -> str:  # only for a VM that changes: patching is a plan's main cost
         # the current definition, patched: what the manifest does not say is kept
         return domain_xml.patch(live.config_xml, spec, ownership=ownership, **kwargs)
 
+    try:
+        cannot = domain_xml.refusal(spec, config_root, rendered)
+        if cannot is None and not spec.boot and not spec.kernel:
+            # boot: [] needs a device that still carries a boot order after the patch
+            cannot = domain_xml.boot_order_refusal(spec, config_root, rendered())
+    except ValueError as exc:
+        cannot = str(exc)
+    if cannot is not None:  # patching would lose what the domain has, or never settle
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
     config = domain_xml.observe(config_root)
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)

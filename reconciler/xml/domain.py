@@ -903,12 +903,20 @@ def serial_console(console: Element) -> bool:
                               and target.get("port", "0") == "0")  # fmt: skip
 
 
-def refusal(spec: VirtualMachineSpec, current: str | Element) -> str | None:
+def refusal(
+    spec: VirtualMachineSpec,
+    current: str | Element,
+    patched: Callable[[], str | Element] | None = None,
+) -> str | None:
     """Why ``spec`` cannot be applied to the existing domain ``current`` without losing
-    what it has, or None: ``boot`` listed for a domain ordering boot per device, or a
-    serial port declared where a serial port the manifest cannot hold is kept."""
+    what it has, or None: ``boot`` listed for a domain ordering boot per device (in
+    ``patched()``, the redefinition, when given: a boot order on a device the change
+    replaces or removes goes with it), or a serial port declared where a serial port
+    the manifest cannot hold is kept. ``patched`` may raise ValueError as ``patch``."""
     root = parse(current)
-    if spec.boot and not spec.kernel and per_device_boot(root):
+    if spec.boot and not spec.kernel and per_device_boot(root) and (
+        patched is None or per_device_boot(patched())
+    ):
         return ("boot: the domain orders boot per device (<boot order=.../> in its devices), "
                 "and libvirt refuses <os><boot> beside it; write boot: [] to keep that order")
     kept = [e for e in set_aside(root) if e.tag == "serial"]
@@ -916,6 +924,35 @@ def refusal(spec: VirtualMachineSpec, current: str | Element) -> str | None:
         return (f"serial: the domain's serial port 0 is {kept[0].get('type')}, which a "
                 "manifest does not manage and a redefine keeps; write serial: none")
     return None
+
+
+def boot_order_refusal(
+    spec: VirtualMachineSpec, current: str | Element, patched: str | Element
+) -> str | None:
+    """Why ``boot: []`` cannot hold for ``patched`` (the redefinition of ``current``),
+    or None. ``boot: []`` means "the devices carry ``<boot order>``" (formatdomain
+    "BIOS bootloader", "Specifying boot order"); where no device of the patched
+    definition carries one any more (the device that did was replaced or removed),
+    libvirt adds ``<boot dev='hd'/>`` and the definition never settles."""
+    if spec.boot or spec.kernel or per_device_boot(patched):
+        return None
+    carried = [_device_name(e) for e in parse(current).findall("devices/*/boot/..")]
+    had = (f"the boot order was on {', '.join(carried)}, which this change replaces or "
+           "removes" if carried else "no device of the domain has one")  # fmt: skip
+    return ("boot: [] keeps the boot order the domain's devices carry (<boot order=.../>), "
+            f"but after this change no device carries one ({had}); libvirt would add "
+            "<boot dev='hd'/>. Write the classes to boot from instead, e.g. boot: [disk]")
+
+
+def _device_name(device: Element) -> str:
+    """A device as a person names it: ``disk vda``, ``interface 52:54:00:..``."""
+    target = device.find("target")
+    mac = device.find("mac")
+    if target is not None and target.get("dev"):
+        return f"{device.tag} {target.get('dev')}"
+    if mac is not None and mac.get("address"):
+        return f"{device.tag} {mac.get('address')}"
+    return device.tag
 
 
 VNC_PASSWORD_MAX = 8

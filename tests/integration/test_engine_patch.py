@@ -228,3 +228,62 @@ def test_root_disk_to_virtio_keeps_the_hot_plugged_data_disk(ws: Workspace) -> N
     after = _inactive(ws, name)
     assert data_disk(after) == data_disk(config)  # target and address as they were
     assert data_disk(ws.virsh("dumpxml", name))[0] == "vda"
+
+
+def _boot_order_xml(ws: Workspace, name: str, disk: Path) -> str:
+    """A pc domain whose only disk carries ``<boot order='1'/>`` (no ``<os><boot>``)."""
+    return f"""<domain type='{ws.domain_type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  {ws.cpu_xml("host-model")}
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+      <boot order='1'/>
+    </disk>
+  </devices>
+</domain>"""
+
+
+@pytest.mark.parametrize("edit", ["other image", "no disk"])
+def test_boot_by_device_order_without_a_device_carrying_one_is_refused(
+    ws: Workspace, edit: str
+) -> None:
+    """``boot: []`` where no device carries ``<boot order>`` after the change: libvirt
+    adds ``<boot dev='hd'/>``, which never settled (a define every pass). Refused at
+    plan, naming the field and the fix; nothing is defined."""
+    name = ws.n("bootorder")
+    disk, other = ws.file("a.img", "1M", "raw"), ws.file("b.img", "1M", "raw")
+    xml_path = ws.root / f"{name}.xml"
+    xml_path.write_text(_boot_order_xml(ws, name, disk))
+    ws.virsh("define", str(xml_path))
+    manifest = _adopt(ws, name)
+    doc: dict[str, Any] = yaml.safe_load(manifest.read_text())
+    assert doc["spec"]["boot"] == []
+    adopted = _inactive(ws, name)
+    if edit == "other image":
+        doc["spec"]["disks"][0]["file"] = str(other)
+    else:
+        doc["spec"]["disks"] = []
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert a.op is Op.ERROR, render_plan(plan)
+    assert a.reason.startswith("boot: []") and "disk vda" in a.reason, a.reason
+    assert "boot: [disk]" in a.reason, a.reason
+    done = ws.cli("plan", str(ws.directory))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{manifest.name}:" in done.stdout + done.stderr and "boot: []" in done.stdout
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 1
+    assert _differences(adopted, _inactive(ws, name)) == []  # nothing defined
+    # the fix the message gives settles
+    doc["spec"]["boot"] = ["disk"]
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_settled(ws)

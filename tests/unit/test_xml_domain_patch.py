@@ -404,6 +404,28 @@ def test_a_domain_ordering_boot_per_device_gets_no_os_boot() -> None:
     assert _canon(_patched(spec, current)) == _canon(current)
 
 
+def test_boot_by_device_order_needs_a_device_that_still_carries_one() -> None:
+    """boot: [] where the patch replaces the disk carrying the boot order: refused
+    (libvirt would add <boot dev='hd'/>, and the definition never settles), naming
+    the device and the fix; boot: [disk] is then what the redefinition may carry."""
+    current = HANDMADE.replace("    <boot dev='hd'/>\n", "").replace(
+        "<target dev='vda' bus='virtio'/>", "<target dev='vda' bus='virtio'/>\n      <boot order='1'/>"
+    )
+    spec = _spec(boot=())
+    assert domain.boot_order_refusal(spec, current, _patched(spec, current)) is None
+    moved = _spec(VM1.replace("vm1.qcow2", "other.qcow2"), boot=())
+    refusal = domain.boot_order_refusal(moved, current, _patched(moved, current))
+    assert refusal is not None and refusal.startswith("boot: []"), refusal
+    assert "disk vda" in refusal and "boot: [disk]" in refusal
+    # with boot: [disk] the replaced disk's order goes with it: not refused
+    listed = _spec(VM1.replace("vm1.qcow2", "other.qcow2"))
+    assert domain.refusal(listed, current, lambda: _patched(listed, current)) is None
+    assert domain.refusal(_spec(), current, lambda: _patched(_spec(), current)) is not None
+    # no device ever carried one: boot: [] never settles either
+    plain = _spec(boot=())
+    assert domain.boot_order_refusal(plain, HANDMADE, _patched(plain, HANDMADE)) is not None
+
+
 def test_clock_offsets_keep_their_attributes_and_timers() -> None:
     absolute = HANDMADE.replace("<clock offset='utc'>", "<clock offset='absolute' start='1234'>")
     assert domain.observe(absolute)["clock"] == "absolute start=1234"
