@@ -343,6 +343,24 @@ def test_one_image_listed_twice_is_a_validation_error() -> None:
     assert "already disks[1]" in problem.message
 
 
+def test_an_image_spelled_another_way_is_the_same_disk() -> None:
+    """``/x//./f.qcow2`` is ``/x/f.qcow2``: no change at all (it was a detach of vda and
+    an attach at vdb of the same image on a running VM)."""
+    import pytest
+
+    from reconciler.model import SpecError
+
+    odd = VM1.replace("/var/lib/libvirt/images/vm1.qcow2", "/var/lib//libvirt/./images/vm1.qcow2")
+    assert _spec(odd) == _spec()
+    assert diff(domain.project(_spec(odd), **CONTEXT), domain.observe(HANDMADE)) == []
+    assert _canon(_patched(_spec(odd))) == _canon(_patched(_spec()))
+    twice = VM1.replace("    - {volume: vm1-data}\n", "    - {volume: vm1-data}\n"
+                        "    - {file: /var/lib/libvirt/images/./vm1.qcow2, bus: sata}\n")
+    with pytest.raises(SpecError) as raised:  # the same image twice, whatever the spelling
+        manifest(twice)
+    assert "already disks[0]" in raised.value.problems[0].message
+
+
 def test_a_changed_text_keeps_its_element_and_other_attributes() -> None:
     dumped = HANDMADE.replace("<memory unit='KiB'>1048576</memory>",
                               "<memory unit='KiB' dumpCore='on'>1048576</memory>")  # fmt: skip
