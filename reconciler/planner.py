@@ -967,7 +967,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             return quick
     config_root = parse(live.config_xml)
     # a disk keeps the target the domain has it at, unless the manifest names one
-    spec = domain_xml.settle_targets(spec, config_root)
+    # (a stopped one gives a replaced image the name the image it replaces frees)
+    spec = domain_xml.settle_targets(spec, config_root, reuse_freed=not live.active)
     try:
         desired = domain_xml.project(spec, **kwargs)
     except ValueError as exc:

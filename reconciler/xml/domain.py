@@ -1156,15 +1156,25 @@ def _new_chipset(root: Element) -> None:
             remove(address)
 
 
-def settle_targets(spec: VirtualMachineSpec, current: str | Element) -> VirtualMachineSpec:
+def settle_targets(
+    spec: VirtualMachineSpec, current: str | Element, *, reuse_freed: bool = False
+) -> VirtualMachineSpec:
     """``spec`` with each disk whose target the manifest does not declare at the target
     the existing domain (``current``, its persistent XML) gives that disk's source, so
     a target once assigned is kept; a disk new to the domain, or whose bus no longer
     fits its target, gets the first name for its bus that no disk or CD-ROM of the
-    domain has (its own, the manifest's, and the ones the manifest does not manage)."""
+    domain has (its own, the manifest's, and the ones the manifest does not manage).
+
+    ``reuse_freed`` (the domain is not running): a managed disk the manifest no longer
+    lists frees its target, and the disks new to the domain take the freed targets
+    that fit their bus first, in order (an image replaced in place keeps the guest's
+    name for it: ``sda`` stays ``sda``). A running domain holds a removed disk's name
+    until its guest lets the disk go, so a new disk there takes an unused name."""
     root = parse(current)
     used: set[str] = set()
     have: dict[object, str] = {}
+    declared = {disk_key(d) for d in spec.disks}
+    freed: list[str] = []
     for element in root.findall("devices/disk"):
         target = element.find("target")
         dev = None if target is None else target.get("dev")
@@ -1175,6 +1185,8 @@ def settle_targets(spec: VirtualMachineSpec, current: str | Element) -> VirtualM
             key = DISKS.key.read(element)
             if key is not None:
                 have.setdefault(key, str(dev))
+                if reuse_freed and key not in declared:
+                    freed.append(str(dev))
     used.update(d.target for d in spec.disks if d.target_declared)
     used.update(c.target for c in spec.cdroms)
     if spec.cloud_init is not None:
@@ -1185,8 +1197,15 @@ def settle_targets(spec: VirtualMachineSpec, current: str | Element) -> VirtualM
         if not disk.target_declared and now is not None and target_fits(now, disk.bus):
             settled[i] = now
     taken = used | set(settled.values())
+    reusable = [t for t in freed if t not in set(settled.values())
+                and t not in {d.target for d in spec.disks if d.target_declared}]
     for i, disk in enumerate(spec.disks):
         if disk.target_declared or i in settled:
+            continue
+        again = next((t for t in reusable if target_fits(t, disk.bus)), None)
+        if again is not None:
+            reusable.remove(again)
+            settled[i] = again
             continue
         free = next((t for t in target_names(disk.bus) if t not in taken), disk.target)
         settled[i] = free

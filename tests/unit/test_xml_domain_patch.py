@@ -306,6 +306,21 @@ def test_settled_targets_follow_the_domain_not_the_list_position() -> None:
     assert _canon(_patched(spec)) == _canon(HANDMADE)
 
 
+def test_a_replaced_image_takes_the_name_it_frees_on_a_stopped_domain() -> None:
+    """The root image renamed (no target declared): on a stopped domain the new image
+    is vda again, the guest's name for its root disk; on a running one vda is still
+    held by the disk being unplugged, so the new image takes a free name."""
+    text = VM1.replace("vm1.qcow2", "vm1-v2.qcow2")
+    spec = manifest(text).spec
+    assert isinstance(spec, VirtualMachineSpec)
+    stopped = domain.settle_targets(spec, HANDMADE, reuse_freed=True)
+    assert [(d.volume or d.file, d.target) for d in stopped.disks] == [
+        ("/var/lib/libvirt/images/vm1-v2.qcow2", "vda"), ("vm1-data", "vdb")]  # fmt: skip
+    running = domain.settle_targets(spec, HANDMADE)
+    assert running.disks[0].target not in {"vda", "vdb", "vdc"}
+    assert running.disks[1].target == "vdb"
+
+
 def test_a_device_for_hot_plug_carries_no_foreign_namespace() -> None:
     xml = domain.device_xml(HANDMADE, "disks", "vm1-data")
     assert xml is not None and xml.startswith("<disk type=\"volume\"") and "libosinfo" not in xml
