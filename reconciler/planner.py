@@ -27,6 +27,7 @@ from typing import Any
 from reconciler import __version__, cloudinit, owners, rounding
 from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
+from reconciler.hints import dotted
 from reconciler.hostpaths import PathPolicy
 from reconciler.manifests import LoadResult
 from reconciler.model import (
@@ -996,6 +997,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         cannot = str(exc)
     if cannot is not None:  # patching would lose what the domain has, or never settle
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
+    clash = domain_xml.unmanaged_clash(spec, config_root)
+    if clash is not None:  # a target or MAC a kept, unmanaged device has
+        where, why = clash
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
+                      reason=f"{dotted(where)}: {why}")  # fmt: skip
     config = domain_xml.observe(config_root)
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)

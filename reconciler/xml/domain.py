@@ -926,6 +926,66 @@ def refusal(
     return None
 
 
+def unmanaged_clash(
+    spec: VirtualMachineSpec, current: str | Element
+) -> tuple[tuple[str | int, ...], str] | None:
+    """A declared disk target or NIC MAC that a device the manifest does not manage
+    already has in ``current`` (a block or network disk, a ``direct`` or hostdev NIC:
+    kept by every redefine), as (the field's path in the manifest, why), or None.
+    libvirt refuses a duplicated target only at define time (``target 'vdc'
+    duplicated``) and accepts two NICs with one MAC, which no later plan can tell
+    apart (formatdomain "Hard drives...", "Network interfaces")."""
+    root = parse(current)
+    unmanaged_targets: dict[str, Element] = {}
+    for element in root.findall("devices/disk"):
+        if DISKS.managed(element) or CDROMS.managed(element):
+            continue
+        target = element.find("target")
+        if target is not None and target.get("dev"):
+            unmanaged_targets.setdefault(str(target.get("dev")), element)
+    for i, disk in enumerate(spec.disks):
+        other = unmanaged_targets.get(disk.target) if disk.target_declared else None
+        if other is not None:
+            return (("spec", "disks", i, "target"),
+                    f"target {disk.target} is the target of the domain's {_unmanaged(other)}, "
+                    "which a manifest does not manage and a redefine keeps; declare "
+                    "another target, or none (a free one is chosen)")  # fmt: skip
+    for i, cdrom in enumerate(spec.cdroms):
+        other = unmanaged_targets.get(cdrom.target)
+        if other is not None:
+            return (("spec", "cdroms", i, "target"),
+                    f"target {cdrom.target} is the target of the domain's "
+                    f"{_unmanaged(other)}, which a manifest does not manage and a "
+                    "redefine keeps; declare another target")  # fmt: skip
+    unmanaged_macs: dict[str, Element] = {}
+    for element in root.findall("devices/*/mac/.."):
+        if element.tag == "interface" and INTERFACES.managed(element):
+            continue
+        mac = element.find("mac")
+        if mac is not None and mac.get("address"):
+            unmanaged_macs.setdefault(str(mac.get("address")).lower(), element)
+    for i, nic in enumerate(spec.interfaces):
+        other = unmanaged_macs.get(nic.mac.lower())
+        if other is not None:
+            return (("spec", "interfaces", i, "mac"),
+                    f"mac {nic.mac} is the MAC of the domain's {_unmanaged(other)}, which a "
+                    "manifest does not manage and a redefine keeps: two NICs with one MAC; "
+                    "declare another mac, or remove that device from the domain")  # fmt: skip
+    return None
+
+
+def _unmanaged(device: Element) -> str:
+    """An unmanaged device as the domain has it: ``block disk (/dev/sdb) at vdc``."""
+    source = device.find("source")
+    where = None
+    if source is not None:
+        where = (source.get("dev") or source.get("file") or source.get("name")
+                 or source.get("network") or source.get("bridge"))  # fmt: skip
+    target = device.find("target")
+    at = f" at {target.get('dev')}" if device.tag == "disk" and target is not None else ""
+    return f"{device.get('type', '')} {device.tag}".strip() + (f" ({where})" if where else "") + at
+
+
 def boot_order_refusal(
     spec: VirtualMachineSpec, current: str | Element, patched: str | Element
 ) -> str | None:

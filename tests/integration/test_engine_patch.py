@@ -287,3 +287,67 @@ def test_boot_by_device_order_without_a_device_carrying_one_is_refused(
     done = ws.cli("apply", str(ws.directory), "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert_settled(ws)
+
+
+def _with_unmanaged_xml(ws: Workspace, name: str, disk: Path) -> str:
+    """A stopped pc domain with a file disk, an nbd disk at vdc and a user-mode NIC:
+    the two last are devices a manifest does not manage (a redefine keeps them)."""
+    return f"""<domain type='{ws.domain_type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  {ws.cpu_xml("host-model")}
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='nbd' name='export'><host name='127.0.0.1' port='10809'/></source>
+      <target dev='vdc' bus='virtio'/>
+    </disk>
+    <interface type='user'>
+      <mac address='52:54:00:c0:ff:01'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>"""
+
+
+@pytest.mark.parametrize("edit", ["target", "mac"])
+def test_a_target_or_mac_an_unmanaged_device_has_is_refused_at_plan(
+    ws: Workspace, edit: str
+) -> None:
+    """A declared target an unmanaged nbd disk has (libvirt refused it at define time
+    only, pointing at the manifest's first line), or a declared MAC an unmanaged NIC
+    has (libvirt took two NICs with one MAC): refused at plan, at the field's line,
+    naming the unmanaged device; nothing is defined."""
+    name = ws.n("clash")
+    disk, extra = ws.file("a.img", "1M", "raw"), ws.file("b.img", "1M", "raw")
+    xml_path = ws.root / f"{name}.xml"
+    xml_path.write_text(_with_unmanaged_xml(ws, name, disk))
+    ws.virsh("define", str(xml_path))
+    manifest = _adopt(ws, name)
+    adopted = _inactive(ws, name)
+    doc: dict[str, Any] = yaml.safe_load(manifest.read_text())
+    if edit == "target":
+        doc["spec"]["disks"].append({"file": str(extra), "format": "raw", "target": "vdc"})
+        field, what = f"spec.disks[{len(doc['spec']['disks']) - 1}].target", "network disk"
+    else:
+        doc["spec"].setdefault("interfaces", []).append(
+            {"network": "default", "mac": "52:54:00:C0:FF:01"})  # fmt: skip
+        field, what = f"spec.interfaces[{len(doc['spec']['interfaces']) - 1}].mac", "user interface"
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert a.op is Op.ERROR, render_plan(plan)
+    assert a.reason.startswith(field + ":") and what in a.reason, a.reason
+    assert a.source is not None and a.source.line > 1, a.source  # the field's own line
+    text = manifest.read_text().splitlines()[a.source.line - 1]
+    assert ("vdc" if edit == "target" else "52:54:00") in text.lower(), (text, a.source)
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert _differences(adopted, _inactive(ws, name)) == []
