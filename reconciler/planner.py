@@ -47,7 +47,6 @@ from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from reconciler.xml import pool as pool_xml
 from reconciler.xml import volume as volume_xml
-from reconciler.xml._fields import parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -966,7 +965,12 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         quick = _vm_power_and_autostart(m, spec, live, record, print_)
         if quick is not None:
             return quick
-    config_root = parse(live.config_xml)
+    # a disk is its image: one the domain has under another name (its file, the
+    # volume at that path) keeps its element, and is one change of that disk
+    volume_paths = {k: v.path for k, v in ctx.observed.volumes.items()}
+    config_root, switched = domain_xml.switch_sources(
+        spec, live.config_xml, volume_paths, ctx.volume_pools)  # fmt: skip
+    current_xml: str | Any = config_root if switched else live.config_xml
     # a disk keeps the target the domain has it at, unless the manifest names one
     # (a stopped one gives a replaced image the name the image it replaces frees)
     spec = domain_xml.settle_targets(spec, config_root, reuse_freed=not live.active)
@@ -986,7 +990,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     @functools.cache
     def rendered() -> str:  # only for a VM that changes: patching is a plan's main cost
         # the current definition, patched: what the manifest does not say is kept
-        return domain_xml.patch(live.config_xml, spec, ownership=ownership, **kwargs)
+        return domain_xml.patch(current_xml, spec, ownership=ownership, **kwargs)
 
     try:
         cannot = domain_xml.refusal(spec, config_root, rendered)
@@ -1009,6 +1013,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
     config_changes = _rounding_notes(diff(desired, config), {
         "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
+    config_changes += [Change(f"disks[{key}].source", had, now) for key, had, now in switched]
     stuck: list[Change] = []
     if config_changes and all(settle_key(c) in stuck_keys for c in config_changes):
         # an apply defined exactly this and libvirt kept something else: defining it
@@ -1034,7 +1039,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     timeout = spec.shutdown_timeout
     in_use: set[str] = set()
     if live.active and live.live_xml is not None:
-        live_root = parse(live.live_xml)
+        live_root, live_switched = domain_xml.switch_sources(
+            spec, live.live_xml, volume_paths, ctx.volume_pools)  # fmt: skip
         live_projection = dict(domain_xml.observe(live_root))
         incomparable = {"memory"}
         cpu_known, booted_cpu = domain_xml.booted_cpu(live_root)
@@ -1055,10 +1061,14 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         )  # fmt: skip
         steps += live_steps
         # a definition change the running domain already has needs no restart
+        # (a disk's image under another name: the running domain has it as it had)
+        pending += [Change(f"disks[{key}].source", had, now)
+                    for key, had, now in live_switched]  # fmt: skip
+        unseen = incomparable | {c.path for c in pending}
         done = {c.path for c in live_changes} | {
             c.path
             for c in config_changes
-            if c.path not in incomparable
+            if c.path not in unseen
             and live_projection.get(c.path) == desired_live.get(c.path)
         }
         changes = [dataclasses.replace(c, live=True) if c.path in done else c for c in changes]

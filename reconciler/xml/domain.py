@@ -59,6 +59,7 @@ from reconciler.model import (
     clock_parts,
     clock_text,
     is_q35,
+    plain_path,
     target_fits,
     target_names,
 )
@@ -1214,6 +1215,65 @@ def _new_chipset(root: Element) -> None:
             continue
         for address in device.findall("address"):
             remove(address)
+
+
+def switch_sources(
+    spec: VirtualMachineSpec,
+    current: str | Element,
+    volume_paths: Mapping[tuple[str, str], str],
+    volume_pools: Mapping[str, str],
+) -> tuple[Element, tuple[tuple[str, str, str], ...]]:
+    """Disks are one image whatever names it: ``current`` (a domain's XML, not
+    changed) with each managed disk whose image a declared disk names another way (a
+    file path where the manifest names the volume at that path, or the other way
+    round) relabelled as the manifest names it, so that the disk keeps its element
+    (target, address, boot order) and is never detached and attached again; and per
+    such disk (its key as the manifest names it, what the domain has, what the
+    manifest says), for the plan to show as one change of that disk.
+
+    ``volume_paths``: (pool, volume) -> the volume's file path, as observed;
+    ``volume_pools``: a declared volume's pool. A volume not observed yet resolves to
+    nothing (a new image)."""
+    root = parse(current)
+    root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
+
+    def declared_path(disk: Disk) -> str | None:
+        if disk.volume is None:
+            return disk.file
+        pool = volume_pools.get(disk.volume)
+        found = None if pool is None else volume_paths.get((pool, disk.volume))
+        return None if found is None else plain_path(found)
+
+    wanted = {p: d for d in spec.disks if (p := declared_path(d)) is not None}
+    keys = {disk_key(d) for d in spec.disks}
+    switched: list[tuple[str, str, str]] = []
+    for element in root.findall("devices/disk"):
+        if not DISKS.managed(element):
+            continue
+        source = element.find("source")
+        if source is None or DISKS.key.read(element) in keys:
+            continue
+        if element.get("type") == "volume":
+            found = volume_paths.get((source.get("pool") or "", source.get("volume") or ""))
+            had = f"volume {source.get('volume')}"
+        else:
+            found, had = source.get("file"), f"file {source.get('file')}"
+        disk = None if found is None else wanted.get(plain_path(found))
+        if disk is None:
+            continue
+        for name in ("file", "pool", "volume"):
+            source.attrib.pop(name, "")
+        if disk.volume is not None:
+            element.set("type", "volume")
+            source.set("pool", volume_pools.get(disk.volume, ""))
+            source.set("volume", disk.volume)
+            now = f"volume {disk.volume}"
+        else:
+            element.set("type", "file")
+            source.set("file", str(disk.file))
+            now = f"file {disk.file}"
+        switched.append((disk_key(disk), had, now))
+    return root, tuple(switched)
 
 
 def settle_targets(

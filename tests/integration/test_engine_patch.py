@@ -27,7 +27,9 @@ from tests.integration.engine_support import (  # noqa: F401
     Workspace,
     action,
     assert_settled,
+    pool,
     vm,
+    volume,
     ws_fixture,
 )
 
@@ -351,3 +353,54 @@ def test_a_target_or_mac_an_unmanaged_device_has_is_refused_at_plan(
     done = ws.cli("apply", str(ws.directory), "--yes")
     assert done.returncode == 1, done.stdout + done.stderr
     assert _differences(adopted, _inactive(ws, name)) == []
+
+
+def test_the_same_image_under_another_name_is_never_detached_and_attached(
+    ws: Workspace,
+) -> None:
+    """Issue 10 case 3, whole kind (tester, case 2): a running VM's data disk named
+    another way. (a) ``dir//./f``: no change at all. (b) the file named as the volume
+    it is: one restart-class change of that disk, no detach, no attach, the target and
+    address kept in the definition."""
+    name, pool_name, vol = ws.n("same"), ws.n("p"), ws.n("data")
+    directory = ws.subdir("pool")
+    root = ws.file("root.img", "1M", "raw")
+    docs: list[Any] = [pool(pool_name, directory), volume(vol, pool_name, "1MiB", format="raw")]
+    ws.write("vm.yaml", *docs)
+    ws.converge()
+    data = directory / vol
+
+    def machine(disk: dict[str, Any]) -> dict[str, Any]:
+        return vm(name, machine="pc", state="running",
+                  disks=[{"file": str(root), "format": "raw"}, disk])  # fmt: skip
+
+    ws.write("vm.yaml", *docs, machine({"file": str(data), "format": "raw"}))
+    ws.converge()
+
+    def data_disk(xml: str) -> tuple[str | None, str | None, str | None]:
+        disks = etree.fromstring(xml.encode()).findall("devices/disk[@device='disk']")
+        [element] = [d for d in disks if d.find("target").get("dev") != "vda"]  # type: ignore[union-attr]
+        address = element.find("address")
+        return (element.get("type"), element.find("target").get("dev"),  # type: ignore[union-attr]
+                None if address is None else etree.tostring(address).decode())  # fmt: skip
+
+    config = _inactive(ws, name)
+    assert data_disk(config)[:2] == ("file", "vdb")
+    # (a) the same path spelled another way: nothing to do
+    ws.write("vm.yaml", *docs, machine({"file": f"{directory}//./{vol}", "format": "raw"}))
+    plan = ws.plan()
+    assert action(plan, "VirtualMachine", name).op is Op.NOOP, render_plan(plan, verbose=True)
+    # (b) the file named as the volume it is: one change of that disk, for a restart
+    ws.write("vm.yaml", *docs, machine({"volume": vol}))
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    verbs = [s.verb for s in a.steps]
+    assert "attach-device" not in verbs and "detach-device" not in verbs, render_plan(plan, verbose=True)
+    assert [c.path for c in a.changes] == [f"disks[{vol}].source"], render_plan(plan)
+    assert a.op is Op.UPDATE_RESTART, render_plan(plan)
+    result = ws.converge()
+    assert not result.unsettled
+    now = _inactive(ws, name)
+    assert data_disk(now) == ("volume", "vdb", data_disk(config)[2])
+    assert data_disk(ws.virsh("dumpxml", name))[:2] == ("file", "vdb")  # running: as it was
+    assert_settled(ws, allow_restart_pending=True)
