@@ -839,6 +839,33 @@ def taken_back(plan: Any) -> list[Any]:
             if any(c.path == "ownership" and c.note == owners.TAKEN_BACK for c in a.changes)]
 
 
+def _refuse_unknown_instance(old: str, observed: Any) -> None:
+    """``adopt --from-instance OLD``: refused unless a domain or network record on the
+    host names OLD. Pools and volumes carry no record, so an id nothing names would
+    take whatever is declared and unlisted, another live instance's included."""
+    from reconciler.xml import domain as domain_xml
+    from reconciler.xml import network as network_xml
+
+    named: set[str] = set()
+    for dom in observed.domains.values():
+        record = domain_xml.read_ownership(dom.config_xml)
+        if record is not None and record.instance:
+            named.add(record.instance)
+    for net in observed.networks.values():
+        found = network_xml.read_ownership(net.config_xml)
+        if found is not None and found.instance:
+            named.add(found.instance)
+    if old not in named:
+        known = ", ".join(sorted(named)) or "none"
+        raise ReconcilerError(
+            f"adopt: no VM or network on this host has an ownership record naming instance "
+            f"{old}, so nothing shows what it owned; nothing taken back (instances named "
+            f"here: {known}). Check the id: 'reconciler plan DIR' names the owner of each "
+            "conflict. Pools and volumes alone carry no record: set adopt: true in their "
+            "manifests to take them over"
+        )
+
+
 def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int:
     from reconciler.executor import Executor
     from reconciler.plan import Action, Op, Plan, Step
@@ -853,6 +880,7 @@ def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int
     reconciler.options = dataclasses.replace(reconciler.options, take_over=frozenset({old}))
     try:
         load, observed, plan = reconciler.plan()
+        _refuse_unknown_instance(old, observed)
         _print_problems(load)
         if load.problems:
             print("adopt: not every manifest loaded; nothing taken back (fix the problems "
@@ -882,8 +910,9 @@ def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int
                 steps = (Step("define-network", {"xml": xml, "current": net.config_xml}),)
                 why = f"its ownership record names {old}"
             else:
-                why = ("declared, exists, not in this inventory, and used by no VM of another "
-                       "instance (libvirt keeps no owner record on pools and volumes)")
+                why = (f"declared, exists, not in this inventory, used by a VM taken back from "
+                       f"{old} and by no VM that stays another instance's (libvirt keeps no "
+                       "owner record on pools and volumes)")
             change = next(c for c in a.changes if c.path == "ownership")
             actions.append(Action(a.kind, a.name, Op.UPDATE_LIVE, (change,), steps,
                                   reason=f"taken back: {why}", source=a.source,
@@ -896,14 +925,18 @@ def _adopt_locked(args: argparse.Namespace, settings: Settings, old: str) -> int
         left += [f"  Network {n}" for n, net in sorted(observed.networks.items())
                  if (Kind.NETWORK, n) not in declared
                  and (r2 := network_xml.read_ownership(net.config_xml)) and r2.instance == old]
+        left += [f"  {a.kind.value} {a.name}: {a.reason.rpartition('; ')[2]}"
+                 for a in plan.actions if a.op is Op.CONFLICT
+                 and a.kind in (Kind.STORAGE_POOL, Kind.VOLUME)]  # fmt: skip
         text = args.output == "text"
         if text:
             print(f"Taking back from reconciler instance {old} into this instance "
                   f"{instance}:")  # fmt: skip
             print("\n".join(lines) if lines else "  nothing")
             if left:
-                print(f"Left alone (their records name {old}, but no manifest in "
-                      f"{reconciler.options.directory} declares them):")
+                print(f"Left alone (VMs and networks whose records name {old} but that no "
+                      f"manifest in {reconciler.options.directory} declares; declared pools "
+                      "and volumes that are not taken back, and why):")
                 print("\n".join(left))
         if not actions:
             if not text:

@@ -541,7 +541,7 @@ _SIMPLE_STEPS: dict[str, Callable[[Hypervisor, str, dict[str, Any]], None]] = {
     "undefine-network": lambda hv, name, a: hv.undefine_network(name),
     "autostart-network": lambda hv, name, a: hv.set_network_autostart(name, bool(a["on"])),
     "net-update": lambda hv, name, a: hv.update_network(name, a["command"], a["section"],
-                                                        a["xml"]),
+                                                        a["xml"], int(a.get("index", -1))),
     "define-domain": lambda hv, name, a: hv.define_domain(a["xml"]),
     "start-domain": lambda hv, name, a: hv.start_domain(name),
     "undefine-domain": lambda hv, name, a: hv.undefine_domain(name),

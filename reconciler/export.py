@@ -267,11 +267,10 @@ def export_pool(record: PoolRecord) -> Exported:
         return _unexportable(kind, record.name, notes)
     assert isinstance(m.spec, StoragePoolSpec)
     _compare(pool_xml.project(m.spec), observed, notes)
-    root = parse(record.config_xml)
-    for tag in ("source/host", "source/device", "source/dir", "source/adapter"):
-        if root.find(tag) is not None:
-            notes.add(tag, "pool sources are not expressible; left out")
-    return Exported(kind, record.name, doc, notes.all())
+    rendered = pool_xml.render(record.name, m.spec)
+    kept = kept_in_definition(record.config_xml, rendered, notes, silent=_POOL_SILENT,
+                              detail=True)  # fmt: skip
+    return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 
 
 # --- volumes ---------------------------------------------------------------------------
@@ -347,7 +346,7 @@ def network_spec(projection: Projection, *, active: bool, autostart: bool,
             spec[key] = p[key]
     address = p.get("ipv4.address")
     if isinstance(address, str) and not _IPV4.match(address):
-        notes.add("ipv4", f"the first address {address} is not IPv4; IPv6 is not expressible")
+        notes.add("ipv4", f"the IPv4 <ip> has the address {address}, which is not IPv4")
     elif address is not None:
         ipv4: dict[str, Any] = {"address": address, "prefix": p.get("ipv4.prefix")}
         if p.get("ipv4.dhcp.start") is not None:
@@ -372,10 +371,14 @@ def network_spec(projection: Projection, *, active: bool, autostart: bool,
     return spec
 
 
-_NETWORK_IGNORED = (
-    "uuid", "mac", "bridge@stp", "bridge@delay", "forward/nat", "forward/nat/*",
-    "ip@family", "ip@netmask", "dns/host@ip", "metadata",
+# Never listed as kept: the identity and our record, what libvirt adds to any network
+# (the bridge's MAC, stp and delay), and manifest fields in another spelling.
+_NETWORK_SILENT = (
+    "uuid", "name", "metadata", "mac", "bridge@stp", "bridge@delay", "ip@family",
+    "ip@netmask",
 )  # fmt: skip
+_POOL_SILENT = ("uuid", "name", "capacity", "allocation", "available")
+"""Never listed as kept: the identity and the sizes libvirt reports."""
 
 
 def export_network(record: NetworkRecord) -> Exported:
@@ -396,13 +399,11 @@ def export_network(record: NetworkRecord) -> Exported:
     assert isinstance(m.spec, NetworkSpec)
     _compare(network_xml.project(m.spec), observed, notes)
     rendered = network_xml.render(record.name, m.spec)
-    for path, what in structural_losses(record.config_xml, rendered, _NETWORK_IGNORED):
-        notes.add(path, what)
-    # a reconciler's ownership record is no loss; any other tool's metadata is
-    for element in parse(record.config_xml).findall("metadata/*"):
-        if not element.tag.startswith("{" + network_xml.OWNER_NAMESPACE + "}"):
-            notes.add("metadata", f"foreign metadata {element.tag} is not kept")
-    return Exported(kind, record.name, doc, notes.all())
+    # a redefine patches the current definition: what the manifest cannot say (an IPv6
+    # <ip>, dns forwarders, routes, portgroups, other tools' metadata) is kept
+    kept = kept_in_definition(record.config_xml, rendered, notes, silent=_NETWORK_SILENT,
+                              namespace=network_xml.OWNER_NAMESPACE, detail=True)  # fmt: skip
+    return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 
 
 # --- virtual machines ---------------------------------------------------------------------
@@ -731,6 +732,13 @@ def _label(element: Element) -> str:
     if tag == "interface":
         mac = element.find("mac")
         return f"interface {kind}" + ("" if mac is None else f" {mac.get('address')}")
+    if tag == "ip":  # a network's address: ip ipv6 fd00::1/64
+        size = element.get("prefix") or element.get("netmask")
+        return f"ip {element.get('family') or 'ipv4'} {element.get('address')}" + (
+            f"/{size}" if size else "")  # fmt: skip
+    if tag == "route":
+        return f"route {element.get('address')}/{element.get('prefix') or element.get('netmask')}"\
+            f" via {element.get('gateway')}"  # fmt: skip
     if tag == "channel":
         target = element.find("target")
         name = None if target is None else target.get("name") or target.get("type")
@@ -757,12 +765,13 @@ def _short(element: Element) -> str:
     return _local(element.tag) if qualifier is None else f"{_local(element.tag)} {qualifier}"
 
 
-def _inner(live: Element, rendered: Element, bare: str) -> list[str]:
+def _inner(live: Element, rendered: Element, bare: str,
+           silent: tuple[str, ...] = _KEPT_SILENT) -> list[str]:  # fmt: skip
     """What ``live`` has below it that ``rendered`` lacks or spells differently, short."""
     out: list[str] = []
     for attr_key, value in live.attrib.items():
         attr = str(attr_key)  # lxml may type keys as bytes too
-        if rendered.get(attr) != value and not _ignored(f"{bare}@{attr}", _KEPT_SILENT):
+        if rendered.get(attr) != value and not _ignored(f"{bare}@{attr}", silent):
             out.append(f"{attr}={value!s}")
     text = (live.text or "").strip()
     if text and text != (rendered.text or "").strip():
@@ -772,14 +781,14 @@ def _inner(live: Element, rendered: Element, bare: str) -> list[str]:
         if not isinstance(child.tag, str):
             continue
         child_bare = f"{bare}/{child.tag}"
-        if _ignored(child_bare, _KEPT_SILENT):
+        if _ignored(child_bare, silent):
             continue
         other = _counterpart(child, live, rendered, taken)
         if other is None:
             out.append(_short(child))
             continue
         taken.append(other)
-        out += [f"{_short(child)} {what}" for what in _inner(child, other, child_bare)]
+        out += [f"{_short(child)} {what}" for what in _inner(child, other, child_bare, silent)]
     return out
 
 
@@ -803,20 +812,28 @@ def _noted(device: Element, notes: _Notes) -> bool:
         device.tag in ("serial", "console") and notes.covers("serial"))  # fmt: skip
 
 
-def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Kept]:
+def kept_in_definition(
+    config_xml: str, rendered: str, notes: _Notes, *,
+    silent: Iterable[str] = _KEPT_SILENT, namespace: str = domain_xml.OWNER_NAMESPACE,
+    detail: bool = False,
+) -> list[Kept]:  # fmt: skip
     """What the definition ``config_xml`` has that the manifest, rendered as ``rendered``,
     does not say, and that applying the manifest keeps (the redefine patches the current
     definition): every element, attribute and text outside the manifest's fields, found
     by comparing the two trees (elements matched by identity: a disk's target, a NIC's
-    MAC, a ``type`` or ``name``), never from a list of names. A whole device of a kind
-    the manifest manages (``_managed_device``) that the manifest lacks is not kept but
-    removed by applying it: that becomes a note. Fields already noted (``notes``) are
-    not listed again."""
+    MAC, a ``type`` or ``name``, an ``<ip>``'s family), never from a list of names. A
+    whole device of a kind the manifest manages (``_managed_device``) that the manifest
+    lacks is not kept but removed by applying it: that becomes a note. Fields already
+    noted (``notes``) are not listed again. Domains by default; a network or a pool
+    with its own ``silent`` bare paths (never listed) and record ``namespace``, and
+    ``detail``: an element the manifest lacks altogether is listed with what it holds
+    (``dns: forwarder 127.0.0.53, txt example``, not just ``dns``)."""
+    silent = tuple(silent)
     live, mine = parse(config_xml), parse(rendered)
     kept: list[Kept] = []
     taken: list[Element] = []
     for element in live:
-        if not isinstance(element.tag, str) or _ignored(element.tag, _KEPT_SILENT):
+        if not isinstance(element.tag, str) or _ignored(element.tag, silent):
             continue
         if element.tag == "cpu" and notes.covers("cpu"):
             continue  # a CPU the manifest cannot say is noted as 'cpu' already
@@ -825,9 +842,14 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
             taken.append(other)
         if element.tag != "devices":
             if other is None:
-                kept.append(Kept(element.tag, _label(element)))
+                inner = _inner(element, mine.makeelement(element.tag, {}), element.tag,
+                               silent) if detail and len(element) else []  # fmt: skip
+                if inner and _label(element) == element.tag:
+                    kept.append(Kept(element.tag, f"{element.tag}: {', '.join(inner)}"))
+                elif len(element) or element.attrib or (element.text or "").strip():
+                    kept.append(Kept(element.tag, _label(element)))  # (empty: says nothing)
             else:
-                inner = _inner(element, other, element.tag)
+                inner = _inner(element, other, element.tag, silent)
                 if len(element) == 0 and (element.text or "").strip() in inner:
                     kept.append(Kept(element.tag, _label(element)))  # on_crash (restart)
                 elif inner:
@@ -838,14 +860,14 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
         done: list[Element] = []
         for device in element:
             bare = f"devices/{device.tag}"
-            if not isinstance(device.tag, str) or _ignored(bare, _KEPT_SILENT) or (
+            if not isinstance(device.tag, str) or _ignored(bare, silent) or (
                     device.tag == "input" and device.get("bus") == "ps2"):  # fmt: skip
                 continue
             path = f"devices/{_name(device)}"
             counterpart = _counterpart(device, element, rendered_devices, done)
             if counterpart is not None:
                 done.append(counterpart)
-                inner = _inner(device, counterpart, bare)
+                inner = _inner(device, counterpart, bare, silent)
                 if inner:
                     kept.append(Kept(path, f"{_label(device)}: {', '.join(inner)}"))
             elif _noted(device, notes):
@@ -856,7 +878,7 @@ def kept_in_definition(config_xml: str, rendered: str, notes: _Notes) -> list[Ke
             else:
                 kept.append(Kept(path, _label(device)))
     for element in live.findall("metadata/*"):
-        if not str(element.tag).startswith("{" + domain_xml.OWNER_NAMESPACE + "}"):
+        if not str(element.tag).startswith("{" + namespace + "}"):
             kept.append(Kept("metadata", f"metadata {_local(element.tag)}"))
     # A firmware chosen by path (<loader type='pflash'>OVMF_CODE...</loader>) or with
     # secure boot reads as firmware: uefi and is kept by a redefine (listed under os);
@@ -913,7 +935,7 @@ def _qualifier(element: Element) -> str | None:
         return element.get("family") or "ipv4"
     if element.tag == "host" and element.get("mac"):
         return (element.get("mac") or "").lower()
-    for attr in ("dev", "name", "type", "ip", "id"):
+    for attr in ("dev", "name", "type", "ip", "id", "addr"):
         if element.get(attr) is not None:
             return element.get(attr)
     return None
@@ -939,52 +961,6 @@ def _counterpart(child: Element, live: Element, rendered: Element,
         if not any(candidate is t for t in taken) and _qualifier(candidate) == _qualifier(child):
             return candidate
     return None
-
-
-def structural_losses(live_xml: str, rendered_xml: str,
-                      ignored: Iterable[str]) -> list[tuple[str, str]]:  # fmt: skip
-    """(path, what) of each element, attribute and text of ``live_xml`` that
-    ``rendered_xml`` lacks or spells differently, except ``ignored`` bare paths
-    (``devices/controller``, ``cpu@check``). A missing element is reported once,
-    not with everything below it. Elements are matched by tag and identity (a
-    disk's target, a NIC's MAC, a ``type`` or ``name``), never by position."""
-    patterns = tuple(ignored)
-    losses: list[tuple[str, str]] = []
-
-    def walk(live: Element, rendered: Element, path: str, bare: str) -> None:
-        taken: list[Element] = []  # the elements themselves: lxml proxies' ids are not stable
-        for child in live:
-            if not isinstance(child.tag, str) or child.tag.startswith("{"):
-                continue  # comments; namespaced metadata is the caller's business
-            tag = str(child.tag)
-            child_path = f"{path}/{_name(child)}" if path else _name(child)
-            child_bare = f"{bare}/{tag}" if bare else tag
-            if _ignored(child_bare, patterns) or (child.tag == "input"
-                                                   and child.get("bus") == "ps2"):  # fmt: skip
-                continue
-            other = _counterpart(child, live, rendered, taken)
-            if other is None:
-                losses.append((child_path, _describe(child) + " is not expressible; left out"))
-                continue
-            taken.append(other)
-            for attr_key, value in child.attrib.items():
-                attr = str(attr_key)
-                if other.get(attr) == value or _ignored(f"{child_bare}@{attr}", patterns):
-                    continue
-                losses.append((f"{child_path}@{attr}",
-                               f"{attr}={value!r} is not expressible; left out"))  # fmt: skip
-            text = (child.text or "").strip()
-            if text and text != (other.text or "").strip():
-                losses.append((child_path, f"{text!r} is not expressible; left out"))
-            walk(child, other, child_path, child_bare)
-
-    walk(parse(live_xml), parse(rendered_xml), "", "")
-    return losses
-
-
-def _describe(element: Element) -> str:
-    attrs = " ".join(f"{k!s}={v!r}" for k, v in element.attrib.items())
-    return f"<{element.tag}{' ' + attrs if attrs else ''}>"
 
 
 # --- selection -----------------------------------------------------------------------

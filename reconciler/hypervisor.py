@@ -806,8 +806,12 @@ class Hypervisor:
         with calling(f"setting autostart of network {name}"):
             self._conn.networkLookupByName(name).setAutostart(int(on))
 
-    def update_network(self, name: str, command: str, section: str, xml: str) -> None:
-        """``virsh net-update --live``: change an entry of the running network."""
+    def update_network(
+        self, name: str, command: str, section: str, xml: str, parent_index: int = -1
+    ) -> None:
+        """``virsh net-update --live``: change an entry of the running network.
+        ``parent_index``: which ``<ip>`` (in document order) an ``ip-dhcp-host`` entry
+        belongs to; -1 lets libvirt pick the first ``<ip>`` with DHCP."""
         commands = {
             "add": libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
             "delete": libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
@@ -820,7 +824,7 @@ class Hypervisor:
         flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE  # the definition is redefined separately
         with calling(f"updating {section} of network {name}"):
             self._conn.networkLookupByName(name).update(
-                commands[command], sections[section], -1, xml, flags
+                commands[command], sections[section], parent_index, xml, flags
             )
 
     # -- pools and volumes --------------------------------------------------------

@@ -11,7 +11,12 @@ inventory:
 
 * a record naming this instance: ours;
 * a record naming another instance: that instance's (a conflict naming it:
-  instance id, manifest, revision);
+  instance id, manifest, revision), which ``adopt: true`` takes over once;
+* a record naming another instance on an object our inventory lists: it was
+  ours and that instance took it over (``Standing.TAKEN``): a conflict naming
+  the new owner that ``adopt: true`` never takes back (two instances applying
+  the same ``adopt: true`` manifests would otherwise take it back and forth
+  on every pass); ``reconciler adopt --from-instance`` is the deliberate way;
 * a record without an instance id (written before instances had ids): ours if
   our inventory has the object (the record is then rewritten with our id,
   ``Owner.retag``, once this instance has an id), else a conflict, "owned by an
@@ -32,7 +37,8 @@ from dataclasses import dataclass
 
 class Standing(enum.Enum):
     OURS = "ours"
-    OTHER = "other-instance"  # a record naming another instance
+    OTHER = "other-instance"  # a record naming another instance, not in our inventory
+    TAKEN = "taken-over"  # a record naming another instance, in our inventory: taken from us
     UNKNOWN = "unknown-instance"  # a record without an instance id, not in our inventory
     UNMANAGED = "unmanaged"  # no record, not in our inventory
 
@@ -61,8 +67,16 @@ class Owner:
 
     @property
     def instance(self) -> str | None:
-        """The other instance's id (``Standing.OTHER``), else None."""
-        return self.record.instance if self.standing is Standing.OTHER and self.record else None
+        """The other instance's id (``Standing.OTHER``, ``Standing.TAKEN``), else None."""
+        if self.standing in (Standing.OTHER, Standing.TAKEN) and self.record is not None:
+            return self.record.instance
+        return None
+
+    @property
+    def adoptable(self) -> bool:
+        """Whether ``adopt: true`` takes it over: anything not ours but an object that
+        another instance took over from us (that would take it back and forth)."""
+        return not self.ours and self.standing is not Standing.TAKEN
 
     def describe(self) -> str:
         """Who owns it, in a sentence's terms: ``reconciler instance 1b2c... (manifest
@@ -74,7 +88,7 @@ class Owner:
         if rec is not None and rec.revision:
             details.append(f"revision {rec.revision}")
         detail = f" ({', '.join(details)})" if details else ""
-        if self.standing is Standing.OTHER and rec is not None:
+        if self.standing in (Standing.OTHER, Standing.TAKEN) and rec is not None:
             return f"reconciler instance {rec.instance}{detail}"
         if self.standing is Standing.UNKNOWN:
             return ("an unknown reconciler instance (its record has no instance id: written "
@@ -85,7 +99,7 @@ class Owner:
 
     def label(self) -> str:
         """The ``ownership`` change's old value when it is taken over."""
-        if self.standing is Standing.OTHER and self.record is not None:
+        if self.standing in (Standing.OTHER, Standing.TAKEN) and self.record is not None:
             return f"instance {self.record.instance}"
         if self.standing is Standing.UNKNOWN:
             return "unknown instance"
@@ -101,7 +115,7 @@ def judge(record: Record | None, *, in_inventory: bool, ours: str | None) -> Own
     if record is not None and record.instance is not None:
         if ours is not None and record.instance == ours:
             return Owner(Standing.OURS, record)
-        return Owner(Standing.OTHER, record)
+        return Owner(Standing.TAKEN if in_inventory else Standing.OTHER, record)
     if record is not None:  # written before instances had ids
         if in_inventory:  # (an instance without an id has none to write into it)
             return Owner(Standing.OURS, record, retag=ours is not None)
@@ -118,6 +132,14 @@ def conflict_reason(what: str, owner: Owner, *, recorded: bool = True) -> str:
     """Why a manifest's object is left alone. ``recorded``: libvirt can keep a record
     on this kind (False for pools and volumes: then the inventory is the record, and
     an object not in it may be another instance's as well as hand-made)."""
+    if owner.standing is Standing.TAKEN:
+        return (
+            f"{what} was this reconciler instance's (its inventory lists it) and has been "
+            f"taken over by {owner.describe()}; left alone: adopt: true does not take it "
+            "back (two instances would take it back and forth). To take it back on purpose: "
+            f"reconciler adopt --from-instance {owner.instance} DIR; to let it go: remove "
+            "its manifest here (it is then dropped from this instance's inventory)"
+        )
     if owner.standing is Standing.OTHER:
         return (
             f"{what} exists in libvirt and is owned by {owner.describe()}; set adopt: true "
@@ -143,3 +165,6 @@ def conflict_reason(what: str, owner: Owner, *, recorded: bool = True) -> str:
 
 
 TAKEN_BACK = "taken back"  # the note of an ``ownership`` change made by take_over
+# the note of an ``ownership`` change taking a live instance's object (adopt: true): once
+TAKEN_FROM = ("taken over from another reconciler instance: that instance will show it as "
+              "a conflict naming this one, and not take it back")

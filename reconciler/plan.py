@@ -125,7 +125,9 @@ _DEVICE_NOUNS = {
 # Step arguments too long or too private to print (rendered XML with a display
 # password, cloud-init seed files with whatever user-data holds).
 # ``current``: the definition libvirt has now, kept for ``--show-xml`` to diff against.
-HIDDEN_ARGS = frozenset({"xml", "files", "current"})
+# ``index``: which ``<ip>`` of a network a DHCP host goes to (libvirt's count, no meaning
+# to a reader: the path names the entry).
+HIDDEN_ARGS = frozenset({"xml", "files", "current", "index"})
 
 
 @dataclass(frozen=True, slots=True)

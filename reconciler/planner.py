@@ -204,17 +204,53 @@ class _Context:
     def _users(self) -> dict[str, set[str]]:
         return in_use(self.observed, ())
 
+    @functools.cached_property
+    def _records(self) -> dict[str, str | None]:
+        """The instance each domain's ownership record names (None: none, or no id)."""
+        found: dict[str, str | None] = {}
+        for name, dom in self.observed.domains.items():
+            record = domain_xml.read_ownership(dom.config_xml)
+            found[name] = None if record is None else record.instance
+        return found
+
+    def vm_users(self, key: str) -> set[str]:
+        """The domains that use the pool or volume ``key``, directly or through what
+        they use: a volume backed by it, a volume in the pool."""
+        seen: set[str] = set()
+        vms: set[str] = set()
+        todo = [key]
+        if key.startswith("StoragePool/"):
+            pool = key.partition("/")[2]
+            todo += [f"Volume/{v}" for (p, v) in self.observed.volumes if p == pool]
+        while todo:
+            item = todo.pop()
+            if item in seen:
+                continue
+            seen.add(item)
+            for user in self._users.get(item, ()):
+                kind, _, name = user.partition("/")
+                if kind == Kind.VIRTUAL_MACHINE.value:
+                    vms.add(name)
+                elif kind == Kind.VOLUME.value:
+                    todo.append(user)
+        return vms
+
+    def taken_back_vm(self, name: str) -> bool:
+        """Whether this take-back takes the domain ``name``: its record names an instance
+        being taken back, and a manifest declares it."""
+        return self._records.get(name) in self.options.take_over and \
+            (Kind.VIRTUAL_MACHINE, name) in self.manifests  # fmt: skip
+
     def other_owners(self, key: str) -> list[str]:
-        """Instance ids (neither ours nor being taken back) of the VMs that use the pool
-        or volume ``key``: a sign that it belongs to that instance too, since libvirt
-        keeps no record on a pool or a volume."""
+        """Instance ids of the VMs that use the pool or volume ``key`` (directly or
+        through a backing volume or a volume of the pool) and stay another instance's
+        (neither ours nor taken by this take-back): a sign that it belongs to that
+        instance too, since libvirt keeps no record on a pool or a volume."""
         found = set()
-        for user in self._users.get(key, ()):
-            dom = self.observed.domains.get(user.partition("/")[2])
-            record = None if dom is None else domain_xml.read_ownership(dom.config_xml)
-            instance = None if record is None else record.instance
+        for name in self.vm_users(key):
+            instance = self._records.get(name)
             if instance and instance != self.options.instance and \
-                    instance not in self.options.take_over:  # fmt: skip
+                    not self.taken_back_vm(name):  # fmt: skip
                 found.add(instance)
         return sorted(found)
 
@@ -224,13 +260,27 @@ class _Context:
 
     def taken(self, owner: owners.Owner, key: str = "", *, recorded: bool = True) -> bool:
         """Whether ``reconciler adopt --from-instance`` takes this object back: one whose
-        record names an instance being taken back, or (pools and volumes, which carry no
-        record) one not in our inventory that no VM of a third instance uses."""
+        record names an instance being taken back; a pool or volume (which carries no
+        record) only when it is not in our inventory, a VM this take-back takes uses it
+        (directly, through a backing volume or a volume of the pool: the link to the
+        lost instance), and no VM that stays another instance's uses it."""
         if not self.options.take_over or owner.ours:
             return False
         if recorded:
             return owner.instance in self.options.take_over
-        return owner.standing is owners.Standing.UNMANAGED and not self.other_owners(key)
+        return owner.standing is owners.Standing.UNMANAGED and not self.other_owners(key) \
+            and any(self.taken_back_vm(n) for n in self.vm_users(key))  # fmt: skip
+
+    def not_taken_back(self, key: str) -> str:
+        """Why a take-back leaves the pool or volume ``key`` alone ("" when no take-back)."""
+        if not self.options.take_over:
+            return ""
+        if self.other_owners(key):
+            return "not taken back: VMs that stay another instance's use it"
+        return ("not taken back: no VM being taken back uses it (libvirt keeps no record "
+                "on pools and volumes, so nothing links it to "
+                f"{', '.join(sorted(self.options.take_over))}); set adopt: true in its "
+                "manifest to take it over")
 
 
 def _conflict(m: Manifest, what: str, owner: owners.Owner | None = None, *,
@@ -238,9 +288,12 @@ def _conflict(m: Manifest, what: str, owner: owners.Owner | None = None, *,
     owner = owner or owners.Owner(owners.Standing.UNMANAGED)
     reason = owners.conflict_reason(what, owner, recorded=recorded)
     if not recorded and ctx is not None:
-        others = ctx.other_owners(f"{m.kind.value}/{m.name}")
+        key = f"{m.kind.value}/{m.name}"
+        others = ctx.other_owners(key)
         if others:
             reason += f"; VMs of reconciler instance {', '.join(others)} use it"
+        if ctx.options.take_over and not others:
+            reason += f"; {ctx.not_taken_back(key)}"
     return Action(m.kind, m.name, Op.CONFLICT, reason=reason, source=m.source)
 
 
@@ -251,8 +304,10 @@ def _adoption(owner: owners.Owner, ctx: _Context, *, taken: bool = False) -> lis
         return []
     if owner.standing is owners.Standing.UNMANAGED and not taken:
         return [Change("ownership", "unmanaged", "managed")]
+    note = owners.TAKEN_BACK if taken else \
+        owners.TAKEN_FROM if owner.standing is owners.Standing.OTHER else ""  # fmt: skip
     return [Change("ownership", owner.label(), owners.ours_label(ctx.options.instance),
-                   note=owners.TAKEN_BACK if taken else "")]  # fmt: skip
+                   note=note)]
 
 
 def _recorded(entry: Mapping[str, Any] | None, record: Mapping[str, Any],
@@ -312,7 +367,8 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     changes = _adoption(owner, ctx, taken=taken) + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
-        steps.append(Step("define-pool", {"xml": pool_xml.render(m.name, spec, uuid=live.uuid),
+        # the current definition, patched: its <source>, <permissions> and the rest stay
+        steps.append(Step("define-pool", {"xml": pool_xml.patch(live.config_xml, spec),
                                           "current": live.config_xml}))  # fmt: skip
     if config_changes:
         steps.append(Step("build-pool"))
@@ -619,29 +675,32 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         in_inventory=in_inventory, ours=ctx.options.instance,
     )  # fmt: skip
     taken = ctx.taken(owner)
-    if not owner.ours and not spec.adopt and not taken:
+    # adopt: true takes over anything but what another instance took from us (owners.py)
+    if not owner.ours and not (spec.adopt and owner.adoptable) and not taken:
         return _conflict(m, f"network '{m.name}'", owner)
     # networks made before they carried a record: ours by the inventory, recorded now
     if owner.ours and found is None and ctx.options.instance is not None:
         owner = owners.Owner(owners.Standing.OURS, None, retag=True)
     declared = spec.bridge is not None
     desired = network_xml.project(spec)
-    xml = network_xml.render(m.name, spec, uuid=live.uuid, ownership=ownership)
     config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
     adoption = _adoption(owner, ctx, taken=taken)
     changes = adoption + config_changes + _persist(live.persistent)
+
+    @functools.cache
+    def patched() -> str:
+        # the current definition, patched: what the manifest does not say is kept
+        return network_xml.patch(live.config_xml, spec, ownership=ownership)
+
     steps: list[Step] = []
-    if config_changes or not live.persistent:
-        steps.append(Step("define-network", {"xml": xml, "current": live.config_xml}))
-    elif adoption:  # only the record changes: the definition is kept as libvirt has it
-        steps.append(Step("define-network", {
-            "xml": network_xml.with_ownership(live.config_xml, ownership),
-            "current": live.config_xml}))  # fmt: skip
+    if config_changes or not live.persistent or adoption:
+        steps.append(Step("define-network", {"xml": patched(), "current": live.config_xml}))
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
         live_projection = network_xml.observe(live.live_xml, bridge_declared=declared)
-        live_steps, pending = _network_live_updates(desired, live_projection, xml, live.live_xml)
+        live_steps, pending = _network_live_updates(desired, live_projection, patched,
+                                                    live.live_xml)  # fmt: skip
         steps += live_steps
         changes = _mark_live(changes, {s.args["path"] for s in live_steps})
     if spec.state == "active" and not live.active:
@@ -674,9 +733,12 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
 
 
 def _network_live_updates(
-    desired: Mapping[str, object], live: Mapping[str, object], desired_xml: str, live_xml: str
-) -> tuple[list[Step], list[Change]]:
-    """net-update steps for lease and DNS entries; everything else waits for a restart."""
+    desired: Mapping[str, object], live: Mapping[str, object],
+    desired_xml: Callable[[], str], live_xml: str,
+) -> tuple[list[Step], list[Change]]:  # fmt: skip
+    """net-update steps for lease and DNS entries; everything else waits for a restart.
+    A DHCP host goes to the IPv4 ``<ip>`` by its index (``index``), never to the first
+    ``<ip>`` with DHCP, which may be the IPv6 one."""
     steps: list[Step] = []
     pending: list[Change] = []
     for dev, changes in sorted(by_device(diff(desired, live)).items(), key=lambda kv: str(kv[0])):
@@ -686,24 +748,18 @@ def _network_live_updates(
         section, key = dev
         wanted = key in devices(desired, section)
         present = key in devices(live, section)
-        xml_section = "ip-dhcp-host" if section == "ipv4.dhcp.hosts" else "dns-host"
+        dhcp = section == "ipv4.dhcp.hosts"
+        where = {"index": network_xml.dhcp_parent_index(live_xml)} if dhcp else {}
+        xml_section = "ip-dhcp-host" if dhcp else "dns-host"
         path = f"{section}[{key}]"
         if present:
             old = network_xml.entry_xml(live_xml, section, key)
-            steps.append(
-                Step(
-                    "net-update",
-                    {"command": "delete", "section": xml_section, "path": path, "xml": old},
-                )
-            )
+            steps.append(Step("net-update", {"command": "delete", "section": xml_section,
+                                             "path": path, "xml": old, **where}))  # fmt: skip
         if wanted:
-            new = network_xml.entry_xml(desired_xml, section, key)
-            steps.append(
-                Step(
-                    "net-update",
-                    {"command": "add", "section": xml_section, "path": path, "xml": new},
-                )
-            )
+            new = network_xml.entry_xml(desired_xml(), section, key)
+            steps.append(Step("net-update", {"command": "add", "section": xml_section,
+                                             "path": path, "xml": new, **where}))  # fmt: skip
     return steps, pending
 
 
@@ -984,7 +1040,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         in_inventory=entry is not None, ours=ctx.options.instance,
     )  # fmt: skip
     taken = ctx.taken(owner)
-    if not owner.ours and not spec.adopt and not taken:
+    # adopt: true takes over anything but what another instance took from us (owners.py)
+    if not owner.ours and not (spec.adopt and owner.adoptable) and not taken:
         return _conflict(m, f"VM '{m.name}'", owner)
 
     @functools.cache

@@ -35,6 +35,7 @@ import os
 import stat
 import uuid
 from pathlib import Path
+from typing import Literal, overload
 
 from reconciler.errors import StateDirError
 
@@ -124,6 +125,10 @@ def _read_only_mount(path: Path) -> bool:
 # --- this instance's id ------------------------------------------------------------
 
 
+@overload
+def instance_id(state_dir: Path, *, create: Literal[True]) -> str: ...
+@overload
+def instance_id(state_dir: Path, *, create: bool) -> str | None: ...
 def instance_id(state_dir: Path, *, create: bool) -> str | None:
     """This reconciler instance's id: the UUID in ``<state_dir>/instance-id``.
 
@@ -131,36 +136,73 @@ def instance_id(state_dir: Path, *, create: bool) -> str | None:
     "Owners are distinct"). With ``create`` a state directory without one gets one,
     made once and atomically: written whole to a temporary file, fsynced, then
     hard-linked into place (``link`` fails when the name exists, so two processes
-    racing both end up with the first one's id). Without ``create`` (read-only
-    commands such as ``plan``) nothing is written: None when there is none yet.
+    racing both end up with the first one's id), and the result is always an id:
+    the commands that write (apply, run, delete, adopt) never go on without one.
+    Without ``create`` (read-only commands such as ``plan``) nothing is written:
+    None when there is none yet.
 
-    Raises ``StateDirError`` naming the file when it cannot be read or written, or
-    holds something that is not a UUID (it is never replaced: records carry it).
+    Raises ``StateDirError`` naming the file when it cannot be read or written, is a
+    symbolic link (dangling, or shared with another state directory: two state
+    directories would be one instance), is not a regular file, or holds something
+    that is not a UUID (it is never replaced: records carry it).
     """
     file = path(state_dir, INSTANCE_ID)
     text = _read_instance(file)
     if text is None and create:
         _create_instance(file)
         text = _read_instance(file)
+        if text is None:  # (it was there a moment ago: removed by someone else)
+            raise StateDirError(f"{file}: the instance id was made and is gone; "
+                                "run the command again")  # fmt: skip
     if text is None:
         return None
     try:
         return str(uuid.UUID(text))
     except ValueError:
         raise StateDirError(
-            f"{file}: not an instance id ({text[:40]!r}); restore the file from a backup, "
-            "or move it aside: a new id makes every object this instance owned foreign "
-            "(take them back with reconciler adopt --from-instance OLD_ID DIR)"
+            f"{file}: not an instance id ({text[:40]!r}); {_RESTORE}"
         ) from None
 
 
+# what to do with an instance-id file that cannot be used
+_RESTORE = ("restore the file from a backup, or move it aside: a new id makes every object "
+            "this instance owned foreign (take them back with reconciler adopt "
+            "--from-instance OLD_ID DIR)")
+
+
 def _read_instance(path: Path) -> str | None:
+    """The file's text; None when there is no file. A symbolic link (even a dangling
+    one) or anything but a regular file is refused: ``O_NOFOLLOW``, then ``fstat``."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            target = os.readlink(path) if os.path.islink(path) else "?"
+            raise StateDirError(
+                f"{path}: the instance id is a symbolic link (to {target}), refused: each "
+                "state directory is one reconciler instance with its own id in a regular "
+                "file; replace the link by a copy of the file it names only if this state "
+                "directory IS that instance (else two would share one identity), or "
+                f"remove it and let the next apply make a new id ({_RESTORE})"
+            ) from None
         raise error(path, "read the instance id", exc) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateDirError(f"{path}: the instance id is not a regular file; {_RESTORE}")
+        data = os.read(fd, 4096)
+    except OSError as exc:
+        raise error(path, "read the instance id", exc) from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise StateDirError(
+            f"{path}: not an instance id (not text: {len(data)} bytes of binary data); "
+            f"{_RESTORE}"
+        ) from None
 
 
 def _create_instance(path: Path) -> None:

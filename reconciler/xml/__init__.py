@@ -4,7 +4,10 @@
 (network XML) and ``domain`` (domain XML) each offer three pure functions
 derived from one table of field declarations (``_fields``):
 
-* ``render(name, spec, ...)``: the XML that defines/creates the object;
+* ``render(name, spec, ...)``: the XML that creates the object;
+* ``patch(current, spec, ...)`` (domain, network, pool): the XML that redefines
+  an existing one, its current definition with only the declared fields that
+  differ set and the managed sets made exact, everything else kept;
 * ``project(spec, ...)``: the desired fields as a flat dict, keyed by stable
   field paths in the manifest's own names (``memory``, ``disks[web-data].bus``,
   ``interfaces[52:54:00:aa:bb:cc].network``, ``ipv4.dhcp.hosts[<mac>].ip``);

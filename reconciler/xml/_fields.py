@@ -81,40 +81,79 @@ KIB = Codec(dump=lambda value: str(int(value) // 1024), load=lambda text: int(te
 
 # --- element paths -----------------------------------------------------------
 
-# One step of a path: a tag, optionally with [@attr='value'] predicates.
-_STEP = re.compile(r"^([A-Za-z_][\w.-]*)((?:\[@[\w.-]+='[^']*'\])*)$")
-_PREDICATE = re.compile(r"\[@([\w.-]+)='([^']*)'\]")
+# One step of a path: a tag, optionally with [@attr='value'] predicates. A predicate
+# [@attr?='value'] also matches an element without that attribute (libvirt's default:
+# <ip> without family is IPv4), and is not written when the step is created.
+_STEP = re.compile(r"^([A-Za-z_][\w.-]*)((?:\[@[\w.-]+\??='[^']*'\])*)$")
+_PREDICATE = re.compile(r"\[@([\w.-]+)(\??)='([^']*)'\]")
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    tag: str
+    attrs: dict[str, str]  # written when the step is created, and matched
+    defaults: dict[str, str]  # matched when present (absent: the default)
+    path: str  # the step as ElementPath, without the defaulted predicates
+
+    def matches(self, element: Element) -> bool:
+        return all(element.get(k) in (None, v) for k, v in self.defaults.items())
 
 
 @functools.cache
-def _steps(path: str) -> tuple[tuple[str, dict[str, str], str], ...]:
-    """Per step of ``path``: tag, predicate attributes, the step as ElementPath.
-    Paths come from the field tables, so each is parsed once."""
+def _steps(path: str) -> tuple[_Step, ...]:
+    """The steps of ``path``. Paths come from the field tables, so each is parsed once."""
     steps = []
     for step in path.split("/"):
         match = _STEP.match(step)
         if match is None:
             raise ValueError(f"unsupported path step {step!r} in {path!r}")
-        attrs = dict(_PREDICATE.findall(match.group(2)))
+        attrs: dict[str, str] = {}
+        defaults: dict[str, str] = {}
+        for name, optional, value in _PREDICATE.findall(match.group(2)):
+            (defaults if optional else attrs)[name] = value
         tag = match.group(1)
-        steps.append((tag, attrs, tag + "".join(f"[@{k}='{v}']" for k, v in attrs.items())))
+        steps.append(_Step(tag, attrs, defaults,
+                           tag + "".join(f"[@{k}='{v}']" for k, v in attrs.items())))  # fmt: skip
     return tuple(steps)
+
+
+@functools.cache
+def _plain(path: str) -> bool:
+    return "?=" not in path
+
+
+def findall(root: Element, path: str) -> list[Element]:
+    """Every element at ``path`` below ``root``, in document order (``""``: root)."""
+    if not path:
+        return [root]
+    if _plain(path):
+        return list(root.findall(path))
+    nodes = [root]
+    for step in _steps(path):
+        nodes = [c for n in nodes for c in n.findall(step.path) if step.matches(c)]
+    return nodes
 
 
 def find(root: Element, path: str) -> Element | None:
     """The first element at ``path`` below ``root`` (``""``: root itself)."""
-    return root if not path else root.find(path)
+    if not path:
+        return root
+    if _plain(path):
+        return root.find(path)
+    found = findall(root, path)
+    return found[0] if found else None
 
 
 def ensure(root: Element, path: str) -> Element:
-    """The element at ``path``, creating missing steps (with their predicate attributes)."""
+    """The element at ``path``, creating missing steps (with their predicate attributes,
+    not the defaulted ones)."""
     node = root
     if not path:
         return node
-    for tag, attrs, step in _steps(path):
-        child = node.find(step)
+    for step in _steps(path):
+        child = next((c for c in node.findall(step.path) if step.matches(c)), None)
         if child is None:
-            child = ET.SubElement(node, tag, dict(attrs))
+            child = ET.SubElement(node, step.tag, dict(step.attrs))
         node = child
     return node
 
@@ -160,7 +199,7 @@ def drop_attr(element: Element, name: str) -> None:
 def _remove_at(root: Element, path: str) -> None:
     if not path:
         return
-    for element in list(root.findall(path)):
+    for element in findall(root, path):
         remove(element)
 
 
@@ -209,7 +248,8 @@ class Attr:
         if not self.path:
             return
         # an element left with only the attributes that select or go with it is gone
-        kept = {**(_steps(self.path)[-1][1]), **(self.fixed or {})}
+        last = _steps(self.path)[-1]
+        kept = {**last.attrs, **last.defaults, **(self.fixed or {})}
         if (
             len(element) == 0
             and not (element.text or "").strip()
@@ -377,18 +417,25 @@ def patch_fields(
     fields = tuple(fields)
     want = project_fields(fields, desired, "", variant)
     have = observe_fields(root, fields, "", observed_variant)
-    changed = []
-    for field in fields:
-        if want[field.path] == have[field.path]:
-            continue
-        value = _wanted(field, desired, variant)
-        if value is None or not isinstance(field.place, Attr | Text):
-            field.place.clear(root)
-        # an attribute or a text is set where it stands (the element keeps its place
-        # and its other attributes: <memory unit='KiB' dumpCore='on'>)
-        if value is not None:
-            field.place.write(root, value)
-        changed.append(field.path)
+    changed: list[str] = []
+    # Twice at most: a field that reads as another's value when left out (``fallback``:
+    # <vcpu> without ``current`` means all of them) matched only through that field;
+    # once that field changed, it reads differently and is written in its own right.
+    for _ in range(2):
+        todo = [field for field in fields if want[field.path] != have[field.path]]
+        if not todo:
+            break
+        for field in todo:
+            value = _wanted(field, desired, variant)
+            if value is None or not isinstance(field.place, Attr | Text):
+                field.place.clear(root)
+            # an attribute or a text is set where it stands (the element keeps its place
+            # and its other attributes: <memory unit='KiB' dumpCore='on'>)
+            if value is not None:
+                field.place.write(root, value)
+            if field.path not in changed:
+                changed.append(field.path)
+        have = observe_fields(root, fields, "", variant)
     return changed
 
 
@@ -597,6 +644,13 @@ def parse(xml: str | bytes | Element) -> Element:
     if isinstance(xml, bytes):
         return ET.fromstring(xml, _PARSER)
     return xml
+
+
+def parse_own(xml: str | bytes | Element) -> Element:
+    """``parse``, but an element is copied: a tree a patch may change without changing
+    the caller's (``domain.patch``, ``network.patch``, ``pool.patch``)."""
+    root = parse(xml)
+    return root if isinstance(xml, (str, bytes)) else ET.fromstring(ET.tostring(root))
 
 
 def serialize(root: Element) -> str:

@@ -82,6 +82,7 @@ from reconciler.xml._fields import (
     find,
     observe_fields,
     parse,
+    parse_own,
     patch_fields,
     project_fields,
     remove,
@@ -1159,9 +1160,7 @@ def patch(
     added up to ``pcie_root_ports`` when devices are added. The ownership record
     (``<rc:owner>``) is replaced where it stands. Raises ValueError as ``render``."""
     desired = _desired(spec, machine_aliases, graphics_password, cloud_init_seed)
-    root = parse(current)
-    if not isinstance(current, (str, bytes)):
-        root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
+    root = parse_own(current)  # never change the caller's tree
     aside = _take_aside(root)
     os_type = root.find("os/type")
     was_q35 = is_q35("" if os_type is None else os_type.get("machine", ""))

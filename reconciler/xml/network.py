@@ -1,7 +1,7 @@
-"""Network XML (``<network>``): render, project, observe.
+"""Network XML (``<network>``): render, patch, project, observe.
 
-The planner renders this for ``networkDefineXML`` (passing the existing
-``uuid`` on a redefine) and compares ``project(spec)`` with
+The planner renders this for ``networkDefineXML`` on creation, patches the
+current definition on a redefine (``patch``), and compares ``project(spec)`` with
 ``observe(net.XMLDesc(0))``. Static DHCP leases are keyed by MAC
 (``ipv4.dhcp.hosts[52:54:00:12:34:80].ip``) and DNS records by IP
 (``dnsHosts[10.100.0.10].names``), so the planner can turn a difference into
@@ -11,8 +11,11 @@ What libvirt adds and ``observe`` ignores: ``<uuid>``, the bridge's
 ``<mac>``, ``stp``/``delay``, the NAT port range of a running network and,
 when the manifest names no bridge, the ``virbrN`` libvirt picked (the caller
 says so with ``bridge_declared=False``). An ``<ip>`` written with a
-``netmask`` reads as the same prefix. Only the first ``<ip>`` (IPv4) is
-managed. Active/inactive and autostart are not in the XML.
+``netmask`` reads as the same prefix. Only the IPv4 ``<ip>`` (``family='ipv4'``
+or no family) is managed, its first DHCP range and its DHCP hosts; an IPv6
+``<ip>`` is never read as ``ipv4`` and is kept by a redefine (``patch``, which
+keeps whatever the manifest does not say). Active/inactive and autostart are
+not in the XML.
 
 The ownership record (``NetworkOwnership``) lives in the network's
 ``<metadata>`` in the tool's own namespace, as a domain's does: libvirt 9.0
@@ -43,8 +46,11 @@ from reconciler.xml._fields import (
     drop_attr,
     ensure,
     find,
+    findall,
     observe_fields,
     parse,
+    parse_own,
+    patch_fields,
     project_fields,
     remove,
     render_fields,
@@ -54,12 +60,16 @@ from reconciler.xml._fields import (
 )
 
 __all__ = [
-    "DEVICES", "FIELDS", "OWNER_NAMESPACE", "NetworkOwnership", "entry_xml", "observe",
-    "project", "read_ownership", "render", "with_ownership",
+    "DEVICES", "FIELDS", "IPV4", "OWNER_NAMESPACE", "NetworkOwnership", "dhcp_parent_index",
+    "entry_xml", "observe", "patch", "project", "read_ownership", "render", "with_ownership",
 ]  # fmt: skip
 
 OWNER_NAMESPACE = "https://reconciler.dev/xmlns/network/v1"
 ET.register_namespace("rcn", OWNER_NAMESPACE)
+
+IPV4 = "ip[@family?='ipv4']"
+"""The IPv4 ``<ip>``: ``family='ipv4'`` or no family (libvirt's default). The manifest's
+``ipv4`` fields read and write only that one; an IPv6 ``<ip>`` is not theirs."""
 
 _ORDER = ("name", "uuid", "metadata", "forward", "bridge", "mtu", "mac", "domain", "dns", "ip")
 
@@ -91,16 +101,16 @@ class _Prefix:
     """``ipv4.prefix``: ``<ip prefix='24'>``, also read from ``netmask='255.255.255.0'``."""
 
     def write(self, root: Element, value: Any) -> None:
-        ensure(root, "ip").set("prefix", str(int(value)))
+        ensure(root, IPV4).set("prefix", str(int(value)))
 
     def clear(self, root: Element) -> None:
-        ip = root.find("ip")
+        ip = find(root, IPV4)
         if ip is not None:
             drop_attr(ip, "prefix")
             drop_attr(ip, "netmask")
 
     def read(self, root: Element) -> object:
-        ip = root.find("ip")
+        ip = find(root, IPV4)
         if ip is None:
             return None
         if ip.get("prefix") is not None:
@@ -121,20 +131,22 @@ def _dhcp(spec: NetworkSpec, attr: str) -> str | None:
     return value
 
 
+_RANGE = f"{IPV4}/dhcp/range"  # the first range: others are kept as they are
+
 FIELDS: tuple[Field[NetworkSpec], ...] = (
     Field("mode", lambda spec: spec.mode, _Forward()),
     Field("bridge", lambda spec: spec.bridge, Attr("bridge", "name")),
     Field("mtu", lambda spec: spec.mtu, Attr("mtu", "size", INT)),
     Field("domain", lambda spec: spec.domain, Attr("domain", "name")),
-    Field("ipv4.address", lambda spec: spec.ipv4 and spec.ipv4.address, Attr("ip", "address")),
+    Field("ipv4.address", lambda spec: spec.ipv4 and spec.ipv4.address, Attr(IPV4, "address")),
     Field("ipv4.prefix", lambda spec: spec.ipv4 and spec.ipv4.prefix, _Prefix()),
-    Field("ipv4.dhcp.start", lambda spec: _dhcp(spec, "start"), Attr("ip/dhcp/range", "start")),
-    Field("ipv4.dhcp.end", lambda spec: _dhcp(spec, "end"), Attr("ip/dhcp/range", "end")),
+    Field("ipv4.dhcp.start", lambda spec: _dhcp(spec, "start"), Attr(_RANGE, "start")),
+    Field("ipv4.dhcp.end", lambda spec: _dhcp(spec, "end"), Attr(_RANGE, "end")),
 )
 
 DHCP_HOSTS: Device[DhcpHost] = Device(
     section="ipv4.dhcp.hosts",
-    parent="ip/dhcp",
+    parent=f"{IPV4}/dhcp",
     tag="host",
     key=Attr("", "mac", MAC),
     key_of=lambda host: host.mac,
@@ -181,10 +193,14 @@ def _tag(name: str) -> str:
 
 
 def _set_ownership(root: Element, ownership: NetworkOwnership) -> None:
+    """The one writer of the record: it replaces an old one where it stands."""
     metadata = ensure(root, "metadata")
-    for old in metadata.findall(_tag("owner")):
-        metadata.remove(old)
+    olds = metadata.findall(_tag("owner"))
     owner = ET.SubElement(metadata, _tag("owner"))
+    if olds:
+        olds[0].addprevious(owner)
+    for old in olds:
+        remove(old)
     fields = (("instance", ownership.instance), ("manifest", ownership.manifest),
               ("digest", ownership.digest or None), ("revision", ownership.revision))  # fmt: skip
     for tag, value in fields:
@@ -236,10 +252,58 @@ def render(
     DNS_HOSTS.render(root, spec.dns_hosts)
     DHCP_HOSTS.render(root, _dhcp_hosts(spec))
     reorder(root, _ORDER)
-    dhcp = find(root, "ip/dhcp")
+    dhcp = find(root, f"{IPV4}/dhcp")
     if dhcp is not None:
         reorder(dhcp, ("range", "host"))
     return serialize(root)
+
+
+def patch(
+    current: str | Element, spec: NetworkSpec, *, ownership: NetworkOwnership | None = None
+) -> str:
+    """Network XML for redefining an existing network: ``current`` (its persistent
+    definition, read ``VIR_NETWORK_XML_INACTIVE``) with the declared fields that differ
+    set and the managed sets made exact (DHCP hosts of the IPv4 ``<ip>`` by MAC, DNS
+    hosts by IP); everything else kept as it is (formatnetwork: an IPv6 ``<ip>``, other
+    DHCP ranges, ``<dns>`` forwarders, SRV and TXT records, ``<route>``, ``<portgroup>``,
+    ``<bandwidth>``, ``<nat>`` port ranges, other tools' ``<metadata>``, unknown
+    elements). A bridge the manifest does not name stays as libvirt picked it; no
+    ``ipv4`` removes the IPv4 ``<ip>``, no ``ipv4.dhcp`` its ``<dhcp>``. ``ownership``
+    replaces our record where it stands (None: the record goes). Raises ValueError on
+    a value XML cannot hold."""
+    root = parse_own(current)
+    ipv4 = find(root, IPV4)
+    if spec.ipv4 is None:
+        for ip in findall(root, IPV4):
+            remove(ip)
+    elif ipv4 is not None and spec.ipv4 is not None and spec.ipv4.dhcp is None:
+        for dhcp in ipv4.findall("dhcp"):
+            remove(dhcp)
+    fields = FIELDS if spec.bridge is not None else tuple(f for f in FIELDS if f.path != "bridge")
+    patch_fields(root, fields, spec)
+    domain = root.find("domain")
+    if domain is not None and domain.get("name") is None:
+        remove(domain)  # localOnly and the rest mean nothing without the name
+    DNS_HOSTS.patch(root, spec.dns_hosts)
+    DHCP_HOSTS.patch(root, _dhcp_hosts(spec))
+    if ownership is not None:
+        _set_ownership(root, ownership)
+    else:
+        for owner in root.findall(f"metadata/{_tag('owner')}"):
+            remove(owner)
+    return serialize(root)
+
+
+def dhcp_parent_index(xml: str | Element) -> int:
+    """The index of the IPv4 ``<ip>`` among the network's ``<ip>`` elements, as
+    ``virNetworkUpdate`` takes it for ``ip-dhcp-host`` (-1, libvirt's "most appropriate",
+    picks the first ``<ip>`` with DHCP, which may be the IPv6 one). -1 without one."""
+    root = parse(xml)
+    ipv4 = find(root, IPV4)
+    for index, ip in enumerate(root.findall("ip")):
+        if ip is ipv4:
+            return index
+    return -1
 
 
 def project(spec: NetworkSpec) -> Projection:

@@ -1,9 +1,11 @@
-"""Storage pool XML (``<pool type='dir'>``): render, project, observe.
+"""Storage pool XML (``<pool type='dir'>``): render, patch, project, observe.
 
-The planner renders this for ``storagePoolDefineXML`` and compares
-``project(spec)`` with ``observe(pool.XMLDesc(0))``. Only the fields a
-manifest declares are read back: libvirt's ``<uuid>``, capacity, allocation,
-available space and target permissions are its own business. A pool's state
+The planner renders this for ``storagePoolDefineXML`` on creation, patches the
+current definition on a redefine (``patch``), and compares ``project(spec)``
+with ``observe(pool.XMLDesc(0))``. Only the fields a manifest declares are read
+back: libvirt's ``<uuid>``, capacity, allocation, available space, the
+``<source>`` and target ``<permissions>`` are not the manifest's, and a
+redefine keeps them. A pool's state
 and autostart are not in its XML; the hypervisor layer reads those.
 
 Pure: no I/O, no libvirt.
@@ -18,18 +20,21 @@ from lxml import etree as ET
 from reconciler.model import StoragePoolSpec
 from reconciler.xml._fields import (
     Attr,
+    Element,
     Field,
     Projection,
     Text,
     observe_fields,
     parse,
+    parse_own,
+    patch_fields,
     project_fields,
     render_fields,
     serialize,
     xml_text,
 )
 
-__all__ = ["FIELDS", "observe", "project", "render"]
+__all__ = ["FIELDS", "observe", "patch", "project", "render"]
 
 
 def _clean_path(path: str) -> str:
@@ -51,6 +56,16 @@ def render(name: str, spec: StoragePoolSpec, *, uuid: str | None = None) -> str:
     if uuid is not None:
         ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
     render_fields(root, FIELDS, spec)
+    return serialize(root)
+
+
+def patch(current: str | Element, spec: StoragePoolSpec) -> str:
+    """Pool XML for redefining an existing pool: ``current`` (its persistent definition,
+    read ``VIR_STORAGE_XML_INACTIVE``) with the declared fields that differ set and
+    everything else kept as it is (formatstorage: ``<source>``, target
+    ``<permissions>``, unknown elements). Raises ValueError on a value XML cannot hold."""
+    root = parse_own(current)
+    patch_fields(root, FIELDS, spec)
     return serialize(root)
 
 

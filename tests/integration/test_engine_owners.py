@@ -228,3 +228,122 @@ def test_records_from_before_instance_ids_are_taken_by_their_inventory(ws: Works
     assert ws.domain(name).XMLDesc(0) == before[1]
     code, plan = _plan_json(ws, ws.state_dir, ws.directory)
     assert code == 0, plan
+
+
+def _hand_made(ws: Workspace) -> dict[str, str]:
+    """A VM and an isolated network made by hand (virsh define), the VM's NIC on it."""
+    names = {"vm": ws.n("pp-vm"), "net": ws.n("pp-net")}
+    spec = ws.isolated_network(names["net"])["spec"]
+    net_xml = ws.hostdir / "pp-net.xml"
+    net_xml.write_text(f"<network><name>{names['net']}</name><bridge name='{spec['bridge']}'/>"
+                       f"<ip address='{spec['ipv4']['address']}' prefix='24'/></network>")
+    ws.virsh("net-define", str(net_xml))
+    dom_xml = ws.hostdir / "pp-vm.xml"
+    dom_xml.write_text(f"""<domain type='{ws.domain_type}'>
+  <name>{names['vm']}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
+  {ws.cpu_xml("host-model")}
+  <devices>
+    <interface type='network'><mac address='52:54:00:7e:02:01'/>
+      <source network='{names['net']}'/><model type='virtio'/></interface>
+    <memballoon model='none'/>
+  </devices>
+</domain>""")
+    ws.virsh("define", str(dom_xml))
+    return names
+
+
+def _defs(ws: Workspace, names: dict[str, str]) -> tuple[str, str]:
+    return (ws.domain(names["vm"]).XMLDesc(INACTIVE),
+            ws.conn.networkLookupByName(names["net"]).XMLDesc(1))  # fmt: skip
+
+
+def test_two_instances_applying_adopt_true_never_take_objects_back_and_forth(
+        ws: Workspace) -> None:  # fmt: skip
+    """Seen: two instances applying the same exported (adopt: true) manifests took a VM
+    and a network back and forth on every pass (142 redefines in 30 s with two daemons),
+    each pass logged as drift healed. Now the second takes them once, and the first
+    sees a conflict naming it, changes nothing, and reports a conflict."""
+    names = _hand_made(ws)
+    out = ws.root / "exported"
+    done = ws.cli("export", f"VirtualMachine/{names['vm']}", "--with-deps", "--output-dir",
+                  str(out), state=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = [d for p in sorted(out.rglob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
+    assert {d["metadata"]["name"] for d in docs} == set(names.values())
+    assert all(d["spec"]["adopt"] is True for d in docs)
+    state_a, state_b = ws.root / "state-a", ws.root / "state-b"
+
+    done = _cli(ws, state_a, "apply", str(out), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    a_id = _instance(ws, state_a)
+    done = _cli(ws, state_b, "apply", str(out), "--yes")  # B takes them: once
+    assert done.returncode == 0, done.stdout + done.stderr
+    b_id = _instance(ws, state_b)
+    assert f"instance {a_id} -> instance {b_id}" in done.stdout, done.stdout
+    assert "taken over from another reconciler instance" in done.stdout
+    taken = _defs(ws, names)
+    assert domain_xml.read_ownership(taken[0]).instance == b_id  # type: ignore[union-attr]
+    assert network_xml.read_ownership(taken[1]).instance == b_id  # type: ignore[union-attr]
+
+    for _ in range(2):  # two applies each way: nothing is redefined again
+        code, plan = _plan_json(ws, state_a, out)
+        assert code == 1
+        for key in ("vm", "net"):
+            op, reason = _reason(plan, names[key])
+            assert op == "conflict" and f"taken over by reconciler instance {b_id}" in reason, \
+                reason  # fmt: skip
+            assert f"adopt --from-instance {b_id}" in reason
+        done = _cli(ws, state_a, "apply", str(out), "--yes")
+        assert done.returncode == 1 and b_id in done.stdout, done.stdout + done.stderr
+        assert _defs(ws, names) == taken
+        done = _cli(ws, state_a, "status", "-o", "json")
+        states = {o["name"]: o["state"] for o in json.loads(done.stdout)["objects"]}
+        assert states[names["vm"]] == states[names["net"]] == "conflict", states
+        code, plan = _plan_json(ws, state_b, out)
+        assert code == 0 and not plan["changes"], plan
+        done = _cli(ws, state_b, "apply", str(out), "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _defs(ws, names) == taken
+
+    # the deliberate way back: A takes them back from B, and B now sees the conflict
+    done = _cli(ws, state_a, "adopt", "--from-instance", b_id, str(out), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    back = _defs(ws, names)
+    assert domain_xml.read_ownership(back[0]).instance == a_id  # type: ignore[union-attr]
+    assert back[0] == taken[0].replace(b_id, a_id)  # only the record changed
+    code, plan = _plan_json(ws, state_b, out)
+    assert code == 1 and f"taken over by reconciler instance {a_id}" in \
+        _reason(plan, names["vm"])[1]  # fmt: skip
+    done = _cli(ws, state_b, "apply", str(out), "--yes")
+    assert done.returncode == 1 and _defs(ws, names) == back
+
+
+def test_apply_never_runs_without_an_instance_id(ws: Workspace) -> None:
+    """A dangling instance-id link once had apply run with no id at all (records without
+    one); a link to another state directory's id made two state directories one
+    instance; binary garbage was a traceback. Each is one line, and nothing is written."""
+    name = ws.n("noid")
+    ws.write("vm.yaml", vm(name))
+    other = ws.root / "state-other"
+    assert _cli(ws, other, "apply", str(ws.directory), "--yes").returncode == 0
+    state = ws.root / "state-link"
+    state.mkdir(mode=0o700)
+    link = state / "instance-id"
+    for target in (ws.root / "gone", other / "instance-id"):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        for command in ("apply", "plan"):
+            args = (command, str(ws.directory)) + (("--yes",) if command == "apply" else ())
+            done = _cli(ws, state, *args)
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert done.stderr.count("\n") == 1 and "symbolic link" in done.stderr, done.stderr
+            assert not (state / "inventory.json").exists()
+    link.unlink()
+    link.write_bytes(bytes(range(128, 228)))
+    for command in ("plan", "instance"):
+        done = _cli(ws, state, command, *((str(ws.directory),) if command == "plan" else ()))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"{link}: not an instance id" in done.stderr, done.stderr

@@ -46,7 +46,7 @@ def applied(result: LoadResult, *, running: LoadResult | None = None) -> Observe
         objects[key] = {"manifest": man.source.path, "digest": digest(man)}
         if man.kind is Kind.STORAGE_POOL:
             pools[name] = PoolRecord(name, f"uuid-{name}", True, spec.autostart,
-                                     pool_xml.render(name, spec))  # fmt: skip
+                                     pool_xml.render(name, spec, uuid=f"uuid-{name}"))  # fmt: skip
         elif man.kind is Kind.VOLUME:
             objects[key].update(pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
             volumes[(spec.pool, name)] = VolumeRecord(

@@ -285,15 +285,37 @@ def test_network_document() -> None:
     }
 
 
-def test_network_losses_are_noted() -> None:
-    xml = NETWORK_XML.replace(
-        "</network>",
-        "<ip family='ipv6' address='fd00::1' prefix='64'/></network>",
-    ).replace("<dns>", "<dns><txt name='x' value='y'/>")
+def test_what_a_network_redefine_keeps_is_listed_as_kept() -> None:
+    """A redefine patches the network's definition: what the manifest cannot say is kept,
+    and export lists it as kept (as for VMs), not as a loss. An IPv6 <ip> with a DHCP
+    range, listed first, is not read as the IPv4 one."""
+    six = ("<ip family='ipv6' address='fd00::1' prefix='64'><dhcp>"
+           "<range start='fd00::100' end='fd00::1ff'/></dhcp></ip>")  # fmt: skip
+    xml = NETWORK_XML.replace("<ip address=", six + "<ip address=").replace(
+        "<dns>", "<dns><forwarder addr='192.0.2.53'/><txt name='x' value='y'/>"
+    ).replace("<mtu ", "<metadata><o:x xmlns:o='https://example.org/o'/></metadata><mtu ")
+    xml = xml.replace("</network>", "<route address='192.0.2.0' prefix='24' "
+                      "gateway='10.100.0.2'/><portgroup name='eng'/></network>")  # fmt: skip
     obs = observed(networks={"lab": NetworkRecord("lab", "u", True, False, xml, None)})
     item = one(Kind.NETWORK, "lab", obs)
-    assert item.document is not None
-    assert {n.field for n in item.notes} == {"dns/txt[x]", "ip[ipv6]"}
+    assert item.document is not None and item.notes == (), item.notes
+    assert item.document["spec"]["ipv4"]["dhcp"]["start"] == "10.100.0.100"
+    assert [(k.path, k.label) for k in item.kept] == [
+        ("dns", "dns: forwarder 192.0.2.53, txt x"),
+        ("ip", "ip ipv6 fd00::1/64"),
+        ("route", "route 192.0.2.0/24 via 10.100.0.2"),
+        ("portgroup", "portgroup eng"),
+        ("metadata", "metadata x"),
+    ], item.kept
+    header = export.to_yaml(item, "qemu:///system")
+    assert "#   ip ipv6 fd00::1/64\n" in header
+
+
+def test_what_a_pool_redefine_keeps_is_listed_as_kept() -> None:
+    item = one(Kind.STORAGE_POOL, "images")
+    assert item.notes == ()
+    assert [(k.path, k.label) for k in item.kept] == [
+        ("target", "target: permissions")]  # fmt: skip
 
 
 def test_unexpressible_devices_and_settings_are_noted() -> None:
@@ -447,4 +469,5 @@ def test_a_networks_ownership_record_is_no_loss_other_metadata_is() -> None:
     xml = xml.replace("</metadata>", "<o:x xmlns:o='https://example.org/o'/></metadata>")
     item = one(Kind.NETWORK, "lab", observed(networks={
         "lab": NetworkRecord("lab", "u", True, False, xml, None)}))  # fmt: skip
-    assert [n.field for n in item.notes] == ["metadata"]
+    assert item.notes == () and [(k.path, k.label) for k in item.kept] == [
+        ("metadata", "metadata x")]  # another tool's metadata: kept by a redefine

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reconciler import owners, statedir
 from reconciler.errors import StateDirError
@@ -26,7 +27,7 @@ from reconciler.planner import digest, plan_delete
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import network as network_xml
 from tests.unit.conftest import WriteFiles
-from tests.unit.test_planner import action, converged, load, plan_for
+from tests.unit.test_planner import STACK, action, converged, load, plan_for
 
 A = "0b7d3f4e-58a4-4a8f-9d1e-3c5b8a2f6e01"
 B = "9f1c2e3d-4b5a-4c6d-8e7f-0a1b2c3d4e5f"
@@ -39,9 +40,10 @@ B = "9f1c2e3d-4b5a-4c6d-8e7f-0a1b2c3d4e5f"
     [
         (owners.Record(A), False, A, owners.Standing.OURS, False),
         (owners.Record(A), True, A, owners.Standing.OURS, False),
-        (owners.Record(A), True, B, owners.Standing.OTHER, False),  # taken over by A
+        (owners.Record(A), True, B, owners.Standing.TAKEN, False),  # taken over by A
         (owners.Record(A), False, B, owners.Standing.OTHER, False),
         (owners.Record(A), False, None, owners.Standing.OTHER, False),  # we have no id yet
+        (owners.Record(A), True, None, owners.Standing.TAKEN, False),
         (owners.Record(None), True, B, owners.Standing.OURS, True),  # old record, ours
         (owners.Record(None), True, None, owners.Standing.OURS, False),  # no id to write
         (owners.Record(None), False, B, owners.Standing.UNKNOWN, False),
@@ -54,6 +56,19 @@ def test_judge(record: owners.Record | None, in_inventory: bool, ours: str | Non
     owner = owners.judge(record, in_inventory=in_inventory, ours=ours)
     assert (owner.standing, owner.retag) == (standing, retag)
     assert owner.ours is (standing is owners.Standing.OURS)
+
+
+def test_taken_over_is_never_adoptable_and_names_the_new_owner() -> None:
+    taken = owners.judge(owners.Record(A, "vms/web.yaml"), in_inventory=True, ours=B)
+    other = owners.judge(owners.Record(A), in_inventory=False, ours=B)
+    assert not taken.adoptable and other.adoptable and taken.instance == A
+    assert owners.judge(None, in_inventory=False, ours=B).adoptable
+    assert owners.judge(owners.Record(None), in_inventory=False, ours=B).adoptable
+    assert not owners.judge(owners.Record(B), in_inventory=False, ours=B).adoptable  # ours
+    text = owners.conflict_reason("VM 'web'", taken)
+    assert f"taken over by reconciler instance {A} (manifest vms/web.yaml)" in text
+    assert "adopt: true does not take it back" in text
+    assert f"reconciler adopt --from-instance {A} DIR" in text
 
 
 def test_conflict_reasons_name_the_owner() -> None:
@@ -148,6 +163,42 @@ def test_instance_id_racing_writers_agree(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(set(seen)) == 1 and seen[0] is not None
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_instance_id_symlink_is_refused_dangling_or_not(tmp_path: Path, create: bool) -> None:
+    link = tmp_path / statedir.INSTANCE_ID
+    link.symlink_to(tmp_path / "nowhere")  # dangling: once ran with no id at all
+    with pytest.raises(StateDirError, match="symbolic link"):
+        statedir.instance_id(tmp_path, create=create)
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+    # a link to another state directory's id: two state directories, one identity
+    other = tmp_path / "other"
+    other.mkdir()
+    theirs = statedir.instance_id(other, create=True)
+    link.unlink()
+    link.symlink_to(other / statedir.INSTANCE_ID)
+    with pytest.raises(StateDirError, match="symbolic link") as raised:
+        statedir.instance_id(tmp_path, create=create)
+    assert str(link) in str(raised.value) and str(other) in str(raised.value)
+    assert statedir.instance_id(other, create=False) == theirs
+
+
+def test_instance_id_in_binary_garbage_is_one_clear_error(tmp_path: Path) -> None:
+    garbage = bytes(range(256)) * 2 + b"\xff\xfe"
+    (tmp_path / statedir.INSTANCE_ID).write_bytes(garbage)
+    for create in (True, False):
+        with pytest.raises(StateDirError, match="not an instance id") as raised:
+            statedir.instance_id(tmp_path, create=create)
+        message = str(raised.value)
+        assert str(tmp_path / statedir.INSTANCE_ID) in message and "move it aside" in message
+    assert (tmp_path / statedir.INSTANCE_ID).read_bytes() == garbage  # never replaced
+
+
+def test_instance_id_that_is_a_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / statedir.INSTANCE_ID).mkdir()
+    with pytest.raises(StateDirError, match="not a regular file"):
+        statedir.instance_id(tmp_path, create=True)
 
 
 def test_instance_id_that_is_not_one_is_an_error_never_replaced(tmp_path: Path) -> None:
@@ -279,6 +330,118 @@ def test_take_over_takes_exactly_the_lost_instances_objects(write: WriteFiles) -
     assert action(plan, Kind.VOLUME, "root").op is Op.CONFLICT
 
 
+def _all_adopt(text: str) -> str:
+    docs = list(yaml.safe_load_all(text))
+    for d in docs:
+        d["spec"]["adopt"] = True
+    return "---\n".join(yaml.safe_dump(d) for d in docs)
+
+
+
+def test_adopt_true_takes_a_live_instances_objects_once_and_never_back(
+        write: WriteFiles) -> None:  # fmt: skip
+    """Two instances applying the same adopt: true manifests (as export writes them):
+    the second takes the VM and the network once, with a line saying so; the first then
+    sees them taken over, a conflict naming the second, and never takes them back."""
+    result = load(write, _all_adopt(STACK))
+    a_view = owned_by(result, converged(result), A)  # A applied: A's records, A's inventory
+    b_view = owned_by(result, converged(result), A, inventory=False)  # B: fresh inventory
+    redefines = 0
+    for turn in range(6):  # A, B, A, B... as two daemons would
+        me, view = (A, a_view) if turn % 2 == 0 else (B, b_view)
+        plan = plan_for(result, view, instance=me)
+        defines = [a for a in plan.actions if any(s.verb.startswith("define-") for s in a.steps)]
+        redefines += len(defines)
+        if defines:  # the apply: the records now name ``me``, in both views of libvirt
+            assert me == B and turn == 1, (turn, defines)
+            for a in (action(plan, Kind.VIRTUAL_MACHINE, "web"), action(plan, Kind.NETWORK, "lab")):
+                [change] = [c for c in a.changes if c.path == "ownership"]
+                assert (change.old, change.new) == (f"instance {A}", f"instance {B}")
+                assert change.note == owners.TAKEN_FROM
+            a_view = owned_by(result, a_view, B)
+            b_view = dataclasses.replace(owned_by(result, b_view, B),
+                                         inventory=converged(result).inventory)  # fmt: skip
+        elif me == A and turn > 0:
+            for kind, name in ((Kind.VIRTUAL_MACHINE, "web"), (Kind.NETWORK, "lab")):
+                a = action(plan, kind, name)
+                assert a.op is Op.CONFLICT and not a.steps, a
+                assert f"taken over by reconciler instance {B}" in a.reason
+                assert f"adopt --from-instance {B}" in a.reason
+    assert redefines == 2  # the VM and the network, once
+
+
+def test_take_over_is_the_deliberate_way_back_from_a_live_instance(write: WriteFiles) -> None:
+    result = load(write)
+    taken = owned_by(result, converged(result), B)  # ours by inventory, B's by record
+    plan = plan_for(result, taken, instance=A, take_over=frozenset({B}))
+    back = {a.key for a in plan.actions if any(c.note == owners.TAKEN_BACK for c in a.changes)}
+    assert back == {"VirtualMachine/web", "Network/lab"}  # pool and volume: ours already
+
+
+SPARE = """
+---
+apiVersion: reconciler/v1
+kind: Volume
+metadata: {name: spare}
+spec: {pool: images, capacity: 1GiB}
+"""
+
+
+def _with_spare(result: LoadResult, observed: Observed) -> Observed:
+    spare = dataclasses.replace(observed.volumes[("images", "root")], name="spare",
+                                path="/srv/images/spare")  # fmt: skip
+    return dataclasses.replace(observed, volumes={**observed.volumes, ("images", "spare"): spare})
+
+
+def test_take_over_takes_no_pool_or_volume_nothing_links_to_the_lost_instance(
+        write: WriteFiles) -> None:  # fmt: skip
+    result = load(write, STACK + SPARE)
+    lost = _with_spare(result, owned_by(result, converged(result), A, inventory=False))
+    plan = plan_for(result, lost, instance=B, take_over=frozenset({A}))
+    back = {a.key for a in plan.actions if any(c.note == owners.TAKEN_BACK for c in a.changes)}
+    assert back == {"VirtualMachine/web", "Network/lab", "StoragePool/images", "Volume/root"}
+    spare = action(plan, Kind.VOLUME, "spare")
+    assert spare.op is Op.CONFLICT and "no VM being taken back uses it" in spare.reason
+    # the lost instance's VM is not declared here: it stays A's, and so do its disk and pool
+    no_vm = LoadResult(manifests=tuple(m for m in result.manifests if m.kind is not
+                                       Kind.VIRTUAL_MACHINE), problems=(),
+                       files=result.files, root=result.root)  # fmt: skip
+    plan = plan_for(no_vm, lost, instance=B, take_over=frozenset({A}))
+    back = {a.key for a in plan.actions if any(c.note == owners.TAKEN_BACK for c in a.changes)}
+    assert back == {"Network/lab"}
+    for name in ("root", "spare"):
+        assert action(plan, Kind.VOLUME, name).op is Op.CONFLICT
+    assert A in action(plan, Kind.STORAGE_POOL, "images").reason
+
+
+def test_take_over_leaves_a_base_volume_a_third_instances_clone_uses(
+        write: WriteFiles) -> None:  # fmt: skip
+    """A third instance's VM uses the lost instance's volume through a clone backed by
+    it: the base is that instance's too, and the pool."""
+    result = load(write, STACK + SPARE)
+    lost = _with_spare(result, owned_by(result, converged(result), A, inventory=False))
+    third = "11111111-2222-4333-8444-555555555555"
+    clone = dataclasses.replace(lost.volumes[("images", "root")], name="clone",
+                                path="/srv/images/clone",
+                                xml=lost.volumes[("images", "root")].xml.replace(
+                                    "</volume>", "<backingStore><path>/srv/images/spare</path>"
+                                    "<format type='qcow2'/></backingStore></volume>"))  # fmt: skip
+    other = lost.domains["web"]
+    xml = domain_xml.with_owner_instance(other.config_xml, third).replace(
+        "<name>web</name>", "<name>other</name>").replace('volume="root"', 'volume="clone"')
+    assert 'volume="clone"' in xml
+    observed = dataclasses.replace(
+        lost, volumes={**lost.volumes, ("images", "clone"): clone},
+        domains={**lost.domains, "other": dataclasses.replace(other, name="other",
+                                                              config_xml=xml, live_xml=xml)})
+    plan = plan_for(result, observed, instance=B, take_over=frozenset({A}))
+    back = {a.key for a in plan.actions if any(c.note == owners.TAKEN_BACK for c in a.changes)}
+    assert back == {"VirtualMachine/web", "Network/lab", "Volume/root"}
+    spare = action(plan, Kind.VOLUME, "spare")
+    assert spare.op is Op.CONFLICT and third in spare.reason, spare.reason
+    assert third in action(plan, Kind.STORAGE_POOL, "images").reason
+
+
 STACK_ADOPT = """
 apiVersion: reconciler/v1
 kind: StoragePool
@@ -302,3 +465,42 @@ spec:
   state: running
   adopt: true
 """
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+
+def test_cli_instance_with_garbage_or_a_link_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from reconciler.cli import main
+
+    state = tmp_path / "s3"
+    state.mkdir(mode=0o700)
+    file = state / statedir.INSTANCE_ID
+    file.write_bytes(b"\x8f\x00\xfe\xc3(" * 20)
+    assert main(["instance", "--state-dir", str(state)]) == 1
+    _out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "Traceback" not in err and str(file) in err, err
+    file.unlink()
+    file.symlink_to(tmp_path / "gone")
+    assert main(["instance", "--state-dir", str(state)]) == 1
+    _out, err = capsys.readouterr()
+    assert err.startswith("reconciler: error: ") and "symbolic link" in err, err
+
+
+def test_take_back_refuses_an_id_no_record_names(write: WriteFiles) -> None:
+    from reconciler.cli import _refuse_unknown_instance
+    from reconciler.errors import ReconcilerError
+
+    result = load(write)
+    observed = owned_by(result, converged(result), A, inventory=False)
+    _refuse_unknown_instance(A, observed)  # the VM's and the network's records name A
+    nobody = "22222222-3333-4444-8555-666666666666"
+    with pytest.raises(ReconcilerError, match=f"no VM or network .* naming instance {nobody}"
+                       ) as raised:  # fmt: skip
+        _refuse_unknown_instance(nobody, observed)
+    assert f"instances named here: {A}" in str(raised.value)
+    assert "adopt: true" in str(raised.value)
+    # only a network names it: still a record
+    only_net = dataclasses.replace(observed, domains={})
+    _refuse_unknown_instance(A, only_net)

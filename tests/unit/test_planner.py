@@ -77,7 +77,8 @@ def converged(result: LoadResult, *, running: bool = True) -> Observed:
         objects[key] = {"manifest": man.source.path, "digest": digest(man)}
         if kind is Kind.STORAGE_POOL:
             pools[name] = PoolRecord(
-                name, f"uuid-{name}", True, spec.autostart, pool_xml.render(name, spec)
+                name, f"uuid-{name}", True, spec.autostart,
+                pool_xml.render(name, spec, uuid=f"uuid-{name}"),
             )
         elif kind is Kind.VOLUME:
             objects[key].update(pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
@@ -85,7 +86,7 @@ def converged(result: LoadResult, *, running: bool = True) -> Observed:
                 spec.pool, name, f"/srv/images/{name}", volume_xml.render(name, spec)
             )
         elif kind is Kind.NETWORK:
-            xml = network_xml.render(name, spec)
+            xml = network_xml.render(name, spec, uuid=f"uuid-{name}")  # as libvirt dumps it
             networks[name] = NetworkRecord(name, f"uuid-{name}", True, spec.autostart, xml, xml)
         else:
             objects[key].update(shutdownTimeout=spec.shutdown_timeout)

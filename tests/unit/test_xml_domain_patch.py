@@ -487,3 +487,18 @@ def test_no_cpu_and_no_listen_address_are_manifest_values() -> None:
     new = etree.fromstring(domain.render("vm1", spec, **CONTEXT).encode())
     assert new.find("cpu") is None
     assert new.find("devices/graphics/listen[@address]") is None
+
+
+def test_raising_max_vcpus_keeps_the_vcpus_that_read_through_it() -> None:
+    """``<vcpu>2</vcpu>`` means 2 of 2; raising maxVcpus to 4 must write current='2',
+    not leave vcpus reading as the new maximum (found by the property test)."""
+    patched = _patched(_spec(vcpus=2, max_vcpus=4))
+    vcpu = etree.fromstring(patched.encode()).find("vcpu")
+    assert vcpu is not None
+    assert (vcpu.text, vcpu.get("current")) == ("4", "2")
+    assert domain.observe(patched)["vcpus"] == 2
+    # and the same for memory, which reads as maxMemory when currentMemory is absent
+    no_current = HANDMADE.replace("<currentMemory unit='KiB'>1048576</currentMemory>", "")
+    patched = _patched(_spec(memory=1024**3, max_memory=2 * 1024**3), no_current)
+    observed = domain.observe(patched)
+    assert (observed["memory"], observed["maxMemory"]) == (1024**3, 2 * 1024**3)
