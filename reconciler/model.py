@@ -126,6 +126,16 @@ class NetworkSpec:
 # --- VirtualMachine ---------------------------------------------------------
 
 
+def plain_path(path: str) -> str:
+    """``path`` spelled once: repeated slashes and ``.`` components dropped, purely
+    (no file system access), so ``/x/files//./f.qcow2`` is ``/x/files/f.qcow2``. A
+    ``..`` is kept (through a symlink it does not mean the parent; the allowed-path
+    check refuses it anyway); a relative path stays relative."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    plain = "/".join(parts)
+    return "/" + plain if path.startswith("/") else plain or path
+
+
 @dataclass(frozen=True, slots=True)
 class Disk:
     """One disk. Its identity is its source (``volume``, else ``file``), never its
@@ -781,6 +791,8 @@ def _build_vm(
     disks = []
     images: dict[str, int] = {}
     for i, d in enumerate(raw.get("disks", ())):
+        if isinstance(d.get("file"), str):  # one image, one spelling: its identity
+            d = {**d, "file": plain_path(d["file"])}
         image = d.get("volume") or d.get("file")
         if image is not None:
             if image in images:
@@ -827,7 +839,7 @@ def _build_vm(
             Cdrom(
                 target=c.get("target") or next_target(bus, ("spec", "cdroms", i)),
                 bus=bus,
-                file=c.get("file"),
+                file=plain_path(c["file"]) if isinstance(c.get("file"), str) else None,
             )
         )
 
