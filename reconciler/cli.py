@@ -55,6 +55,10 @@ NO_INSTANCE_NOTE = (
     "this state directory has no instance id yet (plan writes nothing; the first apply "
     "makes one): no object recorded by a reconciler instance is counted as its own"
 )
+NO_STATE_NOTE = (
+    "no state directory yet (plan creates nothing; the first apply makes it): planned with "
+    "no inventory, so nothing counts as this instance's own"
+)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
@@ -559,9 +563,12 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
     from reconciler.reconcile import PassOptions, Reconciler
 
     directory, revision = _manifests(args, settings)
-    state_dir = usable_state_dir(settings.state_dir, write=False)
-    # an apply makes this instance's id (once); a plan never writes: it may have none
-    instance = statedir.instance_id(state_dir, create=args.command != "plan")
+    # an apply makes the state directory and this instance's id (once); a plan never
+    # writes: it may have neither, and then plans with no inventory (see NO_STATE_NOTE)
+    planning = args.command == "plan"
+    state_dir = usable_state_dir(settings.state_dir, create=not planning, write=False)
+    missing = not os.path.lexists(state_dir)
+    instance = None if missing else statedir.instance_id(state_dir, create=not planning)
     hv = Hypervisor.open(settings.uri)
     try:
         host = settings.host or hv.host_name()
@@ -571,7 +578,7 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
     options = PassOptions(
         directory=directory,
         revision=revision,
-        state_dir=state_dir,
+        state_dir=None if missing else state_dir,
         host=host,
         prune=settings.prune,
         default_update_policy=settings.default_update_policy,
@@ -585,12 +592,16 @@ def _reconciler(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(args, _settings(args))
+    settings = _settings(args)
+    reconciler = _reconciler(args, settings)
     try:
         load, _observed, plan = reconciler.plan()
     finally:
         reconciler.hypervisor.close()
-    if reconciler.options.instance is None:
+    if reconciler.options.state_dir is None:
+        note = f"{settings.state_dir}: {NO_STATE_NOTE}"
+        load = dataclasses.replace(load, notes=(*load.notes, note))
+    elif reconciler.options.instance is None:
         load = dataclasses.replace(load, notes=(*load.notes, NO_INSTANCE_NOTE))
     if args.output == "json":
         print(dumps(plan_json(plan, load.problems, load.notes,

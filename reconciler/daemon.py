@@ -513,7 +513,11 @@ class Daemon:
                 b = self.failures.setdefault(r.action.key, _Backoff())
                 b.attempts += 1
                 b.error = r.error
-                b.next_try = time.monotonic() + RETRY.delay(b.attempts)
+                # a definition changed since the plan: the next pass plans again at once,
+                # then backs off as any failure does if it keeps changing under us
+                b.next_try = time.monotonic() + RETRY.delay(b.attempts - r.stale)
+                if r.stale and b.attempts == 1:
+                    self.triggers.request(f"retry {r.action.key}: changed since planned", 0)
         # Every pass consumes the pending triggers, retry timers included: set them
         # again, or an object skipped by this pass (still in backoff) would wait for
         # some unrelated trigger, up to the periodic resync.

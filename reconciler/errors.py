@@ -96,3 +96,11 @@ class Refused(HypervisorError):
     """libvirt understood the request and refused it (bad XML, conflict, ...)."""
 
     temporary = False
+
+
+class DefinitionChanged(HypervisorError):
+    """An object's persistent definition is no longer the one the plan patched: someone
+    defined it (or undefined it) between plan and apply. Nothing was defined; a new plan
+    patches what libvirt has now. ``temporary``: the next pass re-plans and succeeds."""
+
+    temporary = True

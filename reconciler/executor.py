@@ -47,7 +47,14 @@ from urllib.parse import urlsplit
 
 from reconciler import cloudinit, hints, images
 from reconciler import inventory as inventory_file
-from reconciler.errors import HypervisorError, Problem, ReconcilerError, Refused, SourcePosition
+from reconciler.errors import (
+    DefinitionChanged,
+    HypervisorError,
+    Problem,
+    ReconcilerError,
+    Refused,
+    SourcePosition,
+)
 from reconciler.hypervisor import VOLUME_EXISTS, Hypervisor
 from reconciler.inventory import Inventory
 from reconciler.logs import get_logger
@@ -272,7 +279,7 @@ class Executor:
                 explanation, failed_step = exc.explanation, exc.step
             return ActionResult(
                 action, "failed", duration, str(exc), tuple(notes), tuple(refused),
-                explanation, failed_step,
+                explanation, failed_step, stale=isinstance(exc, DefinitionChanged),
             )  # fmt: skip
         self._record_refused(action.name, refused)
         duration = self.clock() - start
@@ -334,6 +341,8 @@ class Executor:
             return self._call(action, step)
         except HypervisorError as exc:
             message = f"{step.describe()}: {exc}"
+            if isinstance(exc, DefinitionChanged):  # its message is the whole story
+                message = str(exc)
             explanation = None
             if doing in EXPLAINED_VERBS and isinstance(exc, Refused):
                 explanation = self.explain(action, message)
@@ -345,8 +354,8 @@ class Executor:
         type: every member of ``Step`` has its case (mypy checks it: ``assert_never``)."""
         hv, name = self.hypervisor, action.name
         match step:
-            case DefinePool(xml=xml):
-                hv.define_pool(xml)
+            case DefinePool(xml=xml, current=current):
+                hv.define_pool(xml, current=current)
             case BuildPool():
                 hv.build_pool(name)
             case StartPool():
@@ -370,8 +379,8 @@ class Executor:
                 hv.resize_volume(pool, name, capacity)
             case BlockResize(domain=domain, target=target, capacity=capacity):
                 hv.block_resize(domain, target, capacity)
-            case DefineNetwork(xml=xml):
-                hv.define_network(xml)
+            case DefineNetwork(xml=xml, current=current):
+                hv.define_network(xml, current=current)
             case StartNetwork():
                 hv.start_network(name)
             case StopNetwork():
@@ -390,8 +399,8 @@ class Executor:
                 if hv.volume_exists(pool, volume):
                     hv.delete_volume(pool, volume)
                 return [f"deleted cloud-init seed {pool}/{volume}"]
-            case DefineDomain(xml=xml):
-                hv.define_domain(xml)
+            case DefineDomain(xml=xml, current=current):
+                hv.define_domain(xml, current=current)
             case StartDomain():
                 hv.start_domain(name)
             case StopDomain(timeout=timeout):

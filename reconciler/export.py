@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from reconciler import rounding
 from reconciler.diff import device_of, diff
 from reconciler.errors import SourcePosition
 from reconciler.model import (
@@ -316,6 +317,11 @@ def export_volume(record: VolumeRecord, ctx: Context) -> Exported:
     backing_format = None if backing is None else ctx.volume_formats.get(backing)
     desired = volume_xml.project(m.spec, backing_path=str(backing_path) if backing else None,
                                  backing_format=backing_format)  # fmt: skip
+    # compared as the planner compares it: what libvirt makes of the manifest's bytes by
+    # either path it may have taken (a qcow2 resize keeps 512-byte multiples; rounding.py)
+    have = observed.get("capacity")
+    desired["capacity"] = rounding.volume_capacity(
+        m.spec.capacity, m.spec.format, have if isinstance(have, int) else None)
     _compare(desired, observed, notes)
     return Exported(kind, record.name, doc, notes.all(), record.pool)
 
@@ -672,21 +678,27 @@ _MANAGED_INTERFACE_TYPES = domain_xml.MANAGED_INTERFACE_TYPES
 def _managed_device(device: Element, aside: Collection[Element] = ()) -> bool:
     """Whether a manifest manages ``device``'s kind as a whole set, so that one it does
     not name is removed by applying it: the sets of ``domain_xml`` (``MANAGED_*``):
-    disks and CD-ROMs of files and volumes, NICs on networks and bridges, VNC and SPICE
-    displays, the serial port (pty, file) and its console, USB inputs (formatdomain
-    "Hard drives...", "Network interfaces", "Graphical framebuffers", "Serial port",
-    "Input devices"). Every other device is kept as defined, and so are those a
-    redefine sets aside (``aside``, ``domain_xml.set_aside``: an SDL display, a tcp
-    serial port...)."""
+    disks and CD-ROMs of files and volumes, NICs on networks and bridges, the first VNC
+    or SPICE display (the manifest's one ``graphics``), the serial port (pty, file) and
+    its console, USB inputs (formatdomain "Hard drives...", "Network interfaces",
+    "Graphical framebuffers", "Serial port", "Input devices"). Every other device is
+    kept as defined: a floppy (neither a disk nor a CD-ROM), a second display, and
+    those a redefine sets aside (``aside``, ``domain_xml.set_aside``: an SDL display, a
+    tcp serial port...)."""
     tag, kind = device.tag, device.get("type")
     if any(device is other for other in aside):
         return False
-    if tag == "graphics":
-        return kind in domain_xml.MANAGED_GRAPHICS_TYPES
+    if tag == "graphics":  # the manifest's graphics fields read the first display only
+        parent = device.getparent()
+        first = None if parent is None else next(
+            (g for g in parent.iterchildren("graphics")
+             if g.get("type") in domain_xml.MANAGED_GRAPHICS_TYPES
+             and not any(g is other for other in aside)), None)  # fmt: skip
+        return device is first
     if tag == "console":  # a virtio or sclp console is not the serial port's
         return domain_xml.serial_console(device)
-    if tag == "disk":
-        return kind in _MANAGED_DISK_TYPES
+    if tag == "disk":  # a floppy or lun is in neither set (DISKS, CDROMS)
+        return kind in _MANAGED_DISK_TYPES and device.get("device", "disk") in ("disk", "cdrom")
     if tag == "interface":
         return kind in _MANAGED_INTERFACE_TYPES
     if tag == "input":

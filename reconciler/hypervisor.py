@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from reconciler import images
-from reconciler.errors import ConnectionLost, HypervisorError, Refused
+from reconciler.errors import ConnectionLost, DefinitionChanged, HypervisorError, Refused
 from reconciler.preflight import (
     CpuQuestion,
     DirFacts,
@@ -277,6 +277,49 @@ def _local_bridges() -> dict[str, Any]:
         return {}
     bridges = frozenset(n for n in names if os.path.isdir(os.path.join(base, n, "bridge")))
     return {"bridges": bridges, "interfaces": frozenset(names)}
+
+
+# --- compare-and-define -------------------------------------------------------------
+
+# What libvirt changes in a persistent definition on its own, with nobody defining it:
+# a storage pool's sizes (formatstorage: refreshed from the file system), a running
+# network's count of connected guests (formatnetwork; not shown with INACTIVE on
+# libvirt 9.0, dropped in case another version shows it).
+_VOLATILE_ELEMENTS = {"pool": ("capacity", "allocation", "available")}
+_VOLATILE_ATTRIBUTES = {"network": ("connections",)}
+
+
+def _name_of(definition: str) -> str:
+    """The ``<name>`` of a libvirt definition (domain, network, pool)."""
+    return ET.fromstring(definition).findtext("name") or ""
+
+
+def _comparable(definition: str) -> str:
+    """``definition`` without what libvirt changes on its own (``_VOLATILE_*``)."""
+    root = ET.fromstring(definition)
+    for tag in _VOLATILE_ELEMENTS.get(root.tag, ()):
+        for child in root.findall(tag):
+            root.remove(child)
+    for attribute in _VOLATILE_ATTRIBUTES.get(root.tag, ()):
+        root.attrib.pop(attribute, None)
+    return ET.tostring(root, encoding="unicode")
+
+
+def same_definition(planned: str, now: str) -> bool:
+    """Whether the persistent definition read ``now`` is still the one ``planned`` from:
+    equal text, or equal apart from what libvirt changes on its own (``_VOLATILE_*``)."""
+    return planned == now or _comparable(planned) == _comparable(now)
+
+
+def _check_unchanged(noun: str, name: str, planned: str, now: str | None) -> None:
+    """Raise ``DefinitionChanged`` unless ``now`` (None: undefined) is ``planned``."""
+    if now is not None and same_definition(planned, now):
+        return
+    how = "was undefined" if now is None else "changed"
+    raise DefinitionChanged(
+        f"{noun} {name}'s definition {how} since it was planned (by someone else): "
+        "nothing changed; plan again"
+    )
 
 
 # --- the connection as a narrow interface ------------------------------------
@@ -708,8 +751,25 @@ class Hypervisor:
 
     # -- domains ----------------------------------------------------------------
 
-    def define_domain(self, xml: str) -> None:
+    def define_domain(self, xml: str, *, current: str | None = None) -> None:
+        """Define ``xml`` (formatdomain): a new domain, or a new persistent definition.
+
+        ``current``: the persistent definition the plan patched, as ``domains`` read it
+        (``VIR_DOMAIN_XML_INACTIVE | SECURE``). When given, the definition is read again
+        right before defining, and if it is no longer that one (someone defined or
+        undefined the domain since the plan), nothing is defined: ``DefinitionChanged``.
+        Otherwise ``Refused`` (libvirt rejected the XML) or ``ConnectionLost``."""
         with calling("defining domain"):
+            if current is not None:
+                name = _name_of(current)
+
+                def now() -> str | None:
+                    with _vanished_ok():
+                        return str(self._conn.lookupByName(name).XMLDesc(
+                            libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+                    return None
+
+                _check_unchanged("VM", name, current, now())
             self._conn.defineXML(xml)
 
     def start_throwaway_domain(self, xml: str) -> None:
@@ -784,8 +844,22 @@ class Hypervisor:
 
     # -- networks ---------------------------------------------------------------
 
-    def define_network(self, xml: str) -> None:
+    def define_network(self, xml: str, *, current: str | None = None) -> None:
+        """Define ``xml`` (formatnetwork). ``current``: the persistent definition the plan
+        changed (``VIR_NETWORK_XML_INACTIVE``, as ``networks`` read it): read again first,
+        and nothing is defined if it is no longer that one (``DefinitionChanged``, as
+        ``define_domain``)."""
         with calling("defining network"):
+            if current is not None:
+                name = _name_of(current)
+
+                def now() -> str | None:
+                    with _vanished_ok():
+                        return str(self._conn.networkLookupByName(name).XMLDesc(
+                            libvirt.VIR_NETWORK_XML_INACTIVE))
+                    return None
+
+                _check_unchanged("network", name, current, now())
             self._conn.networkDefineXML(xml)
 
     def start_network(self, name: str) -> None:
@@ -829,8 +903,23 @@ class Hypervisor:
 
     # -- pools and volumes --------------------------------------------------------
 
-    def define_pool(self, xml: str) -> None:
+    def define_pool(self, xml: str, *, current: str | None = None) -> None:
+        """Define ``xml`` (formatstorage). ``current``: the persistent definition the plan
+        changed (``VIR_STORAGE_XML_INACTIVE``, as ``pools`` read it): read again first,
+        and nothing is defined if it is no longer that one (``DefinitionChanged``, as
+        ``define_domain``; the pool's capacity, allocation and available space, which
+        libvirt updates on its own, are not compared)."""
         with calling("defining storage pool"):
+            if current is not None:
+                name = _name_of(current)
+
+                def now() -> str | None:
+                    with _vanished_ok():
+                        return str(self._conn.storagePoolLookupByName(name).XMLDesc(
+                            libvirt.VIR_STORAGE_XML_INACTIVE))
+                    return None
+
+                _check_unchanged("storage pool", name, current, now())
             self._conn.storagePoolDefineXML(xml, 0)
 
     def build_pool(self, name: str) -> None:

@@ -42,6 +42,16 @@ unsettled and never restarts the VM for it again (no restart loop)::
 
     "VirtualMachine/web-1": {..., "restartedFor": {"digest": "sha256:...",
         "changes": ["maxMemory: 201326592 -> 200278016"], "boot": "7"}}
+
+A VM an apply defined (or restarted) and that still differed right after, in the
+settle check (reconcile.py), carries ``unsettled`` (``UNSETTLED``): the manifest
+digest and each difference (``path -> new``) that did not settle. Under the same
+digest the planner neither defines nor restarts it again for those differences
+alone; it shows them as unsettled (a bug), in plan, apply and status. A new
+manifest (another digest) may try again::
+
+    "VirtualMachine/web-1": {..., "unsettled": {"digest": "sha256:...",
+        "changes": ["boot -> ()"]}}
 """
 
 from __future__ import annotations
@@ -63,6 +73,9 @@ START_FAILURE = "startFailure"  # key of a VM entry: its last refused start
 # ``restart`` restarted it for, with the manifest digest they were for (planner.py):
 # never restarted again for the same ones under the same digest
 RESTARTED_FOR = "restartedFor"
+# key of a VM entry: differences an apply made that did not settle (reconcile.py),
+# with the manifest digest they were for: never defined or restarted for again
+UNSETTLED = "unsettled"
 CONTENT_PENDING = "contentPending"  # key of a Volume entry: its source copy is unfinished
 
 

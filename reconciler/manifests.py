@@ -38,6 +38,7 @@ from reconciler.model import (
 )
 from reconciler.references import NOTHING_KNOWN, KnownObjects, check_references
 from reconciler.schema import SchemaProblem, kind_names, suggest, validate_document
+from reconciler.xml.chars import not_xml
 from reconciler.yamlsource import CachedDocument, Document, ParseCache, YamlProblem
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -137,6 +138,16 @@ def load_unchecked(
     with _gc_paused():
         for file in files:
             shown = os.path.join(shown_root, os.path.relpath(file, path))
+            bad = not_xml(shown)
+            if bad is not None:
+                # the ownership record in libvirt names the manifest by this path
+                printable = "".join(repr(c)[1:-1] if not_xml(c) else c for c in shown)
+                problems.append(Problem(
+                    SourcePosition(printable),
+                    f"the manifest's path holds {bad!r}, a character XML cannot hold, and "
+                    "libvirt's ownership record names the manifest by its path",
+                    hint="rename the folder or file"))  # fmt: skip
+                continue
             manifests.extend(load_file(file, shown, problems, parser))
     parser.save()
     return LoadResult(

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
 from reconciler.errors import SourcePosition
-from reconciler.units import parse_duration, parse_size
+from reconciler.units import parse_duration, parse_size, too_large
 
 FieldPath: TypeAlias = tuple[str | int, ...]
 
@@ -124,6 +124,16 @@ class NetworkSpec:
 
 
 # --- VirtualMachine ---------------------------------------------------------
+
+
+def plain_path(path: str) -> str:
+    """``path`` spelled once: repeated slashes and ``.`` components dropped, purely
+    (no file system access), so ``/x/files//./f.qcow2`` is ``/x/files/f.qcow2``. A
+    ``..`` is kept (through a symlink it does not mean the parent; the allowed-path
+    check refuses it anyway); a relative path stays relative."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    plain = "/".join(parts)
+    return "/" + plain if path.startswith("/") else plain or path
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +544,17 @@ def build_manifest(
     )
 
 
+def _within_libvirt(
+    raw: Mapping[str, Any], fields: tuple[str, ...], problems: list[FieldProblem]
+) -> None:
+    """A problem for each size field of ``raw`` too large for libvirt (``units.MAX_SIZE``):
+    refused here, at its line, rather than by libvirt at apply."""
+    for name in fields:
+        if name in raw and (why := too_large(parse_size(raw[name]))) is not None:
+            problems.append(FieldProblem(("spec", name), f"{raw[name]} {why}",
+                                         "give a smaller size"))  # fmt: skip
+
+
 def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> VolumeSpec:
     spec = VolumeSpec(
         pool=raw["pool"],
@@ -546,6 +567,7 @@ def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Volum
     )
     if spec.capacity <= 0:
         problems.append(FieldProblem(("spec", "capacity"), "capacity must be more than 0"))
+    _within_libvirt(raw, ("capacity",), problems)
     if spec.backing_volume and spec.format != "qcow2":
         problems.append(
             FieldProblem(
@@ -677,6 +699,7 @@ def _build_vm(
     max_memory = parse_size(raw["maxMemory"]) if "maxMemory" in raw else memory
     if memory < 1024**2:
         problems.append(FieldProblem(("spec", "memory"), "memory must be at least 1MiB"))
+    _within_libvirt(raw, ("memory", "maxMemory"), problems)
     if max_memory < memory:
         problems.append(
             FieldProblem(
@@ -768,6 +791,8 @@ def _build_vm(
     disks = []
     images: dict[str, int] = {}
     for i, d in enumerate(raw.get("disks", ())):
+        if isinstance(d.get("file"), str):  # one image, one spelling: its identity
+            d = {**d, "file": plain_path(d["file"])}
         image = d.get("volume") or d.get("file")
         if image is not None:
             if image in images:
@@ -814,7 +839,7 @@ def _build_vm(
             Cdrom(
                 target=c.get("target") or next_target(bus, ("spec", "cdroms", i)),
                 bus=bus,
-                file=c.get("file"),
+                file=plain_path(c["file"]) if isinstance(c.get("file"), str) else None,
             )
         )
 

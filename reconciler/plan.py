@@ -125,7 +125,8 @@ _DEVICE_NOUNS = {
 
 # Step arguments too long or too private to print (rendered XML with a display
 # password, cloud-init seed files with whatever user-data holds).
-# ``current``: the definition libvirt has now, kept for ``--show-xml`` to diff against.
+# ``current``: the persistent definition the plan read and patched: apply defines only
+# while libvirt still has it (``Hypervisor.define_*``), ``--show-xml`` diffs against it.
 # ``index``: which ``<ip>`` of a network a DHCP host goes to (libvirt's count, no meaning
 # to a reader: the path names the entry).
 HIDDEN_ARGS = frozenset({"xml", "files", "current", "index"})
@@ -184,7 +185,7 @@ def _forced_after(timeout: float | None) -> str:
 class DefinePool(StepBase):
     verb: ClassVar[str] = "define-pool"
     xml: str
-    current: str | None = None  # the definition replaced, for --show-xml
+    current: str | None = None  # the definition patched (see HIDDEN_ARGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +342,7 @@ class DeleteSeed(StepBase):
 class DefineDomain(StepBase):
     verb: ClassVar[str] = "define-domain"
     xml: str
-    current: str | None = None  # the persistent definition replaced, for --show-xml
+    current: str | None = None  # the definition patched (see HIDDEN_ARGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +548,9 @@ class ActionResult:
     refused: tuple[str, ...] = ()  # paths of live changes libvirt refused
     explanation: Problem | None = None  # a refused define/start, placed in the manifest
     failed_step: str = ""  # the verb of the step that failed (a restart's start: start-domain)
+    # failed because its definition changed since the plan (errors.DefinitionChanged):
+    # nothing was done, and a new plan (the daemon's next pass) patches what libvirt has
+    stale: bool = False
 
 
 UNSETTLED_NOTE = "unsettled"

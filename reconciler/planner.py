@@ -27,6 +27,7 @@ from reconciler import __version__, cloudinit, owners, rounding
 from reconciler import inventory as inventory_file
 from reconciler.diff import by_device, devices, diff
 from reconciler.errors import ReconcilerError
+from reconciler.hints import dotted
 from reconciler.hostpaths import PathPolicy
 from reconciler.manifests import LoadResult
 from reconciler.model import (
@@ -75,6 +76,7 @@ from reconciler.plan import (
     UndefinePool,
     UpdateDevice,
     WriteSeed,
+    is_unsettled,
 )
 from reconciler.snapshot import DomainRecord, Observed, VolumeRecord
 from reconciler.units import format_size
@@ -422,9 +424,13 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
         steps.append(DefinePool(pool_xml.patch(live.config_xml, spec),
                                 current=live.config_xml))  # fmt: skip
     if config_changes:
+        # libvirt builds only a stopped pool ("already active"); a dir pool restarts
+        # harmlessly, on its new definition
+        if live.active:
+            steps.append(StopPool())
         steps.append(BuildPool())
         if live.active and spec.state == "active":
-            steps += [StopPool(), StartPool()]  # a dir pool restarts harmlessly
+            steps.append(StartPool())
     if spec.state == "active" and not live.active:
         changes.append(Change("state", "inactive", "active", live=True))
         steps += [BuildPool(), StartPool()]  # build: mkdir if it went missing
@@ -1057,16 +1063,29 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     }
     entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
     history = _restart_history(entry, ctx.digest(m))
+    # differences an apply made under this manifest that did not settle: not again
+    stuck_record = _stuck_history(entry, ctx.digest(m))
+    stuck_keys = set(stuck_record.get(inventory_file.UNSETTLED, {}).get("changes", ()))
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
-                              **seeds.record(seeds.owned), **history)  # fmt: skip
+                              **seeds.record(seeds.owned), **history,
+                              **stuck_record)  # fmt: skip
     recorded = _recorded(entry, record, ["shutdownTimeout"])
     print_ = fingerprint(m, live, context, ctx.digest(m))
     if ctx.options.verified.get(m.name) == print_ and not recorded:
         quick = _vm_power_and_autostart(m, spec, live, record, print_)
         if quick is not None:
             return quick
+    # a disk is its image: one the domain has under another name (its file, the
+    # volume at that path) keeps its element, and is one change of that disk
+    volume_paths = {k: v.path for k, v in ctx.observed.volumes.items()}
+    config_root, switched = domain_xml.switch_sources(
+        spec, live.config_root, volume_paths, ctx.volume_pools)  # fmt: skip
+    if not switched:  # the observed definition as it is (parsed once, shared: not changed)
+        config_root = live.config_root
+    current_xml: str | Any = config_root if switched else live.config_xml
     # a disk keeps the target the domain has it at, unless the manifest names one
-    spec = domain_xml.settle_targets(spec, live.config_root)
+    # (a stopped one gives a replaced image the name the image it replaces frees)
+    spec = domain_xml.settle_targets(spec, config_root, reuse_freed=not live.active)
     try:
         desired = domain_xml.project(spec, **kwargs)
     except ValueError as exc:
@@ -1080,22 +1099,39 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     # adopt: true takes over anything but what another instance took from us (owners.py)
     if not owner.ours and not (spec.adopt and owner.adoptable) and not taken:
         return _conflict(m, f"VM '{m.name}'", owner)
-    cannot = domain_xml.refusal(spec, live.config_root)
-    if cannot is not None:  # patching would lose what the domain has
-        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
 
     @functools.cache
     def rendered() -> str:  # only for a VM that changes: patching is a plan's main cost
         # the current definition, patched: what the manifest does not say is kept
-        return domain_xml.patch(live.config_xml, spec, ownership=ownership, **kwargs)
+        return domain_xml.patch(current_xml, spec, ownership=ownership, **kwargs)
 
-    config = live.config
+    try:
+        cannot = domain_xml.refusal(spec, config_root, rendered)
+        if cannot is None and not spec.boot and not spec.kernel:
+            # boot: [] needs a device that still carries a boot order after the patch
+            cannot = domain_xml.boot_order_refusal(spec, config_root, rendered())
+    except ValueError as exc:
+        cannot = str(exc)
+    if cannot is not None:  # patching would lose what the domain has, or never settle
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
+    clash = domain_xml.unmanaged_clash(spec, config_root)
+    if clash is not None:  # a target or MAC a kept, unmanaged device has
+        where, why = clash
+        return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
+                      reason=f"{dotted(where)}: {why}")  # fmt: skip
+    config = domain_xml.observe(config_root) if switched else live.config
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
     config_changes = _rounding_notes(diff(desired, config), {
         "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
+    config_changes += [Change(f"disks[{key}].source", had, now) for key, had, now in switched]
+    stuck: list[Change] = []
+    if config_changes and all(settle_key(c) in stuck_keys for c in config_changes):
+        # an apply defined exactly this and libvirt kept something else: defining it
+        # again would loop (a define every pass); said as unsettled instead
+        stuck, config_changes = [_not_settled(c) for c in config_changes], []
     adoption = _adoption(owner, ctx, taken=taken)
     changes = adoption + config_changes + _persist(live.persistent)
     overwritten = seeds.overwritten()
@@ -1115,8 +1151,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
     in_use: set[str] = set()
-    if live.live is not None and live.live_xml is not None:
-        live_projection = dict(live.live)
+    if live.live_root is not None and live.live is not None and live.live_xml is not None:
+        live_root, live_switched = domain_xml.switch_sources(
+            spec, live.live_root, volume_paths, ctx.volume_pools)  # fmt: skip
+        live_projection = dict(domain_xml.observe(live_root) if live_switched else live.live)
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}
         cpu_known, booted_cpu = live.booted_cpu
@@ -1137,10 +1175,14 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         )  # fmt: skip
         steps += live_steps
         # a definition change the running domain already has needs no restart
+        # (a disk's image under another name: the running domain has it as it had)
+        pending += [Change(f"disks[{key}].source", had, now)
+                    for key, had, now in live_switched]  # fmt: skip
+        unseen = incomparable | {c.path for c in pending}
         done = {c.path for c in live_changes} | {
             c.path
             for c in config_changes
-            if c.path not in incomparable
+            if c.path not in unseen
             and live_projection.get(c.path) == desired_live.get(c.path)
         }
         changes = [dataclasses.replace(c, live=True) if c.path in done else c for c in changes]
@@ -1160,15 +1202,18 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         tried = set(restart_record.get("changes", ()))
         if restart_record.get("boot") == boot:
             tried = set()
-        if pending and spec.state == "running" and policy == "restart" and not (
-            {_pending_key(c) for c in pending} <= tried
+        # a pending difference that an apply already failed to settle restarts nothing
+        pending = [_not_settled(c) if settle_key(c) in stuck_keys else c for c in pending]
+        restartable = [c for c in pending if not is_unsettled(c)]
+        if restartable and spec.state == "running" and policy == "restart" and not (
+            {_pending_key(c) for c in restartable} <= tried
         ):
             steps.append(RestartDomain(timeout))
-            changes += [c for c in pending if c.path not in {x.path for x in changes}]
+            changes += [c for c in restartable if c.path not in {x.path for x in changes}]
             restarted = True
             history = {inventory_file.RESTARTED_FOR: {
                 "digest": ctx.digest(m),
-                "changes": sorted(tried | {_pending_key(c) for c in pending}),
+                "changes": sorted(tried | {_pending_key(c) for c in restartable}),
                 "boot": boot,  # the domain id before the restart: it changes at a boot
             }}  # fmt: skip
         else:
@@ -1177,8 +1222,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
                 # restarted for this very manifest already, and the running domain
                 # still differs the same way: a rounding (or other) bug of ours. Said
                 # once by the apply that restarted it; never restarted again for it.
-                pending = [_unsettled(c) if _pending_key(c) in tried else c
-                           for c in pending]  # fmt: skip
+                pending = [_unsettled(c) if _pending_key(c) in tried and not is_unsettled(c)
+                           else c for c in pending]  # fmt: skip
     else:
         restarted = False
     failure = _start_failure(entry, spec, live)
@@ -1199,9 +1244,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     changes += old_changes
     steps += old_steps
     record = ctx.owner_record(m, shutdownTimeout=spec.shutdown_timeout,
-                              **seeds.record(kept), **failure, **history)  # fmt: skip
+                              **seeds.record(kept), **failure, **history,
+                              **stuck_record)  # fmt: skip
+    pending += [c for c in stuck if c.path not in {x.path for x in pending}]
     if restarted:
-        op, pending = Op.UPDATE_RESTART, []
+        op, pending = Op.UPDATE_RESTART, [c for c in pending if is_unsettled(c)]
     elif not changes:
         op = Op.NOOP
     elif any(not c.live and c.path != "ownership" for c in changes) and live.active:
@@ -1225,6 +1272,34 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
 def _pending_key(change: Change) -> str:
     """One pending difference, as the VM's ``restartedFor`` record keeps it."""
     return f"{change.path}: {change.old!r} -> {change.new!r}"
+
+
+def settle_key(change: Change) -> str:
+    """One difference an apply made that did not settle, as the VM's ``unsettled``
+    record (inventory.UNSETTLED) keeps it: the field and the value asked for."""
+    return f"{change.path} -> {change.new!r}"
+
+
+def _not_settled(change: Change) -> Change:
+    return dataclasses.replace(change, note=(
+        f"{UNSETTLED_NOTE}: an apply of this manifest set {change.new!r} and libvirt "
+        f"kept {change.old!r}; not defining or restarting it again for this "
+        "(a bug in reconciler: please report it)"
+    ))  # fmt: skip
+
+
+def _stuck_history(entry: Mapping[str, Any] | None, manifest_digest: str) -> dict[str, Any]:
+    """The VM's ``unsettled`` record (inventory.UNSETTLED) to keep: the differences an
+    apply of this same manifest digest made that did not settle; {} once the manifest
+    changed (a new manifest may be tried again)."""
+    record = (entry or {}).get(inventory_file.UNSETTLED)
+    if not isinstance(record, Mapping) or record.get("digest") != manifest_digest:
+        return {}
+    changes = record.get("changes")
+    if not isinstance(changes, list):
+        return {}
+    return {inventory_file.UNSETTLED: {"digest": manifest_digest,
+                                       "changes": sorted(str(c) for c in changes)}}
 
 
 def _unsettled(change: Change) -> Change:

@@ -129,13 +129,19 @@ class QemuUser:
 class CpuQuestion:
     """Can this host run a CPU? ``model`` None: the host-model base of the machine's
     domain capabilities, with the ``required`` features on top (host-model,
-    host-passthrough, maximum); else that named model with them."""
+    host-passthrough, maximum); else that named model with them, less the ``disabled``
+    features (the guest does not get them, so the host need not have them) and with
+    the ``forbidden`` ones (libvirt refuses a host that has one; ``forbid`` does not
+    take a feature out of the model: it is still required). Asked as libvirt asks it
+    when it starts a domain (formatdomain.html#cpu-model-and-topology)."""
 
     arch: str
     machine: str
     virt_type: str
     model: str | None
     required: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+    forbidden: tuple[str, ...] = ()
 
 
 def cpu_question(spec: VirtualMachineSpec) -> CpuQuestion | None:
@@ -148,7 +154,11 @@ def cpu_question(spec: VirtualMachineSpec) -> CpuQuestion | None:
     model = cpu.model if cpu.mode == "custom" else None
     if model is None and not required:
         return None
-    return CpuQuestion(GUEST_ARCH, spec.machine, spec.type, model, required)
+    if model is None:  # the host's own model: what it lacks is what a required one asks
+        return CpuQuestion(GUEST_ARCH, spec.machine, spec.type, None, required)
+    disabled = tuple(name for name, policy in cpu.features if policy == "disable")
+    forbidden = tuple(name for name, policy in cpu.features if policy == "forbid")
+    return CpuQuestion(GUEST_ARCH, spec.machine, spec.type, model, required, disabled, forbidden)
 
 
 def cpu_compare_xml(question: CpuQuestion, host_model: str | None) -> str | None:
@@ -160,8 +170,10 @@ def cpu_compare_xml(question: CpuQuestion, host_model: str | None) -> str | None
         return None
     cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
     ET.SubElement(cpu, "model").text = model
-    for name in question.required:
-        ET.SubElement(cpu, "feature", {"policy": "require", "name": name})
+    for policy, names in (("require", question.required), ("disable", question.disabled),
+                          ("forbid", question.forbidden)):  # fmt: skip
+        for name in names:
+            ET.SubElement(cpu, "feature", {"policy": policy, "name": name})
     return ET.tostring(cpu, encoding="unicode")
 
 
@@ -501,12 +513,23 @@ def check_cpu(
                 + origin(f"cpu.features.{name}"),
             )  # fmt: skip
     question = cpu_question(spec)
-    if question is None or any(n in facts.cpu_features_unknown for n in question.required):
+    if question is None or any(n in facts.cpu_features_unknown for n in
+                               question.required + question.disabled + question.forbidden):
         return
     verdict = facts.cpu_verdicts.get(question)
     if verdict is None:
         return
     host = f"this host's CPU ({facts.host_cpu_model})" if facts.host_cpu_model else "this host"
+    provided = _missing_features(verdict, "forbidden features:")
+    if provided:
+        yield FieldProblem(
+            ("spec", "cpu", "features", provided[0]),
+            f"{host} provides {', '.join(provided)}, which cpu.features forbids: libvirt "
+            "refuses to start the VM on it",
+            f"write {provided[0]}: disable to keep it from the guest on any host"
+            + origin(f"cpu.features.{provided[0]}"),
+        )  # fmt: skip
+        return
     missing = _missing_features(verdict)
     lacking = [n for n in question.required if n in missing]
     if lacking:
@@ -519,17 +542,23 @@ def check_cpu(
             + origin(f"cpu.features.{lacking[0]}"),
         )
     if cpu.model is not None and (not lacking or set(missing) - set(lacking)):
-        shown = ", ".join(n for n in missing if n not in lacking) or verdict
+        others = [n for n in missing if n not in lacking]
+        shown = ", ".join(others) or verdict
+        # a model's feature the manifest forbids is still required of the host
+        forbidden = [n for n in others if n in question.forbidden]
+        fix = (f"write {forbidden[0]}: disable (forbid keeps it required), or use cpu: "
+               "host-model" if forbidden else "use cpu: host-model, or disable what it lacks")
         yield FieldProblem(
             where, f"{host} cannot run CPU model {cpu.model}: it lacks {shown}",
-            "use cpu: host-model, or a model this host can run"
+            fix + ", or a model this host can run"
             " (`virsh domcapabilities` marks them usable='yes')" + origin("cpu.model"),
         )
 
 
-def _missing_features(verdict: str) -> list[str]:
-    """The feature names in libvirt's "Host CPU does not provide required features: a, b"."""
-    _, found, names = verdict.partition("required features:")
+def _missing_features(verdict: str, what: str = "required features:") -> list[str]:
+    """The feature names in libvirt's "Host CPU does not provide required features: a, b"
+    (``what``: "forbidden features:" reads "Host CPU provides forbidden features: a")."""
+    _, found, names = verdict.partition(what)
     return [n.strip() for n in names.split(",") if n.strip()] if found else []
 
 

@@ -40,7 +40,7 @@ from reconciler.model import (
 )
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, ActionResult, Op, Plan, is_unsettled
-from reconciler.planner import PlanOptions, make_plan
+from reconciler.planner import PlanOptions, digest, make_plan, settle_key
 from reconciler.references import KnownObjects
 from reconciler.yamlsource import ParseCache
 
@@ -214,7 +214,33 @@ class Reconciler:
             a for a in after.actions if a.key in tried and a.op not in (Op.FORGET,)
             and (a.changes_anything or any(is_unsettled(c) for c in a.restart_pending))
         )  # fmt: skip
+        self._remember_unsettled(unsettled, load)
         return PassResult(load, plan, tuple(results), unsettled, after, after_observed)
+
+    def _remember_unsettled(self, unsettled: tuple[Action, ...], load: LoadResult) -> None:
+        """Record, in each unsettled VM's inventory entry (inventory.UNSETTLED), what
+        this apply set that libvirt did not keep, under the manifest's digest: later
+        plans (apply's and the daemon's) show it as unsettled and never define or
+        restart the VM again for it under that digest (no define loop)."""
+        state_dir = self.options.state_dir
+        vms = {a.key: a for a in unsettled if a.kind is Kind.VIRTUAL_MACHINE}
+        if state_dir is None or not vms:
+            return
+        manifests = {f"{m.kind.value}/{m.name}": m for m in load.manifests}
+        inventory = self._inventory()
+        for key, action in vms.items():
+            entry, m = inventory.get(key), manifests.get(key)
+            if entry is None or m is None:
+                continue
+            made = digest(m)
+            old = entry.get(inventory_file.UNSETTLED)
+            keys = set(old.get("changes", ())) if isinstance(old, dict) and (
+                old.get("digest") == made) else set()
+            keys |= {settle_key(c) for c in (*action.changes, *action.restart_pending)
+                     if c.path != "ownership"}
+            inventory = inventory.with_entry(key, {**entry, inventory_file.UNSETTLED: {
+                "digest": made, "changes": sorted(keys)}})
+        inventory_file.save(state_dir, inventory)
 
     def _settle(
         self, plan: Plan, observed: Observed, load: LoadResult, results: list[ActionResult]

@@ -23,6 +23,21 @@ _DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h))+$")
 _DURATION_FACTORS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 
+# The largest size libvirt holds: it parses a volume's capacity and a domain's memory
+# into a signed 64-bit count of bytes (LLONG_MAX; "numerical overflow: value too large"
+# above it, "malformed capacity element" from 2^64), and rounds memory and qcow2
+# capacity up to whole KiB, so the last KiB below 2^63 does not fit either.
+MAX_SIZE = 2**63 - 1024
+
+
+def too_large(size: int) -> str | None:
+    """Why libvirt cannot hold ``size`` bytes (more than ``MAX_SIZE``), said after the
+    size as the manifest writes it, or None."""
+    if size <= MAX_SIZE:
+        return None
+    return f"is more than libvirt can hold (at most {MAX_SIZE} bytes: 8EiB less 1KiB)"
+
+
 def parse_size(text: str) -> int:
     """Return the number of bytes in ``text`` (rounded down), or raise ValueError."""
     match = _SIZE.match(text)

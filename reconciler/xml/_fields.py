@@ -37,16 +37,15 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from lxml import etree as ET
 
+from reconciler.xml.chars import NOT_XML
+
 Element: TypeAlias = ET._Element
 Projection: TypeAlias = dict[str, object]
 """Flat, canonical view of an object's fields: field path -> value (None: absent)."""
 
 T = TypeVar("T")
 
-# Not in XML 1.0's Char production (#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] |
-# [#x10000-#x10FFFF]): its complement, spelled out, which compiles ~100x faster than
-# the negated class (whose ranges re would expand over all of Unicode at start-up).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_NOT_XML = NOT_XML  # what XML 1.0 cannot hold (chars.py: shared with the loader)
 
 
 def xml_text(value: str, what: str = "value") -> str:

@@ -59,6 +59,7 @@ from reconciler.model import (
     clock_parts,
     clock_text,
     is_q35,
+    plain_path,
     target_fits,
     target_names,
 )
@@ -936,12 +937,20 @@ def serial_console(console: Element) -> bool:
                               and target.get("port", "0") == "0")  # fmt: skip
 
 
-def refusal(spec: VirtualMachineSpec, current: str | Element) -> str | None:
+def refusal(
+    spec: VirtualMachineSpec,
+    current: str | Element,
+    patched: Callable[[], str | Element] | None = None,
+) -> str | None:
     """Why ``spec`` cannot be applied to the existing domain ``current`` without losing
-    what it has, or None: ``boot`` listed for a domain ordering boot per device, or a
-    serial port declared where a serial port the manifest cannot hold is kept."""
+    what it has, or None: ``boot`` listed for a domain ordering boot per device (in
+    ``patched()``, the redefinition, when given: a boot order on a device the change
+    replaces or removes goes with it), or a serial port declared where a serial port
+    the manifest cannot hold is kept. ``patched`` may raise ValueError as ``patch``."""
     root = parse(current)
-    if spec.boot and not spec.kernel and per_device_boot(root):
+    if spec.boot and not spec.kernel and per_device_boot(root) and (
+        patched is None or per_device_boot(patched())
+    ):
         return ("boot: the domain orders boot per device (<boot order=.../> in its devices), "
                 "and libvirt refuses <os><boot> beside it; write boot: [] to keep that order")
     kept = [e for e in set_aside(root) if e.tag == "serial"]
@@ -949,6 +958,95 @@ def refusal(spec: VirtualMachineSpec, current: str | Element) -> str | None:
         return (f"serial: the domain's serial port 0 is {kept[0].get('type')}, which a "
                 "manifest does not manage and a redefine keeps; write serial: none")
     return None
+
+
+def unmanaged_clash(
+    spec: VirtualMachineSpec, current: str | Element
+) -> tuple[tuple[str | int, ...], str] | None:
+    """A declared disk target or NIC MAC that a device the manifest does not manage
+    already has in ``current`` (a block or network disk, a ``direct`` or hostdev NIC:
+    kept by every redefine), as (the field's path in the manifest, why), or None.
+    libvirt refuses a duplicated target only at define time (``target 'vdc'
+    duplicated``) and accepts two NICs with one MAC, which no later plan can tell
+    apart (formatdomain "Hard drives...", "Network interfaces")."""
+    root = parse(current)
+    unmanaged_targets: dict[str, Element] = {}
+    for element in root.findall("devices/disk"):
+        if DISKS.managed(element) or CDROMS.managed(element):
+            continue
+        target = element.find("target")
+        if target is not None and target.get("dev"):
+            unmanaged_targets.setdefault(str(target.get("dev")), element)
+    for i, disk in enumerate(spec.disks):
+        other = unmanaged_targets.get(disk.target) if disk.target_declared else None
+        if other is not None:
+            return (("spec", "disks", i, "target"),
+                    f"target {disk.target} is the target of the domain's {_unmanaged(other)}, "
+                    "which a manifest does not manage and a redefine keeps; declare "
+                    "another target, or none (a free one is chosen)")  # fmt: skip
+    for i, cdrom in enumerate(spec.cdroms):
+        other = unmanaged_targets.get(cdrom.target)
+        if other is not None:
+            return (("spec", "cdroms", i, "target"),
+                    f"target {cdrom.target} is the target of the domain's "
+                    f"{_unmanaged(other)}, which a manifest does not manage and a "
+                    "redefine keeps; declare another target")  # fmt: skip
+    unmanaged_macs: dict[str, Element] = {}
+    for element in root.findall("devices/*/mac/.."):
+        if element.tag == "interface" and INTERFACES.managed(element):
+            continue
+        mac = element.find("mac")
+        if mac is not None and mac.get("address"):
+            unmanaged_macs.setdefault(str(mac.get("address")).lower(), element)
+    for i, nic in enumerate(spec.interfaces):
+        other = unmanaged_macs.get(nic.mac.lower())
+        if other is not None:
+            return (("spec", "interfaces", i, "mac"),
+                    f"mac {nic.mac} is the MAC of the domain's {_unmanaged(other)}, which a "
+                    "manifest does not manage and a redefine keeps: two NICs with one MAC; "
+                    "declare another mac, or remove that device from the domain")  # fmt: skip
+    return None
+
+
+def _unmanaged(device: Element) -> str:
+    """An unmanaged device as the domain has it: ``block disk (/dev/sdb) at vdc``."""
+    source = device.find("source")
+    where = None
+    if source is not None:
+        where = (source.get("dev") or source.get("file") or source.get("name")
+                 or source.get("network") or source.get("bridge"))  # fmt: skip
+    target = device.find("target")
+    at = f" at {target.get('dev')}" if device.tag == "disk" and target is not None else ""
+    return f"{device.get('type', '')} {device.tag}".strip() + (f" ({where})" if where else "") + at
+
+
+def boot_order_refusal(
+    spec: VirtualMachineSpec, current: str | Element, patched: str | Element
+) -> str | None:
+    """Why ``boot: []`` cannot hold for ``patched`` (the redefinition of ``current``),
+    or None. ``boot: []`` means "the devices carry ``<boot order>``" (formatdomain
+    "BIOS bootloader", "Specifying boot order"); where no device of the patched
+    definition carries one any more (the device that did was replaced or removed),
+    libvirt adds ``<boot dev='hd'/>`` and the definition never settles."""
+    if spec.boot or spec.kernel or per_device_boot(patched):
+        return None
+    carried = [_device_name(e) for e in parse(current).findall("devices/*/boot/..")]
+    had = (f"the boot order was on {', '.join(carried)}, which this change replaces or "
+           "removes" if carried else "no device of the domain has one")  # fmt: skip
+    return ("boot: [] keeps the boot order the domain's devices carry (<boot order=.../>), "
+            f"but after this change no device carries one ({had}); libvirt would add "
+            "<boot dev='hd'/>. Write the classes to boot from instead, e.g. boot: [disk]")
+
+
+def _device_name(device: Element) -> str:
+    """A device as a person names it: ``disk vda``, ``interface 52:54:00:..``."""
+    target = device.find("target")
+    mac = device.find("mac")
+    if target is not None and target.get("dev"):
+        return f"{device.tag} {target.get('dev')}"
+    if mac is not None and mac.get("address"):
+        return f"{device.tag} {mac.get('address')}"
+    return device.tag
 
 
 VNC_PASSWORD_MAX = 8
@@ -1150,15 +1248,84 @@ def _new_chipset(root: Element) -> None:
             remove(address)
 
 
-def settle_targets(spec: VirtualMachineSpec, current: str | Element) -> VirtualMachineSpec:
+def switch_sources(
+    spec: VirtualMachineSpec,
+    current: str | Element,
+    volume_paths: Mapping[tuple[str, str], str],
+    volume_pools: Mapping[str, str],
+) -> tuple[Element, tuple[tuple[str, str, str], ...]]:
+    """Disks are one image whatever names it: ``current`` (a domain's XML, not
+    changed) with each managed disk whose image a declared disk names another way (a
+    file path where the manifest names the volume at that path, or the other way
+    round) relabelled as the manifest names it, so that the disk keeps its element
+    (target, address, boot order) and is never detached and attached again; and per
+    such disk (its key as the manifest names it, what the domain has, what the
+    manifest says), for the plan to show as one change of that disk.
+
+    ``volume_paths``: (pool, volume) -> the volume's file path, as observed;
+    ``volume_pools``: a declared volume's pool. A volume not observed yet resolves to
+    nothing (a new image)."""
+    root = parse(current)
+    root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
+
+    def declared_path(disk: Disk) -> str | None:
+        if disk.volume is None:
+            return disk.file
+        pool = volume_pools.get(disk.volume)
+        found = None if pool is None else volume_paths.get((pool, disk.volume))
+        return None if found is None else plain_path(found)
+
+    wanted = {p: d for d in spec.disks if (p := declared_path(d)) is not None}
+    keys = {disk_key(d) for d in spec.disks}
+    switched: list[tuple[str, str, str]] = []
+    for element in root.findall("devices/disk"):
+        if not DISKS.managed(element):
+            continue
+        source = element.find("source")
+        if source is None or DISKS.key.read(element) in keys:
+            continue
+        if element.get("type") == "volume":
+            found = volume_paths.get((source.get("pool") or "", source.get("volume") or ""))
+            had = f"volume {source.get('volume')}"
+        else:
+            found, had = source.get("file"), f"file {source.get('file')}"
+        disk = None if found is None else wanted.get(plain_path(found))
+        if disk is None:
+            continue
+        for name in ("file", "pool", "volume"):
+            source.attrib.pop(name, "")
+        if disk.volume is not None:
+            element.set("type", "volume")
+            source.set("pool", volume_pools.get(disk.volume, ""))
+            source.set("volume", disk.volume)
+            now = f"volume {disk.volume}"
+        else:
+            element.set("type", "file")
+            source.set("file", str(disk.file))
+            now = f"file {disk.file}"
+        switched.append((disk_key(disk), had, now))
+    return root, tuple(switched)
+
+
+def settle_targets(
+    spec: VirtualMachineSpec, current: str | Element, *, reuse_freed: bool = False
+) -> VirtualMachineSpec:
     """``spec`` with each disk whose target the manifest does not declare at the target
     the existing domain (``current``, its persistent XML) gives that disk's source, so
     a target once assigned is kept; a disk new to the domain, or whose bus no longer
     fits its target, gets the first name for its bus that no disk or CD-ROM of the
-    domain has (its own, the manifest's, and the ones the manifest does not manage)."""
+    domain has (its own, the manifest's, and the ones the manifest does not manage).
+
+    ``reuse_freed`` (the domain is not running): a managed disk the manifest no longer
+    lists frees its target, and the disks new to the domain take the freed targets
+    that fit their bus first, in order (an image replaced in place keeps the guest's
+    name for it: ``sda`` stays ``sda``). A running domain holds a removed disk's name
+    until its guest lets the disk go, so a new disk there takes an unused name."""
     root = parse(current)
     used: set[str] = set()
     have: dict[object, str] = {}
+    declared = {disk_key(d) for d in spec.disks}
+    freed: list[str] = []
     for element in root.findall("devices/disk"):
         target = element.find("target")
         dev = None if target is None else target.get("dev")
@@ -1169,6 +1336,8 @@ def settle_targets(spec: VirtualMachineSpec, current: str | Element) -> VirtualM
             key = DISKS.key.read(element)
             if key is not None:
                 have.setdefault(key, str(dev))
+                if reuse_freed and key not in declared:
+                    freed.append(str(dev))
     used.update(d.target for d in spec.disks if d.target_declared)
     used.update(c.target for c in spec.cdroms)
     if spec.cloud_init is not None:
@@ -1179,8 +1348,15 @@ def settle_targets(spec: VirtualMachineSpec, current: str | Element) -> VirtualM
         if not disk.target_declared and now is not None and target_fits(now, disk.bus):
             settled[i] = now
     taken = used | set(settled.values())
+    reusable = [t for t in freed if t not in set(settled.values())
+                and t not in {d.target for d in spec.disks if d.target_declared}]
     for i, disk in enumerate(spec.disks):
         if disk.target_declared or i in settled:
+            continue
+        again = next((t for t in reusable if target_fits(t, disk.bus)), None)
+        if again is not None:
+            reusable.remove(again)
+            settled[i] = again
             continue
         free = next((t for t in target_names(disk.bus) if t not in taken), disk.target)
         settled[i] = free

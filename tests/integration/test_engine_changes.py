@@ -576,3 +576,34 @@ def test_vnc_password_rotation_reaches_the_running_vm(ws: Workspace) -> None:
     assert "passwd='second2'" in dom.XMLDesc(1), "the running display kept the old password"
     assert "passwd='second2'" in dom.XMLDesc(1 | 2)  # and the definition has it (SECURE|INACTIVE)
     assert not action(after, "VirtualMachine", name).restart_pending
+
+
+def test_a_renamed_image_of_a_stopped_vm_keeps_the_guests_name_for_it(ws: Workspace) -> None:
+    """Issue 10 (tester, case 4): the image of a stopped VM's sata disk renamed, no
+    target declared: the new image is sda again (it was sdd), the other disks stay."""
+    images = [ws.file(f"{n}.img", "1M", "raw") for n in ("root", "data", "logs")]
+    renamed = ws.file("root-v2.img", "1M", "raw")
+    name = ws.n("rename")
+
+    def disks(first: Path) -> list[dict[str, Any]]:
+        return [{"file": str(p), "format": "raw", "bus": "sata"} for p in (first, *images[1:])]
+
+    ws.write("vm.yaml", vm(name, machine="q35", state="stopped", disks=disks(images[0])))
+    ws.converge()
+    before = {d.find("source").get("file"): d.find("target").get("dev")  # type: ignore[union-attr]
+              for d in _disks(ws, name)}  # fmt: skip
+    assert before == {str(images[0]): "sda", str(images[1]): "sdb", str(images[2]): "sdc"}
+    ws.write("vm.yaml", vm(name, machine="q35", state="stopped", disks=disks(renamed)))
+    result = ws.converge()
+    assert not result.unsettled, describe(result)
+    after = {d.find("source").get("file"): d.find("target").get("dev")  # type: ignore[union-attr]
+             for d in _disks(ws, name)}  # fmt: skip
+    assert after == {str(renamed): "sda", str(images[1]): "sdb", str(images[2]): "sdc"}
+    assert_settled(ws)
+
+
+def _disks(ws: Workspace, name: str) -> list[Any]:
+    from lxml import etree
+
+    root = etree.fromstring(ws.virsh("dumpxml", "--inactive", name).encode())
+    return list(root.findall("devices/disk[@device='disk']"))

@@ -101,3 +101,19 @@ def test_disk_paths_outside_the_allowed_roots_are_refused(ws: Workspace) -> None
     assert ws.cli("apply", str(ws.directory), "--yes").returncode == 1
     defined = {d.name() for d in ws.conn.listAllDomains(0)}
     assert ws.n("direct") not in defined and ws.n("symlink") not in defined
+
+
+def test_plan_creates_no_state_directory(ws: Workspace) -> None:
+    """plan writes nothing: a state directory that does not exist (nor its parents) is
+    not made; the plan says it has no inventory, and apply makes it."""
+    ws.write("pool.yaml", pool(ws.n("pool"), ws.subdir("pool")))
+    missing = ws.root / "nonexistent" / "state"
+    done = ws.cli("plan", str(ws.directory), "--state-dir", str(missing), state=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"+ StoragePool {ws.n('pool')}: create" in done.stdout
+    assert (f"note: {missing}: no state directory yet (plan creates nothing; the first apply "
+            "makes it)") in done.stderr, done.stderr  # fmt: skip
+    assert not missing.parent.exists()
+    done = ws.cli("apply", str(ws.directory), "--yes", "--state-dir", str(missing), state=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (missing / "inventory.json").exists() and (missing / "instance-id").exists()

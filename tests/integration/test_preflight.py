@@ -279,3 +279,29 @@ def test_a_model_libvirt_calls_compatible_is_not_refused(ws: Workspace, host_pro
     ws.write("vm.yaml", vm_text(ws.n("vm"), f"cpu: {model}").replace("type: qemu", "type: kvm"))
     ws.converge()
     assert ws.domain(ws.n("vm")).isActive()
+
+
+def test_a_feature_the_manifest_disables_is_not_asked_of_the_host(
+    ws: Workspace, host_probe: object
+) -> None:
+    """A named model this host lacks features of runs with them disabled (the guest
+    does not get them): preflight does not refuse it, and it starts. On an Intel host,
+    qemu64 with svm: disable, what QEMU's default CPU is."""
+    if _host_type(host_probe) != "kvm":
+        return  # TCG: only names are checked
+    found = next(((m, lacks) for m in ("qemu64", "Opteron_G3", "EPYC", "Skylake-Server")
+                  if (lacks := _lacking(ws, f"<cpu mode='custom' match='exact'><model>{m}</model>"
+                                            "</cpu>"))), None)  # fmt: skip
+    assert found is not None, "this host lacks nothing of any candidate model"
+    model, lacks = found
+    features = ", ".join(f"{f}: disable" for f in lacks)
+    ws.write("vm.yaml", vm_text(ws.n("vm"), f"cpu: {{model: {model}, features: {{{features}}}}}")
+             .replace("type: qemu", "type: kvm"))  # fmt: skip
+    ws.converge()
+    assert ws.domain(ws.n("vm")).isActive()
+    # forbid is not disable: libvirt keeps the model's feature required, and refuses
+    ws.write("vm.yaml", vm_text(ws.n("forbid"), f"cpu: {{model: {model}, features: "
+                                f"{{{lacks[0]}: forbid}}}}").replace("type: qemu", "type: kvm"))
+    err = plan_fails(ws)
+    assert f"cannot run CPU model {model}: it lacks {lacks[0]}" in err, err
+    assert f"write {lacks[0]}: disable (forbid keeps it required)" in err, err

@@ -89,16 +89,20 @@ def test_a_state_directory_that_cannot_be_used_is_an_error_naming_it(
     assert "\n" not in message
 
 
-def test_plan_with_an_impossible_state_directory_says_so_in_one_line() -> None:
+def test_plan_with_an_impossible_state_directory_says_so_in_one_line(tmp_path: Path) -> None:
+    """A state directory that cannot be read is one line. (A missing one is no error:
+    plan creates nothing and plans with no inventory; apply creates it.)"""
+    file = tmp_path / "file"
+    file.write_text("in the way\n")
     done = subprocess.run(
         [sys.executable, "-m", "reconciler", "plan", "manifests/examples",
-         "--state-dir", "/proc/reconciler-test", "--connect", "test:///default"],
+         "--state-dir", str(file), "--connect", "test:///default"],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 1
     [line] = done.stderr.splitlines()
-    assert line.startswith("reconciler: error: /proc/reconciler-test: cannot create the state "
-                           "directory: No such file or directory; "), line
+    assert line.startswith(f"reconciler: error: {file}: the state directory is not a "
+                           "folder; "), line
 
 
 # --- delete: guards and plan ------------------------------------------------------

@@ -79,3 +79,45 @@ def test_json_output_shape(write: WriteFiles) -> None:
             "text": "m/a.yaml:1:1: spec: required field is missing",
         }
     ]
+
+
+def test_a_size_libvirt_cannot_hold_is_refused_at_its_line(write: WriteFiles) -> None:
+    """libvirt parses capacity and memory into a signed 64-bit count of bytes: beyond it,
+    "malformed capacity element" at apply. validate refuses it, naming the field."""
+    root = write(**{
+        "vol.yaml": "apiVersion: reconciler/v1\nkind: Volume\nmetadata: {name: v}\n"
+                    "spec:\n  pool: p\n  capacity: 99999999999999999999TiB\n",
+        "vm.yaml": "apiVersion: reconciler/v1\nkind: VirtualMachine\nmetadata: {name: w}\n"
+                   "spec:\n  memory: 1GiB\n  maxMemory: 8388608TiB\n",
+        "ok.yaml": "apiVersion: reconciler/v1\nkind: Volume\nmetadata: {name: ok}\n"
+                   "spec:\n  pool: p\n  capacity: 8388607TiB\n---\n"
+                   "apiVersion: reconciler/v1\nkind: StoragePool\nmetadata: {name: p}\n"
+                   "spec:\n  path: /srv/p\n",
+    })  # fmt: skip
+    result = run("validate", "--offline", "m", cwd=root.parent)
+    assert result.returncode == 1
+    limit = "is more than libvirt can hold (at most 9223372036854774784 bytes: 8EiB less 1KiB)"
+    assert result.stderr.splitlines() == [
+        f"m/vm.yaml:6:14: spec.maxMemory: 8388608TiB {limit}; give a smaller size",
+        f"m/vol.yaml:6:13: spec.capacity: 99999999999999999999TiB {limit}; give a smaller size",
+        "2 problems in 2 files",
+    ]
+
+
+def test_a_manifest_path_xml_cannot_hold_is_refused_by_validate(tmp_path: Path) -> None:
+    """The ownership record in libvirt names the manifest by its path: a folder whose
+    name holds a control character could not be recorded, and plan said so while
+    validate called everything valid."""
+    folder = tmp_path / "m" / "a\x01b"
+    folder.mkdir(parents=True)
+    (folder / "net.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: Network\nmetadata: {name: n}\n"
+        "spec: {mode: isolated, ipv4: {address: 10.254.250.1, prefix: 24}}\n")  # fmt: skip
+    result = run("validate", "--offline", "m", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.splitlines() == [
+        "m/a\\x01b/net.yaml: the manifest's path holds '\\x01', a character XML cannot hold, "
+        "and libvirt's ownership record names the manifest by its path; rename the folder or "
+        "file",
+        "1 problem in 1 file",
+    ]

@@ -35,9 +35,10 @@ def test_a_pending_retry_does_not_cut_the_debounce_short() -> None:
     assert wait is not None and wait > 0.2, "a file event must still be debounced"
 
 
-def _result(*outcomes: tuple[str, str]) -> Any:
+def _result(*outcomes: tuple[str, str], stale: bool = False) -> Any:
     results = tuple(
-        SimpleNamespace(action=SimpleNamespace(key=key), outcome=outcome, error="boom")
+        SimpleNamespace(action=SimpleNamespace(key=key), outcome=outcome, error="boom",
+                        stale=stale)
         for key, outcome in outcomes
     )
     return SimpleNamespace(results=results)
@@ -53,6 +54,19 @@ def test_retry_timer_is_set_again_after_a_pass_that_skipped_the_object() -> None
     wait = daemon.triggers.seconds_until_due()
     assert wait is not None and 3 < wait <= 5  # the retry is still coming
     assert daemon.triggers.reasons == ["retry VirtualMachine/bad"]
+
+
+def test_a_definition_changed_since_the_plan_is_planned_again_at_once_then_backs_off() -> None:
+    daemon = Daemon(Settings(host="h"))
+    daemon._note_failures(_result(("VirtualMachine/x", "failed"), stale=True))
+    assert daemon.triggers.take() is not None  # the next pass is due now, and re-plans
+    assert daemon._in_backoff(SimpleNamespace(key="VirtualMachine/x")) is None  # type: ignore[arg-type]
+    # changed under us again: from now on, the backoff of any failure
+    daemon._note_failures(_result(("VirtualMachine/x", "failed"), stale=True))
+    assert daemon.triggers.take() is None
+    wait = daemon.triggers.seconds_until_due()
+    assert wait is not None and 3 < wait <= 5
+    assert daemon._in_backoff(SimpleNamespace(key="VirtualMachine/x")) is not None  # type: ignore[arg-type]
 
 
 def test_objects_no_longer_acted_on_leave_the_backoff() -> None:

@@ -130,7 +130,7 @@ class FakeHypervisor:
             with self.lock:
                 self.in_flight -= 1
 
-    def define_domain(self, xml: str) -> None:
+    def define_domain(self, xml: str, current: str | None = None) -> None:
         self._call("define-domain", xml.split("<name>")[1].split("</name>")[0])
 
     def set_domain_autostart(self, name: str, on: bool) -> None:
@@ -139,7 +139,7 @@ class FakeHypervisor:
     def start_domain(self, name: str) -> None:
         self._call("start-domain", name)
 
-    def define_network(self, xml: str) -> None:
+    def define_network(self, xml: str, current: str | None = None) -> None:
         self._call("define-network", xml)
 
 
@@ -218,8 +218,8 @@ def test_a_stop_lets_the_calls_in_flight_finish_and_skips_the_rest() -> None:
     stop = threading.Event()
 
     class Stopping(FakeHypervisor):
-        def define_domain(self, xml: str) -> None:
-            super().define_domain(xml)
+        def define_domain(self, xml: str, current: str | None = None) -> None:
+            super().define_domain(xml, current=current)
             stop.set()  # SIGTERM arrives during the first defines
 
     hv = Stopping(delays={"v0": 0.05})

@@ -607,8 +607,49 @@ def test_a_cpu_model_this_host_cannot_run_names_what_it_lacks() -> None:
     text = kvm_vm("{model: Skylake-Server}")
     assert problems(text, facts=CPU_FACTS) == [
         f"m/vm.yaml:{line_of(text, 'cpu:')}:16: spec.cpu.model: this host's CPU (Broadwell) "
-        "cannot run CPU model Skylake-Server: it lacks avx512f, pku; use cpu: host-model, or a model this "
-        "host can run (`virsh domcapabilities` marks them usable='yes')"]
+        "cannot run CPU model Skylake-Server: it lacks avx512f, pku; use cpu: host-model, or "
+        "disable what it lacks, or a model this host can run (`virsh domcapabilities` marks them "
+        "usable='yes')"]
+
+
+QEMU64 = "the CPU is incompatible with host CPU: Host CPU does not provide required features: svm"
+QEMU64_FACTS = replace(CPU_FACTS, cpu_verdicts={
+    # what libvirt answers this host (Broadwell): qemu64 has svm, unless it is disabled;
+    # forbid does not take it out of the model; a forbidden feature the host has
+    preflight.CpuQuestion("x86_64", "pc", "kvm", "qemu64"): QEMU64,
+    preflight.CpuQuestion("x86_64", "pc", "kvm", "qemu64", ("x2apic",), ("svm", "pni")): None,
+    preflight.CpuQuestion("x86_64", "pc", "kvm", "qemu64", (), (), ("svm",)): QEMU64,
+    preflight.CpuQuestion("x86_64", "pc", "kvm", "qemu64", (), ("svm",), ("sse2",)):
+        "the CPU is incompatible with host CPU: Host CPU provides forbidden features: sse2",
+})  # fmt: skip
+
+
+def test_a_feature_the_manifest_disables_is_not_asked_of_the_host() -> None:
+    """What export writes for a VM running with QEMU's default CPU (q35, no <cpu>):
+    the VM runs with it, so the plan must not refuse it."""
+    exported = kvm_vm("{model: qemu64, features: {pni: disable, x2apic: require, svm: disable}}")
+    assert problems(exported, facts=QEMU64_FACTS) == []
+    question = preflight.cpu_question(manifests(exported)[0].spec)  # type: ignore[arg-type]
+    assert question == preflight.CpuQuestion("x86_64", "pc", "kvm", "qemu64", ("x2apic",),
+                                             ("pni", "svm"))  # fmt: skip
+    assert preflight.cpu_compare_xml(question, None) == (
+        '<cpu mode="custom" match="exact"><model>qemu64</model>'
+        '<feature policy="require" name="x2apic" /><feature policy="disable" name="pni" />'
+        '<feature policy="disable" name="svm" /></cpu>')  # fmt: skip
+
+
+def test_a_forbidden_feature_is_checked_as_libvirt_checks_it() -> None:
+    text = kvm_vm("{model: qemu64, features: {svm: forbid}}")
+    assert problems(text, facts=QEMU64_FACTS) == [
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:16: spec.cpu.model: this host's CPU (Broadwell) "
+        "cannot run CPU model qemu64: it lacks svm; write svm: disable (forbid keeps it "
+        "required), or use cpu: host-model, or a model this host can run (`virsh "
+        "domcapabilities` marks them usable='yes')"]
+    text = kvm_vm("{model: qemu64, features: {svm: disable, sse2: forbid}}")
+    assert problems(text, facts=QEMU64_FACTS) == [
+        f"m/vm.yaml:{line_of(text, 'cpu:')}:55: spec.cpu.features.sse2: this host's CPU "
+        "(Broadwell) provides sse2, which cpu.features forbids: libvirt refuses to start the VM "
+        "on it; write sse2: disable to keep it from the guest on any host"]
 
 
 def test_a_required_feature_the_host_lacks_is_placed_at_the_feature() -> None:
@@ -633,7 +674,7 @@ def test_cpu_checks_ask_only_what_they_need() -> None:
                    kvm_vm("{model: EPYC, features: {svm: require, x2apic: disable}}"))
     wanted = preflight.wanted(ms)
     assert wanted.cpu_questions == frozenset(
-        {preflight.CpuQuestion("x86_64", "pc", "kvm", "EPYC", ("svm",))})
+        {preflight.CpuQuestion("x86_64", "pc", "kvm", "EPYC", ("svm",), ("x2apic",))})
     assert wanted.cpu_features == frozenset({"vmx", "svm", "x2apic"})
     # nothing known about the host's CPU: nothing claimed
     assert problems(kvm_vm("{model: Skylake-Server}")) == []

@@ -36,7 +36,7 @@ class StartingHypervisor:
         self.refuse = refuse
         self.started: list[str] = []
 
-    def define_domain(self, xml: str) -> None:
+    def define_domain(self, xml: str, current: str | None = None) -> None:
         pass
 
     def start_domain(self, name: str) -> None:
@@ -99,7 +99,7 @@ def test_a_start_that_works_forgets_the_failure(tmp_path: Path) -> None:
 
 def test_a_failed_define_is_explained_but_is_no_start_failure(tmp_path: Path) -> None:
     class Refusing(StartingHypervisor):
-        def define_domain(self, xml: str) -> None:
+        def define_domain(self, xml: str, current: str | None = None) -> None:
             raise Refused("defining domain: internal error: Failed to reserve port 5902")
 
     define = dataclasses.replace(start(), op=Op.CREATE,

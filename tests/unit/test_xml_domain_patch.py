@@ -306,6 +306,21 @@ def test_settled_targets_follow_the_domain_not_the_list_position() -> None:
     assert _canon(_patched(spec)) == _canon(HANDMADE)
 
 
+def test_a_replaced_image_takes_the_name_it_frees_on_a_stopped_domain() -> None:
+    """The root image renamed (no target declared): on a stopped domain the new image
+    is vda again, the guest's name for its root disk; on a running one vda is still
+    held by the disk being unplugged, so the new image takes a free name."""
+    text = VM1.replace("vm1.qcow2", "vm1-v2.qcow2")
+    spec = manifest(text).spec
+    assert isinstance(spec, VirtualMachineSpec)
+    stopped = domain.settle_targets(spec, HANDMADE, reuse_freed=True)
+    assert [(d.volume or d.file, d.target) for d in stopped.disks] == [
+        ("/var/lib/libvirt/images/vm1-v2.qcow2", "vda"), ("vm1-data", "vdb")]  # fmt: skip
+    running = domain.settle_targets(spec, HANDMADE)
+    assert running.disks[0].target not in {"vda", "vdb", "vdc"}
+    assert running.disks[1].target == "vdb"
+
+
 def test_a_device_for_hot_plug_carries_no_foreign_namespace() -> None:
     xml = domain.device_xml(HANDMADE, "disks", "vm1-data")
     assert xml is not None and xml.startswith("<disk type=\"volume\"") and "libosinfo" not in xml
@@ -341,6 +356,24 @@ def test_one_image_listed_twice_is_a_validation_error() -> None:
     [problem] = raised.value.problems
     assert problem.path == ("spec", "disks", 2, "volume")
     assert "already disks[1]" in problem.message
+
+
+def test_an_image_spelled_another_way_is_the_same_disk() -> None:
+    """``/x//./f.qcow2`` is ``/x/f.qcow2``: no change at all (it was a detach of vda and
+    an attach at vdb of the same image on a running VM)."""
+    import pytest
+
+    from reconciler.model import SpecError
+
+    odd = VM1.replace("/var/lib/libvirt/images/vm1.qcow2", "/var/lib//libvirt/./images/vm1.qcow2")
+    assert _spec(odd) == _spec()
+    assert diff(domain.project(_spec(odd), **CONTEXT), domain.observe(HANDMADE)) == []
+    assert _canon(_patched(_spec(odd))) == _canon(_patched(_spec()))
+    twice = VM1.replace("    - {volume: vm1-data}\n", "    - {volume: vm1-data}\n"
+                        "    - {file: /var/lib/libvirt/images/./vm1.qcow2, bus: sata}\n")
+    with pytest.raises(SpecError) as raised:  # the same image twice, whatever the spelling
+        manifest(twice)
+    assert "already disks[0]" in raised.value.problems[0].message
 
 
 def test_a_changed_text_keeps_its_element_and_other_attributes() -> None:
@@ -404,6 +437,28 @@ def test_a_domain_ordering_boot_per_device_gets_no_os_boot() -> None:
     assert _canon(_patched(spec, current)) == _canon(current)
 
 
+def test_boot_by_device_order_needs_a_device_that_still_carries_one() -> None:
+    """boot: [] where the patch replaces the disk carrying the boot order: refused
+    (libvirt would add <boot dev='hd'/>, and the definition never settles), naming
+    the device and the fix; boot: [disk] is then what the redefinition may carry."""
+    current = HANDMADE.replace("    <boot dev='hd'/>\n", "").replace(
+        "<target dev='vda' bus='virtio'/>", "<target dev='vda' bus='virtio'/>\n      <boot order='1'/>"
+    )
+    spec = _spec(boot=())
+    assert domain.boot_order_refusal(spec, current, _patched(spec, current)) is None
+    moved = _spec(VM1.replace("vm1.qcow2", "other.qcow2"), boot=())
+    refusal = domain.boot_order_refusal(moved, current, _patched(moved, current))
+    assert refusal is not None and refusal.startswith("boot: []"), refusal
+    assert "disk vda" in refusal and "boot: [disk]" in refusal
+    # with boot: [disk] the replaced disk's order goes with it: not refused
+    listed = _spec(VM1.replace("vm1.qcow2", "other.qcow2"))
+    assert domain.refusal(listed, current, lambda: _patched(listed, current)) is None
+    assert domain.refusal(_spec(), current, lambda: _patched(_spec(), current)) is not None
+    # no device ever carried one: boot: [] never settles either
+    plain = _spec(boot=())
+    assert domain.boot_order_refusal(plain, HANDMADE, _patched(plain, HANDMADE)) is not None
+
+
 def test_clock_offsets_keep_their_attributes_and_timers() -> None:
     absolute = HANDMADE.replace("<clock offset='utc'>", "<clock offset='absolute' start='1234'>")
     assert domain.observe(absolute)["clock"] == "absolute start=1234"
@@ -432,6 +487,24 @@ def test_no_cpu_and_no_listen_address_are_manifest_values() -> None:
     new = etree.fromstring(domain.render("vm1", spec, **CONTEXT).encode())
     assert new.find("cpu") is None
     assert new.find("devices/graphics/listen[@address]") is None
+
+
+def test_a_second_display_and_a_floppy_are_kept() -> None:
+    """The manifest's one ``graphics`` is the first VNC or SPICE display; a second one (a
+    VNC beside it) and a floppy (neither a disk nor a CD-ROM) are outside the managed
+    sets: a redefine keeps them, as export says (export.kept_in_definition)."""
+    extra = ("    <graphics type='vnc' port='-1' autoport='yes'/>\n"
+             "    <disk type='file' device='floppy'><source file='/srv/fd.img'/>"
+             "<target dev='fda' bus='fdc'/></disk>\n")  # fmt: skip
+    current = HANDMADE.replace("    <video>", extra + "    <video>")
+    observed = domain.observe(current)
+    assert observed["graphics.type"] == "spice"
+    spec = _spec()
+    assert diff(domain.project(spec, **CONTEXT), observed) == []
+    assert _canon(_patched(spec, current)) == _canon(current)
+    changed = etree.fromstring(_patched(_spec(vcpus=2), current).encode())
+    assert [g.get("type") for g in changed.findall("devices/graphics")] == ["spice", "vnc"]
+    assert changed.find("devices/disk[@device='floppy']") is not None
 
 
 def test_raising_max_vcpus_keeps_the_vcpus_that_read_through_it() -> None:
