@@ -100,10 +100,10 @@ class CountingTampering(Tampering):
         super().__init__(conn, uri, victim)
         self.defines = 0
 
-    def define_domain(self, xml: str) -> None:
+    def define_domain(self, xml: str, current: str | None = None) -> None:
         if f"<name>{self.victim}</name>" in xml:
             self.defines += 1
-        super().define_domain(xml)
+        super().define_domain(xml, current=current)
 
 
 def test_a_define_that_did_not_settle_is_recorded_and_never_made_again(ws: Workspace) -> None:
