@@ -59,6 +59,7 @@ Pure: no I/O (``path_problems`` resolves symlinks of the paths it is given).
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -177,8 +178,10 @@ def cpu_compare_xml(question: CpuQuestion, host_model: str | None) -> str | None
     return ET.tostring(cpu, encoding="unicode")
 
 
+@functools.cache
 def host_cpu_model(caps_xml: str) -> tuple[str | None, tuple[str, ...]]:
-    """The host-model CPU of domain capabilities: its base model and feature names."""
+    """The host-model CPU of domain capabilities: its base model and feature names
+    (cached: one capabilities document serves every VM of a plan)."""
     if not caps_xml:
         return None, ()
     import xml.etree.ElementTree as ET
@@ -394,8 +397,13 @@ def check_files(
     if not facts.local:
         return
     record = ctx.observed.domains.get(m.name)
-    defined = _defined_files(record.config_xml) \
-        if record is not None and spec.state == "stopped" else frozenset()  # fmt: skip
+
+    @functools.cache
+    def defined() -> frozenset[str]:  # parsed only when a file is missing
+        if record is None or spec.state != "stopped":
+            return frozenset()
+        return _defined_files(record.config_xml)
+
     for where, path in host_files(spec):
         found = facts.paths.get(path)
         if found is None:
@@ -403,7 +411,7 @@ def check_files(
         if not found.exists:
             if path in ctx.volume_paths:
                 continue  # a Volume manifest makes it
-            if path in defined:
+            if path in defined():
                 continue  # already the stopped domain's: a redefine opens nothing
             yield FieldProblem(
                 where,
@@ -502,9 +510,12 @@ def check_cpu(
         )  # fmt: skip
         return
     caps = facts.machine_caps.get((GUEST_ARCH, spec.machine, spec.type))
-    names = facts.cpu_feature_names or frozenset(host_cpu_model(caps.xml if caps else "")[1])
     for name, _policy in cpu.features:
         if name in facts.cpu_features_unknown:
+            # only for a name to suggest: the capabilities are parsed once, and only then
+            names = facts.cpu_feature_names or frozenset(
+                host_cpu_model(caps.xml if caps else "")[1]
+            )
             close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.6)
             yield FieldProblem(
                 ("spec", "cpu", "features", name), f"libvirt knows no CPU feature {name!r}",
