@@ -1188,8 +1188,8 @@ def patch(
     CD-ROMs of type file/volume, NICs of type network/bridge, the graphics, USB inputs,
     the serial port and its console. A disk or NIC kept by identity keeps its element:
     only fields that differ change, and a bus change drops only that disk's address.
-    New devices have no address (libvirt gives each a free one); on q35 root ports are
-    added up to ``pcie_root_ports`` when devices are added. The ownership record
+    New devices have no address (libvirt gives each a free one, and on q35 the root port
+    it needs); spare root ports are added only with a change to q35. The ownership record
     (``<rc:owner>``) is replaced where it stands. Raises ValueError as ``render``."""
     desired = _desired(spec, machine_aliases, graphics_password, cloud_init_seed)
     root = parse_own(current)  # never change the caller's tree
@@ -1211,7 +1211,11 @@ def patch(
     )
     if scsi and devices.find("controller[@type='scsi']") is None:
         beside(ET.SubElement(devices, "controller", {"type": "scsi", "model": "virtio-scsi"}))
-    if (added or was_q35 != is_q35(spec.machine)) and is_q35(spec.machine):
+    # Spare root ports come with a VM the tool creates (render) or moves to q35 (the
+    # machine change the plan names); a redefine that adds a device adds none: they
+    # are PCI bridges the guest would meet at its next boot, unasked. libvirt gives
+    # the new device the port it needs.
+    if was_q35 != is_q35(spec.machine) and is_q35(spec.machine):
         if devices.find("controller[@model='pcie-root']") is None:
             beside(ET.SubElement(devices, "controller", {"type": "pci", "index": "0",
                                                   "model": "pcie-root"}))  # fmt: skip

@@ -276,6 +276,9 @@ def test_a_new_disk_takes_a_free_target_and_no_address() -> None:
     # the NIC keeps its slot
     nic = patched.find("devices/interface[@type='network']/address")
     assert nic is not None and nic.get("bus") == "0x01"
+    # and no spare PCIe root ports come with it: the guest would meet new bridges
+    ports = "devices/controller[@model='pcie-root-port']"
+    assert len(patched.findall(ports)) == len(etree.fromstring(HANDMADE.encode()).findall(ports))
 
 
 def test_undeclared_devices_of_a_managed_kind_go_others_stay() -> None:
