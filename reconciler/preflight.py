@@ -77,7 +77,7 @@ from reconciler.model import (
     VirtualMachineSpec,
     VolumeSpec,
 )
-from reconciler.snapshot import Observed
+from reconciler.snapshot import Observed, ObservedNetwork
 from reconciler.units import format_size
 
 Finding = tuple[Manifest, FieldProblem]
@@ -597,10 +597,11 @@ def check_subnet(
     where: FieldPath = ("spec", "ipv4", "address")
     hint = "pick a free subnet"
     own_bridges = {spec.bridge} if spec.bridge else set()
-    from reconciler.xml import network as network_xml
 
     for name, record in sorted(ctx.observed.networks.items()):
-        fields = network_xml.observe(record.live_xml or record.config_xml)
+        fields = _network_fields(record)
+        if fields is None:
+            continue  # another's network libvirt returns unreadable: nothing to compare
         if name == m.name:
             bridge = fields.get("bridge")
             if isinstance(bridge, str):
@@ -624,6 +625,20 @@ def check_subnet(
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _network_fields(record: ObservedNetwork) -> Mapping[str, object] | None:
+    """A network's declared fields as libvirt has them (running definition first), or
+    None when libvirt returns a definition that is not well-formed XML (seen: a raw
+    ``&`` in a ``<domain name=...>`` another tool set): preflight compares with other
+    networks, and one unreadable network must not stop every plan."""
+    from reconciler.xml import network as network_xml
+    from reconciler.xml._fields import ParseError
+
+    try:
+        return network_xml.observe(record.live_xml or record.config_xml)
+    except ParseError:
+        return None
 
 
 def _defined_files(config_xml: str) -> frozenset[str]:
@@ -706,7 +721,6 @@ def display_ports(xml: str) -> list[tuple[int, str, bool]]:
 
 
 def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
-    from reconciler.xml import network as network_xml
 
     bridges = {
         m.spec.bridge
@@ -714,7 +728,7 @@ def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
         if isinstance(m.spec, NetworkSpec) and m.spec.bridge and m.spec.mode != "bridge"
     }
     for record in observed.networks.values():
-        bridge = network_xml.observe(record.live_xml or record.config_xml).get("bridge")
+        bridge = (_network_fields(record) or {}).get("bridge")
         if isinstance(bridge, str):
             bridges.add(bridge)
     pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}

@@ -687,3 +687,18 @@ def test_the_compared_cpu_is_libvirt_xml() -> None:
         '<cpu mode="custom" match="exact"><model>kvm64</model>'
         '<feature policy="require" name="svm" /></cpu>')
     assert preflight.host_cpu_model(KVM64_CAPS) == ("kvm64", ("x2apic", "arch-capabilities"))
+
+
+def test_a_network_libvirt_returns_unreadable_stops_no_plan() -> None:
+    """Another tool's network whose definition is not well-formed XML (a raw ``&``, as
+    libvirt returned one here) is passed over, not a traceback for every plan."""
+    from reconciler.preflight import _network_fields
+    from reconciler.snapshot import ObservedNetwork
+
+    bad = ObservedNetwork(
+        "other", "9b0c5b5e-0000-4000-8000-000000000001", True, False,
+        "<network><name>other</name><domain name='x&y.test'/></network>", None,
+    )  # fmt: skip
+    assert _network_fields(bad) is None
+    good = replace(bad, config_xml="<network><name>other</name><bridge name='virbr9'/></network>")
+    assert (_network_fields(good) or {}).get("bridge") == "virbr9"
