@@ -41,6 +41,7 @@ from reconciler.model import (
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, ActionResult, Op, Plan, is_unsettled
 from reconciler.planner import PlanOptions, digest, make_plan, settle_key
+from reconciler.planner.prune import manifests_elsewhere
 from reconciler.references import KnownObjects
 from reconciler.yamlsource import ParseCache
 
@@ -281,7 +282,16 @@ class Reconciler:
         # would cost time, and would compare with what was not applied.
         reused = self._options_of if self._options_of[0] is load else None
         if reused is None:
+            state_dir = self.options.state_dir
             base = PlanOptions(
+                manifests_elsewhere=(
+                    manifests_elsewhere(
+                        observed.inventory.objects, load.root,
+                        snapshots=(str(statedir.path(state_dir, statedir.GIT_SNAPSHOTS))
+                                   if state_dir else None))
+                    if observed is not None and self.options.prune
+                    else {}
+                ),
                 prune=self.options.prune,
                 default_update_policy=self.options.default_update_policy,
                 allow_replace=self.options.allow_replace,

@@ -60,6 +60,10 @@ class PlanOptions:
     # objects, and declared pools and volumes (which carry no record) that exist outside
     # our inventory, are planned as adopted, each ``ownership`` change noted TAKEN_BACK
     take_over: frozenset[str] = frozenset()
+    # owned objects whose recorded manifest lies outside the manifest directory being
+    # planned and still exists there (``prune.manifests_elsewhere``): key -> that path.
+    # Never pruned: the state directory was applied from another manifest directory.
+    manifests_elsewhere: Mapping[str, str] = field(default_factory=dict)
 
 
 # Fields of a running domain that cannot be compared with its definition: the
