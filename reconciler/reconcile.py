@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reconciler import gitrev, hints, images, preflight, statedir
+from reconciler import gitrev, gitsource, hints, images, preflight, statedir
 from reconciler import inventory as inventory_file
 from reconciler.atomicfile import write_atomically
 from reconciler.errors import Problem
@@ -283,15 +283,16 @@ class Reconciler:
         reused = self._options_of if self._options_of[0] is load else None
         if reused is None:
             state_dir = self.options.state_dir
+            snapshots = (str(statedir.path(state_dir, statedir.GIT_SNAPSHOTS))
+                         if state_dir else None)  # fmt: skip
             base = PlanOptions(
                 manifests_elsewhere=(
-                    manifests_elsewhere(
-                        observed.inventory.objects, load.root,
-                        snapshots=(str(statedir.path(state_dir, statedir.GIT_SNAPSHOTS))
-                                   if state_dir else None))
+                    manifests_elsewhere(observed.inventory.objects, load.root,
+                                        snapshots=snapshots)
                     if observed is not None and self.options.prune
                     else {}
                 ),
+                manifest_root=recorded_root(load.root, snapshots),
                 prune=self.options.prune,
                 default_update_policy=self.options.default_update_policy,
                 allow_replace=self.options.allow_replace,
@@ -378,6 +379,19 @@ def image_chain_problems(manifests: tuple[Manifest, ...], policy: PathPolicy) ->
             if problem is not None:
                 found.append((m, FieldProblem(where, problem)))
     return found
+
+
+def recorded_root(root: str, snapshots: str | None) -> str:
+    """The absolute folder ownership records name manifests under (SPEC §3): the
+    manifest directory ``root``, made absolute; a git source's snapshot of one commit
+    (under ``snapshots``) is named by ``snapshots/current``, the same path for every
+    commit (the record's revision says which), so that a new commit rewrites no record."""
+    absolute = os.path.abspath(root)
+    if snapshots is not None:
+        real, base = os.path.realpath(absolute), os.path.realpath(snapshots)
+        if os.path.dirname(real) == base:
+            return os.path.join(os.path.abspath(snapshots), gitsource.CURRENT)
+    return absolute
 
 
 def source_revision(directory: Path) -> str | None:

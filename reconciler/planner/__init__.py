@@ -61,7 +61,7 @@ __all__ = [
 
 def make_plan(load: LoadResult, observed: Observed, options: PlanOptions) -> Plan:
     """The plan that makes libvirt match ``load.manifests``."""
-    ctx = _Context(load.manifests, observed, options)
+    ctx = _Context(load.manifests, observed, options, load.root)
     by_kind: dict[Kind, list[Manifest]] = {k: [] for k in Kind}
     for m in load.manifests:
         by_kind[m.kind].append(m)

@@ -64,6 +64,10 @@ class PlanOptions:
     # planned and still exists there (``prune.manifests_elsewhere``): key -> that path.
     # Never pruned: the state directory was applied from another manifest directory.
     manifests_elsewhere: Mapping[str, str] = field(default_factory=dict)
+    # the absolute folder that ownership records name manifests under, for the manifest
+    # directory being planned (a git source's: ``STATE/snapshots/current``, the same
+    # for every commit); None: paths as loaded (``Manifest.source.path``)
+    manifest_root: str | None = None
 
 
 # Fields of a running domain that cannot be compared with its definition: the
@@ -115,10 +119,12 @@ class _Context:
     """What several planners need: who owns what, where volumes are, their formats."""
 
     def __init__(
-        self, manifests: Sequence[Manifest], observed: Observed, options: PlanOptions
+        self, manifests: Sequence[Manifest], observed: Observed, options: PlanOptions,
+        root: str | None = None,
     ) -> None:
         self.observed = observed
         self.options = options
+        self.root = root  # the manifest directory as loaded (LoadResult.root)
         self.manifests = {m.key: m for m in manifests}
         self._digests: dict[tuple[Kind, str], str] = {}
         # pools libvirt cannot list the volumes of (not active)
@@ -148,10 +154,34 @@ class _Context:
     def inventory_entry(self, key: str) -> Mapping[str, Any] | None:
         return self.observed.inventory.get(key)
 
+    def manifest_path(self, m: Manifest) -> str:
+        """The path ownership records name ``m``'s file by: under
+        ``PlanOptions.manifest_root`` (absolute, so that another instance's conflict
+        message and a record read from elsewhere name a real file), else as loaded."""
+        base = self.options.manifest_root
+        if base is None or self.root is None:
+            return m.source.path
+        rel = os.path.relpath(m.source.path, self.root)
+        if rel.startswith(os.pardir):  # not under the root (cannot happen for a load)
+            return m.source.path
+        return os.path.normpath(os.path.join(base, rel))
+
+    def moved(self, m: Manifest, recorded: str | None) -> list[Change]:
+        """``ownership: manifest A -> B`` when an object of ours names its manifest by
+        another path than the one it is declared in now (the file moved, or the record
+        was written as typed, relative): its record alone is rewritten. Only with
+        ``PlanOptions.manifest_root`` (absolute paths to compare)."""
+        if self.options.manifest_root is None:  # paths as loaded: not comparable
+            return []
+        now = self.manifest_path(m)
+        if recorded is None or recorded == now:
+            return []
+        return [Change("ownership", f"manifest {recorded}", now)]
+
     def owner_record(self, m: Manifest, **extra: Any) -> dict[str, Any]:
         return {
             "instance": self.options.instance,
-            "manifest": m.source.path,
+            "manifest": self.manifest_path(m),
             "digest": self.digest(m),
             "revision": self.options.revision,
             **extra,

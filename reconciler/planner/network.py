@@ -39,7 +39,7 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     live = ctx.observed.networks.get(m.name)
     record = ctx.owner_record(m)
     ownership = network_xml.NetworkOwnership(
-        instance=ctx.options.instance, manifest=m.source.path, digest=digest(m),
+        instance=ctx.options.instance, manifest=ctx.manifest_path(m), digest=digest(m),
         revision=ctx.options.revision,
     )  # fmt: skip
     if live is None:
@@ -68,6 +68,9 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     desired = network_xml.project(spec)
     config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
     adoption = _adoption(owner, ctx, taken=taken)
+    # ours, recorded under another manifest path: the record is rewritten (metadata only)
+    if owner.ours and found is not None and not adoption:
+        adoption += ctx.moved(m, found.manifest)
     changes = adoption + config_changes + _persist(live.persistent)
 
     @functools.cache

@@ -81,7 +81,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             )
     live = ctx.observed.domains.get(m.name)
     ownership = domain_xml.Ownership(
-        manifest=m.source.path, digest=ctx.digest(m), revision=ctx.options.revision,
+        manifest=ctx.manifest_path(m), digest=ctx.digest(m), revision=ctx.options.revision,
         instance=ctx.options.instance,
     )  # fmt: skip
     seeds = _SeedPlan.make(m, spec, ctx)
@@ -129,6 +129,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         "machine": ctx.observed.machine_aliases.get(spec.machine),
         "seeds": seeds.fingerprint(),
         "instance": ctx.options.instance,
+        "manifest": ctx.manifest_path(m),
     }
     entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
     history = _restart_history(entry, ctx.digest(m))
@@ -202,6 +203,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         # again would loop (a define every pass); said as unsettled instead
         stuck, config_changes = [_not_settled(c) for c in config_changes], []
     adoption = _adoption(owner, ctx, taken=taken)
+    # ours, recorded under another manifest path: the record alone is rewritten
+    moved = ctx.moved(m, found.manifest) if owner.ours and found and not adoption else []
+    adoption += moved
     changes = adoption + config_changes + _persist(live.persistent)
     overwritten = seeds.overwritten()
     steps: list[Step] = seeds.write_steps(
@@ -211,9 +215,14 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         # the seed volume went missing or was overwritten: written again, as it was
         was = "overwritten outside reconciler" if overwritten else None
         changes.append(Change("cloudInit.volume", was, seeds.seed.key, live=True))
-    if owner.retag and changes == adoption and not steps:
-        # only the record lacks our id: set it, and keep the definition as libvirt has it
-        retagged = domain_xml.with_owner_instance(live.config_xml, str(ctx.options.instance))
+    if (owner.retag or moved) and changes == adoption and not steps:
+        # only the record lacks our id or names an old path: set it, and keep the
+        # definition as libvirt has it
+        retagged = live.config_xml
+        if owner.retag:
+            retagged = domain_xml.with_owner_instance(retagged, str(ctx.options.instance))
+        if moved:
+            retagged = domain_xml.with_owner_manifest(retagged, ctx.manifest_path(m))
         steps.append(DefineDomain(retagged, current=live.config_xml))
     elif changes:
         steps.append(DefineDomain(rendered(), current=live.config_xml))

@@ -299,6 +299,23 @@ def with_owner_instance(xml: str, instance: str) -> str:
     return serialize(root)
 
 
+def with_owner_manifest(xml: str, manifest: str) -> str:
+    """The domain definition ``xml`` (its inactive XML, as libvirt returns it) with its
+    ownership record naming ``manifest`` as the file it is declared in, all else as it
+    was: a moved manifest (or a record written with a relative path) is recorded
+    without redefining the domain from the manifest. ValueError for a definition
+    without an ownership record."""
+    root = parse(xml)
+    owner = root.find(f"metadata/{_owner_tag('owner')}")
+    if owner is None:
+        raise ValueError("the domain has no ownership record")
+    found = owner.find(_owner_tag("manifest"))
+    if found is None:
+        found = ET.SubElement(owner, _owner_tag("manifest"))
+    found.text = xml_text(manifest, "manifest")
+    return serialize(root)
+
+
 # --- machine types ----------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""One state directory per manifest directory (fix-scope item 1).
+"""One state directory per manifest directory; records name manifests absolutely.
 
 A state directory applied from one manifest directory and then planned with another
 must not prune what the first declares while its manifests still exist: the plan holds
@@ -6,14 +6,17 @@ those objects and says why."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from reconciler.model import Kind
-from reconciler.plan import Op
+from reconciler.plan import DefineDomain, Op
 from reconciler.planner.prune import manifests_elsewhere
+from reconciler.reconcile import recorded_root
+from reconciler.xml import network as network_xml
 from tests.unit.conftest import WriteFiles
-from tests.unit.test_planner import _without, converged, load, plan_for
+from tests.unit.test_planner import _without, action, converged, load, plan_for
 
 
 def test_owned_objects_whose_manifest_exists_elsewhere_are_held(write: WriteFiles) -> None:
@@ -58,3 +61,52 @@ def test_manifests_elsewhere_finds_existing_files_outside_the_root(tmp_path: Pat
     finally:
         os.chdir(cwd)
     assert rel == {"VirtualMachine/web": "ex/web.yaml"}
+
+
+def test_a_record_naming_another_path_is_rewritten_alone(write: WriteFiles) -> None:
+    result = load(write)
+    observed = converged(result)  # records name the manifest as loaded
+    plan = plan_for(result, observed, manifest_root="/srv/m", instance=None)
+    vm = action(plan, Kind.VIRTUAL_MACHINE, "web")
+    old = str(Path(result.root) / "stack.yaml")
+    assert [(c.path, c.old, c.new) for c in vm.changes] == [
+        ("ownership", f"manifest {old}", "/srv/m/stack.yaml")
+    ]
+    assert vm.op is Op.UPDATE_LIVE  # no restart
+    [define] = vm.steps
+    live = observed.domains["web"].config_xml
+    assert isinstance(define, DefineDomain)
+    # the definition libvirt has, with only the record's manifest changed
+    assert define.xml == live.replace(f">{old}<", ">/srv/m/stack.yaml<")
+    assert vm.owner_record["manifest"] == "/srv/m/stack.yaml"
+    # a network's record: rewritten with its definition patched (metadata only)
+    [lab] = [m for m in result.manifests if m.name == "lab"]
+    xml = network_xml.render("lab", lab.spec, uuid="uuid-lab", ownership=(  # type: ignore[arg-type]
+        network_xml.NetworkOwnership(instance=None, manifest="m/stack.yaml", digest="d")))
+    networks = {"lab": dataclasses.replace(observed.networks["lab"], config_xml=xml,
+                                           live_xml=xml)}
+    recorded = dataclasses.replace(observed, networks=networks)
+    net = action(plan_for(result, recorded, manifest_root="/srv/m"), Kind.NETWORK, "lab")
+    assert [(c.path, c.old, c.new) for c in net.changes] == [
+        ("ownership", "manifest m/stack.yaml", "/srv/m/stack.yaml")
+    ]
+    assert [s.verb for s in net.steps] == ["define-network"]
+    assert net.op is Op.UPDATE_LIVE
+    # pools and volumes carry no record: their inventory entries name the new path
+    assert action(plan, Kind.VOLUME, "root").owner_record["manifest"] == "/srv/m/stack.yaml"
+    # the same path: nothing to do
+    same = plan_for(result, observed, manifest_root=result.root)
+    assert action(same, Kind.VIRTUAL_MACHINE, "web").op is Op.NOOP
+
+
+def test_records_name_a_git_source_by_its_current_snapshot(tmp_path: Path) -> None:
+    snaps = tmp_path / "state" / "snapshots"
+    (snaps / "abc123").mkdir(parents=True)
+    assert recorded_root(str(snaps / "abc123"), str(snaps)) == str(snaps / "current")
+    assert recorded_root(str(tmp_path / "m"), str(snaps)) == str(tmp_path / "m")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert recorded_root("m", None) == str(tmp_path / "m")
+    finally:
+        os.chdir(cwd)
