@@ -216,7 +216,10 @@ class Executor:
         if self.should_stop():
             return ActionResult(action, "skipped", error="stopping")
         if action.refused:
-            failed.add(action.key)
+            # a network in conflict exists (another owner's, or hand-made): a VM that
+            # uses it can still run on it; anything else refused is missing or broken
+            if not (action.op is Op.CONFLICT and action.kind is Kind.NETWORK):
+                failed.add(action.key)
             return None
         later = self.should_skip(action) if action.steps else None
         if later is not None:

@@ -35,6 +35,12 @@ def _plan_prune(
         ), ()
     if not options.prune:
         return [], f"{len(orphans)} owned object(s) without a manifest kept: prune is off", ()
+    # another instance owns it now (its record names it): only dropped from our
+    # inventory, which deletes nothing, so neither use nor confirmation holds it (a
+    # taken-over network our VMs still use was held, and logged, on every pass)
+    forgotten = [a for key in orphans
+                 if (a := _other_owner(key, observed, options.instance)) is not None]  # fmt: skip
+    orphans = [k for k in orphans if k not in {a.key for a in forgotten}]
     blocked: str = ""
     held: tuple[str, ...] = ()
     elsewhere = [k for k in orphans if k in options.manifests_elsewhere]
@@ -63,9 +69,8 @@ def _plan_prune(
         note = (f"{len(busy)} owned object(s) without a manifest kept while in use: "
                 + "; ".join(f"{k} by {', '.join(sorted(users[k]))}" for k in busy))  # fmt: skip
         blocked = f"{blocked}; {note}" if blocked else note
-    actions = [a for key in orphans
-               if (a := _other_owner(key, observed, options.instance)
-                   or _delete(key, owned[key], observed)) is not None]  # fmt: skip
+    actions = forgotten + [a for key in orphans
+                           if (a := _delete(key, owned[key], observed)) is not None]  # fmt: skip
     return _down_order(actions, observed), blocked, held
 
 

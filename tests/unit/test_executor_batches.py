@@ -261,3 +261,17 @@ def test_an_interrupt_starts_no_queued_action() -> None:
     with pytest.raises(KeyboardInterrupt):
         ex.apply(Plan(tuple(vm(f"v{i}") for i in range(40))))
     assert len(hv.calls) <= 2 * MAX_CONCURRENT  # those in flight, not all 40
+
+
+def test_a_network_in_conflict_is_no_failure_for_the_vms_on_it() -> None:
+    """A network another instance took over exists: our VM on it proceeds (a conflict
+    is not a failure); a VM needing a volume in conflict still waits."""
+    hv = FakeHypervisor()
+    taken = Action(Kind.NETWORK, "lab", Op.CONFLICT, reason="owned by reconciler instance B")
+    clash = Action(Kind.VOLUME, "root", Op.CONFLICT, reason="not in this inventory")
+    plan = Plan((taken, clash, vm("a", requires=("Network/lab",)),
+                 vm("b", requires=("Volume/root",))))  # fmt: skip
+    results = executor(hv).apply(plan)
+    assert [(r.action.name, r.outcome) for r in results] == [
+        ("a", "ok"), ("b", "skipped")]  # fmt: skip
+    assert results[1].error == "needs Volume/root, which failed"

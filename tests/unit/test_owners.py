@@ -504,3 +504,21 @@ def test_take_back_refuses_an_id_no_record_names(write: WriteFiles) -> None:
     # only a network names it: still a record
     only_net = dataclasses.replace(observed, domains={})
     _refuse_unknown_instance(A, only_net)
+
+
+def test_a_taken_over_network_our_vm_uses_is_forgotten_not_held(write: WriteFiles) -> None:
+    """Our VM still uses a network that A took over and whose manifest we removed: it
+    is dropped from our inventory once (nothing deleted), not held as in use on every
+    pass, and not held for a confirmation either."""
+    result = load(write)
+    mine = owned_by(result, converged(result), B)
+    taken_net = owned_by(result, converged(result), A)
+    theirs = dataclasses.replace(mine, networks=taken_net.networks)
+    without_net = dataclasses.replace(
+        result, manifests=tuple(m for m in result.manifests if m.name != "lab"))
+    for confirmed in (None, frozenset[str]()):
+        plan = plan_for(without_net, theirs, instance=B, confirmed_removals=confirmed)
+        net = action(plan, Kind.NETWORK, "lab")
+        assert net.op is Op.FORGET and not net.steps and A in net.reason
+        assert "Network/lab" not in plan.prune_blocked
+        assert plan.held_removals == ()
