@@ -97,6 +97,7 @@ from reconciler.plan import (
     UpdateDevice,
     WriteSeed,
 )
+from reconciler.planner.usage import volume_users
 from reconciler.xml import domain as domain_xml
 
 # Steps that may run for several actions at once: each touches only its own
@@ -376,6 +377,13 @@ class Executor:
                 self._content_done(action)
                 return [note]
             case DeleteVolume(pool=pool):
+                if action.op is Op.DELETE:  # prune or `delete`: check the host again now
+                    users = volume_users(hv.domains(), pool, name, hv.volume_path(pool, name))
+                    if users:
+                        raise Refused(
+                            f"volume {pool}/{name} not deleted: domain(s) {', '.join(users)} "
+                            "use it now (libvirt keeps no owner on volumes: another "
+                            "reconciler instance may have taken it over); its data is kept")
                 self._log_data_loss(action, pool)
                 hv.delete_volume(pool, name)
             case ResizeVolume(pool=pool, capacity=capacity):

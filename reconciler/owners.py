@@ -168,3 +168,7 @@ TAKEN_BACK = "taken back"  # the note of an ``ownership`` change made by take_ov
 # the note of an ``ownership`` change taking a live instance's object (adopt: true): once
 TAKEN_FROM = ("taken over from another reconciler instance: that instance will show it as "
               "a conflict naming this one, and not take it back")
+# the note of an ``ownership`` change taking over a pool or volume (adopt: true)
+NO_RECORD = ("libvirt keeps no owner record on pools and volumes: another reconciler "
+             "instance may still list it in its inventory and manage it (its prune or delete "
+             "re-checks that no domain uses a volume before deleting its data)")

@@ -299,13 +299,17 @@ def _conflict(m: Manifest, what: str, owner: owners.Owner | None = None, *,
     return Action(m.kind, m.name, Op.CONFLICT, reason=reason, source=m.source)
 
 
-def _adoption(owner: owners.Owner, ctx: _Context, *, taken: bool = False) -> list[Change]:
+def _adoption(owner: owners.Owner, ctx: _Context, *, taken: bool = False,
+              recorded: bool = True) -> list[Change]:  # fmt: skip
     """The ``ownership`` change of an object taken over (adopt: true, a take-back) or
-    whose record is rewritten with our id; none for one that is ours as it stands."""
+    whose record is rewritten with our id; none for one that is ours as it stands.
+    ``recorded``: libvirt keeps a record on this kind (False: pools and volumes, whose
+    adoption is noted as invisible to another instance that lists it)."""
     if owner.ours and not owner.retag:
         return []
     if owner.standing is owners.Standing.UNMANAGED and not taken:
-        return [Change("ownership", "unmanaged", "managed")]
+        return [Change("ownership", "unmanaged", "managed",
+                       note="" if recorded else owners.NO_RECORD)]  # fmt: skip
     note = owners.TAKEN_BACK if taken else \
         owners.TAKEN_FROM if owner.standing is owners.Standing.OTHER else ""  # fmt: skip
     return [Change("ownership", owner.label(), owners.ours_label(ctx.options.instance),

@@ -55,7 +55,8 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     if not owner.ours and not spec.adopt and not taken:
         return _conflict(m, f"storage pool '{m.name}'", owner, recorded=False, ctx=ctx)
     config_changes = diff(pool_xml.project(spec), live.config)
-    changes = _adoption(owner, ctx, taken=taken) + config_changes + _persist(live.persistent)
+    adoption = _adoption(owner, ctx, taken=taken, recorded=False)
+    changes = adoption + config_changes + _persist(live.persistent)
     steps: list[Step] = []
     if config_changes or not live.persistent:
         # the current definition, patched: its <source>, <permissions> and the rest stay

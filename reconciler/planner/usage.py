@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
 from reconciler.model import Manifest, VirtualMachineSpec, VolumeSpec
-from reconciler.snapshot import Observed
+from reconciler.snapshot import Observed, ObservedDomain
 
 
 def in_use(
@@ -63,3 +63,23 @@ def in_use(
                 if n.network:
                     use(f"Network/{n.network}", who)
     return users
+
+
+def volume_users(
+    domains: Iterable[ObservedDomain], pool: str, name: str, path: str | None
+) -> list[str]:
+    """The domains (any owner, defined or running) whose disks use volume ``pool/name``,
+    by pool and volume name or by its file ``path``, sorted. The executor asks this of
+    the host as it is just before it deletes a volume's data: libvirt keeps no owner on
+    volumes, so another instance may have taken one over and attached it since the
+    plan was made (SPEC §5)."""
+    found: set[str] = set()
+    for dom in domains:
+        for seen in (dom.config, dom.live or {}):
+            for key, value in seen.items():
+                if key.endswith("].volume") and value == name:
+                    if seen.get(key[: -len("volume")] + "pool") in (pool, None):
+                        found.add(dom.name)
+                elif key.endswith("].file") and path is not None and value == path:
+                    found.add(dom.name)
+    return sorted(found)

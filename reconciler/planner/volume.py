@@ -111,7 +111,8 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     desired["capacity"] = rounding.volume_capacity(
         spec.capacity, spec.format, have if isinstance(have, int) else None
     )
-    changes = _rounding_notes(_adoption(owner, ctx, taken=taking_back) + diff(desired, current),
+    adoption = _adoption(owner, ctx, taken=taking_back, recorded=False)
+    changes = _rounding_notes(adoption + diff(desired, current),
                               {"capacity": spec.capacity})  # fmt: skip
     recorded = _recorded(entry if owned else None, record, ["reclaimPolicy"])
     steps: list[Step] = []

@@ -10,7 +10,7 @@ from reconciler.executor import Executor
 from reconciler.inventory import Inventory
 from reconciler.model import Kind
 from reconciler.plan import Action, DeleteVolume, Op, Plan
-from reconciler.snapshot import VolumeRecord
+from reconciler.snapshot import DomainRecord, VolumeRecord
 
 
 class _Log:
@@ -36,6 +36,7 @@ class _Log:
 class _Hv:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.users: list[DomainRecord] = []
 
     def volume(self, pool: str, name: str) -> VolumeRecord:
         return VolumeRecord(pool, name, "/var/lib/libvirt/images/data", self.volume_xml(pool, name))
@@ -43,6 +44,12 @@ class _Hv:
     def volume_xml(self, pool: str, name: str) -> str:
         return ("<volume><name>data</name><capacity unit='bytes'>1073741824</capacity>"
                 "<target><format type='qcow2'/></target></volume>")  # fmt: skip
+
+    def domains(self) -> list[DomainRecord]:
+        return self.users
+
+    def volume_path(self, pool: str, name: str) -> str:
+        return "/var/lib/libvirt/images/data"
 
     def delete_volume(self, pool: str, name: str) -> None:
         self.calls.append(f"delete {pool}/{name}")
@@ -89,3 +96,24 @@ def test_a_forced_power_off_is_logged_as_lost() -> None:
     assert note.startswith("forced off") and hv.calls == ["shutdown web", "destroy web"]
     [lost] = log.lost()
     assert "forced power-off" in lost["lost"] and "shutdownTimeout of 3s" in lost["why"]
+
+
+def test_a_volume_a_domain_uses_now_is_not_deleted() -> None:
+    """libvirt keeps no owner on volumes: another instance may have taken one over and
+    attached it after the plan was made. Just before deleting, the executor asks the
+    host again; any domain using it (by file here) keeps its data."""
+    xml = ("<domain type='kvm'><name>theirs</name><memory>1024</memory><vcpu>1</vcpu>"
+           "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+           "<disk type='file' device='disk'><source file='/var/lib/libvirt/images/data'/>"
+           "<target dev='vda' bus='virtio'/></disk></devices></domain>")
+    log, hv = _Log(), _Hv()
+    hv.users = [DomainRecord("theirs", "u-1", False, False, xml, None)]
+    prune = Action(Kind.VOLUME, "data", Op.DELETE, steps=(DeleteVolume("images"),),
+                   reason="manifest gone; reclaimPolicy delete")  # fmt: skip
+    [result] = _executor(log, hv).apply(Plan((prune,)))
+    assert result.outcome == "failed"
+    assert "domain(s) theirs use it now" in (result.error or "")
+    assert hv.calls == [] and log.lost() == []
+    hv.users = []
+    [result] = _executor(log, hv).apply(Plan((prune,)))
+    assert result.outcome == "ok" and hv.calls == ["delete images/data"]

@@ -522,3 +522,18 @@ def test_a_taken_over_network_our_vm_uses_is_forgotten_not_held(write: WriteFile
         assert net.op is Op.FORGET and not net.steps and A in net.reason
         assert "Network/lab" not in plan.prune_blocked
         assert plan.held_removals == ()
+
+
+def test_adopting_a_pool_or_volume_says_no_owner_is_kept_on_it(write: WriteFiles) -> None:
+    """A fresh instance adopting (adopt: true) a pool and a volume: libvirt keeps no
+    record on them, so the plan says another instance may still list them."""
+    result = load(write, _all_adopt(STACK))
+    fresh = owned_by(result, converged(result), A, inventory=False)
+    plan = plan_for(result, fresh, instance=B)
+    for kind, name in ((Kind.STORAGE_POOL, "images"), (Kind.VOLUME, "root")):
+        [change] = [c for c in action(plan, kind, name).changes if c.path == "ownership"]
+        assert change.note == owners.NO_RECORD
+        assert "another reconciler instance may still list it" in change.note
+    # a VM's record is rewritten: no such note
+    vm = action(plan, Kind.VIRTUAL_MACHINE, "web")
+    assert all(c.note != owners.NO_RECORD for c in vm.changes)
