@@ -256,6 +256,18 @@ class _Context:
                 found.add(instance)
         return sorted(found)
 
+    def keepers(self, key: str) -> dict[str, list[str]]:
+        """The VMs that keep a take-back from taking the pool or volume ``key``: those
+        using it (as ``vm_users``) whose record names an instance neither ours nor one
+        being taken back; instance id -> VM names."""
+        found: dict[str, list[str]] = {}
+        for name in sorted(self.vm_users(key)):
+            instance = self._records.get(name)
+            if instance and instance != self.options.instance and \
+                    instance not in self.options.take_over:  # fmt: skip
+                found.setdefault(instance, []).append(name)
+        return found
+
     def unrecorded_owner(self, key: str, in_inventory: bool) -> owners.Owner:
         """The owner of a pool or volume (no record in libvirt): our inventory decides."""
         return owners.judge(None, in_inventory=in_inventory, ours=self.options.instance)
@@ -263,26 +275,29 @@ class _Context:
     def taken(self, owner: owners.Owner, key: str = "", *, recorded: bool = True) -> bool:
         """Whether ``reconciler adopt --from-instance`` takes this object back: one whose
         record names an instance being taken back; a pool or volume (which carries no
-        record) only when it is not in our inventory, a VM this take-back takes uses it
-        (directly, through a backing volume or a volume of the pool: the link to the
-        lost instance), and no VM that stays another instance's uses it."""
+        record) whenever a manifest declares it (the caller's) and it is not in our
+        inventory, unless a VM whose record names a third instance (neither ours nor one
+        being taken back) uses it (directly, through a backing volume or a volume of
+        the pool): proof that someone else manages it. The issue's "one documented step
+        takes them all back" includes standalone pools and volumes no VM uses."""
         if not self.options.take_over or owner.ours:
             return False
         if recorded:
             return owner.instance in self.options.take_over
-        return owner.standing is owners.Standing.UNMANAGED and not self.other_owners(key) \
-            and any(self.taken_back_vm(n) for n in self.vm_users(key))  # fmt: skip
+        return owner.standing is owners.Standing.UNMANAGED and not self.keepers(key)
 
     def not_taken_back(self, key: str) -> str:
         """Why a take-back leaves the pool or volume ``key`` alone ("" when no take-back)."""
         if not self.options.take_over:
             return ""
-        if self.other_owners(key):
-            return "not taken back: VMs that stay another instance's use it"
-        return ("not taken back: no VM being taken back uses it (libvirt keeps no record "
-                "on pools and volumes, so nothing links it to "
-                f"{', '.join(sorted(self.options.take_over))}); set adopt: true in its "
-                "manifest to take it over")
+        keepers = self.keepers(key)
+        if keepers:
+            return "not taken back: " + " and ".join(
+                f"VM {', '.join(vms)} of reconciler instance {instance} uses it"
+                for instance, vms in keepers.items()
+            ) + " (libvirt keeps no record on pools and volumes: a VM another live " \
+                "instance manages that uses it is the sign that instance owns it)"
+        return "not taken back"
 
 
 def _conflict(m: Manifest, what: str, owner: owners.Owner | None = None, *,
@@ -291,11 +306,12 @@ def _conflict(m: Manifest, what: str, owner: owners.Owner | None = None, *,
     reason = owners.conflict_reason(what, owner, recorded=recorded)
     if not recorded and ctx is not None:
         key = f"{m.kind.value}/{m.name}"
-        others = ctx.other_owners(key)
-        if others:
-            reason += f"; VMs of reconciler instance {', '.join(others)} use it"
-        if ctx.options.take_over and not others:
+        if ctx.options.take_over:
             reason += f"; {ctx.not_taken_back(key)}"
+        else:
+            others = ctx.other_owners(key)
+            if others:
+                reason += f"; VMs of reconciler instance {', '.join(others)} use it"
     return Action(m.kind, m.name, Op.CONFLICT, reason=reason, source=m.source)
 
 

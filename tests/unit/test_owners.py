@@ -393,25 +393,37 @@ def _with_spare(result: LoadResult, observed: Observed) -> Observed:
     return dataclasses.replace(observed, volumes={**observed.volumes, ("images", "spare"): spare})
 
 
-def test_take_over_takes_no_pool_or_volume_nothing_links_to_the_lost_instance(
+def test_take_over_takes_every_declared_pool_and_volume_no_third_instance_uses(
         write: WriteFiles) -> None:  # fmt: skip
+    """Issue 10: one documented step takes them all back, pools and volumes as well.
+    A declared standalone volume (no VM uses it) is taken back too; only a VM whose
+    record names a third instance (neither ours nor the one taken back) keeps one."""
     result = load(write, STACK + SPARE)
     lost = _with_spare(result, owned_by(result, converged(result), A, inventory=False))
     plan = plan_for(result, lost, instance=B, take_over=frozenset({A}))
     back = {a.key for a in plan.actions if any(c.note == owners.TAKEN_BACK for c in a.changes)}
-    assert back == {"VirtualMachine/web", "Network/lab", "StoragePool/images", "Volume/root"}
-    spare = action(plan, Kind.VOLUME, "spare")
-    assert spare.op is Op.CONFLICT and "no VM being taken back uses it" in spare.reason
-    # the lost instance's VM is not declared here: it stays A's, and so do its disk and pool
+    assert back == {"VirtualMachine/web", "Network/lab", "StoragePool/images", "Volume/root",
+                    "Volume/spare"}  # fmt: skip
+    # the lost instance's VM is not declared here: it stays A's; its disk and pool,
+    # which DIR declares, come back (A is the instance being taken back)
     no_vm = LoadResult(manifests=tuple(m for m in result.manifests if m.kind is not
                                        Kind.VIRTUAL_MACHINE), problems=(),
                        files=result.files, root=result.root)  # fmt: skip
     plan = plan_for(no_vm, lost, instance=B, take_over=frozenset({A}))
     back = {a.key for a in plan.actions if any(c.note == owners.TAKEN_BACK for c in a.changes)}
-    assert back == {"Network/lab"}
-    for name in ("root", "spare"):
-        assert action(plan, Kind.VOLUME, name).op is Op.CONFLICT
-    assert A in action(plan, Kind.STORAGE_POOL, "images").reason
+    assert back == {"Network/lab", "StoragePool/images", "Volume/root", "Volume/spare"}
+    # a third instance's VM uses root: root and its pool stay, each with the reason
+    third = "11111111-2222-4333-8444-555555555555"
+    by_third = _with_spare(result, owned_by(result, converged(result), third,
+                                            inventory=False))  # fmt: skip
+    by_third = dataclasses.replace(by_third, networks=lost.networks)
+    plan = plan_for(no_vm, by_third, instance=B, take_over=frozenset({A}))
+    back = {a.key for a in plan.actions if any(c.note == owners.TAKEN_BACK for c in a.changes)}
+    assert back == {"Network/lab", "Volume/spare"}
+    for kind, name in ((Kind.VOLUME, "root"), (Kind.STORAGE_POOL, "images")):
+        left = action(plan, kind, name)
+        assert left.op is Op.CONFLICT
+        assert f"not taken back: VM web of reconciler instance {third} uses it" in left.reason
 
 
 def test_take_over_leaves_a_base_volume_a_third_instances_clone_uses(
