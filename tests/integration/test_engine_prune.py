@@ -187,3 +187,34 @@ def test_shutdown_timeout_change_is_used_by_a_later_prune(ws: Workspace) -> None
     ws.remove("vm.yaml")
     stop = action(ws.plan(), "VirtualMachine", name).steps[0]
     assert stop.verb == "stop-domain" and stop.args["timeout"] == 3.0, stop
+
+
+def test_another_manifest_directory_holds_what_the_first_declares(ws: Workspace) -> None:
+    """One state directory per manifest directory: the VM's manifest moved into a new
+    directory ``m``, planned with the same state directory. The objects whose manifests
+    still exist in the first directory are held (not "gone"), and the VM's record names
+    its manifest's new path: rewritten alone, the running guest not restarted."""
+    vm_name, net_name = _setup_vm_and_network(ws)
+    before = ws.domain(vm_name).ID()
+    moved = ws.root / "m"
+    moved.mkdir()
+    (moved / "vm.yaml").write_text((ws.directory / "vm.yaml").read_text())
+    plan = ws.plan(directory=moved)
+    assert not [a for a in plan.actions if a.op in (Op.DELETE, Op.FORGET)], render_plan(plan)
+    assert f"Network/{net_name}: its manifest {ws.directory / 'net.yaml'} still exists " \
+        f"outside {moved}" in plan.prune_blocked
+    assert "one state directory per manifest directory" in plan.prune_blocked
+    vm_action = action(plan, "VirtualMachine", vm_name)
+    assert [(c.path, c.old, c.new) for c in vm_action.changes] == [
+        ("ownership", f"manifest {ws.directory / 'vm.yaml'}", str(moved / "vm.yaml"))
+    ], render_plan(plan)
+    assert vm_action.op is Op.UPDATE_LIVE
+    ws.converge(directory=moved)
+    dom = ws.domain(vm_name)
+    assert dom.isActive() and dom.ID() == before  # not restarted
+    assert f"<rc:manifest>{moved / 'vm.yaml'}</rc:manifest>" in dom.XMLDesc(
+        libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert ws.inventory()[f"VirtualMachine/{vm_name}"]["manifest"] == str(moved / "vm.yaml")
+    assert ws.conn.networkLookupByName(net_name).isActive()  # held, not deleted
+    assert not [a for a in ws.plan(directory=moved).actions
+                if a.op is not Op.NOOP]  # settled  # fmt: skip
