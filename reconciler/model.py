@@ -686,8 +686,20 @@ def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[Field
                 )
             seen_macs.setdefault(host.mac, i)
             seen_ips.setdefault(host.ip, i)
+    seen_dns: dict[str, int] = {}
     for i, dns in enumerate(dns_hosts):
         inside(dns.ip, ("spec", "dnsHosts", i, "ip"))
+        # libvirt's net-update finds a DNS host by IP: two entries of one IP are a
+        # "multiple matching DNS HOST records" error at every later update
+        if dns.ip in seen_dns:
+            problems.append(
+                FieldProblem(
+                    ("spec", "dnsHosts", i, "ip"),
+                    f"IP {dns.ip} already has an entry at dnsHosts[{seen_dns[dns.ip]}]",
+                    "list all names under one entry",
+                )
+            )
+        seen_dns.setdefault(dns.ip, i)
 
 
 def _build_vm(
