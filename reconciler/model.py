@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
 from reconciler.errors import SourcePosition
-from reconciler.units import parse_duration, parse_size, too_large
+from reconciler.units import parse_duration, parse_size, too_large, too_long
 
 FieldPath: TypeAlias = tuple[str | int, ...]
 
@@ -712,6 +712,10 @@ def _build_vm(
     if memory < 1024**2:
         problems.append(FieldProblem(("spec", "memory"), "memory must be at least 1MiB"))
     _within_libvirt(raw, ("memory", "maxMemory"), problems)
+    timeout = raw.get("shutdownTimeout", "120s")
+    if (why := too_long(parse_duration(timeout))) is not None:
+        problems.append(FieldProblem(("spec", "shutdownTimeout"), f"{timeout} {why}",
+                                     "give 24h or less (the VM is then forced off)"))  # fmt: skip
     if max_memory < memory:
         problems.append(
             FieldProblem(
