@@ -193,7 +193,7 @@ def _read_instance(path: Path) -> str | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise StateDirError(f"{path}: the instance id is not a regular file; {_RESTORE}")
-        if info.st_nlink > 1 and not _being_made(path, info):
+        if info.st_nlink > 1 and not _being_made(path, fd, info):
             raise StateDirError(
                 f"{path}: the instance id is hard-linked ({info.st_nlink} names for one "
                 "file), refused: each state directory is one reconciler instance with its "
@@ -216,10 +216,11 @@ def _read_instance(path: Path) -> str | None:
         ) from None
 
 
-def _being_made(path: Path, info: os.stat_result) -> bool:
-    """Whether ``path``'s second name is the temporary file ``_create_instance`` links
-    it from (another process is making the id this moment): the same file as a
-    ``.instance-id.*.tmp`` beside it."""
+def _being_made(path: Path, fd: int, info: os.stat_result) -> bool:
+    """Whether ``path``'s (open as ``fd``, ``info`` its ``fstat``) second name is the
+    temporary file ``_create_instance`` links it from (another process is making the
+    id this moment): the same file as a ``.instance-id.*.tmp`` beside it, or a file
+    whose second name is gone by the time the folder is looked at."""
     try:
         siblings = list(path.parent.glob(f".{path.name}.*.tmp"))
     except OSError:
@@ -229,7 +230,7 @@ def _being_made(path: Path, info: os.stat_result) -> bool:
             found = tmp.lstat()
             if (found.st_dev, found.st_ino) == (info.st_dev, info.st_ino):
                 return True
-    return False
+    return os.fstat(fd).st_nlink == 1  # the temporary name went after the first fstat
 
 
 def _create_instance(path: Path) -> None:
