@@ -70,7 +70,7 @@ from reconciler.errors import Problem, ReconcilerError, StateDirError
 VERSION = 1
 START_FAILURE = "startFailure"  # key of a VM entry: its last refused start
 # key of a VM entry: the pending differences (``path: old -> new``) an update policy
-# ``restart`` restarted it for, with the manifest digest they were for (planner.py):
+# ``restart`` restarted it for, with the manifest digest they were for (planner/settle.py):
 # never restarted again for the same ones under the same digest
 RESTARTED_FOR = "restartedFor"
 # key of a VM entry: differences an apply made that did not settle (reconcile.py),

@@ -6,7 +6,7 @@ new) and the ``Step``s that carry it out. Steps hold everything they need
 (rendered XML included), so ``apply`` executes the very value ``plan``
 printed, and a plan can be serialised to JSON (see docs/plan-json.md).
 
-Pure data; planner.py makes it, executor.py runs it (one ``ActionResult`` per
+Pure data; planner/ makes it, executor.py runs it (one ``ActionResult`` per
 action), report.py prints it.
 """
 
@@ -555,7 +555,7 @@ class ActionResult:
 
 UNSETTLED_NOTE = "unsettled"
 """The first word of the note on a pending change that a restart already failed to
-settle (``Change.note``, planner._plan_vm): a bug, reported once, never restarted for
+settle (``Change.note``, planner/vm.py): a bug, reported once, never restarted for
 again."""
 
 

@@ -52,7 +52,7 @@ DOMAIN_ONLY_VERBS = frozenset({
     "update-device",
 })  # fmt: skip
 # Domain steps that connect or disconnect a guest's NICs: the networks' ports change,
-# and the settle check compares them (planner._lost_nics).
+# and the settle check compares them (planner/vm.py, _lost_nics).
 PORT_VERBS = frozenset({"start-domain", "restart-domain", "stop-domain", "undefine-domain",
                         "attach-device", "detach-device", "update-device"})  # fmt: skip
 
@@ -75,7 +75,7 @@ class PassOptions:
     # this reconciler instance's id (statedir.instance_id), recorded as the owner of
     # what it applies; None: the state directory has none yet (read-only commands)
     instance: str | None = None
-    # lost instances being taken back (``reconciler adopt --from-instance``; planner.py)
+    # lost instances being taken back (``reconciler adopt --from-instance``; planner/context.py)
     take_over: frozenset[str] = frozenset()
 
 

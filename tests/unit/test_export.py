@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from reconciler import export
+from reconciler.export.selection import _all_refs
 from reconciler.manifests import load_text
 from reconciler.model import Kind
 from reconciler.snapshot import DomainRecord, NetworkRecord, Observed, PoolRecord, VolumeRecord
@@ -182,8 +183,8 @@ def observed(**extra: object) -> Observed:
 
 def one(kind: Kind, name: str, obs: Observed | None = None) -> export.Exported:
     obs = obs or observed()
-    refs = [r for r in export._all_refs(obs) if r.kind is kind and r.name == name]
-    volumes = [r for r in export._all_refs(obs) if r.kind is Kind.VOLUME]
+    refs = [r for r in _all_refs(obs) if r.kind is kind and r.name == name]
+    volumes = [r for r in _all_refs(obs) if r.kind is Kind.VOLUME]
     return next(e for e in export.export(obs, volumes + refs) if e.kind is kind and e.name == name)
 
 

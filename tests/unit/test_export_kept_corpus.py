@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from reconciler import export
+from reconciler.export.kept import _device_key, _label, _managed_device
 from reconciler.hypervisor import DomainRecord
 from reconciler.model import Kind
 from reconciler.observe import Observed
@@ -72,15 +73,15 @@ def test_export_lists_what_it_keeps(path: Path) -> None:
     in_manifest = {d["target"] for d in spec.get("disks", []) + spec.get("cdroms", [])}
     in_manifest |= {nic["mac"] for nic in spec.get("interfaces", [])}
     for device in root.findall("devices/disk") + root.findall("devices/interface"):
-        key = export._device_key(device)
+        key = _device_key(device)
         assert key is not None
         ident = key.split("[", 1)[1].rstrip("]")
         kept_here = any(k.path.endswith(f"[{ident}]") for k in item.kept)
-        managed = export._managed_device(device)
+        managed = _managed_device(device)
         assert ident in in_manifest or kept_here or any(ident in f for f in noted), (
-            f"{export._label(device)} is neither in the manifest, nor kept, nor noted")
+            f"{_label(device)} is neither in the manifest, nor kept, nor noted")
         if not managed:
-            assert kept_here and ident not in in_manifest, export._label(device)
+            assert kept_here and ident not in in_manifest, _label(device)
 
     # top-level elements no manifest field writes: listed
     for element in root:

@@ -82,3 +82,23 @@ def test_the_architecture_page_lists_the_contract_layers_in_order() -> None:
         for name in re.findall(r"`([\w.]+)`", re.split(r"(?<!\\)\|", row)[2])
     ]
     assert documented == contract
+
+
+@pytest.mark.parametrize("package", ["planner", "export"])
+def test_the_architecture_page_lists_each_package_layers_in_order(package: str) -> None:
+    """The tables of planner/ and export/ on docs/architecture.md name the files of their
+    contracts in .importlinter, top to bottom, and every file of the package is in one."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    layers = config[f"importlinter:contract:{package}"]["layers"].split("\n")
+    contract = [m.strip() for layer in layers if layer.strip() for m in layer.split("|")]
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    table = page[page.index(f"| {package}, top to bottom |"):].split("\n\n")[0]
+    documented = [
+        name
+        for row in table.splitlines()[2:]
+        for name in re.findall(r"`([\w.]+)`", re.split(r"(?<!\\)\|", row)[1])
+    ]
+    assert documented == contract
+    files = {p.stem for p in (ROOT / "reconciler" / package).glob("*.py")} - {"__init__"}
+    assert files == set(contract)

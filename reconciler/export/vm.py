@@ -1,0 +1,337 @@
+"""vm"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from typing import Any
+
+from reconciler.export.kept import _MANAGED_DISK_TYPES, _REMOVES, kept_in_definition
+from reconciler.export.notes import (
+    _IPV4,
+    _NAME,
+    Context,
+    Exported,
+    _build,
+    _check_name,
+    _compare,
+    _entries,
+    _Notes,
+    _tuple,
+    _unexportable,
+    document,
+)
+from reconciler.model import (
+    CPU_HYPERVISOR_DEFAULT,
+    CpuSpec,
+    Kind,
+    VirtualMachineSpec,
+    clock_parts,
+    cpu_manifest,
+    seed_volume_name,
+)
+from reconciler.report import show_value
+from reconciler.snapshot import DomainRecord
+from reconciler.xml import domain as domain_xml
+from reconciler.xml._fields import Element, Projection
+
+_KEYMAP = re.compile(r"^[a-z]{2}(-[a-z]{2,})?$")
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+_FEATURE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+_DISK_SERIAL = re.compile(r"^[A-Za-z0-9_.+-]{1,36}$")
+
+
+_BRIDGE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+
+
+_TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
+
+
+_TARGET = re.compile(r"^(vd|sd|hd)[a-z]{1,2}$")
+
+
+def vm_spec(
+    projection: Projection, *, active: bool, autostart: bool, name: str,
+    notes: _Notes | None = None, cpu: CpuSpec | None = None, config: Element | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A VirtualMachine spec from ``domain_xml.observe`` of the persistent definition.
+
+    Values the schema cannot hold are not exported, with a note; whatever else the
+    manifest cannot say is found by comparing projections afterwards. ``cpu``: the
+    definition's ``<cpu>`` (``domain_xml.read_cpu``); without it only a CPU mode or
+    model name is taken from the projection. ``config``: the parsed definition, to
+    tell the CD-ROMs the manifest manages (image files, volumes) from host drives.
+    Devices the manifest does not manage (block and network disks, NICs other than
+    network and bridge ones) are not exported and have no note: ``export_vm`` lists
+    them as kept.
+    """
+    notes = notes if notes is not None else _Notes()
+    p = projection
+    spec: dict[str, Any] = {}
+    # each as its field declaration writes it back (Field.exported: left out at its default)
+    fields = domain_xml.FIELDS_BY_PATH
+    if (kind := fields["type"].exported(p.get("type"))) is not None:
+        spec["type"] = kind
+    spec["memory"] = fields["memory"].exported(p.get("memory"))
+    if p.get("maxMemory") != p.get("memory"):
+        spec["maxMemory"] = fields["maxMemory"].exported(p.get("maxMemory"))
+    spec["vcpus"] = p.get("vcpus")
+    if p.get("maxVcpus") != p.get("vcpus"):
+        spec["maxVcpus"] = p.get("maxVcpus")
+    _put(spec, "machine", p.get("machine"), _MODEL_NAME.match, notes)
+    if p.get("firmware") == "uefi":
+        spec["firmware"] = "uefi"
+    if cpu is None and p.get("cpu") is None:
+        if p.get("type") == "kvm":  # type qemu has no <cpu> by default
+            spec["cpu"] = CPU_HYPERVISOR_DEFAULT
+    elif cpu is not None and (cpu.model is None or _MODEL_NAME.match(cpu.model)) and all(
+        _FEATURE_NAME.match(name) for name, _ in cpu.features
+    ):
+        spec["cpu"] = cpu_manifest(cpu)
+    else:
+        _put(spec, "cpu", p.get("cpu"), _MODEL_NAME.match, notes)
+    clock = _clock(p.get("clock"))
+    if clock is not None:
+        spec["clock"] = clock
+    for key in ("kernel", "initrd", "cmdline"):
+        if (value := fields[key].exported(p.get(key))) is not None:
+            spec[key] = value
+    disks = _disks(p, notes)
+    if disks:
+        spec["disks"] = disks
+    cdroms = _cdroms(p, name, notes, config)
+    if cdroms:
+        spec["cdroms"] = cdroms
+    # device classes as libvirt has them: a host CD-ROM drive or no NIC at all is
+    # still the domain's boot order (the firmware skips a class with no device)
+    boot = [dev for dev in _tuple(p.get("boot")) if dev in ("cdrom", "disk", "network")]
+    interfaces = _interfaces(p, "network" in boot, notes)
+    if interfaces:
+        spec["interfaces"] = interfaces
+    if boot and boot != ["disk"]:
+        spec["boot"] = boot
+    elif p.get("boot") == () and p.get("kernel") is None:
+        spec["boot"] = []  # the devices carry their own <boot order>
+    graphics = _graphics(p, notes)
+    if graphics is not None:
+        spec["graphics"] = graphics
+    inputs = [kind for kind in _tuple(p.get("inputs")) if kind in ("tablet", "mouse", "keyboard")]
+    if inputs:
+        spec["inputs"] = inputs
+    serial = p.get("serial")
+    if serial == "file" and p.get("serial.file") is not None:
+        spec["serial"] = {"file": p["serial.file"]}
+    elif serial == "none":
+        spec["serial"] = "none"
+    elif serial != "pty":
+        notes.add("serial", f"a {serial} serial port cannot be expressed (pty, none or a file)")
+    spec["state"] = "running" if active else "stopped"
+    spec["autostart"] = autostart
+    spec["adopt"] = True
+    return spec
+
+
+def _clock(text: object) -> str | dict[str, Any] | None:
+    """The manifest's ``clock`` for a canonical clock text (``model.clock_text``); None
+    for ``utc``, the default."""
+    if not isinstance(text, str) or text == "utc":
+        return None
+    offset, attrs = clock_parts(text)
+    if not attrs:
+        return offset
+    out: dict[str, Any] = {"offset": offset}
+    for key, value in attrs.items():
+        out[key] = int(value) if key in ("start", "adjustment") and value != "reset" else value
+    return out
+
+
+def _put(spec: dict[str, Any], key: str, value: object, ok: Any, notes: _Notes) -> None:
+    if value is None:
+        return
+    if isinstance(value, str) and ok(value):
+        spec[key] = value
+    else:
+        notes.add(key, f"{value!r} cannot be expressed; not exported")
+
+
+def _on_bus(target: str, bus: object, buses: Collection[str]) -> bool:
+    """Whether a manifest can hold ``target`` on ``bus`` (one of ``buses``): the target's
+    name must be one the model would give on that bus (vdX, sdX, hdX)."""
+    return (bus in buses and _TARGET.match(target) is not None
+            and target.startswith(_TARGET_PREFIX[str(bus)]))  # fmt: skip
+
+
+def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
+    out = []
+    for key in _entries(p, "disks"):  # keyed by source; notes name the target
+        target = str(p.get(f"disks[{key}].target"))
+        at = f"disks[{target}]"
+        bus = p.get(f"disks[{key}].bus")
+        volume, file = p.get(f"disks[{key}].volume"), p.get(f"disks[{key}].file")
+        if volume is None and file is None:
+            notes.silence(at)  # a block or network disk: not managed, kept as defined
+            continue
+        if not _on_bus(target, bus, _TARGET_PREFIX):
+            notes.add(at, f"a disk on bus {bus} cannot be expressed (virtio vdX, sata/scsi "
+                      f"sdX, ide hdX); {_REMOVES} disks")  # fmt: skip
+            continue
+        if volume is not None and not _NAME.match(str(volume)):
+            notes.add(at, f"volume {volume!r} has a name a manifest cannot hold; "
+                      f"{_REMOVES} disks")  # fmt: skip
+            continue
+        disk: dict[str, Any] = {"volume": volume} if volume is not None else {"file": file}
+        disk["target"] = target
+        if bus != "virtio":
+            disk["bus"] = bus
+        fmt = p.get(f"disks[{key}].format")
+        if file is not None:
+            if fmt in ("raw", "qcow2"):
+                disk["format"] = fmt
+            else:
+                notes.add(f"{at}.format", f"image format {show_value('', fmt)} cannot be "
+                          "expressed (raw or qcow2)")  # fmt: skip
+        _opt(disk, "cache", p.get(f"disks[{key}].cache"))
+        if p.get(f"disks[{key}].readonly"):
+            disk["readonly"] = True
+        serial = p.get(f"disks[{key}].serial")
+        if isinstance(serial, str) and _DISK_SERIAL.match(serial):
+            disk["serial"] = serial
+        out.append(disk)
+    return out
+
+
+def _disk_type(config: Element, target: str) -> str | None:
+    """``<disk type>`` of the disk or CD-ROM at ``target`` in a parsed definition."""
+    for disk in config.findall("devices/disk"):
+        element = disk.find("target")
+        if element is not None and element.get("dev") == target:
+            return disk.get("type")
+    return None
+
+
+def _cdroms(p: Projection, name: str, notes: _Notes,
+            config: Element | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    out = []
+    for target in _entries(p, "cdroms"):
+        at = f"cdroms[{target}]"
+        bus = p.get(f"{at}.bus")
+        if p.get(f"{at}.volume") == seed_volume_name(name):
+            notes.add("cloudInit", "the VM has a cloud-init seed; its user-data, meta-data and "
+                      "network-config cannot be read back from libvirt; not exported")  # fmt: skip
+            notes.add(at, "the cloud-init seed's drive; not exported, with cloudInit")
+            continue
+        if config is not None and _disk_type(config, target) not in _MANAGED_DISK_TYPES:
+            notes.silence(at)  # a host CD-ROM drive (block): not managed, kept as defined
+            continue
+        if not _on_bus(target, bus, ("sata", "scsi", "ide")):
+            notes.add(at, f"a CD-ROM on bus {bus} cannot be expressed (sata, scsi, ide); "
+                      f"{_REMOVES} CD-ROMs")  # fmt: skip
+            continue
+        cdrom: dict[str, Any] = {}
+        if p.get(f"{at}.file") is not None:
+            cdrom["file"] = p[f"{at}.file"]
+        cdrom["target"] = target
+        cdrom["bus"] = bus
+        out.append(cdrom)
+    return out
+
+
+def _interfaces(p: Projection, boot_network: bool, notes: _Notes) -> list[dict[str, Any]]:
+    out = []
+    for mac in _entries(p, "interfaces"):
+        at = f"interfaces[{mac}]"
+        network, bridge = p.get(f"{at}.network"), p.get(f"{at}.bridge")
+        nic: dict[str, Any]
+        if network is not None and _NAME.match(str(network)):
+            nic = {"network": network}
+        elif bridge is not None and _BRIDGE.match(str(bridge)):
+            nic = {"bridge": bridge}
+        elif network is None and bridge is None:
+            notes.silence(at)  # direct, user, hostdev...: not managed, kept as defined
+            continue
+        else:
+            notes.add(at, f"the name of its {'network' if bridge is None else 'bridge'} "
+                      f"cannot be expressed; {_REMOVES} interfaces")  # fmt: skip
+            continue
+        nic["mac"] = mac
+        model = p.get(f"{at}.model")
+        if model in ("e1000", "e1000e", "rtl8139"):
+            nic["model"] = model
+        elif model != "virtio":
+            notes.add(f"{at}.model", f"NIC model {show_value('', model)} cannot be expressed "
+                      "(virtio, e1000, e1000e, rtl8139)")  # fmt: skip
+        rom = p.get(f"{at}.bootRom")
+        if rom is None and not boot_network:
+            nic["bootRom"] = True  # libvirt's default: the option ROM is loaded
+        elif rom is False and boot_network:
+            nic["bootRom"] = False
+        out.append(nic)
+    return out
+
+
+def _graphics(p: Projection, notes: _Notes) -> dict[str, Any] | None:
+    kind = p.get("graphics.type")
+    if kind is None:
+        return None
+    if kind not in domain_xml.MANAGED_GRAPHICS_TYPES:
+        notes.add("graphics", f"{kind} graphics cannot be expressed (vnc or spice); "
+                  f"{_REMOVES} displays")  # fmt: skip
+        return None
+    graphics: dict[str, Any] = {"type": kind}
+    port = p.get("graphics.port")
+    if isinstance(port, int) and 5900 <= port <= 65535:
+        graphics["port"] = port
+    listen = p.get("graphics.listen")
+    if listen is None:
+        graphics["listen"] = None  # no address: the host's qemu.conf default
+    elif isinstance(listen, str) and _IPV4.match(listen):
+        graphics["listen"] = listen
+    _put(graphics, "keymap", p.get("graphics.keymap"), _KEYMAP.match, notes)
+    if p.get("graphics.password") is not None:
+        notes.add("graphics.password", "a display password is set; it is not exported: "
+                  "write it to a root-only file and set graphics.passwordFile")  # fmt: skip
+    return graphics
+
+
+def _opt(target: dict[str, Any], key: str, value: object) -> None:
+    if value is not None:
+        target[key] = value
+
+
+def export_vm(record: DomainRecord, ctx: Context) -> Exported:
+    notes = _Notes()
+    kind = Kind.VIRTUAL_MACHINE
+    if not _check_name(kind, record.name, notes):
+        return _unexportable(kind, record.name, notes)
+    config = record.config_root
+    observed = record.config
+    if observed.get("type") not in ("kvm", "qemu"):
+        notes.add("type", f"domain type {observed.get('type')} cannot be expressed (kvm, qemu)")
+        return _unexportable(kind, record.name, notes)
+    spec = vm_spec(observed, active=record.active, autostart=record.autostart, name=record.name,
+                   notes=notes, cpu=domain_xml.read_cpu(config), config=config)  # fmt: skip
+    doc = document(kind, record.name, spec)
+    m = _build(kind, doc, notes)
+    if m is None:
+        return _unexportable(kind, record.name, notes)
+    assert isinstance(m.spec, VirtualMachineSpec)
+    kwargs: dict[str, Any] = {
+        "volume_pools": ctx.volume_pools,
+        "volume_formats": ctx.volume_formats,
+        "machine_aliases": ctx.observed.machine_aliases,
+    }
+    try:
+        desired = domain_xml.project(m.spec, **kwargs)
+        rendered = domain_xml.render(record.name, m.spec, uuid=record.uuid, **kwargs)
+    except ValueError as exc:
+        notes.add("disks", str(exc))
+        return _unexportable(kind, record.name, notes)
+    _compare(desired, observed, notes)
+    kept = kept_in_definition(record.config_xml, rendered, notes)
+    return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))

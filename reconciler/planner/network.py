@@ -1,0 +1,153 @@
+"""network"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+
+from reconciler import owners
+from reconciler.diff import by_device, devices, diff
+from reconciler.model import Kind, Manifest, NetworkSpec
+from reconciler.plan import (
+    Action,
+    AutostartNetwork,
+    Change,
+    DefineNetwork,
+    NetUpdate,
+    Op,
+    StartNetwork,
+    Step,
+    StopNetwork,
+)
+from reconciler.planner.context import (
+    _adoption,
+    _autostart,
+    _conflict,
+    _Context,
+    _found,
+    _persist,
+    digest,
+)
+from reconciler.xml import network as network_xml
+
+_NET_LIVE_SECTIONS = ("ipv4.dhcp.hosts", "dnsHosts")
+
+
+def _plan_network(m: Manifest, ctx: _Context) -> Action:
+    spec = m.spec
+    assert isinstance(spec, NetworkSpec)
+    live = ctx.observed.networks.get(m.name)
+    record = ctx.owner_record(m)
+    ownership = network_xml.NetworkOwnership(
+        instance=ctx.options.instance, manifest=m.source.path, digest=digest(m),
+        revision=ctx.options.revision,
+    )  # fmt: skip
+    if live is None:
+        new: list[Step] = [DefineNetwork(network_xml.render(m.name, spec, ownership=ownership))]
+        if spec.state == "active":
+            new.append(StartNetwork())
+        if spec.autostart:
+            new.append(AutostartNetwork(on=True))
+        return Action(
+            Kind.NETWORK, m.name, Op.CREATE, (), tuple(new), source=m.source, owner_record=record
+        )
+    found = live.ownership
+    in_inventory = ctx.inventory_entry(f"Network/{m.name}") is not None
+    owner = owners.judge(
+        None if found is None else owners.Record(found.instance, found.manifest, found.revision),
+        in_inventory=in_inventory, ours=ctx.options.instance,
+    )  # fmt: skip
+    taken = ctx.taken(owner)
+    # adopt: true takes over anything but what another instance took from us (owners.py)
+    if not owner.ours and not (spec.adopt and owner.adoptable) and not taken:
+        return _conflict(m, f"network '{m.name}'", owner)
+    # networks made before they carried a record: ours by the inventory, recorded now
+    if owner.ours and found is None and ctx.options.instance is not None:
+        owner = owners.Owner(owners.Standing.OURS, None, retag=True)
+    declared = spec.bridge is not None
+    desired = network_xml.project(spec)
+    config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
+    adoption = _adoption(owner, ctx, taken=taken)
+    changes = adoption + config_changes + _persist(live.persistent)
+
+    @functools.cache
+    def patched() -> str:
+        # the current definition, patched: what the manifest does not say is kept
+        return network_xml.patch(live.config_xml, spec, ownership=ownership)
+
+    steps: list[Step] = []
+    if config_changes or not live.persistent or adoption:
+        steps.append(DefineNetwork(patched(), current=live.config_xml))
+    pending: list[Change] = []
+    running = live.active and live.live_xml is not None
+    if running and live.live_xml is not None:
+        live_projection = network_xml.observe(live.live_xml, bridge_declared=declared)
+        live_steps, pending = _network_live_updates(desired, live_projection, patched,
+                                                    live.live_xml)  # fmt: skip
+        steps += live_steps
+        changes = _mark_live(changes, {s.args["path"] for s in live_steps})
+    if spec.state == "active" and not live.active:
+        changes.append(Change("state", "inactive", "active", live=True))
+        steps.append(StartNetwork())
+        pending = []
+    elif spec.state == "inactive" and live.active:
+        changes.append(Change("state", "active", "inactive", live=True))
+        steps.append(StopNetwork())
+        pending = []
+    auto_changes, auto_steps = _autostart("network", live.autostart, spec.autostart)
+    changes += auto_changes
+    steps += auto_steps
+    if not changes:
+        op = Op.NOOP
+    elif any(c.path in {p.path for p in pending} for c in config_changes):
+        op = Op.UPDATE_RESTART
+    else:
+        op = Op.UPDATE_LIVE
+    return Action(
+        Kind.NETWORK,
+        m.name,
+        op,
+        tuple(changes),
+        tuple(steps),
+        source=m.source,
+        restart_pending=tuple(pending),
+        owner_record=record,
+    )
+
+
+def _network_live_updates(
+    desired: Mapping[str, object], live: Mapping[str, object],
+    desired_xml: Callable[[], str], live_xml: str,
+) -> tuple[list[Step], list[Change]]:  # fmt: skip
+    """net-update steps for lease and DNS entries; everything else waits for a restart.
+    A DHCP host goes to the IPv4 ``<ip>`` by its index (``index``), never to the first
+    ``<ip>`` with DHCP, which may be the IPv6 one."""
+    steps: list[Step] = []
+    pending: list[Change] = []
+    for dev, changes in sorted(by_device(diff(desired, live)).items(), key=lambda kv: str(kv[0])):
+        if dev is None or dev[0] not in _NET_LIVE_SECTIONS:
+            pending += changes
+            continue
+        section, key = dev
+        wanted = key in devices(desired, section)
+        present = key in devices(live, section)
+        dhcp = section == "ipv4.dhcp.hosts"
+        index = network_xml.dhcp_parent_index(live_xml) if dhcp else None
+        xml_section = "ip-dhcp-host" if dhcp else "dns-host"
+        path = f"{section}[{key}]"
+        if present:
+            old = network_xml.entry_xml(live_xml, section, key)
+            steps.append(NetUpdate("delete", xml_section, path, _found(old, path), index))
+        if wanted:
+            new = network_xml.entry_xml(desired_xml(), section, key)
+            steps.append(NetUpdate("add", xml_section, path, _found(new, path), index))
+    return steps, pending
+
+
+def _mark_live(changes: list[Change], live_prefixes: set[str]) -> list[Change]:
+    return [
+        Change(c.path, c.old, c.new, live=True)
+        if any(c.path.startswith(p + ".") for p in live_prefixes)
+        else c
+        for c in changes
+    ]

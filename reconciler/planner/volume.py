@@ -1,0 +1,280 @@
+"""volume"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from reconciler import inventory as inventory_file
+from reconciler import rounding
+from reconciler.diff import devices, diff
+from reconciler.model import Kind, Manifest, StoragePoolSpec, VolumeSpec
+from reconciler.plan import (
+    Action,
+    BlockResize,
+    Change,
+    CreateVolume,
+    DeleteVolume,
+    ImportVolume,
+    Op,
+    ResizeVolume,
+    Step,
+)
+from reconciler.planner.context import (
+    _adoption,
+    _conflict,
+    _Context,
+    _recorded,
+    _refused_path,
+    _rounding_notes,
+)
+from reconciler.snapshot import DomainRecord
+from reconciler.units import format_size
+from reconciler.xml import volume as volume_xml
+from reconciler.xml._fields import ChangeClass, change_class
+
+
+def _backing_first(volumes: list[Manifest]) -> list[Manifest]:
+    names = {m.name: m for m in volumes}
+    ordered: list[Manifest] = []
+    seen: set[str] = set()
+
+    def visit(m: Manifest) -> None:
+        if m.name in seen:
+            return
+        seen.add(m.name)
+        assert isinstance(m.spec, VolumeSpec)
+        base = names.get(m.spec.backing_volume or "")
+        if base is not None:
+            visit(base)
+        ordered.append(m)
+
+    for m in volumes:
+        visit(m)
+    return ordered
+
+
+def _plan_volume(m: Manifest, ctx: _Context) -> Action:
+    spec = m.spec
+    assert isinstance(spec, VolumeSpec)
+    refused = _refused_path(m, ctx)
+    if refused is not None:
+        return refused
+    live = ctx.observed.volumes.get((spec.pool, m.name))
+    requires = [f"StoragePool/{spec.pool}"]
+    backing_path = backing_format = None
+    if spec.backing_volume:
+        requires.append(f"Volume/{spec.backing_volume}")
+        backing_path = ctx.volume_path(spec.pool, spec.backing_volume)
+        backing_format = ctx.volume_formats.get(spec.backing_volume)
+    too_big = _source_too_big(m, spec, ctx) or _remote_overlay(m, spec, ctx)
+    if too_big is not None:
+        return too_big
+    entry = ctx.inventory_entry(f"Volume/{m.name}")
+    owned = entry is not None and entry.get("pool") == spec.pool
+    # A volume with a source is done only when its content is (issue 11): the record
+    # says "content pending" until the executor has copied and verified it.
+    pending = _content_pending(entry) if owned else None
+    record = ctx.owner_record(m, pool=spec.pool, reclaimPolicy=spec.reclaim_policy)
+    # the record a create or a re-copy writes before the copy starts
+    copying = {**record, inventory_file.CONTENT_PENDING: {"source": spec.source}}
+    xml = volume_xml.render(m.name, spec, backing_path=backing_path, backing_format=backing_format)
+    copy = ImportVolume(spec.pool, spec.source, backing_path)
+    create: list[Step] = [CreateVolume(spec.pool, xml)]
+    if spec.source:
+        create.append(copy)
+    if live is None and spec.pool in ctx.unlisted_pools:
+        unseen = _unseen_volume(m, spec, ctx, owned)
+        if unseen is not None:
+            return unseen
+    if live is None:
+        return Action(
+            Kind.VOLUME,
+            m.name,
+            Op.CREATE,
+            (),
+            tuple(create),
+            source=m.source,
+            owner_record=copying if spec.source else record,
+            requires=tuple(requires),
+        )
+    owner = ctx.unrecorded_owner(f"Volume/{m.name}", owned)
+    taking_back = ctx.taken(owner, f"Volume/{m.name}", recorded=False)
+    if not owned and not spec.adopt and not taking_back:
+        return _conflict(m, f"volume '{m.name}' in pool '{spec.pool}'", owner, recorded=False,
+                         ctx=ctx)  # fmt: skip
+    desired = volume_xml.project(spec, backing_path=backing_path, backing_format=backing_format)
+    current = live.config
+    have = current.get("capacity")
+    # what libvirt makes of the manifest's bytes, by the path it took (rounding.py)
+    desired["capacity"] = rounding.volume_capacity(
+        spec.capacity, spec.format, have if isinstance(have, int) else None
+    )
+    changes = _rounding_notes(_adoption(owner, ctx, taken=taking_back) + diff(desired, current),
+                              {"capacity": spec.capacity})  # fmt: skip
+    recorded = _recorded(entry if owned else None, record, ["reclaimPolicy"])
+    steps: list[Step] = []
+    replace = [c for c in changes
+               if change_class(volume_xml.FIELDS, c.path) is ChangeClass.REPLACE]  # fmt: skip
+    changes += recorded
+    capacity = next((c for c in changes if c.path == "capacity"), None)
+    key = f"Volume/{m.name}"
+    if replace:
+        if key not in ctx.options.allow_replace:
+            return Action(
+                Kind.VOLUME,
+                m.name,
+                Op.REPLACE,
+                tuple(changes),
+                (),
+                reason="changing "
+                + ", ".join(c.path for c in replace)
+                + " recreates the volume and loses its data; not done unless asked: "
+                f"reconciler apply --allow-replace {key}",
+                source=m.source,
+                requires=tuple(requires),
+            )
+        create[0] = CreateVolume(spec.pool, xml, current=live.xml)
+        steps = [DeleteVolume(spec.pool), *create]
+        return Action(
+            Kind.VOLUME,
+            m.name,
+            Op.REPLACE,
+            tuple(changes),
+            tuple(steps),
+            source=m.source,
+            owner_record=copying if spec.source else record,
+            requires=tuple(requires),
+        )
+    if capacity is not None:
+        old, new = int(capacity.old or 0), int(capacity.new or 0)
+        if new < old:
+            return Action(
+                Kind.VOLUME,
+                m.name,
+                Op.ERROR,
+                tuple(changes),
+                (),
+                reason=f"shrinking capacity from {format_size(old)} to {format_size(new)} is "
+                f"refused (it would cut off data); set capacity: {format_size(old)} or more",
+                source=m.source,
+            )
+        user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
+        taken = live.allocation
+        if user is None and rounding.resize_refused(new, taken):  # (QEMU's resize is not)
+            return Action(
+                Kind.VOLUME,
+                m.name,
+                Op.ERROR,
+                tuple(changes),
+                (),
+                reason=f"growing capacity from {old} to {new} bytes is refused by libvirt: "
+                f"the volume's file already takes {taken} bytes (whole filesystem blocks), "
+                f"and libvirt resizes to no less than that; set capacity: {taken}B or more",
+                source=m.source,
+            )
+        if user is not None:
+            steps.append(
+                BlockResize(domain=user[0], target=user[1], capacity=new)
+            )
+        else:
+            steps.append(ResizeVolume(spec.pool, new))
+        changes = [dataclasses.replace(c, live=True) if c is capacity else c for c in changes]
+    if pending is not None and spec.source:
+        # made by this tool, its copy never finished (killed, or the copy failed):
+        # copy again over the whole volume, unless a running VM uses it by now
+        user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
+        if user is not None:
+            return Action(
+                Kind.VOLUME, m.name, Op.ERROR, tuple(changes), (), source=m.source,
+                owner_record=copying,
+                reason=f"the copy of {spec.source} into this volume never completed, and "
+                f"running VM {user[0]} uses it now; not overwriting it. Stop the VM (the "
+                "copy is retried), or delete the volume to have it made again",
+            )  # fmt: skip
+        was = pending.get("source") or spec.source
+        changes.append(Change("content", f"copy of {was} pending", f"copy of {spec.source}",
+                              live=True))  # fmt: skip
+        steps.append(copy)
+        record = copying
+    op = Op.UPDATE_LIVE if changes else Op.NOOP
+    return Action(
+        Kind.VOLUME,
+        m.name,
+        op,
+        tuple(changes),
+        tuple(steps),
+        source=m.source,
+        owner_record=record,
+        requires=tuple(requires),
+    )
+
+
+def _content_pending(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The volume's unfinished copy, from its inventory entry (``CONTENT_PENDING``)."""
+    found = None if entry is None else entry.get(inventory_file.CONTENT_PENDING)
+    return found if isinstance(found, Mapping) else None
+
+
+def _source_too_big(m: Manifest, spec: VolumeSpec, ctx: _Context) -> Action | None:
+    """A source image larger than the volume cannot be copied in: an error at plan time
+    (the size is known when reconcile.py could read the file)."""
+    size = ctx.options.source_sizes.get(spec.source) if spec.source else None
+    if size is None or size <= spec.capacity:
+        return None
+    return Action(
+        Kind.VOLUME, m.name, Op.ERROR, source=m.position(("spec", "source")),
+        reason=f"source {spec.source} holds {format_size(size)} ({size} bytes), more than "
+        f"capacity {format_size(spec.capacity)}: the copy cannot fit; set capacity: "
+        f"{format_size(size)} or more",
+    )  # fmt: skip
+
+
+def _remote_overlay(m: Manifest, spec: VolumeSpec, ctx: _Context) -> Action | None:
+    """``source`` with ``backingVolume`` on a remote host: libvirt's copy from another
+    volume (``virStorageVolCreateXMLFrom``) writes the whole image and drops the backing
+    store, and nothing runs qemu-img on the controller, so it cannot be made there."""
+    if not (ctx.options.remote and spec.source and spec.backing_volume):
+        return None
+    return Action(
+        Kind.VOLUME, m.name, Op.ERROR, source=m.position(("spec", "backingVolume")),
+        reason=f"a copy of source {spec.source} on backing volume {spec.backing_volume} "
+        "cannot be made on a remote host (libvirt's storage API copies whole images); "
+        "drop backingVolume to copy the whole image, or run reconciler on that host",
+    )  # fmt: skip
+
+
+def _unseen_volume(m: Manifest, spec: VolumeSpec, ctx: _Context, owned: bool) -> Action | None:
+    """A volume in a pool that is not active: libvirt cannot list it. One we own is
+    taken to be there (it is compared once the pool runs); one we do not is created
+    after the pool starts (None), which needs the pool to be wanted active."""
+    if owned:
+        return Action(Kind.VOLUME, m.name, Op.NOOP, source=m.source,
+                      reason=f"pool {spec.pool} is not active: the volume is checked "
+                      "once it runs")  # fmt: skip
+    pool = ctx.manifests.get((Kind.STORAGE_POOL, spec.pool))
+    if pool is not None and isinstance(pool.spec, StoragePoolSpec) and pool.spec.state == "active":
+        return None
+    reason = (
+        f"pool {spec.pool} is not active, so the volume cannot be made; start it "
+        f"(state: active in its manifest, or virsh pool-start {spec.pool})"
+    )
+    return Action(Kind.VOLUME, m.name, Op.ERROR, source=m.source, reason=reason)
+
+
+def _running_user(
+    domains: Iterable[DomainRecord], pool: str, volume: str
+) -> tuple[str, str] | None:
+    """(domain, target) of a running domain that has the volume as a disk."""
+    for d in domains:
+        live = d.live
+        if live is None:
+            continue
+        for key in devices(live, "disks"):
+            if (
+                live.get(f"disks[{key}].pool") == pool
+                and live.get(f"disks[{key}].volume") == volume
+            ):
+                return (d.name, str(live.get(f"disks[{key}].target")))
+    return None
