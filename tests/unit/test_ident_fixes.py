@@ -23,3 +23,27 @@ def test_a_pinned_target_that_does_not_fit_the_bus_says_target_can_be_removed() 
     text = " ".join(f"{p.message}; {p.hint}" for p in caught.value.problems)
     assert "target vda does not fit bus sata" in text
     assert "or remove target: to let reconciler choose" in text
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (b"QFI\xfb" + bytes(68), "qcow2"),
+    (b"KDMV" + bytes(68), "vmdk"),
+    (b"vhdxfile" + bytes(64), "vhdx"),
+    (bytes(64) + b"\x7f\x10\xda\xbe" + bytes(4), "vdi"),
+    (bytes(72), "raw"),
+    (b"", "raw"),
+])
+def test_the_header_announces_the_format(head: bytes, expected: str) -> None:
+    from reconciler.images import sniff_format
+
+    assert sniff_format(head) == expected
+
+
+def test_read_format_reads_a_file_and_passes_over_what_is_not_one(tmp_path: Any) -> None:
+    from reconciler.images import read_format
+
+    image = tmp_path / "q.img"
+    image.write_bytes(b"QFI\xfb" + bytes(200))
+    assert read_format(str(image)) == "qcow2"
+    assert read_format(str(tmp_path)) is None
+    assert read_format(str(tmp_path / "gone")) is None
