@@ -815,6 +815,7 @@ DISKS: Device[_DiskView] = Device(
     variants=MANAGED_DISK_TYPES,
     readdress=frozenset({"bus"}),
     change=ChangeClass.LIVE,  # hot-plugged on HOTPLUG_DISK_BUSES only
+    ahead=True,  # before the CD-ROMs: <boot dev='hd'> boots the first disk
     fields=(
         Field("target", lambda v: v.disk.target, Attr("target", "dev")),
         Field("format", lambda v: v.format, Attr("driver", "type", fixed={"name": "qemu"})),
