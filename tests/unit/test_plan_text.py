@@ -230,3 +230,13 @@ Plan: 0 to create, 1 to update, 0 to delete.
 
 Plan: 0 to create, 1 to update, 0 to delete. 1 refused.
 """
+
+
+def test_a_volume_create_says_its_capacity_and_format(tmp_path: Path) -> None:
+    plan = plan_edit(tmp_path, stack(without="web-data"), stack())
+    text = shown(plan, tmp_path)
+    assert """\
++ Volume web-data: create  (ROOT/m/stack.yaml:11:1)
+    capacity: 20GiB
+    format: qcow2
+""" in text, text
