@@ -123,6 +123,18 @@ class PathPolicy:
         real = os.path.join(real_head, tail)
         return os.path.realpath(real) if os.path.islink(real) else real
 
+    def real_path(self, path: str) -> str | None:
+        """``path`` (absolute) with its symlinks resolved, as this pass sees it; None for a
+        remote host's path (its links are not this machine's) or one that cannot be
+        resolved. Disks are matched by the real file (two spellings of one image are
+        one disk), so the planner gets these as data (reconcile.real_paths)."""
+        if self.remote or not os.path.isabs(path):
+            return None
+        try:
+            return self._real(path)
+        except (OSError, ValueError):
+            return None
+
     def refusal(self, host_path: HostPath) -> str | None:
         """Why ``host_path`` is refused (one phrase naming field, path and setting), or None.
 

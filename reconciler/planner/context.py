@@ -45,6 +45,11 @@ class PlanOptions:
     # virtual size in bytes of the local image files that Volume sources name, read
     # (qemu-img info) for the volumes a plan may copy into; a missing path: unknown
     source_sizes: Mapping[str, int] = field(default_factory=dict)
+    # plain path -> the real file (symlinks resolved) of the disk images a plan compares
+    # (manifest disk files, the managed domains' disk files, volume paths), only where
+    # they differ: one image named through a symlinked folder is one disk. Read per
+    # pass by reconcile.real_paths; empty for a remote host (its links are not ours)
+    real_paths: Mapping[str, str] = field(default_factory=dict)
     # the removals (keys of owned objects no manifest declares) confirmed to be meant:
     # only these are pruned, the others are held (Plan.held_removals). None: all are.
     # The daemon confirms a removal by reading it twice (daemon.RemovalGuard).

@@ -47,3 +47,22 @@ def test_read_format_reads_a_file_and_passes_over_what_is_not_one(tmp_path: Any)
     assert read_format(str(image)) == "qcow2"
     assert read_format(str(tmp_path)) is None
     assert read_format(str(tmp_path / "gone")) is None
+
+
+def test_real_paths_resolve_the_files_a_plan_compares(tmp_path: Any) -> None:
+    from reconciler.hostpaths import PathPolicy
+    from reconciler.manifests import load_text
+    from reconciler.reconcile import real_paths
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "v1").write_bytes(b"")
+    (tmp_path / "plink").symlink_to(pool)
+    text = ("apiVersion: reconciler/v1\nkind: VirtualMachine\nmetadata: {name: d}\n"
+            f"spec: {{vcpus: 1, memory: 512MiB, disks: [{{file: {tmp_path}/plink//v1}}]}}\n")
+    errors: list[object] = []
+    manifests = tuple(load_text(text, "m.yaml", errors))  # type: ignore[arg-type]
+    assert not errors
+    found = real_paths(manifests, None, PathPolicy(None, None))
+    assert found == {f"{tmp_path}/plink/v1": str(pool / "v1")}
+    assert real_paths(manifests, None, PathPolicy(None, None, remote=True)) == {}
