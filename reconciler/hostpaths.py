@@ -41,8 +41,9 @@ MAX_SECRET = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class HostPath:
-    """One host path a manifest names: ``field`` as written (``disks[vdb].file``), and
-    ``where`` it is in the document (``("spec", "disks", 0, "file")``) for positions."""
+    """One host path a manifest names: ``field`` as plans say it (``disks[1].file``, the
+    index in the manifest's list), and ``where`` it is in the document
+    (``("spec", "disks", 1, "file")``) for positions."""
 
     field: str
     path: str
@@ -64,9 +65,9 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
         )
     if not isinstance(spec, VirtualMachineSpec):
         return []
-    found = [HostPath(f"disks[{d.target}].file", d.file, where=("spec", "disks", i, "file"))
+    found = [HostPath(f"disks[{i}].file", d.file, where=("spec", "disks", i, "file"))
              for i, d in enumerate(spec.disks) if d.file]  # fmt: skip
-    found += [HostPath(f"cdroms[{c.target}].file", c.file, where=("spec", "cdroms", i, "file"))
+    found += [HostPath(f"cdroms[{i}].file", c.file, where=("spec", "cdroms", i, "file"))
               for i, c in enumerate(spec.cdroms) if c.file]  # fmt: skip
     found += [HostPath(name, value, where=where) for name, value, where in (
         ("kernel", spec.kernel, ("spec", "kernel")), ("initrd", spec.initrd, ("spec", "initrd")),

@@ -13,7 +13,7 @@ from typing import Any
 
 from reconciler import __version__, owners, rounding
 from reconciler.errors import ReconcilerError
-from reconciler.hostpaths import PathPolicy
+from reconciler.hostpaths import PathPolicy, host_paths
 from reconciler.model import Kind, Manifest, StoragePoolSpec, VolumeSpec
 from reconciler.plan import (
     Action,
@@ -320,7 +320,11 @@ def _found(xml: str | None, path: str) -> str:
 def _refused_path(m: Manifest, ctx: _Context) -> Action | None:
     """An error action if any host path ``m`` names fails the one check (hostpaths.py)."""
     policy = ctx.options.paths
-    refusals = policy.refusals(m) if policy is not None else []
+    # each placed at its field (file:line:col), as preflight places its problems
+    refusals = [] if policy is None else [
+        f"{m.position(hp.where)}: {refusal}"
+        for hp in host_paths(m) if (refusal := policy.refusal(hp)) is not None
+    ]  # fmt: skip
     if not refusals:
         return None
     return Action(
