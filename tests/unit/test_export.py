@@ -503,3 +503,15 @@ def test_kept_controllers_are_one_line_by_kind_and_count() -> None:
         "controllers: 14 pcie-root-port, usb qemu-xhci, sata, virtio-serial",
         "rng (virtio)",
     ]
+
+
+def test_a_managed_vm_exports_the_shutdown_timeout_its_inventory_record_holds() -> None:
+    from reconciler.inventory import Inventory
+
+    record = {"VirtualMachine/web-1": {"manifest": "m/web.yaml", "shutdownTimeout": 30.0}}
+    item = one(Kind.VIRTUAL_MACHINE, "web-1", observed(inventory=Inventory(record)))
+    assert item.document is not None and item.document["spec"]["shutdownTimeout"] == "30s"
+    # the default is not written, as every field at its default
+    default = {"VirtualMachine/web-1": {"manifest": "m/web.yaml", "shutdownTimeout": 120.0}}
+    item = one(Kind.VIRTUAL_MACHINE, "web-1", observed(inventory=Inventory(default)))
+    assert item.document is not None and "shutdownTimeout" not in item.document["spec"]
