@@ -118,7 +118,7 @@ def git_source_from_config(value: object) -> GitSourceConfig | None:
     """``source`` of the configuration file (checked against config.schema.json), or of
     an override, -> the git source, or None (``source: {}``: the plain manifestDir).
     Raises ValueError naming what is wrong."""
-    from reconciler.units import parse_duration
+    from reconciler.units import parse_duration, too_long
 
     if isinstance(value, GitSourceConfig) or value is None:
         return value
@@ -149,6 +149,8 @@ def git_source_from_config(value: object) -> GitSourceConfig | None:
         raise ValueError(f"git.interval: {interval_value!r} is not a duration (e.g. 1m)") from None
     if not interval > 0:
         raise ValueError(f"git.interval: {interval_value!r} must be more than zero")
+    if (why := too_long(interval)) is not None:
+        raise ValueError(f"git.interval: {interval_value!r} {why}")
     verify = git.get("verify") or {}
     if not isinstance(verify, Mapping):
         raise ValueError(f"git.verify: expected {{allowedSignersFile: PATH}}, got {verify!r}")

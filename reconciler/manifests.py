@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import gc
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,12 +320,42 @@ def _load_document(
     if schema_problems:
         problems.extend(_placed(schema_problems, at))
         return None
+    unwritable = list(_unwritable_text(value))
     try:
-        return build_manifest(value, start, document)
+        manifest = build_manifest(value, start, document)
     except SpecError as exc:
-        for p in exc.problems:
-            problems.append(Problem(at(p.path), p.message, _dotted(p.path), p.hint))
-        return None
+        unwritable += exc.problems
+        manifest = None
+    for p in unwritable:
+        problems.append(Problem(at(p.path), p.message, _dotted(p.path), p.hint))
+    return None if unwritable else manifest
+
+
+_NOT_IN_XML: frozenset[FieldPath] = frozenset({("spec", "cloudInit")})
+"""Subtrees whose text never goes into libvirt's XML (the cloud-init seed is an ISO)."""
+
+
+def _unwritable_text(value: object, where: FieldPath = ()) -> Iterator[FieldProblem]:
+    """A problem for each string of a document (keys too) holding a character XML 1.0
+    cannot hold (``xml.chars``), or a carriage return, which XML parsing turns into a
+    newline (XML 1.0 "End-of-Line Handling"), so that what libvirt keeps never equals
+    the manifest and a plan never settles. The one check for every text field (names,
+    paths, cmdline, serial, keymap, DNS names...), at its line, before any plan."""
+    if where in _NOT_IN_XML:
+        return
+    if isinstance(value, str):
+        bad = "\r" if "\r" in value else not_xml(value)
+        if bad is not None:
+            yield FieldProblem(where, f"holds {bad!r}, a character libvirt's XML cannot keep",
+                               "remove it (write a line break as \\n)")  # fmt: skip
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield from _unwritable_text(key, (*where, key))
+            yield from _unwritable_text(item, (*where, str(key)))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _unwritable_text(item, (*where, i))
 
 
 def _check_head(value: dict[str, Any]) -> tuple[FieldPath, str, str] | None:

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
 from reconciler.errors import SourcePosition
-from reconciler.units import parse_duration, parse_size, too_large
+from reconciler.units import parse_duration, parse_size, too_large, too_long
 
 FieldPath: TypeAlias = tuple[str | int, ...]
 
@@ -686,8 +686,20 @@ def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[Field
                 )
             seen_macs.setdefault(host.mac, i)
             seen_ips.setdefault(host.ip, i)
+    seen_dns: dict[str, int] = {}
     for i, dns in enumerate(dns_hosts):
         inside(dns.ip, ("spec", "dnsHosts", i, "ip"))
+        # libvirt's net-update finds a DNS host by IP: two entries of one IP are a
+        # "multiple matching DNS HOST records" error at every later update
+        if dns.ip in seen_dns:
+            problems.append(
+                FieldProblem(
+                    ("spec", "dnsHosts", i, "ip"),
+                    f"IP {dns.ip} already has an entry at dnsHosts[{seen_dns[dns.ip]}]",
+                    "list all names under one entry",
+                )
+            )
+        seen_dns.setdefault(dns.ip, i)
 
 
 def _build_vm(
@@ -700,6 +712,10 @@ def _build_vm(
     if memory < 1024**2:
         problems.append(FieldProblem(("spec", "memory"), "memory must be at least 1MiB"))
     _within_libvirt(raw, ("memory", "maxMemory"), problems)
+    timeout = raw.get("shutdownTimeout", "120s")
+    if (why := too_long(parse_duration(timeout))) is not None:
+        problems.append(FieldProblem(("spec", "shutdownTimeout"), f"{timeout} {why}",
+                                     "give 24h or less (the VM is then forced off)"))  # fmt: skip
     if max_memory < memory:
         problems.append(
             FieldProblem(

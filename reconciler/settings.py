@@ -44,7 +44,7 @@ from reconciler.logs import LogFormat
 from reconciler.manifests import is_manifest_file
 from reconciler.schema import _explain as explain_schema_error
 from reconciler.schema import schema_dir
-from reconciler.units import parse_duration
+from reconciler.units import parse_duration, too_long
 from reconciler.yamlsource import Document, YamlProblem, parse_documents
 
 UpdatePolicy = Literal["manual", "restart"]
@@ -190,6 +190,8 @@ def _duration(*, positive: bool) -> Coerce:
             raise ValueError(f"{value!r} is not a duration ({expected})")
         if positive and seconds == 0:
             raise ValueError(f"{value!r} must be more than zero")
+        if (why := too_long(seconds)) is not None:  # (a wait of 1e300 s: OverflowError)
+            raise ValueError(f"{value!r} {why}")
         return seconds
 
     return coerce

@@ -143,8 +143,9 @@ def instance_id(state_dir: Path, *, create: bool) -> str | None:
 
     Raises ``StateDirError`` naming the file when it cannot be read or written, is a
     symbolic link (dangling, or shared with another state directory: two state
-    directories would be one instance), is not a regular file, or holds something
-    that is not a UUID (it is never replaced: records carry it).
+    directories would be one instance) or hard-linked (the same), is not a regular
+    file, or holds something that is not a UUID (it is never replaced: records carry
+    it).
     """
     file = path(state_dir, INSTANCE_ID)
     text = _read_instance(file)
@@ -189,8 +190,18 @@ def _read_instance(path: Path) -> str | None:
             ) from None
         raise error(path, "read the instance id", exc) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise StateDirError(f"{path}: the instance id is not a regular file; {_RESTORE}")
+        if info.st_nlink > 1 and not _being_made(path, fd, info):
+            raise StateDirError(
+                f"{path}: the instance id is hard-linked ({info.st_nlink} names for one "
+                "file), refused: each state directory is one reconciler instance with its "
+                "own id, and a second name (another state directory's instance-id, found "
+                "with find / -samefile) would make two instances one identity; replace it "
+                "by a copy (cp --remove-destination) only if this state directory IS that "
+                f"instance, or remove it and let the next apply make a new id ({_RESTORE})"
+            )
         data = os.read(fd, 4096)
     except OSError as exc:
         raise error(path, "read the instance id", exc) from None
@@ -203,6 +214,23 @@ def _read_instance(path: Path) -> str | None:
             f"{path}: not an instance id (not text: {len(data)} bytes of binary data); "
             f"{_RESTORE}"
         ) from None
+
+
+def _being_made(path: Path, fd: int, info: os.stat_result) -> bool:
+    """Whether ``path``'s (open as ``fd``, ``info`` its ``fstat``) second name is the
+    temporary file ``_create_instance`` links it from (another process is making the
+    id this moment): the same file as a ``.instance-id.*.tmp`` beside it, or a file
+    whose second name is gone by the time the folder is looked at."""
+    try:
+        siblings = list(path.parent.glob(f".{path.name}.*.tmp"))
+    except OSError:
+        return False
+    for tmp in siblings:
+        with contextlib.suppress(OSError):
+            found = tmp.lstat()
+            if (found.st_dev, found.st_ino) == (info.st_dev, info.st_ino):
+                return True
+    return os.fstat(fd).st_nlink == 1  # the temporary name went after the first fstat
 
 
 def _create_instance(path: Path) -> None:

@@ -35,7 +35,22 @@ def too_large(size: int) -> str | None:
     size as the manifest writes it, or None."""
     if size <= MAX_SIZE:
         return None
-    return f"is more than libvirt can hold (at most {MAX_SIZE} bytes: 8EiB less 1KiB)"
+    # in units a manifest can write (no EiB/PiB): the bytes, and the largest TiB below
+    return (f"is more than libvirt can hold (at most {MAX_SIZE}B; "
+            f"{MAX_SIZE // _SIZE_FACTORS['TiB']}TiB fits)")  # fmt: skip
+
+
+MAX_DURATION = 24 * 3600.0
+"""The longest timeout or interval the reconciler takes, in seconds (24h): a longer
+one is a typo (a wait nobody sees end; beyond ~292 years, more than a timer holds)."""
+
+
+def too_long(seconds: float) -> str | None:
+    """Why a duration of ``seconds`` is refused (more than ``MAX_DURATION``), said after
+    the duration as written, or None."""
+    if seconds <= MAX_DURATION:
+        return None
+    return "is longer than 24h, the longest the reconciler waits"
 
 
 def parse_size(text: str) -> int:

@@ -966,7 +966,9 @@ def unmanaged_clash(
 ) -> tuple[tuple[str | int, ...], str] | None:
     """A declared disk target or NIC MAC that a device the manifest does not manage
     already has in ``current`` (a block or network disk, a ``direct`` or hostdev NIC:
-    kept by every redefine), as (the field's path in the manifest, why), or None.
+    kept by every redefine), or a ``graphics`` that clashes with a kept second VNC/SPICE
+    display (its type, which libvirt starts only once per type; or none, which would make
+    it the manifest's display), as (the field's path in the manifest, why), or None.
     libvirt refuses a duplicated target only at define time (``target 'vdc'
     duplicated``) and accepts two NICs with one MAC, which no later plan can tell
     apart (formatdomain "Hard drives...", "Network interfaces")."""
@@ -992,6 +994,24 @@ def unmanaged_clash(
                     f"target {cdrom.target} is the target of the domain's "
                     f"{_unmanaged(other)}, which a manifest does not manage and a "
                     "redefine keeps; declare another target")  # fmt: skip
+    displays = [g for g in root.findall("devices/graphics")
+                if g.get("type") in MANAGED_GRAPHICS_TYPES]  # fmt: skip
+    if len(displays) > 1:
+        kept = displays[1].get("type")
+        wanted = "none" if spec.graphics is None else spec.graphics.type
+        if wanted == "none":
+            return (("spec", "graphics"),
+                    f"graphics: none removes the domain's first display "
+                    f"({displays[0].get('type')}), and its second display ({kept}), which "
+                    "a manifest does not manage and a redefine keeps, would become the "
+                    "manifest's display; keep graphics as the first display, or remove "
+                    "the second display from the domain first")  # fmt: skip
+        if wanted == kept:
+            return (("spec", "graphics", "type"),
+                    f"graphics.type {wanted} is the type of the domain's second display "
+                    "(kept by every redefine): libvirt allows one graphics device of "
+                    f"each type; declare type {displays[0].get('type')}, or remove the "
+                    "second display from the domain first")  # fmt: skip
     unmanaged_macs: dict[str, Element] = {}
     for element in root.findall("devices/*/mac/.."):
         if element.tag == "interface" and INTERFACES.managed(element):
@@ -1201,8 +1221,11 @@ def patch(
     if was_q35 != is_q35(spec.machine):
         _new_chipset(root)
     if spec.graphics is None:
-        for graphics in root.findall("devices/graphics"):
-            remove(graphics)
+        # only the managed display, the first VNC/SPICE one: a second display is kept,
+        # as export says (unmanaged_clash refuses what that would make of the manifest)
+        managed = root.find("devices/graphics")
+        if managed is not None:
+            remove(managed)
     added = DISKS.patch(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
     added += CDROMS.patch(root, _cdroms(desired))
     added += INTERFACES.patch(root, spec.interfaces)

@@ -404,3 +404,55 @@ def test_the_same_image_under_another_name_is_never_detached_and_attached(
     assert data_disk(now) == ("volume", "vdb", data_disk(config)[2])
     assert data_disk(ws.virsh("dumpxml", name))[:2] == ("file", "vdb")  # running: as it was
     assert_settled(ws, allow_restart_pending=True)
+
+
+def _two_displays_xml(ws: Workspace, name: str, disk: Path) -> str:
+    """A stopped pc domain with a VNC display, a SPICE one and SPICE audio (which
+    libvirt refuses without a SPICE display)."""
+    return f"""<domain type='{ws.domain_type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  {ws.cpu_xml("host-model")}
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <graphics type='vnc' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
+    <graphics type='spice' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
+    <audio id='1' type='spice'/>
+  </devices>
+</domain>"""
+
+
+@pytest.mark.parametrize("graphics", ["none", "spice"])
+def test_a_display_clashing_with_the_kept_second_one_is_refused_at_plan(
+    ws: Workspace, graphics: str
+) -> None:
+    """VNC first (the manifest's), SPICE second (kept). graphics none removed both
+    (libvirt: "Spice audio is not supported without spice graphics", every pass);
+    graphics spice defined two SPICE displays that never start. Both refused at plan,
+    at the field's line, naming the kept display; nothing is defined."""
+    name = ws.n("twodisp")
+    disk = ws.file("a.img", "1M", "raw")
+    xml_path = ws.root / f"{name}.xml"
+    xml_path.write_text(_two_displays_xml(ws, name, disk))
+    ws.virsh("define", str(xml_path))
+    manifest = _adopt(ws, name)
+    adopted = _inactive(ws, name)
+    doc: dict[str, Any] = yaml.safe_load(manifest.read_text())
+    assert doc["spec"]["graphics"]["type"] == "vnc"
+    doc["spec"]["graphics"] = {"type": graphics}
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan = ws.plan()
+    a = action(plan, "VirtualMachine", name)
+    assert a.op is Op.ERROR, render_plan(plan)
+    field = "spec.graphics" if graphics == "none" else "spec.graphics.type"
+    assert a.reason.startswith(field + ":") and "second display" in a.reason, a.reason
+    assert a.source is not None and a.source.line > 1, a.source
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert _differences(adopted, _inactive(ws, name)) == []

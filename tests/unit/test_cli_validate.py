@@ -96,7 +96,8 @@ def test_a_size_libvirt_cannot_hold_is_refused_at_its_line(write: WriteFiles) ->
     })  # fmt: skip
     result = run("validate", "--offline", "m", cwd=root.parent)
     assert result.returncode == 1
-    limit = "is more than libvirt can hold (at most 9223372036854774784 bytes: 8EiB less 1KiB)"
+    # the message names sizes one can write (the schema has no EiB or PiB)
+    limit = "is more than libvirt can hold (at most 9223372036854774784B; 8388607TiB fits)"
     assert result.stderr.splitlines() == [
         f"m/vm.yaml:6:14: spec.maxMemory: 8388608TiB {limit}; give a smaller size",
         f"m/vol.yaml:6:13: spec.capacity: 99999999999999999999TiB {limit}; give a smaller size",
@@ -119,5 +120,23 @@ def test_a_manifest_path_xml_cannot_hold_is_refused_by_validate(tmp_path: Path) 
         "m/a\\x01b/net.yaml: the manifest's path holds '\\x01', a character XML cannot hold, "
         "and libvirt's ownership record names the manifest by its path; rename the folder or "
         "file",
+        "1 problem in 1 file",
+    ]
+
+
+def test_a_shutdown_timeout_beyond_24h_is_refused_by_validate(write: WriteFiles) -> None:
+    """99999999999999999999h was accepted: plan printed an absurd figure and delete
+    waited forever."""
+    root = write(**{
+        "vm.yaml": "apiVersion: reconciler/v1\nkind: VirtualMachine\nmetadata: {name: w}\n"
+                   "spec:\n  memory: 1GiB\n  shutdownTimeout: 99999999999999999999h\n",
+        "ok.yaml": "apiVersion: reconciler/v1\nkind: VirtualMachine\nmetadata: {name: x}\n"
+                   "spec:\n  memory: 1GiB\n  shutdownTimeout: 23h60m\n",
+    })  # fmt: skip
+    result = run("validate", "--offline", "m", cwd=root.parent)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "m/vm.yaml:6:20: spec.shutdownTimeout: 99999999999999999999h is longer than 24h, "
+        "the longest the reconciler waits; give 24h or less (the VM is then forced off)",
         "1 problem in 1 file",
     ]

@@ -92,6 +92,7 @@ def test_git_source_every_field(tmp_path: Path) -> None:
     ("source:\n  git: {url: 'ext::sh -c evil'}\n", "git.url"),
     ("source:\n  git: {url: x, path: ../../etc}\n", "leaves the repository"),
     ("source:\n  git: {url: x, interval: 0}\n", "more than zero"),
+    ("source:\n  git: {url: x, interval: 99999999999999999999h}\n", "longer than 24h"),
 ])  # fmt: skip
 def test_bad_git_source_is_one_config_error(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "config.yaml"

@@ -460,3 +460,36 @@ def test_cpu_hypervisor_default_is_no_cpu_element(write: WriteFiles) -> None:
     root = write(**{"a.yaml": vm_with("cpu: hypervisor-default")})
     [m] = load_directory(root.name).manifests
     assert isinstance(m.spec, VirtualMachineSpec) and m.spec.cpu is None
+
+
+def test_text_xml_cannot_keep_is_refused_at_its_line(write: WriteFiles) -> None:
+    """A carriage return (XML parsing makes it a newline: never settles) or a control
+    character (XML 1.0 cannot hold it) in any text that goes into libvirt's XML."""
+    root = write(**{
+        "a.yaml": vm_with('kernel: /boot/vmlinuz\ncmdline: "a\\rb"'),
+        "b.yaml": vm_with('kernel: /boot/vmlinuz\ncmdline: "\\u0001"').replace("web-1", "web-2"),
+        "c.yaml": vm_with('disks: [{file: "/srv/a\\rb.img"}]').replace("web-1", "web-3"),
+    })  # fmt: skip
+    found = problems(root)
+    assert found[0].startswith("m/a.yaml:8:12: spec.cmdline: holds '\\r'"), found
+    assert found[1].startswith("m/b.yaml:8:12: spec.cmdline: holds '\\x01'"), found
+    assert found[2].startswith("m/c.yaml:7:18: spec.disks[0].file: holds '\\r'"), found
+    assert len(found) == 3
+
+
+def test_one_dns_host_ip_twice_is_refused(write: WriteFiles) -> None:
+    root = write(**{"n.yaml": """
+apiVersion: reconciler/v1
+kind: Network
+metadata: {name: lab}
+spec:
+  mode: nat
+  ipv4: {address: 10.0.0.1, prefix: 24}
+  dnsHosts:
+    - {ip: 10.0.0.5, names: [a]}
+    - {ip: 10.0.0.5, names: [b]}
+"""})  # fmt: skip
+    assert problems(root) == [
+        "m/n.yaml:9:12: spec.dnsHosts[1].ip: IP 10.0.0.5 already has an entry at "
+        "dnsHosts[0]; list all names under one entry"
+    ]

@@ -504,3 +504,30 @@ def test_take_back_refuses_an_id_no_record_names(write: WriteFiles) -> None:
     # only a network names it: still a record
     only_net = dataclasses.replace(observed, domains={})
     _refuse_unknown_instance(A, only_net)
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_instance_id_hard_linked_from_another_state_dir_is_refused(
+        tmp_path: Path, create: bool) -> None:  # fmt: skip
+    """``ln st/instance-id st6/instance-id``: two state directories, one identity."""
+    other = tmp_path / "st"
+    other.mkdir()
+    theirs = statedir.instance_id(other, create=True)
+    mine = tmp_path / "st6"
+    mine.mkdir()
+    os.link(other / statedir.INSTANCE_ID, mine / statedir.INSTANCE_ID)
+    for state in (mine, other):  # neither name is the instance's own
+        with pytest.raises(StateDirError, match="hard-linked") as raised:
+            statedir.instance_id(state, create=create)
+        assert str(state / statedir.INSTANCE_ID) in str(raised.value)
+        assert "copy" in str(raised.value) and "adopt --from-instance" in str(raised.value)
+    (mine / statedir.INSTANCE_ID).unlink()
+    assert statedir.instance_id(other, create=create) == theirs
+
+
+def test_instance_id_being_made_by_another_process_is_not_a_hard_link(tmp_path: Path) -> None:
+    # _create_instance links the id from its temporary file, then removes that name
+    statedir.instance_id(tmp_path, create=True)
+    file = tmp_path / statedir.INSTANCE_ID
+    os.link(file, tmp_path / f".{statedir.INSTANCE_ID}.123.abcd.tmp")
+    assert statedir.instance_id(tmp_path, create=False) is not None

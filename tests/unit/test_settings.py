@@ -240,6 +240,10 @@ def test_unknown_key_points_at_the_key_and_suggests(tmp_path: Path) -> None:
             "1:17: resyncInterval: -3 is not a duration (expected e.g. 5m, 500ms, or a number of seconds)",
         ),
         ("resyncInterval: 0s", "1:17: resyncInterval: '0s' must be more than zero"),
+        (  # a wait beyond what a timer holds was an OverflowError in the daemon
+            "debounce: 1e300",
+            "1:11: debounce: 1e+300 is longer than 24h, the longest the reconciler waits",
+        ),
         ("debounce: true", "1:11: debounce: expected a string or a number, got boolean true"),
         ("prune: yes", "1:8: prune: expected true or false, got string 'yes'"),
         (

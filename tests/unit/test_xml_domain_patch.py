@@ -564,3 +564,32 @@ def test_a_new_disk_on_a_domain_with_only_cdroms_goes_ahead_of_them() -> None:
     spec = domain.settle_targets(manifest(text).spec, current)  # type: ignore[arg-type]
     patched = etree.fromstring(_patched(spec, current).encode())
     assert [d.get("device") for d in patched.findall("devices/disk")] == ["disk", "disk", "cdrom"]
+
+
+SECOND_VNC = "    <graphics type='vnc' port='-1' autoport='yes'/>\n"
+
+
+def test_no_display_removes_only_the_managed_one() -> None:
+    """graphics: none on a domain with SPICE and a kept second (VNC) display removes the
+    SPICE one only: removing both lost a display export lists as kept (issue-10 testers:
+    libvirt then refused "Spice audio is not supported without spice graphics")."""
+    current = HANDMADE.replace("    <video>", SECOND_VNC + "    <video>")
+    patched = etree.fromstring(_patched(_spec(graphics=None), current).encode())
+    assert [g.get("type") for g in patched.findall("devices/graphics")] == ["vnc"]
+
+
+def test_a_display_that_clashes_with_the_kept_second_one_is_refused() -> None:
+    """The kept second display's type twice (libvirt starts one graphics device of each
+    type), or no display (the kept one would become the manifest's, and the next plan
+    would remove it): refused at plan time, naming the field and the kept display."""
+    current = HANDMADE.replace("    <video>", SECOND_VNC + "    <video>")
+    assert domain.unmanaged_clash(_spec(), current) is None
+    vnc = dataclasses.replace(_spec().graphics, type="vnc")  # type: ignore[type-var]
+    clash = domain.unmanaged_clash(_spec(graphics=vnc), current)
+    assert clash is not None and clash[0] == ("spec", "graphics", "type")
+    assert "second display" in clash[1] and "declare type spice" in clash[1]
+    clash = domain.unmanaged_clash(_spec(graphics=None), current)
+    assert clash is not None and clash[0] == ("spec", "graphics")
+    assert "second display (vnc)" in clash[1]
+    # one display: no display at all is a plain change
+    assert domain.unmanaged_clash(_spec(graphics=None), HANDMADE) is None
