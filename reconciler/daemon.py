@@ -817,19 +817,19 @@ def _object_statuses(
             state, message = ObjectState.PENDING, r.error
         elif final.restart_pending:
             state = ObjectState.RESTART_PENDING
-            message = "restart pending: " + ", ".join(c.path for c in final.restart_pending)
+            message = "restart pending: " + ", ".join(c.said for c in final.restart_pending)
             unsettled = [c for c in final.restart_pending if is_unsettled(c)]
             if unsettled:  # a restart did not settle it: said, and not restarted again
                 message += "; unsettled (a bug, not restarted again): " + "; ".join(
-                    f"{c.path} is {c.old!r}, wanted {c.new!r}" for c in unsettled
+                    f"{c.said} is {c.old!r}, wanted {c.new!r}" for c in unsettled
                 )
         elif r is not None and action.op is not Op.CREATE and action.key in edited:
             # the manifest was edited and applied: in sync, not drift healed
             state = ObjectState.IN_SYNC
-            message = "applied: " + ", ".join(c.path for c in action.changes)[:300]
+            message = "applied: " + ", ".join(c.said for c in action.changes)[:300]
         elif r is not None and action.op is not Op.CREATE:
             state = ObjectState.HEALED
-            message = "changed: " + ", ".join(c.path for c in action.changes)[:300]
+            message = "changed: " + ", ".join(c.said for c in action.changes)[:300]
         elif r is not None and action.key in recreated:
             state = ObjectState.HEALED
             message = "recreated: it was missing from libvirt"

@@ -41,8 +41,9 @@ MAX_SECRET = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class HostPath:
-    """One host path a manifest names: ``field`` as written (``disks[vdb].file``), and
-    ``where`` it is in the document (``("spec", "disks", 0, "file")``) for positions."""
+    """One host path a manifest names: ``field`` as plans say it (``disks[1].file``, the
+    index in the manifest's list), and ``where`` it is in the document
+    (``("spec", "disks", 1, "file")``) for positions."""
 
     field: str
     path: str
@@ -64,9 +65,9 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
         )
     if not isinstance(spec, VirtualMachineSpec):
         return []
-    found = [HostPath(f"disks[{d.target}].file", d.file, where=("spec", "disks", i, "file"))
+    found = [HostPath(f"disks[{i}].file", d.file, where=("spec", "disks", i, "file"))
              for i, d in enumerate(spec.disks) if d.file]  # fmt: skip
-    found += [HostPath(f"cdroms[{c.target}].file", c.file, where=("spec", "cdroms", i, "file"))
+    found += [HostPath(f"cdroms[{i}].file", c.file, where=("spec", "cdroms", i, "file"))
               for i, c in enumerate(spec.cdroms) if c.file]  # fmt: skip
     found += [HostPath(name, value, where=where) for name, value, where in (
         ("kernel", spec.kernel, ("spec", "kernel")), ("initrd", spec.initrd, ("spec", "initrd")),
@@ -122,6 +123,18 @@ class PathPolicy:
             real_head = self._real_dirs[head] = os.path.realpath(head)
         real = os.path.join(real_head, tail)
         return os.path.realpath(real) if os.path.islink(real) else real
+
+    def real_path(self, path: str) -> str | None:
+        """``path`` (absolute) with its symlinks resolved, as this pass sees it; None for a
+        remote host's path (its links are not this machine's) or one that cannot be
+        resolved. Disks are matched by the real file (two spellings of one image are
+        one disk), so the planner gets these as data (reconcile.real_paths)."""
+        if self.remote or not os.path.isabs(path):
+            return None
+        try:
+            return self._real(path)
+        except (OSError, ValueError):
+            return None
 
     def refusal(self, host_path: HostPath) -> str | None:
         """Why ``host_path`` is refused (one phrase naming field, path and setting), or None.

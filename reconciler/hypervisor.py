@@ -238,7 +238,8 @@ def _qemu_user(label: str | None) -> QemuUser | None:
 
 
 def _path_facts(paths: AbstractSet[str]) -> dict[str, PathFacts]:
-    """Each path's existence and the directories above it (each stat'ed once)."""
+    """Each path's existence, the directories above it (each stat'ed once) and the
+    image format its header announces."""
     chains: dict[str, tuple[DirFacts, ...] | None] = {}  # None: it does not exist
 
     def chain(directory: str) -> tuple[DirFacts, ...] | None:
@@ -263,7 +264,8 @@ def _path_facts(paths: AbstractSet[str]) -> dict[str, PathFacts]:
         return chains[directory]
 
     return {
-        path: PathFacts(os.path.exists(path), chain(os.path.dirname(os.path.normpath(path))) or ())
+        path: PathFacts(os.path.exists(path), chain(os.path.dirname(os.path.normpath(path))) or (),
+                        image_format=images.read_format(path))
         for path in paths
     }
 

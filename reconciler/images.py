@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,47 @@ def parse_header(head: bytes, file_size: int) -> ImageHeader:
         size = struct.unpack(">Q", head[24:32])[0]
         return ImageHeader("qcow2", size, file_size, has_backing=backing_offset != 0)
     return ImageHeader("raw", file_size, file_size)
+
+
+# Magic bytes at offset 0 of the image formats QEMU knows that a raw disk must not be
+# (qemu block drivers' probe functions): opened as raw, a guest sees the metadata.
+_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (QCOW2_MAGIC, "qcow2"),
+    (b"QFI\x00", "qed"),
+    (b"KDMV", "vmdk"),
+    (b"# Disk DescriptorFile", "vmdk"),
+    (b"vhdxfile", "vhdx"),
+    (b"conectix", "vpc"),
+    (b"LUKS\xba\xbe", "luks"),
+)
+_VDI_MAGIC = (64, b"\x7f\x10\xda\xbe")  # offset, bytes (little-endian 0xbeda107f)
+SNIFF = 72  # bytes sniff_format needs
+
+
+def sniff_format(head: bytes) -> str:
+    """The image format the first ``SNIFF`` bytes of a file announce (``qcow2``,
+    ``qed``, ``vmdk``, ``vhdx``, ``vpc``, ``luks``, ``vdi``), or ``raw`` when they
+    announce none (QEMU's own format probes, by magic only)."""
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    offset, magic = _VDI_MAGIC
+    if head[offset:offset + len(magic)] == magic:
+        return "vdi"
+    return "raw"
+
+
+def read_format(path: str) -> str | None:
+    """``sniff_format`` of the file at ``path``; None when it is not a regular file or
+    cannot be read (a block device is read as what it is named; preflight reports a
+    missing file)."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return sniff_format(f.read(SNIFF))
+    except OSError:
+        return None
 
 
 def read_header(path: str) -> ImageHeader:

@@ -800,7 +800,8 @@ def _build_vm(
                 FieldProblem(
                     where,
                     f"target {target} does not fit bus {bus}",
-                    f"{bus} devices are named {_TARGET_PREFIX[bus]}a, {_TARGET_PREFIX[bus]}b, ...",
+                    f"{bus} devices are named {_TARGET_PREFIX[bus]}a, {_TARGET_PREFIX[bus]}b, ...;"
+                    " or remove target: to let reconciler choose",
                 )
             )
 

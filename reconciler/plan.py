@@ -73,6 +73,15 @@ class Change:
         """The path a person reads: as the manifest writes it, else ``path``."""
         return self.where or self.path
 
+    @property
+    def said(self) -> str:
+        """``shown_path`` with the device it names where the manifest path hides it, for
+        a line read without the plan (status, logs): ``disks[1].bus (web-data.img)``."""
+        if not self.where or self.where == self.path:
+            return self.path
+        key = self.path.partition("].")[0].partition("[")[2]
+        return f"{self.where} ({key})" if key else self.where
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceChange:

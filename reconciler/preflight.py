@@ -26,6 +26,8 @@ The checks, each modelling a section of libvirt's documentation:
   file exists and QEMU's user (the DAC ``<baselabel>`` of capabilities'
   ``<secmodel>``) can search every directory above it (libvirt's
   ``dynamic_ownership`` chowns the file itself, not its directories);
+* ``spec.disks[i].format`` of a ``file:`` disk (raw when not written): what the
+  image's header announces (a qcow2 image opened as raw is corrupted by the guest);
 * ``spec.interfaces[i].bridge``: an existing host bridge, or one a Network
   makes (formatdomain.html#bridge-to-lan);
 * ``spec.graphics.port``: a fixed VNC/SPICE port no other domain holds
@@ -114,6 +116,9 @@ class PathFacts:
 
     exists: bool
     dirs: tuple[DirFacts, ...] = ()
+    # the format its header announces (images.sniff_format: "raw" when none); None:
+    # not a regular file, or not read
+    image_format: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +441,42 @@ def check_files(
                 break
 
 
+def check_disk_formats(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """A ``file:`` disk's ``format`` (raw when not written) is what the image's header
+    announces (images.sniff_format). A qcow2 image opened as raw shows the guest its
+    metadata as the disk, and the guest's writes corrupt the image; a raw disk named
+    qcow2 does not start. Placed at ``format`` when written, else at ``file``
+    (formatdomain.html#hard-drives-floppy-disks-cdroms, ``<driver type>``)."""
+    if not facts.local:
+        return
+    raw_spec = m.document.get("spec")
+    disks = raw_spec.get("disks", ()) if isinstance(raw_spec, Mapping) else ()
+    for i, d in enumerate(spec.disks):
+        if not d.file or d.format is None:
+            continue
+        found = facts.paths.get(d.file)
+        header = found.image_format if found is not None and found.exists else None
+        if header is None or header == d.format:
+            continue
+        written = i < len(disks) and isinstance(disks[i], Mapping) and "format" in disks[i]
+        where: FieldPath = ("spec", "disks", i, "format" if written else "file")
+        said = f"format: {d.format}" if written else "format: raw (the default)"
+        if header != "raw":
+            yield FieldProblem(
+                where,
+                f"{d.file} is a {header} image, but the disk says {said}: the guest would "
+                f"see the image's {header} metadata as its disk, and its writes corrupt it",
+                f"set format: {header}",
+            )
+        elif d.format == "qcow2":
+            yield FieldProblem(
+                where, f"{d.file} has no qcow2 header, but the disk says {said}",
+                "set format: raw (or remove format:), or name the right image",
+            )
+
+
 def check_bridges(
     _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
 ) -> Iterator[FieldProblem]:
@@ -578,6 +619,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_machine,
     check_memory,
     check_files,
+    check_disk_formats,
     check_bridges,
     check_graphics_port,
     check_cpu,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from xml.sax.saxutils import unescape
 
 from reconciler import gitrev, gitsource, hints, images, preflight, statedir
 from reconciler import inventory as inventory_file
@@ -37,6 +39,7 @@ from reconciler.model import (
     StoragePoolSpec,
     VirtualMachineSpec,
     VolumeSpec,
+    plain_path,
 )
 from reconciler.observe import Observed, observe, observe_again
 from reconciler.plan import Action, ActionResult, Op, Plan, is_unsettled
@@ -302,6 +305,7 @@ class Reconciler:
                 secrets=read_secrets(load.manifests, self._paths()),
                 paths=self._paths(),
                 remote=self.hypervisor.remote,
+                real_paths=real_paths(load.manifests, observed, self._paths()),
                 source_sizes=(
                     source_sizes(load.manifests, observed, self._paths().allows,
                                  measure=images.virtual_size if self.hypervisor.remote
@@ -432,6 +436,43 @@ def source_sizes(
         if size is not None:
             sizes[spec.source] = size
     return sizes
+
+
+_SOURCE_FILE = re.compile(r"""<source\b[^>]*?\bfile=(['"])(.*?)\1""")
+
+
+def real_paths(
+    manifests: tuple[Manifest, ...], observed: Observed | None, policy: PathPolicy
+) -> dict[str, str]:
+    """Plain path -> real file (symlinks resolved) of each disk image a plan compares,
+    where the two differ: the ``file:`` disks of the VM manifests, the files the
+    domains they name have (persistent and running definitions), and every observed
+    volume's path. Disks are matched by the real file (xml/domain.py switch_sources),
+    so ``/x/link/v1`` through a symlinked folder is the volume at ``/pool/v1``, not a
+    new disk. Empty for a remote host: this machine's links say nothing of its files.
+    A path that cannot be resolved is left out (it is compared as written)."""
+    if policy.remote:
+        return {}
+    paths: set[str] = set()
+    for m in manifests:
+        spec = m.spec
+        if not isinstance(spec, VirtualMachineSpec):
+            continue
+        paths.update(d.file for d in spec.disks if d.file)
+        record = None if observed is None else observed.domains.get(m.name)
+        if record is not None:
+            for xml in (record.config_xml, record.live_xml or ""):
+                paths.update(unescape(found[1], {"&apos;": "'", "&quot;": '"'})
+                             for found in _SOURCE_FILE.findall(xml))  # fmt: skip
+    if observed is not None:
+        paths.update(v.path for v in observed.volumes.values() if v.path)
+    found: dict[str, str] = {}
+    for path in paths:
+        plain = plain_path(path)
+        real = policy.real_path(plain)
+        if real is not None and real != plain:
+            found[plain] = real
+    return found
 
 
 def image_virtual_size(path: str) -> int | None:

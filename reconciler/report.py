@@ -126,6 +126,9 @@ def render_plan(
                 action.op is Op.DELETE and change.path == "exists"
             ):
                 continue
+            if action.op is Op.CREATE and change.old is None:
+                lines.append(f"    {change.shown_path}: {show_value(change.path, change.new)}")
+                continue
             lines.append("    " + _change_line(change))
             if change.note:
                 lines.append("      " + change.note)

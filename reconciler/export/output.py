@@ -56,13 +56,52 @@ KEPT_HEADING = "kept as defined, not managed by this manifest"
 NOTES_HEADING = "not in this manifest as libvirt has it: applying the manifest changes it"
 
 
+# Devices listed as one line per tag, by kind and count: what tells them apart (index,
+# chassis, port) is libvirt's bookkeeping, not something a user reads or chooses.
+_GROUPED = {"controller": "controllers"}
+_KIND = re.compile(r"^(\S+) (\S+)(?: \(([^)]*)\))?")
+
+
+def _kind(label: str) -> str:
+    """A grouped device's kind from its label: ``controller pci (pcie-root-port): ...``
+    is ``pcie-root-port`` (a PCI controller is its model), ``controller usb
+    (qemu-xhci)`` is ``usb qemu-xhci``, ``controller sata`` is ``sata``."""
+    found = _KIND.match(label)
+    if found is None:
+        return label
+    _, kind, model = found.groups()
+    kind = kind.rstrip(":")
+    if model and kind == "pci":
+        return model
+    return f"{kind} {model}" if model else kind
+
+
 def kept_lines(kept: Iterable[Kept]) -> list[str]:
     """Labels of ``kept``, each once, in order, a repeated one with its count
-    (``controller usb (ich9-uhci1) (x3)``)."""
+    (``channel (org.qemu.guest_agent.0) (x2)``); the devices of a ``_GROUPED`` tag
+    as one line where the first stood, each kind with its count, most first
+    (``controllers: 14 pcie-root-port, usb qemu-xhci, sata``)."""
     counts: dict[str, int] = {}
+    groups: dict[str, dict[str, int]] = {}
     for item in kept:
-        counts[item.label] = counts.get(item.label, 0) + 1
-    return [label if n == 1 else f"{label} (x{n})" for label, n in counts.items()]
+        tag = item.path.removeprefix("devices/").split("[", 1)[0]
+        heading = _GROUPED.get(tag) if item.path.startswith("devices/") else None
+        if heading is None:
+            counts[item.label] = counts.get(item.label, 0) + 1
+            continue
+        if heading not in groups:
+            groups[heading] = {}
+            counts[heading] = 0  # its place in the order
+        kind = _kind(item.label)
+        groups[heading][kind] = groups[heading].get(kind, 0) + 1
+    lines = []
+    for label, n in counts.items():
+        if label in groups:
+            kinds = sorted(groups[label].items(), key=lambda kv: -kv[1])  # stable: in order
+            lines.append(f"{label}: " + ", ".join(k if c == 1 else f"{c} {k}" for k, c in kinds))
+        else:
+            lines.append(label if n == 1 else f"{label} (x{n})")
+    return lines
 
 
 def _one_line(text: str) -> str:

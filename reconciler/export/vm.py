@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Collection
 from typing import Any
@@ -32,6 +33,7 @@ from reconciler.model import (
 )
 from reconciler.report import show_value
 from reconciler.snapshot import DomainRecord
+from reconciler.units import format_duration
 from reconciler.xml import domain as domain_xml
 from reconciler.xml._fields import Element, Projection
 
@@ -50,6 +52,9 @@ _DISK_SERIAL = re.compile(r"^[A-Za-z0-9_.+-]{1,36}$")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 
 
+# the model's default (a slots dataclass: read from its fields)
+_DEFAULT_SHUTDOWN_TIMEOUT = next(
+    f.default for f in dataclasses.fields(VirtualMachineSpec) if f.name == "shutdown_timeout")
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 
 
@@ -59,6 +64,7 @@ _TARGET = re.compile(r"^(vd|sd|hd)[a-z]{1,2}$")
 def vm_spec(
     projection: Projection, *, active: bool, autostart: bool, name: str,
     notes: _Notes | None = None, cpu: CpuSpec | None = None, config: Element | None = None,
+    shutdown_timeout: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A VirtualMachine spec from ``domain_xml.observe`` of the persistent definition.
 
@@ -69,7 +75,8 @@ def vm_spec(
     tell the CD-ROMs the manifest manages (image files, volumes) from host drives.
     Devices the manifest does not manage (block and network disks, NICs other than
     network and bridge ones) are not exported and have no note: ``export_vm`` lists
-    them as kept.
+    them as kept. ``shutdown_timeout``: seconds, from the inventory record of a VM
+    the tool manages (libvirt's XML has no such field); written when not the default.
     """
     notes = notes if notes is not None else _Notes()
     p = projection
@@ -131,6 +138,8 @@ def vm_spec(
         spec["serial"] = "none"
     elif serial != "pty":
         notes.add("serial", f"a {serial} serial port cannot be expressed (pty, none or a file)")
+    if shutdown_timeout is not None and shutdown_timeout != _DEFAULT_SHUTDOWN_TIMEOUT:
+        spec["shutdownTimeout"] = format_duration(shutdown_timeout)
     spec["state"] = "running" if active else "stopped"
     spec["autostart"] = autostart
     spec["adopt"] = True
@@ -314,8 +323,13 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     if observed.get("type") not in ("kvm", "qemu"):
         notes.add("type", f"domain type {observed.get('type')} cannot be expressed (kvm, qemu)")
         return _unexportable(kind, record.name, notes)
+    # what the tool keeps of a VM it manages outside libvirt's XML: its inventory record
+    entry = ctx.observed.inventory.get(f"{kind.value}/{record.name}") or {}
+    timeout = entry.get("shutdownTimeout")
     spec = vm_spec(observed, active=record.active, autostart=record.autostart, name=record.name,
-                   notes=notes, cpu=domain_xml.read_cpu(config), config=config)  # fmt: skip
+                   notes=notes, cpu=domain_xml.read_cpu(config), config=config,
+                   shutdown_timeout=float(timeout) if isinstance(timeout, int | float)
+                   and not isinstance(timeout, bool) else None)  # fmt: skip
     doc = document(kind, record.name, spec)
     m = _build(kind, doc, notes)
     if m is None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from reconciler import __version__, owners, rounding
 from reconciler.errors import ReconcilerError
-from reconciler.hostpaths import PathPolicy
+from reconciler.hostpaths import PathPolicy, host_paths
 from reconciler.model import Kind, Manifest, StoragePoolSpec, VolumeSpec
 from reconciler.plan import (
     Action,
@@ -45,6 +45,11 @@ class PlanOptions:
     # virtual size in bytes of the local image files that Volume sources name, read
     # (qemu-img info) for the volumes a plan may copy into; a missing path: unknown
     source_sizes: Mapping[str, int] = field(default_factory=dict)
+    # plain path -> the real file (symlinks resolved) of the disk images a plan compares
+    # (manifest disk files, the managed domains' disk files, volume paths), only where
+    # they differ: one image named through a symlinked folder is one disk. Read per
+    # pass by reconcile.real_paths; empty for a remote host (its links are not ours)
+    real_paths: Mapping[str, str] = field(default_factory=dict)
     # the removals (keys of owned objects no manifest declares) confirmed to be meant:
     # only these are pruned, the others are held (Plan.held_removals). None: all are.
     # The daemon confirms a removal by reading it twice (daemon.RemovalGuard).
@@ -369,7 +374,11 @@ def _found(xml: str | None, path: str) -> str:
 def _refused_path(m: Manifest, ctx: _Context) -> Action | None:
     """An error action if any host path ``m`` names fails the one check (hostpaths.py)."""
     policy = ctx.options.paths
-    refusals = policy.refusals(m) if policy is not None else []
+    # each placed at its field (file:line:col), as preflight places its problems
+    refusals = [] if policy is None else [
+        f"{m.position(hp.where)}: {refusal}"
+        for hp in host_paths(m) if (refusal := policy.refusal(hp)) is not None
+    ]  # fmt: skip
     if not refusals:
         return None
     return Action(

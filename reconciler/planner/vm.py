@@ -12,7 +12,7 @@ from reconciler import inventory as inventory_file
 from reconciler import owners, rounding
 from reconciler.diff import by_device, devices, diff
 from reconciler.hints import dotted
-from reconciler.model import Kind, Manifest, VirtualMachineSpec
+from reconciler.model import Kind, Manifest, VirtualMachineSpec, plain_path
 from reconciler.plan import (
     Action,
     AttachDevice,
@@ -130,6 +130,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         "seeds": seeds.fingerprint(),
         "instance": ctx.options.instance,
         "manifest": ctx.manifest_path(m),
+        # a symlink that now leads elsewhere changes which disks are one image
+        "real_paths": dict(ctx.options.real_paths),
     }
     entry = ctx.inventory_entry(f"VirtualMachine/{m.name}")
     history = _restart_history(entry, ctx.digest(m))
@@ -148,8 +150,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     # a disk is its image: one the domain has under another name (its file, the
     # volume at that path) keeps its element, and is one change of that disk
     volume_paths = {k: v.path for k, v in ctx.observed.volumes.items()}
+    real_paths = ctx.options.real_paths
     config_root, switched = domain_xml.switch_sources(
-        spec, live.config_root, volume_paths, ctx.volume_pools)  # fmt: skip
+        spec, live.config_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
     if not switched:  # the observed definition as it is (parsed once, shared: not changed)
         config_root = live.config_root
     current_xml: str | Any = config_root if switched else live.config_xml
@@ -231,7 +234,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     in_use: set[str] = set()
     if live.live_root is not None and live.live is not None and live.live_xml is not None:
         live_root, live_switched = domain_xml.switch_sources(
-            spec, live.live_root, volume_paths, ctx.volume_pools)  # fmt: skip
+            spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
         live_projection = dict(domain_xml.observe(live_root) if live_switched else live.live)
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}
@@ -250,6 +253,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         live_steps, pending, live_changes = _vm_live_updates(
             desired_live, config, live_projection, rendered, live.live_xml, refused,
             frozenset(incomparable),
+            held=_held_images(spec, live_root, volume_paths, ctx.volume_pools, real_paths),
         )  # fmt: skip
         steps += live_steps
         # a definition change the running domain already has needs no restart
@@ -444,6 +448,7 @@ def _vm_live_updates(
     live_xml: str,
     refused: frozenset[str] = frozenset(),
     incomparable: frozenset[str] = LIVE_INCOMPARABLE,
+    held: frozenset[str] = frozenset(),
 ) -> tuple[list[Step], list[Change], list[Change]]:
     """Steps that change the running domain; what must wait for a restart; what they change.
 
@@ -452,6 +457,9 @@ def _vm_live_updates(
     ``refused``: live changes libvirt already refused for this domain (field or
     device paths); they wait for a restart instead of being tried again.
     ``incomparable``: fields the running definition cannot tell (see LIVE_INCOMPARABLE).
+    ``held``: keys of declared disks whose image (real file) the running domain already
+    has under another name: never attached a second time (two writers of one image
+    corrupt it); such a disk waits for a restart.
     """
     steps: list[Step] = []
     pending: list[Change] = []
@@ -525,7 +533,8 @@ def _vm_live_updates(
         verb: type[UpdateDevice | AttachDevice | DetachDevice]
         if only_media:
             verb, source = UpdateDevice, desired_xml()
-        elif hot and wanted and not present and not _target_reused(section, key, desired, live):
+        elif (hot and wanted and not present and not _target_reused(section, key, desired, live)
+              and not (section == "disks" and key in held)):
             verb, source = AttachDevice, desired_xml()
         elif hot and present and not wanted and not _target_reused(section, key, live, desired):
             verb, source = DetachDevice, live_xml  # the device as the guest has it
@@ -535,6 +544,34 @@ def _vm_live_updates(
         steps.append(verb(path, _found(domain_xml.device_xml(source, section, key), path)))
         applied += [Change(c.path, c.old, c.new, live=True) for c in changes]
     return steps, pending, applied
+
+
+def _held_images(
+    spec: VirtualMachineSpec,
+    running: Any,
+    volume_paths: Mapping[tuple[str, str], str],
+    volume_pools: Mapping[str, str],
+    real_paths: Mapping[str, str],
+) -> frozenset[str]:
+    """Keys of ``spec``'s disks whose image, symlinks resolved (``real_paths``), the
+    running domain (``running``, its live XML root) already has at some target: the
+    last guard before a live attach (AttachDevice), whatever the matching before it
+    made of the names."""
+
+    def real(path: str) -> str:
+        plain = plain_path(path)
+        return real_paths.get(plain, plain)
+
+    have = {real(p) for p in domain_xml.disk_images(running, volume_paths)}
+    held = set()
+    for disk in spec.disks:
+        if disk.volume is not None:
+            path = volume_paths.get((volume_pools.get(disk.volume, ""), disk.volume))
+        else:
+            path = disk.file
+        if path is not None and real(path) in have:
+            held.add(domain_xml.disk_key(disk))
+    return frozenset(held)
 
 
 def _target_reused(

@@ -89,11 +89,15 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         if unseen is not None:
             return unseen
     if live is None:
+        # what the volume will be, said on the plan's create line (a create has no old)
+        made = [Change("capacity", None, spec.capacity), Change("format", None, spec.format)]
+        if spec.backing_volume:
+            made.append(Change("backingVolume", None, spec.backing_volume))
         return Action(
             Kind.VOLUME,
             m.name,
             Op.CREATE,
-            (),
+            tuple(made),
             tuple(create),
             source=m.source,
             owner_record=copying if spec.source else record,

@@ -179,13 +179,29 @@ def remove(element: Element) -> None:
     parent.remove(element)
 
 
-def beside(element: Element) -> None:
+def beside(
+    element: Element, kind: Callable[[Element], bool] | None = None, *, ahead: bool = False
+) -> None:
     """Move ``element`` (just appended) after the last sibling with its tag, so a
-    device added to a definition stands with its kind (libvirt orders them anyway)."""
+    device added to a definition stands with its kind (libvirt orders them anyway).
+    With ``kind``: after the last such sibling ``kind`` accepts, or, when none does,
+    before the first sibling with its tag if ``ahead``, else after the last. A new
+    ``<disk device='disk'>`` goes after the last disk, before the CD-ROMs: the document
+    order of disks is the order libvirt lists them in, and a disk re-added on a running
+    VM must not drift behind the CD-ROMs (formatdomain.html#bios-bootloader)."""
     parent = element.getparent()
     if parent is None:
         return
     same = [c for c in parent if c.tag == element.tag and c is not element]
+    if kind is not None:
+        mine = [c for c in same if kind(c)]
+        if mine:
+            mine[-1].addnext(element)
+        elif same and ahead:
+            same[0].addprevious(element)
+        elif same:
+            same[-1].addnext(element)
+        return
     if same:
         same[-1].addnext(element)
 
@@ -541,6 +557,9 @@ class Device(Generic[T]):
     # adding or removing a whole device: LIVE (hot-plug) or RESTART; the change
     # class of a field of a device that stays is the field's own
     change: ChangeClass = ChangeClass.RESTART
+    # a new element with no sibling of its set stands ahead of the others with its tag
+    # (a disk before the CD-ROMs: see ``beside``)
+    ahead: bool = False
 
     def _selects(self, element: Element) -> bool:
         return all(element.get(k) == v for k, v in (self.fixed or {}).items())
@@ -608,7 +627,7 @@ class Device(Generic[T]):
         for key, item in wanted.items():
             if key not in seen:
                 element = self._render_one(ensure(root, self.parent), item)
-                beside(element)
+                beside(element, self._selects if self.fixed else None, ahead=self.ahead)
                 added.append(element)
         return added
 

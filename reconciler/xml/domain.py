@@ -832,6 +832,7 @@ DISKS: Device[_DiskView] = Device(
     variants=MANAGED_DISK_TYPES,
     readdress=frozenset({"bus"}),
     change=ChangeClass.LIVE,  # hot-plugged on HOTPLUG_DISK_BUSES only
+    ahead=True,  # before the CD-ROMs: <boot dev='hd'> boots the first disk
     fields=(
         Field("target", lambda v: v.disk.target, Attr("target", "dev")),
         Field("format", lambda v: v.format, Attr("driver", "type", fixed={"name": "qemu"})),
@@ -1297,6 +1298,7 @@ def switch_sources(
     current: str | Element,
     volume_paths: Mapping[tuple[str, str], str],
     volume_pools: Mapping[str, str],
+    real_paths: Mapping[str, str] | None = None,
 ) -> tuple[Element, tuple[tuple[str, str, str], ...]]:
     """Disks are one image whatever names it: ``current`` (a domain's XML, not
     changed) with each managed disk whose image a declared disk names another way (a
@@ -1308,16 +1310,23 @@ def switch_sources(
 
     ``volume_paths``: (pool, volume) -> the volume's file path, as observed;
     ``volume_pools``: a declared volume's pool. A volume not observed yet resolves to
-    nothing (a new image)."""
+    nothing (a new image). ``real_paths``: plain path -> the real file, symlinks
+    resolved (read by the caller: this module does no I/O); images are compared by
+    it, so a file named through a symlinked folder is the image it resolves to."""
     root = parse(current)
     root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
+    real = real_paths or {}
 
     def declared_path(disk: Disk) -> str | None:
         if disk.volume is None:
-            return disk.file
+            return None if disk.file is None else real_image(disk.file)
         pool = volume_pools.get(disk.volume)
         found = None if pool is None else volume_paths.get((pool, disk.volume))
-        return None if found is None else plain_path(found)
+        return None if found is None else real_image(found)
+
+    def real_image(path: str) -> str:
+        plain = plain_path(path)
+        return real.get(plain, plain)
 
     wanted = {p: d for d in spec.disks if (p := declared_path(d)) is not None}
     keys = {disk_key(d) for d in spec.disks}
@@ -1333,7 +1342,7 @@ def switch_sources(
             had = f"volume {source.get('volume')}"
         else:
             found, had = source.get("file"), f"file {source.get('file')}"
-        disk = None if found is None else wanted.get(plain_path(found))
+        disk = None if found is None else wanted.get(real_image(found))
         if disk is None:
             continue
         for name in ("file", "pool", "volume"):
@@ -1349,6 +1358,27 @@ def switch_sources(
             now = f"file {disk.file}"
         switched.append((disk_key(disk), had, now))
     return root, tuple(switched)
+
+
+def disk_images(
+    current: str | Element, volume_paths: Mapping[tuple[str, str], str]
+) -> tuple[str, ...]:
+    """The image path of every ``<disk device='disk'>`` of ``current`` (a domain's XML),
+    managed or not: a file's path, a volume's observed path, a block device's node;
+    a volume not observed, or a network disk, names none (formatdomain.html#hard-drives-
+    floppy-disks-cdroms)."""
+    found: list[str] = []
+    for element in parse(current).findall("devices/disk"):
+        source = element.find("source")
+        if element.get("device", "disk") != "disk" or source is None:
+            continue
+        if element.get("type") == "volume":
+            path = volume_paths.get((source.get("pool") or "", source.get("volume") or ""))
+        else:
+            path = source.get("file") or source.get("dev")
+        if path:
+            found.append(path)
+    return tuple(found)
 
 
 def settle_targets(

@@ -607,3 +607,24 @@ def _disks(ws: Workspace, name: str) -> list[Any]:
 
     root = etree.fromstring(ws.virsh("dumpxml", "--inactive", name).encode())
     return list(root.findall("devices/disk[@device='disk']"))
+
+
+def test_a_volume_renamed_as_a_file_through_a_symlinked_folder_stays_one_disk(
+    ws: Workspace,
+) -> None:
+    """A running VM's volume named as ``file:`` through a symlink to the pool folder is
+    the same image: no detach, no second attach of an image the domain has (only QEMU's
+    write lock stood between the guest and two writers), the disk keeps vda."""
+    path, name = _volume_setup(ws)
+    ws.write("vm.yaml", vm(ws.n("vm"), disks=[{"volume": name}]))
+    ws.converge()
+    link = ws.hostdir / "plink"
+    link.symlink_to(path)
+    ws.write("vm.yaml", vm(ws.n("vm"), disks=[{"file": f"{link}/{name}", "format": "qcow2"}]))
+    a = only(ws.plan(), "VirtualMachine", ws.n("vm"))
+    assert not [s for s in a.steps if s.verb in ("attach-device", "detach-device")], a.steps
+    assert not [d for d in a.devices if d.how in ("add", "remove")], a.devices
+    ws.converge()
+    for flags in (0, 2):  # running, persistent (INACTIVE)
+        xml = ws.domain(ws.n("vm")).XMLDesc(flags)
+        assert xml.count("<disk type=") == 1 and "dev='vda'" in xml, xml

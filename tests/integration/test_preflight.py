@@ -64,6 +64,18 @@ def test_a_missing_disk_file(ws: Workspace) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
 
 
+def test_a_qcow2_image_named_without_format_is_refused(ws: Workspace) -> None:
+    image = ws.file("disk.qcow2", fmt="qcow2")
+    path = ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {image}"))
+    err = plan_fails(ws)
+    assert (f"{at(path, str(image))}: spec.disks[0].file: {image} is a qcow2 image, but the "
+            "disk says format: raw (the default)") in err, err
+    assert "; set format: qcow2" in err, err
+    ws.write("vm.yaml", vm_text(ws.n("vm"), "disks:", f"  - file: {image}", "    format: qcow2"))
+    done = ws.cli("plan", str(ws.directory))
+    assert done.returncode == 2, done.stdout + done.stderr
+
+
 def test_a_file_qemu_cannot_reach(ws: Workspace) -> None:
     private = ws.hostdir / "private"
     private.mkdir(mode=0o700)

@@ -213,10 +213,10 @@ def manifests_naming(ws: Workspace, field: str) -> tuple[str, str, str]:
     shown = field
     if field == "disk":
         spec["disks"] = [{"file": path}]
-        shown = "disks[vda].file"
+        shown = "disks[0].file"
     elif field == "cdrom":
         spec["cdroms"] = [{"file": path}]
-        shown = "cdroms[hda].file"
+        shown = "cdroms[0].file"
     elif field in ("kernel", "initrd"):
         spec["kernel"] = str(ws.file("vmlinuz"))  # it exists: only the path under test fails
         spec[field] = path

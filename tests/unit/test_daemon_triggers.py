@@ -152,3 +152,24 @@ def test_an_unreachable_libvirtd_is_retried_as_the_reconnect_backoff_says(
     report = read_status(tmp_path / "state")
     assert report is not None and not report.connected
     assert "Connection refused" in (report.last_error or "")
+
+
+def test_status_names_a_disk_as_the_manifest_does_with_its_image() -> None:
+    """status: 'applied: disks[1].bus (/var/lib/x-data.img)', not the identity path
+    'disks[/var/lib/x-data.img].bus' that plans never show."""
+    from datetime import UTC, datetime
+
+    from reconciler.daemon import object_statuses
+    from reconciler.manifests import LoadResult
+    from reconciler.model import Kind
+    from reconciler.plan import Action, ActionResult, Change, Op, Plan
+    from reconciler.reconcile import PassResult
+
+    change = Change("disks[/var/lib/x-data.img].bus", "virtio", "sata",
+                    where="disks[1].bus")
+    edit = Action(Kind.VIRTUAL_MACHINE, "web", Op.UPDATE_RESTART, (change,))
+    plan = Plan((edit,))
+    result = PassResult(LoadResult("m", (), (), ()), plan, (ActionResult(edit, "ok", 0.1),),
+                        (), Plan(()))
+    (status,) = object_statuses(result, datetime.now(UTC), None, edited={"VirtualMachine/web"})
+    assert status.message == "applied: disks[1].bus (/var/lib/x-data.img)"

@@ -485,3 +485,33 @@ def test_a_networks_ownership_record_is_no_loss_other_metadata_is() -> None:
         "lab": NetworkRecord("lab", "u", True, False, xml, None)}))  # fmt: skip
     assert item.notes == () and [(k.path, k.label) for k in item.kept] == [
         ("metadata", "metadata x")]  # another tool's metadata: kept by a redefine
+
+
+def test_kept_controllers_are_one_line_by_kind_and_count() -> None:
+    from reconciler.export import kept_lines
+    from reconciler.export.notes import Kept
+
+    kept = [Kept("devices/channel[org.qemu.guest_agent.0]", "channel (org.qemu.guest_agent.0)")]
+    kept += [Kept("devices/controller[pci]", f"controller pci (pcie-root-port): index={i}, "
+                  "model pcie-root-port, target") for i in range(1, 15)]
+    kept += [Kept("devices/controller[usb]", "controller usb (qemu-xhci): ports=15"),
+             Kept("devices/controller[sata]", "controller sata"),
+             Kept("devices/controller[virtio-serial]", "controller virtio-serial"),
+             Kept("devices/rng[virtio]", "rng (virtio)")]
+    assert kept_lines(kept) == [
+        "channel (org.qemu.guest_agent.0)",
+        "controllers: 14 pcie-root-port, usb qemu-xhci, sata, virtio-serial",
+        "rng (virtio)",
+    ]
+
+
+def test_a_managed_vm_exports_the_shutdown_timeout_its_inventory_record_holds() -> None:
+    from reconciler.inventory import Inventory
+
+    record = {"VirtualMachine/web-1": {"manifest": "m/web.yaml", "shutdownTimeout": 30.0}}
+    item = one(Kind.VIRTUAL_MACHINE, "web-1", observed(inventory=Inventory(record)))
+    assert item.document is not None and item.document["spec"]["shutdownTimeout"] == "30s"
+    # the default is not written, as every field at its default
+    default = {"VirtualMachine/web-1": {"manifest": "m/web.yaml", "shutdownTimeout": 120.0}}
+    item = one(Kind.VIRTUAL_MACHINE, "web-1", observed(inventory=Inventory(default)))
+    assert item.document is not None and "shutdownTimeout" not in item.document["spec"]

@@ -99,7 +99,8 @@ def test_export_lists_what_it_keeps(path: Path) -> None:
 
 
 @pytest.mark.parametrize(("stem", "expected"), [
-    ("usb-ich9-ehci-addr", "controller usb (ich9-ehci1) (x3)"),
+    ("usb-ich9-ehci-addr", "controllers: 3 usb ich9-ehci1, 3 usb ich9-uhci1, 3 usb ich9-uhci3, "
+                           "3 usb ich9-uhci2, pci-root"),
     ("vhost-vsock-auto", "vsock (virtio)"),
     ("virtio-rng-egd-unix", "rng (virtio)"),
     ("disk-shared", "disk sda (block /dev/scsi)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,8 @@ def inside(disks: Path, secrets: Path) -> dict[str, str]:
 FIELDS = {  # placeholder -> (kind, name, field as named in the message)
     "pool": (Kind.STORAGE_POOL, "images", "path"),
     "source": (Kind.VOLUME, "root", "source"),
-    "disk": (Kind.VIRTUAL_MACHINE, "web", "disks[vda].file"),
-    "iso": (Kind.VIRTUAL_MACHINE, "web", "cdroms[hda].file"),
+    "disk": (Kind.VIRTUAL_MACHINE, "web", "disks[0].file"),
+    "iso": (Kind.VIRTUAL_MACHINE, "web", "cdroms[0].file"),
     "kernel": (Kind.VIRTUAL_MACHINE, "web", "kernel"),
     "initrd": (Kind.VIRTUAL_MACHINE, "web", "initrd"),
     "log": (Kind.VIRTUAL_MACHINE, "web", "serial.file"),
@@ -108,6 +109,8 @@ def test_each_field_outside_its_roots_is_refused_naming_field_and_path(
     reason = refused[0].reason
     setting = "allowedSecretRoots" if placeholder == "password" else "allowedDiskRoots"
     assert f"{field} {outside} is outside {setting} (" in reason
+    # placed at its field, as preflight places its problems
+    assert re.search(r"a\.yaml:\d+:\d+: " + re.escape(f"{field} {outside}"), reason), reason
     assert "\n" not in reason
     assert not any(a.steps for a in refused)
     assert plan.has_errors
@@ -133,7 +136,7 @@ def test_a_password_file_in_the_disk_roots_is_refused_and_a_disk_in_the_secret_r
     (disks / "pw").write_text("x\n")
     assert policy.refusal(HostPath("graphics.passwordFile", f"{disks}/pw", secret=True))
     assert read_secret(HostPath("graphics.passwordFile", f"{disks}/pw", secret=True), policy) is None
-    assert policy.refusal(HostPath("disks[vda].file", f"{secrets}/vnc"))
+    assert policy.refusal(HostPath("disks[0].file", f"{secrets}/vnc"))
 
 
 def test_symlinks_are_resolved_before_the_check(roots: tuple[Path, Path, PathPolicy]) -> None:

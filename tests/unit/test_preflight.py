@@ -702,3 +702,40 @@ def test_a_network_libvirt_returns_unreadable_stops_no_plan() -> None:
     assert _network_fields(bad) is None
     good = replace(bad, config_xml="<network><name>other</name><bridge name='virbr9'/></network>")
     assert (_network_fields(good) or {}).get("bridge") == "virbr9"
+
+
+# --- a file disk's format against its header ------------------------------------------------
+
+QCOW2_FACTS = replace(FACTS, paths={
+    **FACTS.paths,
+    "/var/lib/libvirt/images/q.qcow2": PathFacts(True, (ROOT_DIR, IMAGES), image_format="qcow2"),
+    "/var/lib/libvirt/images/r.img": PathFacts(True, (ROOT_DIR, IMAGES), image_format="raw"),
+})
+
+
+def test_a_qcow2_image_named_without_format_is_refused_at_its_file() -> None:
+    text = vm("disks:\n  - file: /var/lib/libvirt/images/q.qcow2")
+    (found,) = problems(text, facts=QCOW2_FACTS)
+    line = line_of(text, "file:")
+    assert found.startswith(f"m/vm.yaml:{line}:")
+    assert "spec.disks[0].file: /var/lib/libvirt/images/q.qcow2 is a qcow2 image, but the " \
+           "disk says format: raw (the default)" in found
+    assert found.endswith("; set format: qcow2")
+
+
+def test_a_qcow2_image_named_raw_is_refused_at_its_format() -> None:
+    text = vm("disks:\n  - file: /var/lib/libvirt/images/q.qcow2\n    format: raw")
+    (found,) = problems(text, facts=QCOW2_FACTS)
+    assert f"m/vm.yaml:{line_of(text, 'format:')}:" in found
+    assert "spec.disks[0].format:" in found and found.endswith("; set format: qcow2")
+
+
+def test_a_raw_image_named_qcow2_is_refused() -> None:
+    (found,) = problems(vm("disks:\n  - file: /var/lib/libvirt/images/r.img\n    format: qcow2"),
+                        facts=QCOW2_FACTS)
+    assert "has no qcow2 header, but the disk says format: qcow2" in found
+
+
+def test_formats_that_match_their_header_are_no_problem() -> None:
+    assert problems(vm("disks:\n  - file: /var/lib/libvirt/images/q.qcow2\n    format: qcow2\n"
+                       "  - file: /var/lib/libvirt/images/r.img"), facts=QCOW2_FACTS) == []

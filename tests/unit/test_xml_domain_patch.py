@@ -525,6 +525,47 @@ def test_raising_max_vcpus_keeps_the_vcpus_that_read_through_it() -> None:
     assert (observed["memory"], observed["maxMemory"]) == (1024**3, 2 * 1024**3)
 
 
+def test_a_re_added_disk_goes_before_the_cdroms_and_the_boot_disk_stays_first() -> None:
+    # the data disk was removed (its element gone) and is declared again; the domain
+    # has a CD-ROM after its disks: the new disk must not land behind it
+    vdb = HANDMADE.index("    <disk type='volume'")
+    without = HANDMADE[:vdb] + HANDMADE[HANDMADE.index("    <disk type='block'"):]
+    cdrom = """    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file='/var/lib/libvirt/images/install.iso'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+"""
+    current = without.replace("    <controller type='usb'", cdrom + "    <controller type='usb'")
+    text = VM1.replace("  interfaces:", "  cdroms:\n    - {file: /var/lib/libvirt/images/install.iso}"
+                       "\n  interfaces:")
+    spec = domain.settle_targets(manifest(text).spec, current)  # type: ignore[arg-type]
+    patched = etree.fromstring(_patched(spec, current).encode())
+    order = [(d.get("device"), (d.find("source").get("file") or d.find("source").get("volume")
+                                or d.find("source").get("dev")))  # type: ignore[union-attr]
+             for d in patched.findall("devices/disk")]
+    assert order == [("disk", "/var/lib/libvirt/images/vm1.qcow2"), ("disk", "/dev/sdz"),
+                     ("disk", "vm1-data"), ("cdrom", "/var/lib/libvirt/images/install.iso")]
+    assert [b.get("dev") for b in patched.findall("os/boot")] == ["hd"]
+
+
+def test_a_new_disk_on_a_domain_with_only_cdroms_goes_ahead_of_them() -> None:
+    first = HANDMADE.index("    <disk type='file'")
+    rest = HANDMADE.index("    <controller type='usb'")
+    current = HANDMADE[:first] + """    <disk type='file' device='cdrom'>
+      <source file='/var/lib/libvirt/images/install.iso'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+""" + HANDMADE[rest:]
+    text = VM1.replace("  interfaces:", "  cdroms:\n    - {file: /var/lib/libvirt/images/install.iso}"
+                       "\n  interfaces:")
+    spec = domain.settle_targets(manifest(text).spec, current)  # type: ignore[arg-type]
+    patched = etree.fromstring(_patched(spec, current).encode())
+    assert [d.get("device") for d in patched.findall("devices/disk")] == ["disk", "disk", "cdrom"]
+
+
 SECOND_VNC = "    <graphics type='vnc' port='-1' autoport='yes'/>\n"
 
 
