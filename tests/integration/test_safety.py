@@ -322,9 +322,14 @@ def test_a_state_directory_that_cannot_be_created(ws: Workspace) -> None:
         if state.parent.name == "file":
             state.parent.write_text("")
         results = all_commands(ws, state)
-        for command in ("plan", "apply", "run"):
+        for command in ("apply", "run"):
             line = assert_one_line_error(results[command], str(state))
             assert "cannot create the state directory" in line, line
+        # plan creates nothing: it plans without an inventory, and says so
+        plan = results["plan"]
+        assert plan.returncode == 2, plan.stdout + plan.stderr
+        assert "Traceback" not in plan.stderr
+        assert f"{state}: no state directory yet" in plan.stderr + plan.stdout
         if not state.parent.is_file():  # status creates nothing: "no daemon has run yet"
             assert results["status"].returncode == 1
             assert "Traceback" not in results["status"].stderr
