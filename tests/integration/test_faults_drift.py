@@ -91,7 +91,8 @@ def test_a_nic_cut_off_by_a_network_restart_is_not_in_sync(env: Env) -> None:
     assert "connected" in status[manual]["message"], status[manual]
     plan = env.cli("plan", str(env.manifests), "--state-dir", str(env.state), "--connect", env.uri)
     # the plan names the NIC as the manifest writes it (its first interface)
-    assert "interfaces[0].connected: no (network " in plan.stdout, plan.stdout + plan.stderr
+    assert "interfaces[0] (52:54:00:ee:00:01): connected no (network " in plan.stdout, \
+        plan.stdout + plan.stderr  # fmt: skip
     assert any(e.get("event") == "apply.action" and e.get("name") == auto
                for e in daemon.events(mark)), daemon.tail()  # fmt: skip
     assert daemon.stop() == 0, daemon.tail()
