@@ -387,15 +387,17 @@ def image_chain_problems(manifests: tuple[Manifest, ...], policy: PathPolicy) ->
 
 def recorded_root(root: str, snapshots: str | None) -> str:
     """The absolute folder ownership records name manifests under (SPEC §3): the
-    manifest directory ``root``, made absolute; a git source's snapshot of one commit
-    (under ``snapshots``) is named by ``snapshots/current``, the same path for every
-    commit (the record's revision says which), so that a new commit rewrites no record."""
-    absolute = os.path.abspath(root)
-    if snapshots is not None:
-        real, base = os.path.realpath(absolute), os.path.realpath(snapshots)
-        if os.path.dirname(real) == base:
-            return os.path.join(os.path.abspath(snapshots), gitsource.CURRENT)
-    return absolute
+    manifest directory ``root``, made absolute with links resolved; a git source's
+    snapshot of one commit (under ``snapshots``) is named by ``snapshots/current``, the
+    same path for every commit (the record's revision says which), so that a new
+    commit rewrites no record."""
+    real = os.path.realpath(root)
+    if snapshots is not None and os.path.dirname(real) == os.path.realpath(snapshots):
+        return os.path.join(os.path.abspath(snapshots), gitsource.CURRENT)
+    # the folder itself, links resolved: a daemon configured with a link to the
+    # repository and an `apply` given the repository's own path name one manifest
+    # by one path (else each would rewrite the other's records)
+    return real
 
 
 def source_revision(directory: Path) -> str | None:

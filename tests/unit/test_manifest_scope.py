@@ -110,3 +110,13 @@ def test_records_name_a_git_source_by_its_current_snapshot(tmp_path: Path) -> No
         assert recorded_root("m", None) == str(tmp_path / "m")
     finally:
         os.chdir(cwd)
+
+
+def test_records_name_a_linked_manifest_directory_by_its_target(tmp_path: Path) -> None:
+    """A daemon configured with a link to the repository and an apply given the
+    repository's own path must name one manifest by one path, or each would rewrite
+    the other's records (found: export's round trip planned through a link)."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "repo")
+    assert recorded_root(str(tmp_path / "link"), None) == str((tmp_path / "repo").resolve())
+    assert recorded_root(str(tmp_path / "repo"), None) == str((tmp_path / "repo").resolve())
