@@ -128,7 +128,8 @@ def test_storage_drift_is_reverted(ws: Workspace) -> None:
     p = ws.conn.storagePoolLookupByName(pool_name)
     _drift(ws, "StoragePool", pool_name, ["pool-autostart", pool_name, "--disable"],
            {"autostart"}, check=lambda: p.autostart() == 1)  # fmt: skip
-    _drift(ws, "Volume", vol_name, ["vol-delete", vol_name, "--pool", pool_name], set(),
+    _drift(ws, "Volume", vol_name, ["vol-delete", vol_name, "--pool", pool_name],
+           {"capacity", "format"},
            op=Op.CREATE, check=lambda: (path / vol_name).exists())  # fmt: skip
 
 
