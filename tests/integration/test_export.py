@@ -326,7 +326,10 @@ def test_a_running_vm_without_a_cpu_exports_a_cpu_this_host_accepts(
     with QEMU's default model and the features this host cannot give disabled (svm on
     an Intel host). Export writes that CPU; plan must not refuse the CPU the VM runs
     with (it did: "cannot run CPU model qemu64: it lacks svm")."""
-    kvm = getattr(host_probe, "kvm_usable", False)
+    # kvm only where it starts a domain with no <cpu> as it is: an AMD host under
+    # nested KVM needs arch-capabilities disabled (vmDefaults), which needs a <cpu>
+    defaults = getattr(host_probe, "defaults", None)
+    kvm = getattr(host_probe, "kvm_usable", False) and getattr(defaults, "cpu", None) is None
     name = ws.n("nocpu")
     define(ws, "create", f"""
 <domain type='{'kvm' if kvm else 'qemu'}'>
