@@ -53,6 +53,7 @@ from reconciler.export.vm import export_vm, vm_spec
 from reconciler.export.volume import export_volume, volume_spec
 from reconciler.model import Kind
 from reconciler.snapshot import Observed
+from reconciler.xml._fields import ParseError
 
 __all__ = [
     "KEPT_HEADING",
@@ -103,12 +104,18 @@ def export(observed: Observed, refs: Iterable[Ref]) -> list[Exported]:
     ctx = Context.make(observed, volumes.values())
     out = []
     for ref in refs:
-        if ref.kind is Kind.STORAGE_POOL:
-            out.append(export_pool(observed.pools[ref.name]))
-        elif ref.kind is Kind.VOLUME:
-            out.append(volumes[ref])
-        elif ref.kind is Kind.NETWORK:
-            out.append(export_network(observed.networks[ref.name]))
-        else:
-            out.append(export_vm(observed.domains[ref.name], ctx))
+        try:
+            if ref.kind is Kind.STORAGE_POOL:
+                out.append(export_pool(observed.pools[ref.name]))
+            elif ref.kind is Kind.VOLUME:
+                out.append(volumes[ref])
+            elif ref.kind is Kind.NETWORK:
+                out.append(export_network(observed.networks[ref.name]))
+            else:
+                out.append(export_vm(observed.domains[ref.name], ctx))
+        except ParseError as exc:
+            # libvirt returned a definition that does not parse (seen: a raw '&' in a
+            # network's <domain name=...>): that object is not exported, the rest are
+            why = f"libvirt returned a definition that is not well-formed XML ({exc}); not exported"
+            out.append(Exported(ref.kind, ref.name, None, (Note("definition", why),), ref.pool))
     return out

@@ -515,3 +515,17 @@ def test_a_managed_vm_exports_the_shutdown_timeout_its_inventory_record_holds() 
     default = {"VirtualMachine/web-1": {"manifest": "m/web.yaml", "shutdownTimeout": 120.0}}
     item = one(Kind.VIRTUAL_MACHINE, "web-1", observed(inventory=Inventory(default)))
     assert item.document is not None and "shutdownTimeout" not in item.document["spec"]
+
+
+def test_a_definition_that_does_not_parse_is_not_exported_and_stops_nothing() -> None:
+    """libvirt returned a network with a raw ``&`` in ``<domain name=...>`` here: that
+    object is reported as not exported, one note; the others are exported."""
+    bad = NETWORK_XML.replace("</network>", "<domain name='x&y.test'/></network>")
+    obs = observed(networks={"lab": NetworkRecord("lab", "u", True, False, bad, None),
+                             "ok": NetworkRecord("ok", "v", True, False,
+                                                 NETWORK_XML.replace(">lab<", ">ok<"), None)})
+    item = one(Kind.NETWORK, "lab", obs)
+    assert item.document is None
+    assert [n.field for n in item.notes] == ["definition"], item.notes
+    assert "not well-formed XML" in item.notes[0].message
+    assert one(Kind.NETWORK, "ok", obs).document is not None
