@@ -152,6 +152,15 @@ class Disk:
     readonly: bool = False
     serial: str | None = None
     target_declared: bool = True
+    # formatdomain "Hard drives, floppy disks, CDROMs" (domain_storage.py): a host
+    # block device as the source (<disk type='block'>), and the <driver>/<boot> knobs
+    device: str | None = None
+    discard: str | None = None  # unmap | ignore
+    detect_zeroes: str | None = None  # off | on | unmap
+    io: str | None = None  # native | threads | io_uring
+    iothread: int | None = None
+    shareable: bool | None = None  # None (as the other options): not named, kept
+    boot_index: int | None = None  # <boot order='N'/>
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +171,33 @@ class Cdrom:
     # a storage volume as the medium: only the cloud-init seed, made by the planner
     volume: str | None = None
     pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Filesystem:
+    """A host folder shared with the guest (formatdomain "Filesystems"), known by its
+    mount tag (``target``). ``driver``: virtiofs or path (9p)."""
+
+    source: str
+    target: str
+    driver: str = "virtiofs"
+    readonly: bool = False
+    access_mode: str = "passthrough"
+
+
+@dataclass(frozen=True, slots=True)
+class Hostdev:
+    """A host device given to the guest (formatdomain "Host device assignment"), known
+    by what names it on the host: ``pci`` with ``address`` (0000:03:00.0), ``usb`` with
+    ``vendor``/``product`` (0x046d) or ``bus``/``device``."""
+
+    type: str
+    address: str | None = None
+    vendor: str | None = None
+    product: str | None = None
+    bus: int | None = None
+    device: int | None = None
+    managed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +446,9 @@ class VirtualMachineSpec:
     shutdown_timeout: float = 120.0
     update_policy: str | None = None  # None: the configured default
     adopt: bool = False
+    # None: the manifest does not name the field, and the domain's are kept (domain_storage)
+    filesystems: tuple[Filesystem, ...] | None = None
+    hostdevs: tuple[Hostdev, ...] | None = None
 
 
 class Locator(Protocol):
@@ -810,10 +849,12 @@ def _build_vm(
     for i, d in enumerate(raw.get("disks", ())):
         if isinstance(d.get("file"), str):  # one image, one spelling: its identity
             d = {**d, "file": plain_path(d["file"])}
-        image = d.get("volume") or d.get("file")
+        if isinstance(d.get("device"), str):
+            d = {**d, "device": plain_path(d["device"])}
+        image = d.get("volume") or d.get("file") or d.get("device")
         if image is not None:
             if image in images:
-                what = "volume" if "volume" in d else "file"
+                what = next(k for k in ("volume", "file", "device") if k in d)
                 problems.append(
                     FieldProblem(
                         ("spec", "disks", i, what),
@@ -840,11 +881,12 @@ def _build_vm(
                 bus=bus,
                 volume=d.get("volume"),
                 file=d.get("file"),
-                format=d.get("format", "raw" if "file" in d else None),
+                format=d.get("format", "raw" if "file" in d or "device" in d else None),
                 cache=d.get("cache"),
                 readonly=d.get("readonly", False),
                 serial=d.get("serial"),
                 target_declared="target" in d,
+                **_disk_storage(d, ("spec", "disks", i), problems),
             )
         )
     cdroms = []
@@ -894,6 +936,7 @@ def _build_vm(
     # manifest does not manage (a host CD-ROM drive kept on adoption), and firmware
     # skips a class with no device. [] is no <boot dev> (devices carry <boot order>).
     boot = tuple(raw.get("boot", ("disk",)))
+    boot = _boot_with_indexes(raw, boot, problems)
     clock, clock_problems = clock_from_manifest(raw.get("clock", "utc"))
     problems += clock_problems
 
@@ -973,4 +1016,132 @@ def _build_vm(
         shutdown_timeout=parse_duration(raw.get("shutdownTimeout", "120s")),
         update_policy=raw.get("updatePolicy"),
         adopt=raw.get("adopt", False),
+        filesystems=_filesystems(raw, problems),
+        hostdevs=_hostdevs(raw, problems),
     )
+
+
+# --- storage and host devices (formatdomain "Hard drives, floppy disks, CDROMs",
+# "Filesystems", "Host device assignment"; rendered by xml/domain_storage.py) ---------
+
+_NATIVE_IO_CACHES = ("none", "directsync")
+
+
+def _disk_storage(d: Mapping[str, Any], where: FieldPath,
+                  problems: list[FieldProblem]) -> dict[str, Any]:  # fmt: skip
+    """The ``Disk`` keywords of a disk's block device source and its <driver>/<boot>
+    options. io native needs the host page cache bypassed (QEMU refuses to start
+    ``aio=native`` without ``cache.direct``)."""
+    if d.get("io") == "native" and d.get("cache") not in _NATIVE_IO_CACHES:
+        problems.append(FieldProblem(
+            (*where, "io"), "io native needs cache none or directsync (QEMU refuses "
+            "aio=native on the host page cache)",
+            "add cache: none, or use io: threads"))  # fmt: skip
+    return {
+        "device": d.get("device"),
+        "discard": d.get("discard"),
+        "detect_zeroes": d.get("detectZeroes"),
+        "io": d.get("io"),
+        "iothread": int(d["iothread"]) if "iothread" in d else None,
+        "shareable": d.get("shareable"),
+        "boot_index": int(d["bootIndex"]) if "bootIndex" in d else None,
+    }
+
+
+def _boot_with_indexes(raw: Mapping[str, Any], boot: tuple[str, ...],
+                       problems: list[FieldProblem]) -> tuple[str, ...]:  # fmt: skip
+    """``boot`` as the disks' ``bootIndex`` leaves it: per-device boot order excludes
+    ``<os><boot dev>`` (libvirt refuses both), so with a bootIndex ``boot`` defaults to
+    ``[]`` and a non-empty one is an error. Two disks with one index are an error too."""
+    seen: dict[int, int] = {}
+    for i, d in enumerate(raw.get("disks", ())):
+        if "bootIndex" not in d:
+            continue
+        index = int(d["bootIndex"])
+        if index in seen:
+            problems.append(FieldProblem(
+                ("spec", "disks", i, "bootIndex"),
+                f"bootIndex {index} is already disks[{seen[index]}]'s",
+                "give each disk its own bootIndex"))  # fmt: skip
+        seen.setdefault(index, i)
+    if not seen:
+        return boot
+    if raw.get("boot"):
+        problems.append(FieldProblem(
+            ("spec", "boot"), "boot lists device classes, and disks carry bootIndex: libvirt "
+            "refuses <os><boot> beside per-device <boot order>",
+            "remove boot (or write boot: []) and order the disks by bootIndex"))  # fmt: skip
+    return ()
+
+
+def _filesystems(raw: Mapping[str, Any],
+                 problems: list[FieldProblem]) -> tuple[Filesystem, ...] | None:  # fmt: skip
+    """``filesystems``; None when the manifest does not name the field (the domain's
+    are kept). libvirt 9.0 refuses a read-only virtiofs share (``virtiofs does not yet
+    support read-only mode``); virtiofs shares only passthrough access."""
+    if "filesystems" not in raw:
+        return None
+    out: list[Filesystem] = []
+    tags: dict[str, int] = {}
+    for i, f in enumerate(raw["filesystems"]):
+        where: FieldPath = ("spec", "filesystems", i)
+        driver = f.get("driver", "virtiofs")
+        fs = Filesystem(source=plain_path(f["source"]), target=f["target"], driver=driver,
+                        readonly=f.get("readonly", False),
+                        access_mode=f.get("accessMode", "passthrough"))  # fmt: skip
+        if fs.target in tags:
+            problems.append(FieldProblem((*where, "target"),
+                                         f"target {fs.target} is already filesystems"
+                                         f"[{tags[fs.target]}]'s", "give each share its own "
+                                         "mount tag"))  # fmt: skip
+        tags.setdefault(fs.target, i)
+        if driver == "virtiofs" and fs.readonly:
+            problems.append(FieldProblem((*where, "readonly"),
+                                         "libvirt 9.0 refuses a read-only virtiofs share",
+                                         "use driver: 9p for a read-only share, or mount it "
+                                         "read-only in the guest"))  # fmt: skip
+        if driver == "virtiofs" and fs.access_mode != "passthrough":
+            problems.append(FieldProblem((*where, "accessMode"),
+                                         "virtiofs shares only with accessMode passthrough",
+                                         "remove accessMode, or use driver: 9p"))  # fmt: skip
+        out.append(fs)
+    return tuple(out)
+
+
+def hostdev_key(dev: Hostdev) -> str:
+    """A host device's identity in projections and plans: ``pci 0000:03:00.0``,
+    ``usb 046d:c52b`` (vendor:product), ``usb 1.4`` (bus.device)."""
+    if dev.type == "pci":
+        return f"pci {dev.address}"
+    if dev.vendor is not None:
+        return f"usb {str(dev.vendor)[2:]}:{str(dev.product)[2:]}"
+    return f"usb {dev.bus}.{dev.device}"
+
+
+def _hostdevs(raw: Mapping[str, Any],
+              problems: list[FieldProblem]) -> tuple[Hostdev, ...] | None:  # fmt: skip
+    """``hostdevs``; None when the manifest does not name the field (the domain's are
+    kept). A PCI address is normalised to libvirt's spelling (lower case)."""
+    if "hostdevs" not in raw:
+        return None
+    out: list[Hostdev] = []
+    keys: dict[str, int] = {}
+    for i, h in enumerate(raw["hostdevs"]):
+        kind = h["type"]
+        dev = Hostdev(
+            type=kind,
+            address=str(h["address"]).lower() if kind == "pci" and "address" in h else None,
+            vendor=str(h["vendor"]).lower() if "vendor" in h else None,
+            product=str(h["product"]).lower() if "product" in h else None,
+            bus=int(h["bus"]) if "bus" in h else None,
+            device=int(h["device"]) if "device" in h else None,
+            managed=h.get("managed", kind == "pci"),
+        )
+        key = hostdev_key(dev)
+        if key in keys:
+            problems.append(FieldProblem(("spec", "hostdevs", i),
+                                         f"{key} is already hostdevs[{keys[key]}]",
+                                         "list each host device once"))  # fmt: skip
+        keys.setdefault(key, i)
+        out.append(dev)
+    return tuple(out)

@@ -83,7 +83,8 @@ LIVE_INCOMPARABLE = domain_xml.LIVE_INCOMPARABLE
 
 
 _DOMAIN_DEVICES = {d.section: d for d in (domain_xml.DISKS, domain_xml.CDROMS,
-                                          domain_xml.INTERFACES)}  # fmt: skip
+                                          domain_xml.INTERFACES, domain_xml.FILESYSTEMS,
+                                          domain_xml.HOSTDEVS)}  # fmt: skip
 
 
 def digest(manifest: Manifest) -> str:

@@ -193,6 +193,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
                       reason=f"{dotted(where)}: {why}")  # fmt: skip
     config = domain_xml.observe(config_root) if switched else live.config
+    config = {**config, **domain_xml.declared_storage(spec, config_root)}
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
@@ -236,6 +237,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         live_root, live_switched = domain_xml.switch_sources(
             spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
         live_projection = dict(domain_xml.observe(live_root) if live_switched else live.live)
+        live_projection.update(domain_xml.declared_storage(spec, live_root))
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}
         cpu_known, booted_cpu = live.booted_cpu
@@ -568,7 +570,7 @@ def _held_images(
         if disk.volume is not None:
             path = volume_paths.get((volume_pools.get(disk.volume, ""), disk.volume))
         else:
-            path = disk.file
+            path = disk.file or disk.device
         if path is not None and real(path) in have:
             held.add(domain_xml.disk_key(disk))
     return frozenset(held)

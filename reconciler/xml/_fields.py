@@ -413,6 +413,11 @@ class Field(Generic[T]):
     it (``rounding.py``: what a definition read back holds). ``export``: the inverse,
     projection value -> manifest value as export writes it (``format_size`` for a
     size); None: export does not write the field as is.
+
+    ``optional``: a manifest that leaves the field out (desired None) keeps whatever the
+    definition has: not projected, not patched, and read by ``observe_fields`` only
+    when asked (``optional=True``), so a field added to an existing kind changes
+    nothing for manifests that do not name it (the compatibility rule).
     """
 
     path: str
@@ -427,6 +432,7 @@ class Field(Generic[T]):
     unit: str | None = None
     rounding: Callable[[int], int] | None = None
     export: Callable[[object], object] | None = _same
+    optional: bool = False
 
     def exported(self, value: object) -> object:
         """``value`` (as observed) as a manifest writes it; None when it is the default
@@ -472,13 +478,14 @@ def patch_fields(
     as it is. Returns the paths of the fields changed."""
     fields = tuple(fields)
     want = project_fields(fields, desired, "", variant)
-    have = observe_fields(root, fields, "", observed_variant)
+    have = observe_fields(root, fields, "", observed_variant, optional=True)
     changed: list[str] = []
     # Twice at most: a field that reads as another's value when left out (``fallback``:
     # <vcpu> without ``current`` means all of them) matched only through that field;
     # once that field changed, it reads differently and is written in its own right.
     for _ in range(2):
-        todo = [field for field in fields if want[field.path] != have[field.path]]
+        todo = [field for field in fields if field.path in want
+                and want[field.path] != have[field.path]]  # fmt: skip
         if not todo:
             break
         for field in todo:
@@ -491,7 +498,7 @@ def patch_fields(
                 field.place.write(root, value)
             if field.path not in changed:
                 changed.append(field.path)
-        have = observe_fields(root, fields, "", variant)
+        have = observe_fields(root, fields, "", variant, optional=True)
     return changed
 
 
@@ -502,15 +509,19 @@ def project_fields(
     out: Projection = {}
     for field in fields:
         value = _wanted(field, desired, variant)
+        if value is None and field.optional:
+            continue  # left out: the definition's value is kept, not compared
         out[prefix + field.path] = None if value is None else field.show(field.place.canon(value))
     return out
 
 
 def observe_fields(
-    root: Element | None, fields: Iterable[Field[Any]], prefix: str = "", variant: str | None = None
+    root: Element | None, fields: Iterable[Field[Any]], prefix: str = "",
+    variant: str | None = None, *, optional: bool = False,
 ) -> Projection:
-    """Read the fields from live XML; ``root`` None reads every field as absent."""
-    fields = tuple(fields)
+    """Read the fields from live XML; ``root`` None reads every field as absent.
+    ``Field.optional`` ones only with ``optional`` (see ``Field``)."""
+    fields = tuple(f for f in fields if optional or not f.optional)
     raw: dict[str, object] = {}
     for field in fields:
         if root is None or (field.variant is not None and field.variant != variant):

@@ -94,11 +94,24 @@ from reconciler.xml._fields import (
     serialize,
     xml_text,
 )
+from reconciler.xml.domain_storage import (
+    BLOCK_DISK_TYPES,
+    DISK_FIELDS,
+    DISK_ORDER,
+    FILESYSTEMS,
+    HOSTDEVS,
+    OPTIONAL_DISK_FIELDS,
+    observe_options,
+    shared_memory,
+)
 
 __all__ = [
+    "BLOCK_DISKS",
     "CDROMS",
     "DISKS",
     "FIELDS",
+    "FILESYSTEMS",
+    "HOSTDEVS",
     "INTERFACES",
     "MANAGED_DISK_TYPES",
     "MANAGED_GRAPHICS_TYPES",
@@ -106,9 +119,12 @@ __all__ = [
     "MANAGED_SERIAL_TYPES",
     "OWNER_NAMESPACE",
     "VNC_PASSWORD_MAX",
+    "WITH_BLOCK_DISKS",
     "CloudInitSeed",
     "Ownership",
+    "declared_storage",
     "device_xml",
+    "disks_of",
     "machine_aliases_from_capabilities",
     "observe",
     "patch",
@@ -796,7 +812,8 @@ class _DiskSource:
         source = root.find("source")
         if source is None:
             return None
-        return source.get("volume" if root.get("type") == "volume" else "file")
+        kind = root.get("type")
+        return source.get("volume" if kind == "volume" else "dev" if kind == "block" else "file")
 
     def canon(self, value: Any) -> object:
         return value
@@ -817,8 +834,11 @@ MANAGED_INTERFACE_TYPES = frozenset({"network", "bridge"})
 
 
 def disk_key(disk: Disk) -> str:
-    """A disk's identity in projections and plans: its volume name, else its file path."""
-    return disk.volume if disk.volume is not None else str(disk.file)
+    """A disk's identity in projections and plans: its volume name, else its file path
+    (or its block device's)."""
+    if disk.volume is not None:
+        return disk.volume
+    return str(disk.file if disk.device is None else disk.device)
 
 
 DISKS: Device[_DiskView] = Device(
@@ -828,7 +848,8 @@ DISKS: Device[_DiskView] = Device(
     fixed={"device": "disk"},
     key=_DiskSource(),
     key_of=lambda v: disk_key(v.disk),
-    variant_of=lambda v: "volume" if v.disk.volume is not None else "file",
+    variant_of=lambda v: ("volume" if v.disk.volume is not None
+                          else "block" if v.disk.device is not None else "file"),
     variants=MANAGED_DISK_TYPES,
     readdress=frozenset({"bus"}),
     change=ChangeClass.LIVE,  # hot-plugged on HOTPLUG_DISK_BUSES only
@@ -843,9 +864,42 @@ DISKS: Device[_DiskView] = Device(
         Field("bus", lambda v: v.disk.bus, Attr("target", "bus"), default="virtio"),
         Field("readonly", lambda v: v.disk.readonly, Flag("readonly"), default=False),
         Field("serial", lambda v: v.disk.serial, Text("serial")),
+        *DISK_FIELDS,
     ),
-    order=("driver", "source", "target", "readonly", "serial"),
+    order=DISK_ORDER,
 )
+WITH_BLOCK_DISKS: Device[_DiskView] = dataclasses.replace(
+    DISKS, variants=MANAGED_DISK_TYPES | BLOCK_DISK_TYPES)
+"""``DISKS`` of a manifest that declares a block disk: block disks are in its set."""
+BLOCK_DISKS: Device[_DiskView] = dataclasses.replace(DISKS, variants=BLOCK_DISK_TYPES)
+
+
+def disks_of(spec: VirtualMachineSpec) -> Device[_DiskView]:
+    """The disk set ``spec`` manages: with block disks only if it declares one."""
+    return WITH_BLOCK_DISKS if any(d.device is not None for d in spec.disks) else DISKS
+
+
+def declared_storage(spec: VirtualMachineSpec, xml: str | Element) -> Projection:
+    """What ``observe`` leaves out and ``spec`` manages, read from a domain's XML: its
+    block disks when ``spec`` declares one, the optional disk fields (discard, io...)
+    each disk of ``spec`` names, its shares and host devices when ``spec`` names
+    ``filesystems``/``hostdevs`` (domain_storage.py: managed only when named)."""
+    root = parse(xml)
+    out: Projection = {}
+    table = disks_of(spec)
+    if table is WITH_BLOCK_DISKS:
+        out.update(BLOCK_DISKS.observe(root))
+    named = {disk_key(d): [f.path for f in OPTIONAL_DISK_FIELDS
+                           if f.get(_DiskView(d, None, None)) is not None]
+             for d in spec.disks}  # fmt: skip
+    named = {key: paths for key, paths in named.items() if paths}
+    if named:
+        out.update(observe_options(table, root, named))
+    if spec.filesystems is not None:
+        out.update(FILESYSTEMS.observe(root))
+    if spec.hostdevs is not None:
+        out.update(HOSTDEVS.observe(root))
+    return out
 
 
 def _cdrom_structure(element: Element, cdrom: Cdrom) -> None:
@@ -992,7 +1046,7 @@ def unmanaged_clash(
     root = parse(current)
     unmanaged_targets: dict[str, Element] = {}
     for element in root.findall("devices/disk"):
-        if DISKS.managed(element) or CDROMS.managed(element):
+        if disks_of(spec).managed(element) or CDROMS.managed(element):
             continue
         target = element.find("target")
         if target is not None and target.get("dev"):
@@ -1186,6 +1240,9 @@ def render(
     DISKS.render(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
     CDROMS.render(root, _cdroms(desired))
     INTERFACES.render(root, spec.interfaces)
+    FILESYSTEMS.render(root, spec.filesystems or ())
+    HOSTDEVS.render(root, spec.hostdevs or ())
+    shared_memory(root, spec.filesystems)
     devices = ensure(root, "devices")
     if any(disk.bus == "scsi" for disk in spec.disks) or any(
         cdrom.bus == "scsi" for cdrom in spec.cdroms
@@ -1243,9 +1300,15 @@ def patch(
         managed = root.find("devices/graphics")
         if managed is not None:
             remove(managed)
-    added = DISKS.patch(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
+    added = disks_of(spec).patch(root, _disk_views(spec, volume_pools or {},
+                                                   volume_formats or {}))  # fmt: skip
     added += CDROMS.patch(root, _cdroms(desired))
     added += INTERFACES.patch(root, spec.interfaces)
+    if spec.filesystems is not None:
+        added += FILESYSTEMS.patch(root, spec.filesystems)
+        shared_memory(root, spec.filesystems)
+    if spec.hostdevs is not None:
+        added += HOSTDEVS.patch(root, spec.hostdevs)
     devices = ensure(root, "devices")
     scsi = any(disk.bus == "scsi" for disk in spec.disks) or any(
         cdrom.bus == "scsi" for cdrom in spec.cdroms
@@ -1406,7 +1469,7 @@ def settle_targets(
         if not dev:
             continue
         used.add(str(dev))
-        if DISKS.managed(element):
+        if disks_of(spec).managed(element):
             key = DISKS.key.read(element)
             if key is not None:
                 have.setdefault(key, str(dev))
@@ -1477,13 +1540,17 @@ def project(
     out.update(DISKS.project(_disk_views(spec, volume_pools or {}, volume_formats or {})))
     out.update(CDROMS.project(_cdroms(desired)))
     out.update(INTERFACES.project(spec.interfaces))
+    out.update(FILESYSTEMS.project(spec.filesystems or ()))
+    out.update(HOSTDEVS.project(spec.hostdevs or ()))
     return out
 
 
 def device_xml(xml: str, section: str, key: str) -> str | None:
     """One device of a domain XML, for hot-plug calls: ``section`` is disks, cdroms or
     interfaces, ``key`` its identity as in the projection (image, target, MAC)."""
-    tables: dict[str, Device[Any]] = {"disks": DISKS, "cdroms": CDROMS, "interfaces": INTERFACES}
+    tables: dict[str, Device[Any]] = {"disks": WITH_BLOCK_DISKS, "cdroms": CDROMS,
+                                      "interfaces": INTERFACES, "filesystems": FILESYSTEMS,
+                                      "hostdevs": HOSTDEVS}  # fmt: skip
     element = tables[section].element(parse(xml), key)
     if element is None:
         return None
@@ -1492,9 +1559,11 @@ def device_xml(xml: str, section: str, key: str) -> str | None:
     return serialize(alone).strip()
 
 
-def observe(xml: str | Element) -> Projection:
+def observe(xml: str | Element, *, storage: bool = False) -> Projection:
     """The declared fields read from a domain's XML (inactive or live); devices a
-    manifest cannot hold (``set_aside``) are not seen."""
+    manifest cannot hold (``set_aside``) are not seen. Block disks, shares and host
+    devices only with ``storage`` (export; a plan adds those its manifest manages:
+    ``declared_storage``)."""
     root = parse(xml)
     if set_aside(root):
         root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
@@ -1504,4 +1573,9 @@ def observe(xml: str | Element) -> Projection:
     out.update(DISKS.observe(root))
     out.update(CDROMS.observe(root))
     out.update(INTERFACES.observe(root))
+    if storage:
+        out.update(BLOCK_DISKS.observe(root))
+        out.update(observe_options(WITH_BLOCK_DISKS, root))
+        out.update(FILESYSTEMS.observe(root))
+        out.update(HOSTDEVS.observe(root))
     return out

@@ -34,6 +34,8 @@ BASES: dict[str, tuple[str, dict[str, Any]]] = {
         "cdroms": [{}],
         "interfaces": [{"network": "default"}],
         "graphics": {"type": "vnc"},
+        "filesystems": [{"source": "/srv/share", "target": "share"}],
+        "hostdevs": [{"type": "pci", "address": "0000:03:00.0"}],
         "cpu": {"mode": "host-model", "topology": {"sockets": 1, "dies": 1, "cores": 1,
                                                    "threads": 1}},
     }),
@@ -132,6 +134,10 @@ _DECLARED = [
       for f in domain_xml.DISKS.fields if f.default is not None],
     *[(("virtualmachine.schema.json", ("interfaces", "0", f.path)), f.default)
       for f in domain_xml.INTERFACES.fields if f.default is not None],
+    *[(("virtualmachine.schema.json", ("filesystems", "0", f.path)), f.default)
+      for f in domain_xml.FILESYSTEMS.fields if f.default is not None],
+    *[(("virtualmachine.schema.json", ("hostdevs", "0", f.path)), f.default)
+      for f in domain_xml.HOSTDEVS.fields if f.default is not None],
     *[(("volume.schema.json", (f.path,)), f.default)
       for f in volume_xml.FIELDS if f.default is not None],
 ]

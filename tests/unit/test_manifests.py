@@ -216,7 +216,7 @@ def test_semantic_check_memory_above_max(write: WriteFiles) -> None:
 def test_disk_needs_volume_or_file(write: WriteFiles) -> None:
     root = write(**{"d.yaml": vm_with("disks:\n  - bus: virtio")})
     assert problems(root) == [
-        "m/d.yaml:8:7: spec.disks[0]: needs exactly one of 'volume' or 'file'"
+        "m/d.yaml:8:7: spec.disks[0]: needs exactly one of 'volume', 'file' or 'device'"
     ]
 
 
