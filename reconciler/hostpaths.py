@@ -6,9 +6,15 @@ them all, per kind, with the field that names them:
 
 * StoragePool ``path`` (libvirt creates the folder and volumes in it),
 * Volume ``source`` (copied into the new volume),
-* VirtualMachine ``disks[].file``, ``cdroms[].file``, ``kernel``, ``initrd``,
-  ``serial.file`` (opened by QEMU), and ``graphics.passwordFile`` (read by
-  the reconciler, its first line put into the domain XML).
+* VirtualMachine ``disks[].file``, ``disks[].device`` (a block device),
+  ``cdroms[].file``, ``kernel``, ``initrd``, ``serial.file`` (opened by QEMU),
+  ``filesystems[].source`` (a folder shared with the guest), and
+  ``graphics.passwordFile`` (read by the reconciler, its first line put into the
+  domain XML).
+
+A block device lies under ``/dev``, which no image root holds: it needs a root of
+its own in ``allowedDiskRoots`` (the device, or a folder of devices such as
+``/dev/vg0``), and its refusal says so.
 
 ``PathPolicy.refusal`` is the check: the path, symlinks resolved, must lie
 under one of the allowed roots: ``allowedSecretRoots`` for password files,
@@ -67,8 +73,13 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
         return []
     found = [HostPath(f"disks[{i}].file", d.file, where=("spec", "disks", i, "file"))
              for i, d in enumerate(spec.disks) if d.file]  # fmt: skip
+    found += [HostPath(f"disks[{i}].device", d.device, where=("spec", "disks", i, "device"))
+              for i, d in enumerate(spec.disks) if d.device]  # fmt: skip
     found += [HostPath(f"cdroms[{i}].file", c.file, where=("spec", "cdroms", i, "file"))
               for i, c in enumerate(spec.cdroms) if c.file]  # fmt: skip
+    found += [HostPath(f"filesystems[{i}].source", f.source,
+                       where=("spec", "filesystems", i, "source"))
+              for i, f in enumerate(spec.filesystems or ())]  # fmt: skip
     found += [HostPath(name, value, where=where) for name, value, where in (
         ("kernel", spec.kernel, ("spec", "kernel")), ("initrd", spec.initrd, ("spec", "initrd")),
         ("serial.file", spec.serial_file, ("spec", "serial", "file")),
@@ -159,6 +170,9 @@ class PathPolicy:
             return f"{where} cannot be resolved (a link that cannot be followed)"
         shown = ", ".join(str(r) for r in roots) or "none"
         via = "" if str(real) == os.path.normpath(host_path.path) else f" (resolves to {real})"
+        if str(real).startswith("/dev/") and not host_path.secret:
+            return (f"{where}{via} is outside {setting} ({shown}): a block device needs a "
+                    f"root of its own there (the device {real}, or its folder)")  # fmt: skip
         return f"{where}{via} is outside {setting} ({shown})"
 
     def refusals(self, manifest: Manifest) -> list[str]:

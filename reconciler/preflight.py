@@ -689,16 +689,22 @@ def _defined_files(config_xml: str) -> frozenset[str]:
     from reconciler.xml._fields import parse
 
     root = parse(config_xml)
-    named = [s.get("file") for s in root.findall("devices/disk/source")]
+    named = [s.get("file") or s.get("dev") for s in root.findall("devices/disk/source")]
+    named += [s.get("dir") for s in root.findall("devices/filesystem/source")]
     named += [root.findtext("os/kernel"), root.findtext("os/initrd")]
     return frozenset(str(n) for n in named if n)
 
 
 def host_files(spec: VirtualMachineSpec) -> list[tuple[FieldPath, str]]:
-    """(field path, path) of each file QEMU opens: disks, CD-ROMs, kernel, initrd."""
+    """(field path, path) of each file QEMU opens: disks (image files and block
+    devices), CD-ROMs, kernel, initrd, and the folders shared with the guest."""
     found: list[tuple[FieldPath, str]] = [
         (("spec", "disks", i, "file"), d.file) for i, d in enumerate(spec.disks) if d.file
     ]
+    found += [(("spec", "disks", i, "device"), d.device)
+              for i, d in enumerate(spec.disks) if d.device]  # fmt: skip
+    found += [(("spec", "filesystems", i, "source"), f.source)
+              for i, f in enumerate(spec.filesystems or ())]  # fmt: skip
     found += [(("spec", "cdroms", i, "file"), c.file) for i, c in enumerate(spec.cdroms) if c.file]
     for key, value in (("kernel", spec.kernel), ("initrd", spec.initrd)):
         if value:

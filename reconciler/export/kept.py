@@ -18,7 +18,8 @@ _MANAGED_DISK_TYPES = domain_xml.MANAGED_DISK_TYPES
 _MANAGED_INTERFACE_TYPES = domain_xml.MANAGED_INTERFACE_TYPES
 
 
-def _managed_device(device: Element, aside: Collection[Element] = ()) -> bool:
+def _managed_device(device: Element, aside: Collection[Element] = (),
+                    named: Collection[str] = ()) -> bool:  # fmt: skip
     """Whether a manifest manages ``device``'s kind as a whole set, so that one it does
     not name is removed by applying it: the sets of ``domain_xml`` (``MANAGED_*``):
     disks and CD-ROMs of files and volumes, NICs on networks and bridges, the first VNC
@@ -27,7 +28,8 @@ def _managed_device(device: Element, aside: Collection[Element] = ()) -> bool:
     "Graphical framebuffers", "Serial port", "Input devices"). Every other device is
     kept as defined: a floppy (neither a disk nor a CD-ROM), a second display, and
     those a redefine sets aside (``aside``, ``domain_xml.set_aside``: an SDL display, a
-    tcp serial port...)."""
+    tcp serial port...). ``named``: the sets managed only when the manifest names them
+    that it does (``block`` disks, ``filesystem``, ``hostdev``: xml/domain_storage.py)."""
     tag, kind = device.tag, device.get("type")
     if any(device is other for other in aside):
         return False
@@ -41,7 +43,13 @@ def _managed_device(device: Element, aside: Collection[Element] = ()) -> bool:
     if tag == "console":  # a virtio or sclp console is not the serial port's
         return domain_xml.serial_console(device)
     if tag == "disk":  # a floppy or lun is in neither set (DISKS, CDROMS)
+        if kind == "block" and device.get("device", "disk") == "disk":
+            return "block" in named
         return kind in _MANAGED_DISK_TYPES and device.get("device", "disk") in ("disk", "cdrom")
+    if tag == "filesystem":
+        return "filesystem" in named and kind in (None, "mount")
+    if tag == "hostdev":
+        return "hostdev" in named and domain_xml.HOSTDEVS.managed(device)
     if tag == "interface":
         return kind in _MANAGED_INTERFACE_TYPES
     if tag == "input":
@@ -62,6 +70,7 @@ _KEPT_SILENT = (
     "devices/graphics@listen", "devices/graphics@port", "devices/graphics@autoport",
     "devices/graphics@passwd", "devices/serial/target@type", "devices/serial/target/model",
     "devices/serial/target@port",
+    "devices/hostdev@managed",  # libvirt writes managed='no' on a USB one; PCI's is a field
 )  # fmt: skip
 
 
@@ -212,6 +221,9 @@ def kept_in_definition(
             continue
         rendered_devices = other if other is not None else mine.makeelement("devices", {})
         aside = domain_xml.set_aside(live)
+        named = {"block" if d.tag == "disk" else str(d.tag) for d in rendered_devices
+                 if d.tag in ("filesystem", "hostdev") or (
+                     d.tag == "disk" and d.get("type") == "block")}  # fmt: skip
         done: list[Element] = []
         for device in element:
             bare = f"devices/{device.tag}"
@@ -227,7 +239,7 @@ def kept_in_definition(
                     kept.append(Kept(path, f"{_label(device)}: {', '.join(inner)}"))
             elif _noted(device, notes):
                 continue
-            elif _managed_device(device, aside):
+            elif _managed_device(device, aside, named):
                 notes.add(path, f"{_label(device)} cannot be expressed; {_REMOVES} "
                           f"{device.tag} devices")  # fmt: skip
             else:
@@ -250,6 +262,12 @@ def _qualifier(element: Element) -> str | None:
         return None if mac is None else (mac.get("address") or "").lower()
     if element.tag == "input":
         return f"{element.get('type')}:{element.get('bus')}"
+    if element.tag == "filesystem":
+        target = element.find("target")
+        return None if target is None else target.get("dir")
+    if element.tag == "hostdev":
+        key = domain_xml.HOSTDEVS.key.read(element)
+        return None if key is None else str(key)
     if element.tag == "ip":
         return element.get("family") or "ipv4"
     if element.tag == "host" and element.get("mac"):

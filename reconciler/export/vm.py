@@ -115,6 +115,7 @@ def vm_spec(
     cdroms = _cdroms(p, name, notes, config)
     if cdroms:
         spec["cdroms"] = cdroms
+    _storage_devices(spec, p, notes)
     # device classes as libvirt has them: a host CD-ROM drive or no NIC at all is
     # still the domain's boot order (the firmware skips a class with no device)
     boot = [dev for dev in _tuple(p.get("boot")) if dev in ("cdrom", "disk", "network")]
@@ -183,8 +184,9 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
         at = f"disks[{target}]"
         bus = p.get(f"disks[{key}].bus")
         volume, file = p.get(f"disks[{key}].volume"), p.get(f"disks[{key}].file")
-        if volume is None and file is None:
-            notes.silence(at)  # a block or network disk: not managed, kept as defined
+        device = p.get(f"disks[{key}].device")
+        if volume is None and file is None and device is None:
+            notes.silence(at)  # a network disk: not managed, kept as defined
             continue
         if not _on_bus(target, bus, _TARGET_PREFIX):
             notes.add(at, f"a disk on bus {bus} cannot be expressed (virtio vdX, sata/scsi "
@@ -194,14 +196,17 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
             notes.add(at, f"volume {volume!r} has a name a manifest cannot hold; "
                       f"{_REMOVES} disks")  # fmt: skip
             continue
-        disk: dict[str, Any] = {"volume": volume} if volume is not None else {"file": file}
+        disk: dict[str, Any] = ({"volume": volume} if volume is not None else {"file": file}
+                                if file is not None else {"device": device})  # fmt: skip
         disk["target"] = target
         if bus != "virtio":
             disk["bus"] = bus
         fmt = p.get(f"disks[{key}].format")
-        if file is not None:
+        if volume is None:
             if fmt in ("raw", "qcow2"):
                 disk["format"] = fmt
+            elif fmt is None and device is not None:
+                pass  # a block disk without <driver type>: raw, as its manifest says
             else:
                 notes.add(f"{at}.format", f"image format {show_value('', fmt)} cannot be "
                           "expressed (raw or qcow2)")  # fmt: skip
@@ -211,6 +216,7 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
         serial = p.get(f"disks[{key}].serial")
         if isinstance(serial, str) and _DISK_SERIAL.match(serial):
             disk["serial"] = serial
+        _disk_options(disk, p, key, at, notes)
         out.append(disk)
     return out
 
@@ -319,7 +325,8 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     if not _check_name(kind, record.name, notes):
         return _unexportable(kind, record.name, notes)
     config = record.config_root
-    observed = record.config
+    # block disks, shares, host devices and the disks' optional fields too
+    observed = domain_xml.observe(config, storage=True)
     if observed.get("type") not in ("kvm", "qemu"):
         notes.add("type", f"domain type {observed.get('type')} cannot be expressed (kvm, qemu)")
         return _unexportable(kind, record.name, notes)
@@ -346,6 +353,72 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     except ValueError as exc:
         notes.add("disks", str(exc))
         return _unexportable(kind, record.name, notes)
-    _compare(desired, observed, notes)
+    # compared as a plan compares: what the manifest manages (domain_xml.declared_storage)
+    _compare(desired, {**record.config, **domain_xml.declared_storage(m.spec, config)}, notes)
     kept = kept_in_definition(record.config_xml, rendered, notes)
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
+
+
+# --- storage and host devices (xml/domain_storage.py) ------------------------------
+
+_DISK_OPTIONS = {"discard": ("unmap", "ignore"), "detectZeroes": ("off", "on", "unmap"),
+                 "io": ("native", "threads", "io_uring")}  # fmt: skip
+_MOUNT_TAG = re.compile(r"^[A-Za-z0-9_.-]{1,36}$")
+
+
+def _disk_options(disk: dict[str, Any], p: Projection, key: str, at: str,
+                  notes: _Notes) -> None:  # fmt: skip
+    """A disk's optional fields (discard, detectZeroes, io, iothread, shareable,
+    bootIndex) as the definition has them; left out at libvirt's default."""
+    for name, allowed in _DISK_OPTIONS.items():
+        value = p.get(f"disks[{key}].{name}")
+        if value in allowed:
+            disk[name] = value
+        elif value is not None:
+            notes.add(f"{at}.{name}", f"{name} {show_value('', value)} cannot be expressed "
+                      f"({', '.join(allowed)})")  # fmt: skip
+    for name in ("iothread", "bootIndex"):
+        value = p.get(f"disks[{key}].{name}")
+        if isinstance(value, int) and value >= 1:
+            disk[name] = value
+    if p.get(f"disks[{key}].shareable"):
+        disk["shareable"] = True
+
+
+def _storage_devices(spec: dict[str, Any], p: Projection, notes: _Notes) -> None:
+    """``filesystems`` and ``hostdevs``, named only when the domain has some (an absent
+    field keeps the domain's; a named one is the whole set)."""
+    shares = []
+    for tag in _entries(p, "filesystems"):
+        at = f"filesystems[{tag}]"
+        driver = p.get(f"{at}.driver")
+        if driver not in ("virtiofs", "9p") or not _MOUNT_TAG.match(tag):
+            what = f"driver {driver}" if driver not in ("virtiofs", "9p") else "mount tag"
+            notes.add(at, f"a share with this {what} cannot be expressed (virtiofs or 9p, "
+                      f"tags [A-Za-z0-9_.-]); {_REMOVES} filesystems")  # fmt: skip
+            continue
+        share: dict[str, Any] = {"driver": driver, "source": p.get(f"{at}.source"),
+                                 "target": tag}  # fmt: skip
+        if p.get(f"{at}.readonly"):
+            share["readonly"] = True
+        if p.get(f"{at}.accessMode") != "passthrough":
+            share["accessMode"] = p.get(f"{at}.accessMode")
+        shares.append(share)
+    if shares:
+        spec["filesystems"] = shares
+    devices = []
+    for key in _entries(p, "hostdevs"):
+        at = f"hostdevs[{key}]"
+        dev: dict[str, Any]
+        if key.startswith("pci "):
+            dev = {"type": "pci", "address": p.get(f"{at}.address")}
+            if p.get(f"{at}.managed") is False:
+                dev["managed"] = False
+        elif p.get(f"{at}.vendor") is not None:
+            dev = {"type": "usb", "vendor": p.get(f"{at}.vendor"),
+                   "product": p.get(f"{at}.product")}  # fmt: skip
+        else:
+            dev = {"type": "usb", "bus": p.get(f"{at}.bus"), "device": p.get(f"{at}.device")}
+        devices.append(dev)
+    if devices:
+        spec["hostdevs"] = devices

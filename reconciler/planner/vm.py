@@ -524,6 +524,10 @@ def _vm_live_updates(
             section != "disks"
             or (desired.get(f"disks[{key}].bus") if wanted else live.get(f"disks[{key}].bus"))
             in domain_xml.HOTPLUG_DISK_BUSES
+        ) and (  # libvirt 9.0 hot-plugs virtiofs shares, not 9p ones
+            section != "filesystems"
+            or (desired if wanted else live).get(f"filesystems[{key}].driver")
+            in domain_xml.HOTPLUG_FS_DRIVERS
         )
         # a device that stays, changed only in fields done to the running domain
         only_media = (

@@ -358,21 +358,24 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert {
         "features": "features: vmport",
         "on_crash": "on_crash (restart)",
-        "devices/hostdev[pci]": "hostdev pci",
         "devices/channel[unix]": "channel (org.qemu.guest_agent.0)",
-        "devices/disk[vdz]": "disk vdz (block /dev/sdz)",
         "devices/interface[52:54:00:12:34:99]": "interface direct 52:54:00:12:34:99",
         "devices/video": "video (virtio)",
         "devices/graphics[vnc]": "graphics vnc",
         "devices/disk[fda]": "floppy fda (file /srv/fd.img)",
     }.items() <= kept.items(), kept
+    # a block disk and a PCI host device are exported (xml/domain_storage.py), not kept
+    assert not {"devices/hostdev[pci 0000:06:00.0]", "devices/disk[vdz]"} & kept.keys(), kept
+    spec = item.document["spec"]
+    assert {"device": "/dev/sdz", "target": "vdz"} in spec["disks"]
+    assert spec["hostdevs"] == [{"type": "pci", "address": "0000:06:00.0"}]
     header = export.to_yaml(item, "qemu:///system")
     assert "#   channel (org.qemu.guest_agent.0)\n" in header
     assert header.index("Kept as defined") < header.index("apiVersion:")
     assert "hunter2" not in " ".join(str(n) for n in item.notes)
     assert "hunter2" not in export.to_yaml(item, "qemu:///system")
     # what the manifest can say is still exported
-    assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda"]
+    assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda", "vdz"]
 
 
 def test_a_firmware_chosen_by_path_is_kept() -> None:
