@@ -881,9 +881,7 @@ def _build_vm(
                 bus=bus,
                 volume=d.get("volume"),
                 file=d.get("file"),
-                # a block disk without <driver type> is raw to libvirt (no probing): so is
-                # one whose manifest names no format, and it gets none written
-                format=d.get("format", "raw" if "file" in d else None),
+                format=d.get("format", "raw" if "file" in d or "device" in d else None),
                 cache=d.get("cache"),
                 readonly=d.get("readonly", False),
                 serial=d.get("serial"),

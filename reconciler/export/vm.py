@@ -203,10 +203,10 @@ def _disks(p: Projection, notes: _Notes) -> list[dict[str, Any]]:
             disk["bus"] = bus
         fmt = p.get(f"disks[{key}].format")
         if volume is None:
-            if fmt in ("raw", "qcow2"):
+            if fmt == "raw" and device is not None:
+                pass  # a block disk's default
+            elif fmt in ("raw", "qcow2"):
                 disk["format"] = fmt
-            elif fmt is None and device is not None:
-                pass  # a block disk without <driver type>: raw, as its manifest says
             else:
                 notes.add(f"{at}.format", f"image format {show_value('', fmt)} cannot be "
                           "expressed (raw or qcow2)")  # fmt: skip

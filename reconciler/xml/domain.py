@@ -97,6 +97,7 @@ from reconciler.xml._fields import (
 from reconciler.xml.domain_storage import (
     BLOCK_DISK_TYPES,
     DISK_FIELDS,
+    DISK_FORMAT,
     DISK_ORDER,
     FILESYSTEMS,
     HOSTDEVS,
@@ -858,7 +859,7 @@ DISKS: Device[_DiskView] = Device(
     ahead=True,  # before the CD-ROMs: <boot dev='hd'> boots the first disk
     fields=(
         Field("target", lambda v: v.disk.target, Attr("target", "dev")),
-        Field("format", lambda v: v.format, Attr("driver", "type", fixed={"name": "qemu"})),
+        Field("format", lambda v: v.format, DISK_FORMAT),
         Field("cache", lambda v: v.disk.cache, Attr("driver", "cache", fixed={"name": "qemu"})),
         Field("pool", lambda v: v.pool, Attr("source", "pool"), variant="volume"),
         Field("volume", lambda v: v.disk.volume, Attr("source", "volume"), variant="volume"),
@@ -1572,11 +1573,10 @@ def observe(xml: str | Element, *, storage: bool = False) -> Projection:
         for element in set_aside(root):
             remove(element)
     out = observe_fields(root, FIELDS)
-    out.update(DISKS.observe(root))
+    out.update((WITH_BLOCK_DISKS if storage else DISKS).observe(root))  # in document order
     out.update(CDROMS.observe(root))
     out.update(INTERFACES.observe(root))
     if storage:
-        out.update(BLOCK_DISKS.observe(root))
         out.update(observe_options(WITH_BLOCK_DISKS, root))
         out.update(FILESYSTEMS.observe(root))
         out.update(HOSTDEVS.observe(root))

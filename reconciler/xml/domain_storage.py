@@ -55,6 +55,7 @@ from reconciler.xml._fields import (
 __all__ = [
     "BLOCK_DISK_TYPES",
     "DISK_FIELDS",
+    "DISK_FORMAT",
     "DISK_ORDER",
     "FILESYSTEMS",
     "HOSTDEVS",
@@ -136,6 +137,31 @@ class _Defaulted:
 
     def canon(self, value: Any) -> object:
         return self.inner.canon(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _DiskFormat:
+    """A disk's image format (``<driver type>``). A block disk without one is raw to
+    libvirt (it probes no format, and a started domain shows ``type='raw'``), so it
+    reads as raw."""
+
+    inner: Attr
+
+    def write(self, root: Element, value: Any) -> None:
+        self.inner.write(root, value)
+
+    def clear(self, root: Element) -> None:
+        self.inner.clear(root)
+
+    def read(self, root: Element) -> object:
+        value = self.inner.read(root)
+        return "raw" if value is None and root.get("type") == "block" else value
+
+    def canon(self, value: Any) -> object:
+        return self.inner.canon(value)
+
+
+DISK_FORMAT = _DiskFormat(Attr("driver", "type", fixed=_QEMU))
 
 
 # libvirt's driver 'path' is QEMU's 9p; a <filesystem> without <driver> is 'path' too
