@@ -263,7 +263,8 @@ def undefine(dom: Any, nvram_existed: bool) -> None:
 def disk_roots(path: Path) -> list[str]:
     """``allowedDiskRoots`` as an operator adopting this domain would set it: the
     default roots and the directory of every host file the XML names that a manifest
-    can name (disk and CD-ROM files, kernel, initrd, a serial log). SPEC §5 checks
+    can name (disk and CD-ROM files, kernel, initrd, a serial log), and each block
+    device and shared folder itself. SPEC §5 checks
     every path a manifest names against these roots, adoption included, so a domain
     whose disk is /tmp/idedisk.img is adopted only by a configuration that allows /tmp.
     """
@@ -277,6 +278,10 @@ def disk_roots(path: Path) -> list[str]:
     for file in named:
         if file and os.path.isabs(file) and os.path.dirname(file) not in roots:
             roots.append(os.path.dirname(file))
+    # a block device is a root of its own (no image root holds /dev), a shared folder too
+    own = [s.get("dev") for s in root.findall("devices/disk[@type='block']/source")]
+    own += [s.get("dir") for s in root.findall("devices/filesystem/source")]
+    roots += [p for p in own if p and os.path.isabs(p) and p not in roots]
     return roots
 
 

@@ -1525,6 +1525,8 @@ def pcie_root_ports(spec: VirtualMachineSpec) -> int:
     scsi = any(d.bus == "scsi" for d in spec.disks) or any(c.bus == "scsi" for c in spec.cdroms)
     used = (sum(1 for d in spec.disks if d.bus == "virtio") + len(spec.interfaces)
             + int(scsi) + _BUILTIN_PCIE_DEVICES)  # fmt: skip
+    # shares and PCI host devices take a port each (domain_storage.py)
+    used += len(spec.filesystems or ()) + sum(1 for h in spec.hostdevs or () if h.type == "pci")
     return max(Q35_ROOT_PORTS, used + Q35_SPARE_ROOT_PORTS)
 
 

@@ -269,6 +269,9 @@ def test_boot_by_device_order_without_a_device_carrying_one_is_refused(
     adopted = _inactive(ws, name)
     if edit == "other image":
         doc["spec"]["disks"][0]["file"] = str(other)
+        # export wrote the disk's <boot order> as bootIndex: without it, the new image
+        # carries none (with it, the new image would take the boot order: no refusal)
+        assert doc["spec"]["disks"][0].pop("bootIndex") == 1
     else:
         doc["spec"]["disks"] = []
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
