@@ -49,6 +49,7 @@ from reconciler.snapshot import NetworkRecord as NetworkRecord
 from reconciler.snapshot import PoolRecord as PoolRecord
 from reconciler.snapshot import VolumeRecord as VolumeRecord
 from reconciler.xml import volume as vol_xml
+from reconciler.xml.domain_storage import node_device_keys
 
 DEFAULT_URI = "qemu:///system"
 VOLUME_EXISTS = libvirt.VIR_ERR_STORAGE_VOL_EXIST  # the code of "storage volume ... exists"
@@ -426,6 +427,8 @@ class Hypervisor:
         facts = replace(host, machine_caps=caps, unknown=tuple(unknown))
         if wanted.cpu_questions or wanted.cpu_features:
             facts = self._cpu_facts(facts, wanted)
+        if wanted.host_devices:
+            facts = replace(facts, host_devices=self._host_devices())
         if host.local:
             return replace(
                 facts,
@@ -556,6 +559,18 @@ class Hypervisor:
         except Refused as exc:
             return f"vCPU limit and firmware not checked: {exc}"
         return parse_domain_capabilities(text, machine)
+
+    def _host_devices(self) -> frozenset[str] | None:
+        """The ``hostdevs`` keys of the host's PCI and USB devices, as libvirt's node
+        devices list them (local or remote); None when it cannot list them."""
+        flags = (libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV
+                 | libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_DEV)  # fmt: skip
+        try:
+            with calling("listing host devices"):
+                listed = [str(d.XMLDesc(0)) for d in self._conn.listAllDevices(flags)]
+        except Refused:
+            return None
+        return frozenset(k for text in listed for k in node_device_keys(text))
 
     def _libvirt_bridges(self) -> frozenset[str] | None:
         """Bridges as libvirt's interface driver lists them; None when it lists none (it

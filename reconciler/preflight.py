@@ -230,6 +230,9 @@ class HostFacts:
     cpu_features_unknown: frozenset[str] = frozenset()  # asked-about names libvirt rejects
     # CpuQuestion -> None (the host can run it) or libvirt's answer (what it lacks)
     cpu_verdicts: Mapping[CpuQuestion, str | None] = field(default_factory=dict)
+    # the hostdevs keys of the host's PCI and USB devices (xml/domain_storage.py,
+    # node_device_keys); None: not known
+    host_devices: frozenset[str] | None = None
     unknown: tuple[str, ...] = ()
 
 
@@ -244,6 +247,7 @@ class FactsWanted:
     addresses: bool = False
     cpu_questions: frozenset[CpuQuestion] = frozenset()
     cpu_features: frozenset[str] = frozenset()  # every feature name a manifest writes
+    host_devices: bool = False  # a VM to run passes a host device through
 
 
 def wanted(
@@ -255,7 +259,7 @@ def wanted(
     paths: set[str] = set()
     questions: set[CpuQuestion] = set()
     features: set[str] = set()
-    bridges = addresses = False
+    bridges = addresses = host_devices = False
     for m in manifests:
         spec = m.spec
         if isinstance(spec, VirtualMachineSpec):
@@ -266,13 +270,14 @@ def wanted(
             if spec.cpu is not None:
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
+            host_devices = host_devices or (bool(spec.hostdevs) and spec.state == "running")
             bridges = bridges or any(n.bridge for n in spec.interfaces)
         elif isinstance(spec, NetworkSpec) and spec.ipv4 is not None:
             addresses = True
     if path_allowed is not None:
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
-                       frozenset(questions), frozenset(features))  # fmt: skip
+                       frozenset(questions), frozenset(features), host_devices)  # fmt: skip
 
 
 # --- the checks -----------------------------------------------------------------------
@@ -614,6 +619,28 @@ def _missing_features(verdict: str, what: str = "required features:") -> list[st
     return [n.strip() for n in names.split(",") if n.strip()] if found else []
 
 
+def check_host_devices(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """Each host device of a VM to run exists on the host, as libvirt's node devices
+    list it (formatdomain "Host device assignment", formatnode.html): a start with a
+    missing one fails. A stopped VM is only defined, which libvirt allows."""
+    if spec.state != "running" or facts.host_devices is None:
+        return
+    from reconciler.model import hostdev_key
+
+    for i, dev in enumerate(spec.hostdevs or ()):
+        key = hostdev_key(dev)
+        if key not in facts.host_devices:
+            kind, _, what = key.partition(" ")
+            yield FieldProblem(
+                ("spec", "hostdevs", i),
+                f"this host has no {kind.upper()} device {what} (virsh nodedev-list "
+                f"--cap {'pci' if kind == 'pci' else 'usb_device'})",
+                "fix the address or ids, or set state: stopped to only define the VM",
+            )
+
+
 VM_CHECKS: tuple[VmCheck, ...] = (
     check_kvm,
     check_machine,
@@ -623,6 +650,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_bridges,
     check_graphics_port,
     check_cpu,
+    check_host_devices,
 )
 
 

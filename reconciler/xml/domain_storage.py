@@ -61,6 +61,7 @@ __all__ = [
     "HOSTDEVS",
     "HOTPLUG_FS_DRIVERS",
     "OPTIONAL_DISK_FIELDS",
+    "node_device_keys",
     "observe_options",
     "shared_memory",
 ]
@@ -295,6 +296,32 @@ HOSTDEVS: Device[Hostdev] = Device(
 )
 """Host PCI/USB devices, keyed by what names them on the host (``pci 0000:03:00.0``,
 ``usb 046d:c52b``, ``usb 1.4``); SCSI and mdev hostdevs are kept. Hot-plugged."""
+
+
+def node_device_keys(xml: str) -> tuple[str, ...]:
+    """Every ``hostdevs`` key a host's node device answers to, from its XML
+    (``virNodeDeviceGetXMLDesc``; libvirt's formatnode.html): ``pci 0000:03:00.0``; a
+    USB device both ``usb 046d:c52b`` and ``usb 1.4``; none for other devices."""
+    from reconciler.xml._fields import parse
+
+    root = parse(xml)
+    try:
+        pci = root.find("capability[@type='pci']")
+        if pci is not None:
+            parts = [int(pci.findtext(k) or "0") for k in ("domain", "bus", "slot", "function")]
+            return (f"pci {parts[0]:04x}:{parts[1]:02x}:{parts[2]:02x}.{parts[3]:x}",)
+        usb = root.find("capability[@type='usb_device']")
+        if usb is not None:
+            vendor, product = usb.find("vendor"), usb.find("product")
+            keys = []
+            if vendor is not None and product is not None:
+                keys.append(f"usb {_hex(vendor.get('id', '')):04x}:"
+                            f"{_hex(product.get('id', '')):04x}")  # fmt: skip
+            keys.append(f"usb {int(usb.findtext('bus') or '')}.{int(usb.findtext('device') or '')}")
+            return tuple(keys)
+    except ValueError:
+        return ()
+    return ()
 
 
 def shared_memory(root: Element, filesystems: Iterable[Filesystem] | None) -> None:

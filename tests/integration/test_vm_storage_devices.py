@@ -163,6 +163,13 @@ def test_host_devices_are_defined_and_settle(ws: Workspace) -> None:
     ws.converge()
     assert ws.virsh("dumpxml", "--inactive", name).count("<hostdev ") == 3
     assert_settled(ws)
+    # to run it, each device must exist: preflight asks libvirt's node devices
+    ws.write("vm.yaml", vm(name, type="qemu", state="running", hostdevs=hostdevs[1:]))
+    done = ws.cli("plan", str(ws.directory))
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "hostdevs[0]" in said, said
+    assert "this host has no PCI device 0000:7f:1e.0" in said and "Traceback" not in said
+    assert not ws.domain(name).isActive()
 
 
 def test_export_round_trip_of_a_hand_made_domain(

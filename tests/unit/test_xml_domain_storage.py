@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import preflight
 from reconciler.diff import diff
 from reconciler.hostpaths import HostPath, PathPolicy
 from reconciler.model import Kind, SpecError, VirtualMachineSpec
+from reconciler.preflight import HostFacts, check_host_devices
 from reconciler.schema import validate_document
 from reconciler.xml import domain
+from reconciler.xml.domain_storage import node_device_keys
 
 from .xml_support import assert_golden, manifest
 
@@ -248,3 +251,31 @@ def test_the_schema_refuses_what_libvirt_cannot_be_told(item: dict[str, object],
                 "metadata": {"name": "v"}, "spec": {"memory": "64MiB", **item}}  # fmt: skip
     problems = validate_document(Kind.VIRTUAL_MACHINE, document)
     assert problems and all(field in str(p) for p in problems), problems
+
+
+PCI_NODE = """<device><name>pci_0000_03_00_0</name><capability type='pci'>
+<domain>0</domain><bus>3</bus><slot>0</slot><function>0</function>
+<product id='0x0d57'/><vendor id='0x8086'/></capability></device>"""
+USB_NODE = """<device><name>usb_1_4</name><capability type='usb_device'>
+<bus>1</bus><device>4</device><product id='0xC52B'/><vendor id='0x046d'/></capability></device>"""
+
+
+def test_node_devices_answer_to_the_manifest_keys() -> None:
+    assert node_device_keys(PCI_NODE) == ("pci 0000:03:00.0",)
+    assert node_device_keys(USB_NODE) == ("usb 046d:c52b", "usb 1.4")
+    assert node_device_keys("<device><capability type='net'/></device>") == ()
+
+
+@pytest.mark.parametrize(("state", "problems"), [("running", 1), ("stopped", 0)])
+def test_preflight_names_a_missing_host_device_of_a_vm_to_run(state: str, problems: int) -> None:
+    m = manifest(PLAIN + f"  state: {state}\n  hostdevs:\n"
+                 "    - {type: pci, address: '0000:03:00.0'}\n"
+                 "    - {type: usb, vendor: '0x046d', product: '0xc52c'}\n")
+    assert isinstance(m.spec, VirtualMachineSpec)
+    facts = HostFacts(host_devices=frozenset(node_device_keys(PCI_NODE) + node_device_keys(USB_NODE)))
+    found = list(check_host_devices(m, m.spec, facts, None))  # type: ignore[arg-type]
+    assert len(found) == problems
+    if found:
+        assert found[0].path == ("spec", "hostdevs", 1)
+        assert "no USB device 046d:c52c" in found[0].message
+    assert preflight.wanted([m]).host_devices is (state == "running")
