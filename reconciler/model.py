@@ -1037,6 +1037,11 @@ def _disk_storage(d: Mapping[str, Any], where: FieldPath,
             (*where, "io"), "io native needs cache none or directsync (QEMU refuses "
             "aio=native on the host page cache)",
             "add cache: none, or use io: threads"))  # fmt: skip
+    if "iothread" in d and d.get("bus", "virtio") != "virtio":
+        problems.append(FieldProblem(
+            (*where, "iothread"), f"an IOThread serves virtio disks only, this one is on "
+            f"bus {d.get('bus')} (libvirt refuses it)",
+            "remove iothread, or use bus: virtio"))  # fmt: skip
     return {
         "device": d.get("device"),
         "discard": d.get("discard"),

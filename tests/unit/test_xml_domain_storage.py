@@ -183,6 +183,7 @@ def test_hostdev_and_share_keys_are_the_host_identity() -> None:
 
 @pytest.mark.parametrize(("extra", "where", "says"), [
     ("  disks: [{file: /a.img, io: native}]\n", "disks[0].io", "cache none or directsync"),
+    ("  disks: [{file: /a.img, bus: sata, iothread: 1}]\n", "disks[0].iothread", "virtio disks"),
     ("  boot: [disk]\n  disks: [{file: /a.img, bootIndex: 1}]\n", "boot", "bootIndex"),
     ("  disks: [{file: /a.img, bootIndex: 1}, {file: /b.img, bootIndex: 1}]\n",
      "disks[1].bootIndex", "already disks[0]"),
