@@ -61,12 +61,39 @@ class SpecError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class PoolSource:
+    """A pool's ``<source>`` (formatstorage "Source elements"); each field None (or
+    empty) when the manifest does not name it, so libvirt's value is kept.
+
+    ``devices``: block devices (``<device path=>``: a logical pool's physical volumes,
+    an fs or disk pool's one device); ``name``: the volume group (logical) or ZFS
+    pool; ``host``/``port``: the NFS or iSCSI server; ``dir``: the NFS export;
+    ``format``: the filesystem, partition table or ``lvm2``; ``iqn``: the iSCSI
+    target (``<device path=>`` of an iscsi pool); ``initiator``: our initiator IQN."""
+
+    devices: tuple[str, ...] = ()
+    name: str | None = None
+    host: str | None = None
+    port: int | None = None
+    dir: str | None = None
+    format: str | None = None
+    iqn: str | None = None
+    initiator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoragePoolSpec:
-    path: str
+    """``path``: the target path (None: not named, libvirt's kept; a dir, fs or netfs
+    pool always names it). ``build``: build the pool when it is created (a logical,
+    fs, disk or zfs pool: vgcreate, mkfs, a partition table; never over data)."""
+
+    path: str | None
     type: str = "dir"
     state: str = "active"
     autostart: bool = False
     adopt: bool = False
+    source: PoolSource = PoolSource()
+    build: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,13 +546,7 @@ def build_manifest(
     raw = document["spec"]
     spec: Spec
     if kind is Kind.STORAGE_POOL:
-        spec = StoragePoolSpec(
-            path=raw["path"].rstrip("/") or "/",
-            type=raw.get("type", "dir"),
-            state=raw.get("state", "active"),
-            autostart=raw.get("autostart", False),
-            adopt=raw.get("adopt", False),
-        )
+        spec = _build_pool(raw, problems)
     elif kind is Kind.VOLUME:
         spec = _build_volume(raw, problems)
     elif kind is Kind.NETWORK:
@@ -553,6 +574,93 @@ def _within_libvirt(
         if name in raw and (why := too_large(parse_size(raw[name]))) is not None:
             problems.append(FieldProblem(("spec", name), f"{raw[name]} {why}",
                                          "give a smaller size"))  # fmt: skip
+
+
+POOL_TYPES = ("dir", "fs", "netfs", "logical", "disk", "iscsi", "zfs")
+"""The pool types a manifest can name (formatstorage "Storage pool XML")."""
+
+POOL_PATH_TYPES = frozenset({"dir", "fs", "netfs"})
+"""Pool types whose target path is a folder libvirt makes or mounts on: named, always."""
+
+POOL_BUILT_TYPES = frozenset({"logical", "fs", "disk", "zfs"})
+"""Pool types whose build writes on a device (vgcreate, mkfs, a partition table, zpool
+create): built only when the manifest says ``build: true``, and never over data."""
+
+# spec.source fields each type has, and the formats libvirt 9.0 offers for it
+# (`virsh pool-capabilities`, <poolOptions><enum name='sourceFormatType'>)
+_POOL_SOURCE: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "dir": (frozenset(), ()),
+    "fs": (frozenset({"device", "format"}),
+           ("auto", "ext2", "ext3", "ext4", "ufs", "iso9660", "udf", "gfs", "gfs2", "vfat",
+            "hfs+", "xfs", "ocfs2", "vmfs")),
+    "netfs": (frozenset({"host", "dir", "format"}), ("auto", "nfs", "glusterfs", "cifs")),
+    "logical": (frozenset({"devices", "name", "format"}), ("lvm2",)),
+    "disk": (frozenset({"device", "format"}),
+             ("dos", "dvh", "gpt", "mac", "bsd", "pc98", "sun", "lvm2")),
+    "iscsi": (frozenset({"host", "port", "iqn", "initiator"}), ()),
+    "zfs": (frozenset({"name", "devices"}), ()),
+}
+_POOL_SOURCE_NEEDED = {"fs": ("device",), "disk": ("device",), "netfs": ("host", "dir"),
+                       "iscsi": ("host", "iqn")}  # fmt: skip
+
+
+def _build_pool(raw: Mapping[str, Any], problems: list[FieldProblem]) -> StoragePoolSpec:
+    """A StoragePoolSpec from a schema-valid ``spec``; each field that does not fit the
+    pool's ``type`` a problem at its path (formatstorage: which source elements each
+    pool type reads)."""
+    kind = raw.get("type", "dir")
+    rs: Mapping[str, Any] = raw.get("source", {})
+    allowed, formats = _POOL_SOURCE.get(kind, (frozenset(), ()))
+    for key in rs:
+        if key not in allowed:
+            can = ", ".join(sorted(allowed)) or "no source"
+            problems.append(FieldProblem(("spec", "source", key),
+                                         f"a {kind} pool has no source.{key}",
+                                         f"a {kind} pool takes {can}"))  # fmt: skip
+    for key in _POOL_SOURCE_NEEDED.get(kind, ()):
+        if key not in rs:
+            problems.append(FieldProblem(("spec", "source"),
+                                         f"a {kind} pool needs source.{key}",
+                                         f"add source.{key}"))  # fmt: skip
+    fmt = rs.get("format")
+    if fmt is not None and formats and fmt not in formats:
+        problems.append(FieldProblem(("spec", "source", "format"),
+                                     f"format {fmt} is not a {kind} pool format",
+                                     "one of " + ", ".join(formats)))  # fmt: skip
+    devices = tuple(rs["devices"]) if "devices" in rs else ()
+    if "device" in rs:
+        devices = (rs["device"],)
+    path = raw.get("path")
+    if path is None and kind in POOL_PATH_TYPES:
+        problems.append(FieldProblem(("spec",), f"a {kind} pool needs a path",
+                                     "add path: the folder it keeps its volumes in"))  # fmt: skip
+    build = bool(raw.get("build", False))
+    if build and kind == "iscsi":
+        problems.append(FieldProblem(("spec", "build"),
+                                     "an iscsi pool is not built (its LUNs are made on "
+                                     "the target)", "drop build"))  # fmt: skip
+    if build and kind in ("logical", "zfs") and not devices:
+        problems.append(FieldProblem(("spec", "build"),
+                                     f"building a {kind} pool needs the devices to build "
+                                     "it on", "add source.devices"))  # fmt: skip
+    return StoragePoolSpec(
+        path=None if path is None else (path.rstrip("/") or "/"),
+        type=kind,
+        state=raw.get("state", "active"),
+        autostart=raw.get("autostart", False),
+        adopt=raw.get("adopt", False),
+        source=PoolSource(
+            devices=devices,
+            name=rs.get("name"),
+            host=rs.get("host"),
+            port=rs.get("port"),
+            dir=None if rs.get("dir") is None else (rs["dir"].rstrip("/") or "/"),
+            format=fmt,
+            iqn=rs.get("iqn"),
+            initiator=rs.get("initiator"),
+        ),
+        build=build,
+    )
 
 
 def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> VolumeSpec:

@@ -773,7 +773,8 @@ def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
         bridge = (_network_fields(record) or {}).get("bridge")
         if isinstance(bridge, str):
             bridges.add(bridge)
-    pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}
+    pool_paths = {m.name: m.spec.path for m in manifests
+                  if isinstance(m.spec, StoragePoolSpec) and m.spec.path is not None}  # fmt: skip
     for name, pool in observed.pools.items():
         path = pool.path
         if isinstance(path, str):

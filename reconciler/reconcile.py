@@ -327,7 +327,8 @@ def explainer(
     or start placed at the field of its manifest most likely responsible (hints.py)."""
     by_key = {f"{m.kind.value}/{m.name}": m for m in manifests}
     volumes = {m.name: m.spec for m in manifests if isinstance(m.spec, VolumeSpec)}
-    pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}
+    pool_paths = {m.name: m.spec.path for m in manifests
+                  if isinstance(m.spec, StoragePoolSpec) and m.spec.path is not None}  # fmt: skip
 
     def volume_path(name: str) -> str | None:
         spec = volumes.get(name)
