@@ -42,6 +42,7 @@ from reconciler.preflight import (
     PathFacts,
     QemuUser,
     cpu_compare_xml,
+    pool_types_of,
 )
 from reconciler.references import KnownObjects
 from reconciler.snapshot import DomainRecord as DomainRecord
@@ -337,6 +338,7 @@ class Hypervisor:
         self._host: HostFacts | None = None
         self._machine_caps: dict[tuple[str, str, str], MachineCaps | str] = {}
         self._cpu_models: dict[str, frozenset[str] | None] = {}  # arch -> model names
+        self._pool_types: frozenset[str] | str | None = None  # a str: why it is unknown
         self._cpu_feature_known: dict[str, bool] = {}  # feature name -> libvirt knows it
         self._cpu_verdicts: dict[CpuQuestion, str | None] = {}
 
@@ -426,6 +428,8 @@ class Hypervisor:
         facts = replace(host, machine_caps=caps, unknown=tuple(unknown))
         if wanted.cpu_questions or wanted.cpu_features:
             facts = self._cpu_facts(facts, wanted)
+        if wanted.pool_types:
+            facts = self._pool_facts(facts)
         if host.local:
             return replace(
                 facts,
@@ -436,6 +440,21 @@ class Hypervisor:
         if wanted.bridges:
             facts = replace(facts, bridges=self._libvirt_bridges())
         return facts
+
+    def _pool_facts(self, facts: HostFacts) -> HostFacts:
+        """The pool types this libvirt has a storage backend for, read once per
+        connection (``virConnectGetStoragePoolCapabilities``; formatstoragecaps.html):
+        a backend comes with a package, and libvirtd loads it when it starts."""
+        if self._pool_types is None:
+            try:
+                with calling("reading storage pool capabilities"):
+                    caps = str(self._conn.getStoragePoolCapabilities(0))
+                self._pool_types = pool_types_of(caps)
+            except Refused as exc:
+                self._pool_types = f"storage pool types not checked: {exc}"
+        if isinstance(self._pool_types, str):
+            return replace(facts, unknown=(*facts.unknown, self._pool_types))
+        return replace(facts, pool_types=self._pool_types)
 
     def _static_facts(self) -> HostFacts:
         local = not urlsplit(self.uri).netloc
@@ -925,9 +944,17 @@ class Hypervisor:
             self._conn.storagePoolDefineXML(xml, 0)
 
     def build_pool(self, name: str) -> None:
-        """Create a dir pool's directory if missing (mkdir -p; existing files are untouched)."""
+        """Build a pool (``virStoragePoolBuild``): a dir or netfs pool's folder is made if
+        missing (mkdir -p; existing files untouched); any other type is built with
+        ``VIR_STORAGE_POOL_BUILD_NO_OVERWRITE``, which libvirt refuses on a device that
+        holds a filesystem, a partition table or an LVM label ("Storage pool already
+        built"), so nothing is ever formatted over data. (libvirt refuses that flag on a
+        dir or netfs pool: "No source device specified when formatting".)"""
         with calling(f"building storage pool {name}"):
-            self._conn.storagePoolLookupByName(name).build(0)
+            pool = self._conn.storagePoolLookupByName(name)
+            kind = ET.fromstring(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)).get("type")
+            keep = libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
+            pool.build(0 if kind in ("dir", "netfs") else keep)
 
     def start_pool(self, name: str) -> None:
         with calling(f"starting storage pool {name}"):

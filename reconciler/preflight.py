@@ -37,6 +37,9 @@ The checks, each modelling a section of libvirt's documentation:
   (libvirt's own comparison, ``virConnectCompareHypervisorCPU`` with
   ``FAIL_INCOMPATIBLE``, against the host CPU as the hypervisor of that
   machine and type sees it; formatdomaincaps.html#cpu-configuration);
+* StoragePool ``spec.type``: a type this libvirt has the storage backend for
+  (``virConnectGetStoragePoolCapabilities``; formatstoragecaps.html), and
+  ``spec.source.devices``: block devices that exist;
 * Network ``spec.ipv4``: a subnet no other libvirt network (active or
   autostarted) and no subnet on a host interface (its connected routes) overlaps
   (formatnetwork.html#addressing).
@@ -230,6 +233,9 @@ class HostFacts:
     cpu_features_unknown: frozenset[str] = frozenset()  # asked-about names libvirt rejects
     # CpuQuestion -> None (the host can run it) or libvirt's answer (what it lacks)
     cpu_verdicts: Mapping[CpuQuestion, str | None] = field(default_factory=dict)
+    # pool types this libvirt has a storage backend for (``virsh pool-capabilities``,
+    # ``<pool type= supported='yes'>``); None: not read (only dir pools declared)
+    pool_types: frozenset[str] | None = None
     unknown: tuple[str, ...] = ()
 
 
@@ -244,6 +250,7 @@ class FactsWanted:
     addresses: bool = False
     cpu_questions: frozenset[CpuQuestion] = frozenset()
     cpu_features: frozenset[str] = frozenset()  # every feature name a manifest writes
+    pool_types: bool = False  # a pool of another type than dir is declared
 
 
 def wanted(
@@ -255,9 +262,12 @@ def wanted(
     paths: set[str] = set()
     questions: set[CpuQuestion] = set()
     features: set[str] = set()
-    bridges = addresses = False
+    bridges = addresses = pool_types = False
     for m in manifests:
         spec = m.spec
+        if isinstance(spec, StoragePoolSpec) and spec.type != "dir":
+            pool_types = True
+            paths.update(spec.source.devices)
         if isinstance(spec, VirtualMachineSpec):
             guests.add((GUEST_ARCH, spec.machine, spec.type))
             question = cpu_question(spec)
@@ -272,7 +282,7 @@ def wanted(
     if path_allowed is not None:
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
-                       frozenset(questions), frozenset(features))  # fmt: skip
+                       frozenset(questions), frozenset(features), pool_types)  # fmt: skip
 
 
 # --- the checks -----------------------------------------------------------------------
@@ -305,7 +315,49 @@ def check(manifests: Sequence[Manifest], facts: HostFacts, observed: Observed) -
                 findings.extend((m, p) for p in vm_check(m, m.spec, facts, context))
         elif isinstance(m.spec, NetworkSpec):
             findings.extend((m, p) for p in check_subnet(m, m.spec, facts, context))
+        elif isinstance(m.spec, StoragePoolSpec):
+            findings.extend((m, p) for p in check_pool(m, m.spec, facts))
     return findings
+
+
+# The Debian package holding each storage backend libvirt 9.0 can have: the common ones
+# come with libvirt-daemon (dpkg -S libvirt_storage_backend_logical.so), the others
+# are packages of their own.
+POOL_PACKAGES = {"zfs": "libvirt-daemon-driver-storage-zfs"}
+
+
+def pool_types_of(caps_xml: str) -> frozenset[str]:
+    """The pool types a ``virConnectGetStoragePoolCapabilities`` document says this
+    libvirt supports (formatstoragecaps: ``<pool type=... supported='yes'>``)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(caps_xml.encode())
+    return frozenset(str(p.get("type")) for p in root.findall("pool")
+                     if p.get("supported") == "yes")  # fmt: skip
+
+
+def check_pool(m: Manifest, spec: StoragePoolSpec, facts: HostFacts) -> Iterator[FieldProblem]:
+    """A pool type this libvirt has the storage backend for (formatstoragecaps), and
+    source devices that exist on the host (a local host only)."""
+    if facts.pool_types is not None and spec.type not in facts.pool_types:
+        package = POOL_PACKAGES.get(spec.type, "libvirt-daemon")
+        yield FieldProblem(
+            ("spec", "type"),
+            f"this host's libvirt has no {spec.type} storage backend (virsh "
+            f"pool-capabilities says supported='no')",
+            f"install Debian's {package} on the host and restart libvirtd, or use "
+            "another pool type",
+        )
+    if not facts.local:
+        return
+    named = "device" if "device" in m.document["spec"].get("source", {}) else "devices"
+    for i, device in enumerate(spec.source.devices):
+        found = facts.paths.get(device)
+        if found is not None and not found.exists:
+            where: FieldPath = (("spec", "source", "device") if named == "device"
+                                else ("spec", "source", "devices", i))  # fmt: skip
+            yield FieldProblem(where, f"device {device} does not exist on this host",
+                               "name an existing block device (lsblk lists them)")  # fmt: skip
 
 
 def check_machine(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from reconciler.diff import diff
-from reconciler.model import Kind, Manifest, StoragePoolSpec
+from reconciler.model import POOL_BUILT_TYPES, Kind, Manifest, StoragePoolSpec
 from reconciler.plan import (
     Action,
     AutostartPool,
@@ -25,6 +27,15 @@ from reconciler.planner.context import (
 )
 from reconciler.xml import pool as pool_xml
 
+# Pool types whose build only makes the target folder (mkdir -p): built whenever it may
+# have gone missing. The others (POOL_BUILT_TYPES) write on a device and are built once,
+# when created, and only when the manifest says ``build: true``; an iscsi pool never.
+_MKDIR_TYPES = frozenset({"dir", "netfs"})
+
+
+def _builds_on_create(spec: StoragePoolSpec) -> bool:
+    return spec.type in _MKDIR_TYPES or (spec.type in POOL_BUILT_TYPES and spec.build)
+
 
 def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     spec = m.spec
@@ -35,7 +46,9 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     live = ctx.observed.pools.get(m.name)
     record = ctx.owner_record(m)
     if live is None:
-        new: list[Step] = [DefinePool(pool_xml.render(m.name, spec)), BuildPool()]
+        new: list[Step] = [DefinePool(pool_xml.render(m.name, spec))]
+        if _builds_on_create(spec):
+            new.append(BuildPool())
         if spec.state == "active":
             new.append(StartPool())
         if spec.autostart:
@@ -54,7 +67,20 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     taken = ctx.taken(owner, key, recorded=False)
     if not owner.ours and not spec.adopt and not taken:
         return _conflict(m, f"storage pool '{m.name}'", owner, recorded=False, ctx=ctx)
-    config_changes = diff(pool_xml.project(spec), live.config)
+    desired = pool_xml.project(spec)
+    # only what the manifest names is compared (libvirt's own source format, a logical
+    # pool's /dev/VG target path are kept); a dir pool names every field it has
+    config_changes = diff(desired, {k: live.config.get(k) for k in desired})
+    was = live.config.get("type")
+    restart = spec.type == "dir" and was == "dir"
+    if config_changes and not restart:
+        # a pool on a device or a mount (a volume group, a filesystem, an NFS export)
+        # is not stopped under its guests, nor built again over its data: the new
+        # definition takes effect when the pool next starts
+        later = (f"takes effect when the pool next starts (virsh pool-destroy {m.name}; "
+                 f"virsh pool-start {m.name})" if live.active else "")  # fmt: skip
+        config_changes = [dataclasses.replace(c, live=False, note=later)
+                          for c in config_changes]  # fmt: skip
     adoption = _adoption(owner, ctx, taken=taken, recorded=False)
     changes = adoption + config_changes + _persist(live.persistent)
     steps: list[Step] = []
@@ -62,7 +88,7 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
         # the current definition, patched: its <source>, <permissions> and the rest stay
         steps.append(DefinePool(pool_xml.patch(live.config_xml, spec),
                                 current=live.config_xml))  # fmt: skip
-    if config_changes:
+    if config_changes and restart:
         # libvirt builds only a stopped pool ("already active"); a dir pool restarts
         # harmlessly, on its new definition
         if live.active:
@@ -72,7 +98,9 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
             steps.append(StartPool())
     if spec.state == "active" and not live.active:
         changes.append(Change("state", "inactive", "active", live=True))
-        steps += [BuildPool(), StartPool()]  # build: mkdir if it went missing
+        if spec.type in _MKDIR_TYPES and was in _MKDIR_TYPES:
+            steps.append(BuildPool())  # build: mkdir if it went missing
+        steps.append(StartPool())
     elif spec.state == "inactive" and live.active:
         changes.append(Change("state", "active", "inactive", live=True))
         steps.append(StopPool())

@@ -61,6 +61,10 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     refused = _refused_path(m, ctx)
     if refused is not None:
         return refused
+    wrong_pool = _pool_refusal(m, spec, ctx)
+    if wrong_pool is not None:
+        return wrong_pool
+    logical = _pool_type(spec.pool, ctx) in _BLOCK_POOLS
     live = ctx.observed.volumes.get((spec.pool, m.name))
     requires = [f"StoragePool/{spec.pool}"]
     backing_path = backing_format = None
@@ -112,9 +116,15 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
     current = live.config
     have = current.get("capacity")
     # what libvirt makes of the manifest's bytes, by the path it took (rounding.py)
-    desired["capacity"] = rounding.volume_capacity(
-        spec.capacity, spec.format, have if isinstance(have, int) else None
-    )
+    desired["capacity"] = (
+        rounding.logical_capacity(spec.capacity) if logical
+        else rounding.volume_capacity(spec.capacity, spec.format,
+                                      have if isinstance(have, int) else None)
+    )  # fmt: skip
+    if logical:
+        # an LV's XML names no format (libvirt's logical backend has no volume formats);
+        # raw is required of the manifest (_pool_refusal), not read back
+        desired["format"] = current.get("format")
     adoption = _adoption(owner, ctx, taken=taking_back, recorded=False)
     changes = _rounding_notes(adoption + diff(desired, current),
                               {"capacity": spec.capacity})  # fmt: skip
@@ -165,6 +175,15 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
                 f"refused (it would cut off data); set capacity: {format_size(old)} or more",
                 source=m.source,
             )
+        if logical:
+            return Action(
+                Kind.VOLUME, m.name, Op.ERROR, tuple(changes), (), source=m.source,
+                reason=f"growing a logical volume from {format_size(old)} to "
+                f"{format_size(new)} is not something libvirt 9.0 can do (its logical "
+                "storage backend has no resize); grow it by hand (lvextend -L SIZE "
+                f"{live.path}, then virsh pool-refresh {spec.pool}), or set capacity: "
+                f"{format_size(old)}",
+            )  # fmt: skip
         user = _running_user(ctx.observed.domains.values(), spec.pool, m.name)
         taken = live.allocation
         if user is None and rounding.resize_refused(new, taken):  # (QEMU's resize is not)
@@ -214,6 +233,45 @@ def _plan_volume(m: Manifest, ctx: _Context) -> Action:
         owner_record=record,
         requires=tuple(requires),
     )
+
+
+_BLOCK_POOLS = frozenset({"logical", "zfs"})
+"""Pool types whose volumes are block devices (LVs, zvols): raw data, no image format."""
+
+
+def _pool_type(pool: str, ctx: _Context) -> str | None:
+    """The pool's type: its manifest's, else libvirt's; None when neither is known."""
+    m = ctx.manifests.get((Kind.STORAGE_POOL, pool))
+    if m is not None and isinstance(m.spec, StoragePoolSpec):
+        return m.spec.type
+    live = ctx.observed.pools.get(pool)
+    kind = None if live is None else live.config.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def _pool_refusal(m: Manifest, spec: VolumeSpec, ctx: _Context) -> Action | None:
+    """A volume its pool's type cannot hold: an LV or zvol in another format than raw
+    (libvirt would make it anyway, holding raw data labelled qcow2), a volume in a
+    disk or iscsi pool (partitions and LUNs are not Volume manifests)."""
+    kind = _pool_type(spec.pool, ctx)
+    if kind in _BLOCK_POOLS and spec.format != "raw":
+        said = "format: qcow2" if "format" in m.document["spec"] else "no format (qcow2)"
+        return Action(
+            Kind.VOLUME, m.name, Op.ERROR,
+            source=m.position(("spec", "format")) if "format" in m.document["spec"]
+            else m.source,
+            reason=f"volume in {kind} pool {spec.pool} has {said}: a "
+            f"{'logical volume' if kind == 'logical' else 'zvol'} holds raw data only; "
+            "set format: raw",
+        )  # fmt: skip
+    if kind in ("disk", "iscsi"):
+        what = "partitions" if kind == "disk" else "LUNs made on the iSCSI target"
+        return Action(
+            Kind.VOLUME, m.name, Op.ERROR, source=m.position(("spec", "pool")),
+            reason=f"the volumes of {kind} pool {spec.pool} are {what}: they are not made "
+            "from Volume manifests; put the volume in a dir, fs, netfs or logical pool",
+        )  # fmt: skip
+    return None
 
 
 def _content_pending(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
