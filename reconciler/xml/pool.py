@@ -107,7 +107,22 @@ def render(name: str, spec: StoragePoolSpec, *, uuid: str | None = None) -> str:
     if uuid is not None:
         ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
     render_fields(root, _declared(spec), spec)
+    target = _default_target(name, spec)
+    if target is not None:
+        # libvirt's schema (storagepool.rng) wants a <target> for these types; what
+        # libvirt itself fills in when it is left out. Not declared, so not compared.
+        ET.SubElement(ET.SubElement(root, "target"), "path").text = xml_text(target, "path")
     return serialize(root)
+
+
+def _default_target(name: str, spec: StoragePoolSpec) -> str | None:
+    """The target path of a pool whose manifest names none (formatstorage examples):
+    a logical pool's /dev/VG, an iscsi pool's /dev/disk/by-path, a disk pool's /dev."""
+    if spec.path is not None:
+        return None
+    if spec.type == "logical":
+        return f"/dev/{spec.source.name or name}"
+    return {"iscsi": "/dev/disk/by-path", "disk": "/dev"}.get(spec.type)
 
 
 def patch(current: str | Element, spec: StoragePoolSpec) -> str:
