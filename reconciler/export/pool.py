@@ -74,5 +74,6 @@ def export_pool(record: PoolRecord) -> Exported:
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 
 
-_POOL_SILENT = ("uuid", "name", "capacity", "allocation", "available")
-"""Never listed as kept: the identity and the sizes libvirt reports."""
+_POOL_SILENT = ("uuid", "name", "capacity", "allocation", "available", "source/device/freeExtent")
+"""Never listed as kept: the identity and the sizes libvirt reports (a disk pool's free
+extents too: libvirt reads them from the partition table)."""

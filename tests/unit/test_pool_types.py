@@ -433,3 +433,13 @@ def test_pool_types_of_reads_supported_ones() -> None:
     caps = ("<storagepoolCapabilities><pool type='dir' supported='yes'/>"
             "<pool type='zfs' supported='no'/></storagepoolCapabilities>")  # fmt: skip
     assert preflight.pool_types_of(caps) == frozenset({"dir"})
+
+
+def test_a_built_disk_pools_free_extents_are_not_kept_nor_compared() -> None:
+    """pool-dumpxml --inactive of a disk pool after build and start (libvirt 9.0)."""
+    xml = read_data("pool-disk-built-libvirt.xml")
+    record = PoolRecord("d", "u", True, False, xml)
+    [item] = export.export(Observed(pools={"d": record}), _all_refs(Observed(pools={"d": record})))
+    assert item.document is not None
+    assert item.kept == () and item.notes == ()
+    assert pool_xml.observe(xml)["source.devices"] == ("/dev/loop0",)
