@@ -4,7 +4,9 @@ A manifest is input to a root daemon: a path in it makes libvirt or the
 reconciler create, read or write a file on the host. ``host_paths`` lists
 them all, per kind, with the field that names them:
 
-* StoragePool ``path`` (libvirt creates the folder and volumes in it),
+* StoragePool ``path`` of a dir, fs or netfs pool (libvirt creates the folder
+  and volumes in it, or mounts on it), and ``source.devices`` (block devices a
+  pool's build formats: only the ones the configuration allows),
 * Volume ``source`` (copied into the new volume),
 * VirtualMachine ``disks[].file``, ``cdroms[].file``, ``kernel``, ``initrd``,
   ``serial.file`` (opened by QEMU), and ``graphics.passwordFile`` (read by

@@ -194,8 +194,8 @@ class _Context:
 
     def pool_path(self, pool: str) -> str | None:
         m = self.manifests.get((Kind.STORAGE_POOL, pool))
-        if m is not None and isinstance(m.spec, StoragePoolSpec):
-            return m.spec.path
+        if m is not None and isinstance(m.spec, StoragePoolSpec) and m.spec.path is not None:
+            return m.spec.path  # (a logical pool's manifest may leave it to libvirt)
         live = self.observed.pools.get(pool)
         return None if live is None else live.path
 

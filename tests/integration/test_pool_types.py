@@ -125,7 +125,7 @@ def test_logical_pool_is_built_on_a_loop_device_and_settles(
     spec = {"type": "logical", "source": {"devices": [device], "name": vg}, "build": True}
     ws.write("pool.yaml", doc("StoragePool", name, spec))
     roots = (ws.hostdir, Path(device))
-    result = ws.converge(allowed_roots=roots)
+    ws.converge(allowed_roots=roots)
     assert run("vgs", "--noheadings", "-o", "pv_name", vg).stdout.split() == [device]
     assert ws.conn.storagePoolLookupByName(name).isActive()
     assert_settled(ws, allowed_roots=roots)
@@ -167,7 +167,7 @@ def test_a_logical_volume_is_made_raw_and_plans_empty(
                                        "source": {"devices": [device], "name": vg}}),
              doc("Volume", ws.n("lv"), {"pool": pool, "capacity": "10MB", "format": "raw",
                                         "reclaimPolicy": "delete"}))  # fmt: skip
-    result = ws.converge(allowed_roots=roots)
+    ws.converge(allowed_roots=roots)
     assert_settled(ws, allowed_roots=roots)
 
 
@@ -183,7 +183,7 @@ def test_fs_pool_is_built_and_mounted_on_a_loop_device(
              doc("Volume", ws.n("img"), {"pool": name, "capacity": "8MiB",
                                          "reclaimPolicy": "delete"}))  # fmt: skip
     roots = (ws.hostdir, Path(device))
-    result = ws.converge(allowed_roots=roots)
+    ws.converge(allowed_roots=roots)
     assert run("blkid", "-o", "value", "-s", "TYPE", device).stdout.strip() == "ext4"
     assert str(mount) in run("findmnt", "-n", "-o", "TARGET", device).stdout
     assert (mount / ws.n("img")).exists()
