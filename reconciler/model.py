@@ -611,6 +611,8 @@ def _build_pool(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Storage
     kind = raw.get("type", "dir")
     rs: Mapping[str, Any] = raw.get("source", {})
     allowed, formats = _POOL_SOURCE.get(kind, (frozenset(), ()))
+    if "devices" in allowed:
+        allowed = allowed | {"device"}  # one physical volume or disk, written alone
     for key in rs:
         if key not in allowed:
             can = ", ".join(sorted(allowed)) or "no source"

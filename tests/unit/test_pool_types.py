@@ -117,6 +117,8 @@ def test_logical_pool_loads_its_source() -> None:
 
 def test_one_device_is_a_tuple_of_one_and_nfs_dir_is_cleaned() -> None:
     assert spec_of(FS).source.devices == ("/dev/sdd",)
+    one_pv = HEAD % "vg" + "  type: logical\n  source: {device: /dev/sdb}\n"
+    assert spec_of(one_pv).source.devices == ("/dev/sdb",)
     assert spec_of(NETFS).source.dir == "/export/images"
 
 
