@@ -360,8 +360,8 @@ class Executor:
         match step:
             case DefinePool(xml=xml, current=current):
                 hv.define_pool(xml, current=current)
-            case BuildPool():
-                hv.build_pool(name)
+            case BuildPool(format=fmt):
+                hv.build_pool(name, format=bool(fmt))
             case StartPool():
                 hv.start_pool(name)
             case StopPool():

@@ -943,18 +943,24 @@ class Hypervisor:
                 _check_unchanged("storage pool", name, current, now())
             self._conn.storagePoolDefineXML(xml, 0)
 
-    def build_pool(self, name: str) -> None:
-        """Build a pool (``virStoragePoolBuild``): a dir or netfs pool's folder is made if
-        missing (mkdir -p; existing files untouched); any other type is built with
-        ``VIR_STORAGE_POOL_BUILD_NO_OVERWRITE``, which libvirt refuses on a device that
-        holds a filesystem, a partition table or an LVM label ("Storage pool already
-        built"), so nothing is ever formatted over data. (libvirt refuses that flag on a
-        dir or netfs pool: "No source device specified when formatting".)"""
+    def build_pool(self, name: str, *, format: bool = False) -> None:
+        """Build a pool (``virStoragePoolBuild``). ``format`` False: make a dir, netfs or
+        fs pool's folder if missing (mkdir -p; flags 0 build nothing else for those
+        types: measured, an fs pool's device is left blank); any other type is not
+        built (flags 0 would pvcreate a logical pool's devices). ``format`` True: build
+        with ``VIR_STORAGE_POOL_BUILD_NO_OVERWRITE``, which libvirt refuses on a device
+        that holds a filesystem, a partition table or an LVM label ("Storage pool
+        already built"), so nothing is ever formatted over data."""
         with calling(f"building storage pool {name}"):
             pool = self._conn.storagePoolLookupByName(name)
+            if format:
+                pool.build(libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE)
+                return
             kind = ET.fromstring(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)).get("type")
-            keep = libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
-            pool.build(0 if kind in ("dir", "netfs") else keep)
+            if kind not in ("dir", "netfs", "fs"):
+                raise Refused(f"storage pool {name} is a {kind} pool: built only when its "
+                              "manifest says build: true", step="build-pool")  # fmt: skip
+            pool.build(0)
 
     def start_pool(self, name: str) -> None:
         with calling(f"starting storage pool {name}"):

@@ -199,7 +199,12 @@ class DefinePool(StepBase):
 
 @dataclass(frozen=True, slots=True)
 class BuildPool(StepBase):
+    """``format``: True to build the pool's storage on its device (vgcreate, mkfs, a
+    partition table; never over data); None: only make its folder (dir, netfs, fs)."""
+
     verb: ClassVar[str] = "build-pool"
+    optional: ClassVar[frozenset[str]] = frozenset({"current", "format"})
+    format: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,14 +27,17 @@ from reconciler.planner.context import (
 )
 from reconciler.xml import pool as pool_xml
 
-# Pool types whose build only makes the target folder (mkdir -p): built whenever it may
-# have gone missing. The others (POOL_BUILT_TYPES) write on a device and are built once,
-# when created, and only when the manifest says ``build: true``; an iscsi pool never.
-_MKDIR_TYPES = frozenset({"dir", "netfs"})
+# Pool types whose folder a plain build makes (mkdir -p, nothing else: BuildPool()),
+# whenever it may have gone missing. Writing on a device (vgcreate, mkfs, a partition
+# table: BuildPool(format=True), POOL_BUILT_TYPES) is done once, when the pool is
+# created, and only when the manifest says ``build: true``; an iscsi pool never.
+_MKDIR_TYPES = frozenset({"dir", "netfs", "fs"})
 
 
-def _builds_on_create(spec: StoragePoolSpec) -> bool:
-    return spec.type in _MKDIR_TYPES or (spec.type in POOL_BUILT_TYPES and spec.build)
+def _build_on_create(spec: StoragePoolSpec) -> BuildPool | None:
+    if spec.type in POOL_BUILT_TYPES and spec.build:
+        return BuildPool(format=True)
+    return BuildPool() if spec.type in _MKDIR_TYPES else None
 
 
 def _plan_pool(m: Manifest, ctx: _Context) -> Action:
@@ -47,8 +50,9 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     record = ctx.owner_record(m)
     if live is None:
         new: list[Step] = [DefinePool(pool_xml.render(m.name, spec))]
-        if _builds_on_create(spec):
-            new.append(BuildPool())
+        build = _build_on_create(spec)
+        if build is not None:
+            new.append(build)
         if spec.state == "active":
             new.append(StartPool())
         if spec.autostart:

@@ -190,6 +190,30 @@ def test_fs_pool_is_built_and_mounted_on_a_loop_device(
     assert_settled(ws, allowed_roots=roots)
 
 
+def test_fs_pool_on_an_existing_filesystem_keeps_its_data(
+    ws: Workspace, loop: Callable[[], str]
+) -> None:
+    """No build: the filesystem made by hand is mounted as it is, its files kept."""
+    device = loop()
+    run("mkfs.ext4", "-q", "-L", "rctest-data", device)
+    seed = ws.hostdir / "seed"
+    seed.mkdir()
+    run("mount", device, str(seed))
+    try:
+        (seed / "keep.raw").write_bytes(b"data first\n" * 100)
+    finally:
+        run("umount", str(seed))
+    name = ws.n("fs")
+    mount = ws.hostdir / "mnt"
+    spec = {"type": "fs", "path": str(mount), "source": {"device": device, "format": "ext4"}}
+    ws.write("pool.yaml", doc("StoragePool", name, spec))
+    roots = (ws.hostdir, Path(device))
+    ws.converge(allowed_roots=roots)
+    assert (mount / "keep.raw").read_bytes() == b"data first\n" * 100
+    assert "keep.raw" in ws.virsh("vol-list", name)
+    assert_settled(ws, allowed_roots=roots)
+
+
 @pytest.mark.skipif(shutil.which("parted") is None,
                     reason="parted is not installed (scripts/setup-host.sh)")  # fmt: skip
 def test_disk_pool_gets_a_partition_table_and_round_trips_through_export(

@@ -263,8 +263,18 @@ def steps(action: Any) -> list[type]:
 def test_a_logical_pool_is_built_only_when_asked() -> None:
     [a] = plan(LOGICAL).actions
     assert steps(a) == [DefinePool, BuildPool, StartPool]
+    assert a.steps[1] == BuildPool(format=True)
     [b] = plan(LOGICAL.replace("  build: true\n", "")).actions
     assert steps(b) == [DefinePool, StartPool]
+
+
+def test_an_fs_pool_without_build_gets_its_mount_point_only() -> None:
+    [a] = plan(FS.replace("  build: true\n", "")).actions
+    assert a.steps[1] == BuildPool()  # mkdir (libvirt's build with no flags)
+    assert a.steps[1].args == {}
+    [b] = plan(FS).actions
+    assert b.steps[1] == BuildPool(format=True)
+    assert b.steps[1].args == {"format": True}
 
 
 @pytest.mark.parametrize(("kind", "built"), [("fs", True), ("netfs", True), ("iscsi", False),
