@@ -59,7 +59,7 @@ def _dir(spec: StoragePoolSpec) -> str | None:
 TYPE: Field[StoragePoolSpec] = Field("type", lambda spec: spec.type, Attr("", "type"))
 PATH: Field[StoragePoolSpec] = Field("path", _path, Text("target/path"))
 # formatstorage "Source elements"; a changed source is a redefinition the pool takes
-# at its next start (the planner stops and starts it, as for a dir pool's path)
+# at its next start (planner/pool.py: a pool on a device is not stopped under its guests)
 _F = Field[StoragePoolSpec]
 DEVICES: _F = Field("source.devices", lambda spec: spec.source.devices or None,
                     Each("source", "device", attr="path"))  # fmt: skip
