@@ -5,6 +5,9 @@
   vgcreate), runs, and plans again empty; a device holding a filesystem is not
   built over (libvirt's NO_OVERWRITE), its filesystem intact;
 * an fs pool on a loop device: built (mkfs), mounted, a volume made in it;
+* a hand-made logical pool (vgcreate, virsh pool-define) and a disk pool round-trip
+  through export as adoption only; a zfs pool (no backend here) is a plan error
+  naming the package;
 * netfs and iscsi pools cannot run here (no NFS server, no iSCSI target): they are
   defined by hand (libvirt defines a pool without starting it), exported, and the
   manifests validate, plan as adoption only and leave the definition unchanged.
@@ -294,3 +297,55 @@ def test_a_pool_that_cannot_run_here_round_trips_through_export(ws: Workspace, k
     assert_settled(ws)
     assert pool.XMLDesc(1) == before
     assert not pool.isActive()
+
+
+@needs_lvm
+def test_a_hand_made_logical_pool_round_trips_through_export(
+    ws: Workspace, loop: Callable[[], str]
+) -> None:
+    """A VG made with vgcreate, a pool defined on it with virsh and started: exported,
+    adopted with no other change, its definition unchanged."""
+    device = loop()
+    vg, name = ws.n("vg"), ws.n("lvm")
+    run("pvcreate", "-q", device)
+    run("vgcreate", "-q", vg, device)
+    _define(ws, f"<pool type='logical'><name>{name}</name><source><device path='{device}'/>"
+                f"<name>{vg}</name><format type='lvm2'/></source>"
+                f"<target><path>/dev/{vg}</path></target></pool>")  # fmt: skip
+    ws.virsh("pool-start", name)
+    pool = ws.conn.storagePoolLookupByName(name)
+    before = pool.XMLDesc(1)
+
+    out = ws.root / "exported"
+    done = ws.cli("export", f"StoragePool/{name}", "--output-dir", str(out), state=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "kept as defined" not in done.stderr, done.stderr
+    [path] = out.rglob("*.yaml")
+    spec = yaml.safe_load(path.read_text())["spec"]
+    assert spec["source"] == {"devices": [device], "name": vg, "format": "lvm2"}, spec
+    assert "build" not in spec
+    ws.directory.rmdir()
+    ws.directory.symlink_to(out)
+    roots = (ws.hostdir, Path(device))
+    plan = ws.plan(allowed_roots=roots)
+    [a] = plan.actions
+    assert [(c.path, c.old, c.new) for c in a.changes] == [
+        ("ownership", "unmanaged", "managed")
+    ], render_plan(plan)
+    ws.converge(allowed_roots=roots)
+    assert_settled(ws, allowed_roots=roots)
+    assert pool.XMLDesc(1) == before and pool.isActive()
+
+
+def test_a_pool_type_this_libvirt_lacks_is_refused_naming_the_package(ws: Workspace) -> None:
+    """Measured, not assumed: which types pool-capabilities says are supported."""
+    supported = ws.virsh("pool-capabilities")
+    if "<pool type='zfs' supported='yes'>" in supported:
+        pytest.skip("this libvirt has the zfs storage backend")
+    ws.write("pool.yaml", doc("StoragePool", ws.n("tank"),
+                              {"type": "zfs", "source": {"name": ws.n("tank")}}))  # fmt: skip
+    load, _observed, plan = ws.reconciler().plan()
+    problems = [str(p) for p in load.problems]
+    assert len(problems) == 1 and "libvirt-daemon-driver-storage-zfs" in problems[0], problems
+    assert "pool.yaml:6:9: spec.type: " in problems[0], problems  # the type line
+    assert plan.actions == () or all(a.name != ws.n("tank") for a in plan.actions)
