@@ -114,7 +114,13 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
                          msg: str, headers: Any, newurl: str) -> urllib.request.Request | None:
         if urlsplit(newurl).scheme not in SCHEMES:
             raise FetchError(f"{req.full_url} redirects to {newurl}, which is not http(s)")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        hops = getattr(req, "redirects", 0) + 1
+        if hops > MAX_REDIRECTS:  # (urllib counts distinct URLs only)
+            raise FetchError(f"{req.full_url}: more than {MAX_REDIRECTS} redirects")
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.redirects = hops  # type: ignore[attr-defined]
+        return new
 
 
 def opener() -> urllib.request.OpenerDirector:
