@@ -14,7 +14,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from reconciler.errors import Refused
 from reconciler.plan import Op
+from tests.integration import test_gitsource
 from tests.integration.engine_support import (  # noqa: F401
     Workspace,
     action,
@@ -24,7 +28,11 @@ from tests.integration.engine_support import (  # noqa: F401
     volume,
     ws_fixture,
 )
+from tests.integration.test_fleet_remote import controller, remote_uri
+from tests.integration.test_gitsource import Sshd
 from tests.unit.http_support import Served, serving
+
+sshd = test_gitsource.sshd  # the fixture: a throwaway sshd on 127.0.0.1
 
 
 def _image(ws: Workspace, name: str, size: str = "8M") -> bytes:
@@ -168,3 +176,60 @@ def test_an_image_bigger_than_capacity_is_a_plan_error(ws: Workspace) -> None:
     raw = action(plan, "Volume", ws.n("raw"))
     assert raw.op is Op.ERROR and "is a qcow2 image, but the volume's format is raw" in raw.reason
     assert _cache(ws) == []
+
+
+def test_a_volume_whose_upload_failed_is_not_in_sync(ws: Workspace,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The volume was made, the stream into it failed: the next plan copies again
+    (content pending), never "No changes."; the copy then comes from the cache."""
+    data = _image(ws, "cloud.qcow2")
+    p = ws.n("pool")
+    with serving(Served(files={"/cloud.qcow2": data})) as served:
+        source = {"url": served.url("/cloud.qcow2"), "sha256": _sha(data)}
+        ws.write("storage.yaml", pool(p, ws.subdir("images")),
+                 volume(ws.n("base"), p, "16MiB", source=source))
+
+        def broken(*args: object) -> None:
+            raise Refused("volume upload stream refused data")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(ws.hypervisor, "import_file", broken)
+            result = ws.apply()
+        [failed] = [r for r in result.results if r.outcome == "failed"]
+        assert "upload stream refused" in failed.error
+        assert _volume_path(ws, p, ws.n("base")) is not None  # made, but empty
+        base = action(ws.plan(), "Volume", ws.n("base"))
+        assert base.op is Op.UPDATE_LIVE, base
+        assert [s.verb for s in base.steps] == ["fetch-image", "import-volume"]
+        assert [c.path for c in base.changes] == ["content"]
+
+        ws.converge()
+        assert served.downloads("/cloud.qcow2") == 1  # the retry used the cache
+    path = _volume_path(ws, p, ws.n("base"))
+    assert path is not None
+    _same_content(ws.root / "cloud.qcow2", path)
+    assert_settled(ws)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/virt-ssh-helper").exists(),
+                    reason="libvirt's virt-ssh-helper is not installed")  # fmt: skip
+def test_a_volume_from_a_url_over_qemu_ssh(ws: Workspace, sshd: Sshd) -> None:
+    """The controller downloads into its own state directory and streams the image to
+    the host through libvirt over ssh: the pool's folder is hidden from it (an empty
+    tmpfs) and any qemu-img it ran would be recorded (test_fleet_remote.controller)."""
+    uri = remote_uri(ws, sshd)
+    images = ws.subdir("images")
+    data = _image(ws, "cloud.qcow2")
+    p = ws.n("pool")
+    with serving(Served(files={"/cloud.qcow2": data})) as served:
+        source = {"url": served.url("/cloud.qcow2"), "sha256": _sha(data)}
+        ws.write("storage.yaml", pool(p, images),
+                 volume(ws.n("base"), p, "16MiB", source=source))
+        applied = controller(ws, uri, images, "apply", str(ws.directory), "--yes")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert "streamed through 127.0.0.1" in applied.stdout, applied.stdout
+        again = controller(ws, uri, images, "plan", str(ws.directory))
+        assert again.returncode == 0 and "No changes." in again.stdout, again.stdout
+        assert served.downloads("/cloud.qcow2") == 1
+    _same_content(ws.root / "cloud.qcow2", str(images / ws.n("base")))
+    assert not (ws.root / "qemu-img.calls").exists()  # the controller ran no qemu-img
