@@ -687,7 +687,11 @@ def _import_cached_image(hv: Hypervisor, name: str, step: ImportVolume,
         raise ReconcilerError(imagefetch.mismatch_message(str(step.url), str(step.sha256),
                                                           actual))  # fmt: skip
     fmt = images.read_header(str(path)).format
-    hv.import_file(step.pool, name, str(path), fmt)
+    progress = imagefetch.TtyProgress(f"streaming {path.name[:12]} into {step.pool}/{name}")
+    try:
+        hv.import_file(step.pool, name, str(path), fmt, progress)
+    finally:
+        progress.done()
     where = urlsplit(hv.uri).hostname or hv.uri if hv.remote else "libvirt"
     return f"imported {step.url} (streamed through {where}, verified)"
 
