@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # imported when a download starts: they cost the CLI ~20 ms to load
+    import urllib.request
 
 from reconciler import images
 from reconciler.errors import ReconcilerError
@@ -105,32 +105,38 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class _Redirects(urllib.request.HTTPRedirectHandler):
-    """Redirects bounded in number and kept to http/https (urllib also allows ftp)."""
-
-    max_redirections = MAX_REDIRECTS
-
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
-                         msg: str, headers: Any, newurl: str) -> urllib.request.Request | None:
-        if urlsplit(newurl).scheme not in SCHEMES:
-            raise FetchError(f"{req.full_url} redirects to {newurl}, which is not http(s)")
-        hops = getattr(req, "redirects", 0) + 1
-        if hops > MAX_REDIRECTS:  # (urllib counts distinct URLs only)
-            raise FetchError(f"{req.full_url}: more than {MAX_REDIRECTS} redirects")
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None:
-            new.redirects = hops  # type: ignore[attr-defined]
-        return new
-
-
 def opener() -> urllib.request.OpenerDirector:
     """An opener for http(s) only: the environment's proxy settings, our redirect
     rules, certificate verification on (the default HTTPS context)."""
-    return urllib.request.build_opener(_Redirects())
+    import urllib.request
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        """Redirects bounded in number and kept to http/https (urllib also allows ftp)."""
+
+        max_redirections = MAX_REDIRECTS
+
+        def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
+                             msg: str, headers: Any,
+                             newurl: str) -> urllib.request.Request | None:  # fmt: skip
+            if urlsplit(newurl).scheme not in SCHEMES:
+                raise FetchError(f"{req.full_url} redirects to {newurl}, which is not http(s)")
+            hops = getattr(req, "redirects", 0) + 1
+            if hops > MAX_REDIRECTS:  # (urllib counts distinct URLs only)
+                raise FetchError(f"{req.full_url}: more than {MAX_REDIRECTS} redirects")
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            if new is not None:
+                new.redirects = hops  # type: ignore[attr-defined]
+            return new
+
+    return urllib.request.build_opener(Redirects())
 
 
 def _open(url: str, headers: dict[str, str], timeout: float,
           open_with: urllib.request.OpenerDirector | None) -> Any:
+    import http.client
+    import urllib.error
+    import urllib.request
+
     problem = url_problem(url)
     if problem is not None:
         raise FetchError(problem)
@@ -161,6 +167,8 @@ def probe(url: str, *, timeout: float = PROBE_TIMEOUT,
     """The size and header of the image at ``url`` from one ranged GET of its first
     ``PROBE_BYTES`` (a server that ignores ranges is read only that far). ``FetchError``
     when the server cannot be reached or answers with an error."""
+    import http.client
+
     response = _open(url, {"Range": f"bytes=0-{PROBE_BYTES - 1}"}, timeout, open_with)
     with contextlib.closing(response):
         size = _total_size(response)
@@ -257,6 +265,8 @@ def _starts_at(response: Any, offset: int) -> bool:
 def _write(response: Any, part: Path, have: int, total: int | None, limit: int, url: str,
            progress: Progress | None) -> None:
     """Append the body of ``response`` to ``part`` (truncated when ``have`` is 0)."""
+    import http.client
+
     done = have
     with open(part, "ab" if have else "wb") as out:
         try:
