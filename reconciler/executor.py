@@ -270,7 +270,9 @@ class Executor:
             if action.op in (Op.DELETE, Op.FORGET):
                 self.inventory = self.inventory.without(action.key)
         except (HypervisorError, ReconcilerError, OSError) as exc:
-            if action.kind is Kind.VOLUME and action.op is Op.CREATE and done == 0 \
+            # steps that touched libvirt (a URL's fetch-image comes first and does not)
+            touched = done - sum(isinstance(s, FetchImage) for s in action.steps[:done])
+            if action.kind is Kind.VOLUME and action.op is Op.CREATE and touched == 0 \
                     and action.key in self._claimed and isinstance(exc, HypervisorError) \
                     and exc.code == VOLUME_EXISTS:  # fmt: skip
                 # nothing was created (a volume of that name was there already, in a

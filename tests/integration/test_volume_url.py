@@ -233,3 +233,23 @@ def test_a_volume_from_a_url_over_qemu_ssh(ws: Workspace, sshd: Sshd) -> None:
         assert served.downloads("/cloud.qcow2") == 1
     _same_content(ws.root / "cloud.qcow2", str(images / ws.n("base")))
     assert not (ws.root / "qemu-img.calls").exists()  # the controller ran no qemu-img
+
+
+def test_a_file_in_the_way_is_not_claimed_after_the_fetch(ws: Workspace) -> None:
+    """A pool made by this apply already holds a file of the volume's name: libvirt
+    refuses the create after the image was fetched; the file is not claimed (so never
+    pruned) and is left as it was."""
+    data = _image(ws, "cloud.qcow2")
+    p = ws.n("pool")
+    images = ws.subdir("images")
+    in_the_way = images / ws.n("base")
+    in_the_way.write_bytes(b"someone else's data")
+    with serving(Served(files={"/cloud.qcow2": data})) as served:
+        source = {"url": served.url("/cloud.qcow2"), "sha256": _sha(data)}
+        ws.write("storage.yaml", pool(p, images), volume(ws.n("base"), p, "16MiB", source=source))
+        result = ws.apply()
+    [failed] = [r for r in result.results if r.outcome == "failed"]
+    assert failed.action.name == ws.n("base")
+    assert "not claimed: the volume was not created by reconciler" in failed.notes
+    assert f"Volume/{ws.n('base')}" not in ws.inventory()
+    assert in_the_way.read_bytes() == b"someone else's data"
