@@ -502,9 +502,16 @@ class Executor:
         if downloading:
             log.info("image.fetch", sha256=step.sha256, limit=limit)
         progress = imagefetch.TtyProgress(f"fetching {step.url}")
+
+        def proceed(done: int, total: int | None) -> None:
+            progress(done, total)
+            if self.should_stop():  # SIGTERM: a long download is not waited for
+                raise imagefetch.FetchError(f"fetching {step.url}: stopped after {done} "
+                                            "bytes; the next apply resumes it")  # fmt: skip
+
         try:
             path, downloaded = imagefetch.fetch(step.url, step.sha256, cache, limit=limit,
-                                                progress=progress)  # fmt: skip
+                                                progress=proceed)  # fmt: skip
         finally:
             progress.done()
         size = path.stat().st_size

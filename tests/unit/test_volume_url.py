@@ -327,3 +327,21 @@ def test_a_mismatch_fails_the_create_before_libvirt_and_claims_nothing(
     assert served.url("/a.img") in outcome.error
     assert "Volume/root" not in inventory_file.load(state).objects
     assert list((state / "images").iterdir()) == []
+
+
+def test_a_stop_ends_a_download_and_keeps_its_part(write: WriteFiles, tmp_path: Path) -> None:
+    """SIGTERM (``should_stop``) does not wait for a long download: the part is kept
+    for the next start to resume, and libvirt is not touched."""
+    image = b"\x0a" * (3 * imagefetch.CHUNK)
+    with serving(Served(files={"/a.img": image})) as served:
+        result = edit(load(write), "root", source_url=served.url("/a.img"),
+                      source_sha256=_digest(image), format="raw")  # fmt: skip
+        root = action(plan_for(result, Observed()), Kind.VOLUME, "root")
+        state = tmp_path / "state"
+        stops = iter([False, False, True])
+        executor = Executor(_NoLibvirt(), Inventory(), state,  # type: ignore[arg-type]
+                            should_stop=lambda: next(stops, True))  # fmt: skip
+        [outcome] = executor.apply(Plan((root,)))
+    assert outcome.outcome == "failed" and "the next apply resumes it" in outcome.error
+    [part] = (state / "images").iterdir()
+    assert part.name.endswith(".part") and 0 < part.stat().st_size < len(image)
