@@ -9,6 +9,7 @@ early (an interrupted download) or to redirect. Nothing but loopback: it binds
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +41,9 @@ class Served:
 
 
 @contextmanager
-def serving(served: Served) -> Iterator[Served]:
+def serving(served: Served, tls: ssl.SSLContext | None = None) -> Iterator[Served]:
+    """Serve ``served`` on 127.0.0.1 (over TLS with ``tls``: then ``served.url`` is
+    still http://; use https:// with the port yourself)."""
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -89,6 +92,8 @@ def serving(served: Served) -> Iterator[Served]:
             self.wfile.write(part)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     served.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()

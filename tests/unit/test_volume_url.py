@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import shutil
+import ssl
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +348,20 @@ def test_a_stop_ends_a_download_and_keeps_its_part(write: WriteFiles, tmp_path: 
     assert outcome.outcome == "failed" and "the next apply resumes it" in outcome.error
     [part] = (state / "images").iterdir()
     assert part.name.endswith(".part") and 0 < part.stat().st_size < len(image)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make a certificate")
+def test_tls_certificates_are_verified(tmp_path: Path) -> None:
+    """An https server whose certificate no trusted authority signed is refused."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    image = b"\x0b" * 1000
+    with serving(Served(files={"/a.img": image}), tls=context) as served, \
+            pytest.raises(imagefetch.FetchError, match="CERTIFICATE_VERIFY_FAILED"):  # fmt: skip
+        imagefetch.fetch(f"https://127.0.0.1:{served.port}/a.img", _digest(image),
+                         tmp_path / "cache", limit=10**6)  # fmt: skip
