@@ -67,6 +67,11 @@ def url_problem(url: str) -> str | None:
         return f"{url!r}: only http and https URLs are fetched, not {parts.scheme or 'a path'}"
     if not parts.hostname:
         return f"{url!r} names no host"
+    if parts.username is not None or parts.password is not None:
+        # the URL is logged, planned and kept in the inventory: no secret belongs in it
+        return (f"{parts.scheme}://{parts.hostname}/...: a URL with a user name or password "
+                "is refused (it would be logged and stored); publish the image where it "
+                "can be read without one")
     return None
 
 

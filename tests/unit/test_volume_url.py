@@ -98,8 +98,10 @@ def test_a_url_source_on_a_backing_volume_is_refused(write: WriteFiles) -> None:
 def test_only_http_and_https_are_fetched() -> None:
     assert imagefetch.url_problem("https://a.org/x") is None
     assert imagefetch.url_problem("http://127.0.0.1:8000/x") is None
-    for bad in ("file:///etc/shadow", "ftp://a.org/x", "/srv/x.qcow2", "https:///x"):
+    for bad in ("file:///etc/shadow", "ftp://a.org/x", "/srv/x.qcow2", "https:///x",
+                "https://user:secret@a.org/x"):
         assert imagefetch.url_problem(bad) is not None, bad
+    assert "secret" not in str(imagefetch.url_problem("https://user:secret@a.org/x"))
 
 
 # --- the cache -----------------------------------------------------------------------
