@@ -248,6 +248,15 @@ def test_a_url_volume_fetches_before_anything_touches_libvirt(write: WriteFiles)
     assert [s.verb for s in again.steps] == ["fetch-image", "import-volume"]
 
 
+def test_a_new_url_or_digest_does_not_touch_a_volume_in_sync(write: WriteFiles) -> None:
+    """Like a path, a URL source is what a new volume is filled with."""
+    result = _url_source(write)
+    observed = converged(result, running=False)
+    for changed in ({"source_url": URL + "?v=2"}, {"source_sha256": "cd" * 32}):
+        root = action(plan_for(edit(result, "root", **changed), observed), Kind.VOLUME, "root")
+        assert root.op is Op.NOOP and root.steps == (), changed
+
+
 def test_a_url_image_larger_than_capacity_is_a_plan_error(write: WriteFiles) -> None:
     result = _url_source(write)
     root = action(plan_for(result, Observed(), source_sizes={URL: 2 * 1024**3}),
