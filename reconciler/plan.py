@@ -255,7 +255,7 @@ class ImportVolume(StepBase):
     image that a ``FetchImage`` step of the same action fetched from ``url``."""
 
     verb: ClassVar[str] = "import-volume"
-    optional: ClassVar[frozenset[str]] = frozenset({"current", "url", "sha256"})
+    optional: ClassVar[frozenset[str]] = frozenset({"current", "source", "url", "sha256"})
     pool: str
     source: str | None
     backing: str | None = None
