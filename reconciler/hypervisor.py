@@ -1018,7 +1018,8 @@ class Hypervisor:
             self._upload(vol, len(payload),
                          (view[i : i + 1024**2] for i in range(0, len(payload), 1024**2)))
 
-    def import_file(self, pool: str, name: str, source: str, source_format: str) -> None:
+    def import_file(self, pool: str, name: str, source: str, source_format: str,
+                    progress: Callable[[int, int | None], None] | None = None) -> None:
         """Make volume ``pool/name`` (it exists, empty or half copied) hold the image file
         ``source`` of this machine, through libvirt's storage API only, so that it works
         for a remote host: the file is streamed (``virStorageVolUpload``) into a
@@ -1028,13 +1029,15 @@ class Hypervisor:
         again from it (``virStorageVolCreateXMLFrom``: libvirt converts to the volume's
         format; it cannot keep a backing store, so a volume on one is refused, as the
         planner refuses it for a remote host) and grown to its capacity
-        (``virStorageVolResize``). The staging volume is deleted whatever happens."""
+        (``virStorageVolResize``). The staging volume is deleted whatever happens.
+        ``progress`` is called with (bytes sent, total) as the upload proceeds."""
         try:
-            self._import_file(pool, name, source, source_format)
+            self._import_file(pool, name, source, source_format, progress)
         except OSError as exc:  # the source, read here, went away or cannot be read
             raise Refused(f"importing {source}: cannot read it: {exc.strerror or exc}") from None
 
-    def _import_file(self, pool: str, name: str, source: str, source_format: str) -> None:
+    def _import_file(self, pool: str, name: str, source: str, source_format: str,
+                     progress: Callable[[int, int | None], None] | None = None) -> None:
         staging = f"{name}.upload"
         with calling(f"importing {source} into volume {pool}/{name}"):
             p = self._conn.storagePoolLookupByName(pool)
@@ -1052,7 +1055,7 @@ class Hypervisor:
                 f"<volume><name>{staging}</name><capacity unit='bytes'>{max(size, 1)}"
                 "</capacity><target><format type='raw'/></target></volume>", 0)  # fmt: skip
             try:
-                self._upload_file(stage, source, size)
+                self._upload_file(stage, source, size, progress)
                 self._refresh_pool(p)
                 stage = p.storageVolLookupByName(staging)
                 seen = vol_xml.observe(str(stage.XMLDesc(0)))
@@ -1074,9 +1077,13 @@ class Hypervisor:
                 with contextlib.suppress(libvirt.libvirtError):
                     p.storageVolLookupByName(staging).delete(0)
 
-    def _upload_file(self, vol: Any, source: str, size: int) -> None:
+    def _upload_file(self, vol: Any, source: str, size: int,
+                     progress: Callable[[int, int | None], None] | None = None) -> None:
         with open(source, "rb") as f:
-            self._upload(vol, size, iter(lambda: f.read(1024**2), b""))
+            chunks: Iterable[bytes] = iter(lambda: f.read(1024**2), b"")
+            if progress is not None:
+                chunks = _counted(chunks, size, progress)
+            self._upload(vol, size, chunks)
 
     def _upload(self, vol: Any, size: int, chunks: Iterable[bytes | memoryview]) -> None:
         """Stream ``chunks`` (``size`` bytes in all) into ``vol`` (``virStorageVolUpload``);
@@ -1242,3 +1249,13 @@ def start_event_loop() -> None:
 
     _event_loop = threading.Thread(target=loop, name="libvirt-events", daemon=True)
     _event_loop.start()
+
+
+def _counted(chunks: Iterable[bytes], total: int,
+             progress: Callable[[int, int | None], None]) -> Iterator[bytes]:
+    """``chunks``, calling ``progress(bytes so far, total)`` after each."""
+    done = 0
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        progress(done, total)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
+from reconciler import imagefetch
 from reconciler.errors import SourcePosition
 from reconciler.units import parse_duration, parse_size, too_large, too_long
 
@@ -102,9 +103,18 @@ class VolumeSpec:
     capacity: int
     format: str = "qcow2"
     backing_volume: str | None = None
-    source: str | None = None
+    source: str | None = None  # a host file (``source: /path``)
     reclaim_policy: str = "retain"
     adopt: bool = False
+    # ``source: {url: https://..., sha256: HEX}``: an image fetched into the state
+    # directory's cache and streamed into the volume through libvirt (imagefetch.py)
+    source_url: str | None = None
+    source_sha256: str | None = None
+
+    @property
+    def content(self) -> str | None:
+        """What the volume's initial content comes from: the file, or the URL."""
+        return self.source or self.source_url
 
 
 # --- Network ----------------------------------------------------------------
@@ -666,15 +676,21 @@ def _build_pool(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Storage
 
 
 def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> VolumeSpec:
+    source = raw.get("source")
+    remote = source if isinstance(source, Mapping) else None
     spec = VolumeSpec(
         pool=raw["pool"],
         capacity=parse_size(raw["capacity"]),
         format=raw.get("format", "qcow2"),
         backing_volume=raw.get("backingVolume"),
-        source=raw.get("source"),
+        source=None if remote is not None else source,
         reclaim_policy=raw.get("reclaimPolicy", "retain"),
         adopt=raw.get("adopt", False),
+        source_url=None if remote is None else remote["url"],
+        source_sha256=None if remote is None else str(remote["sha256"]).lower(),
     )
+    if remote is not None:
+        _url_source_problems(spec, problems)
     if spec.capacity <= 0:
         problems.append(FieldProblem(("spec", "capacity"), "capacity must be more than 0"))
     _within_libvirt(raw, ("capacity",), problems)
@@ -687,6 +703,22 @@ def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Volum
             )
         )
     return spec
+
+
+def _url_source_problems(spec: VolumeSpec, problems: list[FieldProblem]) -> None:
+    """``source: {url, sha256}``: an http(s) URL (imagefetch.url_problem), and a whole
+    image: libvirt's upload fills a whole volume, so it cannot be stored as differences
+    from a backingVolume."""
+    problem = imagefetch.url_problem(str(spec.source_url))
+    if problem is not None:
+        problems.append(FieldProblem(("spec", "source", "url"), problem,
+                                     "give an http:// or https:// URL"))  # fmt: skip
+    if spec.backing_volume:
+        problems.append(FieldProblem(
+            ("spec", "backingVolume"),
+            "a volume from a URL holds the whole image and cannot have a backingVolume",
+            "make the URL's image its own Volume and name that one as backingVolume of "
+            "this volume (without source)"))  # fmt: skip
 
 
 def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> NetworkSpec:
