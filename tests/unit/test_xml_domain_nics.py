@@ -191,3 +191,23 @@ def test_bandwidth_units(value: object, rate: bool, kib: int) -> None:
 def test_kept_differs_from_nothing() -> None:
     assert diff({"a": KEPT}, {"a": 3}) == [] and diff({"a": KEPT}, {}) == []
     assert KEPT is not None and repr(KEPT) == "<kept>"
+
+
+def test_preflight_wants_the_direct_device_on_the_host() -> None:
+    from typing import cast
+
+    from reconciler import preflight
+
+    spec = _spec()
+    m = manifest(NICS)
+    ctx = cast(preflight.Context, None)  # the check reads no context
+    facts = preflight.HostFacts(interfaces=frozenset({"eth0", "eth1", "lo"}))
+    assert list(preflight.check_direct_devices(m, spec, facts, ctx)) == []
+    facts = preflight.HostFacts(interfaces=frozenset({"eth0", "lo"}))
+    [problem] = preflight.check_direct_devices(m, spec, facts, ctx)
+    assert problem.path == ("spec", "interfaces", 3, "direct", "dev")
+    assert problem.message == "no network interface eth1 on this host"
+    assert problem.hint.startswith("did you mean eth0?")
+    # not known (a remote host): not checked
+    assert list(preflight.check_direct_devices(m, spec, preflight.HostFacts(), ctx)) == []
+    assert preflight.wanted([m]).bridges  # the host's interfaces are read for it
