@@ -43,9 +43,15 @@ def _link(ws: Workspace, name: str, mac: str) -> str:
 
 def test_a_macvtap_nic_runs_and_its_link_changes_live(ws: Workspace, host_dev: str) -> None:
     name, mac = ws.n("mvt"), "52:54:00:6e:00:01"
+    mac_b, mac_n = "52:54:00:6e:00:02", "52:54:00:6e:00:03"
     nic: dict[str, Any] = {"direct": {"dev": host_dev, "mode": "bridge"}, "mac": mac,
                            "link": "down"}  # fmt: skip
-    ws.write("vm.yaml", vm(name, interfaces=[nic]))
+    # a tap on a bridge and one on an isolated network: their links change live too
+    others: list[dict[str, Any]] = [
+        {"bridge": ws.host_bridge(), "mac": mac_b, "link": "down"},
+        {"network": ws.n("net"), "mac": mac_n, "link": "down"}]  # fmt: skip
+    ws.write("net.yaml", ws.isolated_network(ws.n("net")))
+    ws.write("vm.yaml", vm(name, interfaces=[nic, *others]))
     ws.converge()
     assert_settled(ws)
     dom = ws.domain(name)
@@ -53,19 +59,20 @@ def test_a_macvtap_nic_runs_and_its_link_changes_live(ws: Workspace, host_dev: s
     live = dom.XMLDesc(0)
     assert "type='direct'" in live and f"dev='{host_dev}'" in live and "mode='bridge'" in live
     assert "macvtap" in live  # the running NIC's host side: a macvtap on the veth
-    assert _link(ws, name, mac) == "down"
+    assert [_link(ws, name, m) for m in (mac, mac_b, mac_n)] == ["down"] * 3
 
-    # the link comes up live: no restart, and the next plan is empty
+    # the links come up live: no restart, and the next plan is empty
     boot = dom.ID()
-    ws.write("vm.yaml", vm(name, interfaces=[{**nic, "link": "up"}]))
+    ws.write("vm.yaml", vm(name, interfaces=[{**n, "link": "up"} for n in (nic, *others)]))
     plan = ws.plan()
     a = action(plan, "VirtualMachine", name)
-    assert [(c.path, c.old, c.new, c.live) for c in a.changes] == [
-        (f"interfaces[{mac}].link", "down", "up", True)], a.changes
+    assert sorted((c.path, c.old, c.new, c.live) for c in a.changes) == [
+        (f"interfaces[{m}].link", "down", "up", True) for m in (mac, mac_b, mac_n)], a.changes
     assert not a.restart_pending
     ws.converge()
     assert_settled(ws)
-    assert _link(ws, name, mac) == "up" and ws.domain(name).ID() == boot
+    assert [_link(ws, name, m) for m in (mac, mac_b, mac_n)] == ["up"] * 3
+    assert ws.domain(name).ID() == boot
 
 
 def test_a_manifest_without_direct_nics_keeps_them(ws: Workspace, host_dev: str) -> None:
@@ -135,6 +142,28 @@ def _tc_shaping_works() -> str | None:
         return None
     finally:
         subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+def test_bandwidth_is_planned_as_a_live_update_of_the_nic(ws: Workspace) -> None:
+    """Plan only (this host may not shape: see the next test): limits added to a running
+    VM's NIC are one update of that NIC (virDomainUpdateDeviceFlags, LIVE) after the
+    redefine, with no restart pending; an MTU next to them waits for a restart."""
+    name, mac = ws.n("bwp"), "52:54:00:6e:00:22"
+    nic: dict[str, Any] = {"bridge": ws.host_bridge(), "mac": mac}
+    ws.write("vm.yaml", vm(name, interfaces=[nic]))
+    ws.converge()
+    limits = {"inbound": {"average": "2000KiB/s", "burst": "64KiB"}}
+    ws.write("vm.yaml", vm(name, interfaces=[{**nic, "bandwidth": limits}]))
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert sorted((c.path, c.new, c.live) for c in a.changes) == [
+        (f"interfaces[{mac}].bandwidth.inbound.average", 2000, True),
+        (f"interfaces[{mac}].bandwidth.inbound.burst", 64, True)], a.changes
+    assert [s.verb for s in a.steps] == ["define-domain", "update-device"], a.steps
+    assert not a.restart_pending
+    ws.write("vm.yaml", vm(name, interfaces=[{**nic, "bandwidth": limits, "mtu": 1400}]))
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert {c.path for c in a.restart_pending} >= {f"interfaces[{mac}].mtu"}, a.restart_pending
+    assert "update-device" not in [s.verb for s in a.steps]
 
 
 def test_bandwidth_changes_live(ws: Workspace) -> None:
