@@ -1238,7 +1238,8 @@ def patch(
 
     Managed device sets (formatdomain "Hard drives, floppy disks, CDROMs", "Network
     interfaces", "Graphical framebuffers", "Input devices", "Serial port"): disks and
-    CD-ROMs of type file/volume, NICs of type network/bridge, the graphics, USB inputs,
+    CD-ROMs of type file/volume, NICs of type network/bridge (and direct, when ``spec``
+    declares a direct NIC: ``interfaces_for``), the graphics, USB inputs,
     the serial port and its console. A disk or NIC kept by identity keeps its element:
     only fields that differ change, and a bus change drops only that disk's address.
     New devices have no address (libvirt gives each a free one, and on q35 the root port
