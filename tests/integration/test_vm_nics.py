@@ -299,3 +299,52 @@ def test_the_golden_xml_is_valid_and_reads_back(ws: Workspace) -> None:
             spec, machine_aliases=aliases)
     finally:
         dom.undefine()
+
+
+def test_export_round_trip_of_a_running_hand_made_domain(ws: Workspace, host_dev: str) -> None:
+    """Running: a macvtap NIC, and a bridge NIC with its link down and an MTU. Exported,
+    adopted and applied with no restart; the definition is unchanged apart from our
+    metadata, and the domain kept running through it."""
+    name = ws.n("run")
+    bridge = ws.host_bridge()
+    (ws.root / "dom.xml").write_text(f"""
+<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <interface type='direct'><mac address='52:54:00:6e:00:41'/>
+      <source dev='{host_dev}' mode='bridge'/><model type='virtio'/></interface>
+    <interface type='bridge'><mac address='52:54:00:6e:00:42'/><source bridge='{bridge}'/>
+      <model type='virtio'/><link state='down'/><mtu size='1400'/></interface>
+  </devices>
+</domain>""")
+    ws.virsh("define", str(ws.root / "dom.xml"))
+    ws.virsh("start", name)
+    before = ws.virsh("dumpxml", "--inactive", name)
+    boot = ws.domain(name).ID()
+    out = ws.root / "exported"
+    done = ws.cli("export", f"VirtualMachine/{name}", "--output-dir", str(out), state=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "interface" not in done.stderr, done.stderr
+    [path] = list(out.rglob("*.yaml"))
+    spec = yaml.safe_load(path.read_text())["spec"]
+    assert spec["interfaces"] == [
+        {"direct": {"dev": host_dev, "mode": "bridge"}, "mac": "52:54:00:6e:00:41",
+         "bootRom": True},
+        {"bridge": bridge, "mac": "52:54:00:6e:00:42", "bootRom": True, "link": "down",
+         "mtu": 1400},
+    ], spec["interfaces"]  # fmt: skip
+    ws.directory.rmdir()
+    ws.directory.symlink_to(out)
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert [(c.path, c.old, c.new) for c in a.changes] == [
+        ("ownership", "unmanaged", "managed")], a.changes
+    assert not a.restart_pending
+    ws.converge()
+    assert_settled(ws)
+    assert _without_metadata(ws.virsh("dumpxml", "--inactive", name)) == \
+        _without_metadata(before)  # fmt: skip
+    assert ws.domain(name).ID() == boot
+    assert _link(ws, name, "52:54:00:6e:00:42") == "down"
