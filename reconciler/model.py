@@ -255,7 +255,7 @@ def nic_quantity(value: object, rate: bool) -> int:
             raise ValueError(f"{value!r} is not a whole number of KiB (libvirt's unit)")
         kib = size // 1024
     if kib < 1 or kib > 2**32 - 1:
-        raise ValueError(f"{value!r} is out of range (1 KiB to 4 TiB, in libvirt's units)")
+        raise ValueError(f"{value!r} is out of range (1 to 4294967295 KiB, or KiB/s)")
     return kib
 
 
