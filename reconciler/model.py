@@ -203,11 +203,184 @@ class Cdrom:
 
 @dataclass(frozen=True, slots=True)
 class Interface:
+    """A NIC (formatdomain "Network interfaces"), on a ``network``, a host ``bridge``
+    or ``direct`` (macvtap on a host device). The fields of issue 13 (``direct_mode``
+    aside) are in ``declared`` only when the manifest names them: one it does not
+    name is kept as the domain has it (``xml.domain_nics``)."""
+
     mac: str
     network: str | None = None
     bridge: str | None = None
     model: str = "virtio"
     boot_rom: bool = False  # PXE option ROM: by default only when boot lists network
+    direct: str | None = None  # host device of a macvtap NIC (<source dev>)
+    direct_mode: str = "vepa"  # bridge | vepa | private | passthrough (libvirt's default)
+    vlan: Vlan | None = None
+    portgroup: str | None = None
+    bandwidth: Bandwidth | None = None  # None (declared): no limits
+    link: str = "up"  # up | down
+    mtu: int | None = None
+    declared: frozenset[str] = frozenset()  # vlan, portgroup, bandwidth, link, mtu
+
+
+NIC_DIRECT_MODES = ("bridge", "vepa", "private", "passthrough")
+"""``<source mode>`` of a direct NIC (formatdomain "Direct attachment to physical
+interface"); libvirt's default is vepa."""
+NIC_OPTIONAL_FIELDS = ("vlan", "portgroup", "bandwidth", "link", "mtu")
+"""Manifest fields of a NIC that are kept as the domain has them when not named."""
+
+
+@dataclass(frozen=True, slots=True)
+class VlanTag:
+    id: int
+    native_mode: str | None = None  # tagged | untagged (trunk only)
+
+
+@dataclass(frozen=True, slots=True)
+class Vlan:
+    """``<vlan>`` of a NIC (formatdomain "Setting VLAN tag"): several tags make a
+    trunk, as libvirt reads them (``trunk`` is then True)."""
+
+    tags: tuple[VlanTag, ...]
+    trunk: bool = False
+
+    def describe(self) -> str:
+        """The one-line form plans show and ``xml.domain_nics`` compares: ``42``,
+        ``42/untagged,43 trunk``."""
+        tags = ",".join(f"{t.id}/{t.native_mode}" if t.native_mode else str(t.id)
+                        for t in self.tags)  # fmt: skip
+        return tags + (" trunk" if self.trunk else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One direction of ``<bandwidth>``: average and peak in KiB/s, burst in KiB
+    (libvirt's units, formatdomain "Quality of service")."""
+
+    average: int
+    peak: int | None = None
+    burst: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bandwidth:
+    inbound: Rate | None = None
+    outbound: Rate | None = None
+
+
+_RATE_UNIT = re.compile(r"^(.*)/s$")
+
+
+def nic_quantity(value: object, rate: bool) -> int:
+    """A bandwidth value in libvirt's unit (KiB/s for a rate, KiB for a burst): an
+    integer is that unit already; a string has a unit, ``1MiB/s`` for a rate or
+    ``64KiB`` for a burst (sizes as ``units.parse_size``). ValueError for another
+    text, or one that is not a whole number of KiB above 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, int):
+        kib = value
+    else:
+        text = str(value).strip()
+        if rate:
+            match = _RATE_UNIT.match(text)
+            if match is None:
+                raise ValueError(f"{text!r} is not a rate (expected e.g. 1000KiB/s or 8MB/s)")
+            text = match.group(1)
+        size = parse_size(text)
+        if size % 1024:
+            raise ValueError(f"{value!r} is not a whole number of KiB (libvirt's unit)")
+        kib = size // 1024
+    if kib < 1 or kib > 2**32 - 1:
+        raise ValueError(f"{value!r} is out of range (1 to 4294967295 KiB, or KiB/s)")
+    return kib
+
+
+def _nic_extras(n: Mapping[str, Any], i: int, problems: list[FieldProblem]) -> dict[str, Any]:
+    """The issue-13 fields of manifest NIC ``n`` (``interfaces[i]``) as ``Interface``
+    keyword arguments, with ``declared``; problems go to ``problems``. Refused here,
+    as libvirt 9.0 refuses them only at define or start: a VLAN on a plain Linux
+    bridge ("vlan tag not supported for this connection type"), a VLAN on a direct
+    NIC not in passthrough mode ("vlan can only be set for SR-IOV VFs"), an MTU on a
+    direct NIC ("setting MTU on interface type direct is not supported yet")."""
+    at: FieldPath = ("spec", "interfaces", i)
+    out: dict[str, Any] = {}
+    declared = frozenset(k for k in NIC_OPTIONAL_FIELDS if k in n)
+    out["declared"] = declared
+    direct = n.get("direct")
+    if isinstance(direct, Mapping):
+        out["direct"] = direct.get("dev")
+        out["direct_mode"] = direct.get("mode", "vepa")
+    vlan = n.get("vlan")
+    if vlan is not None:
+        raw_tags: list[Any] = [{"id": vlan}] if isinstance(vlan, int) \
+            else list(vlan.get("tags", ()))
+        tags = tuple(VlanTag(int(t["id"]), t.get("nativeMode")) for t in raw_tags
+                     if isinstance(t, Mapping))
+        trunk = bool(vlan.get("trunk", False)) if isinstance(vlan, Mapping) else False
+        if len(tags) > 1 and isinstance(vlan, Mapping) and vlan.get("trunk") is False:
+            problems.append(FieldProblem((*at, "vlan", "trunk"),
+                "several VLAN tags are a trunk", "set trunk: true, or list one tag"))  # fmt: skip
+        trunk = trunk or len(tags) > 1  # libvirt reads several tags as a trunk
+        if any(t.native_mode for t in tags) and not trunk:
+            problems.append(FieldProblem((*at, "vlan"),
+                "nativeMode is for a trunk's native VLAN", "set trunk: true"))  # fmt: skip
+        if sum(1 for t in tags if t.native_mode) > 1:
+            problems.append(FieldProblem((*at, "vlan"),
+                "only one tag of a trunk can be native", "keep nativeMode on one tag"))  # fmt: skip
+        if "bridge" in n:
+            problems.append(FieldProblem((*at, "vlan"),
+                "a plain Linux bridge cannot carry a VLAN tag (libvirt refuses to start the "
+                "VM: 'vlan tag not supported for this connection type')",
+                "use a Network (an openvswitch bridge or a portgroup with the VLAN), or a "
+                "direct NIC in passthrough mode on an SR-IOV VF"))  # fmt: skip
+        if isinstance(direct, Mapping) and out.get("direct_mode") != "passthrough":
+            problems.append(FieldProblem((*at, "vlan"),
+                "a direct NIC carries a VLAN tag only in passthrough mode on an SR-IOV VF "
+                "(libvirt: 'vlan can only be set for SR-IOV VFs')",
+                "set direct.mode: passthrough on a VF, or put the VLAN on a Network"))  # fmt: skip
+        out["vlan"] = Vlan(tags, trunk)
+    if n.get("portgroup") is not None:
+        if "network" not in n:
+            problems.append(FieldProblem((*at, "portgroup"),
+                "a portgroup is one of a Network's", "use portgroup on a network NIC"))  # fmt: skip
+        out["portgroup"] = n["portgroup"]
+    bandwidth = n.get("bandwidth")
+    if bandwidth is not None:
+        rates: dict[str, Rate | None] = {}
+        for direction in ("inbound", "outbound"):
+            raw = bandwidth.get(direction)
+            if raw is None:
+                rates[direction] = None
+                continue
+            values: dict[str, int | None] = {}
+            for name in ("average", "peak", "burst"):
+                if raw.get(name) is None:
+                    values[name] = None
+                    continue
+                try:
+                    values[name] = nic_quantity(raw[name], rate=name != "burst")
+                except ValueError as exc:
+                    problems.append(FieldProblem((*at, "bandwidth", direction, name), str(exc),
+                        "write KiB as a number, or with a unit: 1000KiB/s, 64KiB"))  # fmt: skip
+                    values[name] = 1
+            average = values["average"]
+            if average is None:
+                problems.append(FieldProblem((*at, "bandwidth", direction, "average"),
+                    "libvirt needs an average rate in each direction it limits",
+                    "add average (KiB/s)"))  # fmt: skip
+                average = 1
+            rates[direction] = Rate(average, values["peak"], values["burst"])
+        out["bandwidth"] = Bandwidth(rates["inbound"], rates["outbound"])
+    if "link" in n:
+        out["link"] = n["link"]
+    if n.get("mtu") is not None:
+        if isinstance(direct, Mapping):
+            problems.append(FieldProblem((*at, "mtu"),
+                "libvirt 9.0 cannot set the MTU of a direct NIC ('setting MTU on interface "
+                "type direct is not supported yet')", "set it on the host device"))  # fmt: skip
+        out["mtu"] = n["mtu"]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -1029,6 +1202,7 @@ def _build_vm(
                 bridge=n.get("bridge"),
                 model=n.get("model", "virtio"),
                 boot_rom=n.get("bootRom", "network" in raw.get("boot", ())),
+                **_nic_extras(n, i, problems),
             )
         )
 

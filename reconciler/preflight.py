@@ -30,6 +30,8 @@ The checks, each modelling a section of libvirt's documentation:
   image's header announces (a qcow2 image opened as raw is corrupted by the guest);
 * ``spec.interfaces[i].bridge``: an existing host bridge, or one a Network
   makes (formatdomain.html#bridge-to-lan);
+* ``spec.interfaces[i].direct.dev``: an existing host network interface
+  (formatdomain.html#direct-attachment-to-physical-interface);
 * ``spec.graphics.port``: a fixed VNC/SPICE port no other domain holds
   (formatdomain.html#graphical-framebuffers);
 * ``spec.cpu``: a named model libvirt knows for the arch and this host can run,
@@ -276,7 +278,7 @@ def wanted(
             if spec.cpu is not None:
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
-            bridges = bridges or any(n.bridge for n in spec.interfaces)
+            bridges = bridges or any(n.bridge or n.direct for n in spec.interfaces)
         elif isinstance(spec, NetworkSpec) and spec.ipv4 is not None:
             addresses = True
     if path_allowed is not None:
@@ -556,6 +558,25 @@ def check_bridges(
         )
 
 
+def check_direct_devices(
+    _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """A direct NIC's ``direct.dev`` is a host network interface (formatdomain "Direct
+    attachment to physical interface": libvirt puts a macvtap on it at start)."""
+    if facts.interfaces is None:
+        return
+    for i, nic in enumerate(spec.interfaces):
+        if nic.direct is None or nic.direct in facts.interfaces:
+            continue
+        close = difflib.get_close_matches(nic.direct, sorted(facts.interfaces))
+        hint = f"did you mean {close[0]}? " if close else ""
+        yield FieldProblem(
+            ("spec", "interfaces", i, "direct", "dev"),
+            f"no network interface {nic.direct} on this host",
+            hint + "name a host interface (ip link show)",
+        )
+
+
 def check_graphics_port(
     m: Manifest, spec: VirtualMachineSpec, _facts: HostFacts, ctx: Context
 ) -> Iterator[FieldProblem]:
@@ -673,6 +694,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_files,
     check_disk_formats,
     check_bridges,
+    check_direct_devices,
     check_graphics_port,
     check_cpu,
 )
