@@ -766,8 +766,13 @@ class Hypervisor:
                     return records
                 raise
             for vol in listed:
-                with _vanished_ok():
+                try:
                     records.append(VolumeRecord(pool_name, vol.name(), vol.path(), vol.XMLDesc(0)))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                        return []  # the pool stopped meanwhile ("is not active"): as above
+                    if exc.get_error_code() not in _VANISHED:
+                        raise
             return records
 
     # -- domains ----------------------------------------------------------------
