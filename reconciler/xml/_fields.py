@@ -381,6 +381,40 @@ class Each:
 # --- fields -----------------------------------------------------------------
 
 
+class _Kept:
+    """The desired value of a field the manifest does not name, where a manifest that
+    does not name it keeps what the definition has (``KEPT``)."""
+
+    _instance: _Kept | None = None
+
+    def __new__(cls) -> _Kept:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<kept>"
+
+    # equal to every value: a projection with a kept field equals any observation of
+    # it (``observe(xml) == project(spec)`` holds by meaning, whatever the domain has)
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0
+
+
+KEPT: Any = _Kept()
+"""A field's ``get`` returns ``KEPT`` when the manifest does not name the field: render
+writes nothing, ``patch_fields`` leaves the definition's value, the projection holds
+``KEPT`` (equal to every value) and ``diff`` sees no change (the compatibility rule of
+issue 13: a field a manifest does not name is kept as the domain has it). Test it with
+``is``, never ``==``."""
+
+
 def _same(value: object) -> object:
     return value
 
@@ -413,11 +447,6 @@ class Field(Generic[T]):
     it (``rounding.py``: what a definition read back holds). ``export``: the inverse,
     projection value -> manifest value as export writes it (``format_size`` for a
     size); None: export does not write the field as is.
-
-    ``optional``: a manifest that leaves the field out (desired None) keeps whatever the
-    definition has: not projected, not patched, and read by ``observe_fields`` only
-    when asked (``optional=True``), so a field added to an existing kind changes
-    nothing for manifests that do not name it (the compatibility rule).
     """
 
     path: str
@@ -432,7 +461,6 @@ class Field(Generic[T]):
     unit: str | None = None
     rounding: Callable[[int], int] | None = None
     export: Callable[[object], object] | None = _same
-    optional: bool = False
 
     def exported(self, value: object) -> object:
         """``value`` (as observed) as a manifest writes it; None when it is the default
@@ -462,7 +490,7 @@ def render_fields(
     """Write every field's desired value that is not None into ``root``."""
     for field in fields:
         value = _wanted(field, desired, variant)
-        if value is not None:
+        if value is not None and value is not KEPT:
             field.place.write(root, value)
 
 
@@ -478,14 +506,14 @@ def patch_fields(
     as it is. Returns the paths of the fields changed."""
     fields = tuple(fields)
     want = project_fields(fields, desired, "", variant)
-    have = observe_fields(root, fields, "", observed_variant, optional=True)
+    have = observe_fields(root, fields, "", observed_variant)
     changed: list[str] = []
     # Twice at most: a field that reads as another's value when left out (``fallback``:
     # <vcpu> without ``current`` means all of them) matched only through that field;
     # once that field changed, it reads differently and is written in its own right.
     for _ in range(2):
-        todo = [field for field in fields if field.path in want
-                and want[field.path] != have[field.path]]  # fmt: skip
+        todo = [field for field in fields
+                if want[field.path] is not KEPT and want[field.path] != have[field.path]]
         if not todo:
             break
         for field in todo:
@@ -498,7 +526,7 @@ def patch_fields(
                 field.place.write(root, value)
             if field.path not in changed:
                 changed.append(field.path)
-        have = observe_fields(root, fields, "", variant, optional=True)
+        have = observe_fields(root, fields, "", variant)
     return changed
 
 
@@ -509,19 +537,18 @@ def project_fields(
     out: Projection = {}
     for field in fields:
         value = _wanted(field, desired, variant)
-        if value is None and field.optional:
-            continue  # left out: the definition's value is kept, not compared
+        if value is KEPT:
+            out[prefix + field.path] = KEPT
+            continue
         out[prefix + field.path] = None if value is None else field.show(field.place.canon(value))
     return out
 
 
 def observe_fields(
-    root: Element | None, fields: Iterable[Field[Any]], prefix: str = "",
-    variant: str | None = None, *, optional: bool = False,
+    root: Element | None, fields: Iterable[Field[Any]], prefix: str = "", variant: str | None = None
 ) -> Projection:
-    """Read the fields from live XML; ``root`` None reads every field as absent.
-    ``Field.optional`` ones only with ``optional`` (see ``Field``)."""
-    fields = tuple(f for f in fields if optional or not f.optional)
+    """Read the fields from live XML; ``root`` None reads every field as absent."""
+    fields = tuple(fields)
     raw: dict[str, object] = {}
     for field in fields:
         if root is None or (field.variant is not None and field.variant != variant):

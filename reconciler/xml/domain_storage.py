@@ -29,7 +29,7 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from lxml import etree as ET
 from reconciler.model import Filesystem, Hostdev, hostdev_key
 from reconciler.xml._fields import (
     INT,
+    KEPT,
     YES_NO,
     Attr,
     ChangeClass,
@@ -46,10 +47,8 @@ from reconciler.xml._fields import (
     Element,
     Field,
     Flag,
-    Projection,
     ensure,
     find,
-    observe_fields,
 )
 
 __all__ = [
@@ -60,9 +59,7 @@ __all__ = [
     "FILESYSTEMS",
     "HOSTDEVS",
     "HOTPLUG_FS_DRIVERS",
-    "OPTIONAL_DISK_FIELDS",
     "node_device_keys",
-    "observe_options",
     "shared_memory",
 ]
 
@@ -76,45 +73,29 @@ def _disk(attr: str) -> Any:
     return lambda v: getattr(v.disk, attr)
 
 
+def _kept(attr: str) -> Any:
+    """A disk option: ``KEPT`` when the manifest leaves it out (the domain's is kept)."""
+
+    def get(v: Any) -> object:
+        value = getattr(v.disk, attr)
+        return KEPT if value is None else value
+
+    return get
+
+
 DISK_FIELDS: tuple[Field[Any], ...] = (
     Field("device", _disk("device"), Attr("source", "dev"), variant="block"),
-    Field("discard", _disk("discard"), Attr("driver", "discard", fixed=_QEMU), optional=True),
-    Field("detectZeroes", _disk("detect_zeroes"), Attr("driver", "detect_zeroes", fixed=_QEMU),
-          optional=True),
-    Field("io", _disk("io"), Attr("driver", "io", fixed=_QEMU), optional=True),
-    Field("iothread", _disk("iothread"), Attr("driver", "iothread", INT, fixed=_QEMU),
-          optional=True),
-    Field("shareable", _disk("shareable"), Flag("shareable"), optional=True),
-    Field("bootIndex", _disk("boot_index"), Attr("boot", "order", INT), optional=True),
+    Field("discard", _kept("discard"), Attr("driver", "discard", fixed=_QEMU)),
+    Field("detectZeroes", _kept("detect_zeroes"), Attr("driver", "detect_zeroes", fixed=_QEMU)),
+    Field("io", _kept("io"), Attr("driver", "io", fixed=_QEMU)),
+    Field("iothread", _kept("iothread"), Attr("driver", "iothread", INT, fixed=_QEMU)),
+    Field("shareable", _kept("shareable"), Flag("shareable")),
+    Field("bootIndex", _kept("boot_index"), Attr("boot", "order", INT)),
 )
 """The fields of a disk (``domain.DISKS``) this module adds; each takes a restart
-(libvirt changes none of them on a running disk). All but ``device`` are optional
-(``Field.optional``): a disk that leaves one out keeps the domain's value, so existing
-manifests plan as before against domains that have them."""
-OPTIONAL_DISK_FIELDS = tuple(f for f in DISK_FIELDS if f.optional)
-
-
-def observe_options(device: Device[Any], root: Element,
-                    named: Mapping[Any, Iterable[str]] | None = None) -> Projection:  # fmt: skip
-    """The optional fields (``Field.optional``) of ``device``'s elements in ``root``:
-    of every element (``named`` None: export), or only of the elements whose identity
-    ``named`` has, and of those only the fields it lists (what their manifest names)."""
-    out: Projection = {}
-    parent = find(root, device.parent)
-    if parent is None:
-        return out
-    for element in parent.findall(device.tag):
-        if not device.managed(element):
-            continue
-        key = device.key.read(element)
-        if key is None or (named is not None and key not in named):
-            continue
-        paths = None if named is None else set(named[key])
-        fields = [f for f in device.fields if f.optional and (paths is None or f.path in paths)]
-        variant = element.get("type") if device.variant_of is not None else None
-        out.update(observe_fields(element, fields, f"{device.section}[{key}].", variant,
-                                  optional=True))  # fmt: skip
-    return out
+(libvirt changes none of them on a running disk). All but ``device`` are ``KEPT``
+when the manifest leaves them out (``_fields.KEPT``): the disk keeps the domain's
+value, so existing manifests plan as before against domains that have them."""
 
 DISK_ORDER = ("driver", "source", "target", "readonly", "shareable", "serial", "boot")
 
