@@ -15,6 +15,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 
 from reconciler.plan import Change
+from reconciler.xml._fields import KEPT
 
 Projection = Mapping[str, object]
 
@@ -22,10 +23,11 @@ _DEVICE = re.compile(r"^([A-Za-z0-9.]+)\[([^\]]+)\]\.")
 
 
 def diff(desired: Projection, actual: Projection, *, ignore: Collection[str] = ()) -> list[Change]:
-    """Every key whose values differ (old: ``actual``, new: ``desired``), in key order."""
+    """Every key whose values differ (old: ``actual``, new: ``desired``), in key order;
+    a desired ``KEPT`` (a field the manifest does not name) is never a change."""
     changes = []
     for key in sorted(set(desired) | set(actual)):
-        if key in ignore:
+        if key in ignore or desired.get(key) is KEPT:
             continue
         new, old = desired.get(key), actual.get(key)
         if new != old:

@@ -405,6 +405,7 @@ class VirtualMachineSpec:
     serial: str = "pty"  # pty | none | file
     serial_file: str | None = None
     cloud_init: CloudInit | None = None
+    devices: VmDevices = field(default_factory=lambda: VmDevices())
     state: str = "running"
     autostart: bool = False
     shutdown_timeout: float = 120.0
@@ -913,8 +914,17 @@ def _build_vm(
 
     serial_raw = raw.get("serial", "pty")
     serial, serial_file = (
-        ("file", serial_raw["file"]) if isinstance(serial_raw, Mapping) else (serial_raw, None)
-    )
+        (serial_raw.get("type", "file" if "file" in serial_raw else "pty"), serial_raw.get("file"))
+        if isinstance(serial_raw, Mapping) else (serial_raw, None)
+    )  # fmt: skip
+    if serial != "file" and serial_file is not None:
+        problems.append(FieldProblem(("spec", "serial", "file"),
+                                     f"a {serial} serial port has no file",
+                                     "write type: file, or remove file"))  # fmt: skip
+    elif serial == "file" and serial_file is None:
+        problems.append(FieldProblem(("spec", "serial", "type"), "a file serial port needs file",
+                                     "write file: /path/to/log"))  # fmt: skip
+    devices = devices_from_manifest(raw, machine, serial, problems)
     cloud_init = None
     if "cloudInit" in raw:
         ci = raw["cloudInit"]
@@ -953,7 +963,7 @@ def _build_vm(
         max_vcpus=max_vcpus,
         type=vm_type,
         machine=machine,
-        firmware=raw.get("firmware", "bios"),
+        firmware=firmware_type(raw.get("firmware", "bios")),
         cpu=cpu,
         clock=clock,
         kernel=raw.get("kernel"),
@@ -968,9 +978,237 @@ def _build_vm(
         serial=serial,
         serial_file=serial_file,
         cloud_init=cloud_init,
+        devices=devices,
         state=raw.get("state", "running"),
         autostart=raw.get("autostart", False),
         shutdown_timeout=parse_duration(raw.get("shutdownTimeout", "120s")),
         update_policy=raw.get("updatePolicy"),
         adopt=raw.get("adopt", False),
     )
+
+
+# --- VirtualMachine devices managed only when named (issue 13) ------------------------
+
+NONE = "none"
+"""A device field the manifest names as ``null``: the domain has no such device."""
+
+RNG_BACKENDS = ("/dev/urandom", "/dev/random", "/dev/hwrng")
+WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi")
+VIDEO_VRAM_KIB = {"vga": 16384, "cirrus": 16384, "bochs": 16384, "qxl": 65536}
+"""The ``vram`` (KiB) libvirt 9.0 writes for a video model that has one, when the
+definition names none (measured: ``virsh define`` then ``dumpxml --inactive``)."""
+VIDEO_MODELS = ("virtio", "vga", "qxl", "bochs", "ramfb", "cirrus", "none")
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Rng:
+    """formatdomain "Random number generator device": ``<rng model>`` with a
+    ``random`` backend (a host device) and an optional rate limit."""
+
+    model: str = "virtio"
+    backend: str = "/dev/urandom"
+    rate_bytes: int | None = None  # bytes per period
+    rate_period: int | None = None  # milliseconds
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "backend": self.backend}
+        if self.rate_bytes is not None:
+            out["rate"] = {"bytes": self.rate_bytes, "period": self.rate_period or 1000}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Watchdog:
+    """formatdomain "Watchdog devices": ``<watchdog model action>``."""
+
+    model: str = "i6300esb"
+    action: str = "reset"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"model": self.model, "action": self.action}
+
+
+@dataclass(frozen=True, slots=True)
+class Tpm:
+    """formatdomain "TPM device": ``<tpm model>`` with an emulator (swtpm) backend."""
+
+    model: str = "tpm-crb"
+    version: str = "2.0"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
+class Video:
+    """formatdomain "Video devices": the primary ``<video><model type vram heads>``.
+    ``vram`` in bytes (libvirt keeps KiB), None for a model without one."""
+
+    model: str = "virtio"
+    vram: int | None = None
+    heads: int | None = 1
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model}
+        if self.vram is not None:
+            out["vram"] = self.vram
+        if self.heads is not None:
+            out["heads"] = self.heads
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    """formatdomain "Console": a console other than the serial port's (``virtio``)."""
+
+    type: str = "pty"
+    target: str = "virtio"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"type": self.type, "target": self.target}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialLog:
+    """formatdomain "Serial port", ``<log file append>``: the port's output, also
+    written to a host file (by virtlogd) while it stays a pty or file."""
+
+    file: str
+    append: bool = False
+
+    def manifest(self) -> dict[str, Any]:
+        return {"file": self.file, "append": self.append}
+
+
+@dataclass(frozen=True, slots=True)
+class VmDevices:
+    """The devices and firmware settings a manifest manages only when it names them:
+    None for a field it leaves out (the domain keeps what it has), ``NONE`` for one it
+    names as null (the domain has none), else the device. Firmware (formatdomain
+    "Operating system booting", "BIOS bootloader"): ``secure_boot``/``enrolled_keys``
+    are libvirt's firmware autoselection features (or the loader's ``secure``),
+    ``loader``/``nvram_template`` a firmware chosen by path."""
+
+    guest_agent: bool | None = None
+    rng: Rng | str | None = None
+    watchdog: Watchdog | str | None = None
+    tpm: Tpm | str | None = None
+    video: Video | None = None
+    console: Console | str | None = None
+    serial_log: SerialLog | str | None = None
+    secure_boot: bool | None = None
+    enrolled_keys: bool | None = None
+    loader: str | None = None
+    nvram_template: str | None = None
+
+
+def firmware_type(raw: object) -> str:
+    """``firmware`` (``bios``, ``uefi`` or a mapping) -> its type, bios or uefi."""
+    if isinstance(raw, Mapping):
+        return str(raw.get("type", "uefi"))
+    return str(raw or "bios")
+
+
+def devices_from_manifest(
+    raw: Mapping[str, Any], machine: str, serial: str, problems: list[FieldProblem]
+) -> VmDevices:
+    """The ``VmDevices`` of a VM spec ``raw`` (schema-valid), adding to ``problems``
+    what the schema cannot say: secure boot without q35 or UEFI, an NVRAM template
+    without its loader (libvirt 9.0 refuses one with autoselection), a CRB TPM 1.2,
+    vram for a model without it, a serial log without a serial port."""
+    out: dict[str, Any] = {}
+    if "guestAgent" in raw:
+        out["guest_agent"] = bool(raw["guestAgent"])
+    if "rng" in raw:
+        r = raw["rng"]
+        rate = (r or {}).get("rate")
+        out["rng"] = NONE if r is None else Rng(
+            model=r.get("model", "virtio"), backend=r.get("backend", "/dev/urandom"),
+            rate_bytes=None if rate is None else int(rate["bytes"]),
+            rate_period=None if rate is None else int(rate.get("period", 1000)))  # fmt: skip
+    if "watchdog" in raw:
+        w = raw["watchdog"]
+        out["watchdog"] = NONE if w is None else Watchdog(
+            model=w.get("model", "i6300esb"), action=w.get("action", "reset"))  # fmt: skip
+    if "tpm" in raw:
+        t = raw["tpm"]
+        tpm = NONE if t is None else Tpm(model=t.get("model", "tpm-crb"),
+                                         version=str(t.get("version", "2.0")))  # fmt: skip
+        if isinstance(tpm, Tpm) and tpm.model == "tpm-crb" and tpm.version != "2.0":
+            problems.append(FieldProblem(("spec", "tpm", "version"),
+                                         "a tpm-crb TPM is TPM 2.0 only",
+                                         "write version: \"2.0\", or model: tpm-tis"))  # fmt: skip
+        out["tpm"] = tpm
+    if "video" in raw:
+        v = raw["video"]
+        model = v.get("model", "virtio")
+        vram = None
+        if "vram" in v:
+            if model not in VIDEO_VRAM_KIB:
+                problems.append(FieldProblem(("spec", "video", "vram"),
+                                             f"video model {model} has no vram",
+                                             "remove vram, or use model vga, qxl, bochs or "
+                                             "cirrus"))  # fmt: skip
+            else:
+                vram = parse_size(str(v["vram"]))
+                if vram < 1024 or vram % 1024:
+                    problems.append(FieldProblem(("spec", "video", "vram"),
+                                                 f"{v['vram']} is not a whole number of KiB",
+                                                 "e.g. 16MiB"))  # fmt: skip
+        elif model in VIDEO_VRAM_KIB:
+            vram = VIDEO_VRAM_KIB[model] * 1024
+        heads = None if model == "none" else int(v.get("heads", 1))
+        out["video"] = Video(model=model, vram=vram, heads=heads)
+    if "console" in raw:
+        c = raw["console"]
+        out["console"] = NONE if c is None else Console(type=c.get("type", "pty"),
+                                                        target=c.get("target", "virtio"))
+    serial_raw = raw.get("serial")
+    if isinstance(serial_raw, Mapping) and "log" in serial_raw:
+        log = serial_raw["log"]
+        if log is not None and serial == "none":
+            problems.append(FieldProblem(("spec", "serial", "log"),
+                                         "a serial log needs a serial port",
+                                         "write serial: {type: pty, log: ...}"))  # fmt: skip
+        out["serial_log"] = NONE if log is None else SerialLog(
+            file=str(log["file"]), append=bool(log.get("append", False)))  # fmt: skip
+    fw = raw.get("firmware")
+    if isinstance(fw, Mapping):
+        where: FieldPath = ("spec", "firmware")
+        kind = firmware_type(fw)
+        for key in ("secureBoot", "enrolledKeys", "loader", "nvramTemplate"):
+            if key in fw and kind == "bios":
+                problems.append(FieldProblem((*where, key), f"{key} is a UEFI setting",
+                                             "write type: uefi, or remove it"))  # fmt: skip
+        secure = fw.get("secureBoot")
+        if secure and kind == "uefi" and not is_q35(machine):
+            problems.append(FieldProblem((*where, "secureBoot"),
+                                         f"secure boot needs machine q35 (SMM), not {machine}",
+                                         "write machine: q35"))  # fmt: skip
+        if "nvramTemplate" in fw and "loader" not in fw:
+            problems.append(FieldProblem((*where, "nvramTemplate"),
+                                         "libvirt picks the NVRAM template itself when it "
+                                         "picks the firmware, and refuses one named beside it",
+                                         "name the loader too (e.g. /usr/share/OVMF/"
+                                         "OVMF_CODE_4M.ms.fd), or remove it"))  # fmt: skip
+        enrolled = fw.get("enrolledKeys")
+        if "enrolledKeys" in fw and "loader" in fw:
+            problems.append(FieldProblem((*where, "enrolledKeys"),
+                                         "enrolledKeys chooses a firmware libvirt picks; with "
+                                         "loader the NVRAM template holds the keys",
+                                         "remove enrolledKeys"))  # fmt: skip
+        if enrolled and not secure:
+            problems.append(FieldProblem((*where, "enrolledKeys"),
+                                         "enrolled keys come with secure boot",
+                                         "write secureBoot: true, or remove enrolledKeys"))
+        if secure is not None:
+            out["secure_boot"] = bool(secure)
+        if enrolled is not None:
+            out["enrolled_keys"] = bool(enrolled)
+        elif secure and "loader" not in fw:
+            out["enrolled_keys"] = True  # the Microsoft keys: what Windows 11 boots with
+        for key, name in (("loader", "loader"), ("nvramTemplate", "nvram_template")):
+            if key in fw:
+                out[name] = plain_path(str(fw[key]))
+    return VmDevices(**out)

@@ -385,6 +385,31 @@ def _same(value: object) -> object:
     return value
 
 
+class _Kept:
+    """The projection's value of a field the manifest does not name, for a field
+    declared ``kept_unless_named``: whatever the definition has is kept, never a change
+    (``diff`` skips it, ``patch_fields`` does not touch it). It equals every value, so
+    a projection compares equal to the observation of any definition on such a field."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<kept>"
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0
+
+
+KEPT = _Kept()
+"""The one ``_Kept`` value (compared by identity)."""
+
+
 class ChangeClass(StrEnum):
     """What changing a field takes (the planner classifies a change by it)."""
 
@@ -412,7 +437,10 @@ class Field(Generic[T]):
     the projection's value (``bytes``) and ``rounding`` how libvirt keeps a value of
     it (``rounding.py``: what a definition read back holds). ``export``: the inverse,
     projection value -> manifest value as export writes it (``format_size`` for a
-    size); None: export does not write the field as is.
+    size); None: export does not write the field as is. ``kept_unless_named``: a device
+    or section the manifest manages only when it names the field (``get`` gives None
+    then): the projection says ``KEPT`` and the definition's value is kept as it is;
+    a "none" the manifest names is a value of its own (``"null"``, ``False``).
     """
 
     path: str
@@ -427,6 +455,7 @@ class Field(Generic[T]):
     unit: str | None = None
     rounding: Callable[[int], int] | None = None
     export: Callable[[object], object] | None = _same
+    kept_unless_named: bool = False
 
     def exported(self, value: object) -> object:
         """``value`` (as observed) as a manifest writes it; None when it is the default
@@ -478,7 +507,8 @@ def patch_fields(
     # <vcpu> without ``current`` means all of them) matched only through that field;
     # once that field changed, it reads differently and is written in its own right.
     for _ in range(2):
-        todo = [field for field in fields if want[field.path] != have[field.path]]
+        todo = [field for field in fields
+                if want[field.path] is not KEPT and want[field.path] != have[field.path]]
         if not todo:
             break
         for field in todo:
@@ -502,6 +532,9 @@ def project_fields(
     out: Projection = {}
     for field in fields:
         value = _wanted(field, desired, variant)
+        if value is None and field.kept_unless_named:
+            out[prefix + field.path] = KEPT
+            continue
         out[prefix + field.path] = None if value is None else field.show(field.place.canon(value))
     return out
 

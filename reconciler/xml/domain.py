@@ -94,6 +94,7 @@ from reconciler.xml._fields import (
     serialize,
     xml_text,
 )
+from reconciler.xml.domain_devices import DEVICE_FIELDS, FIRMWARE_FIELDS, SERIAL_LOG_FIELD
 
 __all__ = [
     "CDROMS",
@@ -133,7 +134,8 @@ _ROOT_ORDER = (
 )  # fmt: skip
 _OS_ORDER = ("type", "firmware", "loader", "nvram", "kernel", "initrd", "cmdline", "boot")
 _DEVICE_ORDER = (
-    "disk", "controller", "interface", "serial", "console", "input", "graphics", "memballoon",
+    "disk", "controller", "interface", "serial", "console", "channel", "input", "tpm",
+    "graphics", "video", "watchdog", "memballoon", "rng",
 )  # fmt: skip
 _BOOT_DEVICES = {"disk": "hd", "cdrom": "cdrom", "network": "network"}
 _BOOT_NAMES = {dev: name for name, dev in _BOOT_DEVICES.items()}
@@ -730,6 +732,7 @@ FIELDS: tuple[Field[_Desired], ...] = (
         default="pc",
     ),
     Field("firmware", lambda d: d.spec.firmware, _Firmware(), default="bios"),
+    *FIRMWARE_FIELDS,  # secure boot, loader, NVRAM template: managed when named
     Field("kernel", lambda d: d.spec.kernel, Text("os/kernel")),
     Field("initrd", lambda d: d.spec.initrd, Text("os/initrd")),
     Field("cmdline", lambda d: d.spec.cmdline, Text("os/cmdline")),
@@ -768,6 +771,8 @@ FIELDS: tuple[Field[_Desired], ...] = (
         lambda d: d.spec.serial_file if d.spec.serial == "file" else None,
         _SerialFile(),
     ),
+    SERIAL_LOG_FIELD,
+    *DEVICE_FIELDS,  # agent channel, rng, watchdog, TPM, video, console: when named
     Field("cloudInit", lambda d: None if d.seed is None else d.seed.digest, _SeedDigest(),
           export=None),
 )
