@@ -1116,7 +1116,7 @@ def devices_from_manifest(
     """The ``VmDevices`` of a VM spec ``raw`` (schema-valid), adding to ``problems``
     what the schema cannot say: secure boot without q35 or UEFI, an NVRAM template
     without its loader (libvirt 9.0 refuses one with autoselection), a CRB TPM 1.2,
-    vram for a model without it, a serial log without a serial port."""
+    vram for a model without it. ``serial``: the port's type (pty, file, none)."""
     out: dict[str, Any] = {}
     if "guestAgent" in raw:
         out["guest_agent"] = bool(raw["guestAgent"])
@@ -1166,11 +1166,7 @@ def devices_from_manifest(
                                                         target=c.get("target", "virtio"))
     serial_raw = raw.get("serial")
     if isinstance(serial_raw, Mapping) and "log" in serial_raw:
-        log = serial_raw["log"]
-        if log is not None and serial == "none":
-            problems.append(FieldProblem(("spec", "serial", "log"),
-                                         "a serial log needs a serial port",
-                                         "write serial: {type: pty, log: ...}"))  # fmt: skip
+        log = serial_raw["log"]  # (a mapping is a pty or file port: never none)
         out["serial_log"] = NONE if log is None else SerialLog(
             file=str(log["file"]), append=bool(log.get("append", False)))  # fmt: skip
     fw = raw.get("firmware")
