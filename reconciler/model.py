@@ -1202,8 +1202,6 @@ def devices_from_manifest(
             out["secure_boot"] = bool(secure)
         if enrolled is not None:
             out["enrolled_keys"] = bool(enrolled)
-        elif secure and "loader" not in fw:
-            out["enrolled_keys"] = True  # the Microsoft keys: what Windows 11 boots with
         for key, name in (("loader", "loader"), ("nvramTemplate", "nvram_template")):
             if key in fw:
                 out[name] = plain_path(str(fw[key]))

@@ -62,6 +62,8 @@ _KEPT_SILENT = (
     "devices/graphics@listen", "devices/graphics@port", "devices/graphics@autoport",
     "devices/graphics@passwd", "devices/serial/target@type", "devices/serial/target/model",
     "devices/serial/target@port",
+    # what libvirt adds to the devices a manifest names (xml/domain_devices.py)
+    "devices/video/model@primary", "devices/console/target@port",
 )  # fmt: skip
 
 

@@ -104,8 +104,9 @@ def _put(root: Element, element: Element, before: str | None = None) -> None:
 @dataclass(frozen=True, slots=True)
 class _Json:
     """A whole device, as canonical JSON text of its manifest mapping; ``select`` the
-    elements of ``<devices>`` the field manages (the first is read), ``build`` the
-    element for a mapping, ``load`` the mapping of an element (None: not one)."""
+    elements of ``<devices>`` of its kind, ``build`` the element for a mapping, ``load``
+    the mapping of an element (None: not one). The first element of the kind is the
+    manifest's; the others are kept as they are (a second watchdog)."""
 
     select: Callable[[Element], bool]
     build: Callable[[Mapping[str, Any]], Element]
@@ -123,16 +124,18 @@ class _Json:
         element = self.build(mapping)
         _put(root, element, element.tag if self.first else None)
 
+    def _first(self, root: Element) -> Element | None:
+        return next((e for e in self._mine(root) if self.load(e) is not None), None)
+
     def clear(self, root: Element) -> None:
-        for element in self._mine(root):
+        """The first such device only: a second watchdog, video or console is kept."""
+        element = self._first(root)
+        if element is not None:
             remove(element)
 
     def read(self, root: Element) -> object:
-        for element in self._mine(root):
-            loaded = self.load(element)
-            if loaded is not None:
-                return canonical(loaded)
-        return canonical(None)
+        element = self._first(root)
+        return canonical(None if element is None else self.load(element))
 
     def canon(self, value: Any) -> object:
         return canonical(json.loads(value)) if isinstance(value, str) else value
@@ -369,7 +372,10 @@ def _feature(root: Element, name: str) -> Element | None:
 class _SecureBoot:
     """``firmware.secureBoot``: the ``secure-boot`` feature of firmware autoselection, or
     the ``secure`` attribute of a loader chosen by path; on, it needs SMM
-    (``<features><smm state='on'/>``, added with it and never taken away)."""
+    (``<features><smm state='on'/>``, added with it and never taken away), and with
+    autoselection it adds ``enrolled-keys`` on where the definition says nothing of keys
+    (``firmware.enrolledKeys`` left out is kept: a hand-made domain with secure boot and
+    no word on keys stays as it is)."""
 
     def write(self, root: Element, value: Any) -> None:
         loader = root.find("os/loader")
@@ -385,6 +391,10 @@ class _SecureBoot:
             keys = _feature(root, "enrolled-keys")
             if not value and keys is not None and keys.get("enabled") == "yes":
                 remove(keys)  # no firmware has keys enrolled without secure boot
+            elif value and keys is None:
+                # the Microsoft keys (what Windows 11 boots with) unless the manifest
+                # says enrolledKeys: an explicit feature, not the descriptors' order
+                _EnrolledKeys().write(root, True)
         if value:
             smm = ensure(root, "features/smm")
             smm.set("state", "on")

@@ -220,12 +220,13 @@ def test_vm_document_maps_every_field() -> None:
             "graphics": {"type": "spice", "port": 5931, "listen": "0.0.0.0"},
             "inputs": ["tablet"],
             "serial": {"file": "/var/log/web-1.log"},
+            "video": {"model": "vga"},  # (vram 16MiB and 1 head: vga's defaults)
             "state": "running",
             "autostart": True,
             "adopt": True,
         },
     }  # fmt: skip
-    # libvirt's own additions (controllers, addresses, PS/2, audio, video, seclabel...)
+    # libvirt's own additions (controllers, addresses, PS/2, audio, seclabel...)
     # are no loss, and everything else the manifest says exactly
     assert item.notes == ()
 
@@ -359,7 +360,6 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
         "features": "features: vmport",
         "on_crash": "on_crash (restart)",
         "devices/hostdev[pci]": "hostdev pci",
-        "devices/channel[unix]": "channel (org.qemu.guest_agent.0)",
         "devices/disk[vdz]": "disk vdz (block /dev/sdz)",
         "devices/interface[52:54:00:12:34:99]": "interface direct 52:54:00:12:34:99",
         "devices/video": "video (virtio)",
@@ -367,7 +367,8 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
         "devices/disk[fda]": "floppy fda (file /srv/fd.img)",
     }.items() <= kept.items(), kept
     header = export.to_yaml(item, "qemu:///system")
-    assert "#   channel (org.qemu.guest_agent.0)\n" in header
+    assert item.document["spec"]["guestAgent"] is True  # exported, so not kept
+    assert "channel" not in header
     assert header.index("Kept as defined") < header.index("apiVersion:")
     assert "hunter2" not in " ".join(str(n) for n in item.notes)
     assert "hunter2" not in export.to_yaml(item, "qemu:///system")
@@ -375,17 +376,18 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda"]
 
 
-def test_a_firmware_chosen_by_path_is_kept() -> None:
+def test_a_firmware_chosen_by_path_is_exported() -> None:
     xml = DOMAIN_XML.replace("<os firmware='efi'>", "<os>").replace(
         "<loader secure='no'/>",
         "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>",
     ).replace("<firmware><feature enabled='no' name='secure-boot'/></firmware>", "")
     obs = observed(domains={"web-1": DomainRecord("web-1", "u", False, False, xml, None)})
     item = one(Kind.VIRTUAL_MACHINE, "web-1", obs)
-    assert item.document is not None and item.document["spec"]["firmware"] == "uefi"
-    # the redefine keeps the loader (patch does not touch an unchanged firmware)
+    assert item.document is not None and item.document["spec"]["firmware"] == {
+        "type": "uefi", "loader": "/usr/share/OVMF/OVMF_CODE_4M.ms.fd"}
+    # exported as the loader it is (firmware.loader), so no longer kept
     assert item.notes == ()
-    assert any("loader" in k.label for k in item.kept), item.kept
+    assert not any("loader" in k.label for k in item.kept), item.kept
 
 
 def test_no_cpu_and_no_listen_address_are_exported_as_such_not_as_defaults() -> None:

@@ -14,17 +14,19 @@ import pytest
 import yaml
 from lxml import etree
 
+from reconciler import export
 from reconciler.diff import diff
 from reconciler.errors import SourcePosition
 from reconciler.manifests import load_directory
-from reconciler.model import SpecError, VirtualMachineSpec, build_manifest
+from reconciler.model import Kind, SpecError, VirtualMachineSpec, build_manifest
+from reconciler.snapshot import DomainRecord, Observed
 from reconciler.xml import domain
 from reconciler.xml._fields import KEPT
 
 from .xml_support import assert_golden, read_data
 
 DEVICE_PATHS = ("guestAgent", "rng", "watchdog", "tpm", "video", "console", "serial.log",
-                "firmware", "firmware.secureBoot", "firmware.enrolledKeys")  # fmt: skip
+                "firmware", "firmware.secureBoot")  # fmt: skip
 ALIASES = {"q35": "pc-q35-7.2"}
 LOADER_PATHS = ("firmware", "firmware.secureBoot", "firmware.loader", "firmware.nvramTemplate")
 
@@ -117,7 +119,7 @@ def test_projection_values_are_the_manifest_mappings() -> None:
     assert want["video"] == '{"heads": 1, "model": "virtio"}'
     assert want["guestAgent"] is True
     assert want["firmware.secureBoot"] is True
-    assert want["firmware.enrolledKeys"] is True  # default with secure boot
+    assert want["firmware.enrolledKeys"] is KEPT  # not named: kept (render writes yes)
     loader = domain.project(_spec(LOADER))
     assert loader["video"] == '{"heads": 2, "model": "qxl", "vram": "32MiB"}'
     assert loader["console"] == "null"
@@ -263,3 +265,36 @@ def test_a_bad_manifest_is_one_line_with_file_line_and_field(
     assert len(result.problems) == 1, result.problems
     text = str(result.problems[0])
     assert "vm.yaml:" in text and field in text, text
+
+
+@pytest.mark.parametrize("name", ["domain-vm-devices-libvirt-inactive.xml",
+                                  "domain-vm-devices-loader-libvirt-inactive.xml"])  # fmt: skip
+def test_export_writes_them_and_keeps_none_of_them(name: str) -> None:
+    xml = read_data(name)
+    obs = Observed(domains={"vm": DomainRecord("vm", "u", False, False, xml, None)},
+                   machine_aliases=ALIASES)  # fmt: skip
+    [item] = export.export(obs, [export.Ref(Kind.VIRTUAL_MACHINE, "vm")])
+    assert item.document is not None and item.notes == (), item.notes
+    spec = item.document["spec"]
+    assert spec["guestAgent"] is True
+    assert spec["rng"] == {"model": "virtio", "backend": "/dev/urandom",
+                           "rate": {"bytes": 1024, "period": 1000}}  # fmt: skip
+    assert spec["watchdog"] == {"model": "i6300esb", "action": "reset"}
+    assert spec["tpm"] == {"model": "tpm-crb", "version": "2.0"}
+    assert spec["video"] == {"model": "virtio"}
+    assert spec["console"] == {"type": "pty", "target": "virtio"}
+    assert spec["serial"]["log"]["append"] is True
+    if "loader" in name:
+        assert spec["firmware"] == {"type": "uefi", "secureBoot": True,
+                                    "loader": "/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
+                                    "nvramTemplate": "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"}
+    else:
+        assert spec["firmware"] == {"type": "uefi", "secureBoot": True, "enrolledKeys": True}
+    kept = " ".join(export.kept_lines(item.kept))
+    for word in ("rng", "tpm", "watchdog", "video", "guest_agent", "console", "log",
+                 "firmware", "OVMF"):  # fmt: skip
+        assert word not in kept, kept
+    # the manifest plans as nothing but adoption: its projection is what the domain has
+    m = build_manifest(item.document, SourcePosition("vm.yaml"))
+    assert isinstance(m.spec, VirtualMachineSpec)
+    assert diff(domain.project(m.spec, machine_aliases=ALIASES), domain.observe(xml)) == []
