@@ -36,6 +36,7 @@ die() { echo "setup-host: ERROR: $*" >&2; exit 1; }
 PACKAGES=(
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 qemu-utils libxml2-utils ovmf genisoimage
+    swtpm swtpm-tools                # emulated TPM (a VM's tpm:, Windows 11)
     dnsmasq-base iproute2 iptables   # libvirt virtual networks
     python3-venv python3-dev gcc     # venv + building libvirt-python
     prometheus                       # promtool (alert rules) and a real server for the metrics test
