@@ -16,9 +16,13 @@ adds to a ``type='qemu'`` domain that names none. It rewrites the machine type
 (``pc`` -> ``pc-i440fx-7.2``): ``project`` takes the aliases from the host's
 capabilities (``machine_aliases_from_capabilities``) so both sides say the
 canonical name. UEFI is libvirt's firmware autoselection (``<os
-firmware='efi'>``), without secure boot (it needs SMM, which nested KVM may
-lack); a started domain shows the chosen ``<loader type='pflash'>`` instead,
-which reads as ``uefi`` too. An auto-assigned display port reads as ``auto``.
+firmware='efi'>``), without secure boot unless ``firmware.secureBoot`` says so
+(it needs SMM, which nested KVM may lack: domain_devices.py); a started domain
+shows the chosen ``<loader type='pflash'>`` instead, which reads as ``uefi``
+too. An auto-assigned display port reads as ``auto``. The agent channel, rng,
+watchdog, TPM, video, a virtio console, the serial log and the secure-boot
+settings are fields managed only when the manifest names them (``KEPT``
+otherwise: domain_devices.py).
 
 Not comparable between the running and the persistent definition: memory
 (the live value is the balloon's) and cpu (host-model expands to a named
@@ -1222,8 +1226,8 @@ def patch(
     """Domain XML for redefining an existing domain: ``current`` (its persistent
     definition, read INACTIVE|SECURE) with the declared fields that differ set and the
     managed device sets made exact; everything else is kept as it is (addresses,
-    controllers, video, channels, rng, timers, ``<pm>``, other tools' metadata, unknown
-    elements). Same keywords as ``render``; ``spec``'s disk targets should be settled
+    controllers, timers, ``<pm>``, other tools' metadata, unknown elements, and the
+    video, channels, rng, watchdog, TPM a manifest does not name). Same keywords as ``render``; ``spec``'s disk targets should be settled
     against ``current`` first (``settle_targets``).
 
     Managed device sets (formatdomain "Hard drives, floppy disks, CDROMs", "Network
