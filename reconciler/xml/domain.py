@@ -1227,7 +1227,8 @@ def patch(
     definition, read INACTIVE|SECURE) with the declared fields that differ set and the
     managed device sets made exact; everything else is kept as it is (addresses,
     controllers, timers, ``<pm>``, other tools' metadata, unknown elements, and the
-    video, channels, rng, watchdog, TPM a manifest does not name). Same keywords as ``render``; ``spec``'s disk targets should be settled
+    video, channels, rng, watchdog, TPM a manifest does not name). Same keywords as
+    ``render``; ``spec``'s disk targets should be settled
     against ``current`` first (``settle_targets``).
 
     Managed device sets (formatdomain "Hard drives, floppy disks, CDROMs", "Network
