@@ -56,6 +56,7 @@ from reconciler.planner.settle import (
 from reconciler.snapshot import DomainRecord
 from reconciler.xml import domain as domain_xml
 from reconciler.xml._fields import ChangeClass, change_class
+from reconciler.xml.domain_devices import HOTPLUG_ADDED, added_device_xml
 
 
 def _plan_vm(m: Manifest, ctx: _Context) -> Action:
@@ -506,6 +507,13 @@ def _vm_live_updates(
                     and int(change.old or 0) < int(change.new or 0) <= int(max_vcpus or 0)  # type: ignore[call-overload]
                 ):
                     steps.append(SetVcpus("vcpus", int(change.new)))
+                    applied.append(Change(change.path, change.old, change.new, live=True))
+                elif change.path in HOTPLUG_ADDED and change.path not in refused and (
+                    (xml := added_device_xml(change.path, change.old, change.new,
+                                             desired_xml(), live_xml)) is not None
+                ):
+                    # an agent channel or rng the running domain lacks: hot-plugged
+                    steps.append(AttachDevice(change.path, xml))
                     applied.append(Change(change.path, change.old, change.new, live=True))
                 else:
                     pending.append(change)

@@ -11,8 +11,11 @@ the manifest says and export turns it back into the mapping (``json.loads``). Wh
 libvirt adds (addresses, aliases, a channel's socket path and state, the video's
 ``primary``, a TPM's persistent state) is not read.
 
-Every field here is of change class restart: libvirt 9.0 can hot-plug a channel or
-an rng, but the planner attaches devices of the ``Device`` tables only.
+``guestAgent`` and ``rng`` are of change class live: one the running domain lacks is
+hot-plugged (``added_device_xml``: libvirt 9.0 attaches an rng to a running q35 or pc
+guest, and a channel where the domain has a virtio-serial controller already, e.g.
+for a virtio console); changing or removing one waits for the next boot, as does
+every other field here.
 
 Measured on libvirt 9.0 / QEMU 7.2 (Debian 12): autoselection with secure boot
 (``<os firmware='efi'>`` with the ``secure-boot`` and ``enrolled-keys`` features) picks
@@ -46,15 +49,21 @@ from reconciler.units import format_size, parse_size
 from reconciler.xml._fields import (
     YES_NO,
     Attr,
+    ChangeClass,
     Element,
     Field,
     drop_attr,
     ensure,
+    parse,
     remove,
+    serialize,
     xml_text,
 )
 
-__all__ = ["DEVICE_FIELDS", "FIRMWARE_FIELDS", "SERIAL_LOG_FIELD", "canonical", "manifest_value"]
+__all__ = [
+    "DEVICE_FIELDS", "FIRMWARE_FIELDS", "HOTPLUG_ADDED", "SERIAL_LOG_FIELD", "added_device_xml",
+    "canonical", "manifest_value",
+]  # fmt: skip
 
 
 def canonical(value: Mapping[str, Any] | None) -> str:
@@ -286,14 +295,19 @@ def _want_video(desired: Any) -> object:
     return None if video is None else canonical(_video(video.manifest()))
 
 
-def _device(path: str, get: Callable[[Any], object], place: Any) -> Field[Any]:
+def _device(path: str, get: Callable[[Any], object], place: Any,
+            change: ChangeClass = ChangeClass.RESTART) -> Field[Any]:  # fmt: skip
     # no default: left out, the field is kept (KEPT), which no manifest value says
-    return Field(path, get, place, kept_unless_named=True, export=manifest_value)
+    return Field(path, get, place, kept_unless_named=True, export=manifest_value,
+                 change=change)  # fmt: skip
 
 
 DEVICE_FIELDS: tuple[Field[Any], ...] = (
-    Field("guestAgent", _want(lambda d: d.guest_agent), _GuestAgent(), kept_unless_named=True),
-    _device("rng", _want(lambda d: d.rng), _Json(_random_rng, _rng_build, _rng_load)),
+    # hot-plugged when added (HOTPLUG_ADDED); a change or removal waits for a restart
+    Field("guestAgent", _want(lambda d: d.guest_agent), _GuestAgent(), kept_unless_named=True,
+          change=ChangeClass.LIVE),
+    _device("rng", _want(lambda d: d.rng), _Json(_random_rng, _rng_build, _rng_load),
+            ChangeClass.LIVE),
     _device("watchdog", _want(lambda d: d.watchdog),
             _Json(lambda e: e.tag == "watchdog", _watchdog_build, _watchdog_load)),
     _device("tpm", _want(lambda d: d.tpm), _Json(_emulated_tpm, _tpm_build, _tpm_load)),
@@ -304,6 +318,38 @@ DEVICE_FIELDS: tuple[Field[Any], ...] = (
 )
 """The device fields (formatdomain "Channel", "Random number generator device",
 "Watchdog devices", "TPM device", "Video devices", "Console")."""
+
+
+HOTPLUG_ADDED: Mapping[str, Callable[[Element], bool]] = {
+    "guestAgent": _agent,
+    "rng": _random_rng,
+}
+"""Device fields whose device, added to a running domain, is hot-plugged: the field ->
+which element of ``<devices>`` is its device."""
+
+
+def added_device_xml(
+    path: str, old: object, new: object, desired_xml: str, live_xml: str
+) -> str | None:
+    """The device a change of the field ``path`` (``old`` -> ``new``, projection values)
+    adds to the running domain (``live_xml``) that has none, as ``desired_xml`` (the
+    redefinition) has it, for ``attachDeviceFlags``; None when the change is not such
+    an addition (a changed or removed device: that waits for a restart), or the running
+    domain cannot take it: libvirt 9.0 hot-plugs a channel only onto a virtio-serial
+    controller the domain already has ("no virtio-serial controllers are available")."""
+    select = HOTPLUG_ADDED.get(path)
+    none = False if path == "guestAgent" else canonical(None)
+    if select is None or old != none or new in (none, None):
+        return None
+    if path == "guestAgent" and parse(live_xml).find(
+            "devices/controller[@type='virtio-serial']") is None:  # fmt: skip
+        return None
+    devices = parse(desired_xml).find("devices")
+    element = None if devices is None else next((c for c in devices if select(c)), None)
+    if element is None:
+        return None
+    alone = ET.fromstring(ET.tostring(element, with_tail=False))
+    return serialize(alone).strip()
 
 
 # --- serial log ----------------------------------------------------------------------

@@ -189,3 +189,52 @@ def test_a_hand_made_domain_with_these_devices_is_adopted_as_it_is(ws: Workspace
     dom = ws.domain(name)
     assert dom.UUIDString() == uuid and dom.ID() == dom_id and dom.isActive()  # no restart
     assert _without_metadata(_inactive(ws, name)) == _without_metadata(before)
+
+
+def test_an_agent_channel_and_rng_added_to_a_running_vm_are_hot_plugged(ws: Workspace) -> None:
+    name = ws.n("hot")
+    base = {"type": "qemu", "machine": "q35", "serial": "pty"}
+    ws.write("vm.yaml", vm(name, **base))
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    dom = ws.domain(name)
+    dom_id = dom.ID()
+
+    # without a virtio-serial controller libvirt 9.0 cannot take a channel live
+    # ("no virtio-serial controllers are available"): the rng alone is hot-plugged
+    ws.write("vm.yaml", vm(name, **base, guestAgent=True, rng={"backend": "/dev/urandom"}))
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert a.op is Op.UPDATE_RESTART and [c.path for c in a.restart_pending] == ["guestAgent"]
+    assert sorted(s.verb for s in a.steps) == ["attach-device", "define-domain"]
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "<rng model='virtio'>" in ws.virsh("dumpxml", name)
+    ws.virsh("destroy", name)  # a boot takes the channel, and the controller it needs
+
+    # with the controller there (a virtio console brings one), the channel goes live too
+    without = vm(name, **base, console={"type": "pty", "target": "virtio"}, guestAgent=False)
+    without["spec"]["rng"] = None  # (vm() leaves out what is None)
+    ws.write("vm.yaml", without)
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert "org.qemu.guest_agent.0" not in ws.virsh("dumpxml", name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    dom_id = ws.domain(name).ID()
+    ws.write("vm.yaml", vm(name, **base, console={"type": "pty", "target": "virtio"},
+                           guestAgent=True, rng={"backend": "/dev/urandom"}))  # fmt: skip
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert a.op is Op.UPDATE_LIVE and not a.restart_pending, (a.changes, a.restart_pending)
+    assert sorted(s.verb for s in a.steps) == ["attach-device", "attach-device",
+                                               "define-domain"]  # fmt: skip
+    done = ws.cli("apply", str(ws.directory), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    live = ws.virsh("dumpxml", name)
+    assert "org.qemu.guest_agent.0" in live and "<rng model='virtio'>" in live, done.stdout + done.stderr
+    assert ws.domain(name).ID() == dom_id  # no restart
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert a.op is Op.NOOP and not a.restart_pending, (a.changes, a.restart_pending)
+
+    # taking them away waits for the next boot (the guest holds them)
+    ws.write("vm.yaml", vm(name, **base, console={"type": "pty", "target": "virtio"},
+                           guestAgent=False, rng={"backend": "/dev/urandom"}))  # fmt: skip
+    a = action(ws.plan(), "VirtualMachine", name)
+    assert a.op is Op.UPDATE_RESTART and [c.path for c in a.changes] == ["guestAgent"]

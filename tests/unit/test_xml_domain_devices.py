@@ -22,6 +22,7 @@ from reconciler.model import Kind, SpecError, VirtualMachineSpec, build_manifest
 from reconciler.snapshot import DomainRecord, Observed
 from reconciler.xml import domain
 from reconciler.xml._fields import KEPT
+from reconciler.xml.domain_devices import added_device_xml
 
 from .xml_support import assert_golden, read_data
 
@@ -298,3 +299,20 @@ def test_export_writes_them_and_keeps_none_of_them(name: str) -> None:
     m = build_manifest(item.document, SourcePosition("vm.yaml"))
     assert isinstance(m.spec, VirtualMachineSpec)
     assert diff(domain.project(m.spec, machine_aliases=ALIASES), domain.observe(xml)) == []
+
+
+def test_only_an_added_agent_channel_or_rng_is_hot_plugged() -> None:
+    desired = domain.render("vm", _spec(DEVICES))
+    live = read_data("domain-vm-devices-libvirt-live.xml")  # has a virtio-serial controller
+    rng = added_device_xml("rng", "null", domain.project(_spec(DEVICES))["rng"], desired, live)
+    assert rng is not None and rng.startswith("<rng model=\"virtio\">") and "/dev/urandom" in rng
+    channel = added_device_xml("guestAgent", False, True, desired, live)
+    assert channel is not None and "org.qemu.guest_agent.0" in channel
+    # a changed or removed device, or another field: not a hot-plug
+    assert added_device_xml("rng", '{"backend": "/dev/random"}', "x", desired, live) is None
+    assert added_device_xml("guestAgent", True, False, desired, live) is None
+    assert added_device_xml("tpm", "null", "x", desired, live) is None
+    # no virtio-serial controller in the running domain: libvirt 9.0 refuses a channel
+    bare = live.replace("type='virtio-serial'", "type='sata'")
+    assert added_device_xml("guestAgent", False, True, desired, bare) is None
+    assert added_device_xml("rng", "null", "x", desired, bare) is not None
