@@ -75,7 +75,9 @@ from reconciler.model import (
     FieldProblem,
     Manifest,
     NetworkSpec,
+    Rng,
     StoragePoolSpec,
+    Tpm,
     VirtualMachineSpec,
     VolumeSpec,
 )
@@ -349,6 +351,59 @@ def check_machine(
             f"uefi needs EFI firmware, and this host's QEMU offers none for machine {caps.machine}",
             "install OVMF (apt install ovmf), or use firmware: bios",
         )
+    yield from _device_caps(spec, caps.xml)
+
+
+@functools.cache
+def _enums(caps_xml: str) -> dict[str, frozenset[str]]:
+    """Domain capabilities' enums, ``<kind>/<enum name>`` -> values (``tpm/backendModel``,
+    ``os/loader/secure``), and ``<kind>@supported`` -> {yes|no}; cached per document."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(caps_xml)
+    out: dict[str, frozenset[str]] = {}
+    for kind in ("devices/tpm", "devices/video", "devices/rng", "os/loader"):
+        element = root.find(kind)
+        if element is None:
+            continue
+        short = kind.split("/", 1)[1]
+        out[f"{short}@supported"] = frozenset({element.get("supported", "no")})
+        for enum in element.findall("enum"):
+            out[f"{short}/{enum.get('name')}"] = frozenset(
+                (v.text or "").strip() for v in enum.findall("value"))  # fmt: skip
+    return out
+
+
+def _device_caps(spec: VirtualMachineSpec, caps_xml: str) -> Iterator[FieldProblem]:
+    """The TPM, secure boot, video model and rng a manifest names are ones this host's
+    libvirt offers for the machine (domain capabilities: formatdomaincaps "TPM device",
+    "BIOS bootloader", "Video device", "RNG device"); a kind the document does not
+    describe is not judged."""
+    if not caps_xml:
+        return
+    enums, dev = _enums(caps_xml), spec.devices
+    if isinstance(dev.tpm, Tpm) and "tpm@supported" in enums:
+        if "emulator" not in enums.get("tpm/backendModel", frozenset()):
+            yield FieldProblem(("spec", "tpm"), "this host offers no emulated TPM",
+                               "install swtpm (apt install swtpm swtpm-tools), or remove "
+                               "tpm")  # fmt: skip
+        elif dev.tpm.model not in enums.get("tpm/model", frozenset({dev.tpm.model})):
+            yield FieldProblem(("spec", "tpm", "model"),
+                               f"this host offers no {dev.tpm.model} TPM",
+                               "use " + " or ".join(sorted(enums["tpm/model"])))  # fmt: skip
+    if dev.secure_boot and "loader/secure" in enums and "yes" not in enums["loader/secure"]:
+        yield FieldProblem(("spec", "firmware", "secureBoot"),
+                           "this host's firmware offers no secure boot",
+                           "install OVMF (apt install ovmf), or write secureBoot: false")
+    if dev.video is not None and dev.video.model not in enums.get(
+            "video/modelType", frozenset({dev.video.model})):  # fmt: skip
+        yield FieldProblem(("spec", "video", "model"),
+                           f"this host's QEMU has no {dev.video.model} video device",
+                           "use " + ", ".join(sorted(enums["video/modelType"])))
+    if isinstance(dev.rng, Rng) and "random" not in enums.get(
+            "rng/backendModel", frozenset({"random"})):  # fmt: skip
+        yield FieldProblem(("spec", "rng"), "this host's QEMU has no random rng backend",
+                           "remove rng")
 
 
 def check_kvm(
