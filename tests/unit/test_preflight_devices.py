@@ -1,5 +1,6 @@
 """Preflight of the VM devices a manifest names (preflight._device_caps): the TPM, secure
-boot, video model and rng backend against the host's domain capabilities."""
+boot, video model and rng backend against the host's domain capabilities; and the hint
+for a secure-boot start QEMU refuses for want of SMM (hints.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from reconciler.hints import explain, subjects_of
+from reconciler.manifests import load_directory
+from tests.unit.conftest import WriteFiles
 from tests.unit.test_preflight import FACTS, caps, line_of, problems, vm
 
 # libvirt 9.0's domcapabilities (q35, qemu), cut to the parts checked
@@ -54,3 +58,17 @@ def test_what_the_host_lacks_is_one_problem_at_its_line(
     assert len(found) == 1, found
     assert found[0].startswith(f"m/vm.yaml:{line_of(manifest, where)}:"), found[0]
     assert found[0].endswith(message), found[0]
+
+
+def test_a_start_refused_for_want_of_smm_says_to_use_tcg(write: WriteFiles) -> None:
+    # measured under nested KVM (libvirt 9.0, QEMU 7.2): a secure-boot VM of type kvm
+    text = ("apiVersion: reconciler/v1\nkind: VirtualMachine\nmetadata: {name: w}\nspec:\n"
+            "  type: kvm\n  memory: 64MiB\n  machine: q35\n"
+            "  firmware: {type: uefi, secureBoot: true}\n")  # fmt: skip
+    [m] = load_directory(write(**{"m.yaml": text})).manifests
+    message = ("start-domain: starting domain w: internal error: qemu unexpectedly closed the "
+               "monitor: 2026-11-30T15:08:39.382354Z qemu-system-x86_64: System Management "
+               "Mode not supported by this hypervisor.")  # fmt: skip
+    problem = explain(message, subjects_of(m))
+    assert problem.field == "spec.type"
+    assert "spec.type: qemu" in problem.hint and "secure boot" in problem.hint
