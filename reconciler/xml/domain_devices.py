@@ -71,6 +71,9 @@ def canonical(value: Mapping[str, Any] | None) -> str:
     return json.dumps(value, sort_keys=True, separators=(", ", ": "))
 
 
+_NULL = canonical(None)  # "null": no such device
+
+
 def manifest_value(value: object) -> object:
     """A projection value of a device field as a manifest writes it (``Field.export``)."""
     return json.loads(value) if isinstance(value, str) else value
@@ -86,7 +89,7 @@ def _want(get: Callable[[VmDevices], object]) -> Callable[[Any], object]:
         if value is None or isinstance(value, bool):
             return value
         if value == NONE:
-            return canonical(None)
+            return _NULL
         manifest = getattr(value, "manifest", None)
         return canonical(manifest()) if manifest is not None else value
 
@@ -117,6 +120,7 @@ class _Json:
     the mapping of an element (None: not one). The first element of the kind is the
     manifest's; the others are kept as they are (a second watchdog)."""
 
+    tag: str
     select: Callable[[Element], bool]
     build: Callable[[Mapping[str, Any]], Element]
     load: Callable[[Element], Mapping[str, Any] | None]
@@ -124,7 +128,8 @@ class _Json:
 
     def _mine(self, root: Element) -> list[Element]:
         devices = root.find("devices")
-        return [] if devices is None else [c for c in devices if self.select(c)]
+        return [] if devices is None else [c for c in devices.iterchildren(self.tag)
+                                           if self.select(c)]  # fmt: skip
 
     def write(self, root: Element, value: Any) -> None:
         mapping = json.loads(value) if isinstance(value, str) else value
@@ -133,18 +138,22 @@ class _Json:
         element = self.build(mapping)
         _put(root, element, element.tag if self.first else None)
 
-    def _first(self, root: Element) -> Element | None:
-        return next((e for e in self._mine(root) if self.load(e) is not None), None)
+    def _first(self, root: Element) -> tuple[Element, Mapping[str, Any]] | None:
+        for element in self._mine(root):
+            loaded = self.load(element)
+            if loaded is not None:
+                return element, loaded
+        return None
 
     def clear(self, root: Element) -> None:
         """The first such device only: a second watchdog, video or console is kept."""
-        element = self._first(root)
-        if element is not None:
-            remove(element)
+        first = self._first(root)
+        if first is not None:
+            remove(first[0])
 
     def read(self, root: Element) -> object:
-        element = self._first(root)
-        return canonical(None if element is None else self.load(element))
+        first = self._first(root)
+        return _NULL if first is None else canonical(first[1])
 
     def canon(self, value: Any) -> object:
         return canonical(json.loads(value)) if isinstance(value, str) else value
@@ -172,12 +181,13 @@ class _GuestAgent:
 
     def clear(self, root: Element) -> None:
         devices = root.find("devices")
-        for element in [] if devices is None else [c for c in devices if _agent(c)]:
+        for element in [] if devices is None else [
+                c for c in devices.iterchildren("channel") if _agent(c)]:  # fmt: skip
             remove(element)
 
     def read(self, root: Element) -> object:
         devices = root.find("devices")
-        return devices is not None and any(_agent(c) for c in devices)
+        return devices is not None and any(_agent(c) for c in devices.iterchildren("channel"))
 
     def canon(self, value: Any) -> object:
         return bool(value)
@@ -306,15 +316,15 @@ DEVICE_FIELDS: tuple[Field[Any], ...] = (
     # hot-plugged when added (HOTPLUG_ADDED); a change or removal waits for a restart
     Field("guestAgent", _want(lambda d: d.guest_agent), _GuestAgent(), kept_unless_named=True,
           change=ChangeClass.LIVE),
-    _device("rng", _want(lambda d: d.rng), _Json(_random_rng, _rng_build, _rng_load),
+    _device("rng", _want(lambda d: d.rng), _Json("rng", _random_rng, _rng_build, _rng_load),
             ChangeClass.LIVE),
     _device("watchdog", _want(lambda d: d.watchdog),
-            _Json(lambda e: e.tag == "watchdog", _watchdog_build, _watchdog_load)),
-    _device("tpm", _want(lambda d: d.tpm), _Json(_emulated_tpm, _tpm_build, _tpm_load)),
+            _Json("watchdog", lambda e: True, _watchdog_build, _watchdog_load)),
+    _device("tpm", _want(lambda d: d.tpm), _Json("tpm", _emulated_tpm, _tpm_build, _tpm_load)),
     _device("video", _want_video,
-            _Json(lambda e: e.tag == "video", _video_build, _video_load, first=True)),
+            _Json("video", lambda e: True, _video_build, _video_load, first=True)),
     _device("console", _want(lambda d: d.console),
-            _Json(_extra_console, _console_build, _console_load)),
+            _Json("console", _extra_console, _console_build, _console_load)),
 )
 """The device fields (formatdomain "Channel", "Random number generator device",
 "Watchdog devices", "TPM device", "Video devices", "Console")."""
@@ -394,7 +404,7 @@ class _SerialLog:
         pair = _serial_pair(root)
         log = None if not pair else pair[0].find("log")
         if log is None or not log.get("file"):
-            return canonical(None)
+            return _NULL
         return canonical({"file": log.get("file"), "append": log.get("append") == "on"})
 
     def canon(self, value: Any) -> object:
