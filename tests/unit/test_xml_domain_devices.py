@@ -316,3 +316,32 @@ def test_only_an_added_agent_channel_or_rng_is_hot_plugged() -> None:
     bare = live.replace("type='virtio-serial'", "type='sata'")
     assert added_device_xml("guestAgent", False, True, desired, bare) is None
     assert added_device_xml("rng", "null", "x", desired, bare) is not None
+
+
+def test_a_serial_log_is_a_host_path_under_the_allowed_roots(tmp_path: Any) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    from reconciler.hostpaths import PathPolicy  # noqa: PLC0415
+    from reconciler.preflight import path_problems  # noqa: PLC0415
+
+    (tmp_path / "vm.yaml").write_text(textwrap.dedent(DEVICES))
+    [m] = load_directory(tmp_path).manifests
+    policy = PathPolicy(disk_roots=(Path("/srv"),), secret_roots=None)
+    [(_, problem)] = path_problems([m], policy)
+    assert problem.path == ("spec", "serial", "log", "file")
+    assert "/var/log/libvirt/qemu/vm-devices-serial.log" in problem.message
+    allowed = PathPolicy(disk_roots=(Path("/var/log/libvirt"),), secret_roots=None)
+    assert path_problems([m], allowed) == []
+
+
+def test_a_file_serial_port_with_a_log_round_trips() -> None:
+    spec = _spec(PLAIN, serial={"file": "/srv/out.log", "log": {"file": "/srv/copy.log"}})
+    assert spec.serial == "file" and spec.serial_file == "/srv/out.log"
+    xml = domain.render("vm", spec)
+    root = etree.fromstring(xml.encode())
+    serial = root.find("devices/serial")
+    assert serial is not None and [c.tag for c in serial] == ["source", "log", "target"]
+    want = domain.project(spec)
+    assert want["serial.log"] == '{"append": false, "file": "/srv/copy.log"}'
+    assert _mine(dict(domain.observe(xml)), ("serial", "serial.file", "serial.log")) == _mine(
+        want, ("serial", "serial.file", "serial.log"))
