@@ -319,10 +319,10 @@ def test_only_an_added_agent_channel_or_rng_is_hot_plugged() -> None:
 
 
 def test_a_serial_log_is_a_host_path_under_the_allowed_roots(tmp_path: Any) -> None:
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from reconciler.hostpaths import PathPolicy  # noqa: PLC0415
-    from reconciler.preflight import path_problems  # noqa: PLC0415
+    from reconciler.hostpaths import PathPolicy
+    from reconciler.preflight import path_problems
 
     (tmp_path / "vm.yaml").write_text(textwrap.dedent(DEVICES))
     [m] = load_directory(tmp_path).manifests
