@@ -23,13 +23,15 @@ _DEVICE = re.compile(r"^([A-Za-z0-9.]+)\[([^\]]+)\]\.")
 
 
 def diff(desired: Projection, actual: Projection, *, ignore: Collection[str] = ()) -> list[Change]:
-    """Every key whose values differ (old: ``actual``, new: ``desired``), in key order;
-    a desired ``KEPT`` (a field the manifest does not name) is never a change."""
+    """Every key whose values differ (old: ``actual``, new: ``desired``), in key order.
+    A desired ``KEPT`` (a field the manifest does not name) differs from nothing."""
     changes = []
     for key in sorted(set(desired) | set(actual)):
-        if key in ignore or desired.get(key) is KEPT:
+        if key in ignore:
             continue
         new, old = desired.get(key), actual.get(key)
+        if new is KEPT:
+            continue
         if new != old:
             changes.append(Change(key, old, new))
     return changes

@@ -381,21 +381,22 @@ class Each:
 # --- fields -----------------------------------------------------------------
 
 
-def _same(value: object) -> object:
-    return value
-
-
 class _Kept:
-    """The projection's value of a field the manifest does not name, for a field
-    declared ``kept_unless_named``: whatever the definition has is kept, never a change
-    (``diff`` skips it, ``patch_fields`` does not touch it). It equals every value, so
-    a projection compares equal to the observation of any definition on such a field."""
+    """The desired value of a field the manifest does not name, where a manifest that
+    does not name it keeps what the definition has (``KEPT``)."""
 
-    __slots__ = ()
+    _instance: _Kept | None = None
+
+    def __new__(cls) -> _Kept:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
 
     def __repr__(self) -> str:
         return "<kept>"
 
+    # equal to every value: a projection with a kept field equals any observation of
+    # it (``observe(xml) == project(spec)`` holds by meaning, whatever the domain has)
     def __eq__(self, other: object) -> bool:
         return True
 
@@ -406,8 +407,16 @@ class _Kept:
         return 0
 
 
-KEPT = _Kept()
-"""The one ``_Kept`` value (compared by identity)."""
+KEPT: Any = _Kept()
+"""A field's ``get`` returns ``KEPT`` when the manifest does not name the field: render
+writes nothing, ``patch_fields`` leaves the definition's value, the projection holds
+``KEPT`` (equal to every value) and ``diff`` sees no change (the compatibility rule of
+issue 13: a field a manifest does not name is kept as the domain has it). Test it with
+``is``, never ``==``."""
+
+
+def _same(value: object) -> object:
+    return value
 
 
 class ChangeClass(StrEnum):
@@ -437,10 +446,7 @@ class Field(Generic[T]):
     the projection's value (``bytes``) and ``rounding`` how libvirt keeps a value of
     it (``rounding.py``: what a definition read back holds). ``export``: the inverse,
     projection value -> manifest value as export writes it (``format_size`` for a
-    size); None: export does not write the field as is. ``kept_unless_named``: a device
-    or section the manifest manages only when it names the field (``get`` gives None
-    then): the projection says ``KEPT`` and the definition's value is kept as it is;
-    a "none" the manifest names is a value of its own (``"null"``, ``False``).
+    size); None: export does not write the field as is.
     """
 
     path: str
@@ -455,7 +461,6 @@ class Field(Generic[T]):
     unit: str | None = None
     rounding: Callable[[int], int] | None = None
     export: Callable[[object], object] | None = _same
-    kept_unless_named: bool = False
 
     def exported(self, value: object) -> object:
         """``value`` (as observed) as a manifest writes it; None when it is the default
@@ -485,7 +490,7 @@ def render_fields(
     """Write every field's desired value that is not None into ``root``."""
     for field in fields:
         value = _wanted(field, desired, variant)
-        if value is not None:
+        if value is not None and value is not KEPT:
             field.place.write(root, value)
 
 
@@ -532,7 +537,7 @@ def project_fields(
     out: Projection = {}
     for field in fields:
         value = _wanted(field, desired, variant)
-        if value is None and field.kept_unless_named:
+        if value is KEPT:
             out[prefix + field.path] = KEPT
             continue
         out[prefix + field.path] = None if value is None else field.show(field.place.canon(value))

@@ -2,8 +2,8 @@
 agent channel, rng, watchdog, TPM, the primary video, a virtio console, the serial
 port's log, and UEFI secure boot with an NVRAM template.
 
-Each is one ``Field`` declared ``kept_unless_named``: a manifest that leaves the field
-out projects ``KEPT`` (the domain keeps what it has, as before these fields existed);
+Each is one ``Field`` whose ``get`` gives ``KEPT`` when the manifest leaves it out:
+such a manifest projects ``KEPT`` (the domain keeps what it has, as before these fields existed);
 one that names it makes the domain's device exactly that, ``null`` (``"null"`` in the
 projection) meaning none. A device's value is the manifest's own mapping, every
 default filled in, as canonical JSON text (sorted keys), so a plan line shows what
@@ -47,6 +47,7 @@ from reconciler.model import (
 )
 from reconciler.units import format_size, parse_size
 from reconciler.xml._fields import (
+    KEPT,
     YES_NO,
     Attr,
     ChangeClass,
@@ -81,12 +82,14 @@ def manifest_value(value: object) -> object:
 
 def _want(get: Callable[[VmDevices], object]) -> Callable[[Any], object]:
     """The desired value of a device field, from the ``_Desired`` of ``domain.py``:
-    None when not named, ``"null"`` for none, else the canonical mapping."""
+    ``KEPT`` when not named, ``"null"`` for none, else the canonical mapping."""
 
     def wanted(desired: Any) -> object:
         spec: VirtualMachineSpec = desired.spec
         value = get(spec.devices)
-        if value is None or isinstance(value, bool):
+        if value is None:
+            return KEPT  # not named: the domain keeps what it has
+        if isinstance(value, bool):
             return value
         if value == NONE:
             return _NULL
@@ -302,20 +305,18 @@ def _video(m: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 def _want_video(desired: Any) -> object:
     video = desired.spec.devices.video
-    return None if video is None else canonical(_video(video.manifest()))
+    return KEPT if video is None else canonical(_video(video.manifest()))
 
 
 def _device(path: str, get: Callable[[Any], object], place: Any,
             change: ChangeClass = ChangeClass.RESTART) -> Field[Any]:  # fmt: skip
     # no default: left out, the field is kept (KEPT), which no manifest value says
-    return Field(path, get, place, kept_unless_named=True, export=manifest_value,
-                 change=change)  # fmt: skip
+    return Field(path, get, place, export=manifest_value, change=change)
 
 
 DEVICE_FIELDS: tuple[Field[Any], ...] = (
     # hot-plugged when added (HOTPLUG_ADDED); a change or removal waits for a restart
-    Field("guestAgent", _want(lambda d: d.guest_agent), _GuestAgent(), kept_unless_named=True,
-          change=ChangeClass.LIVE),
+    Field("guestAgent", _want(lambda d: d.guest_agent), _GuestAgent(), change=ChangeClass.LIVE),
     _device("rng", _want(lambda d: d.rng), _Json("rng", _random_rng, _rng_build, _rng_load),
             ChangeClass.LIVE),
     _device("watchdog", _want(lambda d: d.watchdog),
@@ -535,19 +536,18 @@ class _Loader:
 def _uefi(get: Callable[[VmDevices], object]) -> Callable[[Any], object]:
     def wanted(desired: Any) -> object:
         spec: VirtualMachineSpec = desired.spec
-        return get(spec.devices) if spec.firmware == "uefi" else None
+        value = get(spec.devices) if spec.firmware == "uefi" else None
+        return KEPT if value is None else value
 
     return wanted
 
 
 FIRMWARE_FIELDS: tuple[Field[Any], ...] = (
-    Field("firmware.loader", _uefi(lambda d: d.loader), _Loader(), kept_unless_named=True),
+    Field("firmware.loader", _uefi(lambda d: d.loader), _Loader()),
     Field("firmware.nvramTemplate", _uefi(lambda d: d.nvram_template),
-          Attr("os/nvram", "template"), kept_unless_named=True),
-    Field("firmware.secureBoot", _uefi(lambda d: d.secure_boot), _SecureBoot(),
-          kept_unless_named=True),
-    Field("firmware.enrolledKeys", _uefi(lambda d: d.enrolled_keys), _EnrolledKeys(),
-          kept_unless_named=True),
+          Attr("os/nvram", "template")),
+    Field("firmware.secureBoot", _uefi(lambda d: d.secure_boot), _SecureBoot()),
+    Field("firmware.enrolledKeys", _uefi(lambda d: d.enrolled_keys), _EnrolledKeys()),
 )
 """UEFI settings beside ``firmware`` (bios, uefi): formatdomain "Operating system
 booting", "BIOS bootloader" (``<loader>``, ``<nvram template>``, ``<firmware><feature>``)."""
