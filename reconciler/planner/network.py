@@ -66,7 +66,8 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         owner = owners.Owner(owners.Standing.OURS, None, retag=True)
     declared = spec.bridge is not None
     desired = network_xml.project(spec)
-    config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
+    config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared,
+                                                       declared=spec.declared))  # fmt: skip
     adoption = _adoption(owner, ctx, taken=taken)
     # ours, recorded under another manifest path: the record is rewritten (metadata only)
     if owner.ours and found is not None and not adoption:
@@ -84,7 +85,8 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
-        live_projection = network_xml.observe(live.live_xml, bridge_declared=declared)
+        live_projection = network_xml.observe(live.live_xml, bridge_declared=declared,
+                                              declared=spec.declared)  # fmt: skip
         live_steps, pending = _network_live_updates(desired, live_projection, patched,
                                                     live.live_xml)  # fmt: skip
         steps += live_steps
