@@ -1025,15 +1025,14 @@ def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[Field
             problems.append(FieldProblem(where, f"{value} is outside the network {net}"))
 
     if ipv4.dhcp is not None:
-        inside(ipv4.dhcp.start, ("spec", "ipv4", "dhcp", "start"))
-        inside(ipv4.dhcp.end, ("spec", "ipv4", "dhcp", "end"))
-        if ipaddress.IPv4Address(ipv4.dhcp.start) > ipaddress.IPv4Address(ipv4.dhcp.end):
-            problems.append(
-                FieldProblem(
-                    ("spec", "ipv4", "dhcp", "end"),
-                    f"range end {ipv4.dhcp.end} is before its start {ipv4.dhcp.start}",
-                )
-            )
+        dhcp_at: FieldPath = ("spec", "ipv4", "dhcp")
+        for i, r in enumerate(ipv4.dhcp.ranges or (DhcpRange(ipv4.dhcp.start, ipv4.dhcp.end),)):
+            at = dhcp_at if ipv4.dhcp.ranges is None else (*dhcp_at, "ranges", i)
+            inside(r.start, (*at, "start"))
+            inside(r.end, (*at, "end"))
+            if ipaddress.IPv4Address(r.start) > ipaddress.IPv4Address(r.end):
+                problems.append(FieldProblem(
+                    (*at, "end"), f"range end {r.end} is before its start {r.start}"))
         seen_macs: dict[str, int] = {}
         seen_ips: dict[str, int] = {}
         for i, host in enumerate(ipv4.dhcp.hosts):

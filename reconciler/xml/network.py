@@ -325,6 +325,10 @@ def patch(
     for ip in root.findall("ip"):
         for dhcp in ip.findall("dhcp"):
             reorder(dhcp, ("range", "host"))
+    for group in root.findall("portgroup"):  # a value taken away leaves no empty element
+        for element in [*group.findall("bandwidth"), *group.findall("vlan")]:
+            if len(element) == 0 and not element.attrib:
+                remove(element)
     dns = root.find("dns")
     if dns is not None and len(dns) == 0 and not dns.attrib:
         remove(dns)

@@ -130,6 +130,33 @@ class _SrvKey:
         return str(value)
 
 
+_MACVTAP_MODES = ("bridge", "private", "vepa", "passthrough")
+
+
+@dataclass(frozen=True, slots=True)
+class _MacvtapMode:
+    """``forward.mode``: the ``<forward mode>`` of a macvtap network (bridge, private,
+    vepa, passthrough); nat, route, hostdev or a host bridge's are ``mode``'s, not this."""
+
+    def write(self, root: Element, value: Any) -> None:
+        ensure(root, "forward").set("mode", xml_text(str(value), "mode"))
+
+    def clear(self, root: Element) -> None:
+        forward = root.find("forward")
+        if forward is not None and self.read(root) is not None:
+            drop_attr(forward, "mode")
+
+    def read(self, root: Element) -> object:
+        forward = root.find("forward")
+        mode = None if forward is None else forward.get("mode")
+        if mode not in _MACVTAP_MODES or (mode == "bridge" and root.find("bridge") is not None):
+            return None
+        return mode
+
+    def canon(self, value: Any) -> object:
+        return str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class _Default:
     """A portgroup's ``default='yes'``; absent (or ``no``) reads as False."""
@@ -261,7 +288,7 @@ FIELDS: tuple[Field[NetworkSpec], ...] = (
     Field("ipv6.dhcp.end", lambda s: _v6_dhcp(s, "end"), Attr(_RANGE6, "end")),
     Field("dns.forwarders", lambda s: s.dns.forwarders, _Forwarders(), show=_none_if_empty),
     Field("dns.enable", lambda s: s.dns.enable, Attr("dns", "enable", YES_NO)),
-    Field("forward.mode", lambda s: _fwd(s, "mode"), Attr("forward", "mode")),
+    Field("forward.mode", lambda s: _fwd(s, "mode"), _MacvtapMode()),
     Field("forward.managed", lambda s: _fwd(s, "managed"), Attr("forward", "managed", YES_NO)),
     Field("forward.interfaces", lambda s: _fwd(s, "interfaces"),
           Each("forward", "interface", "dev"), show=_none_if_empty),
