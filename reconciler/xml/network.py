@@ -268,10 +268,21 @@ def render(
     items = vocab.items(spec)
     for device in vocab.declared_devices(declared):
         device.render(root, items[device.section])
+    _forward_dev(root, spec)
     reorder(root, _ORDER)
     for dhcp in root.findall("ip/dhcp"):
         reorder(dhcp, ("range", "host"))
     return serialize(root)
+
+
+def _forward_dev(root: Element, spec: NetworkSpec) -> None:
+    """A macvtap network's ``<forward dev=>`` is its first interface, as libvirt writes it
+    when it reads the definition (it is not a field of its own)."""
+    forward = root.find("forward")
+    if spec.mode == "macvtap" and spec.forward is not None and forward is not None:
+        if spec.forward.interfaces:
+            forward.set("dev", xml_text(spec.forward.interfaces[0], "interface"))
+            forward[:] = sorted(forward, key=lambda child: child.tag != "interface")
 
 
 def _fields(spec: NetworkSpec) -> tuple[Field[NetworkSpec], ...]:
@@ -325,6 +336,7 @@ def patch(
     for ip in root.findall("ip"):
         for dhcp in ip.findall("dhcp"):
             reorder(dhcp, ("range", "host"))
+    _forward_dev(root, spec)
     for group in root.findall("portgroup"):  # a value taken away leaves no empty element
         for element in [*group.findall("bandwidth"), *group.findall("vlan")]:
             if len(element) == 0 and not element.attrib:
