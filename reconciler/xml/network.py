@@ -279,10 +279,10 @@ def _forward_dev(root: Element, spec: NetworkSpec) -> None:
     """A macvtap network's ``<forward dev=>`` is its first interface, as libvirt writes it
     when it reads the definition (it is not a field of its own)."""
     forward = root.find("forward")
-    if spec.mode == "macvtap" and spec.forward is not None and forward is not None:
-        if spec.forward.interfaces:
-            forward.set("dev", xml_text(spec.forward.interfaces[0], "interface"))
-            forward[:] = sorted(forward, key=lambda child: child.tag != "interface")
+    pool = spec.forward.interfaces if spec.forward is not None else ()
+    if spec.mode == "macvtap" and pool and forward is not None:
+        forward.set("dev", xml_text(pool[0], "interface"))
+        forward[:] = sorted(forward, key=lambda child: child.tag != "interface")
 
 
 def _fields(spec: NetworkSpec) -> tuple[Field[NetworkSpec], ...]:

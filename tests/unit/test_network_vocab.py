@@ -24,7 +24,9 @@ from reconciler.manifests import LoadResult, load_directory
 from reconciler.model import NetworkSpec
 from reconciler.plan import NetUpdate
 from reconciler.planner.network import _network_live_updates
+from reconciler.preflight import wanted
 from reconciler.xml import network
+from tests.unit.test_preflight import FACTS, line_of, manifests, problems
 from tests.unit.test_xml_network_patch import HANDMADE, LAB6, _canon
 
 from .xml_support import assert_golden
@@ -242,3 +244,16 @@ def test_schema_refuses_what_libvirt_cannot_hold() -> None:
     assert "not a DUID" in problems_of({"mode": "isolated", "ipv6": {
         "address": "fd00::1", "prefix": 64, "dhcp": {"start": "fd00::10", "end": "fd00::20",
                                                      "hosts": [{"id": "xyz", "ip": "fd00::5"}]}}})
+
+
+def test_preflight_names_a_macvtap_interface_the_host_lacks() -> None:
+    text = ("apiVersion: reconciler/v1\nkind: Network\nmetadata:\n  name: mv\nspec:\n"
+            "  mode: macvtap\n  forward:\n    interfaces: [eth0, eth9]\n")  # fmt: skip
+    (found,) = problems(text)
+    assert found == (f"m/vm.yaml:{line_of(text, 'interfaces')}:24: spec.forward.interfaces[1]: "
+                     "no network interface eth9 on this host; did you mean eth0? name one of "
+                     "`ip link`'s interfaces")  # fmt: skip
+    assert problems(text.replace("eth9", "lo")) == []
+    unknown = dataclasses.replace(FACTS, interfaces=None)
+    assert problems(text, facts=unknown) == []
+    assert wanted(manifests(text)).bridges
