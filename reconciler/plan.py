@@ -307,7 +307,8 @@ class AutostartNetwork(StepBase):
 @dataclass(frozen=True, slots=True)
 class NetUpdate(StepBase):
     """``virNetworkUpdate`` of one entry: ``command`` add | delete, ``section``
-    ip-dhcp-host | ip-dhcp-range | dns-host | dns-txt | dns-srv | portgroup, ``path`` the
+    ip-dhcp-host | ip-dhcp-range | dns-host | dns-txt | dns-srv | portgroup |
+    forward-interface, ``path`` the
     manifest's entry, ``xml`` the entry, ``index`` the parent element's index."""
 
     verb: ClassVar[str] = "net-update"

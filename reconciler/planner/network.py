@@ -129,15 +129,24 @@ def _network_live_updates(
 ) -> tuple[list[Step], list[Change]]:  # fmt: skip
     """net-update steps for the entry sections libvirt changes on a running network
     (``network_vocab.LIVE_SECTIONS``: DHCP hosts and ranges of either ``<ip>``, DNS
-    hosts, TXT and SRV records, portgroups); everything else waits for a restart. An
+    hosts, TXT and SRV records, portgroups; a macvtap network's ``forward.interfaces``);
+    everything else waits for a restart. An
     entry under an ``<ip>`` goes to the ``<ip>`` of its family by its index (``index``),
     never to the first ``<ip>`` with DHCP, which may be the other family's; when the
     running network has no such ``<ip>`` yet, the entry waits for the restart too."""
     steps: list[Step] = []
     pending: list[Change] = []
     for dev, changes in sorted(by_device(diff(desired, live)).items(), key=lambda kv: str(kv[0])):
-        target = None if dev is None else network_vocab.LIVE_SECTIONS.get(dev[0])
-        if dev is None or target is None:
+        if dev is None:
+            for change in changes:
+                if change.path == "forward.interfaces" and desired.get("mode") == live.get(
+                        "mode") == "macvtap":  # fmt: skip
+                    steps += _pool_updates(change)
+                else:
+                    pending.append(change)
+            continue
+        target = network_vocab.LIVE_SECTIONS.get(dev[0])
+        if target is None:
             pending += changes
             continue
         section, key = dev
@@ -158,6 +167,17 @@ def _network_live_updates(
     return steps, pending
 
 
+def _pool_updates(change: Change) -> list[Step]:
+    """A macvtap network's pool of host NICs, changed live (``forward-interface``: add and
+    delete work on a running network, measured on libvirt 9.0): one step per NIC."""
+    old = set(change.old) if isinstance(change.old, tuple) else set()
+    new = set(change.new) if isinstance(change.new, tuple) else set()
+    return [NetUpdate(command, "forward-interface", change.path,
+                      network_vocab.forward_interface_xml(dev), None)
+            for command, devs in (("delete", old - new), ("add", new - old))
+            for dev in sorted(devs)]  # fmt: skip
+
+
 def _entry(projection: Mapping[str, object], section: str, key: str) -> bool:
     """Whether ``projection`` has the entry at all, also one whose fields are all absent
     (a portgroup with nothing but its name)."""
@@ -167,7 +187,7 @@ def _entry(projection: Mapping[str, object], section: str, key: str) -> bool:
 def _mark_live(changes: list[Change], live_prefixes: set[str]) -> list[Change]:
     return [
         Change(c.path, c.old, c.new, live=True)
-        if any(c.path.startswith(p + ".") for p in live_prefixes)
+        if any(c.path == p or c.path.startswith(p + ".") for p in live_prefixes)
         else c
         for c in changes
     ]

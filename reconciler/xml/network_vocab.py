@@ -11,8 +11,9 @@ these fields existed plans exactly as before and a redefine keeps the section as
 
 Change classes, measured with ``virsh net-update --live`` on libvirt 9.0: DHCP hosts
 and ranges of the IPv4 and the IPv6 ``<ip>``, DNS TXT and SRV records and portgroups
-are live (``LIVE_SECTIONS``); forwarders (no such update section), routes, the IPv6
-address, ``dns.enable``, the device pool and NAT ranges need the network restarted.
+(``LIVE_SECTIONS``) and a macvtap network's ``forward.interfaces`` (``forward-interface``)
+are live; forwarders (no such update section), routes, the IPv6 address, ``dns.enable``,
+the macvtap mode, a hostdev pool and NAT ranges need the network restarted.
 
 Pure: no I/O, no libvirt.
 """
@@ -277,6 +278,17 @@ _NAT_ADDR = "forward/nat/address"
 _NAT_PORT = "forward/nat/port"
 
 
+def _pool(value: object) -> object:
+    """A macvtap network's NICs: a pool libvirt picks a free one from, so in no order."""
+    return tuple(sorted(str(v) for v in value)) if isinstance(value, tuple) and value else None
+
+
+def forward_interface_xml(dev: str) -> str:
+    """``<interface dev=.../>`` as ``virNetworkUpdate`` takes it for ``forward-interface``."""
+    return ET.tostring(ET.Element("interface", {"dev": xml_text(dev, "interface")}),
+                       encoding="unicode")  # fmt: skip
+
+
 def _none_if_empty(value: object) -> object:
     """A list the XML has no element of reads as absent, as the manifest leaving it out."""
     return value if value else None
@@ -291,7 +303,7 @@ FIELDS: tuple[Field[NetworkSpec], ...] = (
     Field("forward.mode", lambda s: _fwd(s, "mode"), _MacvtapMode()),
     Field("forward.managed", lambda s: _fwd(s, "managed"), Attr("forward", "managed", YES_NO)),
     Field("forward.interfaces", lambda s: _fwd(s, "interfaces"),
-          Each("forward", "interface", "dev"), show=_none_if_empty),
+          Each("forward", "interface", "dev"), show=_pool, change=LIVE),
     Field("forward.devices", lambda s: _fwd(s, "devices"), _PciDevices(), show=_none_if_empty),
     Field("nat.addresses.start", lambda s: _nat(s, "address_start"), Attr(_NAT_ADDR, "start")),
     Field("nat.addresses.end", lambda s: _nat(s, "address_end"), Attr(_NAT_ADDR, "end")),

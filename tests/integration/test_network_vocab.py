@@ -4,10 +4,11 @@
 * A dual-stack ISOLATED network (no ``<forward>``: nothing leaves the host) with two
   DHCP ranges, DHCPv6 hosts, an IPv6 route to a ULA prefix, DNS forwarder (loopback),
   TXT and SRV records and portgroups is applied and started; a second plan is empty.
-  A DHCPv6 host changed then goes live (net-update into the IPv6 ``<ip>``, no restart).
+  A DHCPv6 host, an IPv4 range, TXT and SRV records and a portgroup changed then go
+  live (net-update, a DHCP entry into the ``<ip>`` of its family; no restart).
 * A macvtap network on a dummy interface made for the test (``ip link add ... type
   dummy``; a veth pair where the kernel has no dummy driver; deleted afterwards even on
-  failure) is defined and started.
+  failure) is defined and started; a NIC added to its pool goes live.
 * Hand-made networks using every item (dual-stack isolated, macvtap, NAT with address
   and port ranges: defined, never started; hostdev with PCI addresses only where the host
   has SR-IOV virtual functions, which libvirt requires at define)
@@ -117,22 +118,39 @@ def test_dual_stack_network_applied_started_and_dhcpv6_host_changed_live(ws: Wor
     six = doc["spec"]["ipv6"]["address"].removesuffix("::1")
     assert f"{six}:1::/64 via {six}::2" in routes, routes
 
-    # a DHCPv6 host changed: net-update into the IPv6 <ip>, the network keeps running
-    doc["spec"]["ipv6"]["dhcp"]["hosts"] = [{"name": "db", "ip": f"{six}::11"}]
+    # a DHCPv6 host, an IPv4 range, a TXT and an SRV record and a portgroup changed:
+    # net-update each (a DHCP entry into the <ip> of its family), the network keeps running
+    spec = doc["spec"]
+    spec["ipv6"]["dhcp"]["hosts"] = [{"name": "db", "ip": f"{six}::11"}]
+    v4 = spec["ipv4"]["address"].rsplit(".", 1)[0]
+    spec["ipv4"]["dhcp"]["ranges"][1] = {"start": f"{v4}.230", "end": f"{v4}.239"}
+    spec["dns"]["txt"] = [{"name": "motd", "value": "changed"}]
+    spec["dns"]["srv"][0]["weight"] = 7
+    spec["portgroups"][0]["bandwidth"]["inbound"]["average"] = 2000
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
     plan = ws.plan()
     a = action(plan, "Network", name)
     assert a.op is Op.UPDATE_LIVE and not a.restart_pending, render_plan(plan, verbose=True)
-    updates = [(s.command, s.section, s.index) for s in a.steps if isinstance(s, NetUpdate)]
-    assert updates == [("delete", "ip-dhcp-host", 1), ("add", "ip-dhcp-host", 1)], updates
+    assert all(c.live for c in a.changes), render_plan(plan, verbose=True)
+    updates = sorted((s.section, s.command, s.index) for s in a.steps if isinstance(s, NetUpdate))
+    assert updates == sorted([
+        ("ip-dhcp-host", "delete", 1), ("ip-dhcp-host", "add", 1),
+        ("ip-dhcp-range", "delete", 0), ("ip-dhcp-range", "add", 0),
+        ("dns-txt", "delete", None), ("dns-txt", "add", None),
+        ("dns-srv", "delete", None), ("dns-srv", "add", None),
+        ("portgroup", "delete", None), ("portgroup", "add", None)]), updates  # fmt: skip
     assert not any(isinstance(s, StopNetwork | StartNetwork) for s in a.steps)
     _apply(ws)
     assert_settled(ws)
-    running = etree.fromstring(ws.virsh("net-dumpxml", name).encode())
-    hosts = running.findall("ip[@family='ipv6']/dhcp/host")
-    assert [(h.get("name"), h.get("ip")) for h in hosts] == [("db", f"{six}::11")]
-    inactive = etree.fromstring(ws.virsh("net-dumpxml", "--inactive", name).encode())
-    assert [h.get("name") for h in inactive.findall("ip[@family='ipv6']/dhcp/host")] == ["db"]
+    for dump in (ws.virsh("net-dumpxml", name), ws.virsh("net-dumpxml", "--inactive", name)):
+        root = etree.fromstring(dump.encode())
+        hosts = root.findall("ip[@family='ipv6']/dhcp/host")
+        assert [(h.get("name"), h.get("ip")) for h in hosts] == [("db", f"{six}::11")]
+        assert f"{v4}.230" in [r.get("start") for r in root.findall("ip/dhcp/range")]
+        assert root.find("dns/txt").get("value") == "changed"  # type: ignore[union-attr]
+        assert root.find("dns/srv").get("weight") == "7"  # type: ignore[union-attr]
+        inbound = root.find("portgroup[@name='engineering']/bandwidth/inbound")
+        assert inbound is not None and inbound.get("average") == "2000"
 
 
 def test_macvtap_network_on_a_dummy_interface_started(ws: Workspace) -> None:
@@ -149,6 +167,21 @@ def test_macvtap_network_on_a_dummy_interface_started(ws: Workspace) -> None:
     assert forward is not None and forward.get("mode") == "bridge"
     assert [i.get("dev") for i in forward.findall("interface")] == [dummy]
     assert_settled(ws)
+
+    # another NIC in the pool: net-update forward-interface, no restart
+    second = _dummy(ws)
+    ws.write("net.yaml", network(name, mode="macvtap",
+                                 forward={"mode": "bridge", "interfaces": [dummy, second]},
+                                 portgroups=[{"name": "web", "default": True}]))  # fmt: skip
+    plan = ws.plan()
+    a = action(plan, "Network", name)
+    assert a.op is Op.UPDATE_LIVE and not a.restart_pending, render_plan(plan, verbose=True)
+    assert [(s.command, s.section) for s in a.steps if isinstance(s, NetUpdate)] == [
+        ("add", "forward-interface")]
+    _apply(ws)
+    assert_settled(ws)
+    running = etree.fromstring(ws.virsh("net-dumpxml", name).encode())
+    assert [i.get("dev") for i in running.findall("forward/interface")] == [dummy, second]
 
 
 def _hand_made(ws: Workspace, xml: str, name: str, *, start: bool) -> str:

@@ -257,3 +257,27 @@ def test_preflight_names_a_macvtap_interface_the_host_lacks() -> None:
     unknown = dataclasses.replace(FACTS, interfaces=None)
     assert problems(text, facts=unknown) == []
     assert wanted(manifests(text)).bridges
+
+
+def test_a_macvtap_pool_changes_live_one_nic_at_a_time() -> None:
+    old = spec_of(MACVTAP)
+    new = spec_of({**MACVTAP, "forward": {"mode": "vepa", "interfaces": ["eth2", "eth3"]}})
+    live_xml = network.render("m", old)
+    desired = network.project(new)
+    live = network.observe(live_xml, declared=new.declared)
+    assert diff(desired, live)[0].path == "forward.interfaces"
+    steps, pending = _network_live_updates(desired, live, lambda: network.render("m", new),
+                                           live_xml)  # fmt: skip
+    assert pending == []
+    assert [(s.command, s.section, s.xml) for s in steps if isinstance(s, NetUpdate)] == [
+        ("delete", "forward-interface", '<interface dev="eth1"/>'),
+        ("add", "forward-interface", '<interface dev="eth3"/>')]
+    # the pool has no order: the same NICs listed otherwise are no change
+    same = spec_of({**MACVTAP, "forward": {"mode": "vepa", "interfaces": ["eth2", "eth1"]}})
+    assert not diff(network.project(same), network.observe(live_xml, declared=same.declared))
+    # the macvtap mode is not live
+    vepa = spec_of({**MACVTAP, "forward": {"mode": "private", "interfaces": ["eth1", "eth2"]}})
+    steps, pending = _network_live_updates(
+        network.project(vepa), network.observe(live_xml, declared=vepa.declared),
+        lambda: network.render("m", vepa), live_xml)
+    assert steps == [] and [c.path for c in pending] == ["forward.mode"]
