@@ -21,6 +21,7 @@ from reconciler.export.notes import (
 from reconciler.model import Kind, NetworkSpec
 from reconciler.snapshot import NetworkRecord
 from reconciler.xml import network as network_xml
+from reconciler.xml import network_vocab
 from reconciler.xml._fields import Projection
 
 
@@ -118,8 +119,8 @@ def _vocabulary(p: Projection) -> dict[str, Any]:
     if routes:
         out["routes"] = routes
     dns: dict[str, Any] = {}
-    forwarders = [_some(addr=addr, domain=domain)
-                  for addr, domain in _tuple(p.get("dns.forwarders"))]  # fmt: skip
+    forwarders = [_some(addr=addr, domain=domain) for addr, domain in
+                  map(network_vocab.forwarder_of, _tuple(p.get("dns.forwarders")))]  # fmt: skip
     if forwarders:
         dns["forwarders"] = forwarders
     srv = []

@@ -195,10 +195,27 @@ class _Forwarders:
             remove(fwd)
 
     def read(self, root: Element) -> object:
-        return tuple((f.get("addr"), f.get("domain")) for f in root.findall("dns/forwarder"))
+        return tuple(forwarder_text(f.get("addr"), f.get("domain"))
+                     for f in root.findall("dns/forwarder"))  # fmt: skip
 
     def canon(self, value: Any) -> object:
-        return tuple((f.addr, f.domain) for f in value or ())
+        return tuple(forwarder_text(f.addr, f.domain) for f in value or ())
+
+
+def forwarder_text(addr: str | None, domain: str | None) -> str:
+    """A forwarder as the plan shows it: ``192.0.2.53``, ``corp.example: 192.0.2.54``
+    (that domain only), ``corp.example: local`` (answered locally only)."""
+    if domain is None:
+        return addr or ""
+    return f"{domain}: {addr or 'local'}"
+
+
+def forwarder_of(text: str) -> tuple[str | None, str | None]:
+    """``forwarder_text`` read back: (addr, domain)."""
+    domain, sep, addr = text.partition(": ")
+    if not sep:
+        return text, None
+    return (None if addr == "local" else addr), domain
 
 
 def _after_forwarders(dns: Element) -> int:

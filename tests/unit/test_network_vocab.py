@@ -281,3 +281,10 @@ def test_a_macvtap_pool_changes_live_one_nic_at_a_time() -> None:
         network.project(vepa), network.observe(live_xml, declared=vepa.declared),
         lambda: network.render("m", vepa), live_xml)
     assert steps == [] and [c.path for c in pending] == ["forward.mode"]
+
+
+def test_the_plan_shows_forwarders_as_a_manifest_says_them() -> None:
+    from reconciler.report import show_value
+
+    shown = show_value("dns.forwarders", network.project(spec_of(DUALSTACK))["dns.forwarders"])
+    assert shown == "[192.0.2.53, corp.example: 192.0.2.54, local.example: local]"
