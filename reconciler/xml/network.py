@@ -366,10 +366,11 @@ def project(spec: NetworkSpec) -> Projection:
     out = project_fields(FIELDS, spec)
     out.update(DHCP_HOSTS.project(_dhcp_hosts(spec)))
     out.update(DNS_HOSTS.project(spec.dns_hosts))
-    out.update(project_fields(vocab.FIELDS, spec))
-    items = vocab.items(spec)
-    for device in vocab.DEVICES:
-        out.update(device.project(items[device.section]))
+    out.update(project_fields(vocab.declared_fields(spec.declared), spec))
+    if spec.declared:
+        items = vocab.items(spec)
+        for device in vocab.declared_devices(spec.declared):
+            out.update(device.project(items[device.section]))
     return {k: v for k, v in out.items() if vocab.managed_key(k, spec.declared)}
 
 
@@ -401,8 +402,9 @@ def observe(
         out["bridge"] = None
     out.update(DHCP_HOSTS.observe(root))
     out.update(DNS_HOSTS.observe(root))
-    more = observe_fields(root, vocab.FIELDS)
-    for device in vocab.DEVICES:
+    fields = vocab.FIELDS if declared is None else vocab.declared_fields(declared)
+    more = observe_fields(root, fields)
+    for device in vocab.DEVICES if declared is None else vocab.declared_devices(declared):
         more.update(device.observe(root))
     if declared is None:
         # all there is (export); a section libvirt does not have is no key, the device

@@ -20,6 +20,7 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -468,6 +469,7 @@ _OPTIONAL = (
 )
 
 
+@functools.lru_cache(maxsize=8192)  # keys recur at every pass; entries carry identities
 def managed_key(key: str, declared: frozenset[str]) -> bool:
     """Whether the projection ``key`` is managed by a spec naming ``declared``: the
     issue-13 sections only when named; ``ipv4.dhcp.start``/``end`` (the first range)
@@ -482,11 +484,13 @@ def managed_key(key: str, declared: frozenset[str]) -> bool:
     return True
 
 
+@functools.cache
 def declared_fields(declared: frozenset[str]) -> tuple[Field[NetworkSpec], ...]:
     """The issue-13 scalar fields a spec naming ``declared`` manages."""
     return tuple(f for f in FIELDS if managed_key(f.path, declared))
 
 
+@functools.cache
 def declared_devices(declared: frozenset[str]) -> tuple[Device[Any], ...]:
     """The device sections a spec naming ``declared`` manages."""
     return tuple(d for d in DEVICES if managed_key(d.section + "[", declared))
