@@ -905,7 +905,7 @@ def _network_vocabulary(
         addresses, ports = rn.get("addresses") or {}, rn.get("ports") or {}
         nat = Nat(addresses.get("start"), addresses.get("end"),
                   ports.get("start"), ports.get("end"))  # fmt: skip
-        if spec.mode != "nat":
+        if spec.mode != "nat" and raw["nat"] is not None:
             problems.append(FieldProblem(("spec", "nat"), f"mode {spec.mode} has no NAT",
                                          "use mode: nat, or leave 'nat' out"))  # fmt: skip
         if (nat.port_start or 0) > (nat.port_end or 65535):

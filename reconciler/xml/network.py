@@ -337,8 +337,10 @@ def patch(
         for dhcp in ip.findall("dhcp"):
             reorder(dhcp, ("range", "host"))
     _forward_dev(root, spec)
-    for group in root.findall("portgroup"):  # a value taken away leaves no empty element
-        for element in [*group.findall("bandwidth"), *group.findall("vlan")]:
+    for group in [*root.findall("portgroup"), *root.findall("forward")]:
+        # a value taken away leaves no empty element
+        for element in [*group.findall("bandwidth"), *group.findall("vlan"),
+                        *group.findall("nat")]:  # fmt: skip
             if len(element) == 0 and not element.attrib:
                 remove(element)
     dns = root.find("dns")

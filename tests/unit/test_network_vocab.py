@@ -288,3 +288,16 @@ def test_the_plan_shows_forwarders_as_a_manifest_says_them() -> None:
 
     shown = show_value("dns.forwarders", network.project(spec_of(DUALSTACK))["dns.forwarders"])
     assert shown == "[192.0.2.53, corp.example: 192.0.2.54, local.example: local]"
+
+
+def test_nat_null_takes_the_ranges_away_and_leaving_nat_out_keeps_them() -> None:
+    current = network.render("n", spec_of(NAT))
+    cleared = spec_of({**NAT, "nat": None})
+    root = etree.fromstring(network.patch(current, cleared).encode())
+    forward = root.find("forward")
+    assert forward is not None and forward.get("mode") == "nat" and forward.find("nat") is None
+    kept = spec_of({k: v for k, v in NAT.items() if k != "nat"})
+    assert _canon(network.patch(current, kept)) == _canon(current)
+    assert [c.path for c in diff(network.project(cleared), network.observe(
+        current, declared=cleared.declared))] == [
+        "nat.addresses.end", "nat.addresses.start", "nat.ports.end", "nat.ports.start"]
