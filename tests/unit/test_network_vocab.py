@@ -301,3 +301,12 @@ def test_nat_null_takes_the_ranges_away_and_leaving_nat_out_keeps_them() -> None
     assert [c.path for c in diff(network.project(cleared), network.observe(
         current, declared=cleared.declared))] == [
         "nat.addresses.end", "nat.addresses.start", "nat.ports.end", "nat.ports.start"]
+
+
+def test_a_user_error_is_one_line_with_file_line_field_and_fix() -> None:
+    found = problems_of({"mode": "isolated", "portgroups": [{"name": "a", "vlan": [10]}]})
+    assert found.count("\n") == 0
+    position, _, rest = found.partition(": spec.portgroups[0].vlan: ")
+    assert position.rsplit(":", 2)[0].endswith("n.yaml") and position.rsplit(":", 2)[1].isdigit()
+    assert rest == ("libvirt takes a portgroup vlan only on a hostdev network (not isolated); "
+                    "tag the VLAN on the host bridge, or use mode: hostdev")  # fmt: skip
