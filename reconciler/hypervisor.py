@@ -910,8 +910,10 @@ class Hypervisor:
         self, name: str, command: str, section: str, xml: str, parent_index: int = -1
     ) -> None:
         """``virsh net-update --live``: change an entry of the running network.
-        ``parent_index``: which ``<ip>`` (in document order) an ``ip-dhcp-host`` entry
-        belongs to; -1 lets libvirt pick the first ``<ip>`` with DHCP."""
+        ``section``: ip-dhcp-host, ip-dhcp-range, dns-host, dns-txt, dns-srv, portgroup or
+        forward-interface (formatnetwork; the sections libvirt 9.0 updates live).
+        ``parent_index``: which ``<ip>`` (in document order) an ``ip-dhcp-*`` entry belongs
+        to; -1 lets libvirt pick the first ``<ip>`` with DHCP."""
         commands = {
             "add": libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
             "delete": libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
@@ -919,7 +921,12 @@ class Hypervisor:
         }
         sections = {
             "ip-dhcp-host": libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+            "ip-dhcp-range": libvirt.VIR_NETWORK_SECTION_IP_DHCP_RANGE,
             "dns-host": libvirt.VIR_NETWORK_SECTION_DNS_HOST,
+            "dns-txt": libvirt.VIR_NETWORK_SECTION_DNS_TXT,
+            "dns-srv": libvirt.VIR_NETWORK_SECTION_DNS_SRV,
+            "portgroup": libvirt.VIR_NETWORK_SECTION_PORTGROUP,
+            "forward-interface": libvirt.VIR_NETWORK_SECTION_FORWARD_INTERFACE,
         }
         flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE  # the definition is redefined separately
         with calling(f"updating {section} of network {name}"):

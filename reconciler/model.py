@@ -13,6 +13,7 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
@@ -128,10 +129,22 @@ class DhcpHost:
 
 
 @dataclass(frozen=True, slots=True)
+class DhcpRange:
+    """One ``<range start= end=/>`` of an ``<ip>``'s ``<dhcp>`` (formatnetwork: Addressing)."""
+
+    start: str
+    end: str
+
+
+@dataclass(frozen=True, slots=True)
 class Dhcp:
+    """``start``/``end``: the first range (the others kept), as before; ``ranges`` (the
+    manifest named ``ranges``): the exact set, ``start``/``end`` then its first."""
+
     start: str
     end: str
     hosts: tuple[DhcpHost, ...] = ()
+    ranges: tuple[DhcpRange, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +152,122 @@ class Ipv4:
     address: str
     prefix: int
     dhcp: Dhcp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp6Host:
+    """A DHCPv6 static lease: identified by its DUID (``id``) or, without one, its
+    ``name`` (libvirt refuses a MAC in an IPv6 host)."""
+
+    ip: str
+    id: str | None = None
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp6:
+    start: str
+    end: str
+    hosts: tuple[Dhcp6Host, ...] = ()
+    ranges: tuple[DhcpRange, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv6:
+    """The ``<ip family='ipv6'>`` (formatnetwork: Addressing); ``prefix`` 1-128."""
+
+    address: str
+    prefix: int
+    dhcp: Dhcp6 | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A static ``<route>`` (formatnetwork: Static Routes), IPv4 or IPv6 by its address."""
+
+    address: str
+    prefix: int
+    gateway: str
+    metric: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsForwarder:
+    """``<forwarder addr= domain=/>``: queries (for ``domain`` only, if given) go to
+    ``addr``; a ``domain`` without ``addr`` is answered locally only."""
+
+    addr: str | None = None
+    domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSrv:
+    service: str
+    protocol: str
+    domain: str | None = None
+    target: str | None = None
+    port: int | None = None
+    priority: int | None = None
+    weight: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``_service._protocol.domain`` ``target:port``: what tells two records apart."""
+        return "/".join((self.service, self.protocol, self.domain or "", self.target or "",
+                         "" if self.port is None else str(self.port)))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTxt:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dns:
+    """The ``<dns>`` parts a manifest names (None: not named, kept as they are)."""
+
+    forwarders: tuple[DnsForwarder, ...] | None = None
+    srv: tuple[DnsSrv, ...] | None = None
+    txt: tuple[DnsTxt, ...] | None = None
+    enable: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Portgroup:
+    """A ``<portgroup>`` (formatnetwork: Connectivity, portgroups)."""
+
+    name: str
+    default: bool = False
+    vlan: tuple[int, ...] = ()
+    inbound: Rate | None = None
+    outbound: Rate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """The device pool of a ``macvtap`` (``mode``: bridge, private, vepa, passthrough;
+    ``interfaces``: host NICs) or ``hostdev`` network (``devices``: PCI addresses
+    ``0000:01:00.1``, ``managed``)."""
+
+    mode: str | None = None
+    interfaces: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    managed: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Nat:
+    """``<forward mode='nat'><nat>``: the public address and port ranges of NAT."""
+
+    address_start: str | None = None
+    address_end: str | None = None
+    port_start: int | None = None
+    port_end: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +287,16 @@ class NetworkSpec:
     state: str = "active"
     autostart: bool = False
     adopt: bool = False
+    # issue 13: managed only where the manifest names them (``declared``); None: kept
+    ipv6: Ipv6 | None = None
+    routes: tuple[Route, ...] | None = None
+    dns: Dns = Dns()
+    portgroups: tuple[Portgroup, ...] | None = None
+    forward: Forward | None = None
+    nat: Nat | None = None
+    declared: frozenset[str] = frozenset()
+    """The optional sections the manifest names (``ipv6``, ``routes``, ``dns.txt``...,
+    ``ipv4.dhcp.ranges``): only those are managed (made exact)."""
 
 
 # --- VirtualMachine ---------------------------------------------------------
@@ -902,9 +1041,11 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
         dhcp = None
         if "dhcp" in r4:
             rd = r4["dhcp"]
+            ranges = _dhcp_ranges(rd, ("spec", "ipv4", "dhcp"), problems)
             dhcp = Dhcp(
-                start=rd["start"],
-                end=rd["end"],
+                start=ranges[0].start if ranges else rd.get("start", "0.0.0.0"),
+                end=ranges[0].end if ranges else rd.get("end", "0.0.0.0"),
+                ranges=ranges,
                 hosts=tuple(
                     DhcpHost(mac=h["mac"].lower(), ip=h["ip"], name=h.get("name"))
                     for h in rd.get("hosts", ())
@@ -924,6 +1065,7 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
         autostart=raw.get("autostart", False),
         adopt=raw.get("adopt", False),
     )
+    spec = _network_vocabulary(raw, spec, problems)
     if spec.mode == "bridge":
         if spec.bridge is None:
             problems.append(
@@ -955,6 +1097,223 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
     return spec
 
 
+def _dhcp_ranges(
+    raw: Mapping[str, Any], where: FieldPath, problems: list[FieldProblem]
+) -> tuple[DhcpRange, ...] | None:
+    """``ranges`` (the exact set) or None; ``start``/``end`` and ``ranges`` are one or
+    the other."""
+    has_pair = "start" in raw or "end" in raw
+    if "ranges" not in raw:
+        if not ("start" in raw and "end" in raw):
+            problems.append(FieldProblem(where, "dhcp needs 'start' and 'end', or 'ranges'",
+                                         "add e.g. ranges: [{start: ..., end: ...}]"))  # fmt: skip
+        return None
+    if has_pair:
+        problems.append(FieldProblem((*where, "ranges"),
+                                     "dhcp has both 'start'/'end' and 'ranges'",
+                                     "list the first range in 'ranges' instead"))  # fmt: skip
+    ranges = tuple(DhcpRange(r["start"], r["end"]) for r in raw["ranges"])
+    if not ranges:
+        problems.append(FieldProblem((*where, "ranges"), "dhcp needs at least one range",
+                                     "leave 'dhcp' out for no DHCP service"))  # fmt: skip
+    return ranges
+
+
+def _rate(raw: Mapping[str, Any] | None) -> Rate | None:
+    if raw is None:
+        return None
+    return Rate(raw["average"], raw.get("peak"), raw.get("burst"))
+
+
+def _network_vocabulary(
+    raw: Mapping[str, Any], spec: NetworkSpec, problems: list[FieldProblem]
+) -> NetworkSpec:
+    """The issue-13 sections of a Network manifest (IPv6, DHCP ranges, routes, DNS
+    forwarders/SRV/TXT, portgroups, the macvtap/hostdev device pool, NAT ranges), each
+    recorded in ``declared`` when the manifest names it, and checked."""
+    declared: set[str] = set()
+    if spec.ipv4 is not None and spec.ipv4.dhcp is not None and spec.ipv4.dhcp.ranges is not None:
+        declared.add("ipv4.dhcp.ranges")
+    ipv6 = None
+    if "ipv6" in raw:
+        declared.add("ipv6")
+        r6 = raw["ipv6"]
+        if r6 is not None:
+            dhcp6 = None
+            if "dhcp" in r6:
+                rd = r6["dhcp"]
+                ranges = _dhcp_ranges(rd, ("spec", "ipv6", "dhcp"), problems)
+                if ranges is not None:
+                    declared.add("ipv6.dhcp.ranges")
+                hosts = tuple(Dhcp6Host(ip=h["ip"], id=h.get("id"), name=h.get("name"))
+                              for h in rd.get("hosts", ()))  # fmt: skip
+                dhcp6 = Dhcp6(start=ranges[0].start if ranges else rd.get("start", "::"),
+                              end=ranges[0].end if ranges else rd.get("end", "::"),
+                              hosts=hosts, ranges=ranges)  # fmt: skip
+            ipv6 = Ipv6(address=r6["address"], prefix=r6["prefix"], dhcp=dhcp6)
+            _check_ipv6(ipv6, problems)
+    routes = None
+    if "routes" in raw:
+        declared.add("routes")
+        routes = tuple(Route(r["address"], r["prefix"], r["gateway"], r.get("metric"))
+                       for r in raw["routes"])  # fmt: skip
+        _check_routes(routes, problems)
+    rdns = raw.get("dns") or {}
+    dns = Dns(
+        forwarders=None if "forwarders" not in rdns else tuple(
+            DnsForwarder(f.get("addr"), f.get("domain")) for f in rdns["forwarders"]),
+        srv=None if "srv" not in rdns else tuple(
+            DnsSrv(r["service"], r["protocol"], r.get("domain"), r.get("target"), r.get("port"),
+                   r.get("priority"), r.get("weight")) for r in rdns["srv"]),
+        txt=None if "txt" not in rdns else tuple(
+            DnsTxt(t["name"], t["value"]) for t in rdns["txt"]),
+        enable=rdns.get("enable"),
+    )  # fmt: skip
+    declared.update(f"dns.{k}" for k in ("forwarders", "srv", "txt", "enable") if k in rdns)
+    for i, fwd in enumerate(dns.forwarders or ()):
+        if fwd.addr is None and fwd.domain is None:
+            problems.append(FieldProblem(("spec", "dns", "forwarders", i),
+                                         "a forwarder needs 'addr', 'domain' or both"))  # fmt: skip
+    _unique(("spec", "dns", "srv"), [r.key for r in dns.srv or ()], "SRV record", problems)
+    _unique(("spec", "dns", "txt"), [t.name for t in dns.txt or ()], "TXT name", problems)
+    portgroups = None
+    if "portgroups" in raw:
+        declared.add("portgroups")
+        portgroups = tuple(
+            Portgroup(p["name"], p.get("default", False), tuple(p.get("vlan", ())),
+                      _rate((p.get("bandwidth") or {}).get("inbound")),
+                      _rate((p.get("bandwidth") or {}).get("outbound")))
+            for p in raw["portgroups"])  # fmt: skip
+        _unique(("spec", "portgroups"), [p.name for p in portgroups], "portgroup name", problems)
+        if sum(p.default for p in portgroups) > 1:
+            problems.append(FieldProblem(("spec", "portgroups"), "more than one portgroup "
+                                         "has default: true", "mark one default"))  # fmt: skip
+        for i, group in enumerate(portgroups):
+            if group.vlan and spec.mode != "hostdev":
+                problems.append(FieldProblem(
+                    ("spec", "portgroups", i, "vlan"),
+                    f"libvirt takes a portgroup vlan only on a hostdev network (not {spec.mode})",
+                    "tag the VLAN on the host bridge, or use mode: hostdev"))  # fmt: skip
+    forward = None
+    if "forward" in raw or spec.mode in ("macvtap", "hostdev"):
+        rf = raw.get("forward") or {}
+        forward = Forward(
+            mode=rf.get("mode", "bridge") if spec.mode == "macvtap" else None,
+            interfaces=tuple(rf.get("interfaces", ())),
+            devices=tuple(d.lower() for d in rf.get("devices", ())),
+            managed=rf.get("managed"),
+        )
+        declared.add("forward")
+        _check_forward(spec.mode, rf, forward, problems)
+    nat = None
+    if "nat" in raw:
+        declared.add("nat")
+        rn = raw["nat"] or {}
+        addresses, ports = rn.get("addresses") or {}, rn.get("ports") or {}
+        nat = Nat(addresses.get("start"), addresses.get("end"),
+                  ports.get("start"), ports.get("end"))  # fmt: skip
+        if spec.mode != "nat" and raw["nat"] is not None:
+            problems.append(FieldProblem(("spec", "nat"), f"mode {spec.mode} has no NAT",
+                                         "use mode: nat, or leave 'nat' out"))  # fmt: skip
+        if (nat.port_start or 0) > (nat.port_end or 65535):
+            problems.append(FieldProblem(
+                ("spec", "nat", "ports", "end"),
+                f"port {nat.port_end} is below start {nat.port_start}"))  # fmt: skip
+        if (nat.address_start and nat.address_end and ipaddress.IPv4Address(nat.address_start)
+                > ipaddress.IPv4Address(nat.address_end)):  # fmt: skip
+            problems.append(FieldProblem(
+                ("spec", "nat", "addresses", "end"),
+                f"{nat.address_end} is before {nat.address_start}"))  # fmt: skip
+    if spec.mode in ("macvtap", "hostdev", "bridge"):
+        for name in ("ipv6", "routes", "dns"):
+            if name in raw:
+                problems.append(FieldProblem(
+                    ("spec", name), f"mode {spec.mode} cannot have {name}",
+                    "guests on a host device or bridge get addresses from the LAN, not libvirt"))
+    if spec.mode in ("macvtap", "hostdev"):
+        for name in ("ipv4", "domain", "dnsHosts", "bridge", "mtu"):
+            if name in raw:
+                problems.append(FieldProblem(
+                    ("spec", name), f"mode {spec.mode} cannot have {name}",
+                    "a macvtap or hostdev network has no bridge and no addresses of its own"))
+    return dataclasses.replace(spec, ipv6=ipv6, routes=routes, dns=dns, portgroups=portgroups,
+                               forward=forward, nat=nat, declared=frozenset(declared))  # fmt: skip
+
+
+def _unique(where: FieldPath, keys: list[str], what: str, problems: list[FieldProblem]) -> None:
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            problems.append(FieldProblem((*where, i), f"{what} {key} repeats entry {seen[key]}",
+                                         "list each once"))  # fmt: skip
+        seen.setdefault(key, i)
+
+
+def _check_forward(mode: str, raw: Mapping[str, Any], forward: Forward,
+                   problems: list[FieldProblem]) -> None:  # fmt: skip
+    where: FieldPath = ("spec", "forward")
+    if mode not in ("macvtap", "hostdev"):
+        problems.append(FieldProblem(where, f"mode {mode} has no device pool ('forward')",
+                                     "use mode: macvtap or mode: hostdev"))  # fmt: skip
+    elif mode == "macvtap":
+        if not forward.interfaces:
+            problems.append(FieldProblem(where, "mode macvtap needs forward.interfaces",
+                                         "add e.g. forward: {interfaces: [eth1]}"))  # fmt: skip
+        for name in ("devices", "managed"):
+            if name in raw:
+                problems.append(FieldProblem((*where, name), f"'{name}' is for mode hostdev"))
+    else:
+        if not forward.devices:
+            problems.append(FieldProblem(
+                where, "mode hostdev needs forward.devices (PCI addresses of SR-IOV functions)",
+                "add e.g. forward: {devices: ['0000:03:10.0']}"))  # fmt: skip
+        for name in ("mode", "interfaces"):
+            if name in raw:
+                problems.append(FieldProblem((*where, name), f"'{name}' is for mode macvtap"))
+    _unique((*where, "interfaces"), list(forward.interfaces), "interface", problems)
+    _unique((*where, "devices"), list(forward.devices), "device", problems)
+
+
+def _check_ipv6(ipv6: Ipv6, problems: list[FieldProblem]) -> None:
+    net = ipaddress.IPv6Interface(f"{ipv6.address}/{ipv6.prefix}").network
+    if ipv6.dhcp is None:
+        return
+    where: FieldPath = ("spec", "ipv6", "dhcp")
+    if ipv6.prefix != 64:
+        # dnsmasq hands out DHCPv6 (and RA) only on a /64
+        problems.append(FieldProblem(("spec", "ipv6", "prefix"), "DHCPv6 needs prefix 64",
+                                     "use prefix: 64"))  # fmt: skip
+    for i, r in enumerate(ipv6.dhcp.ranges or (DhcpRange(ipv6.dhcp.start, ipv6.dhcp.end),)):
+        at = (*where, "ranges", i) if ipv6.dhcp.ranges is not None else where
+        for value, name in ((r.start, "start"), (r.end, "end")):
+            if ipaddress.IPv6Address(value) not in net:
+                problems.append(FieldProblem((*at, name), f"{value} is outside the network {net}"))
+        if ipaddress.IPv6Address(r.start) > ipaddress.IPv6Address(r.end):
+            problems.append(FieldProblem((*at, "end"), f"range end {r.end} is before its start"))
+    for i, host in enumerate(ipv6.dhcp.hosts):
+        if ipaddress.IPv6Address(host.ip) not in net:
+            problems.append(FieldProblem((*where, "hosts", i, "ip"),
+                                         f"{host.ip} is outside the network {net}"))  # fmt: skip
+        if host.id is None and host.name is None:
+            problems.append(FieldProblem(
+                (*where, "hosts", i), "a DHCPv6 host needs 'id' (its DUID) or 'name'",
+                "libvirt takes no MAC in IPv6"))  # fmt: skip
+    _unique((*where, "hosts"), [h.key for h in ipv6.dhcp.hosts], "host", problems)
+
+
+def _check_routes(routes: tuple[Route, ...], problems: list[FieldProblem]) -> None:
+    for i, route in enumerate(routes):
+        where: FieldPath = ("spec", "routes", i)
+        address, gateway = ipaddress.ip_address(route.address), ipaddress.ip_address(route.gateway)
+        if address.version != gateway.version:
+            problems.append(FieldProblem((*where, "gateway"), f"gateway {route.gateway} is not "
+                                         f"IPv{address.version} like {route.address}"))  # fmt: skip
+        if route.prefix > address.max_prefixlen:
+            problems.append(FieldProblem((*where, "prefix"), f"prefix {route.prefix} is longer "
+                                         f"than an IPv{address.version} address"))  # fmt: skip
+    _unique(("spec", "routes"), [f"{r.address}/{r.prefix}" for r in routes], "route", problems)
+
+
 def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[FieldProblem]) -> None:
     iface = ipaddress.IPv4Interface(f"{ipv4.address}/{ipv4.prefix}")
     net = iface.network
@@ -973,15 +1332,14 @@ def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[Field
             problems.append(FieldProblem(where, f"{value} is outside the network {net}"))
 
     if ipv4.dhcp is not None:
-        inside(ipv4.dhcp.start, ("spec", "ipv4", "dhcp", "start"))
-        inside(ipv4.dhcp.end, ("spec", "ipv4", "dhcp", "end"))
-        if ipaddress.IPv4Address(ipv4.dhcp.start) > ipaddress.IPv4Address(ipv4.dhcp.end):
-            problems.append(
-                FieldProblem(
-                    ("spec", "ipv4", "dhcp", "end"),
-                    f"range end {ipv4.dhcp.end} is before its start {ipv4.dhcp.start}",
-                )
-            )
+        dhcp_at: FieldPath = ("spec", "ipv4", "dhcp")
+        for i, r in enumerate(ipv4.dhcp.ranges or (DhcpRange(ipv4.dhcp.start, ipv4.dhcp.end),)):
+            at = dhcp_at if ipv4.dhcp.ranges is None else (*dhcp_at, "ranges", i)
+            inside(r.start, (*at, "start"))
+            inside(r.end, (*at, "end"))
+            if ipaddress.IPv4Address(r.start) > ipaddress.IPv4Address(r.end):
+                problems.append(FieldProblem(
+                    (*at, "end"), f"range end {r.end} is before its start {r.start}"))
         seen_macs: dict[str, int] = {}
         seen_ips: dict[str, int] = {}
         for i, host in enumerate(ipv4.dhcp.hosts):

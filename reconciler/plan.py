@@ -330,8 +330,9 @@ class AutostartNetwork(StepBase):
 @dataclass(frozen=True, slots=True)
 class NetUpdate(StepBase):
     """``virNetworkUpdate`` of one entry: ``command`` add | delete, ``section``
-    ip-dhcp-host | dns-host, ``path`` the manifest's entry, ``xml`` the entry,
-    ``index`` the parent element's index."""
+    ip-dhcp-host | ip-dhcp-range | dns-host | dns-txt | dns-srv | portgroup |
+    forward-interface, ``path`` the
+    manifest's entry, ``xml`` the entry, ``index`` the parent element's index."""
 
     verb: ClassVar[str] = "net-update"
     optional: ClassVar[frozenset[str]] = frozenset({"index"})
@@ -339,8 +340,8 @@ class NetUpdate(StepBase):
     section: str
     path: str
     xml: str
-    # a DHCP host: the index of the IPv4 <ip> it goes to (never the first <ip> with
-    # DHCP, which may be the IPv6 one); None: libvirt's choice
+    # a DHCP host or range: the index of the <ip> of its family it goes to (never the
+    # first <ip> with DHCP, which may be the other family's); None: libvirt's choice
     index: int | None = None
 
 

@@ -42,6 +42,7 @@ The checks, each modelling a section of libvirt's documentation:
 * StoragePool ``spec.type``: a type this libvirt has the storage backend for
   (``virConnectGetStoragePoolCapabilities``; formatstoragecaps.html), and
   ``spec.source.devices``: block devices that exist;
+* Network ``spec.forward.interfaces`` (macvtap): host network interfaces;
 * Network ``spec.ipv4``: a subnet no other libvirt network (active or
   autostarted) and no subnet on a host interface (its connected routes) overlaps
   (formatnetwork.html#addressing).
@@ -281,8 +282,9 @@ def wanted(
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
             bridges = bridges or any(n.bridge or n.direct for n in spec.interfaces)
-        elif isinstance(spec, NetworkSpec) and spec.ipv4 is not None:
-            addresses = True
+        elif isinstance(spec, NetworkSpec):
+            addresses = addresses or spec.ipv4 is not None
+            bridges = bridges or bool(spec.forward and spec.forward.interfaces)
     if path_allowed is not None:
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
@@ -319,6 +321,7 @@ def check(manifests: Sequence[Manifest], facts: HostFacts, observed: Observed) -
                 findings.extend((m, p) for p in vm_check(m, m.spec, facts, context))
         elif isinstance(m.spec, NetworkSpec):
             findings.extend((m, p) for p in check_subnet(m, m.spec, facts, context))
+            findings.extend((m, p) for p in check_forward_interfaces(m.spec, facts))
         elif isinstance(m.spec, StoragePoolSpec):
             findings.extend((m, p) for p in check_pool(m, m.spec, facts))
     return findings
@@ -362,6 +365,21 @@ def check_pool(m: Manifest, spec: StoragePoolSpec, facts: HostFacts) -> Iterator
                                 else ("spec", "source", "devices", i))  # fmt: skip
             yield FieldProblem(where, f"device {device} does not exist on this host",
                                "name an existing block device (lsblk lists them)")  # fmt: skip
+
+
+def check_forward_interfaces(spec: NetworkSpec, facts: HostFacts) -> Iterator[FieldProblem]:
+    """A macvtap network's ``forward.interfaces`` are host network interfaces
+    (formatnetwork.html#connectivity: ``<forward><interface dev=>``); libvirt itself
+    says nothing until a guest's NIC is started on it."""
+    if facts.interfaces is None or spec.forward is None:
+        return
+    for i, name in enumerate(spec.forward.interfaces):
+        if name not in facts.interfaces:
+            close = difflib.get_close_matches(name, sorted(facts.interfaces))
+            hint = f"did you mean {close[0]}? " if close else ""
+            yield FieldProblem(("spec", "forward", "interfaces", i),
+                               f"no network interface {name} on this host",
+                               hint + "name one of `ip link`'s interfaces")  # fmt: skip
 
 
 def check_machine(

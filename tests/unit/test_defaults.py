@@ -42,7 +42,10 @@ BASES: dict[str, tuple[str, dict[str, Any]]] = {
     }),
     "volume.schema.json": ("Volume", {"pool": "images", "capacity": "1GiB"}),
     "network.schema.json": ("Network", {"mode": "isolated",
-                                        "ipv4": {"address": "10.9.8.1", "prefix": 24}}),
+                                        "ipv4": {"address": "10.9.8.1", "prefix": 24},
+                                        "ipv6": {"address": "fd00:9::1", "prefix": 64, "dhcp": {
+                                            "start": "fd00:9::100", "end": "fd00:9::1ff"}},
+                                        "portgroups": [{"name": "pg"}]}),
     "storagepool.schema.json": ("StoragePool", {"path": "/var/lib/libvirt/images"}),
 }
 
