@@ -48,6 +48,7 @@ from reconciler.snapshot import DomainRecord as DomainRecord
 from reconciler.snapshot import NetworkRecord as NetworkRecord
 from reconciler.snapshot import PoolRecord as PoolRecord
 from reconciler.snapshot import VolumeRecord as VolumeRecord
+from reconciler.tuning import parse_cpuset
 from reconciler.xml import volume as vol_xml
 
 DEFAULT_URI = "qemu:///system"
@@ -817,6 +818,22 @@ class Hypervisor:
     def set_domain_vcpus(self, name: str, count: int) -> None:
         with calling(f"setting vcpus of domain {name}"):
             self._conn.lookupByName(name).setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def pin_domain_cpus(self, name: str, vcpu: int | None, cpuset: str) -> None:
+        """Pin the running domain's vCPU ``vcpu`` (None: its emulator threads) to the host
+        CPUs ``cpuset`` (libvirt's syntax, ``0-1``): virDomainPinVcpuFlags /
+        virDomainPinEmulator with AFFECT_LIVE (formatdomain "CPU Tuning"). ValueError
+        for a set that is not one; Refused when libvirt refuses (a CPU the host lacks)."""
+        wanted = parse_cpuset(cpuset)
+        what = "emulator" if vcpu is None else f"vCPU {vcpu}"
+        with calling(f"pinning {what} of domain {name} to CPUs {cpuset}"):
+            count = int(self._conn.getCPUMap()[0])
+            cpumap = tuple(i in wanted for i in range(max(count, max(wanted) + 1)))
+            domain = self._conn.lookupByName(name)
+            if vcpu is None:
+                domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            else:
+                domain.pinVcpuFlags(vcpu, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     def domain_live_xml(self, name: str) -> str | None:
         """The running definition (with secrets), or None when the domain is not running."""

@@ -21,6 +21,7 @@ from reconciler.plan import (
     DefineDomain,
     DetachDevice,
     Op,
+    PinCpus,
     RestartDomain,
     SetMemory,
     SetVcpus,
@@ -54,7 +55,9 @@ from reconciler.planner.settle import (
     settle_key,
 )
 from reconciler.snapshot import DomainRecord
+from reconciler.tuning import format_cpuset
 from reconciler.xml import domain as domain_xml
+from reconciler.xml import domain_tuning
 from reconciler.xml._fields import ChangeClass, change_class
 
 
@@ -163,6 +166,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         desired = domain_xml.project(spec, **kwargs)
     except ValueError as exc:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
+    # tuning the manifest does not name is kept as the domain has it; a pin to every
+    # host CPU is no pin (domain_tuning.without_full_pins)
+    unnamed = domain_tuning.kept_paths(spec)
+    host_cpus = ctx.observed.host_cpus
+    desired = domain_tuning.without_full_pins(desired, host_cpus)
     found = live.ownership
     owner = owners.judge(
         None if found is None else owners.Record(found.instance, found.manifest, found.revision),
@@ -193,11 +201,12 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
                       reason=f"{dotted(where)}: {why}")  # fmt: skip
     config = domain_xml.observe(config_root) if switched else live.config
+    config = domain_tuning.without_full_pins(config, host_cpus)
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
-    config_changes = _rounding_notes(diff(desired, config), {
+    config_changes = _rounding_notes(diff(desired, config, ignore=unnamed), {
         "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
     config_changes += [Change(f"disks[{key}].source", had, now) for key, had, now in switched]
     stuck: list[Change] = []
@@ -235,9 +244,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     if live.live_root is not None and live.live is not None and live.live_xml is not None:
         live_root, live_switched = domain_xml.switch_sources(
             spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
-        live_projection = dict(domain_xml.observe(live_root) if live_switched else live.live)
+        live_projection = domain_tuning.without_full_pins(
+            domain_xml.observe(live_root) if live_switched else live.live, host_cpus)
         # cpu: compared through the record of what the domain booted with, when known
-        incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}
+        incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"} | unnamed
         cpu_known, booted_cpu = live.booted_cpu
         if cpu_known:
             live_projection["cpu"] = booted_cpu
@@ -254,6 +264,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             desired_live, config, live_projection, rendered, live.live_xml, refused,
             frozenset(incomparable),
             held=_held_images(spec, live_root, volume_paths, ctx.volume_pools, real_paths),
+            host_cpus=host_cpus,
         )  # fmt: skip
         steps += live_steps
         # a definition change the running domain already has needs no restart
@@ -449,6 +460,7 @@ def _vm_live_updates(
     refused: frozenset[str] = frozenset(),
     incomparable: frozenset[str] = LIVE_INCOMPARABLE,
     held: frozenset[str] = frozenset(),
+    host_cpus: frozenset[int] | None = None,
 ) -> tuple[list[Step], list[Change], list[Change]]:
     """Steps that change the running domain; what must wait for a restart; what they change.
 
@@ -459,7 +471,8 @@ def _vm_live_updates(
     ``incomparable``: fields the running definition cannot tell (see LIVE_INCOMPARABLE).
     ``held``: keys of declared disks whose image (real file) the running domain already
     has under another name: never attached a second time (two writers of one image
-    corrupt it); such a disk waits for a restart.
+    corrupt it); such a disk waits for a restart. ``host_cpus``: the host's CPUs (a pin
+    undone live is a pin to all of them); None: pins wait for a restart.
     """
     steps: list[Step] = []
     pending: list[Change] = []
@@ -494,6 +507,12 @@ def _vm_live_updates(
                 steps.append(password)
                 applied += [Change(c.path, c.old, c.new, live=True) for c in graphics]
                 changes = [c for c in changes if c not in graphics]
+            pinning = [c for c in changes if c.path in _PINS]
+            pins = _pin_steps(pinning, desired, live, host_cpus, refused)
+            if pins is not None:
+                steps += pins
+                applied += [Change(c.path, c.old, c.new, live=True) for c in pinning]
+                changes = [c for c in changes if c not in pinning]
             for change in changes:
                 # vCPUs are hot-plugged, not unplugged: taking one away needs the
                 # guest's help and often never completes, so that waits for a restart.
@@ -598,3 +617,42 @@ def _password_update(
         return None
     xml = domain_xml.graphics_update(live_xml, desired_xml())
     return None if xml is None else UpdateDevice("graphics", xml)
+
+
+_PINS = frozenset(f.path for f in domain_tuning.FIELDS
+                  if f.path.startswith("cputune.") and f.change is ChangeClass.LIVE)  # fmt: skip
+
+
+def _pin_steps(
+    changes: list[Change],
+    desired: Mapping[str, object],
+    live: Mapping[str, object],
+    host_cpus: frozenset[int] | None,
+    refused: frozenset[str],
+) -> list[Step] | None:
+    """``PinCpus`` steps that make the running domain's pinning the desired one
+    (``cputune.vcpupin``, ``cputune.emulatorpin``): a pin undone is a pin to every host
+    CPU (libvirt cannot remove one from a running domain). None when they cannot be
+    done live: the host's CPUs are not known, libvirt refused a pin during this boot,
+    or a vCPU to pin is not online (above the running vCPU count); they then wait for
+    a restart. (A pin to a CPU the host lacks is preflight's error.)"""
+    if not changes:
+        return []
+    if not host_cpus or any(c.path in refused for c in changes):
+        return None
+    everything = format_cpuset(host_cpus)
+    steps: list[Step] = []
+    online = live.get("vcpus")
+    for change in changes:
+        if change.path == "cputune.emulatorpin":
+            steps.append(PinCpus(change.path, str(change.new or everything)))
+            continue
+        want = domain_tuning.vcpu_pins(desired.get(change.path))
+        have = domain_tuning.vcpu_pins(live.get(change.path))
+        for vcpu in sorted(set(want) | set(have)):
+            if want.get(vcpu) == have.get(vcpu):
+                continue
+            if not isinstance(online, int) or vcpu >= online:
+                return None
+            steps.append(PinCpus(change.path, want.get(vcpu, everything), vcpu))
+    return steps
