@@ -60,6 +60,7 @@ from reconciler.xml._fields import (
     project_fields,
     remove,
     render_fields,
+    reorder,
     xml_text,
 )
 
@@ -95,12 +96,30 @@ CPUSET = Codec(dump=str, load=canonical_cpuset)
 # --- custom places ------------------------------------------------------------
 
 
+def _memfd(root: Element) -> None:
+    """Give ``<memoryBacking>`` a ``<source type='memfd'/>`` unless it names a source."""
+    backing = ensure(root, "memoryBacking")
+    if backing.find("source") is None:
+        ET.SubElement(backing, "source", {"type": "memfd"})
+
+
+def _drop_memfd(root: Element, unless: str) -> None:
+    """Remove the ``<source type='memfd'/>`` a write added, unless ``unless`` (the other
+    field that wants it) is still there."""
+    if root.find(unless) is None:
+        for element in root.findall("memoryBacking/source[@type='memfd']"):
+            remove(element)
+
+
 @dataclass(frozen=True, slots=True)
 class _Hugepages:
     """``<memoryBacking><hugepages>``: ``default`` (no ``<page>``: the host's default
-    size) or one page size (``<page size unit>``), as ``format_size`` writes it."""
+    size) or one page size (``<page size unit>``), as ``format_size`` writes it.
+    Written on a ``<source type='memfd'/>`` (QEMU's memfd with hugetlb): huge pages
+    without a hugetlbfs mount that libvirtd must have found when it started."""
 
     def write(self, root: Element, value: Any) -> None:
+        _memfd(root)
         huge = ensure(root, "memoryBacking/hugepages")
         if value != "default":
             kib = parse_size(str(value)) // 1024
@@ -109,6 +128,7 @@ class _Hugepages:
     def clear(self, root: Element) -> None:
         for element in root.findall("memoryBacking/hugepages"):
             remove(element)
+        _drop_memfd(root, "memoryBacking/access[@mode='shared']")
 
     def read(self, root: Element) -> object:
         huge = root.find("memoryBacking/hugepages")
@@ -133,16 +153,13 @@ class _Shared:
     def write(self, root: Element, value: Any) -> None:
         if not value:
             return
-        backing = ensure(root, "memoryBacking")
-        if backing.find("source") is None:
-            ET.SubElement(backing, "source", {"type": "memfd"})
-        ensure(backing, "access").set("mode", "shared")
+        _memfd(root)
+        ensure(root, "memoryBacking/access").set("mode", "shared")
 
     def clear(self, root: Element) -> None:
         for element in root.findall("memoryBacking/access"):
             remove(element)
-        for element in root.findall("memoryBacking/source[@type='memfd']"):
-            remove(element)
+        _drop_memfd(root, "memoryBacking/hugepages")
 
     def read(self, root: Element) -> object:
         return root.find("memoryBacking/access[@mode='shared']") is not None
@@ -308,12 +325,24 @@ def arrange(root: Element) -> None:
                 break
 
 
+_ORDER = {
+    "memoryBacking": ("hugepages", "nosharepages", "locked", "source", "access", "allocation",
+                      "discard"),
+    "cputune": ("shares", "global_period", "global_quota", "period", "quota",
+                "emulator_period", "emulator_quota", "iothread_period", "iothread_quota",
+                "vcpupin", "emulatorpin", "iothreadpin"),
+}  # fmt: skip
+
+
 def _tidy(root: Element) -> None:
-    """Drop a ``<memoryBacking>`` or ``<cputune>`` left empty by a clear."""
-    for tag in ("memoryBacking", "cputune"):
+    """Drop a ``<memoryBacking>`` or ``<cputune>`` left empty by a clear; sort the
+    children of one that stays as libvirt writes them."""
+    for tag, order in _ORDER.items():
         element = root.find(tag)
         if element is not None and len(element) == 0 and not element.attrib:
             remove(element)
+        elif element is not None:
+            reorder(element, order)
 
 
 def render(root: Element, spec: VirtualMachineSpec) -> None:
