@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import yaml
 
 from reconciler.plan import Op, PinCpus
 from reconciler.report import render_plan
+from reconciler.xml import domain
 from tests.integration.engine_support import (  # noqa: F401
     Workspace,
     action,
@@ -30,6 +32,8 @@ from tests.integration.engine_support import (  # noqa: F401
     vm,
     ws_fixture,
 )
+from tests.unit.test_xml_domain_tuning import build
+from tests.unit.xml_support import DATA
 
 HUGE_2M = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
 
@@ -253,3 +257,19 @@ def test_a_hand_tuned_vm_exports_and_is_adopted_unchanged(ws: Workspace) -> None
 
     assert without_metadata(ws.virsh("dumpxml", "--inactive", name)) == \
         without_metadata(before)  # fmt: skip
+
+
+def test_the_golden_xml_is_valid_and_libvirt_reads_it_back_as_projected(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    golden = DATA / "domain-tuning.xml"
+    done = subprocess.run(["virt-xml-validate", str(golden), "domain"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    name = ws.n("golden")
+    path = tmp_path / "golden.xml"
+    path.write_text(golden.read_text().replace("<name>tuned</name>", f"<name>{name}</name>"))
+    ws.virsh("define", str(path))
+    aliases = domain.machine_aliases_from_capabilities(ws.conn.getCapabilities())
+    readback = ws.virsh("dumpxml", "--inactive", name)
+    assert domain.observe(readback) == domain.project(build(), machine_aliases=aliases)
