@@ -443,8 +443,8 @@ class Executor:
                     return self._check_released(action, path, refused)
                 case UpdateDevice(xml=xml):
                     hv.update_domain_device(name, xml)
-                case PinCpus(vcpu=vcpu, cpuset=cpuset):
-                    hv.pin_domain_cpus(name, vcpu, cpuset)
+                case PinCpus(vcpu=vcpu, iothread=iothread, cpuset=cpuset):
+                    hv.pin_domain_cpus(name, cpuset, vcpu=vcpu, iothread=iothread)
                 case _:
                     assert_never(step)
         except Refused as exc:

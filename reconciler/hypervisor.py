@@ -827,21 +827,27 @@ class Hypervisor:
         with calling(f"setting vcpus of domain {name}"):
             self._conn.lookupByName(name).setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
-    def pin_domain_cpus(self, name: str, vcpu: int | None, cpuset: str) -> None:
-        """Pin the running domain's vCPU ``vcpu`` (None: its emulator threads) to the host
-        CPUs ``cpuset`` (libvirt's syntax, ``0-1``): virDomainPinVcpuFlags /
-        virDomainPinEmulator with AFFECT_LIVE (formatdomain "CPU Tuning"). ValueError
-        for a set that is not one; Refused when libvirt refuses (a CPU the host lacks)."""
+    def pin_domain_cpus(
+        self, name: str, cpuset: str, *, vcpu: int | None = None, iothread: int | None = None
+    ) -> None:
+        """Pin the running domain's vCPU ``vcpu``, or I/O thread ``iothread``, or else its
+        emulator threads to the host CPUs ``cpuset`` (libvirt's syntax, ``0-1``):
+        virDomainPinVcpuFlags / virDomainPinIOThread / virDomainPinEmulator with
+        AFFECT_LIVE (formatdomain "CPU Tuning"). ValueError for a set that is not one;
+        Refused when libvirt refuses (a CPU the host lacks, no such thread)."""
         wanted = parse_cpuset(cpuset)
-        what = "emulator" if vcpu is None else f"vCPU {vcpu}"
+        what = ("emulator" if vcpu is None and iothread is None
+                else f"vCPU {vcpu}" if vcpu is not None else f"I/O thread {iothread}")  # fmt: skip
         with calling(f"pinning {what} of domain {name} to CPUs {cpuset}"):
             count = int(self._conn.getCPUMap()[0])
             cpumap = tuple(i in wanted for i in range(max(count, max(wanted) + 1)))
             domain = self._conn.lookupByName(name)
-            if vcpu is None:
-                domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            else:
+            if vcpu is not None:
                 domain.pinVcpuFlags(vcpu, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            elif iothread is not None:
+                domain.pinIOThread(iothread, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            else:
+                domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     def domain_live_xml(self, name: str) -> str | None:
         """The running definition (with secrets), or None when the domain is not running."""

@@ -410,15 +410,17 @@ class SetVcpus(StepBase):
 
 @dataclass(frozen=True, slots=True)
 class PinCpus(StepBase):
-    """Pin the running domain's vCPU ``vcpu`` (None: its emulator threads) to the host
-    CPUs ``cpuset`` (virDomainPinVcpuFlags / virDomainPinEmulator, AFFECT_LIVE; the
-    definition is redefined with the rest). ``path``: the manifest field."""
+    """Pin the running domain's vCPU ``vcpu``, or I/O thread ``iothread``, or else its
+    emulator threads to the host CPUs ``cpuset`` (virDomainPinVcpuFlags,
+    virDomainPinIOThread, virDomainPinEmulator; AFFECT_LIVE: the definition is
+    redefined with the rest). ``path``: the manifest field."""
 
     verb: ClassVar[str] = "pin-cpus"
-    optional: ClassVar[frozenset[str]] = frozenset({"current", "vcpu"})
+    optional: ClassVar[frozenset[str]] = frozenset({"current", "vcpu", "iothread"})
     path: str
     cpuset: str
     vcpu: int | None = None
+    iothread: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

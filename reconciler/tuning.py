@@ -94,10 +94,12 @@ class MemoryBacking:
 class CpuTune:
     """``<cputune>``'s pinning (formatdomain "CPU Tuning"). ``vcpupin``: (vCPU, host CPU
     set) pairs, by vCPU, canonical sets; ``emulatorpin``: the host CPU set of the
-    emulator threads, or None (not pinned)."""
+    emulator threads, or None (not pinned); ``iothreadpin``: (I/O thread id, host CPU
+    set) pairs, by id."""
 
     vcpupin: tuple[tuple[int, str], ...] = ()
     emulatorpin: str | None = None
+    iothreadpin: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,8 @@ class Tuning:
         ]
         if self.cputune.emulatorpin is not None:
             out.append((("spec", "cputune", "emulatorpin"), parse_cpuset(self.cputune.emulatorpin)))
+        out += [(("spec", "cputune", "iothreadpin", i, "cpuset"), parse_cpuset(cpuset))
+                for i, (_thread, cpuset) in enumerate(self.cputune.iothreadpin)]  # fmt: skip
         return tuple(out)
 
 
@@ -174,7 +178,8 @@ def from_manifest(
         )
     cputune = None
     if "cputune" in raw:
-        cputune = _cputune(raw["cputune"] or {}, max_vcpus, problems)
+        threads = int(raw["iothreads"] or 0) if "iothreads" in raw else None
+        cputune = _cputune(raw["cputune"] or {}, max_vcpus, threads, problems)
     numa = None
     if "numa" in raw:
         numa = _numa(raw["numa"] or (), max_vcpus, max_memory, problems)
@@ -188,7 +193,9 @@ def _vcpus_text(max_vcpus: int) -> str:
     return "vCPU 0" if max_vcpus == 1 else f"vCPUs 0-{max_vcpus - 1}"
 
 
-def _cputune(tune: Mapping[str, Any], max_vcpus: int, problems: list[Problem]) -> CpuTune:
+def _cputune(
+    tune: Mapping[str, Any], max_vcpus: int, iothreads: int | None, problems: list[Problem]
+) -> CpuTune:
     pins: dict[int, str] = {}
     for i, pin in enumerate(tune.get("vcpupin") or ()):
         where: Path = ("spec", "cputune", "vcpupin", i)
@@ -214,7 +221,26 @@ def _cputune(tune: Mapping[str, Any], max_vcpus: int, problems: list[Problem]) -
         except ValueError as exc:
             problems.append((("spec", "cputune", "emulatorpin"), str(exc),
                              "write host CPUs, e.g. 0"))  # fmt: skip
-    return CpuTune(tuple(sorted(pins.items())), emulatorpin)
+    threads: dict[int, str] = {}
+    for i, pin in enumerate(tune.get("iothreadpin") or ()):
+        where = ("spec", "cputune", "iothreadpin", i)
+        thread = int(pin["iothread"])
+        if iothreads is not None and not 1 <= thread <= iothreads:
+            have = "none" if not iothreads else f"1 to {iothreads}"
+            problems.append(((*where, "iothread"),
+                             f"I/O thread {thread} is pinned, but the VM's are {have}"
+                             f" (iothreads: {iothreads})",
+                             "pin only I/O threads the VM has, or raise iothreads"))  # fmt: skip
+            continue
+        if thread in threads:
+            problems.append(((*where, "iothread"), f"I/O thread {thread} is pinned twice",
+                             "list each I/O thread once"))  # fmt: skip
+            continue
+        try:
+            threads[thread] = canonical_cpuset(str(pin["cpuset"]))
+        except ValueError as exc:
+            problems.append(((*where, "cpuset"), str(exc), "write host CPUs, e.g. 0-1"))
+    return CpuTune(tuple(sorted(pins.items())), emulatorpin, tuple(sorted(threads.items())))
 
 
 def _numa(
@@ -307,6 +333,9 @@ def manifest(tuning: Tuning) -> dict[str, Any]:
             tune["vcpupin"] = [{"vcpu": v, "cpuset": c} for v, c in tuning.cputune.vcpupin]
         if tuning.cputune.emulatorpin is not None:
             tune["emulatorpin"] = tuning.cputune.emulatorpin
+        if tuning.cputune.iothreadpin:
+            tune["iothreadpin"] = [{"iothread": t, "cpuset": c}
+                                   for t, c in tuning.cputune.iothreadpin]  # fmt: skip
         out["cputune"] = tune
     if tuning.numa is not None:
         cells = []

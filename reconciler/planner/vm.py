@@ -631,11 +631,12 @@ def _pin_steps(
     refused: frozenset[str],
 ) -> list[Step] | None:
     """``PinCpus`` steps that make the running domain's pinning the desired one
-    (``cputune.vcpupin``, ``cputune.emulatorpin``): a pin undone is a pin to every host
-    CPU (libvirt cannot remove one from a running domain). None when they cannot be
-    done live: the host's CPUs are not known, libvirt refused a pin during this boot,
-    or a vCPU to pin is not online (above the running vCPU count); they then wait for
-    a restart. (A pin to a CPU the host lacks is preflight's error.)"""
+    (``cputune.vcpupin``, ``.emulatorpin``, ``.iothreadpin``): a pin undone is a pin to
+    every host CPU (libvirt cannot remove one from a running domain). None when they
+    cannot be done live: the host's CPUs are not known, libvirt refused a pin during
+    this boot, a vCPU to pin is not online (above the running vCPU count), or an
+    I/O thread to pin is not one the running domain has; they then wait for a
+    restart. (A pin to a CPU the host lacks is preflight's error.)"""
     if not changes:
         return []
     if not host_cpus or any(c.path in refused for c in changes):
@@ -647,12 +648,19 @@ def _pin_steps(
         if change.path == "cputune.emulatorpin":
             steps.append(PinCpus(change.path, str(change.new or everything)))
             continue
-        want = domain_tuning.vcpu_pins(desired.get(change.path))
-        have = domain_tuning.vcpu_pins(live.get(change.path))
-        for vcpu in sorted(set(want) | set(have)):
-            if want.get(vcpu) == have.get(vcpu):
+        want = domain_tuning.pins(desired.get(change.path))
+        have = domain_tuning.pins(live.get(change.path))
+        for number in sorted(set(want) | set(have)):
+            if want.get(number) == have.get(number):
                 continue
-            if not isinstance(online, int) or vcpu >= online:
+            cpuset = want.get(number, everything)
+            if change.path == "cputune.iothreadpin":
+                threads = live.get("iothreads")
+                if not isinstance(threads, int) or number > threads:
+                    return None  # no such I/O thread in the running domain
+                steps.append(PinCpus(change.path, cpuset, iothread=number))
+                continue
+            if not isinstance(online, int) or number >= online:
                 return None
-            steps.append(PinCpus(change.path, want.get(vcpu, everything), vcpu))
+            steps.append(PinCpus(change.path, cpuset, number))
     return steps

@@ -73,10 +73,10 @@ __all__ = [
     "kept_paths",
     "observe",
     "patch",
+    "pins",
     "project",
     "read",
     "render",
-    "vcpu_pins",
     "without_full_pins",
 ]
 
@@ -169,26 +169,30 @@ class _Shared:
 
 
 @dataclass(frozen=True, slots=True)
-class _VcpuPins:
-    """``cputune.vcpupin``: every ``<vcpupin vcpu cpuset>`` of ``<cputune>``, as
-    (vCPU, canonical CPU set) pairs by vCPU; ``()`` for none."""
+class _Pins:
+    """``cputune.vcpupin`` / ``cputune.iothreadpin``: every ``<TAG KEY cpuset>`` of
+    ``<cputune>`` (``<vcpupin vcpu>``, ``<iothreadpin iothread>``), as (number,
+    canonical CPU set) pairs by number; ``()`` for none."""
+
+    tag: str
+    key: str
 
     def write(self, root: Element, value: Any) -> None:
         if not value:
             return
         tune = ensure(root, "cputune")
         for vcpu, cpuset in value:
-            ET.SubElement(tune, "vcpupin", {"vcpu": str(int(vcpu)),
-                                            "cpuset": xml_text(str(cpuset), "cpuset")})  # fmt: skip
+            ET.SubElement(tune, self.tag, {self.key: str(int(vcpu)),
+                                           "cpuset": xml_text(str(cpuset), "cpuset")})  # fmt: skip
 
     def clear(self, root: Element) -> None:
-        for element in root.findall("cputune/vcpupin"):
+        for element in root.findall(f"cputune/{self.tag}"):
             remove(element)
 
     def read(self, root: Element) -> object:
         pins = []
-        for element in root.findall("cputune/vcpupin"):
-            vcpu, cpuset = element.get("vcpu"), element.get("cpuset")
+        for element in root.findall(f"cputune/{self.tag}"):
+            vcpu, cpuset = element.get(self.key), element.get("cpuset")
             if vcpu is None or cpuset is None:
                 continue
             try:
@@ -275,9 +279,13 @@ FIELDS: tuple[Field[VirtualMachineSpec], ...] = (
           Flag("memoryBacking/nosharepages"), default=False),
     # pinning is done to the running domain too (virDomainPinVcpuFlags, PinEmulator)
     Field("cputune.vcpupin", lambda s: None if (t := _tune(s)) is None else t.vcpupin,
-          _VcpuPins(), show=_none_if_empty(describe_pins), change=ChangeClass.LIVE),
+          _Pins("vcpupin", "vcpu"), show=_none_if_empty(describe_pins), change=ChangeClass.LIVE),
     Field("cputune.emulatorpin", lambda s: None if (t := _tune(s)) is None else t.emulatorpin,
           Attr("cputune/emulatorpin", "cpuset", CPUSET), change=ChangeClass.LIVE),
+    # (virDomainPinIOThread)
+    Field("cputune.iothreadpin", lambda s: None if (t := _tune(s)) is None else t.iothreadpin,
+          _Pins("iothreadpin", "iothread"), show=_none_if_empty(describe_pins),
+          change=ChangeClass.LIVE),
     Field("numa", lambda s: s.tuning.numa, _Cells(), show=_none_if_empty(describe_cells)),
     Field("iothreads", lambda s: s.tuning.iothreads or None, Text("iothreads", INT)),
 )  # fmt: skip
@@ -399,16 +407,17 @@ def without_full_pins(
     everything = format_cpuset(host_cpus)
     if out.get("cputune.emulatorpin") == everything:
         out["cputune.emulatorpin"] = None
-    shown = out.get("cputune.vcpupin")
-    if isinstance(shown, str):
-        kept = tuple((int(v), c) for v, _, c in (p.partition(":") for p in shown.split())
-                     if c != everything)  # fmt: skip
-        out["cputune.vcpupin"] = describe_pins(kept) or None
+    for path in ("cputune.vcpupin", "cputune.iothreadpin"):
+        shown = out.get(path)
+        if isinstance(shown, str):
+            kept = tuple((v, c) for v, c in pins(shown).items() if c != everything)
+            out[path] = describe_pins(kept) or None
     return out
 
 
-def vcpu_pins(shown: object) -> dict[int, str]:
-    """The pins of a ``cputune.vcpupin`` projection value (``0:0-1 1:1``), by vCPU."""
+def pins(shown: object) -> dict[int, str]:
+    """The pins of a ``cputune.vcpupin`` or ``cputune.iothreadpin`` projection value
+    (``0:0-1 1:1``), by vCPU or I/O thread."""
     if not isinstance(shown, str):
         return {}
     return {int(v): c for v, _, c in (p.partition(":") for p in shown.split())}
@@ -434,16 +443,17 @@ def read(root: Element) -> Tuning:
         shared=bool(p["memoryBacking.shared"]), locked=bool(p["memoryBacking.locked"]),
         nosharepages=bool(p["memoryBacking.nosharepages"]),
     )  # fmt: skip
-    pins = _VcpuPins().read(root)
-    assert isinstance(pins, tuple)
+    pins = _Pins("vcpupin", "vcpu").read(root)
+    threads = _Pins("iothreadpin", "iothread").read(root)
+    assert isinstance(pins, tuple) and isinstance(threads, tuple)
     emulator = p["cputune.emulatorpin"]
-    tune = CpuTune(pins, None if emulator is None else str(emulator))
+    tune = CpuTune(pins, None if emulator is None else str(emulator), threads)
     cells = _Cells().read(root)
     assert isinstance(cells, tuple)
-    threads = p["iothreads"]
+    count = p["iothreads"]
     return Tuning(
         memory_backing=None if backing == MemoryBacking() else backing,
         cputune=None if tune == CpuTune() else tune,
         numa=cells or None,
-        iothreads=threads if isinstance(threads, int) and threads > 0 else None,
+        iothreads=count if isinstance(count, int) and count > 0 else None,
     )

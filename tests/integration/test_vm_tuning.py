@@ -59,6 +59,12 @@ def vcpupin(ws: Workspace, name: str) -> dict[int, str]:
     return {int(v): a for v, a in re.findall(r"^\s*(\d+)\s+(\S+)\s*$", out, re.M)}
 
 
+def iothreadpin(ws: Workspace, name: str) -> dict[int, str]:
+    """``virsh iothreadinfo NAME`` of the running domain: I/O thread -> its CPU affinity."""
+    out = ws.virsh("iothreadinfo", name)
+    return {int(t): a for t, a in re.findall(r"^\s*(\d+)\s+(\S+)\s*$", out, re.M)}
+
+
 def emulatorpin(ws: Workspace, name: str) -> str:
     """``virsh emulatorpin NAME`` of the running domain: the emulator's CPU affinity."""
     out = ws.virsh("emulatorpin", name).split()
@@ -77,7 +83,7 @@ def test_tuned_vm_is_defined_planned_again_empty_and_runs(ws: Workspace) -> None
         ws, name,
         memoryBacking={"shared": True, "nosharepages": True},
         cputune={"vcpupin": [{"vcpu": 0, "cpuset": "0"}, {"vcpu": 1, "cpuset": f"0-{top}"}],
-                 "emulatorpin": "0"},
+                 "emulatorpin": "0", "iothreadpin": [{"iothread": 2, "cpuset": str(top)}]},
         numa=[{"id": 0, "cpus": "0", "memory": "64MiB"},
               {"id": 1, "cpus": "1", "memory": "64MiB", "memAccess": "shared"}],
         iothreads=2,
@@ -94,15 +100,14 @@ def test_tuned_vm_is_defined_planned_again_empty_and_runs(ws: Workspace) -> None
                      inactive), inactive  # fmt: skip
     assert vcpupin(ws, name) == {0: "0", 1: f"0-{top}"}
     assert emulatorpin(ws, name) == "0"
-    # the running QEMU has the memfd backend and two iothreads
-    assert ws.virsh("iothreadinfo", name).count("\n") >= 1
+    assert iothreadpin(ws, name) == {1: f"0-{top}", 2: str(top)}
 
 
 def test_pinning_changes_live_without_a_restart(ws: Workspace) -> None:
     top = last_cpu()
     name = ws.n("vm")
-    manifest = tuned(ws, name, cputune={"vcpupin": [{"vcpu": 0, "cpuset": "0"}],
-                                        "emulatorpin": "0"})  # fmt: skip
+    manifest = tuned(ws, name, iothreads=1, cputune={"vcpupin": [{"vcpu": 0, "cpuset": "0"}],
+                                                     "emulatorpin": "0"})  # fmt: skip
     ws.write("vm.yaml", manifest)
     ws.converge()
     assert_settled(ws)
@@ -111,19 +116,22 @@ def test_pinning_changes_live_without_a_restart(ws: Workspace) -> None:
 
     manifest["spec"]["cputune"] = {"vcpupin": [{"vcpu": 0, "cpuset": str(top)},
                                                {"vcpu": 1, "cpuset": "0"}],
-                                   "emulatorpin": f"0-{top}"}  # fmt: skip
+                                   "emulatorpin": f"0-{top}",
+                                   "iothreadpin": [{"iothread": 1, "cpuset": "0"}]}  # fmt: skip
     ws.write("vm.yaml", manifest)
     plan = ws.plan()
     a = action(plan, "VirtualMachine", name)
     assert a.op is Op.UPDATE_LIVE, render_plan(plan)
     assert all(c.live for c in a.changes), render_plan(plan)
-    assert {(s.vcpu, s.cpuset) for s in a.steps if isinstance(s, PinCpus)} == {
-        (0, str(top)), (1, "0"), (None, f"0-{top}")}, a.steps  # fmt: skip
+    assert {(s.vcpu, s.iothread, s.cpuset) for s in a.steps if isinstance(s, PinCpus)} == {
+        (0, None, str(top)), (1, None, "0"), (None, None, f"0-{top}"), (None, 1, "0")
+    }, a.steps  # fmt: skip
     ws.converge()
     after = assert_settled(ws)  # no changes and no restart pending
     assert not action(after, "VirtualMachine", name).restart_pending
     assert vcpupin(ws, name) == {0: str(top), 1: "0"}
     assert emulatorpin(ws, name) == f"0-{top}"
+    assert iothreadpin(ws, name) == {1: "0"}
     assert ws.domain(name).ID() == dom_id  # never restarted
 
     # cputune: {} unpins everything: live, a pin to every host CPU (libvirt keeps one)
@@ -134,6 +142,7 @@ def test_pinning_changes_live_without_a_restart(ws: Workspace) -> None:
     assert not action(after, "VirtualMachine", name).restart_pending
     everything = f"0-{top}" if top else "0"
     assert set(vcpupin(ws, name).values()) == {everything}
+    assert iothreadpin(ws, name) == {1: everything}
     assert "vcpupin" not in ws.virsh("dumpxml", "--inactive", name)
     assert ws.domain(name).ID() == dom_id
 
@@ -214,6 +223,7 @@ def test_a_hand_tuned_vm_exports_and_is_adopted_unchanged(ws: Workspace) -> None
     <vcpupin vcpu='0' cpuset='0'/>
     <vcpupin vcpu='1' cpuset='{top}'/>
     <emulatorpin cpuset='0'/>
+    <iothreadpin iothread='1' cpuset='{top}'/>
   </cputune>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   {cpu}<numa><cell id='0' cpus='0-1' memory='131072' unit='KiB'/></numa></cpu>
@@ -233,7 +243,8 @@ def test_a_hand_tuned_vm_exports_and_is_adopted_unchanged(ws: Workspace) -> None
     assert spec["memoryBacking"] == {"shared": True, "nosharepages": True}
     assert spec["cputune"] == {"vcpupin": [{"vcpu": 0, "cpuset": "0"},
                                            {"vcpu": 1, "cpuset": str(top)}],
-                               "emulatorpin": "0"}  # fmt: skip
+                               "emulatorpin": "0",
+                               "iothreadpin": [{"iothread": 1, "cpuset": str(top)}]}  # fmt: skip
     assert spec["numa"] == [{"id": 0, "cpus": "0-1", "memory": "128MiB"}]
     assert spec["iothreads"] == 1
     kept = [line for line in done.stderr.splitlines() if "kept as defined" in line]
