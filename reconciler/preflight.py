@@ -83,8 +83,9 @@ from reconciler.model import (
     VolumeSpec,
 )
 from reconciler.snapshot import Observed, ObservedNetwork
-from reconciler.tuning import format_cpuset
+from reconciler.tuning import format_cpuset, parse_cpuset
 from reconciler.units import format_size, parse_size
+from reconciler.xml.domain_tuning import pins
 
 Finding = tuple[Manifest, FieldProblem]
 GUEST_ARCH = "x86_64"  # the arch every domain is rendered with (xml/domain.py)
@@ -614,16 +615,22 @@ def check_cpu(
 
 
 def check_tuning(
-    _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
 ) -> Iterator[FieldProblem]:
     """Each host CPU a pin names (``cputune``) is one this host has, and a huge page
     size named (``memoryBacking.hugepages.pageSize``) is one it offers (capabilities
     ``<topology><cells><cpus>`` and ``<cpu><pages>``; formatcaps.html). libvirt refuses
-    such a pin only when the domain starts or the pin is set live."""
+    such a pin only when the domain starts or the pin is set live. A pin the existing
+    domain already has is not the manifest's doing (an adoption keeps it as it is)."""
     if facts.cpus is not None:
         have = format_cpuset(facts.cpus)
-        for where, cpus in spec.tuning.pinned_cpus():
-            lacking = cpus - facts.cpus
+        existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+        config = existing.config if existing is not None else {}
+        for where, field, number, cpuset in spec.tuning.pinned_cpus():
+            now = config.get(field)
+            if (now == cpuset if number is None else pins(now).get(number) == cpuset):
+                continue
+            lacking = parse_cpuset(cpuset) - facts.cpus
             if lacking:
                 yield FieldProblem(
                     where,

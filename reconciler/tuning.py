@@ -124,18 +124,22 @@ class Tuning:
     numa: tuple[NumaCell, ...] | None = None
     iothreads: int | None = None
 
-    def pinned_cpus(self) -> tuple[tuple[Path, frozenset[int]], ...]:
-        """Every host CPU set the pinning names, with its field path (for preflight)."""
+    def pinned_cpus(self) -> tuple[tuple[Path, str, int | None, str], ...]:
+        """Every pin, for preflight: (its field path, the projection field it is in
+        (``cputune.vcpupin``...), its vCPU or I/O thread (None: the emulator's), its
+        canonical CPU set)."""
         if self.cputune is None:
             return ()
-        out: list[tuple[Path, frozenset[int]]] = [
-            (("spec", "cputune", "vcpupin", i, "cpuset"), parse_cpuset(cpuset))
-            for i, (_vcpu, cpuset) in enumerate(self.cputune.vcpupin)
+        out: list[tuple[Path, str, int | None, str]] = [
+            (("spec", "cputune", "vcpupin", i, "cpuset"), "cputune.vcpupin", vcpu, cpuset)
+            for i, (vcpu, cpuset) in enumerate(self.cputune.vcpupin)
         ]
         if self.cputune.emulatorpin is not None:
-            out.append((("spec", "cputune", "emulatorpin"), parse_cpuset(self.cputune.emulatorpin)))
-        out += [(("spec", "cputune", "iothreadpin", i, "cpuset"), parse_cpuset(cpuset))
-                for i, (_thread, cpuset) in enumerate(self.cputune.iothreadpin)]  # fmt: skip
+            out.append((("spec", "cputune", "emulatorpin"), "cputune.emulatorpin", None,
+                        self.cputune.emulatorpin))  # fmt: skip
+        threads = enumerate(self.cputune.iothreadpin)
+        out += [(("spec", "cputune", "iothreadpin", i, "cpuset"), "cputune.iothreadpin", thread,
+                 cpuset) for i, (thread, cpuset) in threads]  # fmt: skip
         return tuple(out)
 
 

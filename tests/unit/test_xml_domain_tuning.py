@@ -429,3 +429,23 @@ def test_export_leaves_out_cells_the_model_refuses() -> None:
     # the <cpu> that holds the cells is kept as defined (a redefine keeps its <numa>)
     assert "cpu" in {k.path for k in item.kept}, item.kept
 
+
+
+def test_preflight_leaves_a_pin_the_domain_already_has_alone() -> None:
+    from reconciler.preflight import _context
+
+    document: Any = yaml.safe_load(TUNED)
+    document["metadata"]["name"] = "hand"
+    document["spec"].update({"memory": "1GiB", "maxMemory": "1GiB", "vcpus": 4})
+    document["spec"]["cputune"] = {"vcpupin": [{"vcpu": 3, "cpuset": "1"}], "emulatorpin": "1",
+                                   "iothreadpin": [{"iothread": 2, "cpuset": "1"}]}
+    document["spec"]["iothreads"] = 4
+    m = build_manifest(document, SourcePosition("vm.yaml"))
+    assert isinstance(m.spec, VirtualMachineSpec)
+    observed = Observed(domains={"hand": DomainRecord("hand", "u", False, False, HAND, None)})
+    facts = HostFacts(cpus=frozenset({0}))
+    found = [".".join(map(str, p.path))
+             for p in check_tuning(m, m.spec, facts, _context([m], observed))]  # fmt: skip
+    # vCPU 3 and the emulator are pinned to 1 already (adopted as they are); the I/O
+    # thread's pin is new
+    assert found == ["spec.cputune.iothreadpin.0.cpuset"]
