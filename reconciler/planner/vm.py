@@ -170,7 +170,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     # host CPU is no pin (domain_tuning.without_full_pins)
     unnamed = domain_tuning.kept_paths(spec)
     host_cpus = ctx.observed.host_cpus
-    desired = domain_tuning.without_full_pins(desired, host_cpus)
+    desired = dict(domain_tuning.without_full_pins(desired, host_cpus))
     found = live.ownership
     owner = owners.judge(
         None if found is None else owners.Record(found.instance, found.manifest, found.revision),
@@ -200,8 +200,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         where, why = clash
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
                       reason=f"{dotted(where)}: {why}")  # fmt: skip
-    config = domain_xml.observe(config_root) if switched else live.config
-    config = domain_tuning.without_full_pins(config, host_cpus)
+    config: Mapping[str, object] = domain_tuning.without_full_pins(
+        domain_xml.observe(config_root) if switched else live.config, host_cpus)
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
@@ -244,8 +244,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     if live.live_root is not None and live.live is not None and live.live_xml is not None:
         live_root, live_switched = domain_xml.switch_sources(
             spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
-        live_projection = domain_tuning.without_full_pins(
-            domain_xml.observe(live_root) if live_switched else live.live, host_cpus)
+        live_projection = dict(domain_tuning.without_full_pins(
+            domain_xml.observe(live_root) if live_switched else live.live, host_cpus))
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"} | unnamed
         cpu_known, booted_cpu = live.booted_cpu

@@ -23,7 +23,7 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -251,16 +251,21 @@ class _Cells:
 # --- the declarations -----------------------------------------------------------
 
 
+# A section a manifest does not name reads as none here (what render gives a new VM);
+# render and patch never write it (``_managed``), and the planner does not compare it
+_NO_BACKING = MemoryBacking()
+_NO_TUNE = CpuTune()
+
+
 def _backing(attr: str) -> Callable[[VirtualMachineSpec], object]:
     def get(spec: VirtualMachineSpec) -> object:
-        mb = spec.tuning.memory_backing
-        return None if mb is None else getattr(mb, attr)
+        return getattr(spec.tuning.memory_backing or _NO_BACKING, attr)
 
     return get
 
 
-def _tune(spec: VirtualMachineSpec) -> CpuTune | None:
-    return spec.tuning.cputune
+def _tune(spec: VirtualMachineSpec) -> CpuTune:
+    return spec.tuning.cputune or _NO_TUNE
 
 
 def _none_if_empty(show: Callable[[Any], str]) -> Callable[[object], object]:
@@ -278,15 +283,15 @@ FIELDS: tuple[Field[VirtualMachineSpec], ...] = (
     Field("memoryBacking.nosharepages", _backing("nosharepages"),
           Flag("memoryBacking/nosharepages"), default=False),
     # pinning is done to the running domain too (virDomainPinVcpuFlags, PinEmulator)
-    Field("cputune.vcpupin", lambda s: None if (t := _tune(s)) is None else t.vcpupin,
+    Field("cputune.vcpupin", lambda s: _tune(s).vcpupin,
           _Pins("vcpupin", "vcpu"), show=_none_if_empty(describe_pins), change=ChangeClass.LIVE),
-    Field("cputune.emulatorpin", lambda s: None if (t := _tune(s)) is None else t.emulatorpin,
+    Field("cputune.emulatorpin", lambda s: _tune(s).emulatorpin,
           Attr("cputune/emulatorpin", "cpuset", CPUSET), change=ChangeClass.LIVE),
     # (virDomainPinIOThread)
-    Field("cputune.iothreadpin", lambda s: None if (t := _tune(s)) is None else t.iothreadpin,
+    Field("cputune.iothreadpin", lambda s: _tune(s).iothreadpin,
           _Pins("iothreadpin", "iothread"), show=_none_if_empty(describe_pins),
           change=ChangeClass.LIVE),
-    Field("numa", lambda s: s.tuning.numa, _Cells(), show=_none_if_empty(describe_cells)),
+    Field("numa", lambda s: s.tuning.numa or (), _Cells(), show=_none_if_empty(describe_cells)),
     Field("iothreads", lambda s: s.tuning.iothreads or None, Text("iothreads", INT)),
 )  # fmt: skip
 
@@ -303,12 +308,20 @@ _SECTIONS: Mapping[str, Callable[[VirtualMachineSpec], object]] = {
 def kept_paths(spec: VirtualMachineSpec) -> frozenset[str]:
     """The projection keys of the sections ``spec`` does not name: kept as the domain
     has them, never compared (a manifest written before these fields plans as before)."""
-    unnamed = [prefix for prefix, get in _SECTIONS.items() if get(spec) is None]
+    return _kept(tuple(prefix for prefix, get in _SECTIONS.items() if get(spec) is None))
+
+
+@functools.cache
+def _kept(unnamed: tuple[str, ...]) -> frozenset[str]:
     return frozenset(f.path for f in FIELDS if any(f.path.startswith(p) for p in unnamed))
 
 
 def _managed(spec: VirtualMachineSpec) -> tuple[Field[VirtualMachineSpec], ...]:
-    kept = kept_paths(spec)
+    return _named(kept_paths(spec))
+
+
+@functools.cache
+def _named(kept: frozenset[str]) -> tuple[Field[VirtualMachineSpec], ...]:
     return tuple(f for f in FIELDS if f.path not in kept)
 
 
@@ -383,10 +396,7 @@ def project(spec: VirtualMachineSpec) -> Projection:
     """The desired tuning fields, keyed as ``observe`` keys them. A section the manifest
     does not name projects as none (what ``render`` gives a new domain: nothing); the
     planner does not compare it with an existing domain (``kept_paths``)."""
-    t = spec.tuning
-    named = Tuning(t.memory_backing or MemoryBacking(), t.cputune or CpuTune(),
-                   () if t.numa is None else t.numa, t.iothreads or 0)  # fmt: skip
-    return project_fields(FIELDS, dataclasses.replace(spec, tuning=named))
+    return project_fields(FIELDS, spec)
 
 
 def observe(root: Element) -> Projection:
@@ -396,15 +406,16 @@ def observe(root: Element) -> Projection:
 
 def without_full_pins(
     projection: Mapping[str, object], host_cpus: frozenset[int] | None
-) -> dict[str, object]:
+) -> Mapping[str, object]:
     """``projection`` with each pin to every host CPU taken as no pin: libvirt keeps a
     ``<vcpupin>`` or ``<emulatorpin>`` of all host CPUs in a running domain after a
     pin is undone live (virDomainPinVcpuFlags cannot remove one), and such a pin means
-    no pin. ``host_cpus`` None (not known): unchanged."""
-    out = dict(projection)
-    if not host_cpus:
-        return out
+    no pin. ``host_cpus`` None (not known): unchanged. ``projection`` itself when no pin
+    is one to every host CPU (the common case: nothing copied)."""
+    if not host_cpus or all(projection.get(p) is None for p in _PIN_PATHS):
+        return projection
     everything = format_cpuset(host_cpus)
+    out = dict(projection)
     if out.get("cputune.emulatorpin") == everything:
         out["cputune.emulatorpin"] = None
     for path in ("cputune.vcpupin", "cputune.iothreadpin"):
@@ -413,6 +424,9 @@ def without_full_pins(
             kept = tuple((v, c) for v, c in pins(shown).items() if c != everything)
             out[path] = describe_pins(kept) or None
     return out
+
+
+_PIN_PATHS = ("cputune.vcpupin", "cputune.emulatorpin", "cputune.iothreadpin")
 
 
 def pins(shown: object) -> dict[int, str]:
