@@ -57,7 +57,7 @@ from reconciler.planner.settle import (
 from reconciler.snapshot import DomainRecord
 from reconciler.tuning import format_cpuset
 from reconciler.xml import domain as domain_xml
-from reconciler.xml import domain_tuning
+from reconciler.xml import domain_nics, domain_tuning
 from reconciler.xml._fields import ChangeClass, change_class
 
 
@@ -200,8 +200,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         where, why = clash
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
                       reason=f"{dotted(where)}: {why}")  # fmt: skip
+    # direct NICs are compared only for a manifest that declares one (domain_nics)
+    direct = domain_nics.declares_direct(spec)
     config: Mapping[str, object] = domain_tuning.without_full_pins(
-        domain_xml.observe(config_root) if switched else live.config, host_cpus)
+        domain_xml.observe(config_root, direct=direct) if switched or direct else live.config,
+        host_cpus)
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
@@ -245,7 +248,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         live_root, live_switched = domain_xml.switch_sources(
             spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
         live_projection = dict(domain_tuning.without_full_pins(
-            domain_xml.observe(live_root) if live_switched else live.live, host_cpus))
+            domain_xml.observe(live_root, direct=direct) if live_switched or direct
+            else live.live, host_cpus))
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"} | unnamed
         cpu_known, booted_cpu = live.booted_cpu

@@ -361,7 +361,6 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
         "devices/hostdev[pci]": "hostdev pci",
         "devices/channel[unix]": "channel (org.qemu.guest_agent.0)",
         "devices/disk[vdz]": "disk vdz (block /dev/sdz)",
-        "devices/interface[52:54:00:12:34:99]": "interface direct 52:54:00:12:34:99",
         "devices/video": "video (virtio)",
         "devices/graphics[vnc]": "graphics vnc",
         "devices/disk[fda]": "floppy fda (file /srv/fd.img)",
@@ -373,6 +372,10 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert "hunter2" not in export.to_yaml(item, "qemu:///system")
     # what the manifest can say is still exported
     assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda"]
+    # a direct (macvtap) NIC is exported, no longer kept (issue 13)
+    assert "devices/interface[52:54:00:12:34:99]" not in kept
+    assert {"direct": {"dev": "eth0", "mode": "bridge"}, "mac": "52:54:00:12:34:99",
+            "bootRom": True} in item.document["spec"]["interfaces"]
 
 
 def test_a_firmware_chosen_by_path_is_kept() -> None:
