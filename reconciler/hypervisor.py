@@ -49,6 +49,7 @@ from reconciler.snapshot import DomainRecord as DomainRecord
 from reconciler.snapshot import NetworkRecord as NetworkRecord
 from reconciler.snapshot import PoolRecord as PoolRecord
 from reconciler.snapshot import VolumeRecord as VolumeRecord
+from reconciler.tuning import parse_cpuset
 from reconciler.xml import volume as vol_xml
 
 DEFAULT_URI = "qemu:///system"
@@ -150,6 +151,8 @@ class Capabilities:
     memory: int  # bytes, the sum of the NUMA cells' memory (0: not stated)
     dac_label: str | None  # the DAC <baselabel> QEMU runs with, e.g. "+64055:+64055"
     host_cpu_model: str | None = None  # <host><cpu><model>, e.g. Broadwell
+    cpus: frozenset[int] | None = None  # the host's CPU numbers (<topology><cells>)
+    page_sizes: frozenset[int] | None = None  # memory page sizes offered, bytes (<pages>)
 
 
 CPU_MAP_FEATURES = "/usr/share/libvirt/cpu_map/x86_features.xml"
@@ -190,7 +193,11 @@ def parse_capabilities(text: str) -> Capabilities:
             labels = {b.get("type"): b.text for b in model.findall("baselabel")}
             label = labels.get("kvm") or labels.get("qemu")
     host_model = (root.findtext("host/cpu/model") or "").strip() or None
-    return Capabilities(machines, memory, label, host_model)
+    cpus = frozenset(int(str(c.get("id"))) for c in
+                     root.findall("host/topology/cells/cell/cpus/cpu") if c.get("id"))  # fmt: skip
+    pages = frozenset(int(str(p.get("size"))) * 1024 for p in root.findall("host/cpu/pages")
+                      if p.get("size") and p.get("unit", "KiB") == "KiB")  # fmt: skip
+    return Capabilities(machines, memory, label, host_model, cpus or None, pages or None)
 
 
 def parse_domain_capabilities(text: str, machine: str) -> MachineCaps:
@@ -468,9 +475,11 @@ class Hypervisor:
             machines = caps.machines
             memory = caps.memory or None
             host_cpu = caps.host_cpu_model
+            cpus, page_sizes = caps.cpus, caps.page_sizes
             qemu_user = _qemu_user(caps.dac_label) if local else None
         except Refused as exc:
             host_cpu = None
+            cpus = page_sizes = None
             unknown.append(f"machine types and KVM not checked: {exc}")
         # The NUMA cells of capabilities may cover only part of the memory (seen on a
         # nested host: one 6.5 GiB cell of 24 GiB); /proc/meminfo's MemTotal, as
@@ -489,7 +498,7 @@ class Hypervisor:
             except Refused as exc:
                 unknown.append(f"memory not checked: {exc}")
         return HostFacts(uri=self.uri, local=local, memory=memory, machines=machines,
-                         host_cpu_model=host_cpu,
+                         host_cpu_model=host_cpu, cpus=cpus, page_sizes=page_sizes,
                          qemu_user=qemu_user, unknown=tuple(unknown))  # fmt: skip
 
     def _cpu_facts(self, facts: HostFacts, wanted: FactsWanted) -> HostFacts:
@@ -841,6 +850,28 @@ class Hypervisor:
     def set_domain_vcpus(self, name: str, count: int) -> None:
         with calling(f"setting vcpus of domain {name}"):
             self._conn.lookupByName(name).setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def pin_domain_cpus(
+        self, name: str, cpuset: str, *, vcpu: int | None = None, iothread: int | None = None
+    ) -> None:
+        """Pin the running domain's vCPU ``vcpu``, or I/O thread ``iothread``, or else its
+        emulator threads to the host CPUs ``cpuset`` (libvirt's syntax, ``0-1``):
+        virDomainPinVcpuFlags / virDomainPinIOThread / virDomainPinEmulator with
+        AFFECT_LIVE (formatdomain "CPU Tuning"). ValueError for a set that is not one;
+        Refused when libvirt refuses (a CPU the host lacks, no such thread)."""
+        wanted = parse_cpuset(cpuset)
+        what = ("emulator" if vcpu is None and iothread is None
+                else f"vCPU {vcpu}" if vcpu is not None else f"I/O thread {iothread}")  # fmt: skip
+        with calling(f"pinning {what} of domain {name} to CPUs {cpuset}"):
+            count = int(self._conn.getCPUMap()[0])
+            cpumap = tuple(i in wanted for i in range(max(count, max(wanted) + 1)))
+            domain = self._conn.lookupByName(name)
+            if vcpu is not None:
+                domain.pinVcpuFlags(vcpu, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            elif iothread is not None:
+                domain.pinIOThread(iothread, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            else:
+                domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     def domain_live_xml(self, name: str) -> str | None:
         """The running definition (with secrets), or None when the domain is not running."""

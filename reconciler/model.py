@@ -25,6 +25,8 @@ from typing import Any, Protocol, TypeAlias
 
 from reconciler import imagefetch
 from reconciler.errors import SourcePosition
+from reconciler.tuning import Tuning
+from reconciler.tuning import from_manifest as tuning_from_manifest
 from reconciler.units import parse_duration, parse_size, too_large, too_long
 
 FieldPath: TypeAlias = tuple[str | int, ...]
@@ -760,6 +762,8 @@ class VirtualMachineSpec:
     shutdown_timeout: float = 120.0
     update_policy: str | None = None  # None: the configured default
     adopt: bool = False
+    # memoryBacking, cputune, numa, iothreads (tuning.py); None in it: not managed
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 class Locator(Protocol):
@@ -1630,6 +1634,9 @@ def _build_vm(
             bus=bus,
         )
 
+    tuning, tuning_problems = tuning_from_manifest(raw, max_vcpus, max_memory)
+    problems += [FieldProblem(*problem) for problem in tuning_problems]
+
     return VirtualMachineSpec(
         memory=memory,
         max_memory=max_memory,
@@ -1658,6 +1665,7 @@ def _build_vm(
         shutdown_timeout=parse_duration(raw.get("shutdownTimeout", "120s")),
         update_policy=raw.get("updatePolicy"),
         adopt=raw.get("adopt", False),
+        tuning=tuning,
     )
 
 

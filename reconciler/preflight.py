@@ -39,6 +39,9 @@ The checks, each modelling a section of libvirt's documentation:
   (libvirt's own comparison, ``virConnectCompareHypervisorCPU`` with
   ``FAIL_INCOMPATIBLE``, against the host CPU as the hypervisor of that
   machine and type sees it; formatdomaincaps.html#cpu-configuration);
+* ``spec.cputune``: every host CPU a pin names is one this host has, and
+  ``spec.memoryBacking.hugepages.pageSize`` a huge page size it offers
+  (capabilities ``<topology><cells><cpus>``, ``<cpu><pages>``; formatcaps.html);
 * StoragePool ``spec.type``: a type this libvirt has the storage backend for
   (``virConnectGetStoragePoolCapabilities``; formatstoragecaps.html), and
   ``spec.source.devices``: block devices that exist;
@@ -88,7 +91,9 @@ from reconciler.model import (
     VolumeSpec,
 )
 from reconciler.snapshot import Observed, ObservedNetwork
-from reconciler.units import format_size
+from reconciler.tuning import format_cpuset, parse_cpuset
+from reconciler.units import format_size, parse_size
+from reconciler.xml.domain_tuning import pins
 
 Finding = tuple[Manifest, FieldProblem]
 GUEST_ARCH = "x86_64"  # the arch every domain is rendered with (xml/domain.py)
@@ -233,6 +238,8 @@ class HostFacts:
     interfaces: frozenset[str] | None = None  # every host network interface
     addresses: tuple[HostAddress, ...] | None = None
     host_cpu_model: str | None = None  # the host CPU's model in capabilities, e.g. Broadwell
+    cpus: frozenset[int] | None = None  # the host's CPU numbers (capabilities <topology>)
+    page_sizes: frozenset[int] | None = None  # memory page sizes it offers, bytes (<pages>)
     cpu_models: frozenset[str] | None = None  # CPU model names libvirt knows for the arch
     cpu_feature_names: frozenset[str] = frozenset()  # every x86 feature name (local cpu_map)
     cpu_features_unknown: frozenset[str] = frozenset()  # asked-about names libvirt rejects
@@ -753,6 +760,41 @@ def check_cpu(
         )
 
 
+def check_tuning(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """Each host CPU a pin names (``cputune``) is one this host has, and a huge page
+    size named (``memoryBacking.hugepages.pageSize``) is one it offers (capabilities
+    ``<topology><cells><cpus>`` and ``<cpu><pages>``; formatcaps.html). libvirt refuses
+    such a pin only when the domain starts or the pin is set live. A pin the existing
+    domain already has is not the manifest's doing (an adoption keeps it as it is)."""
+    if facts.cpus is not None:
+        have = format_cpuset(facts.cpus)
+        existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+        config = existing.config if existing is not None else {}
+        for where, field, number, cpuset in spec.tuning.pinned_cpus():
+            now = config.get(field)
+            if (now == cpuset if number is None else pins(now).get(number) == cpuset):
+                continue
+            lacking = parse_cpuset(cpuset) - facts.cpus
+            if lacking:
+                yield FieldProblem(
+                    where,
+                    f"this host has no CPU {format_cpuset(lacking)}: its CPUs are {have}",
+                    f"pin within {have}",
+                )
+    mb = spec.tuning.memory_backing
+    if facts.page_sizes is not None and mb is not None and mb.hugepages not in (None, "default"):
+        size = parse_size(str(mb.hugepages))
+        offered = sorted(s for s in facts.page_sizes if s > 4096)
+        if size not in facts.page_sizes:
+            yield FieldProblem(
+                ("spec", "memoryBacking", "hugepages", "pageSize"),
+                f"this host offers no {mb.hugepages} huge pages",
+                "use " + (" or ".join(format_size(s) for s in offered) or "hugepages: true"),
+            )
+
+
 def _missing_features(verdict: str, what: str = "required features:") -> list[str]:
     """The feature names in libvirt's "Host CPU does not provide required features: a, b"
     (``what``: "forbidden features:" reads "Host CPU provides forbidden features: a")."""
@@ -770,6 +812,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_direct_devices,
     check_graphics_port,
     check_cpu,
+    check_tuning,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from reconciler.export.kept import _MANAGED_DISK_TYPES, _REMOVES, kept_in_definition
@@ -34,9 +34,11 @@ from reconciler.model import (
 )
 from reconciler.report import show_value
 from reconciler.snapshot import DomainRecord
-from reconciler.units import format_duration, format_size
+from reconciler.tuning import from_manifest as tuning_from_manifest
+from reconciler.tuning import manifest as tuning_manifest
+from reconciler.units import format_duration, format_size, parse_size
 from reconciler.xml import domain as domain_xml
-from reconciler.xml import domain_nics
+from reconciler.xml import domain_nics, domain_tuning
 from reconciler.xml._fields import Element, Projection
 
 _KEYMAP = re.compile(r"^[a-z]{2}(-[a-z]{2,})?$")
@@ -141,6 +143,8 @@ def vm_spec(
     elif serial != "pty":
         notes.add("serial", f"a {serial} serial port cannot be expressed (pty, none or a file)")
     _vm_devices(spec, p, notes)
+    if config is not None:
+        spec.update(_tuning(config, spec))
     if shutdown_timeout is not None and shutdown_timeout != _DEFAULT_SHUTDOWN_TIMEOUT:
         spec["shutdownTimeout"] = format_duration(shutdown_timeout)
     spec["state"] = "running" if active else "stopped"
@@ -214,6 +218,22 @@ def _vm_devices(spec: dict[str, Any], p: Projection, notes: _Notes) -> None:
             if vram is not None and default is not None and vram == format_size(default * 1024):
                 del value["vram"]
         spec[key] = value
+
+
+def _tuning(config: Element, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``memoryBacking``, ``cputune``, ``numa`` and ``iothreads`` as the domain has them
+    (``domain_tuning.read``: only the sections it has something in). A section the model
+    would refuse (NUMA cells that do not add up to maxMemory, a pin of a vCPU the VM
+    lacks) is left out: a manifest without it keeps it as the domain has it, and the
+    comparison of definitions lists it as kept."""
+    max_vcpus = int(spec.get("maxVcpus", spec.get("vcpus") or 1))
+    max_memory = parse_size(str(spec.get("maxMemory", spec.get("memory"))))
+    out: dict[str, Any] = {}
+    for key, value in tuning_manifest(domain_tuning.read(config)).items():
+        _, problems = tuning_from_manifest({key: value}, max_vcpus, max_memory)
+        if not problems:
+            out[key] = value
+    return out
 
 
 def _clock(text: object) -> str | dict[str, Any] | None:
@@ -421,6 +441,9 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     except ValueError as exc:
         notes.add("disks", str(exc))
         return _unexportable(kind, record.name, notes)
-    _compare(desired, observed, notes)
+    # tuning sections the manifest does not name are kept as they are (see _tuning)
+    unnamed = domain_tuning.kept_paths(m.spec)
+    _compare({k: v for k, v in desired.items() if k not in unnamed},
+             {k: v for k, v in observed.items() if k not in unnamed}, notes)  # fmt: skip
     kept = kept_in_definition(record.config_xml, rendered, notes)
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))

@@ -69,7 +69,7 @@ from reconciler.model import (
 )
 from reconciler.rounding import definition_memory
 from reconciler.units import format_size
-from reconciler.xml import domain_nics
+from reconciler.xml import domain_nics, domain_tuning
 from reconciler.xml._fields import (
     INT,
     KIB,
@@ -1207,6 +1207,7 @@ def render(
     ):
         ET.SubElement(root, event).text = action
     render_fields(root, FIELDS, desired)
+    domain_tuning.render(root, spec)
     DISKS.render(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
     CDROMS.render(root, _cdroms(desired))
     INTERFACES.render(root, spec.interfaces)
@@ -1222,6 +1223,7 @@ def render(
         ET.SubElement(devices, "controller", {"type": "pci", "model": "pcie-root-port"})
     ET.SubElement(devices, "memballoon", {"model": "virtio"})
     reorder(root, _ROOT_ORDER)
+    domain_tuning.arrange(root)
     reorder(ensure(root, "os"), _OS_ORDER)
     reorder(devices, _DEVICE_ORDER)
     return serialize(root)
@@ -1260,7 +1262,9 @@ def patch(
     aside = _take_aside(root)
     os_type = root.find("os/type")
     was_q35 = is_q35("" if os_type is None else os_type.get("machine", ""))
+    numa = domain_tuning.hold(root)  # a <cpu> rewritten keeps the <numa> it had
     patch_fields(root, (f for f in FIELDS if f.path != "cloudInit"), desired)
+    domain_tuning.patch(root, spec, numa)
     if was_q35 != is_q35(spec.machine):
         _new_chipset(root)
     if spec.graphics is None:
@@ -1500,6 +1504,7 @@ def project(
     """The desired fields, keyed like ``observe`` keys them (same keywords as ``render``)."""
     desired = _desired(spec, machine_aliases, graphics_password, cloud_init_seed)
     out = project_fields(FIELDS, desired)
+    out.update(domain_tuning.project(spec))
     out.update(DISKS.project(_disk_views(spec, volume_pools or {}, volume_formats or {})))
     out.update(CDROMS.project(_cdroms(desired)))
     out.update(INTERFACES.project(spec.interfaces))
@@ -1529,6 +1534,7 @@ def observe(xml: str | Element, *, direct: bool = False) -> Projection:
         for element in set_aside(root):
             remove(element)
     out = observe_fields(root, FIELDS)
+    out.update(domain_tuning.observe(root))
     out.update(DISKS.observe(root))
     out.update(CDROMS.observe(root))
     out.update((INTERFACES if direct else _INTERFACES_NOT_DIRECT).observe(root))

@@ -21,6 +21,7 @@ import pytest
 from reconciler.errors import SourcePosition
 from reconciler.model import build_manifest
 from reconciler.xml import domain as domain_xml
+from reconciler.xml import domain_tuning
 from reconciler.xml import volume as volume_xml
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -39,6 +40,7 @@ BASES: dict[str, tuple[str, dict[str, Any]]] = {
         "firmware": {"type": "uefi"},
         "rng": {"rate": {"bytes": 1024}}, "watchdog": {}, "tpm": {}, "video": {},
         "console": {},
+        "memoryBacking": {}, "cputune": {"vcpupin": [{"vcpu": 0, "cpuset": "0"}]},
     }),
     "volume.schema.json": ("Volume", {"pool": "images", "capacity": "1GiB"}),
     "network.schema.json": ("Network", {"mode": "isolated",
@@ -140,6 +142,8 @@ _DECLARED = [
       for f in domain_xml.DISKS.fields if f.default is not None],
     *[(("virtualmachine.schema.json", ("interfaces", "0", *f.path.split("."))), f.default)
       for f in domain_xml.INTERFACES.fields if f.default is not None],
+    *[(("virtualmachine.schema.json", tuple(f.path.split("."))), f.default)
+      for f in domain_tuning.FIELDS if f.default is not None],
     *[(("volume.schema.json", (f.path,)), f.default)
       for f in volume_xml.FIELDS if f.default is not None],
 ]

@@ -42,7 +42,8 @@ _NAMED_DEVICES = {"video": "video", "tpm": "tpm", "watchdog": "watchdog", "rng":
 # top-level elements some manifest field writes (their contents are checked by export's
 # comparison with the projection, whose differences are notes)
 _MANIFEST_TOP = {"name", "uuid", "memory", "currentMemory", "vcpu", "os", "features", "cpu",
-                 "clock", "on_poweroff", "on_reboot", "on_crash", "devices", "metadata"}  # fmt: skip
+                 "clock", "on_poweroff", "on_reboot", "on_crash", "devices", "metadata",
+                 "memoryBacking", "cputune", "iothreads"}  # fmt: skip
 
 
 def exported(path: Path) -> tuple[ET.Element, export.Exported]:
