@@ -80,6 +80,7 @@ from reconciler.plan import (
     LiveStep,
     NetUpdate,
     Op,
+    PinCpus,
     Plan,
     ResizeVolume,
     RestartDomain,
@@ -431,7 +432,7 @@ class Executor:
             case AutostartDomain(on=on):
                 hv.set_domain_autostart(name, on)
             case RestartDomain() | SetMemory() | SetVcpus() | AttachDevice() | DetachDevice() \
-                    | UpdateDevice():  # fmt: skip
+                    | UpdateDevice() | PinCpus():  # fmt: skip
                 raise ReconcilerError(f"{step.verb}: not a plain call (see Executor._step)")
             case _:
                 assert_never(step)
@@ -452,6 +453,8 @@ class Executor:
                     return self._check_released(action, path, refused)
                 case UpdateDevice(xml=xml):
                     hv.update_domain_device(name, xml)
+                case PinCpus(vcpu=vcpu, iothread=iothread, cpuset=cpuset):
+                    hv.pin_domain_cpus(name, cpuset, vcpu=vcpu, iothread=iothread)
                 case _:
                     assert_never(step)
         except Refused as exc:

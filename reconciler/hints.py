@@ -94,7 +94,7 @@ def subjects_of(
         return Subjects(manifest.source, fields=fields)
     if not isinstance(spec, VirtualMachineSpec):
         return Subjects(manifest.source)
-    for name in ("cpu", "type", "graphics"):
+    for name in ("cpu", "type", "graphics", "firmware"):
         if name in written:
             fields[name] = where("spec", name)
     files: dict[str, Where] = {}
@@ -162,6 +162,14 @@ def _no_kvm(match: Groups, s: Subjects) -> Verdict:
         "KVM cannot be used on this host: set spec.type: qemu (emulation, slower), or make "
         "/dev/kvm usable (the kvm_intel or kvm_amd module loaded, /dev/kvm owned by group "
         "kvm with mode 0660; `bash scripts/setup-host.sh` sets that up)"
+    )
+
+
+def _no_smm(match: Groups, s: Subjects) -> Verdict:
+    return s.fields.get("type") or s.fields.get("firmware"), (
+        "this host's KVM has no System Management Mode (usual with KVM nested), which "
+        "UEFI secure boot needs: set spec.type: qemu (emulation, slower), or "
+        "spec.firmware.secureBoot: false"
     )
 
 
@@ -250,6 +258,7 @@ def _rule(name: str, pattern: str, verdict: Callable[[Groups, Subjects], Verdict
 # KVM kernel module: Permission denied" is no storage permission problem).
 RULES: tuple[Rule, ...] = (
     _rule("msr", r"failed to set MSR (?P<msr>0x[0-9a-f]+)|kvm_(?:buf_set|put)_msrs", _msr),
+    _rule("no-smm", r"System Management Mode not supported by this hypervisor", _no_smm),
     _rule(
         "no-kvm",
         r"Could not access KVM kernel module|failed to initiali[sz]e kvm|KVM is not "

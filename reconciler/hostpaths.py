@@ -97,6 +97,9 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
         ("kernel", spec.kernel, ("spec", "kernel")), ("initrd", spec.initrd, ("spec", "initrd")),
         ("serial.file", spec.serial_file, ("spec", "serial", "file")),
     ) if value]  # fmt: skip
+    log = spec.devices.serial_log
+    if log is not None and not isinstance(log, str):
+        found.append(HostPath("serial.log.file", log.file, where=("spec", "serial", "log", "file")))
     if spec.graphics is not None and spec.graphics.password_file:
         found.append(HostPath("graphics.passwordFile", spec.graphics.password_file, secret=True,
                               where=("spec", "graphics", "passwordFile"), here=True))  # fmt: skip

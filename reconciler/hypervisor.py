@@ -49,6 +49,7 @@ from reconciler.snapshot import DomainRecord as DomainRecord
 from reconciler.snapshot import NetworkRecord as NetworkRecord
 from reconciler.snapshot import PoolRecord as PoolRecord
 from reconciler.snapshot import VolumeRecord as VolumeRecord
+from reconciler.tuning import parse_cpuset
 from reconciler.xml import volume as vol_xml
 from reconciler.xml.domain_storage import node_device_keys
 
@@ -151,6 +152,8 @@ class Capabilities:
     memory: int  # bytes, the sum of the NUMA cells' memory (0: not stated)
     dac_label: str | None  # the DAC <baselabel> QEMU runs with, e.g. "+64055:+64055"
     host_cpu_model: str | None = None  # <host><cpu><model>, e.g. Broadwell
+    cpus: frozenset[int] | None = None  # the host's CPU numbers (<topology><cells>)
+    page_sizes: frozenset[int] | None = None  # memory page sizes offered, bytes (<pages>)
 
 
 CPU_MAP_FEATURES = "/usr/share/libvirt/cpu_map/x86_features.xml"
@@ -191,7 +194,11 @@ def parse_capabilities(text: str) -> Capabilities:
             labels = {b.get("type"): b.text for b in model.findall("baselabel")}
             label = labels.get("kvm") or labels.get("qemu")
     host_model = (root.findtext("host/cpu/model") or "").strip() or None
-    return Capabilities(machines, memory, label, host_model)
+    cpus = frozenset(int(str(c.get("id"))) for c in
+                     root.findall("host/topology/cells/cell/cpus/cpu") if c.get("id"))  # fmt: skip
+    pages = frozenset(int(str(p.get("size"))) * 1024 for p in root.findall("host/cpu/pages")
+                      if p.get("size") and p.get("unit", "KiB") == "KiB")  # fmt: skip
+    return Capabilities(machines, memory, label, host_model, cpus or None, pages or None)
 
 
 def parse_domain_capabilities(text: str, machine: str) -> MachineCaps:
@@ -471,9 +478,11 @@ class Hypervisor:
             machines = caps.machines
             memory = caps.memory or None
             host_cpu = caps.host_cpu_model
+            cpus, page_sizes = caps.cpus, caps.page_sizes
             qemu_user = _qemu_user(caps.dac_label) if local else None
         except Refused as exc:
             host_cpu = None
+            cpus = page_sizes = None
             unknown.append(f"machine types and KVM not checked: {exc}")
         # The NUMA cells of capabilities may cover only part of the memory (seen on a
         # nested host: one 6.5 GiB cell of 24 GiB); /proc/meminfo's MemTotal, as
@@ -492,7 +501,7 @@ class Hypervisor:
             except Refused as exc:
                 unknown.append(f"memory not checked: {exc}")
         return HostFacts(uri=self.uri, local=local, memory=memory, machines=machines,
-                         host_cpu_model=host_cpu,
+                         host_cpu_model=host_cpu, cpus=cpus, page_sizes=page_sizes,
                          qemu_user=qemu_user, unknown=tuple(unknown))  # fmt: skip
 
     def _cpu_facts(self, facts: HostFacts, wanted: FactsWanted) -> HostFacts:
@@ -857,6 +866,28 @@ class Hypervisor:
         with calling(f"setting vcpus of domain {name}"):
             self._conn.lookupByName(name).setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
+    def pin_domain_cpus(
+        self, name: str, cpuset: str, *, vcpu: int | None = None, iothread: int | None = None
+    ) -> None:
+        """Pin the running domain's vCPU ``vcpu``, or I/O thread ``iothread``, or else its
+        emulator threads to the host CPUs ``cpuset`` (libvirt's syntax, ``0-1``):
+        virDomainPinVcpuFlags / virDomainPinIOThread / virDomainPinEmulator with
+        AFFECT_LIVE (formatdomain "CPU Tuning"). ValueError for a set that is not one;
+        Refused when libvirt refuses (a CPU the host lacks, no such thread)."""
+        wanted = parse_cpuset(cpuset)
+        what = ("emulator" if vcpu is None and iothread is None
+                else f"vCPU {vcpu}" if vcpu is not None else f"I/O thread {iothread}")  # fmt: skip
+        with calling(f"pinning {what} of domain {name} to CPUs {cpuset}"):
+            count = int(self._conn.getCPUMap()[0])
+            cpumap = tuple(i in wanted for i in range(max(count, max(wanted) + 1)))
+            domain = self._conn.lookupByName(name)
+            if vcpu is not None:
+                domain.pinVcpuFlags(vcpu, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            elif iothread is not None:
+                domain.pinIOThread(iothread, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            else:
+                domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
     def domain_live_xml(self, name: str) -> str | None:
         """The running definition (with secrets), or None when the domain is not running."""
         with calling(f"reading domain {name}"), _vanished_ok():
@@ -925,8 +956,10 @@ class Hypervisor:
         self, name: str, command: str, section: str, xml: str, parent_index: int = -1
     ) -> None:
         """``virsh net-update --live``: change an entry of the running network.
-        ``parent_index``: which ``<ip>`` (in document order) an ``ip-dhcp-host`` entry
-        belongs to; -1 lets libvirt pick the first ``<ip>`` with DHCP."""
+        ``section``: ip-dhcp-host, ip-dhcp-range, dns-host, dns-txt, dns-srv, portgroup or
+        forward-interface (formatnetwork; the sections libvirt 9.0 updates live).
+        ``parent_index``: which ``<ip>`` (in document order) an ``ip-dhcp-*`` entry belongs
+        to; -1 lets libvirt pick the first ``<ip>`` with DHCP."""
         commands = {
             "add": libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
             "delete": libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
@@ -934,7 +967,12 @@ class Hypervisor:
         }
         sections = {
             "ip-dhcp-host": libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+            "ip-dhcp-range": libvirt.VIR_NETWORK_SECTION_IP_DHCP_RANGE,
             "dns-host": libvirt.VIR_NETWORK_SECTION_DNS_HOST,
+            "dns-txt": libvirt.VIR_NETWORK_SECTION_DNS_TXT,
+            "dns-srv": libvirt.VIR_NETWORK_SECTION_DNS_SRV,
+            "portgroup": libvirt.VIR_NETWORK_SECTION_PORTGROUP,
+            "forward-interface": libvirt.VIR_NETWORK_SECTION_FORWARD_INTERFACE,
         }
         flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE  # the definition is redefined separately
         with calling(f"updating {section} of network {name}"):

@@ -13,6 +13,7 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
@@ -24,6 +25,8 @@ from typing import Any, Protocol, TypeAlias
 
 from reconciler import imagefetch
 from reconciler.errors import SourcePosition
+from reconciler.tuning import Tuning
+from reconciler.tuning import from_manifest as tuning_from_manifest
 from reconciler.units import parse_duration, parse_size, too_large, too_long
 
 FieldPath: TypeAlias = tuple[str | int, ...]
@@ -128,10 +131,22 @@ class DhcpHost:
 
 
 @dataclass(frozen=True, slots=True)
+class DhcpRange:
+    """One ``<range start= end=/>`` of an ``<ip>``'s ``<dhcp>`` (formatnetwork: Addressing)."""
+
+    start: str
+    end: str
+
+
+@dataclass(frozen=True, slots=True)
 class Dhcp:
+    """``start``/``end``: the first range (the others kept), as before; ``ranges`` (the
+    manifest named ``ranges``): the exact set, ``start``/``end`` then its first."""
+
     start: str
     end: str
     hosts: tuple[DhcpHost, ...] = ()
+    ranges: tuple[DhcpRange, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +154,122 @@ class Ipv4:
     address: str
     prefix: int
     dhcp: Dhcp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp6Host:
+    """A DHCPv6 static lease: identified by its DUID (``id``) or, without one, its
+    ``name`` (libvirt refuses a MAC in an IPv6 host)."""
+
+    ip: str
+    id: str | None = None
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Dhcp6:
+    start: str
+    end: str
+    hosts: tuple[Dhcp6Host, ...] = ()
+    ranges: tuple[DhcpRange, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv6:
+    """The ``<ip family='ipv6'>`` (formatnetwork: Addressing); ``prefix`` 1-128."""
+
+    address: str
+    prefix: int
+    dhcp: Dhcp6 | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A static ``<route>`` (formatnetwork: Static Routes), IPv4 or IPv6 by its address."""
+
+    address: str
+    prefix: int
+    gateway: str
+    metric: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsForwarder:
+    """``<forwarder addr= domain=/>``: queries (for ``domain`` only, if given) go to
+    ``addr``; a ``domain`` without ``addr`` is answered locally only."""
+
+    addr: str | None = None
+    domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSrv:
+    service: str
+    protocol: str
+    domain: str | None = None
+    target: str | None = None
+    port: int | None = None
+    priority: int | None = None
+    weight: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``_service._protocol.domain`` ``target:port``: what tells two records apart."""
+        return "/".join((self.service, self.protocol, self.domain or "", self.target or "",
+                         "" if self.port is None else str(self.port)))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTxt:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dns:
+    """The ``<dns>`` parts a manifest names (None: not named, kept as they are)."""
+
+    forwarders: tuple[DnsForwarder, ...] | None = None
+    srv: tuple[DnsSrv, ...] | None = None
+    txt: tuple[DnsTxt, ...] | None = None
+    enable: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Portgroup:
+    """A ``<portgroup>`` (formatnetwork: Connectivity, portgroups)."""
+
+    name: str
+    default: bool = False
+    vlan: tuple[int, ...] = ()
+    inbound: Rate | None = None
+    outbound: Rate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """The device pool of a ``macvtap`` (``mode``: bridge, private, vepa, passthrough;
+    ``interfaces``: host NICs) or ``hostdev`` network (``devices``: PCI addresses
+    ``0000:01:00.1``, ``managed``)."""
+
+    mode: str | None = None
+    interfaces: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    managed: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Nat:
+    """``<forward mode='nat'><nat>``: the public address and port ranges of NAT."""
+
+    address_start: str | None = None
+    address_end: str | None = None
+    port_start: int | None = None
+    port_end: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +289,16 @@ class NetworkSpec:
     state: str = "active"
     autostart: bool = False
     adopt: bool = False
+    # issue 13: managed only where the manifest names them (``declared``); None: kept
+    ipv6: Ipv6 | None = None
+    routes: tuple[Route, ...] | None = None
+    dns: Dns = Dns()
+    portgroups: tuple[Portgroup, ...] | None = None
+    forward: Forward | None = None
+    nat: Nat | None = None
+    declared: frozenset[str] = frozenset()
+    """The optional sections the manifest names (``ipv6``, ``routes``, ``dns.txt``...,
+    ``ipv4.dhcp.ranges``): only those are managed (made exact)."""
 
 
 # --- VirtualMachine ---------------------------------------------------------
@@ -651,6 +792,7 @@ class VirtualMachineSpec:
     serial: str = "pty"  # pty | none | file
     serial_file: str | None = None
     cloud_init: CloudInit | None = None
+    devices: VmDevices = field(default_factory=lambda: VmDevices())
     state: str = "running"
     autostart: bool = False
     shutdown_timeout: float = 120.0
@@ -659,6 +801,8 @@ class VirtualMachineSpec:
     # None: the manifest does not name the field, and the domain's are kept (domain_storage)
     filesystems: tuple[Filesystem, ...] | None = None
     hostdevs: tuple[Hostdev, ...] | None = None
+    # memoryBacking, cputune, numa, iothreads (tuning.py); None in it: not managed
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 class Locator(Protocol):
@@ -940,9 +1084,11 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
         dhcp = None
         if "dhcp" in r4:
             rd = r4["dhcp"]
+            ranges = _dhcp_ranges(rd, ("spec", "ipv4", "dhcp"), problems)
             dhcp = Dhcp(
-                start=rd["start"],
-                end=rd["end"],
+                start=ranges[0].start if ranges else rd.get("start", "0.0.0.0"),
+                end=ranges[0].end if ranges else rd.get("end", "0.0.0.0"),
+                ranges=ranges,
                 hosts=tuple(
                     DhcpHost(mac=h["mac"].lower(), ip=h["ip"], name=h.get("name"))
                     for h in rd.get("hosts", ())
@@ -962,6 +1108,7 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
         autostart=raw.get("autostart", False),
         adopt=raw.get("adopt", False),
     )
+    spec = _network_vocabulary(raw, spec, problems)
     if spec.mode == "bridge":
         if spec.bridge is None:
             problems.append(
@@ -993,6 +1140,223 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
     return spec
 
 
+def _dhcp_ranges(
+    raw: Mapping[str, Any], where: FieldPath, problems: list[FieldProblem]
+) -> tuple[DhcpRange, ...] | None:
+    """``ranges`` (the exact set) or None; ``start``/``end`` and ``ranges`` are one or
+    the other."""
+    has_pair = "start" in raw or "end" in raw
+    if "ranges" not in raw:
+        if not ("start" in raw and "end" in raw):
+            problems.append(FieldProblem(where, "dhcp needs 'start' and 'end', or 'ranges'",
+                                         "add e.g. ranges: [{start: ..., end: ...}]"))  # fmt: skip
+        return None
+    if has_pair:
+        problems.append(FieldProblem((*where, "ranges"),
+                                     "dhcp has both 'start'/'end' and 'ranges'",
+                                     "list the first range in 'ranges' instead"))  # fmt: skip
+    ranges = tuple(DhcpRange(r["start"], r["end"]) for r in raw["ranges"])
+    if not ranges:
+        problems.append(FieldProblem((*where, "ranges"), "dhcp needs at least one range",
+                                     "leave 'dhcp' out for no DHCP service"))  # fmt: skip
+    return ranges
+
+
+def _rate(raw: Mapping[str, Any] | None) -> Rate | None:
+    if raw is None:
+        return None
+    return Rate(raw["average"], raw.get("peak"), raw.get("burst"))
+
+
+def _network_vocabulary(
+    raw: Mapping[str, Any], spec: NetworkSpec, problems: list[FieldProblem]
+) -> NetworkSpec:
+    """The issue-13 sections of a Network manifest (IPv6, DHCP ranges, routes, DNS
+    forwarders/SRV/TXT, portgroups, the macvtap/hostdev device pool, NAT ranges), each
+    recorded in ``declared`` when the manifest names it, and checked."""
+    declared: set[str] = set()
+    if spec.ipv4 is not None and spec.ipv4.dhcp is not None and spec.ipv4.dhcp.ranges is not None:
+        declared.add("ipv4.dhcp.ranges")
+    ipv6 = None
+    if "ipv6" in raw:
+        declared.add("ipv6")
+        r6 = raw["ipv6"]
+        if r6 is not None:
+            dhcp6 = None
+            if "dhcp" in r6:
+                rd = r6["dhcp"]
+                ranges = _dhcp_ranges(rd, ("spec", "ipv6", "dhcp"), problems)
+                if ranges is not None:
+                    declared.add("ipv6.dhcp.ranges")
+                hosts = tuple(Dhcp6Host(ip=h["ip"], id=h.get("id"), name=h.get("name"))
+                              for h in rd.get("hosts", ()))  # fmt: skip
+                dhcp6 = Dhcp6(start=ranges[0].start if ranges else rd.get("start", "::"),
+                              end=ranges[0].end if ranges else rd.get("end", "::"),
+                              hosts=hosts, ranges=ranges)  # fmt: skip
+            ipv6 = Ipv6(address=r6["address"], prefix=r6["prefix"], dhcp=dhcp6)
+            _check_ipv6(ipv6, problems)
+    routes = None
+    if "routes" in raw:
+        declared.add("routes")
+        routes = tuple(Route(r["address"], r["prefix"], r["gateway"], r.get("metric"))
+                       for r in raw["routes"])  # fmt: skip
+        _check_routes(routes, problems)
+    rdns = raw.get("dns") or {}
+    dns = Dns(
+        forwarders=None if "forwarders" not in rdns else tuple(
+            DnsForwarder(f.get("addr"), f.get("domain")) for f in rdns["forwarders"]),
+        srv=None if "srv" not in rdns else tuple(
+            DnsSrv(r["service"], r["protocol"], r.get("domain"), r.get("target"), r.get("port"),
+                   r.get("priority"), r.get("weight")) for r in rdns["srv"]),
+        txt=None if "txt" not in rdns else tuple(
+            DnsTxt(t["name"], t["value"]) for t in rdns["txt"]),
+        enable=rdns.get("enable"),
+    )  # fmt: skip
+    declared.update(f"dns.{k}" for k in ("forwarders", "srv", "txt", "enable") if k in rdns)
+    for i, fwd in enumerate(dns.forwarders or ()):
+        if fwd.addr is None and fwd.domain is None:
+            problems.append(FieldProblem(("spec", "dns", "forwarders", i),
+                                         "a forwarder needs 'addr', 'domain' or both"))  # fmt: skip
+    _unique(("spec", "dns", "srv"), [r.key for r in dns.srv or ()], "SRV record", problems)
+    _unique(("spec", "dns", "txt"), [t.name for t in dns.txt or ()], "TXT name", problems)
+    portgroups = None
+    if "portgroups" in raw:
+        declared.add("portgroups")
+        portgroups = tuple(
+            Portgroup(p["name"], p.get("default", False), tuple(p.get("vlan", ())),
+                      _rate((p.get("bandwidth") or {}).get("inbound")),
+                      _rate((p.get("bandwidth") or {}).get("outbound")))
+            for p in raw["portgroups"])  # fmt: skip
+        _unique(("spec", "portgroups"), [p.name for p in portgroups], "portgroup name", problems)
+        if sum(p.default for p in portgroups) > 1:
+            problems.append(FieldProblem(("spec", "portgroups"), "more than one portgroup "
+                                         "has default: true", "mark one default"))  # fmt: skip
+        for i, group in enumerate(portgroups):
+            if group.vlan and spec.mode != "hostdev":
+                problems.append(FieldProblem(
+                    ("spec", "portgroups", i, "vlan"),
+                    f"libvirt takes a portgroup vlan only on a hostdev network (not {spec.mode})",
+                    "tag the VLAN on the host bridge, or use mode: hostdev"))  # fmt: skip
+    forward = None
+    if "forward" in raw or spec.mode in ("macvtap", "hostdev"):
+        rf = raw.get("forward") or {}
+        forward = Forward(
+            mode=rf.get("mode", "bridge") if spec.mode == "macvtap" else None,
+            interfaces=tuple(rf.get("interfaces", ())),
+            devices=tuple(d.lower() for d in rf.get("devices", ())),
+            managed=rf.get("managed"),
+        )
+        declared.add("forward")
+        _check_forward(spec.mode, rf, forward, problems)
+    nat = None
+    if "nat" in raw:
+        declared.add("nat")
+        rn = raw["nat"] or {}
+        addresses, ports = rn.get("addresses") or {}, rn.get("ports") or {}
+        nat = Nat(addresses.get("start"), addresses.get("end"),
+                  ports.get("start"), ports.get("end"))  # fmt: skip
+        if spec.mode != "nat" and raw["nat"] is not None:
+            problems.append(FieldProblem(("spec", "nat"), f"mode {spec.mode} has no NAT",
+                                         "use mode: nat, or leave 'nat' out"))  # fmt: skip
+        if (nat.port_start or 0) > (nat.port_end or 65535):
+            problems.append(FieldProblem(
+                ("spec", "nat", "ports", "end"),
+                f"port {nat.port_end} is below start {nat.port_start}"))  # fmt: skip
+        if (nat.address_start and nat.address_end and ipaddress.IPv4Address(nat.address_start)
+                > ipaddress.IPv4Address(nat.address_end)):  # fmt: skip
+            problems.append(FieldProblem(
+                ("spec", "nat", "addresses", "end"),
+                f"{nat.address_end} is before {nat.address_start}"))  # fmt: skip
+    if spec.mode in ("macvtap", "hostdev", "bridge"):
+        for name in ("ipv6", "routes", "dns"):
+            if name in raw:
+                problems.append(FieldProblem(
+                    ("spec", name), f"mode {spec.mode} cannot have {name}",
+                    "guests on a host device or bridge get addresses from the LAN, not libvirt"))
+    if spec.mode in ("macvtap", "hostdev"):
+        for name in ("ipv4", "domain", "dnsHosts", "bridge", "mtu"):
+            if name in raw:
+                problems.append(FieldProblem(
+                    ("spec", name), f"mode {spec.mode} cannot have {name}",
+                    "a macvtap or hostdev network has no bridge and no addresses of its own"))
+    return dataclasses.replace(spec, ipv6=ipv6, routes=routes, dns=dns, portgroups=portgroups,
+                               forward=forward, nat=nat, declared=frozenset(declared))  # fmt: skip
+
+
+def _unique(where: FieldPath, keys: list[str], what: str, problems: list[FieldProblem]) -> None:
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            problems.append(FieldProblem((*where, i), f"{what} {key} repeats entry {seen[key]}",
+                                         "list each once"))  # fmt: skip
+        seen.setdefault(key, i)
+
+
+def _check_forward(mode: str, raw: Mapping[str, Any], forward: Forward,
+                   problems: list[FieldProblem]) -> None:  # fmt: skip
+    where: FieldPath = ("spec", "forward")
+    if mode not in ("macvtap", "hostdev"):
+        problems.append(FieldProblem(where, f"mode {mode} has no device pool ('forward')",
+                                     "use mode: macvtap or mode: hostdev"))  # fmt: skip
+    elif mode == "macvtap":
+        if not forward.interfaces:
+            problems.append(FieldProblem(where, "mode macvtap needs forward.interfaces",
+                                         "add e.g. forward: {interfaces: [eth1]}"))  # fmt: skip
+        for name in ("devices", "managed"):
+            if name in raw:
+                problems.append(FieldProblem((*where, name), f"'{name}' is for mode hostdev"))
+    else:
+        if not forward.devices:
+            problems.append(FieldProblem(
+                where, "mode hostdev needs forward.devices (PCI addresses of SR-IOV functions)",
+                "add e.g. forward: {devices: ['0000:03:10.0']}"))  # fmt: skip
+        for name in ("mode", "interfaces"):
+            if name in raw:
+                problems.append(FieldProblem((*where, name), f"'{name}' is for mode macvtap"))
+    _unique((*where, "interfaces"), list(forward.interfaces), "interface", problems)
+    _unique((*where, "devices"), list(forward.devices), "device", problems)
+
+
+def _check_ipv6(ipv6: Ipv6, problems: list[FieldProblem]) -> None:
+    net = ipaddress.IPv6Interface(f"{ipv6.address}/{ipv6.prefix}").network
+    if ipv6.dhcp is None:
+        return
+    where: FieldPath = ("spec", "ipv6", "dhcp")
+    if ipv6.prefix != 64:
+        # dnsmasq hands out DHCPv6 (and RA) only on a /64
+        problems.append(FieldProblem(("spec", "ipv6", "prefix"), "DHCPv6 needs prefix 64",
+                                     "use prefix: 64"))  # fmt: skip
+    for i, r in enumerate(ipv6.dhcp.ranges or (DhcpRange(ipv6.dhcp.start, ipv6.dhcp.end),)):
+        at = (*where, "ranges", i) if ipv6.dhcp.ranges is not None else where
+        for value, name in ((r.start, "start"), (r.end, "end")):
+            if ipaddress.IPv6Address(value) not in net:
+                problems.append(FieldProblem((*at, name), f"{value} is outside the network {net}"))
+        if ipaddress.IPv6Address(r.start) > ipaddress.IPv6Address(r.end):
+            problems.append(FieldProblem((*at, "end"), f"range end {r.end} is before its start"))
+    for i, host in enumerate(ipv6.dhcp.hosts):
+        if ipaddress.IPv6Address(host.ip) not in net:
+            problems.append(FieldProblem((*where, "hosts", i, "ip"),
+                                         f"{host.ip} is outside the network {net}"))  # fmt: skip
+        if host.id is None and host.name is None:
+            problems.append(FieldProblem(
+                (*where, "hosts", i), "a DHCPv6 host needs 'id' (its DUID) or 'name'",
+                "libvirt takes no MAC in IPv6"))  # fmt: skip
+    _unique((*where, "hosts"), [h.key for h in ipv6.dhcp.hosts], "host", problems)
+
+
+def _check_routes(routes: tuple[Route, ...], problems: list[FieldProblem]) -> None:
+    for i, route in enumerate(routes):
+        where: FieldPath = ("spec", "routes", i)
+        address, gateway = ipaddress.ip_address(route.address), ipaddress.ip_address(route.gateway)
+        if address.version != gateway.version:
+            problems.append(FieldProblem((*where, "gateway"), f"gateway {route.gateway} is not "
+                                         f"IPv{address.version} like {route.address}"))  # fmt: skip
+        if route.prefix > address.max_prefixlen:
+            problems.append(FieldProblem((*where, "prefix"), f"prefix {route.prefix} is longer "
+                                         f"than an IPv{address.version} address"))  # fmt: skip
+    _unique(("spec", "routes"), [f"{r.address}/{r.prefix}" for r in routes], "route", problems)
+
+
 def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[FieldProblem]) -> None:
     iface = ipaddress.IPv4Interface(f"{ipv4.address}/{ipv4.prefix}")
     net = iface.network
@@ -1011,15 +1375,14 @@ def _check_ipv4(ipv4: Ipv4, dns_hosts: tuple[DnsHost, ...], problems: list[Field
             problems.append(FieldProblem(where, f"{value} is outside the network {net}"))
 
     if ipv4.dhcp is not None:
-        inside(ipv4.dhcp.start, ("spec", "ipv4", "dhcp", "start"))
-        inside(ipv4.dhcp.end, ("spec", "ipv4", "dhcp", "end"))
-        if ipaddress.IPv4Address(ipv4.dhcp.start) > ipaddress.IPv4Address(ipv4.dhcp.end):
-            problems.append(
-                FieldProblem(
-                    ("spec", "ipv4", "dhcp", "end"),
-                    f"range end {ipv4.dhcp.end} is before its start {ipv4.dhcp.start}",
-                )
-            )
+        dhcp_at: FieldPath = ("spec", "ipv4", "dhcp")
+        for i, r in enumerate(ipv4.dhcp.ranges or (DhcpRange(ipv4.dhcp.start, ipv4.dhcp.end),)):
+            at = dhcp_at if ipv4.dhcp.ranges is None else (*dhcp_at, "ranges", i)
+            inside(r.start, (*at, "start"))
+            inside(r.end, (*at, "end"))
+            if ipaddress.IPv4Address(r.start) > ipaddress.IPv4Address(r.end):
+                problems.append(FieldProblem(
+                    (*at, "end"), f"range end {r.end} is before its start {r.start}"))
         seen_macs: dict[str, int] = {}
         seen_ips: dict[str, int] = {}
         for i, host in enumerate(ipv4.dhcp.hosts):
@@ -1272,8 +1635,17 @@ def _build_vm(
 
     serial_raw = raw.get("serial", "pty")
     serial, serial_file = (
-        ("file", serial_raw["file"]) if isinstance(serial_raw, Mapping) else (serial_raw, None)
-    )
+        (serial_raw.get("type", "file" if "file" in serial_raw else "pty"), serial_raw.get("file"))
+        if isinstance(serial_raw, Mapping) else (serial_raw, None)
+    )  # fmt: skip
+    if serial != "file" and serial_file is not None:
+        problems.append(FieldProblem(("spec", "serial", "file"),
+                                     f"a {serial} serial port has no file",
+                                     "write type: file, or remove file"))  # fmt: skip
+    elif serial == "file" and serial_file is None:
+        problems.append(FieldProblem(("spec", "serial", "type"), "a file serial port needs file",
+                                     "write file: /path/to/log"))  # fmt: skip
+    devices = devices_from_manifest(raw, machine, serial, problems)
     cloud_init = None
     if "cloudInit" in raw:
         ci = raw["cloudInit"]
@@ -1305,6 +1677,10 @@ def _build_vm(
             bus=bus,
         )
 
+    tuning, tuning_problems = tuning_from_manifest(raw, max_vcpus, max_memory)
+    problems += [FieldProblem(*problem) for problem in tuning_problems]
+    _storage_needs_tuning(raw, tuning, problems)
+
     return VirtualMachineSpec(
         memory=memory,
         max_memory=max_memory,
@@ -1312,7 +1688,7 @@ def _build_vm(
         max_vcpus=max_vcpus,
         type=vm_type,
         machine=machine,
-        firmware=raw.get("firmware", "bios"),
+        firmware=firmware_type(raw.get("firmware", "bios")),
         cpu=cpu,
         clock=clock,
         kernel=raw.get("kernel"),
@@ -1327,6 +1703,7 @@ def _build_vm(
         serial=serial,
         serial_file=serial_file,
         cloud_init=cloud_init,
+        devices=devices,
         state=raw.get("state", "running"),
         autostart=raw.get("autostart", False),
         shutdown_timeout=parse_duration(raw.get("shutdownTimeout", "120s")),
@@ -1334,7 +1711,229 @@ def _build_vm(
         adopt=raw.get("adopt", False),
         filesystems=_filesystems(raw, problems),
         hostdevs=_hostdevs(raw, problems),
+        tuning=tuning,
     )
+
+
+# --- VirtualMachine devices managed only when named (issue 13) ------------------------
+
+NONE = "none"
+"""A device field the manifest names as ``null``: the domain has no such device."""
+
+RNG_BACKENDS = ("/dev/urandom", "/dev/random", "/dev/hwrng")
+WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi")
+VIDEO_VRAM_KIB = {"vga": 16384, "cirrus": 16384, "bochs": 16384, "qxl": 65536}
+"""The ``vram`` (KiB) libvirt 9.0 writes for a video model that has one, when the
+definition names none (measured: ``virsh define`` then ``dumpxml --inactive``)."""
+VIDEO_MODELS = ("virtio", "vga", "qxl", "bochs", "ramfb", "cirrus", "none")
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Rng:
+    """formatdomain "Random number generator device": ``<rng model>`` with a
+    ``random`` backend (a host device) and an optional rate limit."""
+
+    model: str = "virtio"
+    backend: str = "/dev/urandom"
+    rate_bytes: int | None = None  # bytes per period
+    rate_period: int | None = None  # milliseconds
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "backend": self.backend}
+        if self.rate_bytes is not None:
+            out["rate"] = {"bytes": self.rate_bytes, "period": self.rate_period or 1000}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Watchdog:
+    """formatdomain "Watchdog devices": ``<watchdog model action>``."""
+
+    model: str = "i6300esb"
+    action: str = "reset"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"model": self.model, "action": self.action}
+
+
+@dataclass(frozen=True, slots=True)
+class Tpm:
+    """formatdomain "TPM device": ``<tpm model>`` with an emulator (swtpm) backend."""
+
+    model: str = "tpm-crb"
+    version: str = "2.0"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
+class Video:
+    """formatdomain "Video devices": the primary ``<video><model type vram heads>``.
+    ``vram`` in bytes (libvirt keeps KiB), None for a model without one."""
+
+    model: str = "virtio"
+    vram: int | None = None
+    heads: int | None = 1
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model}
+        if self.vram is not None:
+            out["vram"] = self.vram
+        if self.heads is not None:
+            out["heads"] = self.heads
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    """formatdomain "Console": a console other than the serial port's (``virtio``)."""
+
+    type: str = "pty"
+    target: str = "virtio"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"type": self.type, "target": self.target}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialLog:
+    """formatdomain "Serial port", ``<log file append>``: the port's output, also
+    written to a host file (by virtlogd) while it stays a pty or file."""
+
+    file: str
+    append: bool = False
+
+    def manifest(self) -> dict[str, Any]:
+        return {"file": self.file, "append": self.append}
+
+
+@dataclass(frozen=True, slots=True)
+class VmDevices:
+    """The devices and firmware settings a manifest manages only when it names them:
+    None for a field it leaves out (the domain keeps what it has), ``NONE`` for one it
+    names as null (the domain has none), else the device. Firmware (formatdomain
+    "Operating system booting", "BIOS bootloader"): ``secure_boot``/``enrolled_keys``
+    are libvirt's firmware autoselection features (or the loader's ``secure``),
+    ``loader``/``nvram_template`` a firmware chosen by path."""
+
+    guest_agent: bool | None = None
+    rng: Rng | str | None = None
+    watchdog: Watchdog | str | None = None
+    tpm: Tpm | str | None = None
+    video: Video | None = None
+    console: Console | str | None = None
+    serial_log: SerialLog | str | None = None
+    secure_boot: bool | None = None
+    enrolled_keys: bool | None = None
+    loader: str | None = None
+    nvram_template: str | None = None
+
+
+def firmware_type(raw: object) -> str:
+    """``firmware`` (``bios``, ``uefi`` or a mapping) -> its type, bios or uefi."""
+    if isinstance(raw, Mapping):
+        return str(raw.get("type", "uefi"))
+    return str(raw or "bios")
+
+
+def devices_from_manifest(
+    raw: Mapping[str, Any], machine: str, serial: str, problems: list[FieldProblem]
+) -> VmDevices:
+    """The ``VmDevices`` of a VM spec ``raw`` (schema-valid), adding to ``problems``
+    what the schema cannot say: secure boot without q35 or UEFI, an NVRAM template
+    without its loader (libvirt 9.0 refuses one with autoselection), a CRB TPM 1.2,
+    vram for a model without it. ``serial``: the port's type (pty, file, none)."""
+    out: dict[str, Any] = {}
+    if "guestAgent" in raw:
+        out["guest_agent"] = bool(raw["guestAgent"])
+    if "rng" in raw:
+        r = raw["rng"]
+        rate = (r or {}).get("rate")
+        out["rng"] = NONE if r is None else Rng(
+            model=r.get("model", "virtio"), backend=r.get("backend", "/dev/urandom"),
+            rate_bytes=None if rate is None else int(rate["bytes"]),
+            rate_period=None if rate is None else int(rate.get("period", 1000)))  # fmt: skip
+    if "watchdog" in raw:
+        w = raw["watchdog"]
+        out["watchdog"] = NONE if w is None else Watchdog(
+            model=w.get("model", "i6300esb"), action=w.get("action", "reset"))  # fmt: skip
+    if "tpm" in raw:
+        t = raw["tpm"]
+        tpm = NONE if t is None else Tpm(model=t.get("model", "tpm-crb"),
+                                         version=str(t.get("version", "2.0")))  # fmt: skip
+        if isinstance(tpm, Tpm) and tpm.model == "tpm-crb" and tpm.version != "2.0":
+            problems.append(FieldProblem(("spec", "tpm", "version"),
+                                         "a tpm-crb TPM is TPM 2.0 only",
+                                         "write version: \"2.0\", or model: tpm-tis"))  # fmt: skip
+        out["tpm"] = tpm
+    if "video" in raw:
+        v = raw["video"]
+        model = v.get("model", "virtio")
+        vram = None
+        if "vram" in v:
+            if model not in VIDEO_VRAM_KIB:
+                problems.append(FieldProblem(("spec", "video", "vram"),
+                                             f"video model {model} has no vram",
+                                             "remove vram, or use model vga, qxl, bochs or "
+                                             "cirrus"))  # fmt: skip
+            else:
+                vram = parse_size(str(v["vram"]))
+                if vram < 1024 or vram % 1024:
+                    problems.append(FieldProblem(("spec", "video", "vram"),
+                                                 f"{v['vram']} is not a whole number of KiB",
+                                                 "e.g. 16MiB"))  # fmt: skip
+        elif model in VIDEO_VRAM_KIB:
+            vram = VIDEO_VRAM_KIB[model] * 1024
+        heads = None if model == "none" else int(v.get("heads", 1))
+        out["video"] = Video(model=model, vram=vram, heads=heads)
+    if "console" in raw:
+        c = raw["console"]
+        out["console"] = NONE if c is None else Console(type=c.get("type", "pty"),
+                                                        target=c.get("target", "virtio"))
+    serial_raw = raw.get("serial")
+    if isinstance(serial_raw, Mapping) and "log" in serial_raw:
+        log = serial_raw["log"]  # (a mapping is a pty or file port: never none)
+        out["serial_log"] = NONE if log is None else SerialLog(
+            file=str(log["file"]), append=bool(log.get("append", False)))  # fmt: skip
+    fw = raw.get("firmware")
+    if isinstance(fw, Mapping):
+        where: FieldPath = ("spec", "firmware")
+        kind = firmware_type(fw)
+        for key in ("secureBoot", "enrolledKeys", "loader", "nvramTemplate"):
+            if key in fw and kind == "bios":
+                problems.append(FieldProblem((*where, key), f"{key} is a UEFI setting",
+                                             "write type: uefi, or remove it"))  # fmt: skip
+        secure = fw.get("secureBoot")
+        if secure and kind == "uefi" and not is_q35(machine):
+            problems.append(FieldProblem((*where, "secureBoot"),
+                                         f"secure boot needs machine q35 (SMM), not {machine}",
+                                         "write machine: q35"))  # fmt: skip
+        if "nvramTemplate" in fw and "loader" not in fw:
+            problems.append(FieldProblem((*where, "nvramTemplate"),
+                                         "libvirt picks the NVRAM template itself when it "
+                                         "picks the firmware, and refuses one named beside it",
+                                         "name the loader too (e.g. /usr/share/OVMF/"
+                                         "OVMF_CODE_4M.ms.fd), or remove it"))  # fmt: skip
+        enrolled = fw.get("enrolledKeys")
+        if "enrolledKeys" in fw and "loader" in fw:
+            problems.append(FieldProblem((*where, "enrolledKeys"),
+                                         "enrolledKeys chooses a firmware libvirt picks; with "
+                                         "loader the NVRAM template holds the keys",
+                                         "remove enrolledKeys"))  # fmt: skip
+        if enrolled and not secure:
+            problems.append(FieldProblem((*where, "enrolledKeys"),
+                                         "enrolled keys come with secure boot",
+                                         "write secureBoot: true, or remove enrolledKeys"))
+        if secure is not None:
+            out["secure_boot"] = bool(secure)
+        if enrolled is not None:
+            out["enrolled_keys"] = bool(enrolled)
+        for key, name in (("loader", "loader"), ("nvramTemplate", "nvram_template")):
+            if key in fw:
+                out[name] = plain_path(str(fw[key]))
+    return VmDevices(**out)
 
 
 # --- storage and host devices (formatdomain "Hard drives, floppy disks, CDROMs",
@@ -1367,6 +1966,31 @@ def _disk_storage(d: Mapping[str, Any], where: FieldPath,
         "shareable": d.get("shareable"),
         "boot_index": int(d["bootIndex"]) if "bootIndex" in d else None,
     }
+
+
+def _storage_needs_tuning(raw: Mapping[str, Any], tuning: Tuning,
+                          problems: list[FieldProblem]) -> None:  # fmt: skip
+    """A virtiofs share needs the guest's memory shared (libvirt 9.0 refuses to define
+    it otherwise: "'virtiofs' requires shared memory"), so ``memoryBacking.shared``;
+    a disk's ``iothread`` is one of the VM's ``iothreads`` when the manifest names them
+    (libvirt: "Disk iothread '2' not defined in iothreadid"; not named: the domain's
+    are kept, and libvirt checks)."""
+    backing = tuning.memory_backing
+    for i, f in enumerate(raw.get("filesystems") or ()):
+        if f.get("driver", "virtiofs") == "virtiofs" and not (backing and backing.shared):
+            problems.append(FieldProblem(
+                ("spec", "filesystems", i, "driver"),
+                "a virtiofs share needs the guest's memory shared with virtiofsd",
+                "add memoryBacking: {shared: true} to the VM (or use driver: 9p)"))  # fmt: skip
+            break
+    threads = tuning.iothreads
+    for i, d in enumerate(raw.get("disks", ())):
+        if "iothread" in d and threads is not None and int(d["iothread"]) > threads:
+            have = "none" if not threads else f"1 to {threads}"
+            problems.append(FieldProblem(
+                ("spec", "disks", i, "iothread"),
+                f"iothread {d['iothread']} is not one of the VM's I/O threads ({have}, "
+                f"iothreads: {threads})", "raise iothreads, or name one the VM has"))  # fmt: skip
 
 
 def _boot_with_indexes(raw: Mapping[str, Any], boot: tuple[str, ...],

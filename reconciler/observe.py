@@ -18,18 +18,24 @@ from reconciler.inventory import Inventory
 from reconciler.snapshot import Observed as Observed
 from reconciler.snapshot import signature as signature
 from reconciler.xml.domain import machine_aliases_from_capabilities
+from reconciler.xml.domain_tuning import host_cpus_from_capabilities
 
 
 def observe(
-    hv: Hypervisor, inventory: Inventory, *, machine_aliases: Mapping[str, str] | None = None
+    hv: Hypervisor, inventory: Inventory, *, machine_aliases: Mapping[str, str] | None = None,
+    host_cpus: frozenset[int] | None = None,
 ) -> Observed:
-    """Read every domain, network, pool and volume (volumes of active pools)."""
+    """Read every domain, network, pool and volume (volumes of active pools).
+    ``machine_aliases`` and ``host_cpus``: the host's, read before (both come from
+    its capabilities, read again when either is not given)."""
     pools = {p.name: p for p in hv.pools()}
     ours = _owned_pools(inventory)
     volumes = {(v.pool, v.name): v for p in pools.values() if p.active
                for v in hv.volumes(p.name, refresh=p.name in ours)}  # fmt: skip
-    if machine_aliases is None:
-        machine_aliases = machine_aliases_from_capabilities(hv.capabilities())
+    if machine_aliases is None or host_cpus is None:
+        caps = hv.capabilities()
+        machine_aliases = machine_aliases_from_capabilities(caps)
+        host_cpus = host_cpus_from_capabilities(caps)
     return Observed(
         domains={d.name: d for d in hv.domains()},
         networks={n.name: n for n in hv.networks()},
@@ -37,6 +43,7 @@ def observe(
         volumes=volumes,
         machine_aliases=machine_aliases,
         inventory=inventory,
+        host_cpus=host_cpus,
     )
 
 
@@ -71,10 +78,11 @@ def observe_again(
     if not everything_else:
         nets = {n.name: n for n in hv.networks()} if networks else before.networks
         return Observed(records, nets, before.pools, before.volumes,
-                        before.machine_aliases, inventory)  # fmt: skip
+                        before.machine_aliases, inventory, before.host_cpus)  # fmt: skip
     pools = {p.name: p for p in hv.pools()}
     ours = _owned_pools(inventory)
     volumes = {(v.pool, v.name): v for p in pools.values() if p.active
                for v in hv.volumes(p.name, refresh=p.name in ours)}  # fmt: skip
     every_network = {n.name: n for n in hv.networks()}
-    return Observed(records, every_network, pools, volumes, before.machine_aliases, inventory)
+    return Observed(records, every_network, pools, volumes, before.machine_aliases, inventory,
+                    before.host_cpus)  # fmt: skip

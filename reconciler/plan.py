@@ -330,8 +330,9 @@ class AutostartNetwork(StepBase):
 @dataclass(frozen=True, slots=True)
 class NetUpdate(StepBase):
     """``virNetworkUpdate`` of one entry: ``command`` add | delete, ``section``
-    ip-dhcp-host | dns-host, ``path`` the manifest's entry, ``xml`` the entry,
-    ``index`` the parent element's index."""
+    ip-dhcp-host | ip-dhcp-range | dns-host | dns-txt | dns-srv | portgroup |
+    forward-interface, ``path`` the
+    manifest's entry, ``xml`` the entry, ``index`` the parent element's index."""
 
     verb: ClassVar[str] = "net-update"
     optional: ClassVar[frozenset[str]] = frozenset({"index"})
@@ -339,8 +340,8 @@ class NetUpdate(StepBase):
     section: str
     path: str
     xml: str
-    # a DHCP host: the index of the IPv4 <ip> it goes to (never the first <ip> with
-    # DHCP, which may be the IPv6 one); None: libvirt's choice
+    # a DHCP host or range: the index of the <ip> of its family it goes to (never the
+    # first <ip> with DHCP, which may be the other family's); None: libvirt's choice
     index: int | None = None
 
 
@@ -432,6 +433,21 @@ class SetVcpus(StepBase):
 
 
 @dataclass(frozen=True, slots=True)
+class PinCpus(StepBase):
+    """Pin the running domain's vCPU ``vcpu``, or I/O thread ``iothread``, or else its
+    emulator threads to the host CPUs ``cpuset`` (virDomainPinVcpuFlags,
+    virDomainPinIOThread, virDomainPinEmulator; AFFECT_LIVE: the definition is
+    redefined with the rest). ``path``: the manifest field."""
+
+    verb: ClassVar[str] = "pin-cpus"
+    optional: ClassVar[frozenset[str]] = frozenset({"current", "vcpu", "iothread"})
+    path: str
+    cpuset: str
+    vcpu: int | None = None
+    iothread: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AttachDevice(StepBase):
     """Hot-plug ``xml`` (one device) into the running domain; ``path`` is the
     manifest's device (``disks[web-data]``)."""
@@ -464,11 +480,12 @@ Step: TypeAlias = (
     | NetUpdate | WriteSeed | DeleteSeed
     | DefineDomain | StartDomain | StopDomain | RestartDomain | UndefineDomain
     | AutostartDomain | SetMemory | SetVcpus | AttachDevice | DetachDevice | UpdateDevice
+    | PinCpus
 )
 """Every step there is: the executor matches on this union, and mypy checks that every
 member has a case (``assert_never``)."""
 
-LiveStep: TypeAlias = SetMemory | SetVcpus | AttachDevice | DetachDevice | UpdateDevice
+LiveStep: TypeAlias = SetMemory | SetVcpus | AttachDevice | DetachDevice | UpdateDevice | PinCpus
 """Steps done to a running domain, which libvirt may refuse (then: at the next restart)."""
 
 STEP_TYPES: tuple[type[StepBase], ...] = (
@@ -478,6 +495,7 @@ STEP_TYPES: tuple[type[StepBase], ...] = (
     NetUpdate, WriteSeed, DeleteSeed,
     DefineDomain, StartDomain, StopDomain, RestartDomain, UndefineDomain,
     AutostartDomain, SetMemory, SetVcpus, AttachDevice, DetachDevice, UpdateDevice,
+    PinCpus,
 )  # fmt: skip
 """The members of ``Step``, for lookups by verb (tests, docs)."""
 

@@ -39,9 +39,13 @@ The checks, each modelling a section of libvirt's documentation:
   (libvirt's own comparison, ``virConnectCompareHypervisorCPU`` with
   ``FAIL_INCOMPATIBLE``, against the host CPU as the hypervisor of that
   machine and type sees it; formatdomaincaps.html#cpu-configuration);
+* ``spec.cputune``: every host CPU a pin names is one this host has, and
+  ``spec.memoryBacking.hugepages.pageSize`` a huge page size it offers
+  (capabilities ``<topology><cells><cpus>``, ``<cpu><pages>``; formatcaps.html);
 * StoragePool ``spec.type``: a type this libvirt has the storage backend for
   (``virConnectGetStoragePoolCapabilities``; formatstoragecaps.html), and
   ``spec.source.devices``: block devices that exist;
+* Network ``spec.forward.interfaces`` (macvtap): host network interfaces;
 * Network ``spec.ipv4``: a subnet no other libvirt network (active or
   autostarted) and no subnet on a host interface (its connected routes) overlaps
   (formatnetwork.html#addressing).
@@ -80,12 +84,16 @@ from reconciler.model import (
     FieldProblem,
     Manifest,
     NetworkSpec,
+    Rng,
     StoragePoolSpec,
+    Tpm,
     VirtualMachineSpec,
     VolumeSpec,
 )
 from reconciler.snapshot import Observed, ObservedNetwork
-from reconciler.units import format_size
+from reconciler.tuning import format_cpuset, parse_cpuset
+from reconciler.units import format_size, parse_size
+from reconciler.xml.domain_tuning import pins
 
 Finding = tuple[Manifest, FieldProblem]
 GUEST_ARCH = "x86_64"  # the arch every domain is rendered with (xml/domain.py)
@@ -230,6 +238,8 @@ class HostFacts:
     interfaces: frozenset[str] | None = None  # every host network interface
     addresses: tuple[HostAddress, ...] | None = None
     host_cpu_model: str | None = None  # the host CPU's model in capabilities, e.g. Broadwell
+    cpus: frozenset[int] | None = None  # the host's CPU numbers (capabilities <topology>)
+    page_sizes: frozenset[int] | None = None  # memory page sizes it offers, bytes (<pages>)
     cpu_models: frozenset[str] | None = None  # CPU model names libvirt knows for the arch
     cpu_feature_names: frozenset[str] = frozenset()  # every x86 feature name (local cpu_map)
     cpu_features_unknown: frozenset[str] = frozenset()  # asked-about names libvirt rejects
@@ -284,8 +294,9 @@ def wanted(
             paths.update(p for _, p in host_files(spec))
             host_devices = host_devices or (bool(spec.hostdevs) and spec.state == "running")
             bridges = bridges or any(n.bridge or n.direct for n in spec.interfaces)
-        elif isinstance(spec, NetworkSpec) and spec.ipv4 is not None:
-            addresses = True
+        elif isinstance(spec, NetworkSpec):
+            addresses = addresses or spec.ipv4 is not None
+            bridges = bridges or bool(spec.forward and spec.forward.interfaces)
     if path_allowed is not None:
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
@@ -323,6 +334,7 @@ def check(manifests: Sequence[Manifest], facts: HostFacts, observed: Observed) -
                 findings.extend((m, p) for p in vm_check(m, m.spec, facts, context))
         elif isinstance(m.spec, NetworkSpec):
             findings.extend((m, p) for p in check_subnet(m, m.spec, facts, context))
+            findings.extend((m, p) for p in check_forward_interfaces(m.spec, facts))
         elif isinstance(m.spec, StoragePoolSpec):
             findings.extend((m, p) for p in check_pool(m, m.spec, facts))
     return findings
@@ -368,6 +380,21 @@ def check_pool(m: Manifest, spec: StoragePoolSpec, facts: HostFacts) -> Iterator
                                "name an existing block device (lsblk lists them)")  # fmt: skip
 
 
+def check_forward_interfaces(spec: NetworkSpec, facts: HostFacts) -> Iterator[FieldProblem]:
+    """A macvtap network's ``forward.interfaces`` are host network interfaces
+    (formatnetwork.html#connectivity: ``<forward><interface dev=>``); libvirt itself
+    says nothing until a guest's NIC is started on it."""
+    if facts.interfaces is None or spec.forward is None:
+        return
+    for i, name in enumerate(spec.forward.interfaces):
+        if name not in facts.interfaces:
+            close = difflib.get_close_matches(name, sorted(facts.interfaces))
+            hint = f"did you mean {close[0]}? " if close else ""
+            yield FieldProblem(("spec", "forward", "interfaces", i),
+                               f"no network interface {name} on this host",
+                               hint + "name one of `ip link`'s interfaces")  # fmt: skip
+
+
 def check_machine(
     m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
 ) -> Iterator[FieldProblem]:
@@ -409,6 +436,59 @@ def check_machine(
             f"uefi needs EFI firmware, and this host's QEMU offers none for machine {caps.machine}",
             "install OVMF (apt install ovmf), or use firmware: bios",
         )
+    yield from _device_caps(spec, caps.xml)
+
+
+@functools.cache
+def _enums(caps_xml: str) -> dict[str, frozenset[str]]:
+    """Domain capabilities' enums, ``<kind>/<enum name>`` -> values (``tpm/backendModel``,
+    ``os/loader/secure``), and ``<kind>@supported`` -> {yes|no}; cached per document."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(caps_xml)
+    out: dict[str, frozenset[str]] = {}
+    for kind in ("devices/tpm", "devices/video", "devices/rng", "os/loader"):
+        element = root.find(kind)
+        if element is None:
+            continue
+        short = kind.split("/", 1)[1]
+        out[f"{short}@supported"] = frozenset({element.get("supported", "no")})
+        for enum in element.findall("enum"):
+            out[f"{short}/{enum.get('name')}"] = frozenset(
+                (v.text or "").strip() for v in enum.findall("value"))  # fmt: skip
+    return out
+
+
+def _device_caps(spec: VirtualMachineSpec, caps_xml: str) -> Iterator[FieldProblem]:
+    """The TPM, secure boot, video model and rng a manifest names are ones this host's
+    libvirt offers for the machine (domain capabilities: formatdomaincaps "TPM device",
+    "BIOS bootloader", "Video device", "RNG device"); a kind the document does not
+    describe is not judged."""
+    if not caps_xml:
+        return
+    enums, dev = _enums(caps_xml), spec.devices
+    if isinstance(dev.tpm, Tpm) and "tpm@supported" in enums:
+        if "emulator" not in enums.get("tpm/backendModel", frozenset()):
+            yield FieldProblem(("spec", "tpm"), "this host offers no emulated TPM",
+                               "install swtpm (apt install swtpm swtpm-tools), or remove "
+                               "tpm")  # fmt: skip
+        elif dev.tpm.model not in enums.get("tpm/model", frozenset({dev.tpm.model})):
+            yield FieldProblem(("spec", "tpm", "model"),
+                               f"this host offers no {dev.tpm.model} TPM",
+                               "use " + " or ".join(sorted(enums["tpm/model"])))  # fmt: skip
+    if dev.secure_boot and "loader/secure" in enums and "yes" not in enums["loader/secure"]:
+        yield FieldProblem(("spec", "firmware", "secureBoot"),
+                           "this host's firmware offers no secure boot",
+                           "install OVMF (apt install ovmf), or write secureBoot: false")
+    if dev.video is not None and dev.video.model not in enums.get(
+            "video/modelType", frozenset({dev.video.model})):  # fmt: skip
+        yield FieldProblem(("spec", "video", "model"),
+                           f"this host's QEMU has no {dev.video.model} video device",
+                           "use " + ", ".join(sorted(enums["video/modelType"])))
+    if isinstance(dev.rng, Rng) and "random" not in enums.get(
+            "rng/backendModel", frozenset({"random"})):  # fmt: skip
+        yield FieldProblem(("spec", "rng"), "this host's QEMU has no random rng backend",
+                           "remove rng")
 
 
 def check_kvm(
@@ -686,6 +766,41 @@ def check_cpu(
         )
 
 
+def check_tuning(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """Each host CPU a pin names (``cputune``) is one this host has, and a huge page
+    size named (``memoryBacking.hugepages.pageSize``) is one it offers (capabilities
+    ``<topology><cells><cpus>`` and ``<cpu><pages>``; formatcaps.html). libvirt refuses
+    such a pin only when the domain starts or the pin is set live. A pin the existing
+    domain already has is not the manifest's doing (an adoption keeps it as it is)."""
+    if facts.cpus is not None:
+        have = format_cpuset(facts.cpus)
+        existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+        config = existing.config if existing is not None else {}
+        for where, field, number, cpuset in spec.tuning.pinned_cpus():
+            now = config.get(field)
+            if (now == cpuset if number is None else pins(now).get(number) == cpuset):
+                continue
+            lacking = parse_cpuset(cpuset) - facts.cpus
+            if lacking:
+                yield FieldProblem(
+                    where,
+                    f"this host has no CPU {format_cpuset(lacking)}: its CPUs are {have}",
+                    f"pin within {have}",
+                )
+    mb = spec.tuning.memory_backing
+    if facts.page_sizes is not None and mb is not None and mb.hugepages not in (None, "default"):
+        size = parse_size(str(mb.hugepages))
+        offered = sorted(s for s in facts.page_sizes if s > 4096)
+        if size not in facts.page_sizes:
+            yield FieldProblem(
+                ("spec", "memoryBacking", "hugepages", "pageSize"),
+                f"this host offers no {mb.hugepages} huge pages",
+                "use " + (" or ".join(format_size(s) for s in offered) or "hugepages: true"),
+            )
+
+
 def _missing_features(verdict: str, what: str = "required features:") -> list[str]:
     """The feature names in libvirt's "Host CPU does not provide required features: a, b"
     (``what``: "forbidden features:" reads "Host CPU provides forbidden features: a")."""
@@ -726,6 +841,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_graphics_port,
     check_cpu,
     check_host_devices,
+    check_tuning,
 )
 
 

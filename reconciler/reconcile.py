@@ -108,6 +108,7 @@ class Reconciler:
     hypervisor: Hypervisor
     options: PassOptions
     machine_aliases: dict[str, str] | None = None
+    host_cpus: frozenset[int] | None = None  # read with machine_aliases, kept as they are
     should_stop: Callable[[], bool] = lambda: False  # checked between actions (SIGTERM)
     should_skip: Callable[[Action], str | None] = lambda action: None  # retry backoff
     # the options of the last plan, with the load they were made for (see _plan_options)
@@ -115,9 +116,11 @@ class Reconciler:
 
     def observe(self) -> Observed:
         observed = observe(
-            self.hypervisor, self._inventory(), machine_aliases=self.machine_aliases
+            self.hypervisor, self._inventory(), machine_aliases=self.machine_aliases,
+            host_cpus=self.host_cpus,
         )
         self.machine_aliases = dict(observed.machine_aliases)
+        self.host_cpus = observed.host_cpus
         return observed
 
     def _inventory(self) -> Inventory:

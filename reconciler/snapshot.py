@@ -248,6 +248,8 @@ class Observed:
     volumes: Mapping[tuple[str, str], ObservedVolume] = field(default_factory=dict)
     machine_aliases: Mapping[str, str] = field(default_factory=dict)
     inventory: Inventory = field(default_factory=Inventory)
+    # the host's CPU numbers (capabilities <host><topology><cells>); None: not known
+    host_cpus: frozenset[int] | None = None
 
 
 # What changes by itself in a pool's or a volume's XML as guests write: not drift.

@@ -37,6 +37,7 @@ PACKAGES=(
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 qemu-utils libxml2-utils ovmf genisoimage
     qemu-system-common               # /usr/lib/qemu/virtiofsd (no virtiofsd package in bookworm)
+    swtpm swtpm-tools                # emulated TPM (a VM's tpm:, Windows 11)
     dnsmasq-base iproute2 iptables   # libvirt virtual networks
     lvm2 e2fsprogs parted            # logical (vgcreate...), fs (mkfs.ext4) and disk pools (parted mklabel)
     python3-venv python3-dev gcc     # venv + building libvirt-python

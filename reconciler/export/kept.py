@@ -72,6 +72,8 @@ _KEPT_SILENT = (
     "devices/graphics@passwd", "devices/serial/target@type", "devices/serial/target/model",
     "devices/serial/target@port",
     "devices/hostdev@managed",  # libvirt writes managed='no' on a USB one; PCI's is a field
+    # what libvirt adds to the devices a manifest names (xml/domain_devices.py)
+    "devices/video/model@primary", "devices/console/target@port",
 )  # fmt: skip
 
 

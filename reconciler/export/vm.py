@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from reconciler.export.kept import _MANAGED_DISK_TYPES, _REMOVES, kept_in_definition
@@ -24,6 +24,7 @@ from reconciler.export.notes import (
 )
 from reconciler.model import (
     CPU_HYPERVISOR_DEFAULT,
+    VIDEO_VRAM_KIB,
     CpuSpec,
     Kind,
     VirtualMachineSpec,
@@ -33,9 +34,11 @@ from reconciler.model import (
 )
 from reconciler.report import show_value
 from reconciler.snapshot import DomainRecord
-from reconciler.units import format_duration
+from reconciler.tuning import from_manifest as tuning_from_manifest
+from reconciler.tuning import manifest as tuning_manifest
+from reconciler.units import format_duration, format_size, parse_size
 from reconciler.xml import domain as domain_xml
-from reconciler.xml import domain_nics
+from reconciler.xml import domain_nics, domain_tuning
 from reconciler.xml._fields import Element, Projection
 
 _KEYMAP = re.compile(r"^[a-z]{2}(-[a-z]{2,})?$")
@@ -94,7 +97,7 @@ def vm_spec(
         spec["maxVcpus"] = p.get("maxVcpus")
     _put(spec, "machine", p.get("machine"), _MODEL_NAME.match, notes)
     if p.get("firmware") == "uefi":
-        spec["firmware"] = "uefi"
+        spec["firmware"] = _firmware(p)
     if cpu is None and p.get("cpu") is None:
         if p.get("type") == "kvm":  # type qemu has no <cpu> by default
             spec["cpu"] = CPU_HYPERVISOR_DEFAULT
@@ -140,12 +143,98 @@ def vm_spec(
         spec["serial"] = "none"
     elif serial != "pty":
         notes.add("serial", f"a {serial} serial port cannot be expressed (pty, none or a file)")
+    _vm_devices(spec, p, notes)
+    if config is not None:
+        spec.update(_tuning(config, spec))
     if shutdown_timeout is not None and shutdown_timeout != _DEFAULT_SHUTDOWN_TIMEOUT:
         spec["shutdownTimeout"] = format_duration(shutdown_timeout)
     spec["state"] = "running" if active else "stopped"
     spec["autostart"] = autostart
     spec["adopt"] = True
     return spec
+
+
+def _firmware(p: Projection) -> str | dict[str, Any]:
+    """The manifest's ``firmware`` of a UEFI domain: ``uefi``, or a mapping with what the
+    definition says of secure boot, its keys, a loader and NVRAM template chosen by path
+    (formatdomain "Operating system booting")."""
+    out: dict[str, Any] = {"type": "uefi"}
+    secure, keys = p.get("firmware.secureBoot"), p.get("firmware.enrolledKeys")
+    loader, template = p.get("firmware.loader"), p.get("firmware.nvramTemplate")
+    if secure is not None:
+        out["secureBoot"] = secure
+    if loader is not None:
+        out["loader"] = loader
+        if template is not None:
+            out["nvramTemplate"] = template
+    elif keys is not None and (secure or not keys):  # (keys without secure boot: no)
+        out["enrolledKeys"] = keys
+    if secure is False and not keys and loader is None:
+        return "uefi"  # what firmware: uefi renders: secure-boot off, plain OVMF
+    return out if len(out) > 1 else "uefi"
+
+
+# what the schema admits of each device field (export notes the rest; a redefine keeps it)
+_DEVICE_VALUES: dict[str, dict[str, tuple[object, ...]]] = {
+    "rng": {"model": ("virtio",), "backend": ("/dev/urandom", "/dev/random", "/dev/hwrng")},
+    "watchdog": {"model": ("i6300esb", "ib700"),
+                 "action": ("reset", "shutdown", "poweroff", "pause", "none", "dump",
+                            "inject-nmi")},
+    "tpm": {"model": ("tpm-crb", "tpm-tis"), "version": ("2.0", "1.2")},
+    "video": {"model": ("virtio", "vga", "qxl", "bochs", "ramfb", "cirrus", "none")},
+    "console": {"type": ("pty",), "target": ("virtio",)},
+}  # fmt: skip
+
+
+def _vm_devices(spec: dict[str, Any], p: Projection, notes: _Notes) -> None:
+    """The devices managed only when named (xml/domain_devices.py) as the definition has
+    them: each a manifest mapping (the projection's JSON), written when the domain has
+    one the schema can say; one it cannot (an egd rng, a virtio video with vram) is
+    left out, so a redefine keeps it, and ``kept_in_definition`` lists it as kept."""
+    fields = domain_xml.FIELDS_BY_PATH
+    if p.get("guestAgent") is True:
+        spec["guestAgent"] = True
+    log = fields["serial.log"].exported(p.get("serial.log"))
+    if isinstance(log, dict) and spec.get("serial", "pty") != "none":
+        serial = spec.get("serial", "pty")
+        mapping = dict(serial) if isinstance(serial, dict) else {"type": serial}
+        mapping["log"] = {"file": log["file"], **({"append": True} if log["append"] else {})}
+        spec["serial"] = mapping
+    for key, allowed in _DEVICE_VALUES.items():
+        value = fields[key].exported(p.get(key))
+        if not isinstance(value, dict):
+            continue
+        bad = [k for k, ok in allowed.items() if value.get(k) not in ok]
+        if key == "tpm" and value == {"model": "tpm-crb", "version": "1.2"}:
+            bad.append("version")
+        if key == "video" and "vram" in value and value["model"] not in VIDEO_VRAM_KIB:
+            bad.append("vram")  # (libvirt keeps a vram qemu ignores on virtio)
+        if bad:
+            continue  # left out: the manifest keeps it, and export lists it as kept
+        if key == "video":
+            if value.get("heads") == 1:
+                del value["heads"]
+            vram = value.get("vram")
+            default = VIDEO_VRAM_KIB.get(str(value["model"]))
+            if vram is not None and default is not None and vram == format_size(default * 1024):
+                del value["vram"]
+        spec[key] = value
+
+
+def _tuning(config: Element, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``memoryBacking``, ``cputune``, ``numa`` and ``iothreads`` as the domain has them
+    (``domain_tuning.read``: only the sections it has something in). A section the model
+    would refuse (NUMA cells that do not add up to maxMemory, a pin of a vCPU the VM
+    lacks) is left out: a manifest without it keeps it as the domain has it, and the
+    comparison of definitions lists it as kept."""
+    max_vcpus = int(spec.get("maxVcpus", spec.get("vcpus") or 1))
+    max_memory = parse_size(str(spec.get("maxMemory", spec.get("memory"))))
+    out: dict[str, Any] = {}
+    for key, value in tuning_manifest(domain_tuning.read(config)).items():
+        _, problems = tuning_from_manifest({key: value}, max_vcpus, max_memory)
+        if not problems:
+            out[key] = value
+    return out
 
 
 def _clock(text: object) -> str | dict[str, Any] | None:
@@ -359,9 +448,13 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     except ValueError as exc:
         notes.add("disks", str(exc))
         return _unexportable(kind, record.name, notes)
+    # tuning sections the manifest does not name are kept as they are (see _tuning);
     # compared as a plan compares: what the manifest manages (domain_xml.declared_storage)
-    _compare(desired, {**domain_xml.observe(config, direct=True),
-                       **domain_xml.declared_storage(m.spec, config)}, notes)  # fmt: skip
+    unnamed = domain_tuning.kept_paths(m.spec)
+    observed = {**domain_xml.observe(config, direct=True),
+                **domain_xml.declared_storage(m.spec, config)}
+    _compare({k: v for k, v in desired.items() if k not in unnamed},
+             {k: v for k, v in observed.items() if k not in unnamed}, notes)  # fmt: skip
     kept = kept_in_definition(record.config_xml, rendered, notes)
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 

@@ -29,8 +29,7 @@ from reconciler.planner.context import (
     digest,
 )
 from reconciler.xml import network as network_xml
-
-_NET_LIVE_SECTIONS = ("ipv4.dhcp.hosts", "dnsHosts")
+from reconciler.xml import network_vocab
 
 
 def _plan_network(m: Manifest, ctx: _Context) -> Action:
@@ -66,7 +65,8 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         owner = owners.Owner(owners.Standing.OURS, None, retag=True)
     declared = spec.bridge is not None
     desired = network_xml.project(spec)
-    config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared))
+    config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared,
+                                                       declared=spec.declared))  # fmt: skip
     adoption = _adoption(owner, ctx, taken=taken)
     # ours, recorded under another manifest path: the record is rewritten (metadata only)
     if owner.ours and found is not None and not adoption:
@@ -84,7 +84,12 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
-        live_projection = network_xml.observe(live.live_xml, bridge_declared=declared)
+        live_projection = network_xml.observe(live.live_xml, bridge_declared=declared,
+                                              declared=spec.declared)  # fmt: skip
+        # a running NAT network shows libvirt's port range (1024-65535) that its
+        # definition leaves out: the definition is compared on NAT, not the running one
+        for key in [k for k in live_projection if k.startswith("nat.")]:
+            live_projection[key] = desired.get(key)
         live_steps, pending = _network_live_updates(desired, live_projection, patched,
                                                     live.live_xml)  # fmt: skip
         steps += live_steps
@@ -122,21 +127,36 @@ def _network_live_updates(
     desired: Mapping[str, object], live: Mapping[str, object],
     desired_xml: Callable[[], str], live_xml: str,
 ) -> tuple[list[Step], list[Change]]:  # fmt: skip
-    """net-update steps for lease and DNS entries; everything else waits for a restart.
-    A DHCP host goes to the IPv4 ``<ip>`` by its index (``index``), never to the first
-    ``<ip>`` with DHCP, which may be the IPv6 one."""
+    """net-update steps for the entry sections libvirt changes on a running network
+    (``network_vocab.LIVE_SECTIONS``: DHCP hosts and ranges of either ``<ip>``, DNS
+    hosts, TXT and SRV records, portgroups; a macvtap network's ``forward.interfaces``);
+    everything else waits for a restart. An
+    entry under an ``<ip>`` goes to the ``<ip>`` of its family by its index (``index``),
+    never to the first ``<ip>`` with DHCP, which may be the other family's; when the
+    running network has no such ``<ip>`` yet, the entry waits for the restart too."""
     steps: list[Step] = []
     pending: list[Change] = []
     for dev, changes in sorted(by_device(diff(desired, live)).items(), key=lambda kv: str(kv[0])):
-        if dev is None or dev[0] not in _NET_LIVE_SECTIONS:
+        if dev is None:
+            for change in changes:
+                if change.path == "forward.interfaces" and desired.get("mode") == live.get(
+                        "mode") == "macvtap":  # fmt: skip
+                    steps += _pool_updates(change)
+                else:
+                    pending.append(change)
+            continue
+        target = network_vocab.LIVE_SECTIONS.get(dev[0])
+        if target is None:
             pending += changes
             continue
         section, key = dev
-        wanted = key in devices(desired, section)
-        present = key in devices(live, section)
-        dhcp = section == "ipv4.dhcp.hosts"
-        index = network_xml.dhcp_parent_index(live_xml) if dhcp else None
-        xml_section = "ip-dhcp-host" if dhcp else "dns-host"
+        xml_section, family = target
+        index = None if family is None else network_xml.dhcp_parent_index(live_xml, family)
+        if index == -1:
+            pending += changes
+            continue
+        wanted = key in devices(desired, section) or _entry(desired, section, key)
+        present = key in devices(live, section) or _entry(live, section, key)
         path = f"{section}[{key}]"
         if present:
             old = network_xml.entry_xml(live_xml, section, key)
@@ -147,10 +167,27 @@ def _network_live_updates(
     return steps, pending
 
 
+def _pool_updates(change: Change) -> list[Step]:
+    """A macvtap network's pool of host NICs, changed live (``forward-interface``: add and
+    delete work on a running network, measured on libvirt 9.0): one step per NIC."""
+    old = set(change.old) if isinstance(change.old, tuple) else set()
+    new = set(change.new) if isinstance(change.new, tuple) else set()
+    return [NetUpdate(command, "forward-interface", change.path,
+                      network_vocab.forward_interface_xml(dev), None)
+            for command, devs in (("delete", old - new), ("add", new - old))
+            for dev in sorted(devs)]  # fmt: skip
+
+
+def _entry(projection: Mapping[str, object], section: str, key: str) -> bool:
+    """Whether ``projection`` has the entry at all, also one whose fields are all absent
+    (a portgroup with nothing but its name)."""
+    return any(k.startswith(f"{section}[{key}].") for k in projection)
+
+
 def _mark_live(changes: list[Change], live_prefixes: set[str]) -> list[Change]:
     return [
         Change(c.path, c.old, c.new, live=True)
-        if any(c.path.startswith(p + ".") for p in live_prefixes)
+        if any(c.path == p or c.path.startswith(p + ".") for p in live_prefixes)
         else c
         for c in changes
     ]

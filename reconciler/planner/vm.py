@@ -21,6 +21,7 @@ from reconciler.plan import (
     DefineDomain,
     DetachDevice,
     Op,
+    PinCpus,
     RestartDomain,
     SetMemory,
     SetVcpus,
@@ -54,9 +55,11 @@ from reconciler.planner.settle import (
     settle_key,
 )
 from reconciler.snapshot import DomainRecord
+from reconciler.tuning import format_cpuset
 from reconciler.xml import domain as domain_xml
-from reconciler.xml import domain_nics
+from reconciler.xml import domain_nics, domain_tuning
 from reconciler.xml._fields import ChangeClass, change_class
+from reconciler.xml.domain_devices import HOTPLUG_ADDED, added_device_xml
 
 
 def _plan_vm(m: Manifest, ctx: _Context) -> Action:
@@ -164,6 +167,11 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         desired = domain_xml.project(spec, **kwargs)
     except ValueError as exc:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=str(exc))
+    # tuning the manifest does not name is kept as the domain has it; a pin to every
+    # host CPU is no pin (domain_tuning.without_full_pins)
+    unnamed = domain_tuning.kept_paths(spec)
+    host_cpus = ctx.observed.host_cpus
+    desired = dict(domain_tuning.without_full_pins(desired, host_cpus))
     found = live.ownership
     owner = owners.judge(
         None if found is None else owners.Record(found.instance, found.manifest, found.revision),
@@ -195,14 +203,15 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
                       reason=f"{dotted(where)}: {why}")  # fmt: skip
     # direct NICs are compared only for a manifest that declares one (domain_nics)
     direct = domain_nics.declares_direct(spec)
-    config = domain_xml.observe(config_root, direct=direct) if switched or direct \
-        else live.config
+    config: Mapping[str, object] = domain_tuning.without_full_pins(
+        domain_xml.observe(config_root, direct=direct) if switched or direct else live.config,
+        host_cpus)
     config = {**config, **domain_xml.declared_storage(spec, config_root)}
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=conflict)
-    config_changes = _rounding_notes(diff(desired, config), {
+    config_changes = _rounding_notes(diff(desired, config, ignore=unnamed), {
         "memory": spec.memory, "maxMemory": spec.max_memory})  # fmt: skip
     config_changes += [Change(f"disks[{key}].source", had, now) for key, had, now in switched]
     stuck: list[Change] = []
@@ -240,11 +249,12 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     if live.live_root is not None and live.live is not None and live.live_xml is not None:
         live_root, live_switched = domain_xml.switch_sources(
             spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
-        live_projection = dict(domain_xml.observe(live_root, direct=direct)
-                               if live_switched or direct else live.live)
+        live_projection = dict(domain_tuning.without_full_pins(
+            domain_xml.observe(live_root, direct=direct) if live_switched or direct
+            else live.live, host_cpus))
         live_projection.update(domain_xml.declared_storage(spec, live_root))
         # cpu: compared through the record of what the domain booted with, when known
-        incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}
+        incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"} | unnamed
         cpu_known, booted_cpu = live.booted_cpu
         if cpu_known:
             live_projection["cpu"] = booted_cpu
@@ -261,6 +271,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             desired_live, config, live_projection, rendered, live.live_xml, refused,
             frozenset(incomparable),
             held=_held_images(spec, live_root, volume_paths, ctx.volume_pools, real_paths),
+            host_cpus=host_cpus,
         )  # fmt: skip
         steps += live_steps
         # a definition change the running domain already has needs no restart
@@ -456,6 +467,7 @@ def _vm_live_updates(
     refused: frozenset[str] = frozenset(),
     incomparable: frozenset[str] = LIVE_INCOMPARABLE,
     held: frozenset[str] = frozenset(),
+    host_cpus: frozenset[int] | None = None,
 ) -> tuple[list[Step], list[Change], list[Change]]:
     """Steps that change the running domain; what must wait for a restart; what they change.
 
@@ -466,7 +478,8 @@ def _vm_live_updates(
     ``incomparable``: fields the running definition cannot tell (see LIVE_INCOMPARABLE).
     ``held``: keys of declared disks whose image (real file) the running domain already
     has under another name: never attached a second time (two writers of one image
-    corrupt it); such a disk waits for a restart.
+    corrupt it); such a disk waits for a restart. ``host_cpus``: the host's CPUs (a pin
+    undone live is a pin to all of them); None: pins wait for a restart.
     """
     steps: list[Step] = []
     pending: list[Change] = []
@@ -501,6 +514,12 @@ def _vm_live_updates(
                 steps.append(password)
                 applied += [Change(c.path, c.old, c.new, live=True) for c in graphics]
                 changes = [c for c in changes if c not in graphics]
+            pinning = [c for c in changes if c.path in _PINS]
+            pins = _pin_steps(pinning, desired, live, host_cpus, refused)
+            if pins is not None:
+                steps += pins
+                applied += [Change(c.path, c.old, c.new, live=True) for c in pinning]
+                changes = [c for c in changes if c not in pinning]
             for change in changes:
                 # vCPUs are hot-plugged, not unplugged: taking one away needs the
                 # guest's help and often never completes, so that waits for a restart.
@@ -513,6 +532,13 @@ def _vm_live_updates(
                     and int(change.old or 0) < int(change.new or 0) <= int(max_vcpus or 0)  # type: ignore[call-overload]
                 ):
                     steps.append(SetVcpus("vcpus", int(change.new)))
+                    applied.append(Change(change.path, change.old, change.new, live=True))
+                elif change.path in HOTPLUG_ADDED and change.path not in refused and (
+                    (xml := added_device_xml(change.path, change.old, change.new,
+                                             desired_xml(), live_xml)) is not None
+                ):
+                    # an agent channel or rng the running domain lacks: hot-plugged
+                    steps.append(AttachDevice(change.path, xml))
                     applied.append(Change(change.path, change.old, change.new, live=True))
                 else:
                     pending.append(change)
@@ -609,3 +635,50 @@ def _password_update(
         return None
     xml = domain_xml.graphics_update(live_xml, desired_xml())
     return None if xml is None else UpdateDevice("graphics", xml)
+
+
+_PINS = frozenset(f.path for f in domain_tuning.FIELDS
+                  if f.path.startswith("cputune.") and f.change is ChangeClass.LIVE)  # fmt: skip
+
+
+def _pin_steps(
+    changes: list[Change],
+    desired: Mapping[str, object],
+    live: Mapping[str, object],
+    host_cpus: frozenset[int] | None,
+    refused: frozenset[str],
+) -> list[Step] | None:
+    """``PinCpus`` steps that make the running domain's pinning the desired one
+    (``cputune.vcpupin``, ``.emulatorpin``, ``.iothreadpin``): a pin undone is a pin to
+    every host CPU (libvirt cannot remove one from a running domain). None when they
+    cannot be done live: the host's CPUs are not known, libvirt refused a pin during
+    this boot, a vCPU to pin is not online (above the running vCPU count), or an
+    I/O thread to pin is not one the running domain has; they then wait for a
+    restart. (A pin to a CPU the host lacks is preflight's error.)"""
+    if not changes:
+        return []
+    if not host_cpus or any(c.path in refused for c in changes):
+        return None
+    everything = format_cpuset(host_cpus)
+    steps: list[Step] = []
+    online = live.get("vcpus")
+    for change in changes:
+        if change.path == "cputune.emulatorpin":
+            steps.append(PinCpus(change.path, str(change.new or everything)))
+            continue
+        want = domain_tuning.pins(desired.get(change.path))
+        have = domain_tuning.pins(live.get(change.path))
+        for number in sorted(set(want) | set(have)):
+            if want.get(number) == have.get(number):
+                continue
+            cpuset = want.get(number, everything)
+            if change.path == "cputune.iothreadpin":
+                threads = live.get("iothreads")
+                if not isinstance(threads, int) or number > threads:
+                    return None  # no such I/O thread in the running domain
+                steps.append(PinCpus(change.path, cpuset, iothread=number))
+                continue
+            if not isinstance(online, int) or number >= online:
+                return None
+            steps.append(PinCpus(change.path, cpuset, number))
+    return steps

@@ -16,9 +16,13 @@ adds to a ``type='qemu'`` domain that names none. It rewrites the machine type
 (``pc`` -> ``pc-i440fx-7.2``): ``project`` takes the aliases from the host's
 capabilities (``machine_aliases_from_capabilities``) so both sides say the
 canonical name. UEFI is libvirt's firmware autoselection (``<os
-firmware='efi'>``), without secure boot (it needs SMM, which nested KVM may
-lack); a started domain shows the chosen ``<loader type='pflash'>`` instead,
-which reads as ``uefi`` too. An auto-assigned display port reads as ``auto``.
+firmware='efi'>``), without secure boot unless ``firmware.secureBoot`` says so
+(it needs SMM, which nested KVM may lack: domain_devices.py); a started domain
+shows the chosen ``<loader type='pflash'>`` instead, which reads as ``uefi``
+too. An auto-assigned display port reads as ``auto``. The agent channel, rng,
+watchdog, TPM, video, a virtio console, the serial log and the secure-boot
+settings are fields managed only when the manifest names them (``KEPT``
+otherwise: domain_devices.py).
 
 Not comparable between the running and the persistent definition: memory
 (the live value is the balloon's) and cpu (host-model expands to a named
@@ -65,7 +69,7 @@ from reconciler.model import (
 )
 from reconciler.rounding import definition_memory
 from reconciler.units import format_size
-from reconciler.xml import domain_nics
+from reconciler.xml import domain_nics, domain_tuning
 from reconciler.xml._fields import (
     INT,
     KIB,
@@ -95,6 +99,7 @@ from reconciler.xml._fields import (
     serialize,
     xml_text,
 )
+from reconciler.xml.domain_devices import DEVICE_FIELDS, FIRMWARE_FIELDS, SERIAL_LOG_FIELD
 from reconciler.xml.domain_storage import (
     BLOCK_DISK_TYPES,
     DISK_FIELDS,
@@ -103,7 +108,6 @@ from reconciler.xml.domain_storage import (
     FILESYSTEMS,
     HOSTDEVS,
     HOTPLUG_FS_DRIVERS,
-    shared_memory,
 )
 
 __all__ = [
@@ -152,7 +156,8 @@ _ROOT_ORDER = (
 )  # fmt: skip
 _OS_ORDER = ("type", "firmware", "loader", "nvram", "kernel", "initrd", "cmdline", "boot")
 _DEVICE_ORDER = (
-    "disk", "controller", "interface", "serial", "console", "input", "graphics", "memballoon",
+    "disk", "controller", "interface", "serial", "console", "channel", "input", "tpm",
+    "graphics", "video", "watchdog", "memballoon", "rng",
 )  # fmt: skip
 _BOOT_DEVICES = {"disk": "hd", "cdrom": "cdrom", "network": "network"}
 _BOOT_NAMES = {dev: name for name, dev in _BOOT_DEVICES.items()}
@@ -749,6 +754,7 @@ FIELDS: tuple[Field[_Desired], ...] = (
         default="pc",
     ),
     Field("firmware", lambda d: d.spec.firmware, _Firmware(), default="bios"),
+    *FIRMWARE_FIELDS,  # secure boot, loader, NVRAM template: managed when named
     Field("kernel", lambda d: d.spec.kernel, Text("os/kernel")),
     Field("initrd", lambda d: d.spec.initrd, Text("os/initrd")),
     Field("cmdline", lambda d: d.spec.cmdline, Text("os/cmdline")),
@@ -787,6 +793,8 @@ FIELDS: tuple[Field[_Desired], ...] = (
         lambda d: d.spec.serial_file if d.spec.serial == "file" else None,
         _SerialFile(),
     ),
+    SERIAL_LOG_FIELD,
+    *DEVICE_FIELDS,  # agent channel, rng, watchdog, TPM, video, console: when named
     Field("cloudInit", lambda d: None if d.seed is None else d.seed.digest, _SeedDigest(),
           export=None),
 )
@@ -1245,12 +1253,12 @@ def render(
     ):
         ET.SubElement(root, event).text = action
     render_fields(root, FIELDS, desired)
+    domain_tuning.render(root, spec)
     DISKS.render(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
     CDROMS.render(root, _cdroms(desired))
     INTERFACES.render(root, spec.interfaces)
     FILESYSTEMS.render(root, spec.filesystems or ())
     HOSTDEVS.render(root, spec.hostdevs or ())
-    shared_memory(root, spec.filesystems)
     devices = ensure(root, "devices")
     if any(disk.bus == "scsi" for disk in spec.disks) or any(
         cdrom.bus == "scsi" for cdrom in spec.cdroms
@@ -1263,6 +1271,7 @@ def render(
         ET.SubElement(devices, "controller", {"type": "pci", "model": "pcie-root-port"})
     ET.SubElement(devices, "memballoon", {"model": "virtio"})
     reorder(root, _ROOT_ORDER)
+    domain_tuning.arrange(root)
     reorder(ensure(root, "os"), _OS_ORDER)
     reorder(devices, _DEVICE_ORDER)
     return serialize(root)
@@ -1282,8 +1291,9 @@ def patch(
     """Domain XML for redefining an existing domain: ``current`` (its persistent
     definition, read INACTIVE|SECURE) with the declared fields that differ set and the
     managed device sets made exact; everything else is kept as it is (addresses,
-    controllers, video, channels, rng, timers, ``<pm>``, other tools' metadata, unknown
-    elements). Same keywords as ``render``; ``spec``'s disk targets should be settled
+    controllers, timers, ``<pm>``, other tools' metadata, unknown elements, and the
+    video, channels, rng, watchdog, TPM a manifest does not name). Same keywords as
+    ``render``; ``spec``'s disk targets should be settled
     against ``current`` first (``settle_targets``).
 
     Managed device sets (formatdomain "Hard drives, floppy disks, CDROMs", "Network
@@ -1300,7 +1310,9 @@ def patch(
     aside = _take_aside(root)
     os_type = root.find("os/type")
     was_q35 = is_q35("" if os_type is None else os_type.get("machine", ""))
+    numa = domain_tuning.hold(root)  # a <cpu> rewritten keeps the <numa> it had
     patch_fields(root, (f for f in FIELDS if f.path != "cloudInit"), desired)
+    domain_tuning.patch(root, spec, numa)
     if was_q35 != is_q35(spec.machine):
         _new_chipset(root)
     if spec.graphics is None:
@@ -1315,7 +1327,6 @@ def patch(
     added += interfaces_for(spec).patch(root, spec.interfaces)
     if spec.filesystems is not None:
         added += FILESYSTEMS.patch(root, spec.filesystems)
-        shared_memory(root, spec.filesystems)
     if spec.hostdevs is not None:
         added += HOSTDEVS.patch(root, spec.hostdevs)
     devices = ensure(root, "devices")
@@ -1548,6 +1559,7 @@ def project(
     """The desired fields, keyed like ``observe`` keys them (same keywords as ``render``)."""
     desired = _desired(spec, machine_aliases, graphics_password, cloud_init_seed)
     out = project_fields(FIELDS, desired)
+    out.update(domain_tuning.project(spec))
     out.update(DISKS.project(_disk_views(spec, volume_pools or {}, volume_formats or {})))
     out.update(CDROMS.project(_cdroms(desired)))
     out.update(INTERFACES.project(spec.interfaces))
@@ -1583,6 +1595,7 @@ def observe(xml: str | Element, *, direct: bool = False, storage: bool = False) 
         for element in set_aside(root):
             remove(element)
     out = observe_fields(root, FIELDS)
+    out.update(domain_tuning.observe(root))
     out.update((WITH_BLOCK_DISKS if storage else DISKS).observe(root))  # in document order
     out.update(CDROMS.observe(root))
     out.update((INTERFACES if direct else _INTERFACES_NOT_DIRECT).observe(root))

@@ -20,16 +20,15 @@ Each set is managed only when the manifest names it (the compatibility rule):
 Measured on libvirt 9.0: a PCI hostdev at an address the host does not have is
 defined (start fails); a read-only virtiofs share is refused ("virtiofs does not yet
 support read-only mode", so the model refuses it first); virtiofs needs shared
-memory at define time ("'virtiofs' requires shared memory"): a definition with a
-virtiofs share gets ``<memoryBacking><source type='memfd'/><access mode='shared'/>``
-unless it has shared access already (``shared_memory``).
+memory at define time ("'virtiofs' requires shared memory"): the model asks for
+``memoryBacking: {shared: true}`` (xml/domain_tuning.py writes it) beside a virtiofs
+share.
 
 Pure: no I/O, no libvirt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +59,6 @@ __all__ = [
     "HOSTDEVS",
     "HOTPLUG_FS_DRIVERS",
     "node_device_keys",
-    "shared_memory",
 ]
 
 BLOCK_DISK_TYPES = frozenset({"block"})
@@ -303,20 +301,3 @@ def node_device_keys(xml: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     return ()
-
-
-def shared_memory(root: Element, filesystems: Iterable[Filesystem] | None) -> None:
-    """Give a definition with a virtiofs share the shared guest memory virtiofs needs
-    (formatdomain "Memory Backing": ``<source type='memfd'/><access mode='shared'/>``),
-    unless it has shared access already; other memory backing settings stay."""
-    if not any(fs.driver == "virtiofs" for fs in filesystems or ()):
-        return
-    backing = ensure(root, "memoryBacking")
-    if backing.find("access[@mode='shared']") is not None:
-        return
-    if backing.find("source") is None and backing.find("hugepages") is None:
-        ET.SubElement(backing, "source", {"type": "memfd"})
-    for access in backing.findall("access"):
-        backing.remove(access)
-    ET.SubElement(backing, "access", {"mode": "shared"})
-

@@ -34,6 +34,7 @@ from typing import Any
 from lxml import etree as ET
 
 from reconciler.model import DhcpHost, DnsHost, NetworkSpec
+from reconciler.xml import network_vocab as vocab
 from reconciler.xml._fields import (
     INT,
     MAC,
@@ -71,7 +72,8 @@ IPV4 = "ip[@family?='ipv4']"
 """The IPv4 ``<ip>``: ``family='ipv4'`` or no family (libvirt's default). The manifest's
 ``ipv4`` fields read and write only that one; an IPv6 ``<ip>`` is not theirs."""
 
-_ORDER = ("name", "uuid", "metadata", "forward", "bridge", "mtu", "mac", "domain", "dns", "ip")
+_ORDER = ("name", "uuid", "metadata", "forward", "bridge", "mtu", "mac", "domain", "dns",
+          "bandwidth", "portgroup", "ip", "route")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,9 @@ class _Forward:
     """``mode``: ``<forward mode=.../>``; no ``<forward>`` at all means isolated."""
 
     def write(self, root: Element, value: Any) -> None:
-        if value != "isolated":
+        if value == "macvtap":
+            ensure(root, "forward")  # its mode is forward.mode's (bridge, vepa, ...)
+        elif value != "isolated":
             ensure(root, "forward").set("mode", xml_text(str(value), "mode"))
 
     def clear(self, root: Element) -> None:
@@ -90,7 +94,15 @@ class _Forward:
         forward = root.find("forward")
         if forward is None:
             return "isolated"
-        return forward.get("mode", "nat")
+        mode = forward.get("mode", "nat")
+        # macvtap: the modes of a direct interface, or bridge without a bridge of its own
+        # but with a pool of host interfaces (formatnetwork: Connectivity)
+        if mode in ("private", "vepa", "passthrough") or (
+            mode == "bridge" and root.find("bridge") is None
+            and (forward.find("interface") is not None or forward.get("dev") is not None)
+        ):  # fmt: skip
+            return "macvtap"
+        return mode
 
     def canon(self, value: Any) -> object:
         return value
@@ -248,14 +260,36 @@ def render(
         ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
     if ownership is not None:
         _set_ownership(root, ownership)
-    render_fields(root, FIELDS, spec)
+    declared = spec.declared
+    render_fields(root, _fields(spec), spec)
+    render_fields(root, vocab.declared_fields(declared), spec)
     DNS_HOSTS.render(root, spec.dns_hosts)
     DHCP_HOSTS.render(root, _dhcp_hosts(spec))
+    items = vocab.items(spec)
+    for device in vocab.declared_devices(declared):
+        device.render(root, items[device.section])
+    _forward_dev(root, spec)
     reorder(root, _ORDER)
-    dhcp = find(root, f"{IPV4}/dhcp")
-    if dhcp is not None:
+    for dhcp in root.findall("ip/dhcp"):
         reorder(dhcp, ("range", "host"))
     return serialize(root)
+
+
+def _forward_dev(root: Element, spec: NetworkSpec) -> None:
+    """A macvtap network's ``<forward dev=>`` is its first interface, as libvirt writes it
+    when it reads the definition (it is not a field of its own)."""
+    forward = root.find("forward")
+    pool = spec.forward.interfaces if spec.forward is not None else ()
+    if spec.mode == "macvtap" and pool and forward is not None:
+        forward.set("dev", xml_text(pool[0], "interface"))
+        forward[:] = sorted(forward, key=lambda child: child.tag != "interface")
+
+
+def _fields(spec: NetworkSpec) -> tuple[Field[NetworkSpec], ...]:
+    """The fields ``spec`` manages: a bridge only when named (``bridge_declared``), the
+    first DHCP range only when the manifest does not name the exact ``ranges``."""
+    return tuple(f for f in FIELDS if vocab.managed_key(f.path, spec.declared)
+                 and (f.path != "bridge" or spec.bridge is not None))  # fmt: skip
 
 
 def patch(
@@ -279,13 +313,39 @@ def patch(
     elif ipv4 is not None and spec.ipv4 is not None and spec.ipv4.dhcp is None:
         for dhcp in ipv4.findall("dhcp"):
             remove(dhcp)
-    fields = FIELDS if spec.bridge is not None else tuple(f for f in FIELDS if f.path != "bridge")
-    patch_fields(root, fields, spec)
+    declared = spec.declared
+    if "ipv6" in declared:
+        ipv6 = find(root, vocab.IPV6)
+        if spec.ipv6 is None:
+            for ip in findall(root, vocab.IPV6):
+                remove(ip)
+        elif ipv6 is not None and spec.ipv6.dhcp is None:
+            for dhcp in ipv6.findall("dhcp"):
+                remove(dhcp)
+    patch_fields(root, _fields(spec), spec)
+    patch_fields(root, vocab.declared_fields(declared), spec)
     domain = root.find("domain")
     if domain is not None and domain.get("name") is None:
         remove(domain)  # localOnly and the rest mean nothing without the name
     DNS_HOSTS.patch(root, spec.dns_hosts)
     DHCP_HOSTS.patch(root, _dhcp_hosts(spec))
+    items = vocab.items(spec)
+    for device in vocab.declared_devices(declared):
+        if items[device.section] or find(root, device.parent) is not None:
+            device.patch(root, items[device.section])
+    for ip in root.findall("ip"):
+        for dhcp in ip.findall("dhcp"):
+            reorder(dhcp, ("range", "host"))
+    _forward_dev(root, spec)
+    for group in [*root.findall("portgroup"), *root.findall("forward")]:
+        # a value taken away leaves no empty element
+        for element in [*group.findall("bandwidth"), *group.findall("vlan"),
+                        *group.findall("nat")]:  # fmt: skip
+            if len(element) == 0 and not element.attrib:
+                remove(element)
+    dns = root.find("dns")
+    if dns is not None and len(dns) == 0 and not dns.attrib:
+        remove(dns)
     if ownership is not None:
         _set_ownership(root, ownership)
     else:
@@ -294,39 +354,49 @@ def patch(
     return serialize(root)
 
 
-def dhcp_parent_index(xml: str | Element) -> int:
-    """The index of the IPv4 ``<ip>`` among the network's ``<ip>`` elements, as
-    ``virNetworkUpdate`` takes it for ``ip-dhcp-host`` (-1, libvirt's "most appropriate",
-    picks the first ``<ip>`` with DHCP, which may be the IPv6 one). -1 without one."""
-    root = parse(xml)
-    ipv4 = find(root, IPV4)
-    for index, ip in enumerate(root.findall("ip")):
-        if ip is ipv4:
-            return index
-    return -1
+def dhcp_parent_index(xml: str | Element, family: str = "ipv4") -> int:
+    """The index of the ``<ip>`` of ``family`` (``ipv4``: also the one without a family)
+    among the network's ``<ip>`` elements, as ``virNetworkUpdate`` takes it for
+    ``ip-dhcp-host`` and ``ip-dhcp-range`` (-1, libvirt's "most appropriate", picks the
+    first ``<ip>`` with DHCP, which may be the other family's). -1 without one."""
+    return vocab.ip_index(parse(xml), family)
 
 
 def project(spec: NetworkSpec) -> Projection:
-    """The desired fields, keyed like ``observe`` keys them."""
+    """The desired fields, keyed like ``observe`` keys them; the issue-13 sections only
+    where the manifest names them (``NetworkSpec.declared``)."""
     out = project_fields(FIELDS, spec)
     out.update(DHCP_HOSTS.project(_dhcp_hosts(spec)))
     out.update(DNS_HOSTS.project(spec.dns_hosts))
-    return out
+    out.update(project_fields(vocab.declared_fields(spec.declared), spec))
+    if spec.declared:
+        items = vocab.items(spec)
+        for device in vocab.declared_devices(spec.declared):
+            out.update(device.project(items[device.section]))
+    return {k: v for k, v in out.items() if vocab.managed_key(k, spec.declared)}
+
+
+_ENTRIES: dict[str, Device[Any]] = {DHCP_HOSTS.section: DHCP_HOSTS, DNS_HOSTS.section: DNS_HOSTS}
+_ENTRIES.update((device.section, device) for device in vocab.DEVICES)
 
 
 def entry_xml(xml: str, section: str, key: str) -> str | None:
-    """One DHCP host (``ipv4.dhcp.hosts``, by MAC) or DNS host (``dnsHosts``, by IP) of a
-    network XML, as ``virNetworkUpdate`` takes it."""
-    tables: dict[str, Device[Any]] = {DHCP_HOSTS.section: DHCP_HOSTS, DNS_HOSTS.section: DNS_HOSTS}
-    element = tables[section].element(parse(xml), key)
+    """One entry of a device section (``ipv4.dhcp.hosts`` by MAC, ``dnsHosts`` by IP,
+    ``ipv6.dhcp.hosts``, DHCP ranges, DNS TXT and SRV, portgroups) of a network XML, as
+    ``virNetworkUpdate`` takes it."""
+    element = _ENTRIES[section].element(parse(xml), key)
     return None if element is None else serialize(element).strip()
 
 
-def observe(xml: str, *, bridge_declared: bool = True) -> Projection:
+def observe(
+    xml: str, *, bridge_declared: bool = True, declared: frozenset[str] | None = frozenset()
+) -> Projection:
     """The declared fields read from ``net.XMLDesc(0)``.
 
     ``bridge_declared=False`` (the manifest names no bridge) drops the bridge
-    libvirt picked (``virbr1``), which is not a difference.
+    libvirt picked (``virbr1``), which is not a difference. ``declared``: the
+    issue-13 sections the manifest names (``NetworkSpec.declared``); the others are
+    left out (default: none of them). None (export): every section libvirt has.
     """
     root = parse(xml)
     out = observe_fields(root, FIELDS)
@@ -334,4 +404,23 @@ def observe(xml: str, *, bridge_declared: bool = True) -> Projection:
         out["bridge"] = None
     out.update(DHCP_HOSTS.observe(root))
     out.update(DNS_HOSTS.observe(root))
-    return out
+    fields = vocab.FIELDS if declared is None else vocab.declared_fields(declared)
+    more = observe_fields(root, fields)
+    for device in vocab.DEVICES if declared is None else vocab.declared_devices(declared):
+        more.update(device.observe(root))
+    if declared is None:
+        # all there is (export); a section libvirt does not have is no key, the device
+        # pool only on a macvtap or hostdev network, the exact ranges only where an <ip>
+        # has more than one (one reads as start/end, as ever)
+        pool = out.get("mode") in ("macvtap", "hostdev")
+        several = {f: sum(k.startswith(f"{f}.dhcp.ranges[") for k in more) > 1
+                   for f in ("ipv4", "ipv6")}  # one field (end) per range
+        if (more.get("nat.ports.start"), more.get("nat.ports.end")) == (1024, 65535):
+            more["nat.ports.start"] = more["nat.ports.end"] = None  # libvirt's, when running
+        out.update((k, v) for k, v in more.items() if (v is not None or "[" in k)
+                   and (pool or not k.startswith("forward."))
+                   and not any(k.startswith(f"{f}.dhcp.ranges[") and not several[f]
+                               for f in several))  # fmt: skip
+        return out
+    out.update(more)
+    return {k: v for k, v in out.items() if vocab.managed_key(k, declared)}

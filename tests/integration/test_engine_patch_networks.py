@@ -1,5 +1,8 @@
 """A network or pool redefine keeps what the manifest does not say, against libvirtd.
 
+(Since issue 13 the IPv6 ``<ip>``, DNS forwarder and TXT, route and portgroup below are
+typed and exported; what stays kept is ``localOnly`` and the other tool's metadata.)
+
 A hand-made isolated network (no ``<forward>``) with what a manifest cannot say:
 an IPv6 ``<ip>`` with a DHCPv6 range, listed before the IPv4 one (libvirt's
 "first <ip> with DHCP" is then the IPv6 one), a DNS forwarder and TXT record, an
@@ -127,11 +130,17 @@ def test_a_hand_made_network_keeps_what_its_manifest_cannot_say(ws: Workspace) -
     before = ws.virsh("net-dumpxml", "--inactive", name)
 
     manifest, exported = _adopt(ws, f"Network/{name}", "Network", name)
-    for kept in (f"ip ipv6 {six}::1/64", "dns: forwarder 127.0.0.53, txt example",
-                 "portgroup engineering", "metadata tag"):  # fmt: skip
+    # what issue 13 typed is exported; only what no field says stays kept
+    for kept in (f"domain {name}.test: localOnly=yes", "metadata tag"):
         assert f"#   {kept}\n" in exported, exported
     doc = yaml.safe_load(exported)
     assert doc["spec"]["ipv4"]["dhcp"] == {"start": str(v4[99]), "end": str(v4[199])}
+    assert doc["spec"]["ipv6"] == {"address": f"{six}::1", "prefix": 64,
+                                   "dhcp": {"start": f"{six}::100", "end": f"{six}::1ff"}}
+    assert doc["spec"]["dns"] == {"forwarders": [{"addr": "127.0.0.53"}],
+                                  "txt": [{"name": "example", "value": "a txt record"}]}
+    assert [g["name"] for g in doc["spec"]["portgroups"]] == ["engineering"]
+    assert doc["spec"]["routes"][0]["gateway"] == f"{six}::2"
     adopted = ws.virsh("net-dumpxml", "--inactive", name)
     assert _differences(before, adopted) == []
     assert network_xml.read_ownership(adopted) is not None

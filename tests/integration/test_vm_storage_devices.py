@@ -98,7 +98,8 @@ def test_block_disk_options_and_shares_run_and_hot_plug(
          "accessMode": "mapped"},
     ]  # fmt: skip
     # TCG: nothing boots (no OS), the guest only has to start
-    ws.write("vm.yaml", vm(name, type="qemu", disks=disks, filesystems=shares))
+    ws.write("vm.yaml", vm(name, type="qemu", disks=disks, filesystems=shares,
+                           memoryBacking={"shared": True}))
     ws.converge(**roots(ws, first, second))
     assert_settled(ws, **roots(ws, first, second))
     dom = ws.domain(name)
@@ -111,7 +112,8 @@ def test_block_disk_options_and_shares_run_and_hot_plug(
 
     # a second block disk and a second virtiofs share: hot-plugged, no restart
     ws.write("vm.yaml", vm(name, type="qemu", disks=[*disks, {"device": second}],
-                           filesystems=[*shares, {"source": str(share), "target": "two"}]))
+                           filesystems=[*shares, {"source": str(share), "target": "two"}],
+                           memoryBacking={"shared": True}))
     plan = ws.plan(**roots(ws, first, second))
     a = action(plan, "VirtualMachine", name)
     assert not a.restart_pending, describe(ws.apply(**roots(ws, first, second)))
@@ -123,7 +125,8 @@ def test_block_disk_options_and_shares_run_and_hot_plug(
 
     # a 9p share going: libvirt unplugs only virtiofs, so that waits for a restart
     ws.write("vm.yaml", vm(name, type="qemu", disks=[*disks, {"device": second}],
-                           filesystems=[shares[0], {"source": str(share), "target": "two"}]))
+                           filesystems=[shares[0], {"source": str(share), "target": "two"}],
+                           memoryBacking={"shared": True}))
     ws.converge(**roots(ws, first, second))
     plan = ws.plan(**roots(ws, first, second))
     a = action(plan, "VirtualMachine", name)
@@ -283,9 +286,6 @@ def test_the_golden_xml_validates_and_libvirt_keeps_it(ws: Workspace) -> None:
     assert done.returncode == 0, done.stderr
     spec = spec_of(STORAGE)
     xml = domain_xml.render(ws.n("golden"), spec)
-    # a disk's iothread needs the domain's <iothreads> (another part of issue 13 declares
-    # it; libvirt refuses "Disk iothread '1' not defined in iothreadid" without)
-    xml = xml.replace("<vcpu ", "<iothreads>1</iothreads>\n  <vcpu ", 1)
     dom = ws.conn.defineXML(xml)
     try:
         back = dom.XMLDesc(2)  # inactive

@@ -21,6 +21,7 @@ import pytest
 from reconciler.errors import SourcePosition
 from reconciler.model import build_manifest
 from reconciler.xml import domain as domain_xml
+from reconciler.xml import domain_tuning
 from reconciler.xml import volume as volume_xml
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -34,14 +35,22 @@ BASES: dict[str, tuple[str, dict[str, Any]]] = {
         "cdroms": [{}],
         "interfaces": [{"network": "default"}],
         "graphics": {"type": "vnc"},
-        "filesystems": [{"source": "/srv/share", "target": "share"}],
+        # 9p: a virtiofs share needs memoryBacking.shared, whose default is pinned too
+        "filesystems": [{"driver": "9p", "source": "/srv/share", "target": "share"}],
         "hostdevs": [{"type": "pci", "address": "0000:03:00.0"}],
         "cpu": {"mode": "host-model", "topology": {"sockets": 1, "dies": 1, "cores": 1,
                                                    "threads": 1}},
+        "firmware": {"type": "uefi"},
+        "rng": {"rate": {"bytes": 1024}}, "watchdog": {}, "tpm": {}, "video": {},
+        "console": {},
+        "memoryBacking": {"shared": True}, "cputune": {"vcpupin": [{"vcpu": 0, "cpuset": "0"}]},
     }),
     "volume.schema.json": ("Volume", {"pool": "images", "capacity": "1GiB"}),
     "network.schema.json": ("Network", {"mode": "isolated",
-                                        "ipv4": {"address": "10.9.8.1", "prefix": 24}}),
+                                        "ipv4": {"address": "10.9.8.1", "prefix": 24},
+                                        "ipv6": {"address": "fd00:9::1", "prefix": 64, "dhcp": {
+                                            "start": "fd00:9::100", "end": "fd00:9::1ff"}},
+                                        "portgroups": [{"name": "pg"}]}),
     "storagepool.schema.json": ("StoragePool", {"path": "/var/lib/libvirt/images"}),
 }
 
@@ -140,6 +149,8 @@ _DECLARED = [
       for f in domain_xml.FILESYSTEMS.fields if f.default is not None],
     *[(("virtualmachine.schema.json", ("hostdevs", "0", f.path)), f.default)
       for f in domain_xml.HOSTDEVS.fields if f.default is not None],
+    *[(("virtualmachine.schema.json", tuple(f.path.split("."))), f.default)
+      for f in domain_tuning.FIELDS if f.default is not None],
     *[(("volume.schema.json", (f.path,)), f.default)
       for f in volume_xml.FIELDS if f.default is not None],
 ]

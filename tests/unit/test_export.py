@@ -220,12 +220,13 @@ def test_vm_document_maps_every_field() -> None:
             "graphics": {"type": "spice", "port": 5931, "listen": "0.0.0.0"},
             "inputs": ["tablet"],
             "serial": {"file": "/var/log/web-1.log"},
+            "video": {"model": "vga"},  # (vram 16MiB and 1 head: vga's defaults)
             "state": "running",
             "autostart": True,
             "adopt": True,
         },
     }  # fmt: skip
-    # libvirt's own additions (controllers, addresses, PS/2, audio, video, seclabel...)
+    # libvirt's own additions (controllers, addresses, PS/2, audio, seclabel...)
     # are no loss, and everything else the manifest says exactly
     assert item.notes == ()
 
@@ -300,8 +301,9 @@ def test_network_document() -> None:
 
 def test_what_a_network_redefine_keeps_is_listed_as_kept() -> None:
     """A redefine patches the network's definition: what the manifest cannot say is kept,
-    and export lists it as kept (as for VMs), not as a loss. An IPv6 <ip> with a DHCP
-    range, listed first, is not read as the IPv4 one."""
+    and export lists it as kept (as for VMs), not as a loss. What issue 13 made typed (the
+    IPv6 <ip>, DNS forwarders and TXT, routes, portgroups) is exported, not kept. An
+    IPv6 <ip> with a DHCP range, listed first, is read as ipv6, never as the IPv4 one."""
     six = ("<ip family='ipv6' address='fd00::1' prefix='64'><dhcp>"
            "<range start='fd00::100' end='fd00::1ff'/></dhcp></ip>")  # fmt: skip
     xml = NETWORK_XML.replace("<ip address=", six + "<ip address=").replace(
@@ -312,16 +314,15 @@ def test_what_a_network_redefine_keeps_is_listed_as_kept() -> None:
     obs = observed(networks={"lab": NetworkRecord("lab", "u", True, False, xml, None)})
     item = one(Kind.NETWORK, "lab", obs)
     assert item.document is not None and item.notes == (), item.notes
-    assert item.document["spec"]["ipv4"]["dhcp"]["start"] == "10.100.0.100"
-    assert [(k.path, k.label) for k in item.kept] == [
-        ("dns", "dns: forwarder 192.0.2.53, txt x"),
-        ("ip", "ip ipv6 fd00::1/64"),
-        ("route", "route 192.0.2.0/24 via 10.100.0.2"),
-        ("portgroup", "portgroup eng"),
-        ("metadata", "metadata x"),
-    ], item.kept
-    header = export.to_yaml(item, "qemu:///system")
-    assert "#   ip ipv6 fd00::1/64\n" in header
+    spec = item.document["spec"]
+    assert spec["ipv4"]["dhcp"]["start"] == "10.100.0.100"
+    assert spec["ipv6"] == {"address": "fd00::1", "prefix": 64,
+                            "dhcp": {"start": "fd00::100", "end": "fd00::1ff"}}
+    assert spec["dns"] == {"forwarders": [{"addr": "192.0.2.53"}],
+                           "txt": [{"name": "x", "value": "y"}]}
+    assert spec["routes"] == [{"address": "192.0.2.0", "prefix": 24, "gateway": "10.100.0.2"}]
+    assert spec["portgroups"] == [{"name": "eng"}]
+    assert [(k.path, k.label) for k in item.kept] == [("metadata", "metadata x")], item.kept
 
 
 def test_what_a_pool_redefine_keeps_is_listed_as_kept() -> None:
@@ -358,7 +359,6 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert {
         "features": "features: vmport",
         "on_crash": "on_crash (restart)",
-        "devices/channel[unix]": "channel (org.qemu.guest_agent.0)",
         "devices/video": "video (virtio)",
         "devices/graphics[vnc]": "graphics vnc",
         "devices/disk[fda]": "floppy fda (file /srv/fd.img)",
@@ -369,7 +369,8 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert {"device": "/dev/sdz", "target": "vdz"} in spec["disks"]
     assert spec["hostdevs"] == [{"type": "pci", "address": "0000:06:00.0"}]
     header = export.to_yaml(item, "qemu:///system")
-    assert "#   channel (org.qemu.guest_agent.0)\n" in header
+    assert item.document["spec"]["guestAgent"] is True  # exported, so not kept
+    assert "channel" not in header
     assert header.index("Kept as defined") < header.index("apiVersion:")
     assert "hunter2" not in " ".join(str(n) for n in item.notes)
     assert "hunter2" not in export.to_yaml(item, "qemu:///system")
@@ -381,17 +382,18 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
             "bootRom": True} in item.document["spec"]["interfaces"]
 
 
-def test_a_firmware_chosen_by_path_is_kept() -> None:
+def test_a_firmware_chosen_by_path_is_exported() -> None:
     xml = DOMAIN_XML.replace("<os firmware='efi'>", "<os>").replace(
         "<loader secure='no'/>",
         "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>",
     ).replace("<firmware><feature enabled='no' name='secure-boot'/></firmware>", "")
     obs = observed(domains={"web-1": DomainRecord("web-1", "u", False, False, xml, None)})
     item = one(Kind.VIRTUAL_MACHINE, "web-1", obs)
-    assert item.document is not None and item.document["spec"]["firmware"] == "uefi"
-    # the redefine keeps the loader (patch does not touch an unchanged firmware)
+    assert item.document is not None and item.document["spec"]["firmware"] == {
+        "type": "uefi", "loader": "/usr/share/OVMF/OVMF_CODE_4M.ms.fd"}
+    # exported as the loader it is (firmware.loader), so no longer kept
     assert item.notes == ()
-    assert any("loader" in k.label for k in item.kept), item.kept
+    assert not any("loader" in k.label for k in item.kept), item.kept
 
 
 def test_no_cpu_and_no_listen_address_are_exported_as_such_not_as_defaults() -> None:

@@ -14,7 +14,7 @@ from reconciler.hostpaths import HostPath, PathPolicy
 from reconciler.model import Kind, SpecError, VirtualMachineSpec
 from reconciler.preflight import HostFacts, check_host_devices
 from reconciler.schema import validate_document
-from reconciler.xml import domain
+from reconciler.xml import domain, domain_tuning
 from reconciler.xml.domain_storage import node_device_keys
 
 from .xml_support import assert_golden, manifest
@@ -26,6 +26,8 @@ metadata: {name: stor}
 spec:
   type: qemu
   memory: 256MiB
+  memoryBacking: {shared: true}
+  iothreads: 1
   disks:
     - device: /dev/vg0/stor-data
       discard: unmap
@@ -115,7 +117,8 @@ def planned(spec: VirtualMachineSpec, xml: str) -> list[str]:
     """The paths a plan shows for ``spec`` against ``xml`` (as planner/vm.py compares)."""
     observed = {**domain.observe(xml), **domain.declared_storage(spec, xml)}
     desired = domain.project(spec, machine_aliases={"pc": "pc-i440fx-7.2"})
-    return [c.path for c in diff(desired, observed)]
+    # tuning the manifest does not name is not compared (as planner/vm.py does)
+    return [c.path for c in diff(desired, observed, ignore=domain_tuning.kept_paths(spec))]
 
 
 def test_golden_render() -> None:
@@ -133,7 +136,7 @@ def test_render_reads_back_as_projected() -> None:
     assert observed["filesystems[ro].driver"] == "9p"
 
 
-def test_virtiofs_gets_shared_memory_and_9p_alone_none() -> None:
+def test_virtiofs_with_shared_memory_and_9p_without() -> None:
     xml = domain.render("stor", spec_of(STORAGE))
     assert "<access mode=\"shared\"/>" in xml and "<source type=\"memfd\"/>" in xml
     only_9p = spec_of(PLAIN + "  filesystems: [{driver: 9p, source: /srv/a, target: a}]\n")
@@ -176,7 +179,8 @@ def test_a_named_optional_disk_field_is_compared_and_set_alone() -> None:
 
 
 def test_hostdev_and_share_keys_are_the_host_identity() -> None:
-    spec = spec_of(PLAIN + "  filesystems: [{source: /srv/share, target: share}]\n"
+    spec = spec_of(PLAIN + "  memoryBacking: {shared: true}\n"
+                   "  filesystems: [{source: /srv/share, target: share}]\n"
                    "  hostdevs: [{type: usb, vendor: '0x046d', product: '0xC52B'}]\n")
     assert planned(spec, HAND_MADE) == []
 
@@ -187,6 +191,10 @@ def test_hostdev_and_share_keys_are_the_host_identity() -> None:
     ("  boot: [disk]\n  disks: [{file: /a.img, bootIndex: 1}]\n", "boot", "bootIndex"),
     ("  disks: [{file: /a.img, bootIndex: 1}, {file: /b.img, bootIndex: 1}]\n",
      "disks[1].bootIndex", "already disks[0]"),
+    ("  filesystems: [{source: /a, target: t}]\n", "filesystems[0].driver",
+     "memory shared"),
+    ("  iothreads: 1\n  disks: [{file: /a.img, iothread: 2}]\n", "disks[0].iothread",
+     "iothreads: 1"),
     ("  filesystems: [{source: /a, target: t, readonly: true}]\n", "filesystems[0].readonly",
      "read-only virtiofs"),
     ("  filesystems: [{source: /a, target: t, accessMode: mapped}]\n",
