@@ -383,6 +383,19 @@ class CloudInit:
 
 
 @dataclass(frozen=True, slots=True)
+class XmlEdit:
+    """One entry of a VM's ``xml`` list, the escape hatch (``xml/edits.py`` applies it):
+    an ``xpath`` relative to ``<domain>`` and exactly one of ``value`` (set the
+    attribute or text it names), ``add`` (an XML element, as text, added under it) and
+    ``delete`` (remove what it names). Outside the typed contract: typed fields win."""
+
+    xpath: str
+    value: str | None = None
+    add: str | None = None
+    delete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class VirtualMachineSpec:
     memory: int
     max_memory: int
@@ -410,6 +423,7 @@ class VirtualMachineSpec:
     shutdown_timeout: float = 120.0
     update_policy: str | None = None  # None: the configured default
     adopt: bool = False
+    xml: tuple[XmlEdit, ...] = ()  # the escape hatch (xml/edits.py), applied in order
 
 
 class Locator(Protocol):
@@ -973,4 +987,13 @@ def _build_vm(
         shutdown_timeout=parse_duration(raw.get("shutdownTimeout", "120s")),
         update_policy=raw.get("updatePolicy"),
         adopt=raw.get("adopt", False),
+        xml=tuple(
+            XmlEdit(
+                xpath=e["xpath"],
+                value=e.get("value"),
+                add=e.get("add"),
+                delete=bool(e.get("delete", False)),
+            )
+            for e in raw.get("xml", ())
+        ),
     )

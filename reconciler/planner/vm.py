@@ -106,6 +106,13 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         except ValueError as exc:
             return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
                           reason=str(exc))  # fmt: skip
+        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
+            typed = domain_xml.render(m.name, dataclasses.replace(spec, xml=()),
+                                      ownership=ownership, **kwargs)  # fmt: skip
+            wrong = domain_xml.edit_refusal(spec, typed) or domain_xml.edits_invalid(
+                xml, spec, typed)
+            if wrong is not None:
+                return _edit_error(m, *wrong)
         new: list[Step] = [*seeds.write_steps(force=True), DefineDomain(xml)]
         if spec.state == "running":
             new.append(StartDomain())
@@ -187,12 +194,17 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         cannot = str(exc)
     if cannot is not None:  # patching would lose what the domain has, or never settle
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
+    wrong = domain_xml.edit_refusal(spec, config_root)
+    if wrong is not None:  # an xml entry that would change a typed field
+        return _edit_error(m, *wrong)
     clash = domain_xml.unmanaged_clash(spec, config_root)
     if clash is not None:  # a target or MAC a kept, unmanaged device has
         where, why = clash
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
                       reason=f"{dotted(where)}: {why}")  # fmt: skip
     config = domain_xml.observe(config_root) if switched else live.config
+    if spec.xml:  # what the definition has of the manifest's xml entries
+        config = {**config, **domain_xml.observe_edits(config_root, spec)}
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
@@ -228,6 +240,15 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             retagged = domain_xml.with_owner_manifest(retagged, ctx.manifest_path(m))
         steps.append(DefineDomain(retagged, current=live.config_xml))
     elif changes:
+        if spec.xml:  # the composed definition against libvirt's schema
+            try:
+                typed = domain_xml.patch(current_xml, dataclasses.replace(spec, xml=()),
+                                         ownership=ownership, **kwargs)  # fmt: skip
+                wrong = domain_xml.edits_invalid(rendered(), spec, typed)
+            except ValueError as exc:
+                wrong = (len(spec.xml) - 1, str(exc))
+            if wrong is not None:
+                return _edit_error(m, *wrong)
         steps.append(DefineDomain(rendered(), current=live.config_xml))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
@@ -236,6 +257,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         live_root, live_switched = domain_xml.switch_sources(
             spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
         live_projection = dict(domain_xml.observe(live_root) if live_switched else live.live)
+        live_projection.update(domain_xml.observe_edits(live_root, spec))
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}
         cpu_known, booted_cpu = live.booted_cpu
@@ -349,6 +371,12 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         requires=requires,
         fingerprint=print_ if op is Op.NOOP and not pending else None,
     )
+
+
+def _edit_error(m: Manifest, index: int, why: str) -> Action:
+    """The plan error of ``xml`` entry ``index`` (the escape hatch), at its line."""
+    return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(("spec", "xml", index)),
+                  reason=f"xml[{index}]: {why}" if not why.startswith("xml[") else why)  # fmt: skip
 
 
 def _as_running(desired: Mapping[str, object]) -> dict[str, object]:

@@ -65,6 +65,7 @@ from reconciler.model import (
 )
 from reconciler.rounding import definition_memory
 from reconciler.units import format_size
+from reconciler.xml import edits
 from reconciler.xml._fields import (
     INT,
     KIB,
@@ -1200,6 +1201,7 @@ def render(
     reorder(root, _ROOT_ORDER)
     reorder(ensure(root, "os"), _OS_ORDER)
     reorder(devices, _DEVICE_ORDER)
+    edits.apply(root, spec.xml)  # the escape hatch, after the typed fields (xml/edits.py)
     return serialize(root)
 
 
@@ -1272,6 +1274,7 @@ def patch(
     if cloud_init_seed is not None and ownership is not None:
         _SeedDigest().write(root, cloud_init_seed.digest)
     _put_back(ensure(root, "devices"), aside)
+    edits.apply(root, spec.xml)  # the escape hatch: only the entries not satisfied yet
     return serialize(root)
 
 
@@ -1477,7 +1480,73 @@ def project(
     out.update(DISKS.project(_disk_views(spec, volume_pools or {}, volume_formats or {})))
     out.update(CDROMS.project(_cdroms(desired)))
     out.update(INTERFACES.project(spec.interfaces))
+    out.update(edits.project(spec.xml))
     return out
+
+
+def observe_edits(xml: str | Element, spec: VirtualMachineSpec) -> Projection:
+    """What a domain's XML has of each of ``spec``'s ``xml`` entries, keyed as ``project``
+    keys them (``observe`` alone cannot: the entries are the manifest's)."""
+    return edits.observe(parse(xml), spec.xml) if spec.xml else {}
+
+
+def edit_refusal(spec: VirtualMachineSpec, base: str | Element) -> tuple[int, str] | None:
+    """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the definition
+    the entries apply to: the current one, or the typed render of a new one), as
+    (its index, why), or None. An entry that would change what a typed field manages
+    (read by ``observe`` before and after it alone) is refused naming that field: the
+    typed fields win. An entry that cannot be applied (a [N] step past the end) too."""
+    if not spec.xml:
+        return None
+    root = parse(base)
+    before = observe(root)
+    for i, edit in enumerate(spec.xml):
+        trial = ET.fromstring(ET.tostring(root))
+        try:
+            edits.apply(trial, (edit,))
+        except ValueError as exc:
+            return i, str(exc)
+        after = observe(trial)
+        touched = sorted({_field_name(k) for k in set(before) | set(after)
+                          if before.get(k) != after.get(k)})  # fmt: skip
+        if touched:
+            return i, (f"xml[{i}] ({edit.xpath}) changes what the typed field"
+                       f"{'s' if len(touched) > 1 else ''} {', '.join(touched)} "
+                       "manage(s); the typed fields win: set "
+                       f"{' / '.join(touched)} in the manifest instead")  # fmt: skip
+    return None
+
+
+def _field_name(key: str) -> str:
+    """The manifest field a projection key belongs to: ``disks[vda].bus`` -> ``disks``."""
+    head = key.split("[", 1)[0]
+    return head if "[" in key else key
+
+
+def edits_invalid(composed: str | Element, spec: VirtualMachineSpec,
+                  base: str | Element | None = None) -> tuple[int, str] | None:  # fmt: skip
+    """Whether the composed definition (typed fields and ``xml`` entries) is invalid
+    against libvirt's domain schema (``edits.libvirt_schema``), as (the index of the
+    first entry that makes it so, libvirt's schema's message), or None. Not blamed on
+    the entries when ``base`` (the definition without them) is invalid already, or
+    where the schema is not installed."""
+    if not spec.xml:
+        return None
+    schema = edits.libvirt_schema()
+    if schema is None:
+        return None
+    why = edits.schema_errors(parse(composed), schema)
+    if why is None:
+        return None
+    root = parse_own(base) if base is not None else None
+    if root is None or edits.schema_errors(root, schema) is not None:
+        return None
+    for i, edit in enumerate(spec.xml):
+        edits.apply(root, (edit,))
+        found = edits.schema_errors(root, schema)
+        if found is not None:
+            return i, found
+    return len(spec.xml) - 1, why
 
 
 def device_xml(xml: str, section: str, key: str) -> str | None:
