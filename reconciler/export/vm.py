@@ -7,6 +7,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from reconciler.export.hatch import entries
 from reconciler.export.kept import _MANAGED_DISK_TYPES, _REMOVES, kept_in_definition
 from reconciler.export.notes import (
     _IPV4,
@@ -347,5 +348,15 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
         notes.add("disks", str(exc))
         return _unexportable(kind, record.name, notes)
     _compare(desired, observed, notes)
+    # whatever the typed fields cannot say goes to the escape hatch (export/hatch.py),
+    # so a VM created from the manifest elsewhere gets it too; what is left stays kept
+    hatch = entries(record.config_xml, rendered, m.spec, notes)
+    if hatch:
+        doc["spec"]["xml"] = hatch
+        with_hatch = _build(kind, doc, notes)
+        if with_hatch is None:
+            return _unexportable(kind, record.name, notes)
+        assert isinstance(with_hatch.spec, VirtualMachineSpec)
+        rendered = domain_xml.render(record.name, with_hatch.spec, uuid=record.uuid, **kwargs)
     kept = kept_in_definition(record.config_xml, rendered, notes)
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))

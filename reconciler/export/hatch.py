@@ -1,0 +1,191 @@
+"""hatch: what a VM's definition has beyond the typed manifest, as ``xml`` entries.
+
+Export writes a VirtualMachine's typed fields first; whatever the definition has that
+the typed manifest, rendered, does not (found by comparing the two trees, as
+``kept.kept_in_definition`` does, never from a list of names) becomes entries of its
+``xml`` field (the escape hatch, ``xml/edits.py``):
+
+* an element the rendered manifest lacks: ``add`` under its parent, whole;
+* an attribute it lacks or spells otherwise: ``value`` on the element's path;
+* the text of a leaf element: ``value`` on the element's path;
+* a child of ``<features>`` the render writes and the definition lacks: ``delete``.
+
+Each entry is kept only if it is satisfied by the definition as it is (so applying the
+export changes nothing) and changes no typed field (``domain.edit_refusal``); what is
+left stays a "kept" note. So export does not care which devices are typed: whatever
+the typed render does not produce goes here. Pure.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from lxml import etree as ET
+
+from reconciler.export.kept import _KEPT_SILENT, _counterpart, _ignored, _noted
+from reconciler.export.notes import _Notes
+from reconciler.model import VirtualMachineSpec, XmlEdit
+from reconciler.xml import domain as domain_xml
+from reconciler.xml import edits
+from reconciler.xml._fields import Element, parse
+
+# identities of the devices a manifest keys, as path predicates
+_IDENTITY = {"disk": "target/@dev", "interface": "mac/@address"}
+_QUALIFIERS = ("dev", "name", "type", "id", "model", "index", "port", "bus")
+_DELETABLE = ("features",)  # where the render writes children a definition may lack
+
+
+def _quote(value: str) -> str | None:
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def _step(child: Element, parent: Element) -> str:
+    """A path step that selects ``child`` among ``parent``'s children alone: its tag, with
+    its identity (a disk's target, a NIC's MAC), else attributes that tell it apart,
+    else its position among the elements with its tag."""
+    tag = str(child.tag)
+    same = [c for c in parent if c.tag == child.tag]
+    if len(same) == 1:
+        return tag
+    ident = _IDENTITY.get(tag)
+    if ident is not None:
+        where, _, attr = ident.partition("/@")
+        found = child.find(where)
+        value = None if found is None else found.get(attr)
+        quoted = None if value is None else _quote(value)
+        if quoted is not None:
+            return f"{tag}[{ident}={quoted}]"
+    preds: list[str] = []
+    chosen: list[tuple[str, str]] = []
+    for attr in _QUALIFIERS:
+        value = child.get(attr)
+        quoted = None if value is None else _quote(value)
+        if quoted is None or value is None:
+            continue
+        preds.append(f"[@{attr}={quoted}]")
+        chosen.append((attr, value))
+        if sum(1 for c in same if all(c.get(a) == v for a, v in chosen)) == 1:
+            return tag + "".join(preds)
+    return f"{tag}[{next(i for i, c in enumerate(same, 1) if c is child)}]"
+
+
+def _fragment(element: Element) -> str:
+    """``element`` as one line of XML (whitespace between elements dropped)."""
+    mine = copy.deepcopy(element)
+    for node in mine.iter():
+        if not isinstance(node.tag, str):
+            continue
+        if node.text is not None and not node.text.strip() and len(node):
+            node.text = None
+        if node.tail is not None and not node.tail.strip():
+            node.tail = None
+    ET.cleanup_namespaces(mine)
+    return ET.tostring(mine, encoding="unicode", with_tail=False)
+
+
+def _walk(live: Element, mine: Element, path: str, bare: str, out: list[dict[str, Any]],
+          devices: bool = False) -> None:  # fmt: skip
+    for key, value in live.attrib.items():
+        attr = str(key)
+        if attr.startswith("{") or mine.get(attr) == value or _ignored(f"{bare}@{attr}",
+                                                                       _KEPT_SILENT):
+            continue
+        out.append({"xpath": f"{path}/@{attr}", "value": str(value)})
+    text = (live.text or "").strip()
+    if len(live) == 0 and text and text != (mine.text or "").strip() and not _ignored(
+            bare, _KEPT_SILENT):  # fmt: skip
+        out.append({"xpath": path, "value": live.text or ""})
+    taken: list[Element] = []
+    for child in live:
+        if not isinstance(child.tag, str) or str(child.tag).startswith("{"):
+            continue
+        child_bare = f"{bare}/{child.tag}"
+        if _ignored(child_bare, _KEPT_SILENT) or (
+                devices and child.tag == "input" and child.get("bus") == "ps2"):  # fmt: skip
+            continue
+        other = _counterpart(child, live, mine, taken)
+        if other is None:
+            out.append({"xpath": path, "add": _fragment(child)})
+            continue
+        taken.append(other)
+        _walk(child, other, f"{path}/{_step(child, live)}", child_bare, out)
+    if bare in _DELETABLE:
+        for extra in mine:
+            if isinstance(extra.tag, str) and not any(extra is t for t in taken):
+                out.append({"xpath": f"{path}/{extra.tag}", "delete": True})
+
+
+def candidates(config_xml: str, rendered: str, notes: _Notes) -> list[dict[str, Any]]:
+    """Every ``xml`` entry (as a manifest writes it) that would make the rendered manifest
+    (``rendered``, without ``xml``) say what the definition ``config_xml`` has, before the
+    checks of ``entries``. Devices a note covers are left to their note."""
+    live, mine = parse(config_xml), parse(rendered)
+    out: list[dict[str, Any]] = []
+    taken: list[Element] = []
+    for element in live:
+        if not isinstance(element.tag, str):
+            continue
+        tag = str(element.tag)
+        if tag == "metadata":  # other tools' records, whole; never ours
+            for record in element:
+                if isinstance(record.tag, str) and not str(record.tag).startswith(
+                        "{" + domain_xml.OWNER_NAMESPACE + "}"):  # fmt: skip
+                    out.append({"xpath": "./metadata", "add": _fragment(record)})
+            continue
+        if _ignored(tag, _KEPT_SILENT) or (tag == "cpu" and notes.covers("cpu")):
+            continue
+        other = _counterpart(element, live, mine, taken)
+        if other is None:
+            out.append({"xpath": ".", "add": _fragment(element)})
+            continue
+        taken.append(other)
+        if tag != "devices":
+            _walk(element, other, f"./{_step(element, live)}", tag, out)
+            continue
+        done: list[Element] = []
+        for device in element:
+            if not isinstance(device.tag, str) or _ignored(f"devices/{device.tag}",
+                                                           _KEPT_SILENT):  # fmt: skip
+                continue
+            if device.tag == "input" and device.get("bus") == "ps2":
+                continue
+            counterpart = _counterpart(device, element, other, done)
+            if counterpart is not None:
+                done.append(counterpart)
+                _walk(device, counterpart, f"./devices/{_step(device, element)}",
+                      f"devices/{device.tag}", out)  # fmt: skip
+            elif not _noted(device, notes):
+                out.append({"xpath": "./devices", "add": _fragment(device)})
+    return out
+
+
+def _edit(entry: dict[str, Any]) -> XmlEdit:
+    return XmlEdit(xpath=entry["xpath"], value=entry.get("value"), add=entry.get("add"),
+                   delete=bool(entry.get("delete", False)))  # fmt: skip
+
+
+def entries(config_xml: str, rendered: str, spec: VirtualMachineSpec,
+            notes: _Notes) -> list[dict[str, Any]]:  # fmt: skip
+    """The ``xml`` entries export writes for a VM (``candidates``), each kept only when
+    it is a valid entry, is satisfied by the definition as it is (applying the exported
+    manifest changes nothing), and changes no typed field (``domain.edit_refusal``)."""
+    config = parse(config_xml)
+    out = []
+    for entry in candidates(config_xml, rendered, notes):
+        edit = _edit(entry)
+        if edits.problem(edit) is not None:
+            continue
+        one = dataclasses.replace(spec, xml=(edit,))
+        want = edits.project(one.xml)
+        if domain_xml.observe_edits(config, one) != want:
+            continue
+        if domain_xml.edit_refusal(one, config) is not None:
+            continue
+        out.append(entry)
+    return out
