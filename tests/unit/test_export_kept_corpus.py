@@ -169,7 +169,7 @@ def test_kept_items_read_as_a_user_names_them(stem: str, expected: str) -> None:
     # (kept_in_definition against the typed render alone shows the labels)
     [path] = [p for p in FILES if p.name.startswith(stem + ".")]
     xml = path.read_text()
-    root, item = exported(path)
+    _, item = exported(path)
     assert item.document is not None
     doc = {**item.document, "spec": {k: v for k, v in item.document["spec"].items()
                                      if k != "xml"}}  # fmt: skip
