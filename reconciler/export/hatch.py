@@ -8,7 +8,8 @@ the typed manifest, rendered, does not (found by comparing the two trees, as
 * an element the rendered manifest lacks: ``add`` under its parent, whole;
 * an attribute it lacks or spells otherwise: ``value`` on the element's path;
 * the text of a leaf element: ``value`` on the element's path;
-* a child of ``<features>`` the render writes and the definition lacks: ``delete``.
+* an element the render writes where the definition has none of its tag: ``delete``
+  (each is then checked: one that would change a typed field is dropped).
 
 Each entry is kept only if it is satisfied by the definition as it is (so applying the
 export changes nothing) and changes no typed field (``domain.edit_refusal``); what is
@@ -34,7 +35,6 @@ from reconciler.xml._fields import Element, parse
 # identities of the devices a manifest keys, as path predicates
 _IDENTITY = {"disk": "target/@dev", "interface": "mac/@address"}
 _QUALIFIERS = ("dev", "name", "type", "id", "model", "index", "port", "bus")
-_DELETABLE = ("features",)  # where the render writes children a definition may lack
 
 
 def _quote(value: str) -> str | None:
@@ -115,10 +115,24 @@ def _walk(live: Element, mine: Element, path: str, bare: str, out: list[dict[str
             continue
         taken.append(other)
         _walk(child, other, f"{path}/{_step(child, live)}", child_bare, out)
-    if bare in _DELETABLE:
-        for extra in mine:
-            if isinstance(extra.tag, str) and not any(extra is t for t in taken):
-                out.append({"xpath": f"{path}/{extra.tag}", "delete": True})
+    _deletes(live, mine, path, bare, out)
+    for key in mine.attrib:  # an attribute the render writes that the definition lacks
+        attr = str(key)
+        if attr not in live.attrib and not attr.startswith("{") and not _ignored(
+                f"{bare}@{attr}", _KEPT_SILENT):  # fmt: skip
+            out.append({"xpath": f"{path}/@{attr}", "delete": True})
+
+
+def _deletes(live: Element, mine: Element, path: str, bare: str,
+             out: list[dict[str, Any]]) -> None:  # fmt: skip
+    """``delete`` entries for the elements the render writes under ``mine`` that have no
+    element of their tag under ``live`` at all (``<features><apic/>``, a ``<features>``
+    the definition lacks): the path names them all, and none of the definition's."""
+    have = {c.tag for c in live}
+    for tag in dict.fromkeys(c.tag for c in mine if isinstance(c.tag, str)):
+        where = f"{bare}/{tag}" if bare else str(tag)
+        if tag not in have and not _ignored(where, _KEPT_SILENT):
+            out.append({"xpath": f"{path}/{tag}", "delete": True})
 
 
 def candidates(config_xml: str, rendered: str, notes: _Notes) -> list[dict[str, Any]]:
@@ -162,6 +176,7 @@ def candidates(config_xml: str, rendered: str, notes: _Notes) -> list[dict[str, 
                       f"devices/{device.tag}", out)  # fmt: skip
             elif not _noted(device, notes):
                 out.append({"xpath": "./devices", "add": _fragment(device)})
+    _deletes(live, mine, ".", "", out)
     return out
 
 
@@ -174,7 +189,9 @@ def entries(config_xml: str, rendered: str, spec: VirtualMachineSpec,
             notes: _Notes) -> list[dict[str, Any]]:  # fmt: skip
     """The ``xml`` entries export writes for a VM (``candidates``), each kept only when
     it is a valid entry, is satisfied by the definition as it is (applying the exported
-    manifest changes nothing), and changes no typed field (``domain.edit_refusal``)."""
+    manifest changes nothing), and changes no typed field (``domain.edit_refusal``), of
+    the definition nor, all entries together, of ``rendered`` (a VM created from the
+    manifest: the plan would refuse it)."""
     config = parse(config_xml)
     out = []
     for entry in candidates(config_xml, rendered, notes):
@@ -188,4 +205,10 @@ def entries(config_xml: str, rendered: str, spec: VirtualMachineSpec,
         if domain_xml.edit_refusal(one, config) is not None:
             continue
         out.append(entry)
+    for _ in range(len(out)):
+        together = dataclasses.replace(spec, xml=tuple(_edit(e) for e in out))
+        wrong = domain_xml.edit_refusal(together, rendered)
+        if wrong is None:
+            break
+        del out[wrong[0]]
     return out

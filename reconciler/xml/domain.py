@@ -1493,23 +1493,31 @@ def observe_edits(xml: str | Element, spec: VirtualMachineSpec) -> Projection:
 def edit_refusal(spec: VirtualMachineSpec, base: str | Element) -> tuple[int, str] | None:
     """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the definition
     the entries apply to: the current one, or the typed render of a new one), as
-    (its index, why), or None. An entry that would change what a typed field manages
-    (read by ``observe`` before and after it alone) is refused naming that field: the
-    typed fields win. An entry that cannot be applied (a [N] step past the end) too."""
+    (its index, why), or None. The entries are applied in order; where the typed fields
+    (read by ``observe``) differ at the end from ``base``'s, the first entry that changed
+    one of them is refused naming the field: the typed fields win. (An entry may change
+    one on the way that a later one sets back: a loader added after the firmware
+    attribute is deleted is still UEFI.) An entry that cannot be applied (a ``[N]``
+    step past the end) is refused too."""
     if not spec.xml:
         return None
-    root = parse(base)
-    before = observe(root)
+    trial = parse_own(base)
+    before = observe(trial)
+    now = before
+    changed: list[set[str]] = []
     for i, edit in enumerate(spec.xml):
-        trial = ET.fromstring(ET.tostring(root))
         try:
             edits.apply(trial, (edit,))
         except ValueError as exc:
             return i, str(exc)
         after = observe(trial)
-        touched = sorted({_field_name(k) for k in set(before) | set(after)
-                          if before.get(k) != after.get(k)})  # fmt: skip
+        changed.append({k for k in set(now) | set(after) if now.get(k) != after.get(k)})
+        now = after
+    differ = {k for k in set(before) | set(now) if before.get(k) != now.get(k)}
+    for i, keys in enumerate(changed):
+        touched = sorted({_field_name(k) for k in keys & differ})
         if touched:
+            edit = spec.xml[i]
             return i, (f"xml[{i}] ({edit.xpath}) changes what the typed field"
                        f"{'s' if len(touched) > 1 else ''} {', '.join(touched)} "
                        "manage(s); the typed fields win: set "
