@@ -341,7 +341,8 @@ def adopt(conn: Any, path: Path, name: str, work: Path, *, create: bool = False)
         out.lost = sorted(lost.elements())
         if dom.isActive():
             out.errors.append("the domain was started")
-        if create:
+        if create:  # "elsewhere": the original goes first (its uuid, its fixed port)
+            undefine(dom, True)
             create_elsewhere(conn, before, name, manifests, config, work, out)
         return out
     finally:
@@ -377,9 +378,10 @@ def meaning(xml: str, name: str) -> ET.Element:
 def create_elsewhere(conn: Any, before: str, name: str, manifests: Path, config: Path,
                      work: Path, out: Outcome) -> None:  # fmt: skip
     """The render path: the exported manifest, renamed ``<name>-c`` (stopped, not
-    adopted), applied with its own state directory (another instance: the original is
-    not its to prune), so the VM is *created* from the manifest; its definition must
-    equal the original's by ``meaning``. The created VM is undefined (its NVRAM file
+    adopted), applied with its own state directory, so the VM is *created* from the
+    manifest, as on another host (the caller has undefined the original, whose uuid a
+    ``<sysinfo>`` may carry and whose fixed display port the copy would take); its
+    definition must equal the original's by ``meaning``. The created VM is undefined (its NVRAM file
     only if the original does not use the same one)."""
     import libvirt
     import yaml
