@@ -334,11 +334,11 @@ def _load_document(
 
 
 def _xml_edit_problems(value: Mapping[str, Any]) -> list[FieldProblem]:
-    """A problem for each entry of a VirtualMachine's ``xml`` (the escape hatch) whose
+    """A problem for each entry of a spec's ``xml`` (the escape hatch) whose
     path is outside the language or whose fragment is not one safe, well-formed element
     (``xml.edits.problem``): what ``validate --offline`` checks of it. Its validity
     against libvirt's schema and the typed fields is checked at plan time."""
-    if value.get("kind") != Kind.VIRTUAL_MACHINE.value or not value.get("spec", {}).get("xml"):
+    if not value.get("spec", {}).get("xml"):  # a VM's, a network's or a pool's
         return []
     # lxml only for a manifest that uses the hatch: loading the others stays light
     from reconciler.xml.edits import problem as edit_problem

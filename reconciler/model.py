@@ -61,12 +61,26 @@ class SpecError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class XmlEdit:
+    """One entry of a VM's ``xml`` list, the escape hatch (``xml/edits.py`` applies it):
+    an ``xpath`` relative to ``<domain>`` and exactly one of ``value`` (set the
+    attribute or text it names), ``add`` (an XML element, as text, added under it) and
+    ``delete`` (remove what it names). Outside the typed contract: typed fields win."""
+
+    xpath: str
+    value: str | None = None
+    add: str | None = None
+    delete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StoragePoolSpec:
     path: str
     type: str = "dir"
     state: str = "active"
     autostart: bool = False
     adopt: bool = False
+    xml: tuple[XmlEdit, ...] = ()  # the escape hatch (xml/edits.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +135,7 @@ class NetworkSpec:
     state: str = "active"
     autostart: bool = False
     adopt: bool = False
+    xml: tuple[XmlEdit, ...] = ()  # the escape hatch (xml/edits.py)
 
 
 # --- VirtualMachine ---------------------------------------------------------
@@ -383,19 +398,6 @@ class CloudInit:
 
 
 @dataclass(frozen=True, slots=True)
-class XmlEdit:
-    """One entry of a VM's ``xml`` list, the escape hatch (``xml/edits.py`` applies it):
-    an ``xpath`` relative to ``<domain>`` and exactly one of ``value`` (set the
-    attribute or text it names), ``add`` (an XML element, as text, added under it) and
-    ``delete`` (remove what it names). Outside the typed contract: typed fields win."""
-
-    xpath: str
-    value: str | None = None
-    add: str | None = None
-    delete: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class VirtualMachineSpec:
     memory: int
     max_memory: int
@@ -516,6 +518,15 @@ def _target_names(prefix: str) -> tuple[str, ...]:
     )
 
 
+def xml_edits(raw: Mapping[str, Any]) -> tuple[XmlEdit, ...]:
+    """A spec's ``xml`` entries (the escape hatch), as the schema admits them."""
+    return tuple(
+        XmlEdit(xpath=e["xpath"], value=e.get("value"), add=e.get("add"),
+                delete=bool(e.get("delete", False)))
+        for e in raw.get("xml", ())
+    )  # fmt: skip
+
+
 def build_manifest(
     document: Mapping[str, Any],
     source: SourcePosition,
@@ -539,6 +550,7 @@ def build_manifest(
             state=raw.get("state", "active"),
             autostart=raw.get("autostart", False),
             adopt=raw.get("adopt", False),
+            xml=xml_edits(raw),
         )
     elif kind is Kind.VOLUME:
         spec = _build_volume(raw, problems)
@@ -621,6 +633,7 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
         state=raw.get("state", "active"),
         autostart=raw.get("autostart", False),
         adopt=raw.get("adopt", False),
+        xml=xml_edits(raw),
     )
     if spec.mode == "bridge":
         if spec.bridge is None:
@@ -987,13 +1000,5 @@ def _build_vm(
         shutdown_timeout=parse_duration(raw.get("shutdownTimeout", "120s")),
         update_policy=raw.get("updatePolicy"),
         adopt=raw.get("adopt", False),
-        xml=tuple(
-            XmlEdit(
-                xpath=e["xpath"],
-                value=e.get("value"),
-                add=e.get("add"),
-                delete=bool(e.get("delete", False)),
-            )
-            for e in raw.get("xml", ())
-        ),
+        xml=xml_edits(raw),
     )

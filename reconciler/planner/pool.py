@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from reconciler.diff import diff
 from reconciler.model import Kind, Manifest, StoragePoolSpec
 from reconciler.plan import (
@@ -20,10 +22,13 @@ from reconciler.planner.context import (
     _autostart,
     _conflict,
     _Context,
+    _edit_error,
     _persist,
     _refused_path,
 )
+from reconciler.xml import edits
 from reconciler.xml import pool as pool_xml
+from reconciler.xml._fields import parse
 
 
 def _plan_pool(m: Manifest, ctx: _Context) -> Action:
@@ -35,7 +40,13 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     live = ctx.observed.pools.get(m.name)
     record = ctx.owner_record(m)
     if live is None:
-        new: list[Step] = [DefinePool(pool_xml.render(m.name, spec)), BuildPool()]
+        xml = pool_xml.render(m.name, spec)
+        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
+            typed = pool_xml.render(m.name, dataclasses.replace(spec, xml=()))
+            wrong = pool_xml.edit_refusal(spec, typed) or pool_xml.edits_invalid(xml, spec, typed)
+            if wrong is not None:
+                return _edit_error(m, Kind.STORAGE_POOL, *wrong)
+        new: list[Step] = [DefinePool(xml), BuildPool()]
         if spec.state == "active":
             new.append(StartPool())
         if spec.autostart:
@@ -54,7 +65,16 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     taken = ctx.taken(owner, key, recorded=False)
     if not owner.ours and not spec.adopt and not taken:
         return _conflict(m, f"storage pool '{m.name}'", owner, recorded=False, ctx=ctx)
-    config_changes = diff(pool_xml.project(spec), live.config)
+    wrong = pool_xml.edit_refusal(spec, live.config_xml)
+    if wrong is not None:  # an xml entry that would change a typed field
+        return _edit_error(m, Kind.STORAGE_POOL, *wrong)
+    config = {**live.config, **edits.observe(parse(live.config_xml), spec.xml)}
+    config_changes = diff(pool_xml.project(spec), config)
+    if config_changes and spec.xml:  # the composed definition against libvirt's schema
+        typed = pool_xml.patch(live.config_xml, dataclasses.replace(spec, xml=()))
+        wrong = pool_xml.edits_invalid(pool_xml.patch(live.config_xml, spec), spec, typed)
+        if wrong is not None:
+            return _edit_error(m, Kind.STORAGE_POOL, *wrong)
     adoption = _adoption(owner, ctx, taken=taken, recorded=False)
     changes = adoption + config_changes + _persist(live.persistent)
     steps: list[Step] = []

@@ -37,6 +37,7 @@ from reconciler.planner.context import (
     _autostart,
     _conflict,
     _Context,
+    _edit_error,
     _found,
     _persist,
     _recorded,
@@ -112,7 +113,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             wrong = domain_xml.edit_refusal(spec, typed) or domain_xml.edits_invalid(
                 xml, spec, typed)
             if wrong is not None:
-                return _edit_error(m, *wrong)
+                return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
         new: list[Step] = [*seeds.write_steps(force=True), DefineDomain(xml)]
         if spec.state == "running":
             new.append(StartDomain())
@@ -196,7 +197,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
     wrong = domain_xml.edit_refusal(spec, config_root)
     if wrong is not None:  # an xml entry that would change a typed field
-        return _edit_error(m, *wrong)
+        return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
     clash = domain_xml.unmanaged_clash(spec, config_root)
     if clash is not None:  # a target or MAC a kept, unmanaged device has
         where, why = clash
@@ -248,7 +249,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             except ValueError as exc:
                 wrong = (len(spec.xml) - 1, str(exc))
             if wrong is not None:
-                return _edit_error(m, *wrong)
+                return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
         steps.append(DefineDomain(rendered(), current=live.config_xml))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
@@ -371,12 +372,6 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         requires=requires,
         fingerprint=print_ if op is Op.NOOP and not pending else None,
     )
-
-
-def _edit_error(m: Manifest, index: int, why: str) -> Action:
-    """The plan error of ``xml`` entry ``index`` (the escape hatch), at its line."""
-    return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(("spec", "xml", index)),
-                  reason=f"xml[{index}]: {why}" if not why.startswith("xml[") else why)  # fmt: skip
 
 
 def _as_running(desired: Mapping[str, object]) -> dict[str, object]:

@@ -1493,68 +1493,24 @@ def observe_edits(xml: str | Element, spec: VirtualMachineSpec) -> Projection:
 def edit_refusal(spec: VirtualMachineSpec, base: str | Element) -> tuple[int, str] | None:
     """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the definition
     the entries apply to: the current one, or the typed render of a new one), as
-    (its index, why), or None. The entries are applied in order; where the typed fields
-    (read by ``observe``) differ at the end from ``base``'s, the first entry that changed
-    one of them is refused naming the field: the typed fields win. (An entry may change
-    one on the way that a later one sets back: a loader added after the firmware
-    attribute is deleted is still UEFI.) An entry that cannot be applied (a ``[N]``
-    step past the end) is refused too."""
+    (its index, why), or None (``edits.refusal`` with this module's ``observe``): an
+    entry that leaves a typed field changed is refused naming it; the typed fields win.
+    (Applied in order: a loader added after the firmware attribute is deleted is still
+    UEFI.)"""
     if not spec.xml:
         return None
-    trial = parse_own(base)
-    before = observe(trial)
-    now = before
-    changed: list[set[str]] = []
-    for i, edit in enumerate(spec.xml):
-        try:
-            edits.apply(trial, (edit,))
-        except ValueError as exc:
-            return i, str(exc)
-        after = observe(trial)
-        changed.append({k for k in set(now) | set(after) if now.get(k) != after.get(k)})
-        now = after
-    differ = {k for k in set(before) | set(now) if before.get(k) != now.get(k)}
-    for i, keys in enumerate(changed):
-        touched = sorted({_field_name(k) for k in keys & differ})
-        if touched:
-            edit = spec.xml[i]
-            return i, (f"xml[{i}] ({edit.xpath}) changes what the typed field"
-                       f"{'s' if len(touched) > 1 else ''} {', '.join(touched)} "
-                       "manage(s); the typed fields win: set "
-                       f"{' / '.join(touched)} in the manifest instead")  # fmt: skip
-    return None
-
-
-def _field_name(key: str) -> str:
-    """The manifest field a projection key belongs to: ``disks[vda].bus`` -> ``disks``."""
-    head = key.split("[", 1)[0]
-    return head if "[" in key else key
+    return edits.refusal(spec.xml, parse(base), observe)
 
 
 def edits_invalid(composed: str | Element, spec: VirtualMachineSpec,
                   base: str | Element | None = None) -> tuple[int, str] | None:  # fmt: skip
     """Whether the composed definition (typed fields and ``xml`` entries) is invalid
-    against libvirt's domain schema (``edits.libvirt_schema``), as (the index of the
-    first entry that makes it so, libvirt's schema's message), or None. Not blamed on
-    the entries when ``base`` (the definition without them) is invalid already, or
-    where the schema is not installed."""
+    against libvirt's domain schema (``edits.invalid``), as (the index of the first
+    entry that makes it so, the schema's message), or None."""
     if not spec.xml:
         return None
-    schema = edits.libvirt_schema()
-    if schema is None:
-        return None
-    why = edits.schema_errors(parse(composed), schema)
-    if why is None:
-        return None
-    root = parse_own(base) if base is not None else None
-    if root is None or edits.schema_errors(root, schema) is not None:
-        return None
-    for i, edit in enumerate(spec.xml):
-        edits.apply(root, (edit,))
-        found = edits.schema_errors(root, schema)
-        if found is not None:
-            return i, found
-    return len(spec.xml) - 1, why
+    return edits.invalid(parse(composed), spec.xml, None if base is None else parse(base),
+                         edits.LIBVIRT_DOMAIN_RNG)  # fmt: skip
 
 
 def device_xml(xml: str, section: str, key: str) -> str | None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +56,10 @@ __all__ = [
     "schema_errors",
 ]
 
-LIBVIRT_DOMAIN_RNG = "/usr/share/libvirt/schemas/domain.rng"
+LIBVIRT_SCHEMAS = "/usr/share/libvirt/schemas"
+LIBVIRT_DOMAIN_RNG = f"{LIBVIRT_SCHEMAS}/domain.rng"
+LIBVIRT_NETWORK_RNG = f"{LIBVIRT_SCHEMAS}/network.rng"
+LIBVIRT_POOL_RNG = f"{LIBVIRT_SCHEMAS}/storagepool.rng"
 _OWNER_NS = "https://reconciler.dev/xmlns/"  # every namespace of the tool's own records
 
 PRESENT = "present"
@@ -122,7 +125,7 @@ def _parse_path(xpath: str) -> _Path:
         attr = parts.pop()[1:]
         if not re.fullmatch(_NAME, attr):
             raise ValueError(f"{xpath!r}: '@{attr}' is not an attribute name")
-    if not parts:
+    if not parts and attr is None:
         raise ValueError(f"{xpath!r} names no element")
     for step in parts:
         if not _STEP.match(step):
@@ -258,8 +261,9 @@ def problem(edit: Edit) -> tuple[str, str, str] | None:
     ):
         return ("xpath", "./metadata holds reconciler's ownership record",
                 "add your own element under ./metadata instead")  # fmt: skip
-    if not path.steps and (edit.value is not None or edit.delete):
-        return ("xpath", "'.' is <domain> itself", "name an element or attribute below it")
+    if not path.steps and path.attr is None and (edit.value is not None or edit.delete):
+        return ("xpath", "'.' is the root element itself",
+                "name an element below it, or an attribute (./@attr)")  # fmt: skip
     if edit.add is not None:
         if path.attr is not None:
             return ("xpath", f"{edit.xpath} names an attribute; add puts an element "
@@ -345,6 +349,67 @@ def _apply_one(root: Element, edit: Edit) -> None:
         element.set(path.attr, edit.value)
     else:
         element.text = edit.value
+
+
+# --- the typed fields win ---------------------------------------------------------
+
+
+def refusal(
+    entries: Sequence[Edit], base: Element, observe_typed: Callable[[Element], Projection]
+) -> tuple[int, str] | None:
+    """Why an entry of ``entries`` cannot be applied to ``base`` (not changed), as (its
+    index, why), or None. The entries are applied in order to a copy; where the typed
+    fields (``observe_typed``) differ at the end from ``base``'s, the first entry that
+    changed one of them is refused naming the field (an entry may change one on the way
+    that a later one sets back). An entry that cannot be applied is refused too."""
+    if not entries:
+        return None
+    trial = ET.fromstring(ET.tostring(base))
+    before = observe_typed(trial)
+    now = before
+    changed: list[set[str]] = []
+    for i, edit in enumerate(entries):
+        try:
+            apply(trial, (edit,))
+        except ValueError as exc:
+            return i, str(exc)
+        after = observe_typed(trial)
+        changed.append({k for k in set(now) | set(after) if now.get(k) != after.get(k)})
+        now = after
+    differ = {k for k in set(before) | set(now) if before.get(k) != now.get(k)}
+    for i, keys in enumerate(changed):
+        touched = sorted({k.split("[", 1)[0] for k in keys & differ})
+        if touched:
+            return i, (f"xml[{i}] ({entries[i].xpath}) changes what the typed field"
+                       f"{'s' if len(touched) > 1 else ''} {', '.join(touched)} "
+                       "manage(s); the typed fields win: set "
+                       f"{' / '.join(touched)} in the manifest instead")  # fmt: skip
+    return None
+
+
+def invalid(composed: Element, entries: Sequence[Edit], base: Element | None,
+            schema_file: str) -> tuple[int, str] | None:  # fmt: skip
+    """Whether ``composed`` (typed fields and ``entries``) is invalid against libvirt's
+    RelaxNG ``schema_file``, as (the index of the first entry that makes it so, the
+    schema's message), or None. Not blamed on the entries when ``base`` (the definition
+    without them, not changed) is invalid already, or where the schema is missing."""
+    if not entries:
+        return None
+    schema = libvirt_schema(schema_file)
+    if schema is None:
+        return None
+    why = schema_errors(composed, schema)
+    if why is None or base is None:
+        return None
+    root = ET.fromstring(ET.tostring(base))
+    if schema_errors(root, schema) is not None:
+        return None
+    for i, edit in enumerate(entries):
+        apply(root, (edit,))
+        found = schema_errors(root, schema)
+        if found is not None:
+            return i, found
+    return len(entries) - 1, why
 
 
 # --- libvirt's schema ------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Any
 from lxml import etree as ET
 
 from reconciler.model import DhcpHost, DnsHost, NetworkSpec
+from reconciler.xml import edits
 from reconciler.xml._fields import (
     INT,
     MAC,
@@ -255,6 +256,7 @@ def render(
     dhcp = find(root, f"{IPV4}/dhcp")
     if dhcp is not None:
         reorder(dhcp, ("range", "host"))
+    edits.apply(root, spec.xml)  # the escape hatch, after the typed fields (xml/edits.py)
     return serialize(root)
 
 
@@ -291,6 +293,7 @@ def patch(
     else:
         for owner in root.findall(f"metadata/{_tag('owner')}"):
             remove(owner)
+    edits.apply(root, spec.xml)  # the escape hatch: only the entries not satisfied yet
     return serialize(root)
 
 
@@ -311,7 +314,25 @@ def project(spec: NetworkSpec) -> Projection:
     out = project_fields(FIELDS, spec)
     out.update(DHCP_HOSTS.project(_dhcp_hosts(spec)))
     out.update(DNS_HOSTS.project(spec.dns_hosts))
+    out.update(edits.project(spec.xml))
     return out
+
+
+def edit_refusal(spec: NetworkSpec, base: str | Element) -> tuple[int, str] | None:
+    """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the current
+    definition, or the typed render of a new network): it would change a typed field
+    (``edits.refusal``; the typed fields win), or cannot be applied. None: it can."""
+    if not spec.xml:
+        return None
+    declared = spec.bridge is not None
+    return edits.refusal(spec.xml, parse(base),
+                         lambda root: observe(root, bridge_declared=declared))  # fmt: skip
+
+
+def edits_invalid(composed: str, spec: NetworkSpec, base: str) -> tuple[int, str] | None:
+    """The first ``xml`` entry that makes ``composed`` invalid against libvirt's network
+    schema, with the schema's message, or None (``edits.invalid``)."""
+    return edits.invalid(parse(composed), spec.xml, parse(base), edits.LIBVIRT_NETWORK_RNG)
 
 
 def entry_xml(xml: str, section: str, key: str) -> str | None:
@@ -322,7 +343,7 @@ def entry_xml(xml: str, section: str, key: str) -> str | None:
     return None if element is None else serialize(element).strip()
 
 
-def observe(xml: str, *, bridge_declared: bool = True) -> Projection:
+def observe(xml: str | Element, *, bridge_declared: bool = True) -> Projection:
     """The declared fields read from ``net.XMLDesc(0)``.
 
     ``bridge_declared=False`` (the manifest names no bridge) drops the bridge

@@ -18,6 +18,7 @@ import re
 from lxml import etree as ET
 
 from reconciler.model import StoragePoolSpec
+from reconciler.xml import edits
 from reconciler.xml._fields import (
     Attr,
     Element,
@@ -56,6 +57,7 @@ def render(name: str, spec: StoragePoolSpec, *, uuid: str | None = None) -> str:
     if uuid is not None:
         ET.SubElement(root, "uuid").text = xml_text(uuid, "uuid")
     render_fields(root, FIELDS, spec)
+    edits.apply(root, spec.xml)  # the escape hatch, after the typed fields (xml/edits.py)
     return serialize(root)
 
 
@@ -66,14 +68,28 @@ def patch(current: str | Element, spec: StoragePoolSpec) -> str:
     ``<permissions>``, unknown elements). Raises ValueError on a value XML cannot hold."""
     root = parse_own(current)
     patch_fields(root, FIELDS, spec)
+    edits.apply(root, spec.xml)  # the escape hatch: only the entries not satisfied yet
     return serialize(root)
 
 
 def project(spec: StoragePoolSpec) -> Projection:
     """The desired fields, keyed like ``observe`` keys them."""
-    return project_fields(FIELDS, spec)
+    return {**project_fields(FIELDS, spec), **edits.project(spec.xml)}
 
 
-def observe(xml: str) -> Projection:
+def observe(xml: str | Element) -> Projection:
     """The declared fields read from ``pool.XMLDesc(0)``."""
     return observe_fields(parse(xml), FIELDS)
+
+
+def edit_refusal(spec: StoragePoolSpec, base: str | Element) -> tuple[int, str] | None:
+    """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the current
+    definition, or the typed render of a new pool): it would change a typed field
+    (``edits.refusal``; the typed fields win), or cannot be applied. None: it can."""
+    return edits.refusal(spec.xml, parse(base), observe) if spec.xml else None
+
+
+def edits_invalid(composed: str, spec: StoragePoolSpec, base: str) -> tuple[int, str] | None:
+    """The first ``xml`` entry that makes ``composed`` invalid against libvirt's pool
+    schema, with the schema's message, or None (``edits.invalid``)."""
+    return edits.invalid(parse(composed), spec.xml, parse(base), edits.LIBVIRT_POOL_RNG)

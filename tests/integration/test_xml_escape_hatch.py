@@ -22,6 +22,7 @@ from tests.integration.engine_support import (  # noqa: F401
     Workspace,
     action,
     assert_settled,
+    pool,
     vm,
     ws_fixture,
 )
@@ -148,3 +149,30 @@ def test_export_of_a_hand_made_domain_round_trips_through_the_hatch(ws: Workspac
     ws.write("copy.yaml", doc)
     ws.converge()
     assert canonical(meaning(_inactive(ws, other), other)) == canonical(meaning(before, name))
+
+
+def test_network_and_pool_entries_define_run_and_settle(ws: Workspace) -> None:
+    # an isolated network (loopback only: nothing leaves the host) and a dir pool
+    net, pool_name = ws.n("hatchnet"), ws.n("hatchpool")
+    path = ws.hostdir / "hatchpool"
+    ws.write("net.yaml", ws.isolated_network(net, xml=[
+        {"xpath": "./@ipv6", "value": "yes"},
+        # (not <bandwidth>: its sfq qdisc needs a kernel module this host may lack)
+        {"xpath": ".", "add": "<portgroup name='pg-hatch'/>"},
+    ]))  # fmt: skip
+    ws.write("pool.yaml", pool(pool_name, path, xml=[
+        {"xpath": "./target/permissions/mode", "value": "0711"},
+    ]))  # fmt: skip
+    ws.converge()
+    assert ws.conn.networkLookupByName(net).isActive()
+    net_xml = ws.virsh("net-dumpxml", "--inactive", net)
+    assert "ipv6='yes'" in net_xml and "<portgroup name='pg-hatch'" in net_xml, net_xml
+    assert "<mode>0711</mode>" in ws.virsh("pool-dumpxml", "--inactive", pool_name)
+    assert oct(path.stat().st_mode & 0o777) == "0o711"  # built with it
+    assert_settled(ws)
+    # a typed field through the hatch is refused at plan, naming the field
+    ws.write("pool.yaml", pool(pool_name, path, xml=[
+        {"xpath": "./target/path", "value": str(ws.hostdir / "elsewhere")},
+    ]))  # fmt: skip
+    a = action(ws.plan(), "StoragePool", pool_name)
+    assert a.op is Op.ERROR and "path" in a.reason, a.reason

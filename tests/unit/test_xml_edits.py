@@ -185,3 +185,49 @@ def test_value_creates_predicated_steps_and_reads_back() -> None:
     assert edits.observe(root, (edit,))[edits.edit_key(0, edit)] == "virtio"
     with pytest.raises(ValueError, match=r"xml\[0\]"):
         edits.apply(root, (XmlEdit("./devices/rng[3]/@model", value="virtio"),))
+
+
+def test_network_and_pool_entries_render_patch_and_refuse_typed_fields() -> None:
+    from reconciler.model import NetworkSpec, StoragePoolSpec
+    from reconciler.xml import network as network_xml
+    from reconciler.xml import pool as pool_xml
+
+    net = manifest("""
+apiVersion: reconciler/v1
+kind: Network
+metadata: {name: hatchnet}
+spec:
+  mode: isolated
+  xml:
+    - {xpath: ./@ipv6, value: "yes"}
+    - {xpath: ., add: "<bandwidth><inbound average='1000'/></bandwidth>"}
+""").spec
+    assert isinstance(net, NetworkSpec)
+    xml = network_xml.render("hatchnet", net)
+    assert_golden(xml, "network-xml-edits.xml")
+    root = parse(xml)
+    assert root.get("ipv6") == "yes" and root.find("bandwidth/inbound") is not None
+    typed = network_xml.render("hatchnet", dataclasses.replace(net, xml=()))
+    assert edits.observe(parse(network_xml.patch(typed, net)), net.xml) == edits.project(net.xml)
+    assert network_xml.edit_refusal(net, typed) is None
+    mtu = dataclasses.replace(net, xml=(XmlEdit(".", add="<mtu size='9000'/>"),))
+    wrong = network_xml.edit_refusal(mtu, typed)
+    assert wrong is not None and "mtu" in wrong[1]
+
+    pool = manifest("""
+apiVersion: reconciler/v1
+kind: StoragePool
+metadata: {name: hatchpool}
+spec:
+  path: /srv/pool
+  xml:
+    - {xpath: ./target/permissions/mode, value: "0711"}
+""").spec
+    assert isinstance(pool, StoragePoolSpec)
+    xml = pool_xml.render("hatchpool", pool)
+    assert_golden(xml, "pool-xml-edits.xml")
+    assert parse(xml).findtext("target/permissions/mode") == "0711"
+    path = dataclasses.replace(pool, xml=(XmlEdit("./target/path", value="/elsewhere"),))
+    wrong = pool_xml.edit_refusal(path, pool_xml.render("hatchpool",
+                                                        dataclasses.replace(pool, xml=())))
+    assert wrong is not None and "path" in wrong[1]
