@@ -269,7 +269,8 @@ def undefine(dom: Any, nvram_existed: bool) -> None:
 def disk_roots(path: Path) -> list[str]:
     """``allowedDiskRoots`` as an operator adopting this domain would set it: the
     default roots and the directory of every host file the XML names that a manifest
-    can name (disk and CD-ROM files, kernel, initrd, a serial log). SPEC §5 checks
+    can name (disk and CD-ROM files, kernel, initrd, a serial log; through the escape
+    hatch, a ``<source dev|dir>``: a block device, a shared folder). SPEC §5 checks
     every path a manifest names against these roots, adoption included, so a domain
     whose disk is /tmp/idedisk.img is adopted only by a configuration that allows /tmp.
     """
@@ -277,6 +278,9 @@ def disk_roots(path: Path) -> list[str]:
 
     root = ET.parse(path).getroot()
     named = [s.get("file") for s in root.findall("devices/disk/source")]
+    # and what the escape hatch carries: a block disk's node, a filesystem's folder
+    named += [s.get(k) for s in root.findall("devices/*/source") for k in ("dev", "dir")
+              if (s.get(k) or "").startswith("/")]  # fmt: skip
     named += [s.get("path") for s in root.findall("devices/serial/source")]
     named += [root.findtext("os/kernel"), root.findtext("os/initrd")]
     roots = [str(r) for r in DEFAULT_DISK_ROOTS]

@@ -8,7 +8,11 @@ them all, per kind, with the field that names them:
 * Volume ``source`` (copied into the new volume),
 * VirtualMachine ``disks[].file``, ``cdroms[].file``, ``kernel``, ``initrd``,
   ``serial.file`` (opened by QEMU), and ``graphics.passwordFile`` (read by
-  the reconciler, its first line put into the domain XML).
+  the reconciler, its first line put into the domain XML);
+* the escape hatch (``xml`` of a VM, a network or a pool): every ``file``,
+  ``dev`` or ``dir`` attribute of a ``<source>`` an entry adds or sets that is an
+  absolute path (a block disk, a filesystem's directory; a NIC's ``dev`` names an
+  interface), so the hatch is no way around the roots.
 
 ``PathPolicy.refusal`` is the check: the path, symlinks resolved, must lie
 under one of the allowed roots: ``allowedSecretRoots`` for password files,
@@ -25,15 +29,21 @@ file only after it passed, so nothing outside the roots is read or created.
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lxml import etree as ET
+
 from reconciler.model import (
     Manifest,
+    NetworkSpec,
     StoragePoolSpec,
     VirtualMachineSpec,
     VolumeSpec,
+    XmlEdit,
 )
 
 MAX_SECRET = 64 * 1024
@@ -56,13 +66,15 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     """Every host path ``manifest`` names, in the order of its fields."""
     spec = manifest.spec
     if isinstance(spec, StoragePoolSpec):
-        return [HostPath("path", spec.path, where=("spec", "path"))]
+        return [HostPath("path", spec.path, where=("spec", "path")), *_hatch_paths(spec.xml)]
     if isinstance(spec, VolumeSpec):
         return (
             [HostPath("source", spec.source, where=("spec", "source"), here=True)]
             if spec.source
             else []
         )
+    if isinstance(spec, NetworkSpec):
+        return _hatch_paths(spec.xml)
     if not isinstance(spec, VirtualMachineSpec):
         return []
     found = [HostPath(f"disks[{i}].file", d.file, where=("spec", "disks", i, "file"))
@@ -76,6 +88,35 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     if spec.graphics is not None and spec.graphics.password_file:
         found.append(HostPath("graphics.passwordFile", spec.graphics.password_file, secret=True,
                               where=("spec", "graphics", "passwordFile"), here=True))  # fmt: skip
+    return found + _hatch_paths(spec.xml)
+
+
+_SOURCE_ATTRS = ("file", "dev", "dir")
+_SOURCE_VALUE = re.compile(r"(?:^|/)source(?:\[[^\]]*\])*/@(file|dev|dir)$")
+# the fragments passed the load check (one element, no DTD or entities); parsed again
+# here as data: nothing resolved, nothing fetched
+_PARSER = ET.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
+    """The host paths ``xml`` entries name: ``<source file|dev|dir>`` in a fragment an
+    entry adds, or the value of an entry that sets one (``.../source/@dev``)."""
+    found: list[HostPath] = []
+    for i, entry in enumerate(entries):
+        if entry.value is not None and entry.value.startswith("/") and _SOURCE_VALUE.search(
+                entry.xpath):  # fmt: skip
+            found.append(HostPath(f"xml[{i}]", entry.value, where=("spec", "xml", i, "value")))
+        if entry.add is None:
+            continue
+        try:
+            root = ET.fromstring(entry.add.strip().encode(), _PARSER)
+        except ET.XMLSyntaxError:
+            continue  # refused at load (xml/edits.py)
+        for source in root.iter("source"):
+            for name in _SOURCE_ATTRS:
+                value = source.get(name)
+                if value and value.startswith("/"):  # a NIC's dev is a host interface
+                    found.append(HostPath(f"xml[{i}]", value, where=("spec", "xml", i, "add")))
     return found
 
 

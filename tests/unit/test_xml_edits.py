@@ -231,3 +231,22 @@ spec:
     wrong = pool_xml.edit_refusal(path, pool_xml.render("hatchpool",
                                                         dataclasses.replace(pool, xml=())))
     assert wrong is not None and "path" in wrong[1]
+
+
+def test_host_paths_in_entries_pass_the_roots_check() -> None:
+    from reconciler.hostpaths import host_paths
+
+    m = manifest("""
+apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata: {name: hatch}
+spec:
+  memory: 256MiB
+  xml:
+    - {xpath: ./devices, add: "<disk type='block' device='disk'><source dev='/dev/sdb'/><target dev='vdz'/></disk>"}
+    - {xpath: ./devices, add: "<interface type='direct'><source dev='eth0' mode='vepa'/></interface>"}
+    - {xpath: "./devices/filesystem[target/@dir='share']/source/@dir", value: /srv/share}
+""")
+    found = [(p.field, p.path, p.where) for p in host_paths(m)]
+    assert found == [("xml[0]", "/dev/sdb", ("spec", "xml", 0, "add")),
+                     ("xml[2]", "/srv/share", ("spec", "xml", 2, "value"))]
