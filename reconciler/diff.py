@@ -15,6 +15,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 
 from reconciler.plan import Change
+from reconciler.xml._fields import KEPT
 
 Projection = Mapping[str, object]
 
@@ -22,12 +23,15 @@ _DEVICE = re.compile(r"^([A-Za-z0-9.]+)\[([^\]]+)\]\.")
 
 
 def diff(desired: Projection, actual: Projection, *, ignore: Collection[str] = ()) -> list[Change]:
-    """Every key whose values differ (old: ``actual``, new: ``desired``), in key order."""
+    """Every key whose values differ (old: ``actual``, new: ``desired``), in key order.
+    A desired ``KEPT`` (a field the manifest does not name) differs from nothing."""
     changes = []
     for key in sorted(set(desired) | set(actual)):
         if key in ignore:
             continue
         new, old = desired.get(key), actual.get(key)
+        if new is KEPT:
+            continue
         if new != old:
             changes.append(Change(key, old, new))
     return changes

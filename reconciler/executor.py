@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, assert_never
 from urllib.parse import urlsplit
 
-from reconciler import cloudinit, hints, images
+from reconciler import cloudinit, hints, imagefetch, images, statedir
 from reconciler import inventory as inventory_file
 from reconciler.errors import (
     DefinitionChanged,
@@ -75,6 +75,7 @@ from reconciler.plan import (
     DeleteSeed,
     DeleteVolume,
     DetachDevice,
+    FetchImage,
     ImportVolume,
     LiveStep,
     NetUpdate,
@@ -269,13 +270,20 @@ class Executor:
             if action.op in (Op.DELETE, Op.FORGET):
                 self.inventory = self.inventory.without(action.key)
         except (HypervisorError, ReconcilerError, OSError) as exc:
-            if action.kind is Kind.VOLUME and action.op is Op.CREATE and done == 0 \
+            # steps that touched libvirt (a URL's fetch-image comes first and does not)
+            touched = done - sum(isinstance(s, FetchImage) for s in action.steps[:done])
+            if action.kind is Kind.VOLUME and action.op is Op.CREATE and touched == 0 \
                     and action.key in self._claimed and isinstance(exc, HypervisorError) \
                     and exc.code == VOLUME_EXISTS:  # fmt: skip
                 # nothing was created (a volume of that name was there already, in a
                 # pool made by this apply): not ours, never claimed, never pruned
                 self.inventory = self.inventory.without(action.key)
                 notes.append("not claimed: the volume was not created by reconciler")
+            elif action.kind is Kind.VOLUME and action.op is Op.CREATE and done == 0 \
+                    and action.key in self._claimed \
+                    and isinstance(action.steps[0], FetchImage):  # fmt: skip
+                # its image could not be had: nothing was created, nothing is claimed
+                self.inventory = self.inventory.without(action.key)
             self._record_refused(action.name, refused)
             duration = self.clock() - start
             explanation, failed_step = None, ""
@@ -360,8 +368,8 @@ class Executor:
         match step:
             case DefinePool(xml=xml, current=current):
                 hv.define_pool(xml, current=current)
-            case BuildPool():
-                hv.build_pool(name)
+            case BuildPool(format=fmt):
+                hv.build_pool(name, format=bool(fmt))
             case StartPool():
                 hv.start_pool(name)
             case StopPool():
@@ -372,8 +380,10 @@ class Executor:
                 hv.set_pool_autostart(name, on)
             case CreateVolume(pool=pool, xml=xml):
                 hv.create_volume(pool, xml)
+            case FetchImage():
+                return [self._fetch_image(action, step)]
             case ImportVolume():
-                note = _import_volume(hv, name, step)
+                note = _import_volume(hv, name, step, self._image_cache())
                 self._content_done(action)
                 return [note]
             case DeleteVolume(pool=pool):
@@ -471,6 +481,49 @@ class Executor:
             capacity=capacity, why=why,
         )  # fmt: skip
 
+    def _image_cache(self) -> Path:
+        if self.state_dir is None:
+            raise ReconcilerError("a Volume from a URL needs a state directory for its "
+                                  "image cache (--state-dir)")  # fmt: skip
+        return statedir.path(self.state_dir, statedir.IMAGES)
+
+    def _fetch_image(self, action: Action, step: FetchImage) -> str:
+        """The image of ``step`` in the cache, verified, and one the volume can hold;
+        ``ReconcilerError`` (the action fails, libvirt untouched) otherwise. Logs
+        ``image.fetch`` (start) and ``image.fetched`` (size, duration); a progress line
+        goes to a terminal only."""
+        cache = self._image_cache()
+        log = self.log.bind(kind=action.kind.value, name=action.name, url=step.url)
+        # a qcow2 file is a little larger than what it holds; more than this is not an
+        # image for this volume (or a server that never stops)
+        limit = step.capacity + step.capacity // 8 + 64 * 1024**2
+        start = self.clock()
+        downloading = imagefetch.cached(cache, step.sha256) is None
+        if downloading:
+            log.info("image.fetch", sha256=step.sha256, limit=limit)
+        progress = imagefetch.TtyProgress(f"fetching {step.url}")
+
+        def proceed(done: int, total: int | None) -> None:
+            progress(done, total)
+            if self.should_stop():  # SIGTERM: a long download is not waited for
+                raise imagefetch.FetchError(f"fetching {step.url}: stopped after {done} "
+                                            "bytes; the next apply resumes it")  # fmt: skip
+
+        try:
+            path, downloaded = imagefetch.fetch(step.url, step.sha256, cache, limit=limit,
+                                                progress=proceed)  # fmt: skip
+        finally:
+            progress.done()
+        size = path.stat().st_size
+        if downloaded:
+            log.info("image.fetched", sha256=step.sha256, size=size,
+                     duration=round(self.clock() - start, 3))  # fmt: skip
+        problem = image_problem(str(path), step.url, step.format, step.capacity)
+        if problem is not None:
+            raise ReconcilerError(problem)
+        how = "downloaded" if downloaded else "cached"
+        return f"image {step.url} {how} ({size} bytes, sha256 verified)"
+
     def _content_done(self, action: Action) -> None:
         """The copy into a volume is complete and verified: drop its ``contentPending``
         mark and save the inventory at once, so a kill after this point does not copy
@@ -550,13 +603,36 @@ class Executor:
         return f"forced off: guest ignored ACPI shutdown for {timeout:g}s"
 
 
-def _import_volume(hv: Hypervisor, name: str, step: ImportVolume) -> str:
+def image_problem(path: str, url: str, fmt: str, capacity: int) -> str | None:
+    """Why the verified image at ``path`` (fetched from ``url``) cannot fill a ``fmt``
+    volume of ``capacity`` bytes, or None: another format (libvirt's upload copies the
+    image as it is), a qcow2 image on a backing file (the host cannot follow it), or a
+    virtual size larger than the volume."""
+    found = images.read_format(path) or "raw"
+    if found != fmt:
+        return (f"image {url} is a {found} image, but the volume's format is {fmt}; "
+                + (f"set format: {found}" if found in ("qcow2", "raw")
+                   else "convert it to qcow2 or raw (qemu-img convert) and publish that"))
+    header = images.read_header(path)
+    if header.has_backing:
+        return f"image {url} is a qcow2 image on a backing file; use a flattened image"
+    if header.virtual_size > capacity:
+        return (f"image {url} holds {header.virtual_size} bytes (virtual size), more than "
+                f"capacity {capacity}; set capacity: {header.virtual_size}B or more")
+    return None
+
+
+def _import_volume(hv: Hypervisor, name: str, step: ImportVolume,
+                   cache: Path | None = None) -> str:
     """Copy ``source`` into the new volume (as differences from ``backing`` when given).
 
     On this machine, ``qemu-img convert`` then ``qemu-img compare`` (any format qemu-img
     reads; what a guest sees is compared). For a remote host, through libvirt's storage
     API only (``Hypervisor.import_file``): nothing runs qemu-img or opens the volume's
-    path here."""
+    path here. An image from a URL (``step.sha256``, fetched into ``cache`` by the
+    action's ``FetchImage``) always goes through libvirt's storage API, local or not."""
+    if step.sha256 is not None:
+        return _import_cached_image(hv, name, step, cache)
     if hv.remote:
         return _import_volume_remote(hv, name, step)
     source = str(step.source)
@@ -603,6 +679,30 @@ def _import_volume_remote(hv: Hypervisor, name: str, step: ImportVolume) -> str:
         )
     hv.import_file(step.pool, name, source, header.format)
     return f"imported {source} (streamed to {urlsplit(hv.uri).hostname or hv.uri}, verified)"
+
+
+def _import_cached_image(hv: Hypervisor, name: str, step: ImportVolume,
+                         cache: Path | None) -> str:
+    """Stream the cached image ``step.sha256`` into the volume through libvirt
+    (``Hypervisor.import_file``: upload, read back and compared, converted into the
+    volume); its digest is checked again first (the cache is a plain folder)."""
+    path = None if cache is None else imagefetch.cached(cache, str(step.sha256))
+    if path is None:
+        raise ReconcilerError(f"importing {step.url}: its image is not in the cache; "
+                              "apply again to fetch it")  # fmt: skip
+    actual = imagefetch.file_sha256(path)
+    if actual != step.sha256:
+        path.unlink()
+        raise ReconcilerError(imagefetch.mismatch_message(str(step.url), str(step.sha256),
+                                                          actual))  # fmt: skip
+    fmt = images.read_header(str(path)).format
+    progress = imagefetch.TtyProgress(f"streaming {path.name[:12]} into {step.pool}/{name}")
+    try:
+        hv.import_file(step.pool, name, str(path), fmt, progress)
+    finally:
+        progress.done()
+    where = urlsplit(hv.uri).hostname or hv.uri if hv.remote else "libvirt"
+    return f"imported {step.url} (streamed through {where}, verified)"
 
 
 def _dies_with_us(command: list[str]) -> list[str]:

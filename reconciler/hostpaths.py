@@ -4,7 +4,9 @@ A manifest is input to a root daemon: a path in it makes libvirt or the
 reconciler create, read or write a file on the host. ``host_paths`` lists
 them all, per kind, with the field that names them:
 
-* StoragePool ``path`` (libvirt creates the folder and volumes in it),
+* StoragePool ``path`` of a dir, fs or netfs pool (libvirt creates the folder
+  and volumes in it, or mounts on it), and ``source.devices`` (block devices a
+  pool's build formats: only the ones the configuration allows),
 * Volume ``source`` (copied into the new volume),
 * VirtualMachine ``disks[].file``, ``cdroms[].file``, ``kernel``, ``initrd``,
   ``serial.file`` (opened by QEMU), and ``graphics.passwordFile`` (read by
@@ -38,6 +40,7 @@ from pathlib import Path
 from lxml import etree as ET
 
 from reconciler.model import (
+    POOL_PATH_TYPES,
     Manifest,
     NetworkSpec,
     StoragePoolSpec,
@@ -66,7 +69,17 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     """Every host path ``manifest`` names, in the order of its fields."""
     spec = manifest.spec
     if isinstance(spec, StoragePoolSpec):
-        return [HostPath("path", spec.path, where=("spec", "path")), *_hatch_paths(spec.xml)]
+        # the folder libvirt makes or mounts on (a logical, disk or iscsi pool's target is
+        # libvirt's view of /dev, not made by it), and the block devices a build formats
+        pool = ([HostPath("path", spec.path, where=("spec", "path"))]
+                if spec.path is not None and spec.type in POOL_PATH_TYPES else [])  # fmt: skip
+        key = "device" if "device" in manifest.document["spec"].get("source", {}) else "devices"
+        for i, device in enumerate(spec.source.devices):
+            where: tuple[str | int, ...] = (("spec", "source", "device") if key == "device"
+                                            else ("spec", "source", "devices", i))  # fmt: skip
+            name = "source.device" if key == "device" else f"source.devices[{i}]"
+            pool.append(HostPath(name, device, where=where))
+        return pool + _hatch_paths(spec.xml)
     if isinstance(spec, VolumeSpec):
         return (
             [HostPath("source", spec.source, where=("spec", "source"), here=True)]

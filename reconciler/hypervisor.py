@@ -42,6 +42,7 @@ from reconciler.preflight import (
     PathFacts,
     QemuUser,
     cpu_compare_xml,
+    pool_types_of,
 )
 from reconciler.references import KnownObjects
 from reconciler.snapshot import DomainRecord as DomainRecord
@@ -337,6 +338,7 @@ class Hypervisor:
         self._host: HostFacts | None = None
         self._machine_caps: dict[tuple[str, str, str], MachineCaps | str] = {}
         self._cpu_models: dict[str, frozenset[str] | None] = {}  # arch -> model names
+        self._pool_types: frozenset[str] | str | None = None  # a str: why it is unknown
         self._cpu_feature_known: dict[str, bool] = {}  # feature name -> libvirt knows it
         self._cpu_verdicts: dict[CpuQuestion, str | None] = {}
 
@@ -426,6 +428,8 @@ class Hypervisor:
         facts = replace(host, machine_caps=caps, unknown=tuple(unknown))
         if wanted.cpu_questions or wanted.cpu_features:
             facts = self._cpu_facts(facts, wanted)
+        if wanted.pool_types:
+            facts = self._pool_facts(facts)
         if host.local:
             return replace(
                 facts,
@@ -436,6 +440,21 @@ class Hypervisor:
         if wanted.bridges:
             facts = replace(facts, bridges=self._libvirt_bridges())
         return facts
+
+    def _pool_facts(self, facts: HostFacts) -> HostFacts:
+        """The pool types this libvirt has a storage backend for, read once per
+        connection (``virConnectGetStoragePoolCapabilities``; formatstoragecaps.html):
+        a backend comes with a package, and libvirtd loads it when it starts."""
+        if self._pool_types is None:
+            try:
+                with calling("reading storage pool capabilities"):
+                    caps = str(self._conn.getStoragePoolCapabilities(0))
+                self._pool_types = pool_types_of(caps)
+            except Refused as exc:
+                self._pool_types = f"storage pool types not checked: {exc}"
+        if isinstance(self._pool_types, str):
+            return replace(facts, unknown=(*facts.unknown, self._pool_types))
+        return replace(facts, pool_types=self._pool_types)
 
     def _static_facts(self) -> HostFacts:
         local = not urlsplit(self.uri).netloc
@@ -747,8 +766,13 @@ class Hypervisor:
                     return records
                 raise
             for vol in listed:
-                with _vanished_ok():
+                try:
                     records.append(VolumeRecord(pool_name, vol.name(), vol.path(), vol.XMLDesc(0)))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                        return []  # the pool stopped meanwhile ("is not active"): as above
+                    if exc.get_error_code() not in _VANISHED:
+                        raise
             return records
 
     # -- domains ----------------------------------------------------------------
@@ -924,10 +948,24 @@ class Hypervisor:
                 _check_unchanged("storage pool", name, current, now())
             self._conn.storagePoolDefineXML(xml, 0)
 
-    def build_pool(self, name: str) -> None:
-        """Create a dir pool's directory if missing (mkdir -p; existing files are untouched)."""
+    def build_pool(self, name: str, *, format: bool = False) -> None:
+        """Build a pool (``virStoragePoolBuild``). ``format`` False: make a dir, netfs or
+        fs pool's folder if missing (mkdir -p; flags 0 build nothing else for those
+        types: measured, an fs pool's device is left blank); any other type is not
+        built (flags 0 would pvcreate a logical pool's devices). ``format`` True: build
+        with ``VIR_STORAGE_POOL_BUILD_NO_OVERWRITE``, which libvirt refuses on a device
+        that holds a filesystem, a partition table or an LVM label ("Storage pool
+        already built"), so nothing is ever formatted over data."""
         with calling(f"building storage pool {name}"):
-            self._conn.storagePoolLookupByName(name).build(0)
+            pool = self._conn.storagePoolLookupByName(name)
+            if format:
+                pool.build(libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE)
+                return
+            kind = ET.fromstring(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)).get("type")
+            if kind not in ("dir", "netfs", "fs"):
+                raise Refused(f"storage pool {name} is a {kind} pool: built only when its "
+                              "manifest says build: true", step="build-pool")  # fmt: skip
+            pool.build(0)
 
     def start_pool(self, name: str) -> None:
         with calling(f"starting storage pool {name}"):
@@ -985,7 +1023,8 @@ class Hypervisor:
             self._upload(vol, len(payload),
                          (view[i : i + 1024**2] for i in range(0, len(payload), 1024**2)))
 
-    def import_file(self, pool: str, name: str, source: str, source_format: str) -> None:
+    def import_file(self, pool: str, name: str, source: str, source_format: str,
+                    progress: Callable[[int, int | None], None] | None = None) -> None:
         """Make volume ``pool/name`` (it exists, empty or half copied) hold the image file
         ``source`` of this machine, through libvirt's storage API only, so that it works
         for a remote host: the file is streamed (``virStorageVolUpload``) into a
@@ -995,13 +1034,15 @@ class Hypervisor:
         again from it (``virStorageVolCreateXMLFrom``: libvirt converts to the volume's
         format; it cannot keep a backing store, so a volume on one is refused, as the
         planner refuses it for a remote host) and grown to its capacity
-        (``virStorageVolResize``). The staging volume is deleted whatever happens."""
+        (``virStorageVolResize``). The staging volume is deleted whatever happens.
+        ``progress`` is called with (bytes sent, total) as the upload proceeds."""
         try:
-            self._import_file(pool, name, source, source_format)
+            self._import_file(pool, name, source, source_format, progress)
         except OSError as exc:  # the source, read here, went away or cannot be read
             raise Refused(f"importing {source}: cannot read it: {exc.strerror or exc}") from None
 
-    def _import_file(self, pool: str, name: str, source: str, source_format: str) -> None:
+    def _import_file(self, pool: str, name: str, source: str, source_format: str,
+                     progress: Callable[[int, int | None], None] | None = None) -> None:
         staging = f"{name}.upload"
         with calling(f"importing {source} into volume {pool}/{name}"):
             p = self._conn.storagePoolLookupByName(pool)
@@ -1019,7 +1060,7 @@ class Hypervisor:
                 f"<volume><name>{staging}</name><capacity unit='bytes'>{max(size, 1)}"
                 "</capacity><target><format type='raw'/></target></volume>", 0)  # fmt: skip
             try:
-                self._upload_file(stage, source, size)
+                self._upload_file(stage, source, size, progress)
                 self._refresh_pool(p)
                 stage = p.storageVolLookupByName(staging)
                 seen = vol_xml.observe(str(stage.XMLDesc(0)))
@@ -1041,9 +1082,13 @@ class Hypervisor:
                 with contextlib.suppress(libvirt.libvirtError):
                     p.storageVolLookupByName(staging).delete(0)
 
-    def _upload_file(self, vol: Any, source: str, size: int) -> None:
+    def _upload_file(self, vol: Any, source: str, size: int,
+                     progress: Callable[[int, int | None], None] | None = None) -> None:
         with open(source, "rb") as f:
-            self._upload(vol, size, iter(lambda: f.read(1024**2), b""))
+            chunks: Iterable[bytes] = iter(lambda: f.read(1024**2), b"")
+            if progress is not None:
+                chunks = _counted(chunks, size, progress)
+            self._upload(vol, size, chunks)
 
     def _upload(self, vol: Any, size: int, chunks: Iterable[bytes | memoryview]) -> None:
         """Stream ``chunks`` (``size`` bytes in all) into ``vol`` (``virStorageVolUpload``);
@@ -1209,3 +1254,13 @@ def start_event_loop() -> None:
 
     _event_loop = threading.Thread(target=loop, name="libvirt-events", daemon=True)
     _event_loop.start()
+
+
+def _counted(chunks: Iterable[bytes], total: int,
+             progress: Callable[[int, int | None], None]) -> Iterator[bytes]:
+    """``chunks``, calling ``progress(bytes so far, total)`` after each."""
+    done = 0
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        progress(done, total)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
+from reconciler import imagefetch
 from reconciler.errors import SourcePosition
 from reconciler.units import parse_duration, parse_size, too_large, too_long
 
@@ -74,12 +75,39 @@ class XmlEdit:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolSource:
+    """A pool's ``<source>`` (formatstorage "Source elements"); each field None (or
+    empty) when the manifest does not name it, so libvirt's value is kept.
+
+    ``devices``: block devices (``<device path=>``: a logical pool's physical volumes,
+    an fs or disk pool's one device); ``name``: the volume group (logical) or ZFS
+    pool; ``host``/``port``: the NFS or iSCSI server; ``dir``: the NFS export;
+    ``format``: the filesystem, partition table or ``lvm2``; ``iqn``: the iSCSI
+    target (``<device path=>`` of an iscsi pool); ``initiator``: our initiator IQN."""
+
+    devices: tuple[str, ...] = ()
+    name: str | None = None
+    host: str | None = None
+    port: int | None = None
+    dir: str | None = None
+    format: str | None = None
+    iqn: str | None = None
+    initiator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoragePoolSpec:
-    path: str
+    """``path``: the target path (None: not named, libvirt's kept; a dir, fs or netfs
+    pool always names it). ``build``: build the pool when it is created (a logical,
+    fs, disk or zfs pool: vgcreate, mkfs, a partition table; never over data)."""
+
+    path: str | None
     type: str = "dir"
     state: str = "active"
     autostart: bool = False
     adopt: bool = False
+    source: PoolSource = PoolSource()
+    build: bool = False
     xml: tuple[XmlEdit, ...] = ()  # the escape hatch (xml/edits.py)
 
 
@@ -89,9 +117,18 @@ class VolumeSpec:
     capacity: int
     format: str = "qcow2"
     backing_volume: str | None = None
-    source: str | None = None
+    source: str | None = None  # a host file (``source: /path``)
     reclaim_policy: str = "retain"
     adopt: bool = False
+    # ``source: {url: https://..., sha256: HEX}``: an image fetched into the state
+    # directory's cache and streamed into the volume through libvirt (imagefetch.py)
+    source_url: str | None = None
+    source_sha256: str | None = None
+
+    @property
+    def content(self) -> str | None:
+        """What the volume's initial content comes from: the file, or the URL."""
+        return self.source or self.source_url
 
 
 # --- Network ----------------------------------------------------------------
@@ -181,11 +218,184 @@ class Cdrom:
 
 @dataclass(frozen=True, slots=True)
 class Interface:
+    """A NIC (formatdomain "Network interfaces"), on a ``network``, a host ``bridge``
+    or ``direct`` (macvtap on a host device). The fields of issue 13 (``direct_mode``
+    aside) are in ``declared`` only when the manifest names them: one it does not
+    name is kept as the domain has it (``xml.domain_nics``)."""
+
     mac: str
     network: str | None = None
     bridge: str | None = None
     model: str = "virtio"
     boot_rom: bool = False  # PXE option ROM: by default only when boot lists network
+    direct: str | None = None  # host device of a macvtap NIC (<source dev>)
+    direct_mode: str = "vepa"  # bridge | vepa | private | passthrough (libvirt's default)
+    vlan: Vlan | None = None
+    portgroup: str | None = None
+    bandwidth: Bandwidth | None = None  # None (declared): no limits
+    link: str = "up"  # up | down
+    mtu: int | None = None
+    declared: frozenset[str] = frozenset()  # vlan, portgroup, bandwidth, link, mtu
+
+
+NIC_DIRECT_MODES = ("bridge", "vepa", "private", "passthrough")
+"""``<source mode>`` of a direct NIC (formatdomain "Direct attachment to physical
+interface"); libvirt's default is vepa."""
+NIC_OPTIONAL_FIELDS = ("vlan", "portgroup", "bandwidth", "link", "mtu")
+"""Manifest fields of a NIC that are kept as the domain has them when not named."""
+
+
+@dataclass(frozen=True, slots=True)
+class VlanTag:
+    id: int
+    native_mode: str | None = None  # tagged | untagged (trunk only)
+
+
+@dataclass(frozen=True, slots=True)
+class Vlan:
+    """``<vlan>`` of a NIC (formatdomain "Setting VLAN tag"): several tags make a
+    trunk, as libvirt reads them (``trunk`` is then True)."""
+
+    tags: tuple[VlanTag, ...]
+    trunk: bool = False
+
+    def describe(self) -> str:
+        """The one-line form plans show and ``xml.domain_nics`` compares: ``42``,
+        ``42/untagged,43 trunk``."""
+        tags = ",".join(f"{t.id}/{t.native_mode}" if t.native_mode else str(t.id)
+                        for t in self.tags)  # fmt: skip
+        return tags + (" trunk" if self.trunk else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One direction of ``<bandwidth>``: average and peak in KiB/s, burst in KiB
+    (libvirt's units, formatdomain "Quality of service")."""
+
+    average: int
+    peak: int | None = None
+    burst: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bandwidth:
+    inbound: Rate | None = None
+    outbound: Rate | None = None
+
+
+_RATE_UNIT = re.compile(r"^(.*)/s$")
+
+
+def nic_quantity(value: object, rate: bool) -> int:
+    """A bandwidth value in libvirt's unit (KiB/s for a rate, KiB for a burst): an
+    integer is that unit already; a string has a unit, ``1MiB/s`` for a rate or
+    ``64KiB`` for a burst (sizes as ``units.parse_size``). ValueError for another
+    text, or one that is not a whole number of KiB above 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, int):
+        kib = value
+    else:
+        text = str(value).strip()
+        if rate:
+            match = _RATE_UNIT.match(text)
+            if match is None:
+                raise ValueError(f"{text!r} is not a rate (expected e.g. 1000KiB/s or 8MB/s)")
+            text = match.group(1)
+        size = parse_size(text)
+        if size % 1024:
+            raise ValueError(f"{value!r} is not a whole number of KiB (libvirt's unit)")
+        kib = size // 1024
+    if kib < 1 or kib > 2**32 - 1:
+        raise ValueError(f"{value!r} is out of range (1 to 4294967295 KiB, or KiB/s)")
+    return kib
+
+
+def _nic_extras(n: Mapping[str, Any], i: int, problems: list[FieldProblem]) -> dict[str, Any]:
+    """The issue-13 fields of manifest NIC ``n`` (``interfaces[i]``) as ``Interface``
+    keyword arguments, with ``declared``; problems go to ``problems``. Refused here,
+    as libvirt 9.0 refuses them only at define or start: a VLAN on a plain Linux
+    bridge ("vlan tag not supported for this connection type"), a VLAN on a direct
+    NIC not in passthrough mode ("vlan can only be set for SR-IOV VFs"), an MTU on a
+    direct NIC ("setting MTU on interface type direct is not supported yet")."""
+    at: FieldPath = ("spec", "interfaces", i)
+    out: dict[str, Any] = {}
+    declared = frozenset(k for k in NIC_OPTIONAL_FIELDS if k in n)
+    out["declared"] = declared
+    direct = n.get("direct")
+    if isinstance(direct, Mapping):
+        out["direct"] = direct.get("dev")
+        out["direct_mode"] = direct.get("mode", "vepa")
+    vlan = n.get("vlan")
+    if vlan is not None:
+        raw_tags: list[Any] = [{"id": vlan}] if isinstance(vlan, int) \
+            else list(vlan.get("tags", ()))
+        tags = tuple(VlanTag(int(t["id"]), t.get("nativeMode")) for t in raw_tags
+                     if isinstance(t, Mapping))
+        trunk = bool(vlan.get("trunk", False)) if isinstance(vlan, Mapping) else False
+        if len(tags) > 1 and isinstance(vlan, Mapping) and vlan.get("trunk") is False:
+            problems.append(FieldProblem((*at, "vlan", "trunk"),
+                "several VLAN tags are a trunk", "set trunk: true, or list one tag"))  # fmt: skip
+        trunk = trunk or len(tags) > 1  # libvirt reads several tags as a trunk
+        if any(t.native_mode for t in tags) and not trunk:
+            problems.append(FieldProblem((*at, "vlan"),
+                "nativeMode is for a trunk's native VLAN", "set trunk: true"))  # fmt: skip
+        if sum(1 for t in tags if t.native_mode) > 1:
+            problems.append(FieldProblem((*at, "vlan"),
+                "only one tag of a trunk can be native", "keep nativeMode on one tag"))  # fmt: skip
+        if "bridge" in n:
+            problems.append(FieldProblem((*at, "vlan"),
+                "a plain Linux bridge cannot carry a VLAN tag (libvirt refuses to start the "
+                "VM: 'vlan tag not supported for this connection type')",
+                "use a Network (an openvswitch bridge or a portgroup with the VLAN), or a "
+                "direct NIC in passthrough mode on an SR-IOV VF"))  # fmt: skip
+        if isinstance(direct, Mapping) and out.get("direct_mode") != "passthrough":
+            problems.append(FieldProblem((*at, "vlan"),
+                "a direct NIC carries a VLAN tag only in passthrough mode on an SR-IOV VF "
+                "(libvirt: 'vlan can only be set for SR-IOV VFs')",
+                "set direct.mode: passthrough on a VF, or put the VLAN on a Network"))  # fmt: skip
+        out["vlan"] = Vlan(tags, trunk)
+    if n.get("portgroup") is not None:
+        if "network" not in n:
+            problems.append(FieldProblem((*at, "portgroup"),
+                "a portgroup is one of a Network's", "use portgroup on a network NIC"))  # fmt: skip
+        out["portgroup"] = n["portgroup"]
+    bandwidth = n.get("bandwidth")
+    if bandwidth is not None:
+        rates: dict[str, Rate | None] = {}
+        for direction in ("inbound", "outbound"):
+            raw = bandwidth.get(direction)
+            if raw is None:
+                rates[direction] = None
+                continue
+            values: dict[str, int | None] = {}
+            for name in ("average", "peak", "burst"):
+                if raw.get(name) is None:
+                    values[name] = None
+                    continue
+                try:
+                    values[name] = nic_quantity(raw[name], rate=name != "burst")
+                except ValueError as exc:
+                    problems.append(FieldProblem((*at, "bandwidth", direction, name), str(exc),
+                        "write KiB as a number, or with a unit: 1000KiB/s, 64KiB"))  # fmt: skip
+                    values[name] = 1
+            average = values["average"]
+            if average is None:
+                problems.append(FieldProblem((*at, "bandwidth", direction, "average"),
+                    "libvirt needs an average rate in each direction it limits",
+                    "add average (KiB/s)"))  # fmt: skip
+                average = 1
+            rates[direction] = Rate(average, values["peak"], values["burst"])
+        out["bandwidth"] = Bandwidth(rates["inbound"], rates["outbound"])
+    if "link" in n:
+        out["link"] = n["link"]
+    if n.get("mtu") is not None:
+        if isinstance(direct, Mapping):
+            problems.append(FieldProblem((*at, "mtu"),
+                "libvirt 9.0 cannot set the MTU of a direct NIC ('setting MTU on interface "
+                "type direct is not supported yet')", "set it on the host device"))  # fmt: skip
+        out["mtu"] = n["mtu"]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,14 +754,7 @@ def build_manifest(
     raw = document["spec"]
     spec: Spec
     if kind is Kind.STORAGE_POOL:
-        spec = StoragePoolSpec(
-            path=raw["path"].rstrip("/") or "/",
-            type=raw.get("type", "dir"),
-            state=raw.get("state", "active"),
-            autostart=raw.get("autostart", False),
-            adopt=raw.get("adopt", False),
-            xml=xml_edits(raw),
-        )
+        spec = _build_pool(raw, problems)
     elif kind is Kind.VOLUME:
         spec = _build_volume(raw, problems)
     elif kind is Kind.NETWORK:
@@ -581,16 +784,112 @@ def _within_libvirt(
                                          "give a smaller size"))  # fmt: skip
 
 
+POOL_TYPES = ("dir", "fs", "netfs", "logical", "disk", "iscsi", "zfs")
+"""The pool types a manifest can name (formatstorage "Storage pool XML")."""
+
+POOL_PATH_TYPES = frozenset({"dir", "fs", "netfs"})
+"""Pool types whose target path is a folder libvirt makes or mounts on: named, always."""
+
+POOL_BUILT_TYPES = frozenset({"logical", "fs", "disk", "zfs"})
+"""Pool types whose build writes on a device (vgcreate, mkfs, a partition table, zpool
+create): built only when the manifest says ``build: true``, and never over data."""
+
+# spec.source fields each type has, and the formats libvirt 9.0 offers for it
+# (`virsh pool-capabilities`, <poolOptions><enum name='sourceFormatType'>)
+_POOL_SOURCE: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "dir": (frozenset(), ()),
+    "fs": (frozenset({"device", "format"}),
+           ("auto", "ext2", "ext3", "ext4", "ufs", "iso9660", "udf", "gfs", "gfs2", "vfat",
+            "hfs+", "xfs", "ocfs2", "vmfs")),
+    "netfs": (frozenset({"host", "dir", "format"}), ("auto", "nfs", "glusterfs", "cifs")),
+    "logical": (frozenset({"devices", "name", "format"}), ("lvm2",)),
+    "disk": (frozenset({"device", "format"}),
+             ("dos", "dvh", "gpt", "mac", "bsd", "pc98", "sun", "lvm2")),
+    "iscsi": (frozenset({"host", "port", "iqn", "initiator"}), ()),
+    "zfs": (frozenset({"name", "devices"}), ()),
+}
+_POOL_SOURCE_NEEDED = {"fs": ("device",), "disk": ("device",), "netfs": ("host", "dir"),
+                       "iscsi": ("host", "iqn")}  # fmt: skip
+
+
+def _build_pool(raw: Mapping[str, Any], problems: list[FieldProblem]) -> StoragePoolSpec:
+    """A StoragePoolSpec from a schema-valid ``spec``; each field that does not fit the
+    pool's ``type`` a problem at its path (formatstorage: which source elements each
+    pool type reads)."""
+    kind = raw.get("type", "dir")
+    rs: Mapping[str, Any] = raw.get("source", {})
+    allowed, formats = _POOL_SOURCE.get(kind, (frozenset(), ()))
+    if "devices" in allowed:
+        allowed = allowed | {"device"}  # one physical volume or disk, written alone
+    for key in rs:
+        if key not in allowed:
+            can = ", ".join(sorted(allowed)) or "no source"
+            problems.append(FieldProblem(("spec", "source", key),
+                                         f"a {kind} pool has no source.{key}",
+                                         f"a {kind} pool takes {can}"))  # fmt: skip
+    for key in _POOL_SOURCE_NEEDED.get(kind, ()):
+        if key not in rs:
+            problems.append(FieldProblem(("spec", "source"),
+                                         f"a {kind} pool needs source.{key}",
+                                         f"add source.{key}"))  # fmt: skip
+    fmt = rs.get("format")
+    if fmt is not None and formats and fmt not in formats:
+        problems.append(FieldProblem(("spec", "source", "format"),
+                                     f"format {fmt} is not a {kind} pool format",
+                                     "one of " + ", ".join(formats)))  # fmt: skip
+    devices = tuple(rs["devices"]) if "devices" in rs else ()
+    if "device" in rs:
+        devices = (rs["device"],)
+    path = raw.get("path")
+    if path is None and kind in POOL_PATH_TYPES:
+        problems.append(FieldProblem(("spec",), f"a {kind} pool needs a path",
+                                     "add path: the folder it keeps its volumes in"))  # fmt: skip
+    build = bool(raw.get("build", False))
+    if build and kind == "iscsi":
+        problems.append(FieldProblem(("spec", "build"),
+                                     "an iscsi pool is not built (its LUNs are made on "
+                                     "the target)", "drop build"))  # fmt: skip
+    if build and kind in ("logical", "zfs") and not devices:
+        problems.append(FieldProblem(("spec", "build"),
+                                     f"building a {kind} pool needs the devices to build "
+                                     "it on", "add source.devices"))  # fmt: skip
+    return StoragePoolSpec(
+        path=None if path is None else (path.rstrip("/") or "/"),
+        type=kind,
+        state=raw.get("state", "active"),
+        autostart=raw.get("autostart", False),
+        adopt=raw.get("adopt", False),
+        source=PoolSource(
+            devices=devices,
+            name=rs.get("name"),
+            host=rs.get("host"),
+            port=rs.get("port"),
+            dir=None if rs.get("dir") is None else (rs["dir"].rstrip("/") or "/"),
+            format=fmt,
+            iqn=rs.get("iqn"),
+            initiator=rs.get("initiator"),
+        ),
+        build=build,
+        xml=xml_edits(raw),
+    )
+
+
 def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> VolumeSpec:
+    source = raw.get("source")
+    remote = source if isinstance(source, Mapping) else None
     spec = VolumeSpec(
         pool=raw["pool"],
         capacity=parse_size(raw["capacity"]),
         format=raw.get("format", "qcow2"),
         backing_volume=raw.get("backingVolume"),
-        source=raw.get("source"),
+        source=None if remote is not None else source,
         reclaim_policy=raw.get("reclaimPolicy", "retain"),
         adopt=raw.get("adopt", False),
+        source_url=None if remote is None else remote["url"],
+        source_sha256=None if remote is None else str(remote["sha256"]).lower(),
     )
+    if remote is not None:
+        _url_source_problems(spec, problems)
     if spec.capacity <= 0:
         problems.append(FieldProblem(("spec", "capacity"), "capacity must be more than 0"))
     _within_libvirt(raw, ("capacity",), problems)
@@ -603,6 +902,22 @@ def _build_volume(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Volum
             )
         )
     return spec
+
+
+def _url_source_problems(spec: VolumeSpec, problems: list[FieldProblem]) -> None:
+    """``source: {url, sha256}``: an http(s) URL (imagefetch.url_problem), and a whole
+    image: libvirt's upload fills a whole volume, so it cannot be stored as differences
+    from a backingVolume."""
+    problem = imagefetch.url_problem(str(spec.source_url))
+    if problem is not None:
+        problems.append(FieldProblem(("spec", "source", "url"), problem,
+                                     "give an http:// or https:// URL"))  # fmt: skip
+    if spec.backing_volume:
+        problems.append(FieldProblem(
+            ("spec", "backingVolume"),
+            "a volume from a URL holds the whole image and cannot have a backingVolume",
+            "make the URL's image its own Volume and name that one as backingVolume of "
+            "this volume (without source)"))  # fmt: skip
 
 
 def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> NetworkSpec:
@@ -914,6 +1229,7 @@ def _build_vm(
                 bridge=n.get("bridge"),
                 model=n.get("model", "virtio"),
                 boot_rom=n.get("bootRom", "network" in raw.get("boot", ())),
+                **_nic_extras(n, i, problems),
             )
         )
 

@@ -199,7 +199,12 @@ class DefinePool(StepBase):
 
 @dataclass(frozen=True, slots=True)
 class BuildPool(StepBase):
+    """``format``: True to build the pool's storage on its device (vgcreate, mkfs, a
+    partition table; never over data); None: only make its folder (dir, netfs, fs)."""
+
     verb: ClassVar[str] = "build-pool"
+    optional: ClassVar[frozenset[str]] = frozenset({"current", "format"})
+    format: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +240,32 @@ class CreateVolume(StepBase):
 
 
 @dataclass(frozen=True, slots=True)
+class FetchImage(StepBase):
+    """Have the image of digest ``sha256`` in the state directory's cache: downloaded
+    from ``url`` unless cached, verified, and checked to be a ``format`` image whose
+    virtual size fits ``capacity`` bytes (imagefetch.py). First of its action's steps,
+    so that a wrong image fails the action before libvirt is touched."""
+
+    verb: ClassVar[str] = "fetch-image"
+    url: str
+    sha256: str
+    format: str
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
 class ImportVolume(StepBase):
     """Copy ``source`` (a host file) into the volume just created, as differences from
-    ``backing`` (the backing volume's path) when given."""
+    ``backing`` (the backing volume's path) when given; or, with ``sha256``, the cached
+    image that a ``FetchImage`` step of the same action fetched from ``url``."""
 
     verb: ClassVar[str] = "import-volume"
+    optional: ClassVar[frozenset[str]] = frozenset({"current", "source", "url", "sha256"})
     pool: str
     source: str | None
     backing: str | None = None
+    url: str | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +459,7 @@ class UpdateDevice(StepBase):
 
 Step: TypeAlias = (
     DefinePool | BuildPool | StartPool | StopPool | UndefinePool | AutostartPool
-    | CreateVolume | ImportVolume | DeleteVolume | ResizeVolume | BlockResize
+    | CreateVolume | FetchImage | ImportVolume | DeleteVolume | ResizeVolume | BlockResize
     | DefineNetwork | StartNetwork | StopNetwork | UndefineNetwork | AutostartNetwork
     | NetUpdate | WriteSeed | DeleteSeed
     | DefineDomain | StartDomain | StopDomain | RestartDomain | UndefineDomain
@@ -450,7 +473,7 @@ LiveStep: TypeAlias = SetMemory | SetVcpus | AttachDevice | DetachDevice | Updat
 
 STEP_TYPES: tuple[type[StepBase], ...] = (
     DefinePool, BuildPool, StartPool, StopPool, UndefinePool, AutostartPool,
-    CreateVolume, ImportVolume, DeleteVolume, ResizeVolume, BlockResize,
+    CreateVolume, FetchImage, ImportVolume, DeleteVolume, ResizeVolume, BlockResize,
     DefineNetwork, StartNetwork, StopNetwork, UndefineNetwork, AutostartNetwork,
     NetUpdate, WriteSeed, DeleteSeed,
     DefineDomain, StartDomain, StopDomain, RestartDomain, UndefineDomain,

@@ -30,6 +30,8 @@ The checks, each modelling a section of libvirt's documentation:
   image's header announces (a qcow2 image opened as raw is corrupted by the guest);
 * ``spec.interfaces[i].bridge``: an existing host bridge, or one a Network
   makes (formatdomain.html#bridge-to-lan);
+* ``spec.interfaces[i].direct.dev``: an existing host network interface
+  (formatdomain.html#direct-attachment-to-physical-interface);
 * ``spec.graphics.port``: a fixed VNC/SPICE port no other domain holds
   (formatdomain.html#graphical-framebuffers);
 * ``spec.cpu``: a named model libvirt knows for the arch and this host can run,
@@ -37,6 +39,9 @@ The checks, each modelling a section of libvirt's documentation:
   (libvirt's own comparison, ``virConnectCompareHypervisorCPU`` with
   ``FAIL_INCOMPATIBLE``, against the host CPU as the hypervisor of that
   machine and type sees it; formatdomaincaps.html#cpu-configuration);
+* StoragePool ``spec.type``: a type this libvirt has the storage backend for
+  (``virConnectGetStoragePoolCapabilities``; formatstoragecaps.html), and
+  ``spec.source.devices``: block devices that exist;
 * Network ``spec.ipv4``: a subnet no other libvirt network (active or
   autostarted) and no subnet on a host interface (its connected routes) overlaps
   (formatnetwork.html#addressing).
@@ -230,6 +235,9 @@ class HostFacts:
     cpu_features_unknown: frozenset[str] = frozenset()  # asked-about names libvirt rejects
     # CpuQuestion -> None (the host can run it) or libvirt's answer (what it lacks)
     cpu_verdicts: Mapping[CpuQuestion, str | None] = field(default_factory=dict)
+    # pool types this libvirt has a storage backend for (``virsh pool-capabilities``,
+    # ``<pool type= supported='yes'>``); None: not read (only dir pools declared)
+    pool_types: frozenset[str] | None = None
     unknown: tuple[str, ...] = ()
 
 
@@ -244,6 +252,7 @@ class FactsWanted:
     addresses: bool = False
     cpu_questions: frozenset[CpuQuestion] = frozenset()
     cpu_features: frozenset[str] = frozenset()  # every feature name a manifest writes
+    pool_types: bool = False  # a pool of another type than dir is declared
 
 
 def wanted(
@@ -255,9 +264,12 @@ def wanted(
     paths: set[str] = set()
     questions: set[CpuQuestion] = set()
     features: set[str] = set()
-    bridges = addresses = False
+    bridges = addresses = pool_types = False
     for m in manifests:
         spec = m.spec
+        if isinstance(spec, StoragePoolSpec) and spec.type != "dir":
+            pool_types = True
+            paths.update(spec.source.devices)
         if isinstance(spec, VirtualMachineSpec):
             guests.add((GUEST_ARCH, spec.machine, spec.type))
             question = cpu_question(spec)
@@ -266,13 +278,13 @@ def wanted(
             if spec.cpu is not None:
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
-            bridges = bridges or any(n.bridge for n in spec.interfaces)
+            bridges = bridges or any(n.bridge or n.direct for n in spec.interfaces)
         elif isinstance(spec, NetworkSpec) and spec.ipv4 is not None:
             addresses = True
     if path_allowed is not None:
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
-                       frozenset(questions), frozenset(features))  # fmt: skip
+                       frozenset(questions), frozenset(features), pool_types)  # fmt: skip
 
 
 # --- the checks -----------------------------------------------------------------------
@@ -305,7 +317,49 @@ def check(manifests: Sequence[Manifest], facts: HostFacts, observed: Observed) -
                 findings.extend((m, p) for p in vm_check(m, m.spec, facts, context))
         elif isinstance(m.spec, NetworkSpec):
             findings.extend((m, p) for p in check_subnet(m, m.spec, facts, context))
+        elif isinstance(m.spec, StoragePoolSpec):
+            findings.extend((m, p) for p in check_pool(m, m.spec, facts))
     return findings
+
+
+# The Debian package holding each storage backend libvirt 9.0 can have: the common ones
+# come with libvirt-daemon (dpkg -S libvirt_storage_backend_logical.so), the others
+# are packages of their own.
+POOL_PACKAGES = {"zfs": "libvirt-daemon-driver-storage-zfs"}
+
+
+def pool_types_of(caps_xml: str) -> frozenset[str]:
+    """The pool types a ``virConnectGetStoragePoolCapabilities`` document says this
+    libvirt supports (formatstoragecaps: ``<pool type=... supported='yes'>``)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(caps_xml.encode())
+    return frozenset(str(p.get("type")) for p in root.findall("pool")
+                     if p.get("supported") == "yes")  # fmt: skip
+
+
+def check_pool(m: Manifest, spec: StoragePoolSpec, facts: HostFacts) -> Iterator[FieldProblem]:
+    """A pool type this libvirt has the storage backend for (formatstoragecaps), and
+    source devices that exist on the host (a local host only)."""
+    if facts.pool_types is not None and spec.type not in facts.pool_types:
+        package = POOL_PACKAGES.get(spec.type, "libvirt-daemon")
+        yield FieldProblem(
+            ("spec", "type"),
+            f"this host's libvirt has no {spec.type} storage backend (virsh "
+            f"pool-capabilities says supported='no')",
+            f"install Debian's {package} on the host and restart libvirtd, or use "
+            "another pool type",
+        )
+    if not facts.local:
+        return
+    named = "device" if "device" in m.document["spec"].get("source", {}) else "devices"
+    for i, device in enumerate(spec.source.devices):
+        found = facts.paths.get(device)
+        if found is not None and not found.exists:
+            where: FieldPath = (("spec", "source", "device") if named == "device"
+                                else ("spec", "source", "devices", i))  # fmt: skip
+            yield FieldProblem(where, f"device {device} does not exist on this host",
+                               "name an existing block device (lsblk lists them)")  # fmt: skip
 
 
 def check_machine(
@@ -504,6 +558,25 @@ def check_bridges(
         )
 
 
+def check_direct_devices(
+    _m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, _ctx: Context
+) -> Iterator[FieldProblem]:
+    """A direct NIC's ``direct.dev`` is a host network interface (formatdomain "Direct
+    attachment to physical interface": libvirt puts a macvtap on it at start)."""
+    if facts.interfaces is None:
+        return
+    for i, nic in enumerate(spec.interfaces):
+        if nic.direct is None or nic.direct in facts.interfaces:
+            continue
+        close = difflib.get_close_matches(nic.direct, sorted(facts.interfaces))
+        hint = f"did you mean {close[0]}? " if close else ""
+        yield FieldProblem(
+            ("spec", "interfaces", i, "direct", "dev"),
+            f"no network interface {nic.direct} on this host",
+            hint + "name a host interface (ip link show)",
+        )
+
+
 def check_graphics_port(
     m: Manifest, spec: VirtualMachineSpec, _facts: HostFacts, ctx: Context
 ) -> Iterator[FieldProblem]:
@@ -621,6 +694,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_files,
     check_disk_formats,
     check_bridges,
+    check_direct_devices,
     check_graphics_port,
     check_cpu,
 )
@@ -773,7 +847,8 @@ def _context(manifests: Sequence[Manifest], observed: Observed) -> Context:
         bridge = (_network_fields(record) or {}).get("bridge")
         if isinstance(bridge, str):
             bridges.add(bridge)
-    pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}
+    pool_paths = {m.name: m.spec.path for m in manifests
+                  if isinstance(m.spec, StoragePoolSpec) and m.spec.path is not None}  # fmt: skip
     for name, pool in observed.pools.items():
         path = pool.path
         if isinstance(path, str):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import unescape
 
-from reconciler import gitrev, gitsource, hints, images, preflight, statedir
+from reconciler import gitrev, gitsource, hints, imagefetch, images, preflight, statedir
 from reconciler import inventory as inventory_file
 from reconciler.atomicfile import write_atomically
 from reconciler.errors import Problem
@@ -314,6 +314,10 @@ class Reconciler:
                     else {}
                 ),
             )
+            if observed is not None:
+                sizes, formats = url_sources(load.manifests, observed, image_cache(state_dir))
+                base = replace(base, source_sizes={**base.source_sizes, **sizes},
+                               source_formats=formats)  # fmt: skip
             self._options_of = (load, base)
         else:
             base = reused[1]
@@ -327,7 +331,8 @@ def explainer(
     or start placed at the field of its manifest most likely responsible (hints.py)."""
     by_key = {f"{m.kind.value}/{m.name}": m for m in manifests}
     volumes = {m.name: m.spec for m in manifests if isinstance(m.spec, VolumeSpec)}
-    pool_paths = {m.name: m.spec.path for m in manifests if isinstance(m.spec, StoragePoolSpec)}
+    pool_paths = {m.name: m.spec.path for m in manifests
+                  if isinstance(m.spec, StoragePoolSpec) and m.spec.path is not None}  # fmt: skip
 
     def volume_path(name: str) -> str | None:
         spec = volumes.get(name)
@@ -438,6 +443,43 @@ def source_sizes(
         if size is not None:
             sizes[spec.source] = size
     return sizes
+
+
+def image_cache(state_dir: Path | None) -> Path | None:
+    """The folder of images fetched from URLs (statedir.IMAGES), or None without a
+    state directory."""
+    return None if state_dir is None else statedir.path(state_dir, statedir.IMAGES)
+
+
+def url_sources(
+    manifests: tuple[Manifest, ...],
+    observed: Observed,
+    cache: Path | None,
+    *,
+    look: Callable[[str], imagefetch.Probe] = imagefetch.probe,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """(virtual size, format) by URL of each Volume URL source a plan may copy (the
+    volume does not exist yet, or its copy is pending): from the cached image, else
+    from the first bytes the server sends (``look``: one ranged GET, nothing saved).
+    A URL neither can tell about is left out: the fetch at apply time reports it."""
+    sizes: dict[str, int] = {}
+    formats: dict[str, str] = {}
+    for m in manifests:
+        spec = m.spec
+        if not isinstance(spec, VolumeSpec) or not spec.source_url or not spec.source_sha256:
+            continue
+        if spec.source_url in formats or spec.source_url in sizes:
+            continue
+        entry = observed.inventory.get(f"Volume/{m.name}") or {}
+        exists = (spec.pool, m.name) in observed.volumes
+        if exists and inventory_file.CONTENT_PENDING not in entry:
+            continue
+        size, fmt = imagefetch.image_facts(spec.source_url, spec.source_sha256, cache, look)
+        if size is not None:
+            sizes[spec.source_url] = size
+        if fmt is not None:
+            formats[spec.source_url] = fmt
+    return sizes, formats
 
 
 _SOURCE_FILE = re.compile(r"""<source\b[^>]*?\bfile=(['"])(.*?)\1""")

@@ -207,7 +207,7 @@ def _check_pool_paths(manifests: Sequence[Manifest]) -> list[Finding]:
     findings: list[Finding] = []
     by_path: dict[str, Manifest] = {}
     for m in manifests:
-        if isinstance(m.spec, StoragePoolSpec):
+        if isinstance(m.spec, StoragePoolSpec) and m.spec.path is not None:
             first = by_path.setdefault(m.spec.path, m)
             if first is not m:
                 findings.append(

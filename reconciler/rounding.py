@@ -129,6 +129,19 @@ def volume_capacity(size: int, fmt: str, current: int | None = None) -> int:
     return wanted
 
 
+LVM_EXTENT = 4 * MIB
+"""The physical extent of a volume group libvirt builds (``vgcreate`` without ``-s``:
+LVM's default, lvm.conf ``physical_extent_size``)."""
+
+
+def logical_capacity(size: int) -> int:
+    """Bytes a logical volume of ``size`` bytes has: libvirt asks ``lvcreate -L`` for the
+    size in KiB rounded up (``virStorageBackendLogicalLVCreate``), and LVM rounds that up
+    to whole extents ("Rounding up size to full physical extent"). Not measured here:
+    this kernel has no device-mapper, so no LV can be made (docs/decisions.md)."""
+    return _up(_up(size, KIB), LVM_EXTENT)
+
+
 def resize_refused(capacity: int, allocation: int | None) -> bool:
     """Whether libvirt refuses resizing a volume that takes ``allocation`` bytes to
     ``capacity`` bytes (below the allocation, even when it grows the volume)."""

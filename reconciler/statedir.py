@@ -14,6 +14,8 @@ modules that own each one take its path from ``path(state_dir, NAME)``::
     snapshots/       GIT_SNAPSHOTS   one read-only folder per applied commit, ``current``
                                      the symlink to the applied one (gitsource.py)
     instance-id      INSTANCE_ID     this reconciler instance's id, made once (instance_id)
+    images/          IMAGES          Volume images fetched from URLs, by sha256: a cache
+                                     (imagefetch.py; ``<sha256>.part`` while downloading)
 
 Files are replaced with ``atomicfile.write_atomically``; the caches can be
 deleted at any time (they cost time only), the inventory never (it is what makes
@@ -52,9 +54,10 @@ GIT_SNAPSHOTS = "snapshots"
 # The instance id (issue 10: owner identity): the id this reconciler instance records
 # in the ownership metadata of what it manages (instance_id, owners.py).
 INSTANCE_ID = "instance-id"
+IMAGES = "images"
 
 LAYOUT = (INVENTORY, STATUS, LOCK, VERIFIED_PLANS, PARSE_CACHE, GIT_REPOSITORY, GIT_HOME,
-          GIT_SNAPSHOTS, INSTANCE_ID)  # fmt: skip
+          GIT_SNAPSHOTS, INSTANCE_ID, IMAGES)  # fmt: skip
 
 
 def path(state_dir: Path, name: str) -> Path:

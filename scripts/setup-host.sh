@@ -37,6 +37,7 @@ PACKAGES=(
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 qemu-utils libxml2-utils ovmf genisoimage
     dnsmasq-base iproute2 iptables   # libvirt virtual networks
+    lvm2 e2fsprogs parted            # logical (vgcreate...), fs (mkfs.ext4) and disk pools (parted mklabel)
     python3-venv python3-dev gcc     # venv + building libvirt-python
     prometheus                       # promtool (alert rules) and a real server for the metrics test
     # tests/integration/test_systemd_unit.py: systemd as PID 1 in a container over a

@@ -21,7 +21,8 @@ _MANAGED_INTERFACE_TYPES = domain_xml.MANAGED_INTERFACE_TYPES
 def _managed_device(device: Element, aside: Collection[Element] = ()) -> bool:
     """Whether a manifest manages ``device``'s kind as a whole set, so that one it does
     not name is removed by applying it: the sets of ``domain_xml`` (``MANAGED_*``):
-    disks and CD-ROMs of files and volumes, NICs on networks and bridges, the first VNC
+    disks and CD-ROMs of files and volumes, NICs on networks, bridges and host devices
+    (direct, which export writes), the first VNC
     or SPICE display (the manifest's one ``graphics``), the serial port (pty, file) and
     its console, USB inputs (formatdomain "Hard drives...", "Network interfaces",
     "Graphical framebuffers", "Serial port", "Input devices"). Every other device is

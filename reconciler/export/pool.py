@@ -14,17 +14,37 @@ from reconciler.export.notes import (
     _unexportable,
     document,
 )
-from reconciler.model import Kind, StoragePoolSpec
+from reconciler.model import POOL_TYPES, Kind, StoragePoolSpec
 from reconciler.snapshot import PoolRecord
 from reconciler.xml import pool as pool_xml
 from reconciler.xml._fields import Projection
 
 
 def pool_spec(projection: Projection, *, active: bool, autostart: bool) -> dict[str, Any]:
-    """A StoragePool spec from ``pool_xml.observe``."""
+    """A StoragePool spec from ``pool_xml.observe``: its type, target path, the source
+    fields its type has (formatstorage "Source elements"; an fs or disk pool's one
+    device as ``device``), its state and autostart. Never ``build``: adopting a pool
+    builds nothing."""
+    kind = projection.get("type")
+    spec: dict[str, Any] = {"type": kind}
+    if projection.get("path") is not None:
+        spec["path"] = projection.get("path")
+    source: dict[str, Any] = {}
+    for key in ("devices", "name", "host", "port", "dir", "format", "iqn", "initiator"):
+        value = projection.get(f"source.{key}")
+        if value is None or value == ():
+            continue
+        if isinstance(value, tuple):
+            if kind in ("fs", "disk") and len(value) == 1:
+                source["device"] = value[0]
+            else:
+                source[key] = list(value)
+        else:
+            source[key] = value
+    if source:
+        spec["source"] = source
     return {
-        "type": projection.get("type"),
-        "path": projection.get("path"),
+        **spec,
         "state": "active" if active else "inactive",
         "autostart": autostart,
         "adopt": True,
@@ -37,9 +57,9 @@ def export_pool(record: PoolRecord) -> Exported:
     if not _check_name(kind, record.name, notes):
         return _unexportable(kind, record.name, notes)
     observed = pool_xml.observe(record.config_xml)
-    if observed.get("type") != "dir":
-        notes.add("type", f"a {observed.get('type')} pool cannot be expressed "
-                  "(manifests have directory pools only)")  # fmt: skip
+    if observed.get("type") not in POOL_TYPES:
+        notes.add("type", f"a {observed.get('type')} pool cannot be expressed (manifests "
+                  "have " + ", ".join(POOL_TYPES) + " pools)")  # fmt: skip
         return _unexportable(kind, record.name, notes)
     spec = pool_spec(observed, active=record.active, autostart=record.autostart)
     doc = document(kind, record.name, spec)
@@ -54,5 +74,6 @@ def export_pool(record: PoolRecord) -> Exported:
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 
 
-_POOL_SILENT = ("uuid", "name", "capacity", "allocation", "available")
-"""Never listed as kept: the identity and the sizes libvirt reports."""
+_POOL_SILENT = ("uuid", "name", "capacity", "allocation", "available", "source/device/freeExtent")
+"""Never listed as kept: the identity and the sizes libvirt reports (a disk pool's free
+extents too: libvirt reads them from the partition table)."""

@@ -36,6 +36,7 @@ from reconciler.report import show_value
 from reconciler.snapshot import DomainRecord
 from reconciler.units import format_duration
 from reconciler.xml import domain as domain_xml
+from reconciler.xml import domain_nics
 from reconciler.xml._fields import Element, Projection
 
 _KEYMAP = re.compile(r"^[a-z]{2}(-[a-z]{2,})?$")
@@ -262,11 +263,15 @@ def _interfaces(p: Projection, boot_network: bool, notes: _Notes) -> list[dict[s
             nic = {"network": network}
         elif bridge is not None and _BRIDGE.match(str(bridge)):
             nic = {"bridge": bridge}
-        elif network is None and bridge is None:
-            notes.silence(at)  # direct, user, hostdev...: not managed, kept as defined
+        elif (direct := p.get(f"{at}.direct.dev")) is not None and _BRIDGE.match(str(direct)):
+            nic = {"direct": {"dev": direct, "mode": p.get(f"{at}.direct.mode") or "vepa"}}
+        elif network is None and bridge is None and direct is None:
+            notes.silence(at)  # user, hostdev...: not managed, kept as defined
             continue
         else:
-            notes.add(at, f"the name of its {'network' if bridge is None else 'bridge'} "
+            what = "network" if network is not None else "bridge" if bridge is not None \
+                else "host device"
+            notes.add(at, f"the name of its {what} "
                       f"cannot be expressed; {_REMOVES} interfaces")  # fmt: skip
             continue
         nic["mac"] = mac
@@ -281,6 +286,7 @@ def _interfaces(p: Projection, boot_network: bool, notes: _Notes) -> list[dict[s
             nic["bootRom"] = True  # libvirt's default: the option ROM is loaded
         elif rom is False and boot_network:
             nic["bootRom"] = False
+        nic.update(domain_nics.exported(p, at))
         out.append(nic)
     return out
 
@@ -320,7 +326,7 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
     if not _check_name(kind, record.name, notes):
         return _unexportable(kind, record.name, notes)
     config = record.config_root
-    observed = record.config
+    observed = domain_xml.observe(record.config_root, direct=True)  # direct NICs too
     if observed.get("type") not in ("kvm", "qemu"):
         notes.add("type", f"domain type {observed.get('type')} cannot be expressed (kvm, qemu)")
         return _unexportable(kind, record.name, notes)

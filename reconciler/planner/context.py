@@ -45,6 +45,11 @@ class PlanOptions:
     # virtual size in bytes of the local image files that Volume sources name, read
     # (qemu-img info) for the volumes a plan may copy into; a missing path: unknown
     source_sizes: Mapping[str, int] = field(default_factory=dict)
+    # the image format (``qcow2``, ``raw``, ``vmdk``...: images.sniff_format) of each
+    # Volume URL source a plan may copy, by URL, read from its cached file or the
+    # first bytes the server sends (reconcile.url_sources); a missing URL: unknown.
+    # A URL source's virtual size is in ``source_sizes`` under its URL.
+    source_formats: Mapping[str, str] = field(default_factory=dict)
     # plain path -> the real file (symlinks resolved) of the disk images a plan compares
     # (manifest disk files, the managed domains' disk files, volume paths), only where
     # they differ: one image named through a symlinked folder is one disk. Read per
@@ -194,8 +199,8 @@ class _Context:
 
     def pool_path(self, pool: str) -> str | None:
         m = self.manifests.get((Kind.STORAGE_POOL, pool))
-        if m is not None and isinstance(m.spec, StoragePoolSpec):
-            return m.spec.path
+        if m is not None and isinstance(m.spec, StoragePoolSpec) and m.spec.path is not None:
+            return m.spec.path  # (a logical pool's manifest may leave it to libvirt)
         live = self.observed.pools.get(pool)
         return None if live is None else live.path
 

@@ -56,6 +56,7 @@ from reconciler.planner.settle import (
 )
 from reconciler.snapshot import DomainRecord
 from reconciler.xml import domain as domain_xml
+from reconciler.xml import domain_nics
 from reconciler.xml._fields import ChangeClass, change_class
 
 
@@ -203,7 +204,10 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         where, why = clash
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.position(where),
                       reason=f"{dotted(where)}: {why}")  # fmt: skip
-    config = domain_xml.observe(config_root) if switched else live.config
+    # direct NICs are compared only for a manifest that declares one (domain_nics)
+    direct = domain_nics.declares_direct(spec)
+    config = domain_xml.observe(config_root, direct=direct) if switched or direct \
+        else live.config
     if spec.xml:  # what the definition has of the manifest's xml entries
         config = {**config, **domain_xml.observe_edits(config_root, spec)}
     seeds = seeds.with_domain(config)
@@ -257,7 +261,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     if live.live_root is not None and live.live is not None and live.live_xml is not None:
         live_root, live_switched = domain_xml.switch_sources(
             spec, live.live_root, volume_paths, ctx.volume_pools, real_paths)  # fmt: skip
-        live_projection = dict(domain_xml.observe(live_root) if live_switched else live.live)
+        live_projection = dict(domain_xml.observe(live_root, direct=direct)
+                               if live_switched or direct else live.live)
         live_projection.update(domain_xml.observe_edits(live_root, spec))
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"}

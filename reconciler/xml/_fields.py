@@ -381,6 +381,40 @@ class Each:
 # --- fields -----------------------------------------------------------------
 
 
+class _Kept:
+    """The desired value of a field the manifest does not name, where a manifest that
+    does not name it keeps what the definition has (``KEPT``)."""
+
+    _instance: _Kept | None = None
+
+    def __new__(cls) -> _Kept:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<kept>"
+
+    # equal to every value: a projection with a kept field equals any observation of
+    # it (``observe(xml) == project(spec)`` holds by meaning, whatever the domain has)
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0
+
+
+KEPT: Any = _Kept()
+"""A field's ``get`` returns ``KEPT`` when the manifest does not name the field: render
+writes nothing, ``patch_fields`` leaves the definition's value, the projection holds
+``KEPT`` (equal to every value) and ``diff`` sees no change (the compatibility rule of
+issue 13: a field a manifest does not name is kept as the domain has it). Test it with
+``is``, never ``==``."""
+
+
 def _same(value: object) -> object:
     return value
 
@@ -456,7 +490,7 @@ def render_fields(
     """Write every field's desired value that is not None into ``root``."""
     for field in fields:
         value = _wanted(field, desired, variant)
-        if value is not None:
+        if value is not None and value is not KEPT:
             field.place.write(root, value)
 
 
@@ -478,7 +512,8 @@ def patch_fields(
     # <vcpu> without ``current`` means all of them) matched only through that field;
     # once that field changed, it reads differently and is written in its own right.
     for _ in range(2):
-        todo = [field for field in fields if want[field.path] != have[field.path]]
+        todo = [field for field in fields
+                if want[field.path] is not KEPT and want[field.path] != have[field.path]]
         if not todo:
             break
         for field in todo:
@@ -502,6 +537,9 @@ def project_fields(
     out: Projection = {}
     for field in fields:
         value = _wanted(field, desired, variant)
+        if value is KEPT:
+            out[prefix + field.path] = KEPT
+            continue
         out[prefix + field.path] = None if value is None else field.show(field.place.canon(value))
     return out
 

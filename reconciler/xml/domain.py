@@ -65,7 +65,7 @@ from reconciler.model import (
 )
 from reconciler.rounding import definition_memory
 from reconciler.units import format_size
-from reconciler.xml import edits
+from reconciler.xml import domain_nics, edits
 from reconciler.xml._fields import (
     INT,
     KIB,
@@ -110,6 +110,7 @@ __all__ = [
     "CloudInitSeed",
     "Ownership",
     "device_xml",
+    "interfaces_for",
     "machine_aliases_from_capabilities",
     "observe",
     "patch",
@@ -813,8 +814,10 @@ the port-0 console (``set_aside``), and the manifest reads ``serial: none``."""
 MANAGED_DISK_TYPES = frozenset({"file", "volume"})
 """The ``<disk type>`` of the disks and CD-ROMs a manifest manages as a whole set.
 Block and network disks (and the rest, docs/decisions.md) are kept as they are."""
-MANAGED_INTERFACE_TYPES = frozenset({"network", "bridge"})
-"""The ``<interface type>`` a manifest manages; direct, user, hostdev... NICs are kept."""
+MANAGED_INTERFACE_TYPES = frozenset({"network", "bridge", "direct"})
+"""The ``<interface type>`` a manifest manages; user, hostdev... NICs are kept. Direct
+NICs are a set of their own: managed only by a manifest that declares one
+(``interfaces_for``, ``observe(direct=True)``)."""
 
 
 def disk_key(disk: Disk) -> str:
@@ -882,7 +885,8 @@ INTERFACES: Device[Interface] = Device(
     tag="interface",
     key=Attr("mac", "address", MAC),
     key_of=lambda nic: nic.mac,
-    variant_of=lambda nic: "network" if nic.network is not None else "bridge",
+    variant_of=lambda nic: ("network" if nic.network is not None
+                            else "direct" if nic.direct is not None else "bridge"),
     change=ChangeClass.LIVE,  # NICs are hot-plugged and unplugged
     fields=(
         Field("network", lambda nic: nic.network, Attr("source", "network"), variant="network"),
@@ -893,10 +897,20 @@ INTERFACES: Device[Interface] = Device(
         Field(
             "bootRom", lambda nic: None if nic.boot_rom else False, Attr("rom", "enabled", YES_NO)
         ),
+        *domain_nics.FIELDS,
     ),
-    order=("mac", "source", "model", "rom"),
+    order=("mac", "source", "vlan", "model", "bandwidth", "link", "mtu", "rom"),
     variants=MANAGED_INTERFACE_TYPES,
+    decorate=domain_nics.tidy,
 )
+_INTERFACES_NOT_DIRECT = dataclasses.replace(
+    INTERFACES, variants=MANAGED_INTERFACE_TYPES - {"direct"})
+
+
+def interfaces_for(spec: VirtualMachineSpec) -> Device[Interface]:
+    """The NIC set ``spec`` makes exact: every managed NIC when it declares a direct
+    NIC, else the network and bridge NICs (its direct NICs are kept as they are)."""
+    return INTERFACES if domain_nics.declares_direct(spec) else _INTERFACES_NOT_DIRECT
 
 
 # --- render / project / observe ------------------------------------------------
@@ -1032,7 +1046,7 @@ def unmanaged_clash(
                     "second display from the domain first")  # fmt: skip
     unmanaged_macs: dict[str, Element] = {}
     for element in root.findall("devices/*/mac/.."):
-        if element.tag == "interface" and INTERFACES.managed(element):
+        if element.tag == "interface" and interfaces_for(spec).managed(element):
             continue
         mac = element.find("mac")
         if mac is not None and mac.get("address"):
@@ -1225,7 +1239,8 @@ def patch(
 
     Managed device sets (formatdomain "Hard drives, floppy disks, CDROMs", "Network
     interfaces", "Graphical framebuffers", "Input devices", "Serial port"): disks and
-    CD-ROMs of type file/volume, NICs of type network/bridge, the graphics, USB inputs,
+    CD-ROMs of type file/volume, NICs of type network/bridge (and direct, when ``spec``
+    declares a direct NIC: ``interfaces_for``), the graphics, USB inputs,
     the serial port and its console. A disk or NIC kept by identity keeps its element:
     only fields that differ change, and a bus change drops only that disk's address.
     New devices have no address (libvirt gives each a free one, and on q35 the root port
@@ -1247,7 +1262,7 @@ def patch(
             remove(managed)
     added = DISKS.patch(root, _disk_views(spec, volume_pools or {}, volume_formats or {}))
     added += CDROMS.patch(root, _cdroms(desired))
-    added += INTERFACES.patch(root, spec.interfaces)
+    added += interfaces_for(spec).patch(root, spec.interfaces)
     devices = ensure(root, "devices")
     scsi = any(disk.bus == "scsi" for disk in spec.disks) or any(
         cdrom.bus == "scsi" for cdrom in spec.cdroms
@@ -1499,7 +1514,8 @@ def edit_refusal(spec: VirtualMachineSpec, base: str | Element) -> tuple[int, st
     UEFI.)"""
     if not spec.xml:
         return None
-    return edits.refusal(spec.xml, parse(base), observe)
+    # direct NICs too: an entry adding one is ``interfaces``' (domain_nics), declared or not
+    return edits.refusal(spec.xml, parse(base), lambda root: observe(root, direct=True))
 
 
 def edits_invalid(composed: str | Element, spec: VirtualMachineSpec,
@@ -1525,9 +1541,11 @@ def device_xml(xml: str, section: str, key: str) -> str | None:
     return serialize(alone).strip()
 
 
-def observe(xml: str | Element) -> Projection:
+def observe(xml: str | Element, *, direct: bool = False) -> Projection:
     """The declared fields read from a domain's XML (inactive or live); devices a
-    manifest cannot hold (``set_aside``) are not seen."""
+    manifest cannot hold (``set_aside``) are not seen. Direct (macvtap) NICs are seen
+    only with ``direct``: for a manifest that declares one (``interfaces_for``), and
+    for export; a manifest that declares none keeps them as they are."""
     root = parse(xml)
     if set_aside(root):
         root = ET.fromstring(ET.tostring(root))  # never change the caller's tree
@@ -1536,5 +1554,5 @@ def observe(xml: str | Element) -> Projection:
     out = observe_fields(root, FIELDS)
     out.update(DISKS.observe(root))
     out.update(CDROMS.observe(root))
-    out.update(INTERFACES.observe(root))
+    out.update((INTERFACES if direct else _INTERFACES_NOT_DIRECT).observe(root))
     return out

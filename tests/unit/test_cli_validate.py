@@ -27,7 +27,7 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 def test_examples_validate_offline() -> None:
     result = run("validate", "--offline", "manifests/examples")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "manifests/examples: 4 manifests in 3 files, all valid"
+    assert result.stdout.strip() == "manifests/examples: 7 manifests in 4 files, all valid"
 
 
 @pytest.mark.parametrize(

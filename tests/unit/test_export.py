@@ -373,7 +373,7 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert {"xpath": "./on_crash", "value": "restart"} in entries
     adds = " ".join(e.get("add", "") for e in entries if e["xpath"] == "./devices")
     for what in ('<hostdev mode="subsystem" type="pci"', '<channel type="unix">',
-                 '<disk type="block" device="disk">', '<interface type="direct">',
+                 '<disk type="block" device="disk">',
                  '<video><model type="virtio"', '<graphics type="vnc"',
                  '<disk type="file" device="floppy">'):
         assert what in adds, (what, adds)
@@ -382,6 +382,10 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     assert "hunter2" not in export.to_yaml(item, "qemu:///system")
     # what the manifest can say is still exported
     assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda"]
+    # a direct (macvtap) NIC is exported, no longer kept (issue 13)
+    assert '<interface type="direct">' not in adds
+    assert {"direct": {"dev": "eth0", "mode": "bridge"}, "mac": "52:54:00:12:34:99",
+            "bootRom": True} in item.document["spec"]["interfaces"]
 
 
 def test_a_firmware_chosen_by_path_is_kept() -> None:

@@ -72,7 +72,7 @@ def test_editor_entry_schema_checks_examples() -> None:
         for path in sorted((REPO / "manifests" / "examples").glob("*.yaml"))
         for doc in yaml.safe_load_all(path.read_text())
     ]
-    assert len(documents) == 4
+    assert len(documents) == 7
     for doc in documents:
         assert list(validator.iter_errors(doc)) == []
     bad = dict(documents[-1], spec={**documents[-1]["spec"], "memory": "1 GB"})
