@@ -46,21 +46,22 @@ def _quote(value: str) -> str | None:
 
 
 def _step(child: Element, parent: Element) -> str:
-    """A path step that selects ``child`` among ``parent``'s children alone: its tag, with
-    its identity (a disk's target, a NIC's MAC), else attributes that tell it apart,
-    else its position among the elements with its tag."""
+    """A path step that selects ``child`` among ``parent``'s children alone: a disk or NIC
+    by its identity (target, MAC) always, so the entry goes with that device; else its
+    tag when it is the only one, else attributes that tell it apart, else its position
+    among the elements with its tag."""
     tag = str(child.tag)
     same = [c for c in parent if c.tag == child.tag]
-    if len(same) == 1:
-        return tag
-    ident = _IDENTITY.get(tag)
-    if ident is not None:
+    ident = _IDENTITY.get(tag) if parent.tag == "devices" else None
+    if ident is not None:  # even when alone: the entry goes with that disk, not the first
         where, _, attr = ident.partition("/@")
         found = child.find(where)
         value = None if found is None else found.get(attr)
         quoted = None if value is None else _quote(value)
         if quoted is not None:
             return f"{tag}[{ident}={quoted}]"
+    if len(same) == 1:
+        return tag
     preds: list[str] = []
     chosen: list[tuple[str, str]] = []
     for attr in _QUALIFIERS:

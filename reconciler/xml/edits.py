@@ -4,8 +4,10 @@ A VirtualMachine's ``xml`` field is a list of edits, each an ``xpath`` (relative
 to ``<domain>``, ``./features/hyperv/relaxed/@state``) and one action:
 
 * ``value``: set the attribute the path ends in (``/@state``), or the text of the
-  element it names; elements on the way are created (a ``[@attr='v']`` or
-  ``[child/@attr='v']`` predicate is written on the element it creates);
+  element it names; missing elements on the way are created (a ``[@attr='v']``
+  predicate is written on the element it creates; a step with ``[N]`` or
+  ``[child/@attr='v']`` names an element the definition has, and an entry whose
+  such step matches nothing is refused at plan);
 * ``add``: an XML fragment added as a child of the (first) element the path names,
   unless a child with at least the fragment's attributes, text and children is
   there already (so the ``<address>``, ``<alias>`` and defaults libvirt adds never
@@ -150,8 +152,9 @@ def _targets(root: Element, path: _Path) -> list[Element]:
 
 
 def _ensure(root: Element, path: _Path) -> Element:
-    """The first element ``path`` names, creating the missing steps with what their
-    predicates say. ValueError for a ``[N]`` that cannot be created (N > count + 1)."""
+    """The first element ``path`` names, creating the missing steps (with the attributes
+    their ``[@attr='v']`` predicates say). ValueError for a missing step with a ``[N]``
+    or ``[child...]`` predicate: that names an existing element, never a new one."""
     node = root
     for step in path.steps:
         found = _step(node, step)
@@ -161,23 +164,17 @@ def _ensure(root: Element, path: _Path) -> Element:
         match = _STEP.match(step)
         assert match is not None
         tag, preds = match.group(1), match.group(2)
-        child = ET.SubElement(node, tag)
+        attrs: dict[str, str] = {}
         for pred in _PRED_ONE.finditer(preds):
-            if pred.group("n") is not None:
-                if int(pred.group("n")) != len(node.findall(tag)):
-                    remove(child)
-                    raise ValueError(f"step {step!r}: there are not {int(pred.group('n')) - 1} "
-                                     f"<{tag}> elements to add one after")  # fmt: skip
-                continue
-            where, value = pred.group("path").split("/"), pred.group("q")[1:-1]
-            at = child
-            for name in where[:-1]:
-                at = ET.SubElement(at, name)
-            if where[-1].startswith("@"):
-                at.set(where[-1][1:], value)
-            else:
-                ET.SubElement(at, where[-1]).text = value
-        node = child
+            where = pred.group("path")
+            if where is None or not where.startswith("@"):
+                # [N], [child/@a='v']: an element the definition has, by its place or its
+                # content (a disk by its target), never made up from the predicate
+                raise ValueError(f"step {step!r} names no element of the definition; a "
+                                 "missing element is created only from a plain name or "
+                                 "[@attr='value'] predicates")  # fmt: skip
+            attrs[where[1:]] = pred.group("q")[1:-1]
+        node = ET.SubElement(node, tag, attrs)
     return node
 
 

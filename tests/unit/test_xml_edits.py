@@ -176,15 +176,20 @@ def test_namespaced_fragment_and_huge_depth() -> None:
 
 def test_value_creates_predicated_steps_and_reads_back() -> None:
     root = parse("<domain><devices/></domain>")
-    edit = XmlEdit("./devices/channel[@type='unix'][target/@name='org.qemu.guest_agent.0']"
-                   "/target/@type", value="virtio")
+    edit = XmlEdit("./devices/channel[@type='unix']/target/@name", value="org.qemu.guest_agent.0")
     edits.apply(root, (edit,))
     channel = root.find("devices/channel")
     assert channel is not None and channel.get("type") == "unix"
     assert channel.find("target").get("name") == "org.qemu.guest_agent.0"
-    assert edits.observe(root, (edit,))[edits.edit_key(0, edit)] == "virtio"
-    with pytest.raises(ValueError, match=r"xml\[0\]"):
-        edits.apply(root, (XmlEdit("./devices/rng[3]/@model", value="virtio"),))
+    assert edits.observe(root, (edit,))[edits.edit_key(0, edit)] == "org.qemu.guest_agent.0"
+    # a step naming an element by its place or its content is never made up
+    for path in ("./devices/rng[1]/@model", "./devices/disk[target/@dev='vda']/@snapshot"):
+        with pytest.raises(ValueError, match=r"xml\[0\].*names no element"):
+            edits.apply(root, (XmlEdit(path, value="x"),))
+    gone = XmlEdit("./devices/disk[target/@dev='vda']", add="<boot order='1'/>")
+    spec = dataclasses.replace(_spec(), xml=(gone,))
+    wrong = domain.edit_refusal(spec, domain.render("hatch", dataclasses.replace(spec, xml=())))
+    assert wrong is not None and wrong[0] == 0 and "names no element" in wrong[1]
 
 
 def test_network_and_pool_entries_render_patch_and_refuse_typed_fields() -> None:
