@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from typing import Any
 
 from lxml import etree as ET
 
 from reconciler.export.kept import _KEPT_SILENT, _counterpart, _ignored, _noted
 from reconciler.export.notes import _Notes
-from reconciler.model import VirtualMachineSpec, XmlEdit
+from reconciler.model import NetworkSpec, VirtualMachineSpec, XmlEdit
 from reconciler.xml import domain as domain_xml
 from reconciler.xml import edits
+from reconciler.xml import network as network_xml
 from reconciler.xml._fields import Element, parse
 
 # identities of the devices a manifest keys, as path predicates
@@ -91,23 +93,23 @@ def _fragment(element: Element) -> str:
 
 
 def _walk(live: Element, mine: Element, path: str, bare: str, out: list[dict[str, Any]],
-          devices: bool = False) -> None:  # fmt: skip
+          devices: bool = False, silent: tuple[str, ...] = _KEPT_SILENT) -> None:  # fmt: skip
     for key, value in live.attrib.items():
         attr = str(key)
-        if attr.startswith("{") or mine.get(attr) == value or _ignored(f"{bare}@{attr}",
-                                                                       _KEPT_SILENT):
+        where = f"{bare}@{attr}" if bare else f"@{attr}"
+        if attr.startswith("{") or mine.get(attr) == value or _ignored(where, silent):
             continue
         out.append({"xpath": f"{path}/@{attr}", "value": str(value)})
     text = (live.text or "").strip()
     if len(live) == 0 and text and text != (mine.text or "").strip() and not _ignored(
-            bare, _KEPT_SILENT):  # fmt: skip
+            bare, silent):  # fmt: skip
         out.append({"xpath": path, "value": live.text or ""})
     taken: list[Element] = []
     for child in live:
         if not isinstance(child.tag, str) or str(child.tag).startswith("{"):
             continue
-        child_bare = f"{bare}/{child.tag}"
-        if _ignored(child_bare, _KEPT_SILENT) or (
+        child_bare = f"{bare}/{child.tag}" if bare else str(child.tag)
+        if _ignored(child_bare, silent) or (
                 devices and child.tag == "input" and child.get("bus") == "ps2"):  # fmt: skip
             continue
         other = _counterpart(child, live, mine, taken)
@@ -115,25 +117,31 @@ def _walk(live: Element, mine: Element, path: str, bare: str, out: list[dict[str
             out.append({"xpath": path, "add": _fragment(child)})
             continue
         taken.append(other)
-        _walk(child, other, f"{path}/{_step(child, live)}", child_bare, out)
-    _deletes(live, mine, path, bare, out)
+        step = _step(child, live)
+        _walk(child, other, f"./{step}" if path == "." else f"{path}/{step}", child_bare, out,
+              silent=silent)  # fmt: skip
+    _deletes(live, mine, path, bare, out, silent)
     for key in mine.attrib:  # an attribute the render writes that the definition lacks
         attr = str(key)
+        if re.search(r"\[[0-9]+\]", path):
+            break  # a place by position is not the same element in both trees
         if attr not in live.attrib and not attr.startswith("{") and not _ignored(
-                f"{bare}@{attr}", _KEPT_SILENT):  # fmt: skip
+                f"{bare}@{attr}" if bare else f"@{attr}", silent):  # fmt: skip
             out.append({"xpath": f"{path}/@{attr}", "delete": True})
 
 
 def _deletes(live: Element, mine: Element, path: str, bare: str,
-             out: list[dict[str, Any]]) -> None:  # fmt: skip
+             out: list[dict[str, Any]],
+             silent: tuple[str, ...] = _KEPT_SILENT) -> None:  # fmt: skip
     """``delete`` entries for the elements the render writes under ``mine`` that have no
     element of their tag under ``live`` at all (``<features><apic/>``, a ``<features>``
     the definition lacks): the path names them all, and none of the definition's."""
     have = {c.tag for c in live}
     for tag in dict.fromkeys(c.tag for c in mine if isinstance(c.tag, str)):
         where = f"{bare}/{tag}" if bare else str(tag)
-        if tag not in have and not _ignored(where, _KEPT_SILENT):
-            out.append({"xpath": f"{path}/{tag}", "delete": True})
+        if tag not in have and not _ignored(where, silent):
+            out.append({"xpath": f"./{tag}" if path == "." else f"{path}/{tag}",
+                        "delete": True})  # fmt: skip
 
 
 def candidates(config_xml: str, rendered: str, notes: _Notes) -> list[dict[str, Any]]:
@@ -209,6 +217,38 @@ def entries(config_xml: str, rendered: str, spec: VirtualMachineSpec,
     for _ in range(len(out)):
         together = dataclasses.replace(spec, xml=tuple(_edit(e) for e in out))
         wrong = domain_xml.edit_refusal(together, rendered)
+        if wrong is None:
+            break
+        del out[wrong[0]]
+    return out
+
+
+def network_entries(config_xml: str, rendered: str, spec: NetworkSpec,
+                    silent: tuple[str, ...]) -> list[dict[str, Any]]:  # fmt: skip
+    """The ``xml`` entries export writes for a network (formatnetwork): the same tree
+    comparison from ``<network>`` down (``silent``: what is never written), other
+    tools' ``<metadata>`` whole; each checked as ``entries`` checks a VM's."""
+    live, mine = parse(config_xml), parse(rendered)
+    found: list[dict[str, Any]] = []
+    for record in live.findall("metadata/*"):
+        if isinstance(record.tag, str) and not str(record.tag).startswith(
+                "{" + network_xml.OWNER_NAMESPACE + "}"):  # fmt: skip
+            found.append({"xpath": "./metadata", "add": _fragment(record)})
+    _walk(live, mine, ".", "", found, silent=(*silent, "metadata"))
+    out = []
+    for entry in found:
+        edit = _edit(entry)
+        one = dataclasses.replace(spec, xml=(edit,))
+        if edits.problem(edit) is not None:
+            continue
+        if edits.observe(live, one.xml) != edits.project(one.xml):
+            continue
+        if network_xml.edit_refusal(one, live) is not None:
+            continue
+        out.append(entry)
+    for _ in range(len(out)):
+        together = dataclasses.replace(spec, xml=tuple(_edit(e) for e in out))
+        wrong = network_xml.edit_refusal(together, rendered)
         if wrong is None:
             break
         del out[wrong[0]]

@@ -311,7 +311,7 @@ def test_network_document() -> None:
     }
 
 
-def test_what_a_network_redefine_keeps_is_listed_as_kept() -> None:
+def test_what_a_network_redefine_keeps_is_in_the_escape_hatch() -> None:
     """A redefine patches the network's definition: what the manifest cannot say is kept,
     and export lists it as kept (as for VMs), not as a loss. An IPv6 <ip> with a DHCP
     range, listed first, is not read as the IPv4 one."""
@@ -326,15 +326,19 @@ def test_what_a_network_redefine_keeps_is_listed_as_kept() -> None:
     item = one(Kind.NETWORK, "lab", obs)
     assert item.document is not None and item.notes == (), item.notes
     assert item.document["spec"]["ipv4"]["dhcp"]["start"] == "10.100.0.100"
-    assert [(k.path, k.label) for k in item.kept] == [
-        ("dns", "dns: forwarder 192.0.2.53, txt x"),
-        ("ip", "ip ipv6 fd00::1/64"),
-        ("route", "route 192.0.2.0/24 via 10.100.0.2"),
-        ("portgroup", "portgroup eng"),
-        ("metadata", "metadata x"),
-    ], item.kept
+    # what the typed fields cannot say is in the escape hatch (issue 13): nothing kept
+    assert item.kept == ()
+    assert item.document["spec"]["xml"] == [
+        {"xpath": "./metadata", "add": '<o:x xmlns:o="https://example.org/o"/>'},
+        {"xpath": "./dns", "add": '<forwarder addr="192.0.2.53"/>'},
+        {"xpath": "./dns", "add": '<txt name="x" value="y"/>'},
+        {"xpath": ".", "add": '<ip family="ipv6" address="fd00::1" prefix="64"><dhcp>'
+                              '<range start="fd00::100" end="fd00::1ff"/></dhcp></ip>'},
+        {"xpath": ".", "add": '<route address="192.0.2.0" prefix="24" gateway="10.100.0.2"/>'},
+        {"xpath": ".", "add": '<portgroup name="eng"/>'},
+    ]  # fmt: skip
     header = export.to_yaml(item, "qemu:///system")
-    assert "#   ip ipv6 fd00::1/64\n" in header
+    assert "Kept as defined" not in header and "<portgroup" in header
 
 
 def test_what_a_pool_redefine_keeps_is_listed_as_kept() -> None:
@@ -498,8 +502,10 @@ def test_a_networks_ownership_record_is_no_loss_other_metadata_is() -> None:
     xml = xml.replace("</metadata>", "<o:x xmlns:o='https://example.org/o'/></metadata>")
     item = one(Kind.NETWORK, "lab", observed(networks={
         "lab": NetworkRecord("lab", "u", True, False, xml, None)}))  # fmt: skip
-    assert item.notes == () and [(k.path, k.label) for k in item.kept] == [
-        ("metadata", "metadata x")]  # another tool's metadata: kept by a redefine
+    # another tool's metadata: in the escape hatch, whole (and kept by a redefine)
+    assert item.notes == () and item.kept == ()
+    assert item.document is not None and item.document["spec"]["xml"] == [
+        {"xpath": "./metadata", "add": '<o:x xmlns:o="https://example.org/o"/>'}]
 
 
 def test_kept_controllers_are_one_line_by_kind_and_count() -> None:
