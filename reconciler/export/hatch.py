@@ -84,7 +84,7 @@ def _fragment(element: Element) -> str:
     for node in mine.iter():
         if not isinstance(node.tag, str):
             continue
-        if node.text is not None and not node.text.strip() and len(node):
+        if node.text is not None and not node.text.strip():
             node.text = None
         if node.tail is not None and not node.tail.strip():
             node.tail = None
