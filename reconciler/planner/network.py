@@ -82,7 +82,8 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     if wrong is not None:  # an xml entry that would change a typed field
         return _edit_error(m, Kind.NETWORK, *wrong)
     config = network_xml.observe(live.config_xml, bridge_declared=declared)
-    config.update(edits.observe(parse(live.config_xml), spec.xml))
+    if spec.xml:  # what the definition has of the manifest's xml entries
+        config.update(edits.observe(parse(live.config_xml), spec.xml))
     config_changes = diff(desired, config)
     adoption = _adoption(owner, ctx, taken=taken)
     # ours, recorded under another manifest path: the record is rewritten (metadata only)
@@ -108,7 +109,8 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
     running = live.active and live.live_xml is not None
     if running and live.live_xml is not None:
         live_projection = network_xml.observe(live.live_xml, bridge_declared=declared)
-        live_projection.update(edits.observe(parse(live.live_xml), spec.xml))
+        if spec.xml:
+            live_projection.update(edits.observe(parse(live.live_xml), spec.xml))
         live_steps, pending = _network_live_updates(desired, live_projection, patched,
                                                     live.live_xml)  # fmt: skip
         steps += live_steps

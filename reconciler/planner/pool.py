@@ -86,7 +86,8 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     wrong = pool_xml.edit_refusal(spec, live.config_xml)
     if wrong is not None:  # an xml entry that would change a typed field
         return _edit_error(m, Kind.STORAGE_POOL, *wrong)
-    config = {**live.config, **edits.observe(parse(live.config_xml), spec.xml)}
+    config = {**live.config, **edits.observe(parse(live.config_xml), spec.xml)} if spec.xml \
+        else live.config
     config_changes = diff(desired, {k: config.get(k) for k in desired})
     if config_changes and spec.xml:  # the composed definition against libvirt's schema
         typed = pool_xml.patch(live.config_xml, dataclasses.replace(spec, xml=()))
