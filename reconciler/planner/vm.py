@@ -187,6 +187,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         # the current definition, patched: what the manifest does not say is kept
         return domain_xml.patch(current_xml, spec, ownership=ownership, **kwargs)
 
+    wrong = domain_xml.edit_refusal(spec, config_root)
+    if wrong is not None:  # an xml entry that changes a typed field, or names nothing
+        return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
     try:
         cannot = domain_xml.refusal(spec, config_root, rendered)
         if cannot is None and not spec.boot and not spec.kernel:
@@ -196,9 +199,6 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         cannot = str(exc)
     if cannot is not None:  # patching would lose what the domain has, or never settle
         return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source, reason=cannot)
-    wrong = domain_xml.edit_refusal(spec, config_root)
-    if wrong is not None:  # an xml entry that would change a typed field
-        return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
     clash = domain_xml.unmanaged_clash(spec, config_root)
     if clash is not None:  # a target or MAC a kept, unmanaged device has
         where, why = clash
