@@ -170,6 +170,12 @@ class Outcome:
     lost: list[str] = field(default_factory=list)  # devices gone after apply
     errors: list[str] = field(default_factory=list)  # a command that failed
     diff: str = ""
+    # the render path: the exported manifest applied under another name (a new VM)
+    created: bool | None = None  # None: not tried (--create not given, or no export)
+    created_same: bool = False  # its definition equals the original by meaning
+    created_differs: list[str] = field(default_factory=list)
+    created_error: str = ""
+    created_diff: str = ""
 
     def problems(self) -> list[str]:
         """Why this file does not come through unchanged ([] when it does)."""
@@ -264,7 +270,8 @@ def disk_roots(path: Path) -> list[str]:
     """``allowedDiskRoots`` as an operator adopting this domain would set it: the
     default roots and the directory of every host file the XML names that a manifest
     can name (disk and CD-ROM files, kernel, initrd, a serial log), and each block
-    device and shared folder itself. SPEC §5 checks
+    device and shared folder itself (typed fields now; the escape hatch's paths pass
+    the same check). SPEC §5 checks
     every path a manifest names against these roots, adoption included, so a domain
     whose disk is /tmp/idedisk.img is adopted only by a configuration that allows /tmp.
     """
@@ -285,10 +292,11 @@ def disk_roots(path: Path) -> list[str]:
     return roots
 
 
-def adopt(conn: Any, path: Path, name: str, work: Path) -> Outcome:
+def adopt(conn: Any, path: Path, name: str, work: Path, *, create: bool = False) -> Outcome:
     """Define ``path`` as ``name``, export, plan, apply, compare; undefine. ``work``: an
-    empty directory for the manifests and state. Never raises for what the tool does:
-    failures are in the ``Outcome``."""
+    empty directory for the manifests and state. ``create``: also apply the exported
+    manifest under another name (``create_elsewhere``). Never raises for what the tool
+    does: failures are in the ``Outcome``."""
     import libvirt
 
     out = Outcome(file=path.name, name=name)
@@ -339,9 +347,85 @@ def adopt(conn: Any, path: Path, name: str, work: Path) -> Outcome:
         out.lost = sorted(lost.elements())
         if dom.isActive():
             out.errors.append("the domain was started")
+        if create:  # "elsewhere": the original goes first (its uuid, its fixed port)
+            undefine(dom, True)
+            create_elsewhere(conn, before, name, manifests, config, work, out)
         return out
     finally:
         undefine(dom, nvram_existed)
+
+
+def meaning(xml: str, name: str) -> ET.Element:
+    """A definition as compared between an original and the VM created from its export:
+    without its name, uuid, our ``<rc:owner>`` and the addresses libvirt assigns (a new
+    VM gets free ones), the name written as ``NAME`` wherever it appears (an NVRAM file
+    named after the VM), and the devices in a canonical order (libvirt orders devices
+    of one kind as defined, kinds by its own rules)."""
+    root = without_owner(xml)
+    for tag in ("name", "uuid"):
+        for element in root.findall(tag):
+            root.remove(element)
+    for parent in list(root.iter()):
+        for child in list(parent):
+            if child.tag == "address":
+                parent.remove(child)
+    for element in root.iter():
+        if element.text and name in element.text:
+            element.text = element.text.replace(name, "NAME")
+        for key, value in element.attrib.items():
+            if name in value:
+                element.set(key, value.replace(name, "NAME"))
+    devices_el = root.find("devices")
+    if devices_el is not None:
+        devices_el[:] = sorted(devices_el, key=canonical)
+    return root
+
+
+def create_elsewhere(conn: Any, before: str, name: str, manifests: Path, config: Path,
+                     work: Path, out: Outcome) -> None:  # fmt: skip
+    """The render path: the exported manifest, renamed ``<name>-c`` (stopped, not
+    adopted), applied with its own state directory, so the VM is *created* from the
+    manifest, as on another host (the caller has undefined the original, whose uuid a
+    ``<sysinfo>`` may carry and whose fixed display port the copy would take); its
+    definition must equal the original's by ``meaning``. The created VM is undefined (its NVRAM file
+    only if the original does not use the same one)."""
+    import libvirt
+    import yaml
+
+    new = name + "-c"
+    [source] = sorted(manifests.rglob(f"{name}.yaml")) or [None]
+    if source is None:
+        out.created, out.created_error = False, "no manifest for the VM"
+        return
+    doc = yaml.safe_load(source.read_text())
+    doc["metadata"]["name"] = new
+    doc["spec"]["state"] = "stopped"
+    doc["spec"]["autostart"] = False
+    doc["spec"].pop("adopt", None)
+    there = work / "create"
+    there.mkdir()
+    (there / f"{new}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = _cli(["apply", "--yes", str(there)], config, work / "state-create")
+    try:
+        dom = conn.lookupByName(new)
+    except libvirt.libvirtError:
+        out.created = False
+        out.created_error = _line(done.stdout + done.stderr)
+        return
+    try:
+        out.created = True
+        if done.returncode != 0:
+            out.created_error = _line(done.stdout + done.stderr)
+        a, b = meaning(before, name), meaning(dom.XMLDesc(_INACTIVE_SECURE), new)
+        out.created_same = canonical(a) == canonical(b)
+        if not out.created_same:
+            out.created_differs = differing_sections(a, b)
+            out.created_diff = "\n".join(difflib.unified_diff(
+                _pretty(a), _pretty(b), "original", "created", lineterm=""))  # fmt: skip
+    finally:
+        shared = _nvram_path(before) is not None and _nvram_path(before) == _nvram_path(
+            dom.XMLDesc(_INACTIVE_SECURE))  # fmt: skip
+        undefine(dom, shared)
 
 
 def _read_plan(plan: dict[str, Any], name: str, out: Outcome) -> None:
@@ -372,7 +456,7 @@ def _read_plan(plan: dict[str, Any], name: str, out: Outcome) -> None:
 # --- the report -----------------------------------------------------------------------
 
 
-def run(files: list[Path], prefix: str) -> list[Outcome]:
+def run(files: list[Path], prefix: str, *, create: bool = False) -> list[Outcome]:
     import libvirt
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # refusals are reported
@@ -381,7 +465,8 @@ def run(files: list[Path], prefix: str) -> list[Outcome]:
         outcomes = []
         for path in files:
             with tempfile.TemporaryDirectory(prefix=prefix) as work:
-                outcomes.append(adopt(conn, path, prefix + stem(path), Path(work)))
+                outcomes.append(adopt(conn, path, prefix + stem(path), Path(work),
+                                      create=create))  # fmt: skip
         return outcomes
     finally:
         conn.close()
@@ -400,6 +485,8 @@ def summary(outcomes: list[Outcome]) -> dict[str, int]:
         "unchanged": sum(o.unchanged and not o.errors for o in tried),
         "lostDevice": sum(bool(o.lost) for o in tried),
         "failedCommand": sum(bool(o.errors) for o in tried),
+        "created": sum(bool(o.created) for o in tried),
+        "createdSame": sum(o.created_same for o in tried),
     }
 
 
@@ -419,6 +506,12 @@ def report(outcomes: list[Outcome], *, diffs: bool = False) -> str:
             lines.append(f"    {problem}")
         if diffs and o.diff:
             lines += ["    " + line for line in o.diff.splitlines()]
+        if o.created is not None:
+            same = "same" if o.created_same else "differs: " + ", ".join(o.created_differs)
+            lines.append(f"    created from the manifest: "
+                         f"{same if o.created else 'no'} {o.created_error}".rstrip())  # fmt: skip
+            if diffs and o.created_diff:
+                lines += ["    " + line for line in o.created_diff.splitlines()]
     s = summary(outcomes)
     lines += [
         "",
@@ -430,6 +523,14 @@ def report(outcomes: list[Outcome], *, diffs: bool = False) -> str:
         f"{s['unchanged']} unchanged after apply, {s['lostDevice']} lost at least one device, "
         f"{s['failedCommand']} with a command failing.",
     ]
+    if any(o.created is not None for o in outcomes):
+        lines.append(f"Created under another name from the exported manifest (render path): "
+                     f"{s['created']} created, {s['createdSame']} equal to the original by "
+                     "meaning (name, uuid, addresses aside).")  # fmt: skip
+        created = Counter(sec for o in outcomes for sec in o.created_differs)
+        if created:
+            lines.append("Sections that differ in the created VM (files): " + ", ".join(
+                f"{sec} {n}" for sec, n in created.most_common()))  # fmt: skip
     sections = Counter(sec for o in outcomes for sec in o.differs)
     if sections:
         lines.append("Sections changed by the apply (files): " + ", ".join(
@@ -448,12 +549,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object: outcomes, summary")
     parser.add_argument("--diff", action="store_true", help="print each file's XML diff")
     parser.add_argument("--corpus", type=Path, default=CORPUS, help=f"default: {CORPUS}")
+    parser.add_argument("--create", action="store_true",
+                        help="also create a VM from each exported manifest (render path) "
+                        "and compare it with the original")  # fmt: skip
     args = parser.parse_args(argv)
     files = [p for p in corpus_files(args.corpus) if args.only is None or args.only in p.name]
     if not files:
         print(f"no domain XMLs in {args.corpus}", file=sys.stderr)
         return 1
-    outcomes = run(files, f"rctest-{uuid.uuid4().hex[:8]}-")
+    outcomes = run(files, f"rctest-{uuid.uuid4().hex[:8]}-", create=args.create)
     if args.json:
         print(json.dumps({"summary": summary(outcomes),
                           "outcomes": [asdict(o) for o in outcomes]}, indent=2))  # fmt: skip

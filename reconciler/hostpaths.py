@@ -12,7 +12,11 @@ them all, per kind, with the field that names them:
   ``cdroms[].file``, ``kernel``, ``initrd``, ``serial.file`` (opened by QEMU),
   ``filesystems[].source`` (a folder shared with the guest), and
   ``graphics.passwordFile`` (read by the reconciler, its first line put into the
-  domain XML).
+  domain XML);
+* the escape hatch (``xml`` of a VM, a network or a pool): every ``file``,
+  ``dev`` or ``dir`` attribute of a ``<source>`` an entry adds or sets that is an
+  absolute path (a block disk, a filesystem's directory; a NIC's ``dev`` names an
+  interface), so the hatch is no way around the roots.
 
 A block device lies under ``/dev``, which no image root holds: it needs a root of
 its own in ``allowedDiskRoots`` (the device, or a folder of devices such as
@@ -33,16 +37,22 @@ file only after it passed, so nothing outside the roots is read or created.
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lxml import etree as ET
 
 from reconciler.model import (
     POOL_PATH_TYPES,
     Manifest,
+    NetworkSpec,
     StoragePoolSpec,
     VirtualMachineSpec,
     VolumeSpec,
+    XmlEdit,
 )
 
 MAX_SECRET = 64 * 1024
@@ -75,13 +85,15 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
                                             else ("spec", "source", "devices", i))  # fmt: skip
             name = "source.device" if key == "device" else f"source.devices[{i}]"
             pool.append(HostPath(name, device, where=where))
-        return pool
+        return pool + _hatch_paths(spec.xml)
     if isinstance(spec, VolumeSpec):
         return (
             [HostPath("source", spec.source, where=("spec", "source"), here=True)]
             if spec.source
             else []
         )
+    if isinstance(spec, NetworkSpec):
+        return _hatch_paths(spec.xml)
     if not isinstance(spec, VirtualMachineSpec):
         return []
     found = [HostPath(f"disks[{i}].file", d.file, where=("spec", "disks", i, "file"))
@@ -103,6 +115,35 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     if spec.graphics is not None and spec.graphics.password_file:
         found.append(HostPath("graphics.passwordFile", spec.graphics.password_file, secret=True,
                               where=("spec", "graphics", "passwordFile"), here=True))  # fmt: skip
+    return found + _hatch_paths(spec.xml)
+
+
+_SOURCE_ATTRS = ("file", "dev", "dir")
+_SOURCE_VALUE = re.compile(r"(?:^|/)source(?:\[[^\]]*\])*/@(file|dev|dir)$")
+# the fragments passed the load check (one element, no DTD or entities); parsed again
+# here as data: nothing resolved, nothing fetched
+_PARSER = ET.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
+    """The host paths ``xml`` entries name: ``<source file|dev|dir>`` in a fragment an
+    entry adds, or the value of an entry that sets one (``.../source/@dev``)."""
+    found: list[HostPath] = []
+    for i, entry in enumerate(entries):
+        if entry.value is not None and entry.value.startswith("/") and _SOURCE_VALUE.search(
+                entry.xpath):  # fmt: skip
+            found.append(HostPath(f"xml[{i}]", entry.value, where=("spec", "xml", i, "value")))
+        if entry.add is None:
+            continue
+        try:
+            root = ET.fromstring(entry.add.strip().encode(), _PARSER)
+        except ET.XMLSyntaxError:
+            continue  # refused at load (xml/edits.py)
+        for source in root.iter("source"):
+            for name in _SOURCE_ATTRS:
+                value = source.get(name)
+                if value and value.startswith("/"):  # a NIC's dev is a host interface
+                    found.append(HostPath(f"xml[{i}]", value, where=("spec", "xml", i, "add")))
     return found
 
 

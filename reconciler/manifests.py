@@ -34,6 +34,7 @@ from reconciler.model import (
     Kind,
     Manifest,
     SpecError,
+    XmlEdit,
     build_manifest,
 )
 from reconciler.references import NOTHING_KNOWN, KnownObjects, check_references
@@ -321,6 +322,7 @@ def _load_document(
         problems.extend(_placed(schema_problems, at))
         return None
     unwritable = list(_unwritable_text(value))
+    unwritable += _xml_edit_problems(value)
     try:
         manifest = build_manifest(value, start, document)
     except SpecError as exc:
@@ -329,6 +331,27 @@ def _load_document(
     for p in unwritable:
         problems.append(Problem(at(p.path), p.message, _dotted(p.path), p.hint))
     return None if unwritable else manifest
+
+
+def _xml_edit_problems(value: Mapping[str, Any]) -> list[FieldProblem]:
+    """A problem for each entry of a spec's ``xml`` (the escape hatch) whose
+    path is outside the language or whose fragment is not one safe, well-formed element
+    (``xml.edits.problem``): what ``validate --offline`` checks of it. Its validity
+    against libvirt's schema and the typed fields is checked at plan time."""
+    if not value.get("spec", {}).get("xml"):  # a VM's, a network's or a pool's
+        return []
+    # lxml only for a manifest that uses the hatch: loading the others stays light
+    from reconciler.xml.edits import problem as edit_problem
+
+    found = []
+    for i, raw in enumerate(value.get("spec", {}).get("xml", ())):
+        edit = XmlEdit(xpath=raw["xpath"], value=raw.get("value"), add=raw.get("add"),
+                       delete=bool(raw.get("delete", False)))  # fmt: skip
+        wrong = edit_problem(edit)
+        if wrong is not None:
+            key, why, fix = wrong
+            found.append(FieldProblem(("spec", "xml", i, key), why, fix))
+    return found
 
 
 _NOT_IN_XML: frozenset[FieldPath] = frozenset({("spec", "cloudInit")})

@@ -65,6 +65,19 @@ class SpecError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class XmlEdit:
+    """One entry of a VM's ``xml`` list, the escape hatch (``xml/edits.py`` applies it):
+    an ``xpath`` relative to ``<domain>`` and exactly one of ``value`` (set the
+    attribute or text it names), ``add`` (an XML element, as text, added under it) and
+    ``delete`` (remove what it names). Outside the typed contract: typed fields win."""
+
+    xpath: str
+    value: str | None = None
+    add: str | None = None
+    delete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSource:
     """A pool's ``<source>`` (formatstorage "Source elements"); each field None (or
     empty) when the manifest does not name it, so libvirt's value is kept.
@@ -98,6 +111,7 @@ class StoragePoolSpec:
     adopt: bool = False
     source: PoolSource = PoolSource()
     build: bool = False
+    xml: tuple[XmlEdit, ...] = ()  # the escape hatch (xml/edits.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +313,7 @@ class NetworkSpec:
     declared: frozenset[str] = frozenset()
     """The optional sections the manifest names (``ipv6``, ``routes``, ``dns.txt``...,
     ``ipv4.dhcp.ranges``): only those are managed (made exact)."""
+    xml: tuple[XmlEdit, ...] = ()  # the escape hatch (xml/edits.py)
 
 
 # --- VirtualMachine ---------------------------------------------------------
@@ -803,6 +818,7 @@ class VirtualMachineSpec:
     hostdevs: tuple[Hostdev, ...] | None = None
     # memoryBacking, cputune, numa, iothreads (tuning.py); None in it: not managed
     tuning: Tuning = field(default_factory=Tuning)
+    xml: tuple[XmlEdit, ...] = ()  # the escape hatch (xml/edits.py), applied in order
 
 
 class Locator(Protocol):
@@ -893,6 +909,15 @@ def _target_names(prefix: str) -> tuple[str, ...]:
     return tuple(prefix + a for a in letters) + tuple(
         prefix + a + b for a in letters for b in letters
     )
+
+
+def xml_edits(raw: Mapping[str, Any]) -> tuple[XmlEdit, ...]:
+    """A spec's ``xml`` entries (the escape hatch), as the schema admits them."""
+    return tuple(
+        XmlEdit(xpath=e["xpath"], value=e.get("value"), add=e.get("add"),
+                delete=bool(e.get("delete", False)))
+        for e in raw.get("xml", ())
+    )  # fmt: skip
 
 
 def build_manifest(
@@ -1028,6 +1053,7 @@ def _build_pool(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Storage
             initiator=rs.get("initiator"),
         ),
         build=build,
+        xml=xml_edits(raw),
     )
 
 
@@ -1107,6 +1133,7 @@ def _build_network(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Netw
         state=raw.get("state", "active"),
         autostart=raw.get("autostart", False),
         adopt=raw.get("adopt", False),
+        xml=xml_edits(raw),
     )
     spec = _network_vocabulary(raw, spec, problems)
     if spec.mode == "bridge":
@@ -1712,6 +1739,7 @@ def _build_vm(
         filesystems=_filesystems(raw, problems),
         hostdevs=_hostdevs(raw, problems),
         tuning=tuning,
+        xml=xml_edits(raw),
     )
 
 

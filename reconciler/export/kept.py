@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 from reconciler.export.notes import Kept, _Notes
 from reconciler.xml import domain as domain_xml
 from reconciler.xml._fields import Element, parse
+from reconciler.xml.edits import contains
 
 _REMOVES = "applying the manifest removes it: a manifest holds the whole set of a VM's"
 
@@ -247,8 +248,10 @@ def kept_in_definition(
                           f"{device.tag} devices")  # fmt: skip
             else:
                 kept.append(Kept(path, _label(device)))
+    rendered_metadata = mine.findall("metadata/*")
     for element in live.findall("metadata/*"):
-        if not str(element.tag).startswith("{" + namespace + "}"):
+        if not str(element.tag).startswith("{" + namespace + "}") and not any(
+                contains(element, other) for other in rendered_metadata):  # fmt: skip
             kept.append(Kept("metadata", f"metadata {_local(element.tag)}"))
     # A firmware chosen by path (<loader type='pflash'>OVMF_CODE...</loader>) or with
     # secure boot reads as firmware: uefi and is kept by a redefine (listed under os);

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.diff import device_of
+from reconciler.export.hatch import network_entries
 from reconciler.export.kept import kept_in_definition
 from reconciler.export.notes import (
     _IPV4,
@@ -201,8 +202,17 @@ def export_network(record: NetworkRecord) -> Exported:
     _compare(network_xml.project(m.spec),
              network_xml.observe(record.config_xml, declared=m.spec.declared), notes)
     rendered = network_xml.render(record.name, m.spec)
-    # a redefine patches the current definition: what the manifest cannot say (an IPv6
-    # <ip>, dns forwarders, routes, portgroups, other tools' metadata) is kept
+    # what the typed fields cannot say goes to the escape hatch (export/hatch.py), so a
+    # network created from the manifest elsewhere has it too; the rest is kept (a
+    # redefine patches the current definition)
+    hatch = network_entries(record.config_xml, rendered, m.spec, _NETWORK_SILENT)
+    if hatch:
+        doc["spec"]["xml"] = hatch
+        with_hatch = _build(kind, doc, notes)
+        if with_hatch is None:
+            return _unexportable(kind, record.name, notes)
+        assert isinstance(with_hatch.spec, NetworkSpec)
+        rendered = network_xml.render(record.name, with_hatch.spec)
     kept = kept_in_definition(record.config_xml, rendered, notes, silent=_NETWORK_SILENT,
                               namespace=network_xml.OWNER_NAMESPACE, detail=True)  # fmt: skip
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))

@@ -7,6 +7,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from reconciler.export.hatch import entries
 from reconciler.export.kept import _MANAGED_DISK_TYPES, _REMOVES, kept_in_definition
 from reconciler.export.notes import (
     _IPV4,
@@ -455,6 +456,16 @@ def export_vm(record: DomainRecord, ctx: Context) -> Exported:
                 **domain_xml.declared_storage(m.spec, config)}
     _compare({k: v for k, v in desired.items() if k not in unnamed},
              {k: v for k, v in observed.items() if k not in unnamed}, notes)  # fmt: skip
+    # whatever the typed fields cannot say goes to the escape hatch (export/hatch.py),
+    # so a VM created from the manifest elsewhere gets it too; what is left stays kept
+    hatch = entries(record.config_xml, rendered, m.spec, notes)
+    if hatch:
+        doc["spec"]["xml"] = hatch
+        with_hatch = _build(kind, doc, notes)
+        if with_hatch is None:
+            return _unexportable(kind, record.name, notes)
+        assert isinstance(with_hatch.spec, VirtualMachineSpec)
+        rendered = domain_xml.render(record.name, with_hatch.spec, uuid=record.uuid, **kwargs)
     kept = kept_in_definition(record.config_xml, rendered, notes)
     return Exported(kind, record.name, doc, notes.all(), kept=tuple(kept))
 

@@ -377,6 +377,12 @@ def _found(xml: str | None, path: str) -> str:
     return xml
 
 
+def _edit_error(m: Manifest, kind: Kind, index: int, why: str) -> Action:
+    """The plan error of ``xml`` entry ``index`` (the escape hatch), at its line."""
+    return Action(kind, m.name, Op.ERROR, source=m.position(("spec", "xml", index)),
+                  reason=why if why.startswith("xml[") else f"xml[{index}]: {why}")  # fmt: skip
+
+
 def _refused_path(m: Manifest, ctx: _Context) -> Action | None:
     """An error action if any host path ``m`` names fails the one check (hostpaths.py)."""
     policy = ctx.options.paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 
@@ -24,12 +25,14 @@ from reconciler.planner.context import (
     _autostart,
     _conflict,
     _Context,
+    _edit_error,
     _found,
     _persist,
     digest,
 )
+from reconciler.xml import edits, network_vocab
 from reconciler.xml import network as network_xml
-from reconciler.xml import network_vocab
+from reconciler.xml._fields import parse
 
 
 def _plan_network(m: Manifest, ctx: _Context) -> Action:
@@ -42,7 +45,15 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         revision=ctx.options.revision,
     )  # fmt: skip
     if live is None:
-        new: list[Step] = [DefineNetwork(network_xml.render(m.name, spec, ownership=ownership))]
+        xml = network_xml.render(m.name, spec, ownership=ownership)
+        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
+            typed = network_xml.render(m.name, dataclasses.replace(spec, xml=()),
+                                       ownership=ownership)  # fmt: skip
+            wrong = network_xml.edit_refusal(spec, typed) or network_xml.edits_invalid(
+                xml, spec, typed)
+            if wrong is not None:
+                return _edit_error(m, Kind.NETWORK, *wrong)
+        new: list[Step] = [DefineNetwork(xml)]
         if spec.state == "active":
             new.append(StartNetwork())
         if spec.autostart:
@@ -65,8 +76,14 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         owner = owners.Owner(owners.Standing.OURS, None, retag=True)
     declared = spec.bridge is not None
     desired = network_xml.project(spec)
-    config_changes = diff(desired, network_xml.observe(live.config_xml, bridge_declared=declared,
-                                                       declared=spec.declared))  # fmt: skip
+    wrong = network_xml.edit_refusal(spec, live.config_xml)
+    if wrong is not None:  # an xml entry that would change a typed field
+        return _edit_error(m, Kind.NETWORK, *wrong)
+    config = network_xml.observe(live.config_xml, bridge_declared=declared,
+                                 declared=spec.declared)  # fmt: skip
+    if spec.xml:  # what the definition has of the manifest's xml entries
+        config.update(edits.observe(parse(live.config_xml), spec.xml))
+    config_changes = diff(desired, config)
     adoption = _adoption(owner, ctx, taken=taken)
     # ours, recorded under another manifest path: the record is rewritten (metadata only)
     if owner.ours and found is not None and not adoption:
@@ -80,6 +97,12 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
 
     steps: list[Step] = []
     if config_changes or not live.persistent or adoption:
+        if spec.xml:  # the composed definition against libvirt's schema
+            typed = network_xml.patch(live.config_xml, dataclasses.replace(spec, xml=()),
+                                      ownership=ownership)  # fmt: skip
+            wrong = network_xml.edits_invalid(patched(), spec, typed)
+            if wrong is not None:
+                return _edit_error(m, Kind.NETWORK, *wrong)
         steps.append(DefineNetwork(patched(), current=live.config_xml))
     pending: list[Change] = []
     running = live.active and live.live_xml is not None
@@ -90,6 +113,8 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         # definition leaves out: the definition is compared on NAT, not the running one
         for key in [k for k in live_projection if k.startswith("nat.")]:
             live_projection[key] = desired.get(key)
+        if spec.xml:
+            live_projection.update(edits.observe(parse(live.live_xml), spec.xml))
         live_steps, pending = _network_live_updates(desired, live_projection, patched,
                                                     live.live_xml)  # fmt: skip
         steps += live_steps

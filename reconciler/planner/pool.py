@@ -22,10 +22,13 @@ from reconciler.planner.context import (
     _autostart,
     _conflict,
     _Context,
+    _edit_error,
     _persist,
     _refused_path,
 )
+from reconciler.xml import edits
 from reconciler.xml import pool as pool_xml
+from reconciler.xml._fields import parse
 
 # Pool types whose folder a plain build makes (mkdir -p, nothing else: BuildPool()),
 # whenever it may have gone missing. Writing on a device (vgcreate, mkfs, a partition
@@ -49,7 +52,13 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     live = ctx.observed.pools.get(m.name)
     record = ctx.owner_record(m)
     if live is None:
-        new: list[Step] = [DefinePool(pool_xml.render(m.name, spec))]
+        xml = pool_xml.render(m.name, spec)
+        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
+            typed = pool_xml.render(m.name, dataclasses.replace(spec, xml=()))
+            wrong = pool_xml.edit_refusal(spec, typed) or pool_xml.edits_invalid(xml, spec, typed)
+            if wrong is not None:
+                return _edit_error(m, Kind.STORAGE_POOL, *wrong)
+        new: list[Step] = [DefinePool(xml)]
         build = _build_on_create(spec)
         if build is not None:
             new.append(build)
@@ -74,7 +83,17 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     desired = pool_xml.project(spec)
     # only what the manifest names is compared (libvirt's own source format, a logical
     # pool's /dev/VG target path are kept); a dir pool names every field it has
-    config_changes = diff(desired, {k: live.config.get(k) for k in desired})
+    wrong = pool_xml.edit_refusal(spec, live.config_xml)
+    if wrong is not None:  # an xml entry that would change a typed field
+        return _edit_error(m, Kind.STORAGE_POOL, *wrong)
+    config = {**live.config, **edits.observe(parse(live.config_xml), spec.xml)} if spec.xml \
+        else live.config
+    config_changes = diff(desired, {k: config.get(k) for k in desired})
+    if config_changes and spec.xml:  # the composed definition against libvirt's schema
+        typed = pool_xml.patch(live.config_xml, dataclasses.replace(spec, xml=()))
+        wrong = pool_xml.edits_invalid(pool_xml.patch(live.config_xml, spec), spec, typed)
+        if wrong is not None:
+            return _edit_error(m, Kind.STORAGE_POOL, *wrong)
     was = live.config.get("type")
     restart = spec.type == "dir" and was == "dir"
     if config_changes and not restart:

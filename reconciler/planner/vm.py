@@ -38,6 +38,7 @@ from reconciler.planner.context import (
     _autostart,
     _conflict,
     _Context,
+    _edit_error,
     _found,
     _persist,
     _recorded,
@@ -110,6 +111,13 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         except ValueError as exc:
             return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
                           reason=str(exc))  # fmt: skip
+        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
+            typed = domain_xml.render(m.name, dataclasses.replace(spec, xml=()),
+                                      ownership=ownership, **kwargs)  # fmt: skip
+            wrong = domain_xml.edit_refusal(spec, typed) or domain_xml.edits_invalid(
+                xml, spec, typed)
+            if wrong is not None:
+                return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
         new: list[Step] = [*seeds.write_steps(force=True), DefineDomain(xml)]
         if spec.state == "running":
             new.append(StartDomain())
@@ -187,6 +195,9 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         # the current definition, patched: what the manifest does not say is kept
         return domain_xml.patch(current_xml, spec, ownership=ownership, **kwargs)
 
+    wrong = domain_xml.edit_refusal(spec, config_root)
+    if wrong is not None:  # an xml entry that changes a typed field, or names nothing
+        return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
     try:
         cannot = domain_xml.refusal(spec, config_root, rendered)
         if cannot is None and not spec.boot and not spec.kernel:
@@ -207,6 +218,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         domain_xml.observe(config_root, direct=direct) if switched or direct else live.config,
         host_cpus)
     config = {**config, **domain_xml.declared_storage(spec, config_root)}
+    if spec.xml:  # what the definition has of the manifest's xml entries
+        config = {**config, **domain_xml.observe_edits(config_root, spec)}
     seeds = seeds.with_domain(config)
     conflict = seeds.conflict(spec.adopt)
     if conflict is not None:
@@ -242,6 +255,15 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             retagged = domain_xml.with_owner_manifest(retagged, ctx.manifest_path(m))
         steps.append(DefineDomain(retagged, current=live.config_xml))
     elif changes:
+        if spec.xml:  # the composed definition against libvirt's schema
+            try:
+                typed = domain_xml.patch(current_xml, dataclasses.replace(spec, xml=()),
+                                         ownership=ownership, **kwargs)  # fmt: skip
+                wrong = domain_xml.edits_invalid(rendered(), spec, typed)
+            except ValueError as exc:
+                wrong = (len(spec.xml) - 1, str(exc))
+            if wrong is not None:
+                return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
         steps.append(DefineDomain(rendered(), current=live.config_xml))
     pending: list[Change] = []
     timeout = spec.shutdown_timeout
@@ -253,6 +275,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             domain_xml.observe(live_root, direct=direct) if live_switched or direct
             else live.live, host_cpus))
         live_projection.update(domain_xml.declared_storage(spec, live_root))
+        live_projection.update(domain_xml.observe_edits(live_root, spec))
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"} | unnamed
         cpu_known, booted_cpu = live.booted_cpu

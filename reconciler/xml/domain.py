@@ -69,7 +69,7 @@ from reconciler.model import (
 )
 from reconciler.rounding import definition_memory
 from reconciler.units import format_size
-from reconciler.xml import domain_nics, domain_tuning
+from reconciler.xml import domain_nics, domain_tuning, edits
 from reconciler.xml._fields import (
     INT,
     KIB,
@@ -1274,6 +1274,7 @@ def render(
     domain_tuning.arrange(root)
     reorder(ensure(root, "os"), _OS_ORDER)
     reorder(devices, _DEVICE_ORDER)
+    edits.apply(root, spec.xml)  # the escape hatch, after the typed fields (xml/edits.py)
     return serialize(root)
 
 
@@ -1355,6 +1356,7 @@ def patch(
     if cloud_init_seed is not None and ownership is not None:
         _SeedDigest().write(root, cloud_init_seed.digest)
     _put_back(ensure(root, "devices"), aside)
+    edits.apply(root, spec.xml)  # the escape hatch: only the entries not satisfied yet
     return serialize(root)
 
 
@@ -1565,7 +1567,40 @@ def project(
     out.update(INTERFACES.project(spec.interfaces))
     out.update(FILESYSTEMS.project(spec.filesystems or ()))
     out.update(HOSTDEVS.project(spec.hostdevs or ()))
+    out.update(edits.project(spec.xml))
     return out
+
+
+def observe_edits(xml: str | Element, spec: VirtualMachineSpec) -> Projection:
+    """What a domain's XML has of each of ``spec``'s ``xml`` entries, keyed as ``project``
+    keys them (``observe`` alone cannot: the entries are the manifest's)."""
+    return edits.observe(parse(xml), spec.xml) if spec.xml else {}
+
+
+def edit_refusal(spec: VirtualMachineSpec, base: str | Element) -> tuple[int, str] | None:
+    """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the definition
+    the entries apply to: the current one, or the typed render of a new one), as
+    (its index, why), or None (``edits.refusal`` with this module's ``observe``): an
+    entry that leaves a typed field changed is refused naming it; the typed fields win.
+    (Applied in order: a loader added after the firmware attribute is deleted is still
+    UEFI.)"""
+    if not spec.xml:
+        return None
+    # direct NICs, block disks, shares and host devices too: an entry adding one is a
+    # typed field's (domain_nics, domain_storage), declared or not
+    return edits.refusal(spec.xml, parse(base),
+                         lambda root: observe(root, direct=True, storage=True))  # fmt: skip
+
+
+def edits_invalid(composed: str | Element, spec: VirtualMachineSpec,
+                  base: str | Element | None = None) -> tuple[int, str] | None:  # fmt: skip
+    """Whether the composed definition (typed fields and ``xml`` entries) is invalid
+    against libvirt's domain schema (``edits.invalid``), as (the index of the first
+    entry that makes it so, the schema's message), or None."""
+    if not spec.xml:
+        return None
+    return edits.invalid(parse(composed), spec.xml, None if base is None else parse(base),
+                         edits.LIBVIRT_DOMAIN_RNG)  # fmt: skip
 
 
 def device_xml(xml: str, section: str, key: str) -> str | None:

@@ -34,6 +34,7 @@ from typing import Any
 from lxml import etree as ET
 
 from reconciler.model import DhcpHost, DnsHost, NetworkSpec
+from reconciler.xml import edits
 from reconciler.xml import network_vocab as vocab
 from reconciler.xml._fields import (
     INT,
@@ -272,6 +273,7 @@ def render(
     reorder(root, _ORDER)
     for dhcp in root.findall("ip/dhcp"):
         reorder(dhcp, ("range", "host"))
+    edits.apply(root, spec.xml)  # the escape hatch, after the typed fields (xml/edits.py)
     return serialize(root)
 
 
@@ -351,6 +353,7 @@ def patch(
     else:
         for owner in root.findall(f"metadata/{_tag('owner')}"):
             remove(owner)
+    edits.apply(root, spec.xml)  # the escape hatch: only the entries not satisfied yet
     return serialize(root)
 
 
@@ -373,11 +376,33 @@ def project(spec: NetworkSpec) -> Projection:
         items = vocab.items(spec)
         for device in vocab.declared_devices(spec.declared):
             out.update(device.project(items[device.section]))
-    return {k: v for k, v in out.items() if vocab.managed_key(k, spec.declared)}
+    out = {k: v for k, v in out.items() if vocab.managed_key(k, spec.declared)}
+    out.update(edits.project(spec.xml))
+    return out
 
 
 _ENTRIES: dict[str, Device[Any]] = {DHCP_HOSTS.section: DHCP_HOSTS, DNS_HOSTS.section: DNS_HOSTS}
 _ENTRIES.update((device.section, device) for device in vocab.DEVICES)
+
+
+def edit_refusal(spec: NetworkSpec, base: str | Element) -> tuple[int, str] | None:
+    """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the current
+    definition, or the typed render of a new network): it would change a typed field
+    (``edits.refusal``; the typed fields win), or cannot be applied. None: it can."""
+    if not spec.xml:
+        return None
+    declared = spec.bridge is not None
+    # every typed section, named or not (declared=None): an entry adding an IPv6 <ip>, a
+    # route or a portgroup is network_vocab's, and the typed field is the way to say it
+    return edits.refusal(spec.xml, parse(base),
+                         lambda root: observe(root, bridge_declared=declared,
+                                              declared=None))  # fmt: skip
+
+
+def edits_invalid(composed: str, spec: NetworkSpec, base: str) -> tuple[int, str] | None:
+    """The first ``xml`` entry that makes ``composed`` invalid against libvirt's network
+    schema, with the schema's message, or None (``edits.invalid``)."""
+    return edits.invalid(parse(composed), spec.xml, parse(base), edits.LIBVIRT_NETWORK_RNG)
 
 
 def entry_xml(xml: str, section: str, key: str) -> str | None:
@@ -389,7 +414,8 @@ def entry_xml(xml: str, section: str, key: str) -> str | None:
 
 
 def observe(
-    xml: str, *, bridge_declared: bool = True, declared: frozenset[str] | None = frozenset()
+    xml: str | Element, *, bridge_declared: bool = True,
+    declared: frozenset[str] | None = frozenset(),
 ) -> Projection:
     """The declared fields read from ``net.XMLDesc(0)``.
 

@@ -21,6 +21,7 @@ import re
 from lxml import etree as ET
 
 from reconciler.model import StoragePoolSpec
+from reconciler.xml import edits
 from reconciler.xml._fields import (
     INT,
     Attr,
@@ -112,6 +113,7 @@ def render(name: str, spec: StoragePoolSpec, *, uuid: str | None = None) -> str:
         # libvirt's schema (storagepool.rng) wants a <target> for these types; what
         # libvirt itself fills in when it is left out. Not declared, so not compared.
         ET.SubElement(ET.SubElement(root, "target"), "path").text = xml_text(target, "path")
+    edits.apply(root, spec.xml)  # the escape hatch, after the typed fields (xml/edits.py)
     return serialize(root)
 
 
@@ -132,16 +134,30 @@ def patch(current: str | Element, spec: StoragePoolSpec) -> str:
     ``<permissions>``, unknown elements). Raises ValueError on a value XML cannot hold."""
     root = parse_own(current)
     patch_fields(root, _declared(spec), spec)
+    edits.apply(root, spec.xml)  # the escape hatch: only the entries not satisfied yet
     return serialize(root)
 
 
 def project(spec: StoragePoolSpec) -> Projection:
     """The desired fields, keyed like ``observe`` keys them: those ``spec`` names (the
     others are not compared, and a redefine keeps them)."""
-    return project_fields(_declared(spec), spec)
+    return {**project_fields(_declared(spec), spec), **edits.project(spec.xml)}
 
 
-def observe(xml: str) -> Projection:
+def observe(xml: str | Element) -> Projection:
     """The fields of the pool's type read from ``pool.XMLDesc(0)`` (absent ones None)."""
     root = parse(xml)
     return observe_fields(root, fields_for(root.get("type")))
+
+
+def edit_refusal(spec: StoragePoolSpec, base: str | Element) -> tuple[int, str] | None:
+    """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the current
+    definition, or the typed render of a new pool): it would change a typed field
+    (``edits.refusal``; the typed fields win), or cannot be applied. None: it can."""
+    return edits.refusal(spec.xml, parse(base), observe) if spec.xml else None
+
+
+def edits_invalid(composed: str, spec: StoragePoolSpec, base: str) -> tuple[int, str] | None:
+    """The first ``xml`` entry that makes ``composed`` invalid against libvirt's pool
+    schema, with the schema's message, or None (``edits.invalid``)."""
+    return edits.invalid(parse(composed), spec.xml, parse(base), edits.LIBVIRT_POOL_RNG)

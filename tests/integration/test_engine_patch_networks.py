@@ -130,10 +130,15 @@ def test_a_hand_made_network_keeps_what_its_manifest_cannot_say(ws: Workspace) -
     before = ws.virsh("net-dumpxml", "--inactive", name)
 
     manifest, exported = _adopt(ws, f"Network/{name}", "Network", name)
-    # what issue 13 typed is exported; only what no field says stays kept
-    for kept in (f"domain {name}.test: localOnly=yes", "metadata tag"):
-        assert f"#   {kept}\n" in exported, exported
+    # what issue 13 typed is exported as typed fields; what no field says (localOnly,
+    # another tool's metadata) is in the escape hatch, and nothing is kept
     doc = yaml.safe_load(exported)
+    assert "Kept as defined" not in exported, exported
+    carried = " ".join(str(e) for e in doc["spec"]["xml"])
+    for what in ("<other:tag", "'xpath': './domain/@localOnly', 'value': 'yes'"):
+        assert what in carried, (what, doc["spec"]["xml"])
+    for typed in ('family="ipv6"', "<forwarder", "<txt", "<portgroup", "<route"):
+        assert typed not in carried, (typed, doc["spec"]["xml"])
     assert doc["spec"]["ipv4"]["dhcp"] == {"start": str(v4[99]), "end": str(v4[199])}
     assert doc["spec"]["ipv6"] == {"address": f"{six}::1", "prefix": 64,
                                    "dhcp": {"start": f"{six}::100", "end": f"{six}::1ff"}}

@@ -269,33 +269,34 @@ def test_lossy_fields_are_reported(ws: Workspace) -> None:
     # what applying would change: the password (not exported); nothing else
     notes = [line for line in lines if ": kept as defined" not in line]
     assert [line.split(": ")[2] for line in notes] == ["graphics.password"], text
-    # the rest is kept as defined, and said so on one line: a floppy and a second display
-    # too (outside the managed sets: the manifest's graphics is the first display)
-    [kept] = [line for line in lines if ": kept as defined, not managed by this manifest: "
-              in line]  # fmt: skip
-    for expected in ("os: bootmenu", "features: vmport", "clock: timer rtc", "on_crash (restart)",
-                     "floppy fda", "graphics spice"):  # fmt: skip
-        assert expected in kept, kept
-    # the agent channel, rng and watchdog are written in the manifest (issue 13), not kept
-    for written in ("channel", "rng", "watchdog"):
-        assert written not in kept, kept
-    # a PCI host device is the manifest's (hostdevs, xml/domain_storage.py), not kept
-    assert "hostdev" not in kept, kept
+    # the rest goes to the escape hatch (xml entries, issue 13), whole, nothing left
+    # out: a floppy and a second display too (outside the managed sets)
+    assert not [line for line in lines if ": kept as defined" in line], text
     assert passwd not in done.stderr
     manifest = (out / "vms" / f"{name}.yaml").read_text()
-    assert "#   graphics spice\n" in manifest and passwd not in manifest
+    assert "Kept as defined" not in manifest and passwd not in manifest
     spec = yaml.safe_load(manifest)["spec"]
+    # what issue 13 typed is written as typed fields, not as xml entries: the agent
+    # channel, rng, watchdog (domain_devices) and the PCI host device (domain_storage)
     assert spec["hostdevs"] == [{"type": "pci", "address": "0000:7e:1f.7"}]
     assert spec["guestAgent"] is True
     assert spec["rng"] == {"model": "virtio", "backend": "/dev/urandom"}
     assert spec["watchdog"] == {"model": "i6300esb", "action": "reset"}
+    entries = spec["xml"]
+    carried = " ".join(str(e) for e in entries)
+    for expected in ("'xpath': './os', 'add': '<bootmenu enable=\"yes\"/>'",
+                     '<vmport state="off"/>', '<timer name="rtc" tickpolicy="catchup"/>',
+                     "'xpath': './on_crash'", '<disk type="file" device="floppy">',
+                     '<graphics type="spice"'):  # fmt: skip
+        assert expected in carried, (expected, entries)
+    for typed in ("<channel", "<rng", "<watchdog", "<hostdev"):
+        assert typed not in carried, (typed, entries)
     # -o json: the same, as fields
     done = ws.cli("-o", "json", "export", name, state=False)
     assert done.returncode == 0, done.stderr
     [obj] = json.loads(done.stdout)["objects"]
     assert obj["exported"] and obj["document"]["metadata"]["name"] == name
-    assert {"path": "devices/graphics[spice]", "what": "graphics spice"} in obj["kept"]
-    assert not any("hostdev" in k["what"] for k in obj["kept"]), obj["kept"]
+    assert obj["kept"] == [] and obj["document"]["spec"]["xml"] == entries
     assert {n["field"] for n in obj["notes"]} == {"graphics.password"}
     assert passwd not in done.stdout
     done = ws.cli("validate", str(out), state=False)

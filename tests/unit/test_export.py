@@ -224,11 +224,22 @@ def test_vm_document_maps_every_field() -> None:
             "state": "running",
             "autostart": True,
             "adopt": True,
+            # what the typed fields cannot say, in the escape hatch (export/hatch.py)
+            "xml": [
+                {"xpath": ".", "add": "<resource><partition>/machine</partition></resource>"},
+                {"xpath": "./os", "add": '<loader secure="no"/>'},
+                {"xpath": "./devices",
+                 "add": '<controller type="usb" index="0" model="qemu-xhci" ports="15"/>'},
+                {"xpath": "./devices", "add": '<controller type="sata" index="0"/>'},
+                {"xpath": "./devices", "add": '<audio id="1" type="spice"/>'},
+                {"xpath": ".", "add": '<seclabel type="dynamic" model="dac" relabel="yes"/>'},
+            ],
         },
     }  # fmt: skip
-    # libvirt's own additions (controllers, addresses, PS/2, audio, seclabel...)
-    # are no loss, and everything else the manifest says exactly
+    # libvirt's own additions (controllers, audio, seclabel...) are in xml, the video is
+    # typed (issue 13), and everything else the manifest says exactly: nothing is kept
     assert item.notes == ()
+    assert item.kept == ()
 
 
 def test_storage_documents() -> None:
@@ -299,7 +310,7 @@ def test_network_document() -> None:
     }
 
 
-def test_what_a_network_redefine_keeps_is_listed_as_kept() -> None:
+def test_what_a_network_redefine_keeps_is_in_the_escape_hatch() -> None:
     """A redefine patches the network's definition: what the manifest cannot say is kept,
     and export lists it as kept (as for VMs), not as a loss. What issue 13 made typed (the
     IPv6 <ip>, DNS forwarders and TXT, routes, portgroups) is exported, not kept. An
@@ -322,7 +333,13 @@ def test_what_a_network_redefine_keeps_is_listed_as_kept() -> None:
                            "txt": [{"name": "x", "value": "y"}]}
     assert spec["routes"] == [{"address": "192.0.2.0", "prefix": 24, "gateway": "10.100.0.2"}]
     assert spec["portgroups"] == [{"name": "eng"}]
-    assert [(k.path, k.label) for k in item.kept] == [("metadata", "metadata x")], item.kept
+    # what no typed field says is in the escape hatch (other tools' metadata): nothing
+    # kept, and nothing typed is written there (the typed form wins)
+    assert item.kept == ()
+    assert spec["xml"] == [
+        {"xpath": "./metadata", "add": '<o:x xmlns:o="https://example.org/o"/>'}]
+    header = export.to_yaml(item, "qemu:///system")
+    assert "Kept as defined" not in header and "<portgroup" not in header
 
 
 def test_what_a_pool_redefine_keeps_is_listed_as_kept() -> None:
@@ -354,30 +371,31 @@ def test_unexpressible_devices_and_settings_are_noted() -> None:
     # floppy are outside the managed sets: a redefine keeps them, test_xml_domain_patch)
     fields = [n.field for n in item.notes]
     assert fields == ["graphics.password"], item.notes
-    # everything else the manifest does not manage is kept as defined, and said so
-    kept = {k.path: k.label for k in item.kept}
-    assert {
-        "features": "features: vmport",
-        "on_crash": "on_crash (restart)",
-        "devices/video": "video (virtio)",
-        "devices/graphics[vnc]": "graphics vnc",
-        "devices/disk[fda]": "floppy fda (file /srv/fd.img)",
-    }.items() <= kept.items(), kept
-    # a block disk and a PCI host device are exported (xml/domain_storage.py), not kept
-    assert not {"devices/hostdev[pci 0000:06:00.0]", "devices/disk[vdz]"} & kept.keys(), kept
+    # everything else the typed fields do not manage is in the escape hatch, whole
+    # (export/hatch.py): applying keeps it, a VM created from the manifest gets it
+    entries = item.document["spec"]["xml"]
+    assert {"xpath": "./features", "add": '<vmport state="off"/>'} in entries, entries
+    assert {"xpath": "./on_crash", "value": "restart"} in entries
+    adds = " ".join(e.get("add", "") for e in entries if e["xpath"] == "./devices")
+    for what in ('<graphics type="vnc"', '<disk type="file" device="floppy">'):
+        assert what in adds, (what, adds)
+    # a virtio video with vram: video is typed (domain_devices), this variant is not, and
+    # an entry adding it would change the typed field (refused): it stays kept, alone
+    assert [k.path for k in item.kept] == ["devices/video"], item.kept
+    # a block disk, a PCI host device and the agent channel are typed fields
+    # (xml/domain_storage.py, xml/domain_devices.py), not xml entries
+    for typed in ("<hostdev", '<channel type="unix">', '<disk type="block"'):
+        assert typed not in adds, (typed, adds)
     spec = item.document["spec"]
     assert {"device": "/dev/sdz", "target": "vdz"} in spec["disks"]
     assert spec["hostdevs"] == [{"type": "pci", "address": "0000:06:00.0"}]
-    header = export.to_yaml(item, "qemu:///system")
-    assert item.document["spec"]["guestAgent"] is True  # exported, so not kept
-    assert "channel" not in header
-    assert header.index("Kept as defined") < header.index("apiVersion:")
+    assert spec["guestAgent"] is True
     assert "hunter2" not in " ".join(str(n) for n in item.notes)
     assert "hunter2" not in export.to_yaml(item, "qemu:///system")
     # what the manifest can say is still exported
     assert [d["target"] for d in item.document["spec"]["disks"]] == ["vda", "sda", "vdz"]
     # a direct (macvtap) NIC is exported, no longer kept (issue 13)
-    assert "devices/interface[52:54:00:12:34:99]" not in kept
+    assert '<interface type="direct">' not in adds
     assert {"direct": {"dev": "eth0", "mode": "bridge"}, "mac": "52:54:00:12:34:99",
             "bootRom": True} in item.document["spec"]["interfaces"]
 
@@ -393,7 +411,8 @@ def test_a_firmware_chosen_by_path_is_exported() -> None:
         "type": "uefi", "loader": "/usr/share/OVMF/OVMF_CODE_4M.ms.fd"}
     # exported as the loader it is (firmware.loader), so no longer kept
     assert item.notes == ()
-    assert not any("loader" in k.label for k in item.kept), item.kept
+    # and not in the escape hatch: the typed field says it
+    assert "loader" not in str(item.document["spec"].get("xml", [])), item.document["spec"]
 
 
 def test_no_cpu_and_no_listen_address_are_exported_as_such_not_as_defaults() -> None:
@@ -491,8 +510,10 @@ def test_a_networks_ownership_record_is_no_loss_other_metadata_is() -> None:
     xml = xml.replace("</metadata>", "<o:x xmlns:o='https://example.org/o'/></metadata>")
     item = one(Kind.NETWORK, "lab", observed(networks={
         "lab": NetworkRecord("lab", "u", True, False, xml, None)}))  # fmt: skip
-    assert item.notes == () and [(k.path, k.label) for k in item.kept] == [
-        ("metadata", "metadata x")]  # another tool's metadata: kept by a redefine
+    # another tool's metadata: in the escape hatch, whole (and kept by a redefine)
+    assert item.notes == () and item.kept == ()
+    assert item.document is not None and item.document["spec"]["xml"] == [
+        {"xpath": "./metadata", "add": '<o:x xmlns:o="https://example.org/o"/>'}]
 
 
 def test_kept_controllers_are_one_line_by_kind_and_count() -> None:

@@ -1,0 +1,434 @@
+"""The escape hatch: edits of a domain definition in virt-install's ``--xml`` terms.
+
+A VirtualMachine's ``xml`` field is a list of edits, each an ``xpath`` (relative
+to ``<domain>``, ``./features/hyperv/relaxed/@state``) and one action:
+
+* ``value``: set the attribute the path ends in (``/@state``), or the text of the
+  element it names; missing elements on the way are created (a ``[@attr='v']``
+  predicate is written on the element it creates; a step with ``[N]`` or
+  ``[child/@attr='v']`` names an element the definition has, and an entry whose
+  such step matches nothing is refused at plan);
+* ``add``: an XML fragment added as a child of the (first) element the path names,
+  unless a child with at least the fragment's attributes, text and children is
+  there already (so the ``<address>``, ``<alias>`` and defaults libvirt adds never
+  make it differ);
+* ``delete``: remove every element (or attribute) the path names.
+
+Each edit is applied after the typed fields (render and patch alike) and is
+idempotent. Compared by meaning: ``project`` says what an edit wants (``present``,
+``absent``, the value), ``observe`` what a definition has, under one key per entry
+in the user's terms (``xml[1] (./devices: <panic model='isa'/>)``).
+
+The path language is the subset of XPath 1.0 that names one place without
+evaluating anything: ``.``, ``./step/step``, a step being a name without a prefix,
+with predicates ``[N]``, ``[@a='v']``, ``[child/@a='v']`` or ``[child='text']``;
+an optional final ``/@name``. Fragments are parsed with the project's safe parser
+(no entities, no DTD, no network, lxml's depth and size limits); a DOCTYPE, an
+entity reference or a processing instruction is refused, and so is anything in
+the tool's own ownership namespace.
+
+Pure except ``libvirt_schema`` (reads libvirt's RelaxNG once, lazily).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree as ET
+
+from reconciler.model import XmlEdit
+from reconciler.xml._fields import _PARSER, Element, Projection, remove
+
+__all__ = [
+    "LIBVIRT_DOMAIN_RNG",
+    "Edit",
+    "apply",
+    "contains",
+    "edit_key",
+    "fragment",
+    "libvirt_schema",
+    "observe",
+    "problem",
+    "project",
+    "schema_errors",
+]
+
+LIBVIRT_SCHEMAS = "/usr/share/libvirt/schemas"
+LIBVIRT_DOMAIN_RNG = f"{LIBVIRT_SCHEMAS}/domain.rng"
+LIBVIRT_NETWORK_RNG = f"{LIBVIRT_SCHEMAS}/network.rng"
+LIBVIRT_POOL_RNG = f"{LIBVIRT_SCHEMAS}/storagepool.rng"
+_OWNER_NS = "https://reconciler.dev/xmlns/"  # every namespace of the tool's own records
+
+PRESENT = "present"
+ABSENT = "absent"
+
+
+Edit = XmlEdit
+"""One entry of a manifest's ``xml`` list (``model.XmlEdit``)."""
+
+
+# --- the path language ---------------------------------------------------------------
+
+_NAME = r"[A-Za-z_][\w.-]*"
+_QUOTED = r"(?:'[^']*'|\"[^\"]*\")"
+_PRED = rf"\[(?:[1-9][0-9]{{0,3}}|@{_NAME}={_QUOTED}|(?:{_NAME}/)*(?:@{_NAME}|{_NAME})={_QUOTED})\]"
+_STEP = re.compile(rf"^({_NAME})((?:{_PRED})*)$")
+_PRED_ONE = re.compile(
+    rf"\[(?:(?P<n>[1-9][0-9]*)|(?P<path>(?:{_NAME}/)*(?:@{_NAME}|{_NAME}))=(?P<q>{_QUOTED}))\]"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Path:
+    steps: tuple[str, ...]  # each step as written (valid XPath on its own)
+    attr: str | None  # the final /@name, if any
+
+
+def _split(xpath: str) -> list[str]:
+    """``xpath`` split at the slashes outside predicates and quotes."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
+    for ch in xpath:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "/" and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+@functools.cache
+def _parse_path(xpath: str) -> _Path:
+    """The steps of ``xpath``; ValueError (with the fix) when it is outside the language."""
+    if xpath == ".":
+        return _Path((), None)
+    if not xpath.startswith("./"):
+        raise ValueError(f"{xpath!r} does not start with './' (paths are relative to "
+                         "<domain>, as in virt-install --xml: ./devices, "
+                         "./os/@firmware)")  # fmt: skip
+    parts = _split(xpath[2:])
+    attr = None
+    if parts and parts[-1].startswith("@"):
+        attr = parts.pop()[1:]
+        if not re.fullmatch(_NAME, attr):
+            raise ValueError(f"{xpath!r}: '@{attr}' is not an attribute name")
+    if not parts and attr is None:
+        raise ValueError(f"{xpath!r} names no element")
+    for step in parts:
+        if not _STEP.match(step):
+            raise ValueError(
+                f"{xpath!r}: step {step!r} is not a plain name with predicates [N], "
+                "[@attr='value'], [child/@attr='value'] or [child='text'] "
+                "(no namespace prefixes, functions or axes)")  # fmt: skip
+    return _Path(tuple(parts), attr)
+
+
+def _step(node: Element, step: str) -> list[Element]:
+    """The children of ``node`` that ``step`` (one step of the language) selects."""
+    found = node.xpath(step)
+    return [c for c in found if isinstance(c, ET._Element)] if isinstance(found, list) else []
+
+
+def _targets(root: Element, path: _Path) -> list[Element]:
+    nodes = [root]
+    for step in path.steps:
+        nodes = [c for n in nodes for c in _step(n, step)]
+    return nodes
+
+
+def _ensure(root: Element, path: _Path) -> Element:
+    """The first element ``path`` names, creating the missing steps (with the attributes
+    their ``[@attr='v']`` predicates say). ValueError for a missing step with a ``[N]``
+    or ``[child...]`` predicate: that names an existing element, never a new one."""
+    node = root
+    for step in path.steps:
+        found = _step(node, step)
+        if found:
+            node = found[0]
+            continue
+        match = _STEP.match(step)
+        assert match is not None
+        tag, preds = match.group(1), match.group(2)
+        attrs: dict[str, str] = {}
+        for pred in _PRED_ONE.finditer(preds):
+            where = pred.group("path")
+            if where is None or not where.startswith("@"):
+                # [N], [child/@a='v']: an element the definition has, by its place or its
+                # content (a disk by its target), never made up from the predicate
+                raise ValueError(f"step {step!r} names no element of the definition; a "
+                                 "missing element is created only from a plain name or "
+                                 "[@attr='value'] predicates")  # fmt: skip
+            attrs[where[1:]] = pred.group("q")[1:-1]
+        node = ET.SubElement(node, tag, attrs)
+    return node
+
+
+# --- fragments -------------------------------------------------------------------
+
+
+@functools.cache
+def fragment(text: str) -> Element:
+    """The element an ``add`` holds, parsed safely. ValueError (why, in one line) for text
+    that is not one well-formed element, or that holds a DOCTYPE, an entity reference,
+    a processing instruction, or an element or attribute in the tool's own namespace."""
+    if re.search(r"<!DOCTYPE|<!ENTITY", text, re.IGNORECASE):
+        raise ValueError("a DOCTYPE or ENTITY declaration is not allowed in a fragment")
+    if "<?" in text:
+        raise ValueError("a processing instruction or XML declaration is not allowed in a "
+                         "fragment")  # fmt: skip
+    try:
+        root = ET.fromstring(text.strip().encode(), _PARSER)
+    except ET.XMLSyntaxError as exc:
+        raise ValueError(f"not well-formed XML: {exc.msg}") from None
+    for node in root.iter():
+        if isinstance(node, ET._Entity):
+            raise ValueError(f"entity reference {node.text} is not allowed (write the "
+                             "character itself, or &amp; &lt; &gt; &quot; &apos;)")  # fmt: skip
+        if isinstance(node, ET._ProcessingInstruction):
+            raise ValueError("a processing instruction is not allowed in a fragment")
+        if isinstance(node.tag, str) and (
+            node.tag.startswith("{" + _OWNER_NS)
+            or any(str(k).startswith("{" + _OWNER_NS) for k in node.attrib)
+        ):
+            raise ValueError("the fragment uses reconciler's own namespace, which holds "
+                             "the ownership record")  # fmt: skip
+    for comment in [c for c in root.iter() if isinstance(c, ET._Comment)]:
+        remove(comment)
+    return root
+
+
+def contains(want: Element, have: Element) -> bool:
+    """Whether ``have`` has at least what ``want`` says: its tag, its attributes with
+    their values, its text (whitespace-trimmed, when it has some) and, recursively, a
+    distinct child for each of its children."""
+    if want.tag != have.tag:
+        return False
+    if any(have.get(str(k)) != v for k, v in want.attrib.items()):
+        return False
+    text = (want.text or "").strip()
+    if text and text != (have.text or "").strip():
+        return False
+    used: list[Element] = []
+    for child in want:
+        if not isinstance(child.tag, str):
+            continue
+        match = next((c for c in have if isinstance(c.tag, str)
+                      and not any(c is u for u in used) and contains(child, c)), None)  # fmt: skip
+        if match is None:
+            return False
+        used.append(match)
+    return True
+
+
+# --- checks, apply, compare --------------------------------------------------------
+
+_IDENTITY = ("./name", "./uuid")
+
+
+def problem(edit: Edit) -> tuple[str, str, str] | None:
+    """What is wrong with ``edit`` on its own, as (the key it is at: ``xpath`` or ``add``,
+    why, the fix), or None: the path outside the language, a fragment that is not one
+    safe well-formed element, an edit of the domain's name, uuid or metadata record."""
+    try:
+        path = _parse_path(edit.xpath)
+    except ValueError as exc:
+        return ("xpath", str(exc), "write a path as virt-install --xml does, "
+                "e.g. ./features/hyperv/relaxed/@state")  # fmt: skip
+    head = "./" + path.steps[0] if path.steps else "."
+    if any(head == p or head.startswith(p + "[") for p in _IDENTITY):
+        return ("xpath", f"{edit.xpath} is the domain's identity",
+                "the name is metadata.name; the uuid is libvirt's")  # fmt: skip
+    if path.steps[:1] == ("metadata",) and (edit.value is not None or edit.delete) and (
+        len(path.steps) == 1
+    ):
+        return ("xpath", "./metadata holds reconciler's ownership record",
+                "add your own element under ./metadata instead")  # fmt: skip
+    if not path.steps and path.attr is None and (edit.value is not None or edit.delete):
+        return ("xpath", "'.' is the root element itself",
+                "name an element below it, or an attribute (./@attr)")  # fmt: skip
+    if edit.add is not None:
+        if path.attr is not None:
+            return ("xpath", f"{edit.xpath} names an attribute; add puts an element "
+                    "under an element", "drop the /@... step, or use value:")  # fmt: skip
+        try:
+            fragment(edit.add)
+        except ValueError as exc:
+            return ("add", str(exc), "give one element, e.g. <panic model='isa'/>")
+    return None
+
+
+def edit_key(index: int, edit: Edit) -> str:
+    """The projection key of entry ``index`` in the user's terms:
+    ``xml[1] (./devices: <panic model='isa'/>)``, ``xml[0] (./os/@firmware)``."""
+    if edit.add is not None:
+        text = " ".join(edit.add.split())
+        if len(text) > 60:
+            text = text[:57] + "..."
+        return f"xml[{index}] ({edit.xpath}: {text})"
+    if edit.delete:
+        return f"xml[{index}] ({edit.xpath}: delete)"
+    return f"xml[{index}] ({edit.xpath})"
+
+
+def project(edits: Sequence[Edit]) -> Projection:
+    """What each edit wants: ``present`` (add), ``absent`` (delete), or its value."""
+    out: Projection = {}
+    for i, edit in enumerate(edits):
+        out[edit_key(i, edit)] = (
+            PRESENT if edit.add is not None else ABSENT if edit.delete else edit.value
+        )
+    return out
+
+
+def _read(root: Element, edit: Edit) -> object:
+    path = _parse_path(edit.xpath)
+    found = _targets(root, path)
+    if edit.add is not None:
+        want = fragment(edit.add)
+        return PRESENT if found and any(contains(want, c) for c in found[0]) else ABSENT
+    if edit.delete:
+        if path.attr is not None:
+            found = [e for e in found if e.get(path.attr) is not None]
+        return PRESENT if found else ABSENT
+    if not found:
+        return None
+    return found[0].get(path.attr) if path.attr is not None else (found[0].text or "")
+
+
+def observe(root: Element, edits: Sequence[Edit]) -> Projection:
+    """What ``root`` (a domain definition) has of each edit, keyed as ``project``."""
+    return {edit_key(i, edit): _read(root, edit) for i, edit in enumerate(edits)}
+
+
+def apply(root: Element, edits: Iterable[Edit]) -> None:
+    """Apply ``edits`` to ``root`` in order (in place), each only where it is not
+    satisfied yet. ValueError (naming ``xml[i]``) for an edit that cannot be applied."""
+    for i, edit in enumerate(edits):
+        try:
+            _apply_one(root, edit)
+        except ValueError as exc:
+            raise ValueError(f"xml[{i}] ({edit.xpath}): {exc}") from None
+
+
+def _apply_one(root: Element, edit: Edit) -> None:
+    path = _parse_path(edit.xpath)
+    if edit.delete:
+        for element in _targets(root, path):
+            if path.attr is None:
+                remove(element)
+            elif path.attr in element.attrib:
+                del element.attrib[path.attr]
+        return
+    if edit.add is not None:
+        parent = _ensure(root, path)
+        want = fragment(edit.add)
+        if not any(contains(want, c) for c in parent):
+            parent.append(copy.deepcopy(want))
+        return
+    assert edit.value is not None
+    element = _ensure(root, path)
+    if path.attr is not None:
+        element.set(path.attr, edit.value)
+    else:
+        element.text = edit.value
+
+
+# --- the typed fields win ---------------------------------------------------------
+
+
+def refusal(
+    entries: Sequence[Edit], base: Element, observe_typed: Callable[[Element], Projection]
+) -> tuple[int, str] | None:
+    """Why an entry of ``entries`` cannot be applied to ``base`` (not changed), as (its
+    index, why), or None. The entries are applied in order to a copy; where the typed
+    fields (``observe_typed``) differ at the end from ``base``'s, the first entry that
+    changed one of them is refused naming the field (an entry may change one on the way
+    that a later one sets back). An entry that cannot be applied is refused too."""
+    if not entries:
+        return None
+    trial = ET.fromstring(ET.tostring(base))
+    before = observe_typed(trial)
+    now = before
+    changed: list[set[str]] = []
+    for i, edit in enumerate(entries):
+        try:
+            apply(trial, (edit,))
+        except ValueError as exc:
+            return i, str(exc)
+        after = observe_typed(trial)
+        changed.append({k for k in set(now) | set(after) if now.get(k) != after.get(k)})
+        now = after
+    differ = {k for k in set(before) | set(now) if before.get(k) != now.get(k)}
+    for i, keys in enumerate(changed):
+        touched = sorted({k.split("[", 1)[0] for k in keys & differ})
+        if touched:
+            return i, (f"xml[{i}] ({entries[i].xpath}) changes what the typed field"
+                       f"{'s' if len(touched) > 1 else ''} {', '.join(touched)} "
+                       "manage(s); the typed fields win: set "
+                       f"{' / '.join(touched)} in the manifest instead")  # fmt: skip
+    return None
+
+
+def invalid(composed: Element, entries: Sequence[Edit], base: Element | None,
+            schema_file: str) -> tuple[int, str] | None:  # fmt: skip
+    """Whether ``composed`` (typed fields and ``entries``) is invalid against libvirt's
+    RelaxNG ``schema_file``, as (the index of the first entry that makes it so, the
+    schema's message), or None. Not blamed on the entries when ``base`` (the definition
+    without them, not changed) is invalid already, or where the schema is missing."""
+    if not entries:
+        return None
+    schema = libvirt_schema(schema_file)
+    if schema is None:
+        return None
+    why = schema_errors(composed, schema)
+    if why is None or base is None:
+        return None
+    root = ET.fromstring(ET.tostring(base))
+    if schema_errors(root, schema) is not None:
+        return None
+    for i, edit in enumerate(entries):
+        apply(root, (edit,))
+        found = schema_errors(root, schema)
+        if found is not None:
+            return i, found
+    return len(entries) - 1, why
+
+
+# --- libvirt's schema ------------------------------------------------------------
+
+
+@functools.cache
+def libvirt_schema(path: str = LIBVIRT_DOMAIN_RNG) -> ET.RelaxNG | None:
+    """libvirt's domain RelaxNG schema (loaded once), or None where it is not installed
+    (a host without libvirt's schemas: the edits are then checked by libvirt at define)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return ET.RelaxNG(file=path)
+    except (ET.RelaxNGParseError, OSError):
+        return None
+
+
+def schema_errors(root: Element, schema: ET.RelaxNG | None = None) -> str | None:
+    """Why ``root`` (a composed domain definition) is not valid against libvirt's domain
+    schema (its first error, with the line libvirt's schema names), or None."""
+    schema = schema if schema is not None else libvirt_schema()
+    if schema is None or schema.validate(root):
+        return None
+    errors = [e for e in schema.error_log if e.message]
+    return errors[0].message if errors else "not valid against libvirt's domain schema"
