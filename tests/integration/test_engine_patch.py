@@ -267,11 +267,12 @@ def test_boot_by_device_order_without_a_device_carrying_one_is_refused(
     doc: dict[str, Any] = yaml.safe_load(manifest.read_text())
     assert doc["spec"]["boot"] == []
     adopted = _inactive(ws, name)
-    # the export carries the disk's <boot order> in an xml entry on vda (the escape
-    # hatch, issue 13), which would put it on whatever disk is at vda: without it, the
-    # device that carried the order goes with the change
-    assert any("<boot order=" in e.get("add", "") for e in doc["spec"]["xml"]), doc["spec"]
-    doc["spec"]["xml"] = [e for e in doc["spec"]["xml"] if "disk[" not in e["xpath"]]
+    # the disk's <boot order> is a typed field (bootIndex, vm-storage-devices), never an
+    # xml entry on vda (the escape hatch, issue 13), which would put it on whatever disk
+    # is at vda: the typed form wins
+    assert doc["spec"]["disks"][0]["bootIndex"] == 1
+    assert not any("<boot order=" in e.get("add", "")
+                   for e in doc["spec"].get("xml", [])), doc["spec"]  # fmt: skip
     if edit == "other image":
         doc["spec"]["disks"][0]["file"] = str(other)
         # export wrote the disk's <boot order> as bootIndex: without it, the new image

@@ -250,7 +250,11 @@ def test_a_hand_tuned_vm_exports_and_is_adopted_unchanged(ws: Workspace) -> None
     kept = [line for line in done.stderr.splitlines() if "kept as defined" in line]
     assert all("vcpupin" not in line and "iothreads" not in line and "numa" not in line
                and "nosharepages" not in line for line in kept), done.stderr  # fmt: skip
-    assert any("shares" in line for line in kept), done.stderr  # not a manifest field
+    # cputune shares, which no manifest field says, is in the escape hatch (not kept)
+    assert not any("shares" in line for line in kept), done.stderr
+    assert {"xpath": "./cputune", "add": "<shares>512</shares>"} in spec["xml"], spec["xml"]
+    assert not any(w in str(spec["xml"]) for w in ("vcpupin", "emulatorpin", "iothreadpin",
+                                                   "<numa", "<memoryBacking")), spec["xml"]
     done = ws.cli("validate", str(out), state=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
