@@ -278,6 +278,8 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         live_projection.update(domain_xml.observe_edits(live_root, spec))
         # cpu: compared through the record of what the domain booted with, when known
         incomparable = {p for p in LIVE_INCOMPARABLE if p != "cpu"} | unnamed
+        # xml entries on the guest <cpu>: the running one is libvirt's expansion
+        incomparable |= domain_xml.live_unreadable_edits(spec)
         cpu_known, booted_cpu = live.booted_cpu
         if cpu_known:
             live_projection["cpu"] = booted_cpu

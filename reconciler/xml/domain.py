@@ -1577,6 +1577,20 @@ def observe_edits(xml: str | Element, spec: VirtualMachineSpec) -> Projection:
     return edits.observe(parse(xml), spec.xml) if spec.xml else {}
 
 
+def live_unreadable_edits(spec: VirtualMachineSpec) -> frozenset[str]:
+    """The projection keys of ``spec``'s ``xml`` entries a running domain cannot tell, as
+    ``LIVE_INCOMPARABLE`` for the typed fields: those on the guest ``<cpu>`` (a path under
+    ``./cpu``, or a ``<cpu>`` added whole), since the running definition holds libvirt's
+    expansion of it (``check='full'``, the model's features), never the definition's."""
+    out = set()
+    for i, edit in enumerate(spec.xml):
+        path = edit.xpath.rstrip("/")
+        whole = edit.add is not None and path == "." and edit.add.lstrip().startswith("<cpu")
+        if whole or path == "./cpu" or path.startswith(("./cpu/", "./cpu[")):
+            out.add(edits.edit_key(i, edit))
+    return frozenset(out)
+
+
 def edit_refusal(spec: VirtualMachineSpec, base: str | Element) -> tuple[int, str] | None:
     """Why an ``xml`` entry of ``spec`` cannot be applied to ``base`` (the definition
     the entries apply to: the current one, or the typed render of a new one), as

@@ -109,3 +109,16 @@ def test_a_network_entry_no_typed_field_says_is_the_hatchs() -> None:
     both = network_xml.project(dataclasses.replace(six.spec, xml=spec.xml))
     assert both["ipv6.address"] == "fd00::1"
     assert any(k.startswith("xml[0]") for k in both), both
+
+
+def test_entries_on_the_guest_cpu_are_not_compared_with_a_running_domain() -> None:
+    # a running domain's <cpu> is libvirt's expansion (check='full', features): an entry
+    # on it is compared on the definition alone, as the typed cpu field is
+    entries = (XmlEdit(".", add="<cpu mode='custom' match='exact' check='none'><model "
+                                "fallback='forbid'>qemu64</model></cpu>"),
+               XmlEdit("./cpu/@check", value="none"),
+               XmlEdit("./devices", add="<panic model='isa'/>"),
+               XmlEdit("./cputune", add="<shares>512</shares>"))  # fmt: skip
+    spec = dataclasses.replace(_vm(), xml=entries)
+    keys = sorted(domain.live_unreadable_edits(spec))
+    assert [k.split(" ", 1)[0] for k in keys] == ["xml[0]", "xml[1]"], keys
