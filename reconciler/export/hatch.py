@@ -144,6 +144,20 @@ def _deletes(live: Element, mine: Element, path: str, bare: str,
                         "delete": True})  # fmt: skip
 
 
+_CPU_BOOKKEEPING = ("cpu@check", "cpu@match", "cpu/model@fallback")
+
+
+def _cpu_silent(live: Element, mine: Element) -> tuple[str, ...]:
+    """What the walk of ``<cpu>`` leaves out: libvirt's bookkeeping (check, match,
+    fallback) too, unless the CPU model itself goes through the hatch (the typed render
+    writes a ``<cpu>`` for NUMA cells but no model): then the model's entry needs them,
+    or the typed ``cpu`` field would read the qemu64 model libvirt adds to a
+    ``type='qemu'`` domain (``domain.read_cpu``: none, with them) as a model named."""
+    if live.find("model") is not None and mine.find("model") is None:
+        return tuple(p for p in _KEPT_SILENT if p not in _CPU_BOOKKEEPING)
+    return _KEPT_SILENT
+
+
 def candidates(config_xml: str, rendered: str, notes: _Notes) -> list[dict[str, Any]]:
     """Every ``xml`` entry (as a manifest writes it) that would make the rendered manifest
     (``rendered``, without ``xml``) say what the definition ``config_xml`` has, before the
@@ -169,7 +183,8 @@ def candidates(config_xml: str, rendered: str, notes: _Notes) -> list[dict[str, 
             continue
         taken.append(other)
         if tag != "devices":
-            _walk(element, other, f"./{_step(element, live)}", tag, out)
+            _walk(element, other, f"./{_step(element, live)}", tag, out,
+                  silent=_cpu_silent(element, other) if tag == "cpu" else _KEPT_SILENT)
             continue
         done: list[Element] = []
         for device in element:

@@ -152,25 +152,33 @@ def test_what_no_typed_field_holds_is_in_the_hatch(stem: str, expected: str) -> 
     _, entries = carried(item)
     assert expected in entries, entries
     assert item.notes == (), item.notes
-    assert item.kept == () or stem in Q35_PORTS_KEPT | NUMA_CPU_KEPT, item.kept
+    assert item.kept == () or stem in Q35_PORTS_KEPT, item.kept
 
 
 # q35 domains whose PCI controllers stay kept notes: the typed render gives a q35 VM its
 # own root ports (domain_xml.pcie_root_ports), which the definition's indexed ports and
 # bridges do not match one for one; a redefine keeps them as they are
 Q35_PORTS_KEPT = {"net-isolated-port", "os-firmware-efi", "watchdog-q35-multiple"}
-# NUMA domains whose custom CPU model stays a kept note: the cells are typed (numa,
-# vm-tuning), so the typed render writes a <cpu>, and the model an entry would add into it
-# reads as the typed cpu field (refused: the typed fields win), which cannot say this one
-# (match/check/fallback); a redefine keeps it as it is, as before the escape hatch
-NUMA_CPU_KEPT = {"cpu-numa-memshared", "memory-hotplug", "numatune-memnode-no-memory"}
 
 
-def test_nothing_is_left_kept_but_the_q35_ports_and_numa_cpu_models() -> None:
-    left = {p.name.split(".")[0]: exported(p)[1].kept for p in FILES}
-    assert {k for k, v in left.items() if v} <= Q35_PORTS_KEPT | NUMA_CPU_KEPT, left
-    for stem in NUMA_CPU_KEPT:
-        assert export.kept_lines(left[stem]) == ["cpu custom (qemu64): model"], left[stem]
+def test_nothing_is_left_kept_but_the_q35_ports() -> None:
+    left = {p.name.split(".")[0] for p in FILES if exported(p)[1].kept}
+    assert left <= Q35_PORTS_KEPT, left
+
+
+@pytest.mark.parametrize("stem", ["cpu-numa-memshared", "memory-hotplug",
+                                  "numatune-memnode-no-memory"])  # fmt: skip
+def test_the_cpu_model_of_a_numa_domain_goes_through_the_hatch(stem: str) -> None:
+    # the cells are typed (numa, vm-tuning), so the typed render writes a <cpu>; the
+    # model goes into it with libvirt's check/match/fallback, so the typed cpu field
+    # reads what the definition's reads (libvirt's qemu64 default: none), not a model
+    [path] = [p for p in FILES if p.name.startswith(stem + ".")]
+    _, item = exported(path)
+    assert item.kept == (), item.kept
+    entries = item.document["spec"]["xml"] if item.document else []
+    assert {"xpath": "./cpu", "add": '<model fallback="forbid">qemu64</model>'} in entries
+    assert {"xpath": "./cpu/@check", "value": "none"} in entries, entries
+    assert "cpu" not in (item.document or {})["spec"]
 
 
 @pytest.mark.parametrize(("stem", "expected"), [
