@@ -270,8 +270,8 @@ def disk_roots(path: Path) -> list[str]:
     """``allowedDiskRoots`` as an operator adopting this domain would set it: the
     default roots and the directory of every host file the XML names that a manifest
     can name (disk and CD-ROM files, kernel, initrd, a serial log), and each block
-    device and shared folder itself (typed fields now; the escape hatch's paths pass
-    the same check). SPEC §5 checks
+    device and shared folder itself, and every other absolute ``<source dev|dir>``
+    (the escape hatch's paths pass the same check). SPEC §5 checks
     every path a manifest names against these roots, adoption included, so a domain
     whose disk is /tmp/idedisk.img is adopted only by a configuration that allows /tmp.
     """
@@ -288,6 +288,9 @@ def disk_roots(path: Path) -> list[str]:
     # a block device is a root of its own (no image root holds /dev), a shared folder too
     own = [s.get("dev") for s in root.findall("devices/disk[@type='block']/source")]
     own += [s.get("dir") for s in root.findall("devices/filesystem/source")]
+    # and what the escape hatch carries (hostpaths checks an entry's <source dev|dir>
+    # like a disk's): a vDPA NIC's /dev/vhost-vdpa-0, a block CD-ROM's node...
+    own += [s.get(k) for s in root.findall("devices/*/source") for k in ("dev", "dir")]
     roots += [p for p in own if p and os.path.isabs(p) and p not in roots]
     return roots
 
