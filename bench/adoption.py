@@ -291,7 +291,9 @@ def disk_roots(path: Path) -> list[str]:
     # and what the escape hatch carries (hostpaths checks an entry's <source dev|dir>
     # like a disk's): a vDPA NIC's /dev/vhost-vdpa-0, a block CD-ROM's node...
     own += [s.get(k) for s in root.findall("devices/*/source") for k in ("dev", "dir")]
-    roots += [p for p in own if p and os.path.isabs(p) and p not in roots]
+    for p in own:
+        if p and os.path.isabs(p) and p not in roots:  # each once: the schema says so
+            roots.append(p)
     return roots
 
 
