@@ -609,8 +609,10 @@ class Executor:
 def image_problem(path: str, url: str, fmt: str, capacity: int) -> str | None:
     """Why the verified image at ``path`` (fetched from ``url``) cannot fill a ``fmt``
     volume of ``capacity`` bytes, or None: another format (libvirt's upload copies the
-    image as it is), a qcow2 image on a backing file (the host cannot follow it), or a
-    virtual size larger than the volume."""
+    image as it is), a qcow2 image on a backing file (the host cannot follow it), a
+    qcow2 image whose data is in an external file (its header names a host file that
+    libvirt's copy would read into the volume), or a virtual size larger than the
+    volume."""
     found = images.read_format(path) or "raw"
     if found != fmt:
         return (f"image {url} is a {found} image, but the volume's format is {fmt}; "
@@ -619,6 +621,11 @@ def image_problem(path: str, url: str, fmt: str, capacity: int) -> str | None:
     header = images.read_header(path)
     if header.has_backing:
         return f"image {url} is a qcow2 image on a backing file; use a flattened image"
+    if images.external_data_file(path):
+        # libvirt's copy (qemu-img convert, as root) would read the host file the header
+        # names into the volume, where a guest reads it
+        return (f"image {url} is a qcow2 image whose data is in an external file its "
+                "header names; use a self-contained image (qemu-img convert -O qcow2)")
     if header.virtual_size > capacity:
         return (f"image {url} holds {header.virtual_size} bytes (virtual size), more than "
                 f"capacity {capacity}; set capacity: {header.virtual_size}B or more")

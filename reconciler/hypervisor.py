@@ -1105,6 +1105,12 @@ class Hypervisor:
                 # CreateXMLFrom would write the whole image and drop the backing store
                 raise Refused(f"importing {source}: volume {pool}/{name} is on a backing "
                               "volume; a remote copy can only fill a whole volume")  # fmt: skip
+            if images.external_data_file(source):
+                # the copy below (qemu-img convert on the host, as root) would read the
+                # host file its header names into the volume, where a guest reads it
+                raise Refused(f"importing {source}: a qcow2 image whose data is in an "
+                              "external file its header names is refused; use a "
+                              "self-contained image (qemu-img convert -O qcow2)")  # fmt: skip
             capacity = int(target.info()[1])
             with _vanished_ok():
                 p.storageVolLookupByName(staging).delete(0)  # left by a killed import
