@@ -93,7 +93,13 @@ def cached(cache: Path | None, sha256: str) -> Path | None:
     if cache is None:
         return None
     path = cache_path(cache, sha256)
-    return path if path.is_file() else None
+    return path if _plain_file(path) else None
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file at ``path`` itself, not through a symbolic link: the cache is
+    written and read by root, and a link planted there would point it at another file."""
+    return path.is_file() and not path.is_symlink()
 
 
 def mismatch_message(url: str, expected: str, actual: str) -> str:
@@ -226,12 +232,16 @@ def fetch(url: str, sha256: str, cache: Path, *, limit: int,
     bytes"). A digest mismatch deletes the part and raises ``FetchError`` naming the
     URL, the expected and the actual digest. More than ``limit`` bytes is refused."""
     final = cache_path(cache, sha256)
-    if final.is_file():
+    if _plain_file(final):
         if file_sha256(final) == sha256:
             return final, False
         final.unlink()  # changed on disk since it was verified: fetched again
+    elif final.is_symlink():
+        final.unlink()  # never followed: fetched again into a file of our own
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     part = partial_path(cache, sha256)
+    if part.is_symlink():
+        part.unlink()  # a link is not a download of ours: root would append to its target
     have = part.stat().st_size if part.is_file() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     response = _open(url, headers, TIMEOUT, open_with)
@@ -273,7 +283,12 @@ def _write(response: Any, part: Path, have: int, total: int | None, limit: int, 
     import http.client
 
     done = have
-    with open(part, "ab" if have else "wb") as out:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if have else os.O_TRUNC)
+    try:
+        fd = os.open(part, flags, 0o600)
+    except OSError as exc:
+        raise FetchError(f"fetching {url}: cannot write {part}: {exc.strerror}") from None
+    with open(fd, "ab" if have else "wb") as out:
         try:
             while True:
                 chunk = response.read(CHUNK)
