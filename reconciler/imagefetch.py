@@ -45,6 +45,7 @@ TIMEOUT = 60.0  # seconds without data before a download is given up
 PROBE_TIMEOUT = 10.0  # seconds a plan waits for an image's first bytes
 PROBE_BYTES = 512  # the header a probe reads (qcow2 needs 32, sniffing 72)
 CHUNK = 1024 * 1024
+MIN_PROGRESS = 64 * 1024  # bytes a download must bring in every TIMEOUT seconds
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PART = ".part"
 USER_AGENT = "reconciler (volume image fetch)"
@@ -180,11 +181,23 @@ def probe(url: str, *, timeout: float = PROBE_TIMEOUT,
     when the server cannot be reached or answers with an error."""
     import http.client
 
+    deadline = time.monotonic() + timeout
     response = _open(url, {"Range": f"bytes=0-{PROBE_BYTES - 1}"}, timeout, open_with)
     with contextlib.closing(response):
         size = _total_size(response)
+        read = getattr(response, "read1", response.read)
+        head = b""
         try:
-            head = response.read(PROBE_BYTES)
+            # piece by piece against one deadline: a server that sends a byte now and
+            # then (each within the socket's timeout) does not hold the plan for long
+            while len(head) < PROBE_BYTES:
+                piece = read(PROBE_BYTES - len(head))
+                if not piece:
+                    break
+                head += piece
+                if len(head) < PROBE_BYTES and time.monotonic() > deadline:
+                    raise FetchError(f"fetching {url}: fewer than {PROBE_BYTES} bytes in "
+                                     f"{timeout:g} s; the server is too slow")  # fmt: skip
         except (OSError, http.client.HTTPException) as exc:
             raise FetchError(f"fetching {url}: {exc}") from None
     if size is None:
@@ -283,6 +296,8 @@ def _write(response: Any, part: Path, have: int, total: int | None, limit: int, 
     import http.client
 
     done = have
+    read = getattr(response, "read1", response.read)
+    window, brought = time.monotonic(), 0  # bytes brought in since ``window`` began
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if have else os.O_TRUNC)
     try:
         fd = os.open(part, flags, 0o600)
@@ -291,10 +306,11 @@ def _write(response: Any, part: Path, have: int, total: int | None, limit: int, 
     with open(fd, "ab" if have else "wb") as out:
         try:
             while True:
-                chunk = response.read(CHUNK)
+                chunk = read(CHUNK)
                 if not chunk:
                     break
                 done += len(chunk)
+                brought += len(chunk)
                 if done > limit:
                     out.close()
                     part.unlink()
@@ -303,6 +319,11 @@ def _write(response: Any, part: Path, have: int, total: int | None, limit: int, 
                 out.write(chunk)
                 if progress is not None:
                     progress(done, total)
+                if time.monotonic() - window >= TIMEOUT:
+                    if brought < MIN_PROGRESS:  # a trickle that never times out a read
+                        raise TimeoutError(f"less than {MIN_PROGRESS} bytes in "
+                                           f"{TIMEOUT:g} s")  # fmt: skip
+                    window, brought = time.monotonic(), 0
         except (OSError, http.client.HTTPException) as exc:
             out.flush()
             os.fsync(out.fileno())
