@@ -18,7 +18,7 @@ import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
@@ -1317,11 +1317,42 @@ def _check_forward(mode: str, raw: Mapping[str, Any], forward: Forward,
     _unique((*where, "devices"), list(forward.devices), "device", problems)
 
 
+def _not_addresses(named: Iterable[tuple[FieldPath, str]], version: int | None,
+                   problems: list[FieldProblem]) -> bool:
+    """Whether any of ``named`` (field path, value) is not an IP address (of IP
+    ``version`` when given), each such added to ``problems``. The schema's IPv6 pattern
+    lets through strings such as ``10.1.2.3`` or ``1:2``, which ``ipaddress`` refuses."""
+    bad = False
+    for where, value in named:
+        try:
+            found: int | None = ipaddress.ip_address(value).version
+        except ValueError:
+            found = None
+        if found is None or (version is not None and found != version):
+            what = f"an IPv{version}" if version is not None else "an IPv4 or IPv6"
+            example = "fd00:100::1" if version == 6 else "10.0.0.1 or fd00:100::1"
+            problems.append(FieldProblem(where, f"{value} is not {what} address",
+                                         f"write one such as {example}"))  # fmt: skip
+            bad = True
+    return bad
+
+
 def _check_ipv6(ipv6: Ipv6, problems: list[FieldProblem]) -> None:
+    where: FieldPath = ("spec", "ipv6", "dhcp")
+    named: list[tuple[FieldPath, str]] = [(("spec", "ipv6", "address"), ipv6.address)]
+    if ipv6.dhcp is not None:
+        if ipv6.dhcp.ranges is not None:
+            for i, r in enumerate(ipv6.dhcp.ranges):
+                named += [((*where, "ranges", i, "start"), r.start),
+                          ((*where, "ranges", i, "end"), r.end)]  # fmt: skip
+        else:
+            named += [((*where, "start"), ipv6.dhcp.start), ((*where, "end"), ipv6.dhcp.end)]
+        named += [((*where, "hosts", i, "ip"), h.ip) for i, h in enumerate(ipv6.dhcp.hosts)]
+    if _not_addresses(named, 6, problems):
+        return
     net = ipaddress.IPv6Interface(f"{ipv6.address}/{ipv6.prefix}").network
     if ipv6.dhcp is None:
         return
-    where: FieldPath = ("spec", "ipv6", "dhcp")
     if ipv6.prefix != 64:
         # dnsmasq hands out DHCPv6 (and RA) only on a /64
         problems.append(FieldProblem(("spec", "ipv6", "prefix"), "DHCPv6 needs prefix 64",
@@ -1347,6 +1378,9 @@ def _check_ipv6(ipv6: Ipv6, problems: list[FieldProblem]) -> None:
 def _check_routes(routes: tuple[Route, ...], problems: list[FieldProblem]) -> None:
     for i, route in enumerate(routes):
         where: FieldPath = ("spec", "routes", i)
+        if _not_addresses([((*where, "address"), route.address),
+                           ((*where, "gateway"), route.gateway)], None, problems):  # fmt: skip
+            continue
         address, gateway = ipaddress.ip_address(route.address), ipaddress.ip_address(route.gateway)
         if address.version != gateway.version:
             problems.append(FieldProblem((*where, "gateway"), f"gateway {route.gateway} is not "

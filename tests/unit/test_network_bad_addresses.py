@@ -1,0 +1,41 @@
+"""An IPv6 (or route) address the schema's loose pattern lets through but that is no
+address (``10.1.2.3`` as ipv6, ``1:2``, ``10.1.2.300`` in a route) is one clear
+problem at its field, never a traceback (``ipaddress`` raising in the loader)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.manifests import load_directory
+from tests.unit.conftest import WriteFiles
+
+NETWORK = """\
+apiVersion: reconciler/v1
+kind: Network
+metadata: {name: lab}
+spec:
+  mode: isolated
+  bridge: virbr-lab
+"""
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ('  ipv6: {address: "10.1.2.3", prefix: 64}\n', "spec.ipv6.address"),
+    ('  ipv6: {address: "1:2", prefix: 64}\n', "spec.ipv6.address"),
+    ('  ipv6: {address: "fd00::1", prefix: 64, dhcp: {start: "fd00::10", end: "fd00:::9"}}\n',
+     "spec.ipv6.dhcp.end"),
+    ('  ipv6: {address: "fd00::1", prefix: 64, dhcp: {ranges: [{start: "10.0.0.1", '
+     'end: "fd00::20"}]}}\n', "spec.ipv6.dhcp.ranges[0].start"),
+    ('  ipv6: {address: "fd00::1", prefix: 64, dhcp: {start: "fd00::10", end: "fd00::20", '
+     'hosts: [{name: web, ip: "1.2.3.4"}]}}\n', "spec.ipv6.dhcp.hosts[0].ip"),
+    ('  routes: [{address: "10.1.2.300", prefix: 24, gateway: "10.1.2.1"}]\n',
+     "spec.routes[0].address"),
+    ('  routes: [{address: "fd00:9::", prefix: 64, gateway: "::::"}]\n',
+     "spec.routes[0].gateway"),
+])  # fmt: skip
+def test_a_string_that_is_no_address_is_a_problem_at_its_field(
+    write: WriteFiles, extra: str, field: str
+) -> None:
+    result = load_directory(write(**{"net.yaml": NETWORK + extra}))
+    found = [str(p) for p in result.problems]
+    assert len(found) == 1 and field in found[0] and "address" in found[0], found
