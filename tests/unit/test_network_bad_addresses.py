@@ -39,3 +39,20 @@ def test_a_string_that_is_no_address_is_a_problem_at_its_field(
     result = load_directory(write(**{"net.yaml": NETWORK + extra}))
     found = [str(p) for p in result.problems]
     assert len(found) == 1 and field in found[0] and "address" in found[0], found
+
+
+def _isolated(name: str, n: int, ipv6: str) -> str:
+    return (f"apiVersion: reconciler/v1\nkind: Network\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  mode: isolated\n  bridge: virbr-t{n}\n  ipv6: {ipv6}\n")  # fmt: skip
+
+
+def test_two_networks_with_overlapping_ipv6_subnets_are_refused(write: WriteFiles) -> None:
+    """As two IPv4 subnets are: the host's routes would be split between two bridges."""
+    text = "---\n".join([
+        _isolated("a", 1, '{address: "fd00:5::1", prefix: 64}'),
+        _isolated("b", 2, '{address: "fd00:5:0:0:1::1", prefix: 80}'),
+        _isolated("c", 3, '{address: "fd00:6::1", prefix: 64}'),
+    ])  # fmt: skip
+    found = [str(p) for p in load_directory(write(**{"nets.yaml": text})).problems]
+    assert len(found) == 1, found
+    assert "spec.ipv6" in found[0] and "fd00:5::/64" in found[0] and "'a'" in found[0]
