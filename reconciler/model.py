@@ -1155,7 +1155,8 @@ def _dhcp_ranges(
         problems.append(FieldProblem((*where, "ranges"),
                                      "dhcp has both 'start'/'end' and 'ranges'",
                                      "list the first range in 'ranges' instead"))  # fmt: skip
-    ranges = tuple(DhcpRange(r["start"], r["end"]) for r in raw["ranges"])
+    ranges = tuple(DhcpRange(_canonical_ip(r["start"]), _canonical_ip(r["end"]))
+                   for r in raw["ranges"])  # fmt: skip
     if not ranges:
         problems.append(FieldProblem((*where, "ranges"), "dhcp needs at least one range",
                                      "leave 'dhcp' out for no DHCP service"))  # fmt: skip
@@ -1188,23 +1189,27 @@ def _network_vocabulary(
                 ranges = _dhcp_ranges(rd, ("spec", "ipv6", "dhcp"), problems)
                 if ranges is not None:
                     declared.add("ipv6.dhcp.ranges")
-                hosts = tuple(Dhcp6Host(ip=h["ip"], id=h.get("id"), name=h.get("name"))
+                hosts = tuple(Dhcp6Host(ip=_canonical_ip(h["ip"]), id=h.get("id"),
+                                        name=h.get("name"))
                               for h in rd.get("hosts", ()))  # fmt: skip
-                dhcp6 = Dhcp6(start=ranges[0].start if ranges else rd.get("start", "::"),
-                              end=ranges[0].end if ranges else rd.get("end", "::"),
+                dhcp6 = Dhcp6(start=ranges[0].start if ranges
+                              else _canonical_ip(rd.get("start", "::")),
+                              end=ranges[0].end if ranges else _canonical_ip(rd.get("end", "::")),
                               hosts=hosts, ranges=ranges)  # fmt: skip
-            ipv6 = Ipv6(address=r6["address"], prefix=r6["prefix"], dhcp=dhcp6)
+            ipv6 = Ipv6(address=_canonical_ip(r6["address"]), prefix=r6["prefix"], dhcp=dhcp6)
             _check_ipv6(ipv6, problems)
     routes = None
     if "routes" in raw:
         declared.add("routes")
-        routes = tuple(Route(r["address"], r["prefix"], r["gateway"], r.get("metric"))
+        routes = tuple(Route(_canonical_ip(r["address"]), r["prefix"],
+                             _canonical_ip(r["gateway"]), r.get("metric"))
                        for r in raw["routes"])  # fmt: skip
         _check_routes(routes, problems)
     rdns = raw.get("dns") or {}
     dns = Dns(
         forwarders=None if "forwarders" not in rdns else tuple(
-            DnsForwarder(f.get("addr"), f.get("domain")) for f in rdns["forwarders"]),
+            DnsForwarder(None if f.get("addr") is None else _canonical_ip(f["addr"]),
+                         f.get("domain")) for f in rdns["forwarders"]),
         srv=None if "srv" not in rdns else tuple(
             DnsSrv(r["service"], r["protocol"], r.get("domain"), r.get("target"), r.get("port"),
                    r.get("priority"), r.get("weight")) for r in rdns["srv"]),
@@ -1315,6 +1320,19 @@ def _check_forward(mode: str, raw: Mapping[str, Any], forward: Forward,
                 problems.append(FieldProblem((*where, name), f"'{name}' is for mode macvtap"))
     _unique((*where, "interfaces"), list(forward.interfaces), "interface", problems)
     _unique((*where, "devices"), list(forward.devices), "device", problems)
+
+
+def _canonical_ip(value: str) -> str:
+    """An IP address as libvirt writes it back (lowercase, zeros compressed: RFC 5952),
+    so that ``FD00:0bad:0::1`` and libvirt's ``fd00:bad::1`` compare equal; a string
+    that is no address is returned as it is (the checks report it)."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return value
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return value.lower()  # (written ::ffff:a.b.c.d by libvirt, not by Python 3.11)
+    return str(address)
 
 
 def _not_addresses(named: Iterable[tuple[FieldPath, str]], version: int | None,

@@ -4,6 +4,8 @@ problem at its field, never a traceback (``ipaddress`` raising in the loader).""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from reconciler.manifests import load_directory
@@ -56,3 +58,23 @@ def test_two_networks_with_overlapping_ipv6_subnets_are_refused(write: WriteFile
     found = [str(p) for p in load_directory(write(**{"nets.yaml": text})).problems]
     assert len(found) == 1, found
     assert "spec.ipv6" in found[0] and "fd00:5::/64" in found[0] and "'a'" in found[0]
+
+
+def test_ipv6_addresses_are_compared_as_libvirt_writes_them(write: WriteFiles) -> None:
+    """``FD00:0bad:0::1`` is libvirt's ``fd00:bad::1``: written otherwise, every plan
+    showed ipv6.address changing and a restart pending that never settled."""
+    extra = ('  ipv6: {address: "FD00:0bad:0::1", prefix: 64, dhcp: {ranges: [{start: '
+             '"FD00:BAD::0100", end: "fd00:bad:0:0::1ff"}], hosts: [{name: web, ip: '
+             '"FD00:bad::0010"}]}}\n'
+             '  routes: [{address: "FD00:BEEF:0::", prefix: 64, gateway: "FD00:BAD::2"}]\n'
+             '  dns: {forwarders: [{addr: "0:0:0:0:0:0:0:1"}]}\n')  # fmt: skip
+    result = load_directory(write(**{"net.yaml": NETWORK + extra}))
+    assert not result.problems
+    [m] = result.manifests
+    spec: Any = m.spec
+    assert spec.ipv6.address == "fd00:bad::1"
+    assert (spec.ipv6.dhcp.ranges[0].start, spec.ipv6.dhcp.ranges[0].end) == (
+        "fd00:bad::100", "fd00:bad::1ff")
+    assert spec.ipv6.dhcp.hosts[0].ip == "fd00:bad::10"
+    assert (spec.routes[0].address, spec.routes[0].gateway) == ("fd00:beef::", "fd00:bad::2")
+    assert spec.dns.forwarders[0].addr == "::1"
