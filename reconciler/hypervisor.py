@@ -84,6 +84,34 @@ _VANISHED = {
 }
 
 
+BLANK_SPAN = 1024 * 1024  # bytes at each end of a device that must read as zeros
+
+
+def _not_blank(path: str) -> str | None:
+    """Why the block device ``path`` (of this machine) is not blank, or None: a byte
+    other than zero in its first or last ``BLANK_SPAN`` bytes (partition tables, LVM
+    labels, filesystem superblocks, image headers and a GPT's backup all live there).
+    libvirt's ``VIR_STORAGE_POOL_BUILD_NO_OVERWRITE`` refuses only the signatures
+    blkid knows: a qcow2 image or random data on the device passed it and was written
+    over. A path that cannot be read is left to libvirt (which reports it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        for offset in sorted({0, max(size - BLANK_SPAN, 0)}):
+            data = os.pread(fd, BLANK_SPAN, offset)
+            if data.count(0) != len(data):
+                first = offset + next(i for i, b in enumerate(data) if b)
+                return f"{path} is not blank (a byte other than zero at offset {first})"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
 @contextmanager
 def _vanished_ok() -> Iterator[None]:
     """Skip an object removed by someone else between listing it and reading it."""
@@ -1012,6 +1040,18 @@ class Hypervisor:
         with calling(f"building storage pool {name}"):
             pool = self._conn.storagePoolLookupByName(name)
             if format:
+                if not self.remote:
+                    source = ET.fromstring(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE))
+                    for device in source.findall("source/device"):
+                        found = _not_blank(device.get("path") or "")
+                        if found is not None:
+                            raise Refused(
+                                f"storage pool {name} not built: {found}; it is already "
+                                "formatted or holds data libvirt's check does not recognise "
+                                "(an image, an encrypted or raw disk), and building would "
+                                "write over it. If nothing on it is wanted, clear it first "
+                                "(wipefs -a, and zeros over its first and last MiB)",
+                                step="build-pool")  # fmt: skip
                 pool.build(libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE)
                 return
             kind = ET.fromstring(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)).get("type")
