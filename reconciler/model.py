@@ -1011,6 +1011,12 @@ def _build_pool(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Storage
         problems.append(FieldProblem(("spec", "build"),
                                      f"building a {kind} pool needs the devices to build "
                                      "it on", "add source.devices"))  # fmt: skip
+    if build and kind == "fs" and fmt in (None, "auto"):
+        # libvirt runs mkfs -t auto, which fails ("failed to execute mkfs.auto") after
+        # the pool is defined
+        at: FieldPath = ("spec", "source", "format") if fmt else ("spec", "build")
+        problems.append(FieldProblem(at, "building an fs pool makes a filesystem, and needs "
+                                     "to know which", "add source.format: ext4"))  # fmt: skip
     return StoragePoolSpec(
         path=None if path is None else (path.rstrip("/") or "/"),
         type=kind,
