@@ -1397,6 +1397,8 @@ def _check_ipv6(ipv6: Ipv6, problems: list[FieldProblem]) -> None:
                 (*where, "hosts", i), "a DHCPv6 host needs 'id' (its DUID) or 'name'",
                 "libvirt takes no MAC in IPv6"))  # fmt: skip
     _unique((*where, "hosts"), [h.key for h in ipv6.dhcp.hosts], "host", problems)
+    # two clients leased one address: dnsmasq hands it to whichever asks first
+    _unique((*where, "hosts"), [h.ip for h in ipv6.dhcp.hosts], "host address", problems)
 
 
 def _check_routes(routes: tuple[Route, ...], problems: list[FieldProblem]) -> None:

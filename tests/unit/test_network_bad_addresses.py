@@ -78,3 +78,11 @@ def test_ipv6_addresses_are_compared_as_libvirt_writes_them(write: WriteFiles) -
     assert spec.ipv6.dhcp.hosts[0].ip == "fd00:bad::10"
     assert (spec.routes[0].address, spec.routes[0].gateway) == ("fd00:beef::", "fd00:bad::2")
     assert spec.dns.forwarders[0].addr == "::1"
+
+
+def test_two_dhcpv6_hosts_leased_one_address_are_refused(write: WriteFiles) -> None:
+    extra = ('  ipv6: {address: "fd00::1", prefix: 64, dhcp: {start: "fd00::100", end: '
+             '"fd00::1ff", hosts: [{name: a, ip: "fd00::10"}, {name: b, ip: "FD00::0010"}]}}\n')
+    found = [str(p) for p in load_directory(write(**{"net.yaml": NETWORK + extra})).problems]
+    assert len(found) == 1 and "spec.ipv6.dhcp.hosts[1]" in found[0], found
+    assert "fd00::10" in found[0]
