@@ -94,6 +94,7 @@ from reconciler.snapshot import Observed, ObservedNetwork
 from reconciler.tuning import format_cpuset, parse_cpuset
 from reconciler.units import format_size, parse_size
 from reconciler.xml.domain_tuning import pins
+from reconciler.xml.domain_tuning import read as read_tuning
 
 Finding = tuple[Manifest, FieldProblem]
 GUEST_ARCH = "x86_64"  # the arch every domain is rendered with (xml/domain.py)
@@ -830,6 +831,55 @@ def check_host_devices(
             )
 
 
+def check_kept_tuning(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """What the manifest asks against the tuning it leaves to the domain (``numa`` and
+    ``iothreads`` not named: kept as the domain has them, none for a new VM), where
+    libvirt would refuse it or quietly keep its own value:
+
+    * a disk's ``iothread`` is one of the domain's I/O threads (``<iothreadids>``, else
+      1 .. ``<iothreads>``; libvirt refuses the definition otherwise: "Disk iothread
+      '1' not defined in iothreadid");
+    * the memory is the sum of the domain's NUMA cells (libvirt makes the VM's memory
+      that sum and drops the declared value, so the apply would never settle).
+    (formatdomain "IOThreads Allocation", "CPU model and topology")"""
+    existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+    root = existing.config_root if existing is not None else None
+    kept = read_tuning(root) if root is not None else None
+    if spec.tuning.iothreads is None:
+        ids: set[int] = set()
+        if root is not None:
+            ids = {int(t.get("id", "0")) for t in root.findall("iothreadids/iothread")
+                   if str(t.get("id", "")).isdigit()}  # fmt: skip
+            if not ids and kept is not None and kept.iothreads:
+                ids = set(range(1, kept.iothreads + 1))
+        for i, disk in enumerate(spec.disks):
+            if disk.iothread is not None and disk.iothread not in ids:
+                have = (f"the domain's are {format_cpuset(ids)}" if ids
+                        else "the domain has none" if root is not None
+                        else "a new VM has none")  # fmt: skip
+                yield FieldProblem(
+                    ("spec", "disks", i, "iothread"),
+                    f"iothread {disk.iothread} is not one of the VM's I/O threads"
+                    f" ({have}; iothreads is not in the manifest, so it is kept as it is)",
+                    f"add iothreads: {max(disk.iothread, max(ids, default=0))} to the VM,"
+                    " or remove the disk's iothread",
+                )
+    if spec.tuning.numa is None and kept is not None and kept.numa:
+        total = sum(cell.memory for cell in kept.numa)
+        if total != spec.max_memory:
+            field = "maxMemory" if spec.max_memory != spec.memory else "memory"
+            yield FieldProblem(
+                ("spec", field),
+                f"{field} is {format_size(spec.max_memory)}, but the domain's NUMA cells"
+                f" (kept: numa is not in the manifest) hold {format_size(total)}, and"
+                " libvirt makes the VM's memory the sum of its cells",
+                f"write {field}: {format_size(total)}, or name numa with cells adding up"
+                f" to {format_size(spec.max_memory)}",
+            )
+
+
 VM_CHECKS: tuple[VmCheck, ...] = (
     check_kvm,
     check_machine,
@@ -842,6 +892,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_cpu,
     check_host_devices,
     check_tuning,
+    check_kept_tuning,
 )
 
 
