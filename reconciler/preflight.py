@@ -880,6 +880,56 @@ def check_kept_tuning(
             )
 
 
+def check_nic_vlans(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A VLAN tag on a NIC of a libvirt network is one the network can carry: libvirt
+    accepts the definition but refuses to start the VM (and to hot-plug the NIC) on a
+    network of plain Linux bridges ("vlan tag not supported for this connection type");
+    only an openvswitch bridge (``<virtualport type='openvswitch'>``) or SR-IOV
+    (forward mode hostdev or passthrough) carries one (formatdomain "Setting VLAN
+    tag"). The network as libvirt has it decides, else its manifest. A VLAN the domain
+    already has on that NIC is left alone (an adoption keeps it as it is)."""
+    from reconciler.xml._fields import parse
+
+    existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+    had: set[str] = set()
+    if existing is not None:
+        for iface in existing.config_root.findall("devices/interface"):
+            mac = iface.find("mac")
+            if mac is not None and iface.find("vlan") is not None:
+                had.add(str(mac.get("address", "")).lower())
+    for i, nic in enumerate(spec.interfaces):
+        if nic.vlan is None or nic.network is None or nic.mac.lower() in had:
+            continue
+        record = ctx.observed.networks.get(nic.network) if ctx is not None else None
+        carries: bool | None = None
+        if record is not None:
+            try:
+                root = parse(record.config_xml)
+            except Exception:  # an unreadable definition: nothing to say about it
+                continue
+            forward = root.find("forward")
+            mode = forward.get("mode") if forward is not None else None
+            carries = (root.find(".//virtualport[@type='openvswitch']") is not None
+                       or mode in ("hostdev", "passthrough"))  # fmt: skip
+            what = f"network {nic.network} ({mode or 'isolated'}, no openvswitch)"
+        else:
+            declared = [d for d in (ctx.manifests if ctx is not None else ())
+                        if d.name == nic.network and isinstance(d.spec, NetworkSpec)]  # fmt: skip
+            if declared and isinstance(declared[0].spec, NetworkSpec):
+                net_mode = declared[0].spec.mode
+                carries = net_mode not in ("nat", "route", "isolated", "bridge")
+                what = f"network {nic.network} (mode {net_mode})"
+        if carries is False:
+            yield FieldProblem(
+                ("spec", "interfaces", i, "vlan"),
+                f"{what} is made of Linux bridges, which carry no VLAN tag: libvirt would"
+                " refuse to start the VM ('vlan tag not supported for this connection type')",
+                "remove vlan, or use a network on an openvswitch bridge (or SR-IOV hostdev)",
+            )
+
+
 VM_CHECKS: tuple[VmCheck, ...] = (
     check_kvm,
     check_machine,
@@ -893,6 +943,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_host_devices,
     check_tuning,
     check_kept_tuning,
+    check_nic_vlans,
 )
 
 
