@@ -252,6 +252,9 @@ class HostFacts:
     # pool types this libvirt has a storage backend for (``virsh pool-capabilities``,
     # ``<pool type= supported='yes'>``); None: not read (only dir pools declared)
     pool_types: frozenset[str] | None = None
+    # huge page size (bytes) -> pages free on the host, all NUMA cells (virNodeGetFreePages);
+    # None: not read (no VM to run asks for huge pages)
+    free_pages: Mapping[int, int] | None = None
     unknown: tuple[str, ...] = ()
 
 
@@ -268,6 +271,7 @@ class FactsWanted:
     cpu_features: frozenset[str] = frozenset()  # every feature name a manifest writes
     pool_types: bool = False  # a pool of another type than dir is declared
     host_devices: bool = False  # a VM to run passes a host device through
+    free_pages: bool = False  # a VM to run asks for huge pages
 
 
 def wanted(
@@ -279,7 +283,7 @@ def wanted(
     paths: set[str] = set()
     questions: set[CpuQuestion] = set()
     features: set[str] = set()
-    bridges = addresses = pool_types = host_devices = False
+    bridges = addresses = pool_types = host_devices = free_pages = False
     for m in manifests:
         spec = m.spec
         if isinstance(spec, StoragePoolSpec) and spec.type != "dir":
@@ -294,6 +298,9 @@ def wanted(
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
             host_devices = host_devices or (bool(spec.hostdevs) and spec.state == "running")
+            mb = spec.tuning.memory_backing
+            free_pages = free_pages or (spec.state == "running" and mb is not None
+                                        and mb.hugepages is not None)  # fmt: skip
             bridges = bridges or any(n.bridge or n.direct for n in spec.interfaces)
         elif isinstance(spec, NetworkSpec):
             addresses = addresses or spec.ipv4 is not None
@@ -302,7 +309,7 @@ def wanted(
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
                        frozenset(questions), frozenset(features), pool_types,
-                       host_devices)  # fmt: skip
+                       host_devices, free_pages)  # fmt: skip
 
 
 # --- the checks -----------------------------------------------------------------------
@@ -800,6 +807,40 @@ def check_tuning(
                 f"this host offers no {mb.hugepages} huge pages",
                 "use " + (" or ".join(format_size(s) for s in offered) or "hugepages: true"),
             )
+    yield from _free_huge_pages(m, spec, facts, ctx)
+
+
+def _free_huge_pages(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A VM to run on huge pages that it does not run on yet finds enough of them free
+    (virNodeGetFreePages, all cells): else libvirt defines it, and the next start fails
+    ("unable to map backing store for guest RAM: Cannot allocate memory"), which with
+    updatePolicy: restart shuts a running VM down and leaves it down."""
+    mb = spec.tuning.memory_backing
+    if mb is None or mb.hugepages is None or spec.state != "running" or not facts.free_pages:
+        return
+    huge = sorted(size for size in facts.free_pages if size > 4096)
+    size = huge[0] if mb.hugepages == "default" and huge else None
+    if mb.hugepages != "default":
+        size = parse_size(str(mb.hugepages))
+    if size is None or size not in facts.free_pages:
+        return  # an unknown size: the check above says so
+    existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+    if existing is not None and existing.active and existing.live_root is not None:
+        backing = read_tuning(existing.live_root).memory_backing
+        if backing is not None and backing.hugepages is not None:
+            return  # it runs on huge pages already: they are its own, not free
+    free = facts.free_pages[size] * size
+    if free < spec.max_memory:
+        yield FieldProblem(
+            ("spec", "memoryBacking", "hugepages"),
+            f"the VM needs {format_size(spec.max_memory)} of {format_size(size)} huge pages,"
+            f" and this host has {facts.free_pages[size]} free ({format_size(free)}): libvirt"
+            " would define it and fail to start it",
+            f"reserve them first (echo N > /sys/kernel/mm/hugepages/hugepages-{size // 1024}kB"
+            "/nr_hugepages), or remove hugepages",
+        )
 
 
 def _missing_features(verdict: str, what: str = "required features:") -> list[str]:
