@@ -297,6 +297,7 @@ def wanted(
             if spec.cpu is not None:
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
+            paths.update(p for _, p in serial_files(spec))
             host_devices = host_devices or (bool(spec.hostdevs) and spec.state == "running")
             mb = spec.tuning.memory_backing
             free_pages = free_pages or (spec.state == "running" and mb is not None
@@ -971,6 +972,64 @@ def check_nic_vlans(
             )
 
 
+def serial_files(spec: VirtualMachineSpec) -> list[tuple[FieldPath, str]]:
+    """(field path, path) of each host file the VM's serial port writes: its output
+    (``serial.file``) and its log (``serial.log.file``); libvirt (virtlogd) truncates
+    them when the VM starts unless the log says append."""
+    found: list[tuple[FieldPath, str]] = []
+    if spec.serial_file:
+        found.append((("spec", "serial", "file"), spec.serial_file))
+    log = spec.devices.serial_log
+    if log is not None and not isinstance(log, str):
+        found.append((("spec", "serial", "log", "file"), log.file))
+    return found
+
+
+def check_serial_files(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A file the serial port writes is no disk: not a disk, CD-ROM, kernel or initrd of
+    any VM (in the manifests or libvirt), not a volume (of a pool or a Volume
+    manifest), and not a file whose header says it is a disk image. Starting the VM
+    truncates it (measured: a log file naming another VM's qcow2 image left it 0
+    bytes), and allowedDiskRoots holds the images too, so the roots alone cannot
+    tell."""
+    mine = serial_files(spec)
+    if not mine:
+        return
+
+    def real(path: str) -> str:
+        return os.path.realpath(path) if facts.local else os.path.normpath(path)
+
+    disks: set[str] = set()
+    for other in ctx.manifests if ctx is not None else ():
+        if isinstance(other.spec, VirtualMachineSpec):
+            disks.update(real(p) for where, p in host_files(other.spec)
+                         if where[1] != "filesystems")  # fmt: skip
+    if ctx is not None:
+        for record in ctx.observed.domains.values():
+            for xml in (record.config_xml, record.live_xml):
+                if xml:
+                    try:
+                        disks.update(real(p) for p in _defined_files(xml))
+                    except Exception:  # an unreadable definition: nothing to compare
+                        continue
+        disks.update(real(p) for p in ctx.volume_paths)
+        disks.update(real(v.path) for v in ctx.observed.volumes.values()
+                     if isinstance(v.path, str) and v.path)  # fmt: skip
+    for where, path in mine:
+        found = facts.paths.get(path)
+        image = found.image_format if found is not None and found.exists else None
+        if real(path) in disks or image not in (None, "raw"):
+            what = f"a {image} disk image" if image not in (None, "raw") else "a disk or volume"
+            yield FieldProblem(
+                where,
+                f"{path} is {what}: the serial port would write over it (libvirt"
+                " truncates the file when the VM starts)",
+                f"name a file of its own, e.g. /var/lib/libvirt/qemu/{m.name}-serial.log",
+            )
+
+
 VM_CHECKS: tuple[VmCheck, ...] = (
     check_kvm,
     check_machine,
@@ -985,6 +1044,7 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_tuning,
     check_kept_tuning,
     check_nic_vlans,
+    check_serial_files,
 )
 
 
