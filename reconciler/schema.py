@@ -189,10 +189,16 @@ def _nullable_alternative(error: Any) -> list[Any]:
 _TURN_ON = ("enable", "enabled", "on", "true", "yes", "1")
 
 
+_SHOWN = 80
+"""The most characters of a value a message repeats (a 5000-character mount tag
+buried the message and its fix)."""
+
+
 def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    return json.dumps(value)
+    text = repr(value) if isinstance(value, str) else json.dumps(value)
+    if len(text) <= _SHOWN:
+        return text
+    return f"{text[:_SHOWN - 20]}... ({len(text)} characters)"
 
 
 def _describe(value: Any) -> str:

@@ -48,3 +48,10 @@ def test_the_message_is_about_the_value_not_the_alternatives(
 def test_null_is_still_accepted() -> None:
     assert problems(interfaces=[{**NIC, "mtu": None, "bandwidth": None}],
                     cputune={"emulatorpin": None}) == []  # fmt: skip
+
+
+def test_a_very_long_value_is_not_repeated_whole() -> None:
+    share = {"driver": "9p", "source": "/srv/share", "target": "x" * 5000}
+    [(path, message)] = problems(filesystems=[share])
+    assert path == "spec.filesystems.0.target"
+    assert len(message) < 200 and "is not a mount tag" in message and "5002 characters" in message
