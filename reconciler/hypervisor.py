@@ -468,6 +468,8 @@ class Hypervisor:
             facts = replace(facts, host_devices=self._host_devices())
         if wanted.pool_types:
             facts = self._pool_facts(facts)
+        if wanted.free_pages and facts.page_sizes:
+            facts = replace(facts, free_pages=self._free_pages(facts.page_sizes))
         if host.local:
             return replace(
                 facts,
@@ -478,6 +480,25 @@ class Hypervisor:
         if wanted.bridges:
             facts = replace(facts, bridges=self._libvirt_bridges())
         return facts
+
+    def _free_pages(self, sizes: frozenset[int]) -> dict[int, int] | None:
+        """Free pages of each huge page size (bytes) over all NUMA cells
+        (virNodeGetFreePages); None when libvirt cannot say."""
+        huge = sorted(size for size in sizes if size > 4096)
+        if not huge:
+            return None
+        try:
+            with calling("reading free huge pages"):
+                cells = int(self._conn.getInfo()[4]) or 1
+                found = self._conn.getFreePages([size // 1024 for size in huge], 0, cells)
+        except Refused:
+            return None
+        out = dict.fromkeys(huge, 0)
+        for per_cell in (found or {}).values():
+            for kib, count in per_cell.items():
+                if int(kib) * 1024 in out:
+                    out[int(kib) * 1024] += int(count)
+        return out
 
     def _pool_facts(self, facts: HostFacts) -> HostFacts:
         """The pool types this libvirt has a storage backend for, read once per

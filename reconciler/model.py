@@ -1944,6 +1944,15 @@ def devices_from_manifest(
                     problems.append(FieldProblem(("spec", "video", "vram"),
                                                  f"{v['vram']} is not a whole number of KiB",
                                                  "e.g. 16MiB"))  # fmt: skip
+                else:
+                    # libvirt rounds vram up to a power of two KiB (1000KiB is kept as
+                    # 1MiB): compare as libvirt rounds, or the apply never settles
+                    vram = (1 << (vram // 1024 - 1).bit_length()) * 1024
+                    if model == "vga" and vram < 1024**2:
+                        problems.append(FieldProblem(("spec", "video", "vram"),
+                                                     f"libvirt refuses a vga vram of"
+                                                     f" {v['vram']} (at least 1MiB)",
+                                                     "e.g. 16MiB"))  # fmt: skip
         elif model in VIDEO_VRAM_KIB:
             vram = VIDEO_VRAM_KIB[model] * 1024
         heads = None if model == "none" else int(v.get("heads", 1))
