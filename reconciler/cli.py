@@ -27,7 +27,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from reconciler import __version__, statedir
@@ -50,6 +50,9 @@ from reconciler.report import (
     results_json,
 )
 from reconciler.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from reconciler.inventory import Inventory
 
 NO_INSTANCE_NOTE = (
     "this state directory has no instance id yet (plan writes nothing; the first apply "
@@ -1151,7 +1154,6 @@ def _probe(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from reconciler import export
     from reconciler.hypervisor import Hypervisor
-    from reconciler.inventory import Inventory
     from reconciler.observe import observe
 
     if not args.names and not args.everything:
@@ -1159,8 +1161,9 @@ def _export(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # A read-write connection, used for reads only: libvirt hides a display password from
     # read-only ones (VIR_DOMAIN_XML_SECURE), and export must see it to report it.
+    inventory = _read_inventory(settings.state_dir)
     with Hypervisor.open(settings.uri) as hv:
-        observed = observe(hv, Inventory())
+        observed = observe(hv, inventory)
     try:
         named = export.resolve(observed, args.names)
         refs, skipped = export.select(
@@ -1217,6 +1220,18 @@ def _export(args: argparse.Namespace) -> int:
     if failed_named:
         return EXIT_ERROR
     return EXIT_OK if done else EXIT_ERROR
+
+
+def _read_inventory(state_dir: Path) -> Inventory:
+    """The inventory in ``state_dir``, read only (export writes nothing there): what the
+    tool keeps of the objects it manages outside libvirt (a VM's shutdownTimeout, a
+    volume's reclaimPolicy). Empty when there is no state directory; an unreadable one
+    is an error (``StateDirError``), never taken for an empty one."""
+    from reconciler import inventory as inventory_file
+
+    if not os.path.lexists(state_dir):
+        return inventory_file.Inventory()
+    return inventory_file.load(state_dir)
 
 
 def _write_exported(directory: Path, items: Sequence[Any], source: str, *, force: bool) -> None:
