@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import os
 import pwd
+import re
 import socket
 import struct
 import threading
@@ -25,6 +26,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -279,6 +281,37 @@ def _path_facts(paths: AbstractSet[str]) -> dict[str, PathFacts]:
     }
 
 
+def local_huge_pages(
+    base: str = "/sys/kernel/mm/hugepages", meminfo: str = "/proc/meminfo"
+) -> dict[str, Any]:
+    """This host's huge pages as ``HostFacts`` holds them: ``huge_pages`` (page size in
+    bytes -> (nr_hugepages, free_hugepages) of ``base``/hugepages-<N>kB) and
+    ``default_huge_page`` (bytes, ``Hugepagesize`` of ``meminfo``); an empty dict when
+    ``base`` cannot be read (no hugetlb support: preflight then does not count pages)."""
+    pages: dict[int, tuple[int, int]] = {}
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return {}
+    for name in names:
+        found = re.fullmatch(r"hugepages-(\d+)kB", name)
+        if found is None:
+            continue
+        try:
+            counts = [int(Path(base, name, f).read_text().strip())
+                      for f in ("nr_hugepages", "free_hugepages")]  # fmt: skip
+        except (OSError, ValueError):
+            continue
+        pages[int(found.group(1)) * 1024] = (counts[0], counts[1])
+    default = None
+    try:
+        found = re.search(r"^Hugepagesize:\s+(\d+) kB", Path(meminfo).read_text(), re.MULTILINE)
+        default = int(found.group(1)) * 1024 if found else None
+    except OSError:
+        pass
+    return {"huge_pages": pages, "default_huge_page": default}
+
+
 def _local_bridges() -> dict[str, Any]:
     """Host network interfaces and bridges, from /sys/class/net (a bridge has ``bridge/``)."""
     base = "/sys/class/net"
@@ -444,6 +477,7 @@ class Hypervisor:
             return replace(
                 facts,
                 paths=_path_facts(wanted.paths),
+                **local_huge_pages() if wanted.huge_pages else {},
                 **_local_bridges() if wanted.bridges else {},
                 **self._local_addresses(facts) if wanted.addresses else {},
             )

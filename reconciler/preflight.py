@@ -251,6 +251,11 @@ class HostFacts:
     # pool types this libvirt has a storage backend for (``virsh pool-capabilities``,
     # ``<pool type= supported='yes'>``); None: not read (only dir pools declared)
     pool_types: frozenset[str] | None = None
+    # huge pages of this (local) host: page size in bytes -> (reserved, free) pages
+    # (/sys/kernel/mm/hugepages/hugepages-<N>kB/{nr,free}_hugepages), and the default
+    # page size (/proc/meminfo Hugepagesize); None: not read (not wanted, remote host)
+    huge_pages: Mapping[int, tuple[int, int]] | None = None
+    default_huge_page: int | None = None
     unknown: tuple[str, ...] = ()
 
 
@@ -267,6 +272,7 @@ class FactsWanted:
     cpu_features: frozenset[str] = frozenset()  # every feature name a manifest writes
     pool_types: bool = False  # a pool of another type than dir is declared
     host_devices: bool = False  # a VM to run passes a host device through
+    huge_pages: bool = False  # a VM to run is backed by huge pages
 
 
 def wanted(
@@ -278,7 +284,7 @@ def wanted(
     paths: set[str] = set()
     questions: set[CpuQuestion] = set()
     features: set[str] = set()
-    bridges = addresses = pool_types = host_devices = False
+    bridges = addresses = pool_types = host_devices = huge_pages = False
     for m in manifests:
         spec = m.spec
         if isinstance(spec, StoragePoolSpec) and spec.type != "dir":
@@ -293,6 +299,9 @@ def wanted(
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
             host_devices = host_devices or (bool(spec.hostdevs) and spec.state == "running")
+            backing = spec.tuning.memory_backing
+            huge_pages = huge_pages or (spec.state == "running" and backing is not None
+                                        and backing.hugepages is not None)  # fmt: skip
             bridges = bridges or any(n.bridge or n.direct for n in spec.interfaces)
         elif isinstance(spec, NetworkSpec):
             addresses = addresses or spec.ipv4 is not None
@@ -301,7 +310,7 @@ def wanted(
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
                        frozenset(questions), frozenset(features), pool_types,
-                       host_devices)  # fmt: skip
+                       host_devices, huge_pages)  # fmt: skip
 
 
 # --- the checks -----------------------------------------------------------------------
@@ -799,6 +808,48 @@ def check_tuning(
                 f"this host offers no {mb.hugepages} huge pages",
                 "use " + (" or ".join(format_size(s) for s in offered) or "hugepages: true"),
             )
+            return
+    yield from _free_huge_pages(m, spec, facts, ctx)
+
+
+def _free_huge_pages(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A VM this apply starts (``state: running``, not running now) finds enough free
+    huge pages of its size for its memory (``maxMemory``: what QEMU maps at start,
+    rounded up to whole pages), as the local host's
+    /sys/kernel/mm/hugepages/hugepages-<N>kB/free_hugepages counts them (kernel
+    Documentation/admin-guide/mm/hugetlbpage.rst; formatdomain "Memory Backing").
+    Without them the start fails ("unable to map backing store for guest RAM: Cannot
+    allocate memory"). Not judged when the counts are not known (a remote host)."""
+    mb = spec.tuning.memory_backing
+    if mb is None or mb.hugepages is None or facts.huge_pages is None or spec.state != "running":
+        return
+    record = ctx.observed.domains.get(m.name)
+    if record is not None and record.active:
+        return  # already running on its pages: nothing is started
+    size = facts.default_huge_page if mb.hugepages == "default" else parse_size(mb.hugepages)
+    if size is None or size not in facts.huge_pages:
+        return  # no such size: the page size check above says so
+    reserved, free = facts.huge_pages[size]
+    needed = -(-spec.max_memory // size)
+    if needed <= free:
+        return
+    target = reserved + needed - free
+    kib = size // 1024
+    how = f"echo {target} > /sys/kernel/mm/hugepages/hugepages-{kib}kB/nr_hugepages"
+    boot = f"hugepagesz={kib // 1024}M hugepages={target} on the kernel command line"
+    if size == facts.default_huge_page:
+        how = f"sysctl vm.nr_hugepages={target} (or {how})"
+        boot = f"vm.nr_hugepages = {target} in /etc/sysctl.d/"
+    yield FieldProblem(
+        ("spec", "memoryBacking", "hugepages"),
+        f"{format_size(spec.max_memory)} of memory needs {needed} free {format_size(size)} "
+        f"huge pages, and this host has {free} free ({reserved} reserved): the start "
+        "would fail",
+        f"reserve them before the apply: {how}; kept across reboots by {boot}; or "
+        "remove memoryBacking.hugepages",
+    )
 
 
 def _missing_features(verdict: str, what: str = "required features:") -> list[str]:
