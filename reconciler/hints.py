@@ -223,10 +223,10 @@ def _no_hugetlbfs(match: Groups, s: Subjects) -> Verdict:
 
 def _no_qdisc(match: Groups, s: Subjects) -> Verdict:
     return s.fields.get("bandwidth"), (
-        "this host's kernel lacks the traffic-control queueing discipline libvirt sets a "
-        "NIC's bandwidth with (htb, ingress): `modprobe sch_htb sch_ingress cls_u32 "
-        "act_police` (on some kernels from linux-modules-extra), or remove the "
-        "interface's bandwidth"
+        "this host's kernel lacks a traffic-control queueing discipline libvirt sets a "
+        "NIC's bandwidth with (htb, sfq, ingress; tc's command above names it): `modprobe "
+        "sch_htb sch_sfq sch_ingress cls_u32 act_police` (on some kernels from "
+        "linux-modules-extra), or remove the interface's bandwidth"
     )
 
 

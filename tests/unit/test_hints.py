@@ -34,10 +34,10 @@ HUGEPAGES = ("internal error: qemu unexpectedly closed the monitor: " + STAMP + 
              "memory")  # fmt: skip
 # reproduced: the same VM on a host with no hugetlbfs mounted when libvirtd started
 NO_HUGETLBFS = "internal error: hugetlbfs filesystem is not mounted or disabled by administrator config"
-# issue 13: a NIC with bandwidth on a kernel without sch_htb (libvirt runs tc,
-# src/util/virnetdevbandwidth.c; tc's message for an unknown qdisc)
-QDISC = ("internal error: Child process (tc qdisc add dev vnet3 root handle 1: htb default 1) "
-         "unexpected exit status 2: Error: Specified qdisc kind is unknown.")  # fmt: skip
+# reproduced (tests/integration/test_newcomer_fixes.py): a NIC with bandwidth on this
+# host's kernel, which has htb but no sfq (libvirt runs tc, virnetdevbandwidth.c)
+QDISC = ("internal error: Child process (tc qdisc add dev vnet235 parent 1:1 handle 2: sfq "
+         "perturb 10) unexpected exit status 2: Error: Specified qdisc kind is unknown.\n")  # fmt: skip
 
 # reproduced: a raw image in a root-owned 0700 directory (libvirt's dynamic
 # ownership chowns the file, but QEMU, as libvirt-qemu, cannot enter the directory)
@@ -305,7 +305,7 @@ def test_start_failures_of_tuning_name_the_field_and_the_fix(write: WriteFiles) 
     problem = explain(START + NO_HUGETLBFS, tuned)
     assert problem.field == "spec.memoryBacking.hugepages" and "hugetlbfs" in problem.hint
     problem = explain(START + QDISC, tuned)
-    assert problem.field == "spec.interfaces[1].bandwidth" and "sch_htb" in problem.hint
+    assert problem.field == "spec.interfaces[1].bandwidth" and "sch_htb sch_sfq" in problem.hint
     problem = explain(START + NO_SMM, tuned)
     assert problem.field == "spec.firmware.secureBoot"
     assert "secureBoot: false" in problem.hint and "type: qemu" in problem.hint
