@@ -832,15 +832,19 @@ def _free_huge_pages(
         backing = read_tuning(existing.live_root).memory_backing
         if backing is not None and backing.hugepages is not None:
             return  # it runs on huge pages already: they are its own, not free
-    free = facts.free_pages[size] * size
-    if free < spec.max_memory:
+    free = facts.free_pages[size]
+    needed = -(-spec.max_memory // size)  # QEMU maps maxMemory at start, in whole pages
+    if free < needed:
+        kib = size // 1024
         yield FieldProblem(
             ("spec", "memoryBacking", "hugepages"),
-            f"the VM needs {format_size(spec.max_memory)} of {format_size(size)} huge pages,"
-            f" and this host has {facts.free_pages[size]} free ({format_size(free)}): libvirt"
-            " would define it and fail to start it",
-            f"reserve them first (echo N > /sys/kernel/mm/hugepages/hugepages-{size // 1024}kB"
-            "/nr_hugepages), or remove hugepages",
+            f"{format_size(spec.max_memory)} of memory needs {needed} free {format_size(size)}"
+            f" huge pages, and this host has {free} free: libvirt would define it and fail"
+            " to start it",
+            f"reserve at least {needed - free} more before the apply (sysctl"
+            " vm.nr_hugepages=N for the default page size, or echo N >"
+            f" /sys/kernel/mm/hugepages/hugepages-{kib}kB/nr_hugepages; kept across reboots"
+            " in /etc/sysctl.d/), or remove memoryBacking.hugepages",
         )
 
 

@@ -42,7 +42,7 @@ def problems(free: int, observed: Observed | None = None, **spec: Any) -> list[s
 
 def test_too_few_free_huge_pages_is_a_plan_error() -> None:
     [message] = problems(free=10)
-    assert "needs 256MiB of 2MiB huge pages" in message and "10 free (20MiB)" in message
+    assert "256MiB of memory needs 128 free 2MiB huge pages" in message and "has 10 free" in message
     assert problems(free=128) == []
     [_] = problems(free=0, memoryBacking={"hugepages": True})  # the host's smallest size
     assert problems(free=0, state="stopped") == []  # defined only, not started
