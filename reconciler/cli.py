@@ -27,7 +27,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from reconciler import __version__, statedir
@@ -36,7 +36,14 @@ from reconciler.errors import HypervisorError, ReconcilerError
 from reconciler.hostdefaults import apply_vm_defaults
 from reconciler.hostpaths import PathPolicy
 from reconciler.lock import StateLock
-from reconciler.manifests import LoadResult, check_against, drop_findings, load_unchecked
+from reconciler.manifests import (
+    LoadResult,
+    check_against,
+    drop_findings,
+    load_file,
+    load_unchecked,
+    selects_host,
+)
 from reconciler.model import Kind
 from reconciler.preflight import path_problems
 from reconciler.references import KnownObjects
@@ -50,6 +57,9 @@ from reconciler.report import (
     results_json,
 )
 from reconciler.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from reconciler.inventory import Inventory
 
 NO_INSTANCE_NOTE = (
     "this state directory has no instance id yet (plan writes nothing; the first apply "
@@ -129,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
         "gracefully (forced off after its shutdownTimeout) and undefined with its cloud-init "
         "seed; a network or pool stopped and undefined (the pool's files are kept); a "
         "volume's data only with reclaimPolicy: delete or --delete-data (else it is kept and "
-        "no longer managed). Refused for an object a manifest in the manifest directory still "
-        "declares: the next apply would create it again; remove the manifest first.",
+        "no longer managed). Refused for an object a manifest in the manifest directory, or "
+        "the manifest file its inventory record names, still declares: the next apply would "
+        "create it again; remove the manifest first.",
     )
     names = delete.add_argument(
         "names",
@@ -1025,7 +1036,8 @@ def _delete_locked(args: argparse.Namespace, settings: Settings, state_dir: Path
                     raise ReconcilerError(f"delete: {exc}") from None
             keys += [key for key in found if key not in keys]
         directory = Path(args.manifest_dir) if args.manifest_dir else settings.manifest_dir
-        _refuse_declared(keys, directory, settings.host or hv.host_name())
+        _refuse_declared(keys, directory, settings.host or hv.host_name(),
+                         observed.inventory.objects, state_dir)  # fmt: skip
         plan = plan_delete(keys, observed, delete_data=args.delete_data, instance=instance)
         text = args.output == "text"
         if text:
@@ -1086,23 +1098,74 @@ def gone_keys(text: str, owned: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [key for key in owned if key.partition("/")[2] == text]
 
 
-def _refuse_declared(keys: Sequence[str], directory: Path, host: str) -> None:
+def _refuse_declared(keys: Sequence[str], directory: Path, host: str,
+                     owned: Mapping[str, Mapping[str, Any]] | None = None,
+                     state_dir: Path | None = None) -> None:  # fmt: skip
     """Refuse to delete what a manifest still declares: the next apply (or the daemon,
-    within seconds) would create it again, a volume empty."""
-    if not directory.is_dir():
-        return
-    load = load_unchecked(directory, host=host)
-    declared = {f"{m.kind.value}/{m.name}": m for m in load.manifests}
-    held = [f"{key} (declared at {declared[key].source})" for key in keys if key in declared]
+    within seconds) would create it again, a volume empty. Looked for in ``directory``
+    (the manifest directory) when it is one, and in the file each object's inventory
+    record (``owned``) names as its manifest: with no manifest directory configured,
+    that file is the one the last apply read."""
+    held: dict[str, str] = {}
+    unread: list[str] = []
+    checked = directory.is_dir()
+    if checked:
+        load = load_unchecked(directory, host=host)
+        declared = {f"{m.kind.value}/{m.name}": m for m in load.manifests}
+        held = {key: f"{key} (declared at {declared[key].source})"
+                for key in keys if key in declared}  # fmt: skip
+        # (a directory without manifests is a problem for apply, not here)
+        unread = sorted({p.position.path for p in load.problems} - {str(directory)})
+    found, unread_recorded = recorded_manifests(
+        [k for k in keys if k not in held], owned or {}, host,
+        skip=[p for p in (directory if checked else None,
+                          state_dir and statedir.path(state_dir, statedir.GIT_SNAPSHOTS))
+              if p is not None])  # fmt: skip
+    held.update({key: f"{key} (declared at {where}, the manifest its inventory record "
+                 "names)" for key, where in found.items()})  # fmt: skip
     if held:
         raise ReconcilerError(
-            f"delete: {', '.join(held)}: the next apply would create it again; remove the "
-            "manifest first (then apply deletes it, or run delete again)"
+            f"delete: {', '.join(held[k] for k in keys if k in held)}: the next apply would "
+            "create it again; remove the manifest first (then apply deletes it, or run "
+            "delete again)"
         )
-    files = sorted({p.position.path for p in load.problems} - {str(directory)})
-    if files:  # (a directory without manifests is a problem for apply, not here)
-        print(f"reconciler: warning: {', '.join(files)} did not load; not checked for "
+    unread += unread_recorded
+    if unread:
+        print(f"reconciler: warning: {', '.join(unread)} did not load; not checked for "
               "manifests of these objects", file=sys.stderr)  # fmt: skip
+
+
+def recorded_manifests(
+    keys: Sequence[str], owned: Mapping[str, Mapping[str, Any]], host: str,
+    skip: Sequence[Path] = (),
+) -> tuple[dict[str, str], list[str]]:
+    """Of ``keys`` (``Kind/name``), those whose inventory record names a manifest file
+    (``"manifest"``; a relative one from the current directory) that still exists and
+    still declares that object for ``host``: key -> ``file:line:col`` of the
+    declaration; and the recorded files that exist but did not load (not checked).
+    Files under a folder of ``skip`` (the manifest directory already read, the git
+    snapshots, where an old commit's file stays) are not read."""
+    folders = [os.path.realpath(p) for p in skip]
+    found: dict[str, str] = {}
+    unread: list[str] = []
+    for key in keys:
+        path = (owned.get(key) or {}).get("manifest")
+        if not isinstance(path, str) or not path or path.startswith("<"):
+            continue
+        real = os.path.realpath(path)
+        if any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders):
+            continue
+        if not os.path.isfile(real):
+            continue
+        problems: list[Any] = []
+        manifests = load_file(Path(real), path, problems)
+        match = [m for m in manifests
+                 if f"{m.kind.value}/{m.name}" == key and selects_host(m, host)]  # fmt: skip
+        if match:
+            found[key] = str(match[0].source)
+        elif problems and path not in unread:
+            unread.append(path)
+    return found, unread
 
 
 # --- export --------------------------------------------------------------------------
@@ -1151,7 +1214,6 @@ def _probe(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from reconciler import export
     from reconciler.hypervisor import Hypervisor
-    from reconciler.inventory import Inventory
     from reconciler.observe import observe
 
     if not args.names and not args.everything:
@@ -1159,8 +1221,9 @@ def _export(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # A read-write connection, used for reads only: libvirt hides a display password from
     # read-only ones (VIR_DOMAIN_XML_SECURE), and export must see it to report it.
+    inventory = _read_inventory(settings.state_dir)
     with Hypervisor.open(settings.uri) as hv:
-        observed = observe(hv, Inventory())
+        observed = observe(hv, inventory)
     try:
         named = export.resolve(observed, args.names)
         refs, skipped = export.select(
@@ -1217,6 +1280,18 @@ def _export(args: argparse.Namespace) -> int:
     if failed_named:
         return EXIT_ERROR
     return EXIT_OK if done else EXIT_ERROR
+
+
+def _read_inventory(state_dir: Path) -> Inventory:
+    """The inventory in ``state_dir``, read only (export writes nothing there): what the
+    tool keeps of the objects it manages outside libvirt (a VM's shutdownTimeout, a
+    volume's reclaimPolicy). Empty when there is no state directory; an unreadable one
+    is an error (``StateDirError``), never taken for an empty one."""
+    from reconciler import inventory as inventory_file
+
+    if not os.path.lexists(state_dir):
+        return inventory_file.Inventory()
+    return inventory_file.load(state_dir)
 
 
 def _write_exported(directory: Path, items: Sequence[Any], source: str, *, force: bool) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,12 +181,20 @@ class Executor:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     # keys this apply recorded as owned before creating them (the write-ahead)
     _claimed: set[str] = field(default_factory=set)
+    # new volumes from a URL: claimed once their image is fetched (a download takes
+    # minutes; a kill during it must not leave a claim on a volume never made, which a
+    # hand-made volume of that name would later be pruned under)
+    _after_fetch: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def apply(self, plan: Plan) -> list[ActionResult]:
         for action in plan.actions:
             if action.owner_record is not None and action.op not in (Op.CONFLICT, Op.ERROR):
                 if self.inventory.get(action.key) is None:
                     self._claimed.add(action.key)
+                    if action.op is Op.CREATE and action.steps \
+                            and isinstance(action.steps[0], FetchImage):  # fmt: skip
+                        self._after_fetch[action.key] = action.owner_record
+                        continue
                 self.inventory = self.inventory.with_entry(action.key, action.owner_record)
         self._save()
         try:
@@ -382,7 +390,12 @@ class Executor:
             case CreateVolume(pool=pool, xml=xml):
                 hv.create_volume(pool, xml)
             case FetchImage():
-                return [self._fetch_image(action, step)]
+                note = self._fetch_image(action, step)
+                record = self._after_fetch.pop(action.key, None)
+                if record is not None:  # the write-ahead of the volume about to be made
+                    self.inventory = self.inventory.with_entry(action.key, record)
+                    self._save()
+                return [note]
             case ImportVolume():
                 note = _import_volume(hv, name, step, self._image_cache())
                 self._content_done(action)
@@ -609,8 +622,10 @@ class Executor:
 def image_problem(path: str, url: str, fmt: str, capacity: int) -> str | None:
     """Why the verified image at ``path`` (fetched from ``url``) cannot fill a ``fmt``
     volume of ``capacity`` bytes, or None: another format (libvirt's upload copies the
-    image as it is), a qcow2 image on a backing file (the host cannot follow it), or a
-    virtual size larger than the volume."""
+    image as it is), a qcow2 image on a backing file (the host cannot follow it), a
+    qcow2 image whose data is in an external file (its header names a host file that
+    libvirt's copy would read into the volume), or a virtual size larger than the
+    volume."""
     found = images.read_format(path) or "raw"
     if found != fmt:
         return (f"image {url} is a {found} image, but the volume's format is {fmt}; "
@@ -619,6 +634,11 @@ def image_problem(path: str, url: str, fmt: str, capacity: int) -> str | None:
     header = images.read_header(path)
     if header.has_backing:
         return f"image {url} is a qcow2 image on a backing file; use a flattened image"
+    if images.external_data_file(path):
+        # libvirt's copy (qemu-img convert, as root) would read the host file the header
+        # names into the volume, where a guest reads it
+        return (f"image {url} is a qcow2 image whose data is in an external file its "
+                "header names; use a self-contained image (qemu-img convert -O qcow2)")
     if header.virtual_size > capacity:
         return (f"image {url} holds {header.virtual_size} bytes (virtual size), more than "
                 f"capacity {capacity}; set capacity: {header.virtual_size}B or more")

@@ -54,7 +54,8 @@ class Subjects:
     of a volume disk, kernel, initrd, serial log). ``ports``: fixed display port
     -> ``spec.graphics.port``. ``networks``: network name -> the interface using
     it. ``fields``: a few whole fields by name (``cpu``, ``type``, ``graphics``,
-    ``bridge``, ``ipv4``), the key present only when the manifest writes it.
+    ``bridge``, ``ipv4``, ``memory``; ``hugepages``, ``secureBoot``, ``bandwidth``:
+    see ``_tuning_subjects``), the key present only when the manifest writes it.
     """
 
     source: SourcePosition
@@ -94,9 +95,10 @@ def subjects_of(
         return Subjects(manifest.source, fields=fields)
     if not isinstance(spec, VirtualMachineSpec):
         return Subjects(manifest.source)
-    for name in ("cpu", "type", "graphics", "firmware"):
+    for name in ("cpu", "type", "graphics", "firmware", "memory"):
         if name in written:
             fields[name] = where("spec", name)
+    fields.update(_tuning_subjects(written, where))
     files: dict[str, Where] = {}
     for i, disk in enumerate(spec.disks):
         if disk.file:
@@ -119,6 +121,27 @@ def subjects_of(
         if nic.network and nic.network not in networks:
             networks[nic.network] = where("spec", "interfaces", i, "network")
     return Subjects(manifest.source, files, ports, networks, fields)
+
+
+def _tuning_subjects(written: object, where: Callable[..., Where]) -> dict[str, Where]:
+    """``hugepages`` (``spec.memoryBacking.hugepages``), ``secureBoot``
+    (``spec.firmware.secureBoot``) and ``bandwidth`` (the first NIC's
+    ``spec.interfaces[i].bandwidth``), each only where the manifest writes it."""
+    out: dict[str, Where] = {}
+    if not isinstance(written, Mapping):
+        return out
+    backing = written.get("memoryBacking")
+    if isinstance(backing, Mapping) and backing.get("hugepages") not in (None, False):
+        out["hugepages"] = where("spec", "memoryBacking", "hugepages")
+    firmware = written.get("firmware")
+    if isinstance(firmware, Mapping) and firmware.get("secureBoot"):
+        out["secureBoot"] = where("spec", "firmware", "secureBoot")
+    nics = written.get("interfaces")
+    for i, nic in enumerate(nics if isinstance(nics, list) else ()):
+        if isinstance(nic, Mapping) and nic.get("bandwidth"):
+            out["bandwidth"] = where("spec", "interfaces", i, "bandwidth")
+            break
+    return out
 
 
 # --- the table -----------------------------------------------------------------
@@ -166,10 +189,44 @@ def _no_kvm(match: Groups, s: Subjects) -> Verdict:
 
 
 def _no_smm(match: Groups, s: Subjects) -> Verdict:
-    return s.fields.get("type") or s.fields.get("firmware"), (
+    where = s.fields.get("secureBoot") or s.fields.get("type") or s.fields.get("firmware")
+    return where, (
         "this host's KVM has no System Management Mode (usual with KVM nested), which "
         "UEFI secure boot needs: set spec.type: qemu (emulation, slower), or "
         "spec.firmware.secureBoot: false"
+    )
+
+
+def _huge_pages_short(match: Groups, s: Subjects) -> Verdict:
+    if "hugepages" not in s.fields:  # plain memory: the host has too little free
+        return s.fields.get("memory"), (
+            "the host has too little free memory for the VM: lower spec.memory, stop "
+            "another VM, or place it on another host (metadata.hosts)"
+        )
+    return s.fields["hugepages"], (
+        "the host has too few free huge pages of this size for the VM's memory "
+        "(grep Huge /proc/meminfo): reserve them before the start (`sysctl "
+        "vm.nr_hugepages=N` for the default size, else `echo N > /sys/kernel/mm/hugepages/"
+        "hugepages-<size>kB/nr_hugepages`; vm.nr_hugepages in /etc/sysctl.d/ keeps them "
+        "across reboots), or remove memoryBacking.hugepages"
+    )
+
+
+def _no_hugetlbfs(match: Groups, s: Subjects) -> Verdict:
+    return s.fields.get("hugepages"), (
+        "libvirt found no hugetlbfs mount when libvirtd started: mount it (`systemctl "
+        "start dev-hugepages.mount`, or `mount -t hugetlbfs hugetlbfs /dev/hugepages`), "
+        "reserve pages (`sysctl vm.nr_hugepages=N`), then restart libvirtd; or remove "
+        "memoryBacking.hugepages"
+    )
+
+
+def _no_qdisc(match: Groups, s: Subjects) -> Verdict:
+    return s.fields.get("bandwidth"), (
+        "this host's kernel lacks a traffic-control queueing discipline libvirt sets a "
+        "NIC's bandwidth with (htb, sfq, ingress; tc's command above names it): `modprobe "
+        "sch_htb sch_sfq sch_ingress cls_u32 act_police` (on some kernels from "
+        "linux-modules-extra), or remove the interface's bandwidth"
     )
 
 
@@ -259,6 +316,14 @@ def _rule(name: str, pattern: str, verdict: Callable[[Groups, Subjects], Verdict
 RULES: tuple[Rule, ...] = (
     _rule("msr", r"failed to set MSR (?P<msr>0x[0-9a-f]+)|kvm_(?:buf_set|put)_msrs", _msr),
     _rule("no-smm", r"System Management Mode not supported by this hypervisor", _no_smm),
+    _rule(
+        "hugepages-short",
+        r"unable to map backing store for guest RAM"
+        r"|Insufficient free host memory pages available to allocate guest RAM",
+        _huge_pages_short,
+    ),
+    _rule("no-hugetlbfs", r"hugetlbfs filesystem is not mounted", _no_hugetlbfs),
+    _rule("no-qdisc", r"Specified qdisc (?:kind is unknown|not found)", _no_qdisc),
     _rule(
         "no-kvm",
         r"Could not access KVM kernel module|failed to initiali[sz]e kvm|KVM is not "

@@ -84,6 +84,34 @@ _VANISHED = {
 }
 
 
+BLANK_SPAN = 1024 * 1024  # bytes at each end of a device that must read as zeros
+
+
+def _not_blank(path: str) -> str | None:
+    """Why the block device ``path`` (of this machine) is not blank, or None: a byte
+    other than zero in its first or last ``BLANK_SPAN`` bytes (partition tables, LVM
+    labels, filesystem superblocks, image headers and a GPT's backup all live there).
+    libvirt's ``VIR_STORAGE_POOL_BUILD_NO_OVERWRITE`` refuses only the signatures
+    blkid knows: a qcow2 image or random data on the device passed it and was written
+    over. A path that cannot be read is left to libvirt (which reports it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        for offset in sorted({0, max(size - BLANK_SPAN, 0)}):
+            data = os.pread(fd, BLANK_SPAN, offset)
+            if data.count(0) != len(data):
+                first = offset + next(i for i, b in enumerate(data) if b)
+                return f"{path} is not blank (a byte other than zero at offset {first})"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
 @contextmanager
 def _vanished_ok() -> Iterator[None]:
     """Skip an object removed by someone else between listing it and reading it."""
@@ -440,6 +468,8 @@ class Hypervisor:
             facts = replace(facts, host_devices=self._host_devices())
         if wanted.pool_types:
             facts = self._pool_facts(facts)
+        if wanted.free_pages and facts.page_sizes:
+            facts = replace(facts, free_pages=self._free_pages(facts.page_sizes))
         if host.local:
             return replace(
                 facts,
@@ -450,6 +480,25 @@ class Hypervisor:
         if wanted.bridges:
             facts = replace(facts, bridges=self._libvirt_bridges())
         return facts
+
+    def _free_pages(self, sizes: frozenset[int]) -> dict[int, int] | None:
+        """Free pages of each huge page size (bytes) over all NUMA cells
+        (virNodeGetFreePages); None when libvirt cannot say."""
+        huge = sorted(size for size in sizes if size > 4096)
+        if not huge:
+            return None
+        try:
+            with calling("reading free huge pages"):
+                cells = int(self._conn.getInfo()[4]) or 1
+                found = self._conn.getFreePages([size // 1024 for size in huge], 0, cells)
+        except Refused:
+            return None
+        out = dict.fromkeys(huge, 0)
+        for per_cell in (found or {}).values():
+            for kib, count in per_cell.items():
+                if int(kib) * 1024 in out:
+                    out[int(kib) * 1024] += int(count)
+        return out
 
     def _pool_facts(self, facts: HostFacts) -> HostFacts:
         """The pool types this libvirt has a storage backend for, read once per
@@ -1012,6 +1061,18 @@ class Hypervisor:
         with calling(f"building storage pool {name}"):
             pool = self._conn.storagePoolLookupByName(name)
             if format:
+                if not self.remote:
+                    source = ET.fromstring(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE))
+                    for device in source.findall("source/device"):
+                        found = _not_blank(device.get("path") or "")
+                        if found is not None:
+                            raise Refused(
+                                f"storage pool {name} not built: {found}; it is already "
+                                "formatted or holds data libvirt's check does not recognise "
+                                "(an image, an encrypted or raw disk), and building would "
+                                "write over it. If nothing on it is wanted, clear it first "
+                                "(wipefs -a, and zeros over its first and last MiB)",
+                                step="build-pool")  # fmt: skip
                 pool.build(libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE)
                 return
             kind = ET.fromstring(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)).get("type")
@@ -1105,6 +1166,12 @@ class Hypervisor:
                 # CreateXMLFrom would write the whole image and drop the backing store
                 raise Refused(f"importing {source}: volume {pool}/{name} is on a backing "
                               "volume; a remote copy can only fill a whole volume")  # fmt: skip
+            if images.external_data_file(source):
+                # the copy below (qemu-img convert on the host, as root) would read the
+                # host file its header names into the volume, where a guest reads it
+                raise Refused(f"importing {source}: a qcow2 image whose data is in an "
+                              "external file its header names is refused; use a "
+                              "self-contained image (qemu-img convert -O qcow2)")  # fmt: skip
             capacity = int(target.info()[1])
             with _vanished_ok():
                 p.storageVolLookupByName(staging).delete(0)  # left by a killed import

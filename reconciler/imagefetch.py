@@ -45,6 +45,7 @@ TIMEOUT = 60.0  # seconds without data before a download is given up
 PROBE_TIMEOUT = 10.0  # seconds a plan waits for an image's first bytes
 PROBE_BYTES = 512  # the header a probe reads (qcow2 needs 32, sniffing 72)
 CHUNK = 1024 * 1024
+MIN_PROGRESS = 64 * 1024  # bytes a download must bring in every TIMEOUT seconds
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PART = ".part"
 USER_AGENT = "reconciler (volume image fetch)"
@@ -93,7 +94,13 @@ def cached(cache: Path | None, sha256: str) -> Path | None:
     if cache is None:
         return None
     path = cache_path(cache, sha256)
-    return path if path.is_file() else None
+    return path if _plain_file(path) else None
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file at ``path`` itself, not through a symbolic link: the cache is
+    written and read by root, and a link planted there would point it at another file."""
+    return path.is_file() and not path.is_symlink()
 
 
 def mismatch_message(url: str, expected: str, actual: str) -> str:
@@ -174,11 +181,23 @@ def probe(url: str, *, timeout: float = PROBE_TIMEOUT,
     when the server cannot be reached or answers with an error."""
     import http.client
 
+    deadline = time.monotonic() + timeout
     response = _open(url, {"Range": f"bytes=0-{PROBE_BYTES - 1}"}, timeout, open_with)
     with contextlib.closing(response):
         size = _total_size(response)
+        read = getattr(response, "read1", response.read)
+        head = b""
         try:
-            head = response.read(PROBE_BYTES)
+            # piece by piece against one deadline: a server that sends a byte now and
+            # then (each within the socket's timeout) does not hold the plan for long
+            while len(head) < PROBE_BYTES:
+                piece = read(PROBE_BYTES - len(head))
+                if not piece:
+                    break
+                head += piece
+                if len(head) < PROBE_BYTES and time.monotonic() > deadline:
+                    raise FetchError(f"fetching {url}: fewer than {PROBE_BYTES} bytes in "
+                                     f"{timeout:g} s; the server is too slow")  # fmt: skip
         except (OSError, http.client.HTTPException) as exc:
             raise FetchError(f"fetching {url}: {exc}") from None
     if size is None:
@@ -226,12 +245,16 @@ def fetch(url: str, sha256: str, cache: Path, *, limit: int,
     bytes"). A digest mismatch deletes the part and raises ``FetchError`` naming the
     URL, the expected and the actual digest. More than ``limit`` bytes is refused."""
     final = cache_path(cache, sha256)
-    if final.is_file():
+    if _plain_file(final):
         if file_sha256(final) == sha256:
             return final, False
         final.unlink()  # changed on disk since it was verified: fetched again
+    elif final.is_symlink():
+        final.unlink()  # never followed: fetched again into a file of our own
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     part = partial_path(cache, sha256)
+    if part.is_symlink():
+        part.unlink()  # a link is not a download of ours: root would append to its target
     have = part.stat().st_size if part.is_file() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     response = _open(url, headers, TIMEOUT, open_with)
@@ -273,13 +296,21 @@ def _write(response: Any, part: Path, have: int, total: int | None, limit: int, 
     import http.client
 
     done = have
-    with open(part, "ab" if have else "wb") as out:
+    read = getattr(response, "read1", response.read)
+    window, brought = time.monotonic(), 0  # bytes brought in since ``window`` began
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if have else os.O_TRUNC)
+    try:
+        fd = os.open(part, flags, 0o600)
+    except OSError as exc:
+        raise FetchError(f"fetching {url}: cannot write {part}: {exc.strerror}") from None
+    with open(fd, "ab" if have else "wb") as out:
         try:
             while True:
-                chunk = response.read(CHUNK)
+                chunk = read(CHUNK)
                 if not chunk:
                     break
                 done += len(chunk)
+                brought += len(chunk)
                 if done > limit:
                     out.close()
                     part.unlink()
@@ -288,6 +319,11 @@ def _write(response: Any, part: Path, have: int, total: int | None, limit: int, 
                 out.write(chunk)
                 if progress is not None:
                     progress(done, total)
+                if time.monotonic() - window >= TIMEOUT:
+                    if brought < MIN_PROGRESS:  # a trickle that never times out a read
+                        raise TimeoutError(f"less than {MIN_PROGRESS} bytes in "
+                                           f"{TIMEOUT:g} s")  # fmt: skip
+                    window, brought = time.monotonic(), 0
         except (OSError, http.client.HTTPException) as exc:
             out.flush()
             os.fsync(out.fileno())

@@ -127,6 +127,16 @@ def _qcow2_references(path: str) -> tuple[str | None, bool]:
         return f.read(size).decode("utf-8", "replace"), external
 
 
+def external_data_file(path: str) -> bool:
+    """Whether the qcow2 image at ``path`` keeps its data in an external file (qcow2
+    spec, incompatible feature bit 2): whoever reads it (qemu-img convert in libvirt's
+    volume copy, QEMU) reads the host file its header names. False for other formats;
+    ``OSError`` when it cannot be read."""
+    if read_header(path).format != "qcow2":
+        return False
+    return _qcow2_references(path)[1]
+
+
 def chain_problem(path: str, allowed: Callable[[str], bool]) -> str | None:
     """Why the image at ``path`` may not be used by a root daemon, or None: a qcow2 image
     whose backing file (followed down the chain, relative to the image's folder) lies

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
@@ -1036,6 +1036,12 @@ def _build_pool(raw: Mapping[str, Any], problems: list[FieldProblem]) -> Storage
         problems.append(FieldProblem(("spec", "build"),
                                      f"building a {kind} pool needs the devices to build "
                                      "it on", "add source.devices"))  # fmt: skip
+    if build and kind == "fs" and fmt in (None, "auto"):
+        # libvirt runs mkfs -t auto, which fails ("failed to execute mkfs.auto") after
+        # the pool is defined
+        at: FieldPath = ("spec", "source", "format") if fmt else ("spec", "build")
+        problems.append(FieldProblem(at, "building an fs pool makes a filesystem, and needs "
+                                     "to know which", "add source.format: ext4"))  # fmt: skip
     return StoragePoolSpec(
         path=None if path is None else (path.rstrip("/") or "/"),
         type=kind,
@@ -1182,7 +1188,8 @@ def _dhcp_ranges(
         problems.append(FieldProblem((*where, "ranges"),
                                      "dhcp has both 'start'/'end' and 'ranges'",
                                      "list the first range in 'ranges' instead"))  # fmt: skip
-    ranges = tuple(DhcpRange(r["start"], r["end"]) for r in raw["ranges"])
+    ranges = tuple(DhcpRange(_canonical_ip(r["start"]), _canonical_ip(r["end"]))
+                   for r in raw["ranges"])  # fmt: skip
     if not ranges:
         problems.append(FieldProblem((*where, "ranges"), "dhcp needs at least one range",
                                      "leave 'dhcp' out for no DHCP service"))  # fmt: skip
@@ -1215,23 +1222,27 @@ def _network_vocabulary(
                 ranges = _dhcp_ranges(rd, ("spec", "ipv6", "dhcp"), problems)
                 if ranges is not None:
                     declared.add("ipv6.dhcp.ranges")
-                hosts = tuple(Dhcp6Host(ip=h["ip"], id=h.get("id"), name=h.get("name"))
+                hosts = tuple(Dhcp6Host(ip=_canonical_ip(h["ip"]), id=h.get("id"),
+                                        name=h.get("name"))
                               for h in rd.get("hosts", ()))  # fmt: skip
-                dhcp6 = Dhcp6(start=ranges[0].start if ranges else rd.get("start", "::"),
-                              end=ranges[0].end if ranges else rd.get("end", "::"),
+                dhcp6 = Dhcp6(start=ranges[0].start if ranges
+                              else _canonical_ip(rd.get("start", "::")),
+                              end=ranges[0].end if ranges else _canonical_ip(rd.get("end", "::")),
                               hosts=hosts, ranges=ranges)  # fmt: skip
-            ipv6 = Ipv6(address=r6["address"], prefix=r6["prefix"], dhcp=dhcp6)
+            ipv6 = Ipv6(address=_canonical_ip(r6["address"]), prefix=r6["prefix"], dhcp=dhcp6)
             _check_ipv6(ipv6, problems)
     routes = None
     if "routes" in raw:
         declared.add("routes")
-        routes = tuple(Route(r["address"], r["prefix"], r["gateway"], r.get("metric"))
+        routes = tuple(Route(_canonical_ip(r["address"]), r["prefix"],
+                             _canonical_ip(r["gateway"]), r.get("metric"))
                        for r in raw["routes"])  # fmt: skip
         _check_routes(routes, problems)
     rdns = raw.get("dns") or {}
     dns = Dns(
         forwarders=None if "forwarders" not in rdns else tuple(
-            DnsForwarder(f.get("addr"), f.get("domain")) for f in rdns["forwarders"]),
+            DnsForwarder(None if f.get("addr") is None else _canonical_ip(f["addr"]),
+                         f.get("domain")) for f in rdns["forwarders"]),
         srv=None if "srv" not in rdns else tuple(
             DnsSrv(r["service"], r["protocol"], r.get("domain"), r.get("target"), r.get("port"),
                    r.get("priority"), r.get("weight")) for r in rdns["srv"]),
@@ -1344,11 +1355,55 @@ def _check_forward(mode: str, raw: Mapping[str, Any], forward: Forward,
     _unique((*where, "devices"), list(forward.devices), "device", problems)
 
 
+def _canonical_ip(value: str) -> str:
+    """An IP address as libvirt writes it back (lowercase, zeros compressed: RFC 5952),
+    so that ``FD00:0bad:0::1`` and libvirt's ``fd00:bad::1`` compare equal; a string
+    that is no address is returned as it is (the checks report it)."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return value
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return value.lower()  # (written ::ffff:a.b.c.d by libvirt, not by Python 3.11)
+    return str(address)
+
+
+def _not_addresses(named: Iterable[tuple[FieldPath, str]], version: int | None,
+                   problems: list[FieldProblem]) -> bool:
+    """Whether any of ``named`` (field path, value) is not an IP address (of IP
+    ``version`` when given), each such added to ``problems``. The schema's IPv6 pattern
+    lets through strings such as ``10.1.2.3`` or ``1:2``, which ``ipaddress`` refuses."""
+    bad = False
+    for where, value in named:
+        try:
+            found: int | None = ipaddress.ip_address(value).version
+        except ValueError:
+            found = None
+        if found is None or (version is not None and found != version):
+            what = f"an IPv{version}" if version is not None else "an IPv4 or IPv6"
+            example = "fd00:100::1" if version == 6 else "10.0.0.1 or fd00:100::1"
+            problems.append(FieldProblem(where, f"{value} is not {what} address",
+                                         f"write one such as {example}"))  # fmt: skip
+            bad = True
+    return bad
+
+
 def _check_ipv6(ipv6: Ipv6, problems: list[FieldProblem]) -> None:
+    where: FieldPath = ("spec", "ipv6", "dhcp")
+    named: list[tuple[FieldPath, str]] = [(("spec", "ipv6", "address"), ipv6.address)]
+    if ipv6.dhcp is not None:
+        if ipv6.dhcp.ranges is not None:
+            for i, r in enumerate(ipv6.dhcp.ranges):
+                named += [((*where, "ranges", i, "start"), r.start),
+                          ((*where, "ranges", i, "end"), r.end)]  # fmt: skip
+        else:
+            named += [((*where, "start"), ipv6.dhcp.start), ((*where, "end"), ipv6.dhcp.end)]
+        named += [((*where, "hosts", i, "ip"), h.ip) for i, h in enumerate(ipv6.dhcp.hosts)]
+    if _not_addresses(named, 6, problems):
+        return
     net = ipaddress.IPv6Interface(f"{ipv6.address}/{ipv6.prefix}").network
     if ipv6.dhcp is None:
         return
-    where: FieldPath = ("spec", "ipv6", "dhcp")
     if ipv6.prefix != 64:
         # dnsmasq hands out DHCPv6 (and RA) only on a /64
         problems.append(FieldProblem(("spec", "ipv6", "prefix"), "DHCPv6 needs prefix 64",
@@ -1369,11 +1424,16 @@ def _check_ipv6(ipv6: Ipv6, problems: list[FieldProblem]) -> None:
                 (*where, "hosts", i), "a DHCPv6 host needs 'id' (its DUID) or 'name'",
                 "libvirt takes no MAC in IPv6"))  # fmt: skip
     _unique((*where, "hosts"), [h.key for h in ipv6.dhcp.hosts], "host", problems)
+    # two clients leased one address: dnsmasq hands it to whichever asks first
+    _unique((*where, "hosts"), [h.ip for h in ipv6.dhcp.hosts], "host address", problems)
 
 
 def _check_routes(routes: tuple[Route, ...], problems: list[FieldProblem]) -> None:
     for i, route in enumerate(routes):
         where: FieldPath = ("spec", "routes", i)
+        if _not_addresses([((*where, "address"), route.address),
+                           ((*where, "gateway"), route.gateway)], None, problems):  # fmt: skip
+            continue
         address, gateway = ipaddress.ip_address(route.address), ipaddress.ip_address(route.gateway)
         if address.version != gateway.version:
             problems.append(FieldProblem((*where, "gateway"), f"gateway {route.gateway} is not "
@@ -1912,6 +1972,15 @@ def devices_from_manifest(
                     problems.append(FieldProblem(("spec", "video", "vram"),
                                                  f"{v['vram']} is not a whole number of KiB",
                                                  "e.g. 16MiB"))  # fmt: skip
+                else:
+                    # libvirt rounds vram up to a power of two KiB (1000KiB is kept as
+                    # 1MiB): compare as libvirt rounds, or the apply never settles
+                    vram = (1 << (vram // 1024 - 1).bit_length()) * 1024
+                    if model == "vga" and vram < 1024**2:
+                        problems.append(FieldProblem(("spec", "video", "vram"),
+                                                     f"libvirt refuses a vga vram of"
+                                                     f" {v['vram']} (at least 1MiB)",
+                                                     "e.g. 16MiB"))  # fmt: skip
         elif model in VIDEO_VRAM_KIB:
             vram = VIDEO_VRAM_KIB[model] * 1024
         heads = None if model == "none" else int(v.get("heads", 1))

@@ -67,6 +67,9 @@ class Change:
     # the path as the manifest writes it, where that differs from ``path`` and is known:
     # ``disks[1].bus`` for ``disks[web-data].bus`` (the device's index in the manifest's list)
     where: str = ""
+    # ``new`` as the manifest writes it, where the compared value says it otherwise
+    # (a pin to every host CPU compared as no pin: planner/vm.py ``_pins_as_written``)
+    shown: str = ""
 
     @property
     def shown_path(self) -> str:
@@ -119,7 +122,8 @@ class DeviceChange:
 
     @property
     def noun(self) -> str:
-        """``disk``, ``cdrom``, ``interface``, ``dhcp host``, ``dns host``."""
+        """``disk``, ``cdrom``, ``interface``, ``dhcp host``, ``dns host``, ``filesystem``,
+        ``host device``."""
         return _DEVICE_NOUNS.get(self.section, self.section)
 
 
@@ -129,6 +133,8 @@ _DEVICE_NOUNS = {
     "interfaces": "interface",
     "ipv4.dhcp.hosts": "dhcp host",
     "dnsHosts": "dns host",
+    "filesystems": "filesystem",
+    "hostdevs": "host device",
 }
 
 

@@ -94,6 +94,7 @@ from reconciler.snapshot import Observed, ObservedNetwork
 from reconciler.tuning import format_cpuset, parse_cpuset
 from reconciler.units import format_size, parse_size
 from reconciler.xml.domain_tuning import pins
+from reconciler.xml.domain_tuning import read as read_tuning
 
 Finding = tuple[Manifest, FieldProblem]
 GUEST_ARCH = "x86_64"  # the arch every domain is rendered with (xml/domain.py)
@@ -251,6 +252,9 @@ class HostFacts:
     # pool types this libvirt has a storage backend for (``virsh pool-capabilities``,
     # ``<pool type= supported='yes'>``); None: not read (only dir pools declared)
     pool_types: frozenset[str] | None = None
+    # huge page size (bytes) -> pages free on the host, all NUMA cells (virNodeGetFreePages);
+    # None: not read (no VM to run asks for huge pages)
+    free_pages: Mapping[int, int] | None = None
     unknown: tuple[str, ...] = ()
 
 
@@ -267,6 +271,7 @@ class FactsWanted:
     cpu_features: frozenset[str] = frozenset()  # every feature name a manifest writes
     pool_types: bool = False  # a pool of another type than dir is declared
     host_devices: bool = False  # a VM to run passes a host device through
+    free_pages: bool = False  # a VM to run asks for huge pages
 
 
 def wanted(
@@ -278,7 +283,7 @@ def wanted(
     paths: set[str] = set()
     questions: set[CpuQuestion] = set()
     features: set[str] = set()
-    bridges = addresses = pool_types = host_devices = False
+    bridges = addresses = pool_types = host_devices = free_pages = False
     for m in manifests:
         spec = m.spec
         if isinstance(spec, StoragePoolSpec) and spec.type != "dir":
@@ -292,7 +297,11 @@ def wanted(
             if spec.cpu is not None:
                 features.update(name for name, _ in spec.cpu.features)
             paths.update(p for _, p in host_files(spec))
+            paths.update(p for _, p in serial_files(spec))
             host_devices = host_devices or (bool(spec.hostdevs) and spec.state == "running")
+            mb = spec.tuning.memory_backing
+            free_pages = free_pages or (spec.state == "running" and mb is not None
+                                        and mb.hugepages is not None)  # fmt: skip
             bridges = bridges or any(n.bridge or n.direct for n in spec.interfaces)
         elif isinstance(spec, NetworkSpec):
             addresses = addresses or spec.ipv4 is not None
@@ -301,7 +310,7 @@ def wanted(
         paths = {p for p in paths if path_allowed(p)}
     return FactsWanted(frozenset(guests), frozenset(paths), bridges, addresses,
                        frozenset(questions), frozenset(features), pool_types,
-                       host_devices)  # fmt: skip
+                       host_devices, free_pages)  # fmt: skip
 
 
 # --- the checks -----------------------------------------------------------------------
@@ -799,6 +808,44 @@ def check_tuning(
                 f"this host offers no {mb.hugepages} huge pages",
                 "use " + (" or ".join(format_size(s) for s in offered) or "hugepages: true"),
             )
+    yield from _free_huge_pages(m, spec, facts, ctx)
+
+
+def _free_huge_pages(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A VM to run on huge pages that it does not run on yet finds enough of them free
+    (virNodeGetFreePages, all cells): else libvirt defines it, and the next start fails
+    ("unable to map backing store for guest RAM: Cannot allocate memory"), which with
+    updatePolicy: restart shuts a running VM down and leaves it down."""
+    mb = spec.tuning.memory_backing
+    if mb is None or mb.hugepages is None or spec.state != "running" or not facts.free_pages:
+        return
+    huge = sorted(size for size in facts.free_pages if size > 4096)
+    size = huge[0] if mb.hugepages == "default" and huge else None
+    if mb.hugepages != "default":
+        size = parse_size(str(mb.hugepages))
+    if size is None or size not in facts.free_pages:
+        return  # an unknown size: the check above says so
+    existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+    if existing is not None and existing.active and existing.live_root is not None:
+        backing = read_tuning(existing.live_root).memory_backing
+        if backing is not None and backing.hugepages is not None:
+            return  # it runs on huge pages already: they are its own, not free
+    free = facts.free_pages[size]
+    needed = -(-spec.max_memory // size)  # QEMU maps maxMemory at start, in whole pages
+    if free < needed:
+        kib = size // 1024
+        yield FieldProblem(
+            ("spec", "memoryBacking", "hugepages"),
+            f"{format_size(spec.max_memory)} of memory needs {needed} free {format_size(size)}"
+            f" huge pages, and this host has {free} free: libvirt would define it and fail"
+            " to start it",
+            f"reserve at least {needed - free} more before the apply (sysctl"
+            " vm.nr_hugepages=N for the default page size, or echo N >"
+            f" /sys/kernel/mm/hugepages/hugepages-{kib}kB/nr_hugepages; kept across reboots"
+            " in /etc/sysctl.d/), or remove memoryBacking.hugepages",
+        )
 
 
 def _missing_features(verdict: str, what: str = "required features:") -> list[str]:
@@ -830,6 +877,163 @@ def check_host_devices(
             )
 
 
+def check_kept_tuning(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """What the manifest asks against the tuning it leaves to the domain (``numa`` and
+    ``iothreads`` not named: kept as the domain has them, none for a new VM), where
+    libvirt would refuse it or quietly keep its own value:
+
+    * a disk's ``iothread`` is one of the domain's I/O threads (``<iothreadids>``, else
+      1 .. ``<iothreads>``; libvirt refuses the definition otherwise: "Disk iothread
+      '1' not defined in iothreadid");
+    * the memory is the sum of the domain's NUMA cells (libvirt makes the VM's memory
+      that sum and drops the declared value, so the apply would never settle).
+    (formatdomain "IOThreads Allocation", "CPU model and topology")"""
+    existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+    root = existing.config_root if existing is not None else None
+    kept = read_tuning(root) if root is not None else None
+    if spec.tuning.iothreads is None:
+        ids: set[int] = set()
+        if root is not None:
+            ids = {int(t.get("id", "0")) for t in root.findall("iothreadids/iothread")
+                   if str(t.get("id", "")).isdigit()}  # fmt: skip
+            if not ids and kept is not None and kept.iothreads:
+                ids = set(range(1, kept.iothreads + 1))
+        for i, disk in enumerate(spec.disks):
+            if disk.iothread is not None and disk.iothread not in ids:
+                have = (f"the domain's are {format_cpuset(ids)}" if ids
+                        else "the domain has none" if root is not None
+                        else "a new VM has none")  # fmt: skip
+                yield FieldProblem(
+                    ("spec", "disks", i, "iothread"),
+                    f"iothread {disk.iothread} is not one of the VM's I/O threads"
+                    f" ({have}; iothreads is not in the manifest, so it is kept as it is)",
+                    f"add iothreads: {max(disk.iothread, max(ids, default=0))} to the VM,"
+                    " or remove the disk's iothread",
+                )
+    if spec.tuning.numa is None and kept is not None and kept.numa:
+        total = sum(cell.memory for cell in kept.numa)
+        if total != spec.max_memory:
+            field = "maxMemory" if spec.max_memory != spec.memory else "memory"
+            yield FieldProblem(
+                ("spec", field),
+                f"{field} is {format_size(spec.max_memory)}, but the domain's NUMA cells"
+                f" (kept: numa is not in the manifest) hold {format_size(total)}, and"
+                " libvirt makes the VM's memory the sum of its cells",
+                f"write {field}: {format_size(total)}, or name numa with cells adding up"
+                f" to {format_size(spec.max_memory)}",
+            )
+
+
+def check_nic_vlans(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A VLAN tag on a NIC of a libvirt network is one the network can carry: libvirt
+    accepts the definition but refuses to start the VM (and to hot-plug the NIC) on a
+    network of plain Linux bridges ("vlan tag not supported for this connection type");
+    only an openvswitch bridge (``<virtualport type='openvswitch'>``) or SR-IOV
+    (forward mode hostdev or passthrough) carries one (formatdomain "Setting VLAN
+    tag"). The network as libvirt has it decides, else its manifest. A VLAN the domain
+    already has on that NIC is left alone (an adoption keeps it as it is)."""
+    from reconciler.xml._fields import parse
+
+    existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+    had: set[str] = set()
+    if existing is not None:
+        for iface in existing.config_root.findall("devices/interface"):
+            mac = iface.find("mac")
+            if mac is not None and iface.find("vlan") is not None:
+                had.add(str(mac.get("address", "")).lower())
+    for i, nic in enumerate(spec.interfaces):
+        if nic.vlan is None or nic.network is None or nic.mac.lower() in had:
+            continue
+        record = ctx.observed.networks.get(nic.network) if ctx is not None else None
+        carries: bool | None = None
+        if record is not None:
+            try:
+                root = parse(record.config_xml)
+            except Exception:  # an unreadable definition: nothing to say about it
+                continue
+            forward = root.find("forward")
+            mode = forward.get("mode") if forward is not None else None
+            carries = (root.find(".//virtualport[@type='openvswitch']") is not None
+                       or mode in ("hostdev", "passthrough"))  # fmt: skip
+            what = f"network {nic.network} ({mode or 'isolated'}, no openvswitch)"
+        else:
+            declared = [d for d in (ctx.manifests if ctx is not None else ())
+                        if d.name == nic.network and isinstance(d.spec, NetworkSpec)]  # fmt: skip
+            if declared and isinstance(declared[0].spec, NetworkSpec):
+                net_mode = declared[0].spec.mode
+                carries = net_mode not in ("nat", "route", "isolated", "bridge")
+                what = f"network {nic.network} (mode {net_mode})"
+        if carries is False:
+            yield FieldProblem(
+                ("spec", "interfaces", i, "vlan"),
+                f"{what} is made of Linux bridges, which carry no VLAN tag: libvirt would"
+                " refuse to start the VM ('vlan tag not supported for this connection type')",
+                "remove vlan, or use a network on an openvswitch bridge (or SR-IOV hostdev)",
+            )
+
+
+def serial_files(spec: VirtualMachineSpec) -> list[tuple[FieldPath, str]]:
+    """(field path, path) of each host file the VM's serial port writes: its output
+    (``serial.file``) and its log (``serial.log.file``); libvirt (virtlogd) truncates
+    them when the VM starts unless the log says append."""
+    found: list[tuple[FieldPath, str]] = []
+    if spec.serial_file:
+        found.append((("spec", "serial", "file"), spec.serial_file))
+    log = spec.devices.serial_log
+    if log is not None and not isinstance(log, str):
+        found.append((("spec", "serial", "log", "file"), log.file))
+    return found
+
+
+def check_serial_files(
+    m: Manifest, spec: VirtualMachineSpec, facts: HostFacts, ctx: Context
+) -> Iterator[FieldProblem]:
+    """A file the serial port writes is no disk: not a disk, CD-ROM, kernel or initrd of
+    any VM (in the manifests or libvirt), not a volume (of a pool or a Volume
+    manifest), and not a file whose header says it is a disk image. Starting the VM
+    truncates it (measured: a log file naming another VM's qcow2 image left it 0
+    bytes), and allowedDiskRoots holds the images too, so the roots alone cannot
+    tell."""
+    mine = serial_files(spec)
+    if not mine:
+        return
+
+    def real(path: str) -> str:
+        return os.path.realpath(path) if facts.local else os.path.normpath(path)
+
+    disks: set[str] = set()
+    for other in ctx.manifests if ctx is not None else ():
+        if isinstance(other.spec, VirtualMachineSpec):
+            disks.update(real(p) for where, p in host_files(other.spec)
+                         if where[1] != "filesystems")  # fmt: skip
+    if ctx is not None:
+        for record in ctx.observed.domains.values():
+            for xml in (record.config_xml, record.live_xml):
+                if xml:
+                    try:
+                        disks.update(real(p) for p in _defined_files(xml))
+                    except Exception:  # an unreadable definition: nothing to compare
+                        continue
+        disks.update(real(p) for p in ctx.volume_paths)
+        disks.update(real(v.path) for v in ctx.observed.volumes.values()
+                     if isinstance(v.path, str) and v.path)  # fmt: skip
+    for where, path in mine:
+        found = facts.paths.get(path)
+        image = found.image_format if found is not None and found.exists else None
+        if real(path) in disks or image not in (None, "raw"):
+            what = f"a {image} disk image" if image not in (None, "raw") else "a disk or volume"
+            yield FieldProblem(
+                where,
+                f"{path} is {what}: the serial port would write over it (libvirt"
+                " truncates the file when the VM starts)",
+                f"name a file of its own, e.g. /var/lib/libvirt/qemu/{m.name}-serial.log",
+            )
+
+
 VM_CHECKS: tuple[VmCheck, ...] = (
     check_kvm,
     check_machine,
@@ -842,6 +1046,9 @@ VM_CHECKS: tuple[VmCheck, ...] = (
     check_cpu,
     check_host_devices,
     check_tuning,
+    check_kept_tuning,
+    check_nic_vlans,
+    check_serial_files,
 )
 
 

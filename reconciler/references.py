@@ -226,6 +226,7 @@ def _check_networks(manifests: Sequence[Manifest]) -> list[Finding]:
     findings: list[Finding] = []
     bridges: dict[str, Manifest] = {}
     subnets: list[tuple[ipaddress.IPv4Network, Manifest]] = []
+    subnets6: list[tuple[ipaddress.IPv6Network, Manifest]] = []
     for m in manifests:
         if not isinstance(m.spec, NetworkSpec):
             continue
@@ -256,7 +257,31 @@ def _check_networks(manifests: Sequence[Manifest]) -> list[Finding]:
                         )
                     )
             subnets.append((net, m))
+        findings += _overlapping_ipv6(m, subnets6)
     return findings
+
+
+def _overlapping_ipv6(
+    m: Manifest, subnets6: list[tuple[ipaddress.IPv6Network, Manifest]]
+) -> list[Finding]:
+    """The IPv6 subnet of network ``m`` against those of the networks before it (each
+    appended to ``subnets6``): two bridges with overlapping prefixes split the host's
+    routes between them, as for IPv4."""
+    assert isinstance(m.spec, NetworkSpec)
+    ipv6 = m.spec.ipv6
+    if ipv6 is None:
+        return []
+    try:
+        net = ipaddress.IPv6Interface(f"{ipv6.address}/{ipv6.prefix}").network
+    except ValueError:
+        return []  # reported by the loader
+    found: list[Finding] = [
+        (m, FieldProblem(("spec", "ipv6"), f"{net} overlaps {other_net} of network '{other.name}'"))
+        for other_net, other in subnets6
+        if net.overlaps(other_net)
+    ]
+    subnets6.append((net, m))
+    return found
 
 
 def _check_vm_claims(manifests: Sequence[Manifest]) -> list[Finding]:

@@ -16,7 +16,7 @@ from typing import Any
 from reconciler.errors import Problem
 from reconciler.model import Kind
 from reconciler.plan import MARKERS, Action, ActionResult, Change, DeviceChange, Op, Plan
-from reconciler.units import format_duration, format_size
+from reconciler.units import format_bandwidth, format_duration, format_size
 from reconciler.xml._fields import ParseError, parse, serialize
 from reconciler.xml.domain import secret_token
 
@@ -38,11 +38,15 @@ def _paint(text: str, marker: str, colour: bool) -> str:
 
 def show_value(path: str, value: object) -> str:
     """``value`` of field ``path`` as a manifest writes it: sizes in the largest exact
-    binary unit (``1GiB``), timeouts in seconds (``120s``), lists in brackets."""
+    binary unit (``1GiB``), timeouts in seconds (``120s``), bandwidths in KiB/s or KiB
+    (``units.format_bandwidth``), lists in brackets."""
     if value is None:
         return "(none)"
     if isinstance(value, bool):
         return str(value).lower()
+    rate = format_bandwidth(path, value)
+    if rate is not None:
+        return rate
     if isinstance(value, int | float) and path.endswith(_DURATION_FIELDS):
         return format_duration(value)
     if isinstance(value, int) and path.endswith(_SIZE_FIELDS):
@@ -59,7 +63,7 @@ def _change_line(change: Change, pending: bool = False) -> str:
     origin = f" [{change.origin}]" if change.origin else ""
     return (
         f"{change.shown_path}: {show_value(change.path, change.old)} -> "
-        f"{show_value(change.path, change.new)}{how}{origin}"
+        f"{change.shown or show_value(change.path, change.new)}{how}{origin}"
     )
 
 

@@ -132,6 +132,13 @@ def _explain(error: Any) -> Iterator[SchemaProblem]:
             path,
             f"expected {' or '.join(_TYPE_NAMES.get(n, n) for n in names)}, got {_describe(value)}",
         )
+    elif keyword in ("oneOf", "anyOf") and not custom and value is not None and (
+        inner := _nullable_alternative(error)
+    ):
+        # "null, or X": say what is wrong with it as an X, not "not valid under any of
+        # the given schemas"
+        for sub in inner:
+            yield from _explain(sub)
     elif keyword == "enum":
         options = [str(o) for o in error.validator_value]
         hint = _suggest(str(value), options, "value") if isinstance(value, str) else ""
@@ -166,14 +173,32 @@ def _explain(error: Any) -> Iterator[SchemaProblem]:
         yield SchemaProblem(path, error.message)
 
 
+def _nullable_alternative(error: Any) -> list[Any]:
+    """The errors of the one alternative that is not ``{"type": "null"}`` of a
+    ``oneOf``/``anyOf`` of two (a field that is X or null), or [] for another shape."""
+    options = error.validator_value
+    if not isinstance(options, list) or len(options) != 2:
+        return []
+    others = [i for i, o in enumerate(options) if o != {"type": "null"}]
+    if len(others) != 1:
+        return []
+    return [e for e in error.context or () if e.schema_path and e.schema_path[0] == others[0]]
+
+
 # words for "on" that are not libvirt's feature policies ("enable" would suggest "disable")
 _TURN_ON = ("enable", "enabled", "on", "true", "yes", "1")
 
 
+_SHOWN = 80
+"""The most characters of a value a message repeats (a 5000-character mount tag
+buried the message and its fix)."""
+
+
 def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    return json.dumps(value)
+    text = repr(value) if isinstance(value, str) else json.dumps(value)
+    if len(text) <= _SHOWN:
+        return text
+    return f"{text[:_SHOWN - 20]}... ({len(text)} characters)"
 
 
 def _describe(value: Any) -> str:

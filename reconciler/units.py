@@ -86,3 +86,19 @@ def format_duration(seconds: float) -> str:
     when whole, the unit timeouts are usually given in; milliseconds otherwise)."""
     ms = round(float(seconds) * 1000)
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+_BANDWIDTH_UNITS = {"average": "KiB/s", "peak": "KiB/s", "floor": "KiB/s", "burst": "KiB"}
+
+
+def format_bandwidth(path: str, value: object) -> str | None:
+    """A bandwidth value of field ``path`` (``...bandwidth.inbound.average``) with
+    libvirt's unit, as a manifest may write it: ``1024KiB/s`` for average, peak and
+    floor, ``2048KiB`` for burst (formatdomain/formatnetwork "Quality of service").
+    None for another field or a value that is not a whole number."""
+    head, _, name = path.rpartition(".")
+    if ".bandwidth." not in f".{head}" or name not in _BANDWIDTH_UNITS:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return f"{value}{_BANDWIDTH_UNITS[name]}"

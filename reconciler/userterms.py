@@ -24,9 +24,9 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 from reconciler.diff import by_device
-from reconciler.model import Manifest, NetworkSpec, VirtualMachineSpec
+from reconciler.model import Manifest, NetworkSpec, VirtualMachineSpec, hostdev_key
 from reconciler.plan import Action, Change, DeviceChange
-from reconciler.units import format_size
+from reconciler.units import format_bandwidth, format_size
 
 # Per section: the field naming the device as a user does (first one present),
 # then the fields that complete its identity, in the order they are shown.
@@ -36,6 +36,8 @@ _LABEL_FIELDS: Mapping[str, tuple[str, ...]] = {
     "interfaces": (),  # the MAC, its key
     "ipv4.dhcp.hosts": (),
     "dnsHosts": (),
+    "filesystems": ("source",),  # the host folder; its mount tag follows
+    "hostdevs": (),  # what names it on the host, its key: pci 0000:03:00.0, usb 046d:c52b
 }
 _DETAIL_FIELDS: Mapping[str, tuple[str, ...]] = {
     "disks": ("target", "bus", "format", "cache", "readonly"),
@@ -43,15 +45,19 @@ _DETAIL_FIELDS: Mapping[str, tuple[str, ...]] = {
     "interfaces": ("network", "bridge", "model"),
     "ipv4.dhcp.hosts": ("ip", "name"),
     "dnsHosts": ("names",),
+    "filesystems": ("driver", "readonly"),
+    "hostdevs": (),
 }
-# A field every device of the section has: it appears (goes from none to a value)
-# only when the whole device does, and goes only when the whole device goes.
-_ALWAYS: Mapping[str, str] = {
-    "disks": "bus",
-    "cdroms": "bus",
-    "interfaces": "model",
-    "ipv4.dhcp.hosts": "ip",
-    "dnsHosts": "names",
+# Fields one of which every device of the section has: it appears (goes from none to a
+# value) only when the whole device does, and goes only when the whole device goes.
+_ALWAYS: Mapping[str, tuple[str, ...]] = {
+    "disks": ("bus",),
+    "cdroms": ("bus",),
+    "interfaces": ("model",),
+    "ipv4.dhcp.hosts": ("ip",),
+    "dnsHosts": ("names",),
+    "filesystems": ("source",),
+    "hostdevs": ("address", "vendor", "bus"),  # PCI; USB by ids; USB by address
 }
 # Fields whose going from a value to none (and another's from none to a value) means
 # the device now has another kind of source: a replace of the same identity.
@@ -84,6 +90,10 @@ def manifest_indexes(m: Manifest | None) -> dict[str, str]:
             out[f"cdroms[{spec.cloud_init.target}]"] = "cloudInit"
         for i, nic in enumerate(spec.interfaces):
             out[f"interfaces[{nic.mac}]"] = f"interfaces[{i}]"
+        for i, fs in enumerate(spec.filesystems or ()):
+            out[f"filesystems[{fs.target}]"] = f"filesystems[{i}]"
+        for i, dev in enumerate(spec.hostdevs or ()):
+            out[f"hostdevs[{hostdev_key(dev)}]"] = f"hostdevs[{i}]"
     elif isinstance(spec, NetworkSpec):
         if spec.ipv4 is not None and spec.ipv4.dhcp is not None:
             for i, host in enumerate(spec.ipv4.dhcp.hosts):
@@ -141,10 +151,10 @@ def whole_devices(
         live = all(c.live for c in group)
         where = indexes.get(key, "")
         always = _ALWAYS[section]
-        if always in new and always not in old and not old:
+        if any(f in new for f in always) and not old:
             device = _device(section, ident, "add", new, where, live, sizes)
             added.append((device, new))
-        elif always in old and always not in new and not new:
+        elif any(f in old for f in always) and not new:
             device = _device(section, ident, "remove", old, "", live, sizes)
             removed.append((device, old))
         elif _source_changed(section, group):
@@ -153,8 +163,8 @@ def whole_devices(
             found.append(dataclasses.replace(device, replaces=was.label))
         elif section in _CHANGED_IN_PLACE:
             device = _device(section, ident, "change", {**old, **new}, where, live, sizes)
-            changed = tuple(f"{_field(c.path)} {_plain(c.old)} -> {_plain(c.new)}"
-                            for c in group)  # fmt: skip
+            changed = tuple(f"{_field(c.path)} {_plain(c.old, c.path)} -> "
+                            f"{_plain(c.new, c.path)}" for c in group)  # fmt: skip
             found.append(dataclasses.replace(device, details=changed))
     for device, values in added:
         partner = _partner(device.section, values, removed)
@@ -172,15 +182,15 @@ def whole_devices(
 
 # Sections whose device changed in place is one line: ``disks[1] (web-data): bus ide
 # -> virtio, target hda -> vdb``.
-_CHANGED_IN_PLACE = frozenset({"disks", "cdroms", "interfaces"})
+_CHANGED_IN_PLACE = frozenset({"disks", "cdroms", "interfaces", "filesystems", "hostdevs"})
 
 
-def _plain(value: object) -> str:
+def _plain(value: object, path: str = "") -> str:
     if value is None:
         return "(none)"
     if isinstance(value, bool):
         return str(value).lower()
-    return str(value)
+    return format_bandwidth(path, value) or str(value)
 
 
 def _field(path: str) -> str:

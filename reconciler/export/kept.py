@@ -78,6 +78,17 @@ _KEPT_SILENT = (
 )  # fmt: skip
 
 
+# Attributes whose value here is what libvirt means when the attribute is left out
+# (bare path -> that value): the manifest's default says the same, so not kept.
+# A NIC's <link state='up'/> (formatdomain "Modifying virtual link state": up unless
+# down), a serial or console log's append='off' (formatdomain "Serial port": the file
+# is truncated unless append='on'; the schema's append: false).
+_KEPT_DEFAULTS = {
+    "devices/interface/link@state": "up",
+    "devices/serial/log@append": "off",
+    "devices/console/log@append": "off",
+}
+
 _DEFAULT_VIDEO = ("cirrus", "vga")
 
 
@@ -139,6 +150,8 @@ def _inner(live: Element, rendered: Element, bare: str,
     out: list[str] = []
     for attr_key, value in live.attrib.items():
         attr = str(attr_key)  # lxml may type keys as bytes too
+        if rendered.get(attr) is None and _KEPT_DEFAULTS.get(f"{bare}@{attr}") == value:
+            continue  # the default spelled out
         if rendered.get(attr) != value and not _ignored(f"{bare}@{attr}", silent):
             out.append(f"{attr}={value!s}")
     text = (live.text or "").strip()
@@ -153,7 +166,8 @@ def _inner(live: Element, rendered: Element, bare: str,
             continue
         other = _counterpart(child, live, rendered, taken)
         if other is None:
-            out.append(_short(child))
+            if not _only_defaults(child, child_bare):
+                out.append(_short(child))
             continue
         taken.append(other)
         out += [f"{_short(child)} {what}" for what in _inner(child, other, child_bare, silent)]
@@ -282,6 +296,13 @@ def _qualifier(element: Element) -> str | None:
         if element.get(attr) is not None:
             return element.get(attr)
     return None
+
+
+def _only_defaults(element: Element, bare: str) -> bool:
+    """``element`` says nothing but defaults (``_KEPT_DEFAULTS``): ``<link state='up'/>``."""
+    return (bool(element.attrib) and len(element) == 0 and not (element.text or "").strip()
+            and all(_KEPT_DEFAULTS.get(f"{bare}@{k!s}") == v
+                    for k, v in element.attrib.items()))  # fmt: skip
 
 
 def _ignored(bare: str, patterns: Iterable[str]) -> bool:

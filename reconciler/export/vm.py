@@ -235,6 +235,11 @@ def _tuning(config: Element, spec: Mapping[str, Any]) -> dict[str, Any]:
         _, problems = tuning_from_manifest({key: value}, max_vcpus, max_memory)
         if not problems:
             out[key] = value
+    ids = [t.get("id") for t in config.findall("iothreadids/iothread")]
+    if ids and ids != [str(i) for i in range(1, len(ids) + 1)]:
+        # I/O thread ids that are not 1 .. n (<iothreadids>): iothreads: n would not
+        # hold them (a disk's iothread 3 of ids 1 and 3); left out, they are kept
+        out.pop("iothreads", None)
     return out
 
 

@@ -22,14 +22,16 @@ from reconciler.xml import volume as volume_xml
 from reconciler.xml._fields import Projection
 
 
-def volume_spec(projection: Projection, pool: str, backing: str | None) -> dict[str, Any]:
-    """A Volume spec from ``volume_xml.observe``; ``backing``: the backing volume's name."""
+def volume_spec(projection: Projection, pool: str, backing: str | None,
+                reclaim_policy: str = "retain") -> dict[str, Any]:  # fmt: skip
+    """A Volume spec from ``volume_xml.observe``; ``backing``: the backing volume's name;
+    ``reclaim_policy``: ``"retain"`` or ``"delete"`` (the inventory's, for a managed one)."""
     spec: dict[str, Any] = {"pool": pool, "format": projection.get("format")}
     capacity = projection.get("capacity")
     spec["capacity"] = format_size(int(capacity)) if isinstance(capacity, int) else capacity
     if backing is not None:
         spec["backingVolume"] = backing
-    spec["reclaimPolicy"] = "retain"
+    spec["reclaimPolicy"] = reclaim_policy
     spec["adopt"] = True
     return spec
 
@@ -54,7 +56,11 @@ def export_volume(record: VolumeRecord, ctx: Context) -> Exported:
             notes.add("backingVolume", f"the backing file {backing_path} is {where}; {why}")
             return _unexportable(kind, record.name, notes, record.pool)
         backing = base.name
-    doc = document(kind, record.name, volume_spec(observed, record.pool, backing))
+    # a volume the tool manages keeps the reclaimPolicy its inventory record holds
+    entry = ctx.observed.inventory.get(f"{kind.value}/{record.name}") or {}
+    policy = "delete" if entry.get("pool") == record.pool \
+        and entry.get("reclaimPolicy") == "delete" else "retain"
+    doc = document(kind, record.name, volume_spec(observed, record.pool, backing, policy))
     m = _build(kind, doc, notes)
     if m is None:
         return _unexportable(kind, record.name, notes, record.pool)

@@ -179,6 +179,7 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
     # host CPU is no pin (domain_tuning.without_full_pins)
     unnamed = domain_tuning.kept_paths(spec)
     host_cpus = ctx.observed.host_cpus
+    written_pins = {p: desired.get(p) for p in _PINS}  # shown as the manifest says them
     desired = dict(domain_tuning.without_full_pins(desired, host_cpus))
     found = live.ownership
     owner = owners.judge(
@@ -384,14 +385,33 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
         Kind.VIRTUAL_MACHINE,
         m.name,
         op,
-        _from_host(m, changes),
+        _from_host(m, _pins_as_written(changes, written_pins, host_cpus)),
         tuple(steps),
         source=m.source,
-        restart_pending=_from_host(m, pending),
+        restart_pending=_from_host(m, _pins_as_written(pending, written_pins, host_cpus)),
         owner_record=record,
         requires=requires,
         fingerprint=print_ if op is Op.NOOP and not pending else None,
     )
+
+
+def _pins_as_written(changes: Iterable[Change], written: Mapping[str, object],
+                     host_cpus: frozenset[int] | None) -> list[Change]:  # fmt: skip
+    """``changes`` with a pin change's new value as the manifest writes it
+    (``Change.shown``): compared without pins to every host CPU (no pin,
+    ``without_full_pins``), ``1:0-1`` would read as vCPU 1 left out (``0:0 1:1 ->
+    0:0``). Only the text changes: ``new`` stays the compared value (steps and settle
+    keys are made from it)."""
+    everything = format_cpuset(host_cpus) if host_cpus else ""
+
+    def said(value: object) -> str:
+        if value == everything:
+            return f"{value} (all host CPUs)"
+        return f"{value} ({everything} = all host CPUs)"
+
+    return [dataclasses.replace(c, shown=said(written[c.path]))
+            if c.path in written and written[c.path] is not None and c.new != written[c.path]
+            else c for c in changes]  # fmt: skip
 
 
 def _as_running(desired: Mapping[str, object]) -> dict[str, object]:

@@ -108,3 +108,26 @@ def test_delete_stops_the_vm_and_keeps_volume_data_unless_asked(ws: Workspace) -
     pool_obj = ws.conn.storagePoolLookupByName(pool_name)
     pool_obj.refresh(0)
     assert scratch not in pool_obj.listVolumes()
+
+
+def test_delete_without_a_manifest_directory_refuses_what_the_recorded_manifest_declares(
+    ws: Workspace,
+) -> None:
+    """Issue 13: with no manifest directory to check (manifestDir not configured, its
+    default missing), delete removed a VM whose manifest still declared it; the file
+    its inventory record names is checked now."""
+    name = ws.n("rec")
+    ws.write("vm.yaml", vm(name, state="stopped"))
+    ws.converge()
+    nowhere = ["--manifest-dir", str(ws.directory.parent / "no-such-dir")]
+    done = ws.cli("delete", f"VirtualMachine/{name}", "--yes", *nowhere)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (f"delete: VirtualMachine/{name} (declared at {ws.directory}/vm.yaml:1:1, the "
+            "manifest its inventory record names): the next apply would create it again"
+            in done.stderr), done.stderr  # fmt: skip
+    assert _exists(ws.conn.lookupByName, name)
+    # the file no longer declares it: deleted
+    ws.write("vm.yaml", vm(ws.n("another"), state="stopped"))
+    done = ws.cli("delete", f"VirtualMachine/{name}", "--yes", *nowhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not _exists(ws.conn.lookupByName, name)

@@ -27,6 +27,18 @@ START = "start-domain: starting domain web: "
 NO_SMM = ("internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: "
           "System Management Mode not supported by this hypervisor.")  # fmt: skip
 
+# issue 13 (a newcomer's report): a VM on 2MiB pages started with none free (QEMU 7.2's
+# qemu_ram_alloc_from_fd, softmmu/physmem.c, under libvirt's monitor wrapping)
+HUGEPAGES = ("internal error: qemu unexpectedly closed the monitor: " + STAMP + " "
+             "qemu-system-x86_64: unable to map backing store for guest RAM: Cannot allocate "
+             "memory")  # fmt: skip
+# reproduced: the same VM on a host with no hugetlbfs mounted when libvirtd started
+NO_HUGETLBFS = "internal error: hugetlbfs filesystem is not mounted or disabled by administrator config"
+# reproduced (tests/integration/test_newcomer_fixes.py): a NIC with bandwidth on this
+# host's kernel, which has htb but no sfq (libvirt runs tc, virnetdevbandwidth.c)
+QDISC = ("internal error: Child process (tc qdisc add dev vnet235 parent 1:1 handle 2: sfq "
+         "perturb 10) unexpected exit status 2: Error: Specified qdisc kind is unknown.\n")  # fmt: skip
+
 # reproduced: a raw image in a root-owned 0700 directory (libvirt's dynamic
 # ownership chowns the file, but QEMU, as libvirt-qemu, cannot enter the directory)
 PERMISSION = (
@@ -267,7 +279,38 @@ def test_without_manifest_fields_the_position_is_the_source() -> None:
 
 
 def test_every_rule_is_reached() -> None:
-    texts = [MSR, NO_SMM, NO_KVM_QEMU, PORT_VNC, NETWORK_INACTIVE, NETWORK_MISSING,
+    texts = [MSR, NO_SMM, HUGEPAGES, NO_HUGETLBFS, QDISC, NO_KVM_QEMU, PORT_VNC, NETWORK_INACTIVE, NETWORK_MISSING,
              PERMISSION, MISSING, SUBNET, BRIDGE]  # fmt: skip
     found = [match_rule(t) for t in texts]
     assert [f[0].name for f in found if f] == [r.name for r in RULES]
+
+
+TUNED = VM.replace("  graphics:\n", """  memoryBacking: {hugepages: {pageSize: 2MiB}}
+  machine: q35
+  firmware: {type: uefi, secureBoot: true}
+  graphics:
+""").replace("    - network: lab\n", """    - network: lab
+      bandwidth: {inbound: {average: 1024}}
+""")
+
+
+def test_start_failures_of_tuning_name_the_field_and_the_fix(write: WriteFiles) -> None:
+    """Issue 13: these were reported at the manifest's start (m.yaml:1:1), no hint."""
+    tuned = subjects_of(manifest(write, TUNED))
+    problem = explain(START + HUGEPAGES, tuned)
+    assert problem.field == "spec.memoryBacking.hugepages"
+    assert at(problem) == "m.yaml:19:30: spec.memoryBacking.hugepages"
+    assert "sysctl vm.nr_hugepages=N" in problem.hint
+    assert "/sys/kernel/mm/hugepages/" in problem.hint
+    problem = explain(START + NO_HUGETLBFS, tuned)
+    assert problem.field == "spec.memoryBacking.hugepages" and "hugetlbfs" in problem.hint
+    problem = explain(START + QDISC, tuned)
+    assert problem.field == "spec.interfaces[1].bandwidth" and "sch_htb sch_sfq" in problem.hint
+    problem = explain(START + NO_SMM, tuned)
+    assert problem.field == "spec.firmware.secureBoot"
+    assert "secureBoot: false" in problem.hint and "type: qemu" in problem.hint
+
+
+def test_a_backing_store_failure_without_hugepages_is_about_memory(write: WriteFiles) -> None:
+    problem = explain(START + HUGEPAGES, subjects_of(manifest(write, VM)))
+    assert problem.field == "spec.memory" and "free memory" in problem.hint

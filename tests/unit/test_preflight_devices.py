@@ -70,5 +70,5 @@ def test_a_start_refused_for_want_of_smm_says_to_use_tcg(write: WriteFiles) -> N
                "monitor: 2026-11-30T15:08:39.382354Z qemu-system-x86_64: System Management "
                "Mode not supported by this hypervisor.")  # fmt: skip
     problem = explain(message, subjects_of(m))
-    assert problem.field == "spec.type"
+    assert problem.field == "spec.firmware.secureBoot"  # the cause; the hint names both fixes
     assert "spec.type: qemu" in problem.hint and "secure boot" in problem.hint
