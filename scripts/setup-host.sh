@@ -145,6 +145,16 @@ if [ "$WITH_DAEMON" -eq 1 ]; then
         log "WARNING: /dev/kvm does not exist; only type=qemu domains can run"
     fi
 
+    # swtpm's local CA (a VM's emulated TPM): libvirtd runs swtpm_setup as the tss
+    # user when that user exists as libvirtd starts, else as root. A CA first used as
+    # root (libvirtd started before swtpm-tools made the user) keeps root-owned files
+    # that swtpm_setup as tss cannot lock ("Need read/write rights on
+    # /var/lib/swtpm-localca/.lock.swtpm-localca for user tss"): every TPM VM then
+    # fails to start. Give them back to tss, as swtpm-tools' postinst sets the folder.
+    if getent passwd tss >/dev/null && [ -d /var/lib/swtpm-localca ]; then
+        chown -R tss:root /var/lib/swtpm-localca
+    fi
+
     if virsh_ok; then
         log "libvirtd answers at $URI"
     else

@@ -130,15 +130,17 @@ def test_another_instances_vm_is_a_conflict_naming_it_until_adopted(ws: Workspac
     code, plan = _plan_json(ws, state_a, ws.directory)
     op, reason = _reason(plan, names["vm"])
     assert code == 1 and op == "conflict" and f"reconciler instance {b_id}" in reason
+    # A's manifests of the VM and the network are removed (while A's manifest still
+    # declares the VM, delete refuses for that reason first: the next apply would
+    # create it again); A's delete is then refused naming B, the VM untouched
+    _write(ws.directory, docs[:2])
     done = _cli(ws, state_a, "delete", f"VirtualMachine/{names['vm']}", "--yes",
                 "--manifest-dir", str(ws.root / "nowhere"))  # fmt: skip
     assert done.returncode == 1 and b_id in done.stdout, done.stdout + done.stderr
     assert ws.domain(names["vm"]).isActive()
-    # A's manifests of the VM and the network are removed: a prune forgets them, and
-    # deletes nothing
+    # a prune forgets them, and deletes nothing
     net = ws.conn.networkLookupByName(names["net"])
     assert network_xml.read_ownership(net.XMLDesc(1)).instance == b_id  # type: ignore[union-attr]
-    _write(ws.directory, docs[:2])
     after_b = (dom.XMLDesc(INACTIVE), net.XMLDesc(1))
     done = _cli(ws, state_a, "apply", str(ws.directory), "--yes")
     assert done.returncode == 0, done.stdout + done.stderr

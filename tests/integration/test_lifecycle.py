@@ -465,12 +465,12 @@ def test_observe_lists_volumes_of_a_pool_busy_with_a_clone(ws: Workspace) -> Non
     import libvirt
 
     p = ws.n("pool")
-    ws.write("storage.yaml", pool(p, ws.subdir("pool")), volume(ws.n("src"), p, "1GiB",
+    ws.write("storage.yaml", pool(p, ws.subdir("pool")), volume(ws.n("src"), p, "4GiB",
                                                                  format="raw"))  # fmt: skip
     ws.converge()
     lv_pool = ws.conn.storagePoolLookupByName(p)
     src = lv_pool.storageVolLookupByName(ws.n("src"))
-    clone_xml = (f"<volume><name>{ws.n('copy')}</name><capacity unit='GiB'>1</capacity>"
+    clone_xml = (f"<volume><name>{ws.n('copy')}</name><capacity unit='GiB'>4</capacity>"
                  "<target><format type='raw'/></target></volume>")  # fmt: skip
     cloning = threading.Thread(target=lambda: lv_pool.createXMLFrom(clone_xml, src, 0))
     cloning.start()
