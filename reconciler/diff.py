@@ -29,9 +29,10 @@ def diff(desired: Projection, actual: Projection, *, ignore: Collection[str] = (
     for key in sorted(set(desired) | set(actual)):
         if key in ignore:
             continue
-        new, old = desired.get(key), actual.get(key)
+        new = desired.get(key)
         if new is KEPT:
             continue
+        old = actual.get(key)
         if new != old:
             changes.append(Change(key, old, new))
     return changes
@@ -46,9 +47,12 @@ def device_of(path: str) -> tuple[str, str] | None:
 def devices(projection: Projection, section: str) -> set[str]:
     """Identities of the devices of ``section`` present in ``projection``."""
     found = set()
-    for key, value in projection.items():
+    prefix = section + "["
+    for key in projection:
+        if not key.startswith(prefix):  # (cheap first: most keys are other sections')
+            continue
         dev = device_of(key)
-        if dev is not None and dev[0] == section and value is not None:
+        if dev is not None and dev[0] == section and projection[key] is not None:
             found.add(dev[1])
     return found
 
