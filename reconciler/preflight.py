@@ -783,11 +783,14 @@ def check_tuning(
     ``<topology><cells><cpus>`` and ``<cpu><pages>``; formatcaps.html). libvirt refuses
     such a pin only when the domain starts or the pin is set live. A pin the existing
     domain already has is not the manifest's doing (an adoption keeps it as it is)."""
-    if facts.cpus is not None:
+    pinned = spec.tuning.pinned_cpus()
+    if facts.cpus is not None and pinned:
         have = format_cpuset(facts.cpus)
         existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+        # (read only for a VM that pins: reading a definition is most of a plan's cost,
+        # and a VM found in sync by its fingerprint is otherwise never parsed)
         config = existing.config if existing is not None else {}
-        for where, field, number, cpuset in spec.tuning.pinned_cpus():
+        for where, field, number, cpuset in pinned:
             now = config.get(field)
             if (now == cpuset if number is None else pins(now).get(number) == cpuset):
                 continue
@@ -891,6 +894,16 @@ def check_kept_tuning(
       that sum and drops the declared value, so the apply would never settle).
     (formatdomain "IOThreads Allocation", "CPU model and topology")"""
     existing = ctx.observed.domains.get(m.name) if ctx is not None else None
+    wants_iothread = spec.tuning.iothreads is None and any(
+        d.iothread is not None for d in spec.disks)
+    # A definition is parsed only when one of the checks below can apply: a disk that
+    # names an I/O thread the manifest leaves to the domain, or NUMA cells the manifest
+    # leaves to it (the text says whether it has any). Reading definitions is most of
+    # a plan's cost: a VM found in sync by its fingerprint is otherwise never parsed.
+    wants_numa = (spec.tuning.numa is None and existing is not None
+                  and "<numa" in existing.config_xml)  # fmt: skip
+    if not (wants_iothread or wants_numa):
+        return
     root = existing.config_root if existing is not None else None
     kept = read_tuning(root) if root is not None else None
     if spec.tuning.iothreads is None:
@@ -938,6 +951,8 @@ def check_nic_vlans(
     already has on that NIC is left alone (an adoption keeps it as it is)."""
     from reconciler.xml._fields import parse
 
+    if not any(nic.vlan is not None and nic.network is not None for nic in spec.interfaces):
+        return  # (and the definition is not parsed: see check_kept_tuning)
     existing = ctx.observed.domains.get(m.name) if ctx is not None else None
     had: set[str] = set()
     if existing is not None:
