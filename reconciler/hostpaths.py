@@ -13,10 +13,10 @@ them all, per kind, with the field that names them:
   ``filesystems[].source`` (a folder shared with the guest), and
   ``graphics.passwordFile`` (read by the reconciler, its first line put into the
   domain XML);
-* the escape hatch (``xml`` of a VM, a network or a pool): every ``file``,
-  ``dev`` or ``dir`` attribute of a ``<source>`` an entry adds or sets that is an
-  absolute path (a block disk, a filesystem's directory; a NIC's ``dev`` names an
-  interface), so the hatch is no way around the roots.
+* the escape hatch (``xml`` of a VM, a network or a pool): every absolute path an
+  entry writes (a value, a predicate's value, any attribute or text of a fragment: a
+  block disk, an NVRAM file, a log file, a socket; a NIC's ``dev`` names an
+  interface, no path), so the hatch is no way around the roots.
 
 A block device lies under ``/dev``, which no image root holds: it needs a root of
 its own in ``allowedDiskRoots`` (the device, or a folder of devices such as
@@ -118,20 +118,26 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     return found + _hatch_paths(spec.xml)
 
 
-_SOURCE_ATTRS = ("file", "dev", "dir")
-_SOURCE_VALUE = re.compile(r"(?:^|/)source(?:\[[^\]]*\])*/@(file|dev|dir)$")
 # the fragments passed the load check (one element, no DTD or entities); parsed again
 # here as data: nothing resolved, nothing fetched
 _PARSER = ET.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+_PREDICATE_VALUE = re.compile(r"=(?:'(/[^']*)'|\"(/[^\"]*)\")")
 
 
 def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
-    """The host paths ``xml`` entries name: ``<source file|dev|dir>`` in a fragment an
-    entry adds, or the value of an entry that sets one (``.../source/@dev``)."""
+    """The host paths ``xml`` entries name: every absolute path an entry writes, as a
+    value, in a ``[@attr='/...']`` predicate its path creates an element from, or as an
+    attribute or text anywhere in a fragment it adds. Not a list of the attributes that
+    hold paths (``<source file|dev|dir|path>``, ``<nvram>``, ``<log file>``, an nvdimm's
+    ``<path>``, a socket...): libvirt has too many, and one missed is a way around the
+    roots. A network disk's ``<source protocol=... name='/x'>`` names a path on a
+    server, not here, and is left out."""
     found: list[HostPath] = []
     for i, entry in enumerate(entries):
-        if entry.value is not None and entry.value.startswith("/") and _SOURCE_VALUE.search(
-                entry.xpath):  # fmt: skip
+        for match in _PREDICATE_VALUE.finditer(entry.xpath):
+            found.append(HostPath(f"xml[{i}]", match.group(1) or match.group(2),
+                                  where=("spec", "xml", i, "xpath")))  # fmt: skip
+        if entry.value is not None and entry.value.startswith("/"):
             found.append(HostPath(f"xml[{i}]", entry.value, where=("spec", "xml", i, "value")))
         if entry.add is None:
             continue
@@ -139,11 +145,15 @@ def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
             root = ET.fromstring(entry.add.strip().encode(), _PARSER)
         except ET.XMLSyntaxError:
             continue  # refused at load (xml/edits.py)
-        for source in root.iter("source"):
-            for name in _SOURCE_ATTRS:
-                value = source.get(name)
-                if value and value.startswith("/"):  # a NIC's dev is a host interface
-                    found.append(HostPath(f"xml[{i}]", value, where=("spec", "xml", i, "add")))
+        for node in root.iter():
+            if not isinstance(node.tag, str):
+                continue
+            texts = [] if len(node) else [(node.text or "").strip()]
+            remote = node.get("protocol") is not None  # its name is the server's path
+            for value in [*([] if remote else node.attrib.values()), *texts]:
+                if str(value).startswith("/"):  # a NIC's dev is a host interface, no path
+                    found.append(HostPath(f"xml[{i}]", str(value),
+                                          where=("spec", "xml", i, "add")))  # fmt: skip
     return found
 
 

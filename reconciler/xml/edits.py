@@ -253,23 +253,70 @@ def problem(edit: Edit) -> tuple[str, str, str] | None:
     if any(head == p or head.startswith(p + "[") for p in _IDENTITY):
         return ("xpath", f"{edit.xpath} is the domain's identity",
                 "the name is metadata.name; the uuid is libvirt's")  # fmt: skip
-    if path.steps[:1] == ("metadata",) and (edit.value is not None or edit.delete) and (
-        len(path.steps) == 1
-    ):
+    names = [_tag(step) for step in path.steps]
+    # ./metadata[1] names it as well as ./metadata: deleting it deletes our record
+    if names == ["metadata"] and path.attr is None and (edit.value is not None or edit.delete):
         return ("xpath", "./metadata holds reconciler's ownership record",
                 "add your own element under ./metadata instead")  # fmt: skip
     if not path.steps and path.attr is None and (edit.value is not None or edit.delete):
         return ("xpath", "'.' is the root element itself",
                 "name an element below it, or an attribute (./@attr)")  # fmt: skip
+    unsafe = next((n for j, n in enumerate(names)
+                   if n in _UNSAFE and (n != "seclabel" or j == 0)), None)  # fmt: skip
+    if unsafe is not None and not edit.delete:
+        return ("xpath", f"{edit.xpath} reaches <{unsafe}>: {_UNSAFE[unsafe]}",
+                "leave it to the host's configuration (not a manifest's)")  # fmt: skip
     if edit.add is not None:
         if path.attr is not None:
             return ("xpath", f"{edit.xpath} names an attribute; add puts an element "
                     "under an element", "drop the /@... step, or use value:")  # fmt: skip
         try:
-            fragment(edit.add)
+            root = fragment(edit.add)
         except ValueError as exc:
             return ("add", str(exc), "give one element, e.g. <panic model='isa'/>")
+        for node in root.iter():
+            if not isinstance(node.tag, str):
+                continue
+            tag = ET.QName(node).localname if str(node.tag).startswith("{") else str(node.tag)
+            if str(node.tag).startswith("{" + _QEMU_NS):
+                return ("add", f"<{tag}> in a libvirt driver namespace (qemu:) passes "
+                        "arguments or settings to the hypervisor outside libvirt's checks "
+                        "(and the allowed roots)",
+                        "use a typed field or a plain libvirt element; QEMU passthrough "
+                        "is not allowed from a manifest")  # fmt: skip
+            if str(node.tag).startswith("{"):
+                continue
+            if tag == "seclabel" and not (node is root and not path.steps):
+                continue  # a device's: relabel or not one file (its path passes the roots)
+            if tag in _UNSAFE and not (tag == "seclabel" and _default_confinement(node)):
+                return ("add", f"<{tag}>: {_UNSAFE[tag]}",
+                        "leave it to the host's configuration (not a manifest's)")  # fmt: skip
     return None
+
+
+_QEMU_NS = "http://libvirt.org/schemas/domain/"  # qemu:, and lxc:, xen:, bhyve: alike
+_UNSAFE = {
+    "script": "libvirt runs this program as root when the NIC starts",
+    "downscript": "libvirt runs this program as root when the NIC stops",
+    "emulator": "libvirt runs this program (the QEMU binary)",
+    "seclabel": "it changes how QEMU is confined (or runs it as another user, root "
+                "too); only libvirt's default, type='dynamic' relabelling, may be added",
+}
+"""Elements no entry may add or set: a manifest is input to a root daemon, which runs
+no program a repository names (SPEC §5). Deleting one is allowed (libvirt fills in
+the emulator, the host's default confinement)."""
+
+
+def _default_confinement(seclabel: Element) -> bool:
+    """Whether a domain's ``<seclabel>`` says only what libvirt does by default (and
+    writes into definitions): ``type='dynamic'``, relabelling, no label of its own."""
+    return (seclabel.get("type", "dynamic") == "dynamic" and seclabel.get("relabel") != "no"
+            and not any(isinstance(c.tag, str) for c in seclabel))  # fmt: skip
+
+
+def _tag(step: str) -> str:
+    """The element name of a path step (``disk[@type='file']``: ``disk``)."""
+    return step.split("[", 1)[0]
 
 
 def edit_key(index: int, edit: Edit) -> str:

@@ -1,0 +1,96 @@
+"""The escape hatch as hostile input to a root daemon: what no ``xml`` entry may say
+(our ownership record, programs libvirt runs, QEMU passthrough, the confinement), and
+every host path an entry writes passing the roots check (hostpaths.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.errors import Problem
+from reconciler.hostpaths import host_paths
+from reconciler.manifests import load_text
+
+from .xml_support import manifest
+
+VM = """apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata: {{name: hatch}}
+spec:
+  memory: 256MiB
+  xml:
+    - {entry}
+"""
+
+
+def _problems(entry: str) -> list[Problem]:
+    problems: list[Problem] = []
+    load_text(VM.format(entry=entry), "vm.yaml", problems)
+    return problems
+
+
+@pytest.mark.parametrize(("entry", "where", "says"), [
+    # ./metadata[1] is ./metadata: deleting it deleted the ownership record
+    ("{xpath: './metadata[1]', delete: true}", "spec.xml[0].xpath", "ownership record"),
+    ("{xpath: './metadata[@a=\"b\"]', value: x}", "spec.xml[0].xpath", "ownership record"),
+    # programs libvirt runs (as root for a NIC's scripts)
+    ("{xpath: ./devices, add: \"<interface type='ethernet'><script path='/tmp/x.sh'/>"
+     "</interface>\"}", "spec.xml[0].add", "runs this program as root"),
+    ("{xpath: \"./devices/interface[mac/@address='52:54:00:00:00:01']/script/@path\", "
+     "value: /tmp/x.sh}", "spec.xml[0].xpath", "runs this program as root"),
+    ("{xpath: ./devices, add: \"<interface type='ethernet'><downscript path='/tmp/x'/>"
+     "</interface>\"}", "spec.xml[0].add", "runs this program as root"),
+    ("{xpath: ./devices/emulator, value: /tmp/evil}", "spec.xml[0].xpath", "runs this program"),
+    ("{xpath: ./devices, add: '<emulator>/tmp/evil</emulator>'}", "spec.xml[0].add",
+     "runs this program"),
+    # QEMU passthrough: arguments outside libvirt's checks and the roots
+    ("{xpath: ., add: \"<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/"
+     "qemu/1.0'><qemu:arg value='-drive'/><qemu:arg value='file=/etc/shadow'/>"
+     "</qemu:commandline>\"}", "spec.xml[0].add", "namespace"),
+    ("{xpath: ./devices, add: \"<disk xmlns:q='http://libvirt.org/schemas/domain/qemu/1.0'>"
+     "<q:x/></disk>\"}", "spec.xml[0].add", "namespace"),
+    # the confinement: QEMU as root, or unconfined
+    ("{xpath: ., add: \"<seclabel type='static' model='dac' relabel='no'><label>+0:+0"
+     "</label></seclabel>\"}", "spec.xml[0].add", "confined"),
+    ("{xpath: ., add: \"<seclabel type='none'/>\"}", "spec.xml[0].add", "confined"),
+    ("{xpath: ./seclabel/@type, value: none}", "spec.xml[0].xpath", "confined"),
+])  # fmt: skip
+def test_unsafe_entries_are_refused_at_their_line(entry: str, where: str, says: str) -> None:
+    problems = _problems(entry)
+    assert len(problems) == 1, problems
+    assert problems[0].field == where and says in problems[0].message, problems[0]
+    assert str(problems[0].position).startswith("vm.yaml:7:")
+    assert problems[0].hint
+
+
+@pytest.mark.parametrize("entry", [
+    "{xpath: ./seclabel, delete: true}",  # back to the host's default confinement
+    "{xpath: ./devices/emulator, delete: true}",  # libvirt fills in the host's
+    "{xpath: ., add: \"<seclabel type='dynamic' model='dac' relabel='yes'/>\"}",  # libvirt's
+    "{xpath: ./devices, add: \"<disk type='file' device='cdrom'><source file='/srv/a.iso'>"
+    "<seclabel model='dac' relabel='no'/></source><target dev='sdz'/></disk>\"}",
+    "{xpath: ./metadata, add: \"<x:emulator xmlns:x='urn:other'>/tmp/x</x:emulator>\"}",
+])  # fmt: skip
+def test_what_only_restores_libvirts_defaults_is_allowed(entry: str) -> None:
+    assert _problems(entry) == []
+
+
+def test_every_absolute_path_an_entry_writes_is_a_host_path() -> None:
+    m = manifest("""
+apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata: {name: hatch}
+spec:
+  memory: 256MiB
+  xml:
+    - {xpath: ./os, add: "<nvram>/etc/shadow</nvram>"}
+    - {xpath: ./os/nvram, value: /etc/passwd}
+    - {xpath: ./devices, add: "<serial type='pty'><log file='/etc/log'/></serial>"}
+    - {xpath: "./devices/disk[@type='block'][@device='lun']/source[@dev='/dev/sda']/@x", value: y}
+    - {xpath: ./devices, add: "<channel type='unix'><source mode='bind' path='/etc/s'/></channel>"}
+    - {xpath: ./devices, add: "<memory model='nvdimm'><source><path>/etc/n</path></source></memory>"}
+    - {xpath: ./devices, add: "<disk type='network' device='cdrom'><source protocol='http' name='/x.iso'><host name='h'/></source></disk>"}
+""")
+    found = [(p.field, p.path, p.where[-1]) for p in host_paths(m)]
+    assert found == [("xml[0]", "/etc/shadow", "add"), ("xml[1]", "/etc/passwd", "value"),
+                     ("xml[2]", "/etc/log", "add"), ("xml[3]", "/dev/sda", "xpath"),
+                     ("xml[4]", "/etc/s", "add"), ("xml[5]", "/etc/n", "add")]  # fmt: skip
