@@ -279,11 +279,13 @@ def problem(edit: Edit) -> tuple[str, str, str] | None:
                 continue
             tag = ET.QName(node).localname if str(node.tag).startswith("{") else str(node.tag)
             if str(node.tag).startswith("{" + _QEMU_NS):
-                return ("add", f"<{tag}> in a libvirt driver namespace (qemu:) passes "
-                        "arguments or settings to the hypervisor outside libvirt's checks "
-                        "(and the allowed roots)",
-                        "use a typed field or a plain libvirt element; QEMU passthrough "
-                        "is not allowed from a manifest")  # fmt: skip
+                return ("add", f"<{tag}> in a libvirt passthrough namespace "
+                        f"({ET.QName(node).namespace}) hands "
+                        "options to QEMU or dnsmasq outside libvirt's checks and the "
+                        "allowed roots (qemu:commandline, dnsmasq:options run programs "
+                        "and open files as root or QEMU)",
+                        "use a typed field or a plain libvirt element; passthrough is "
+                        "not allowed from a manifest")  # fmt: skip
             if str(node.tag).startswith("{"):
                 continue
             if tag == "seclabel" and not (node is root and not path.steps):
@@ -294,7 +296,7 @@ def problem(edit: Edit) -> tuple[str, str, str] | None:
     return None
 
 
-_QEMU_NS = "http://libvirt.org/schemas/domain/"  # qemu:, and lxc:, xen:, bhyve: alike
+_QEMU_NS = "http://libvirt.org/schemas/"  # qemu:, lxc:, xen:, a network's dnsmasq:
 _UNSAFE = {
     "script": "libvirt runs this program as root when the NIC starts",
     "downscript": "libvirt runs this program as root when the NIC stops",

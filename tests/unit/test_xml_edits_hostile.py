@@ -45,9 +45,9 @@ def _problems(entry: str) -> list[Problem]:
     # QEMU passthrough: arguments outside libvirt's checks and the roots
     ("{xpath: ., add: \"<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/"
      "qemu/1.0'><qemu:arg value='-drive'/><qemu:arg value='file=/etc/shadow'/>"
-     "</qemu:commandline>\"}", "spec.xml[0].add", "namespace"),
+     "</qemu:commandline>\"}", "spec.xml[0].add", "passthrough"),
     ("{xpath: ./devices, add: \"<disk xmlns:q='http://libvirt.org/schemas/domain/qemu/1.0'>"
-     "<q:x/></disk>\"}", "spec.xml[0].add", "namespace"),
+     "<q:x/></disk>\"}", "spec.xml[0].add", "passthrough"),
     # the confinement: QEMU as root, or unconfined
     ("{xpath: ., add: \"<seclabel type='static' model='dac' relabel='no'><label>+0:+0"
      "</label></seclabel>\"}", "spec.xml[0].add", "confined"),
@@ -94,3 +94,21 @@ spec:
     assert found == [("xml[0]", "/etc/shadow", "add"), ("xml[1]", "/etc/passwd", "value"),
                      ("xml[2]", "/etc/log", "add"), ("xml[3]", "/dev/sda", "xpath"),
                      ("xml[4]", "/etc/s", "add"), ("xml[5]", "/etc/n", "add")]  # fmt: skip
+
+
+def test_a_networks_dnsmasq_passthrough_is_refused() -> None:
+    # dnsmasq:options reach dnsmasq's command line (dhcp-script= runs a program as root)
+    problems: list[Problem] = []
+    load_text("""apiVersion: reconciler/v1
+kind: Network
+metadata: {name: hnet}
+spec:
+  mode: isolated
+  xml:
+    - xpath: .
+      add: >-
+        <dnsmasq:options xmlns:dnsmasq="http://libvirt.org/schemas/network/dnsmasq/1.0">
+        <dnsmasq:option value="dhcp-script=/tmp/evil.sh"/></dnsmasq:options>
+""", "net.yaml", problems)
+    assert [(p.field, "passthrough" in p.message) for p in problems] == [
+        ("spec.xml[0].add", True)], problems
