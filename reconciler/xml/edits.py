@@ -77,7 +77,7 @@ Edit = XmlEdit
 _NAME = r"[A-Za-z_][\w.-]*"
 _QUOTED = r"(?:'[^']*'|\"[^\"]*\")"
 _PRED = rf"\[(?:[1-9][0-9]{{0,3}}|@{_NAME}={_QUOTED}|(?:{_NAME}/)*(?:@{_NAME}|{_NAME})={_QUOTED})\]"
-_STEP = re.compile(rf"^({_NAME})((?:{_PRED})*)$")
+_STEP = re.compile(rf"^({_NAME})((?:{_PRED})*)\Z")  # \Z: "$" took "name\n" (a YAML "|")
 _PRED_ONE = re.compile(
     rf"\[(?:(?P<n>[1-9][0-9]*)|(?P<path>(?:{_NAME}/)*(?:@{_NAME}|{_NAME}))=(?P<q>{_QUOTED}))\]"
 )

@@ -112,3 +112,13 @@ spec:
 """, "net.yaml", problems)
     assert [(p.field, "passthrough" in p.message) for p in problems] == [
         ("spec.xml[0].add", True)], problems
+
+
+@pytest.mark.parametrize("xpath", ["./name", "./uuid", "./metadata", "./devices/emulator"])
+def test_a_trailing_newline_is_no_way_around_the_path_checks(xpath: str) -> None:
+    # a YAML block scalar (xpath: |) ends in a newline; the step pattern's "$" took it,
+    # and "./name\n" renamed the domain, "./metadata\n" deleted our record
+    problems: list[Problem] = []
+    load_text(VM.format(entry=f"{{xpath: {xpath!r}, value: x}}").replace(
+        f"xpath: {xpath!r}", f'xpath: "{xpath}\\n"'), "vm.yaml", problems)
+    assert [p.field for p in problems] == ["spec.xml[0].xpath"], problems
