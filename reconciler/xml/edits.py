@@ -223,15 +223,20 @@ def contains(want: Element, have: Element) -> bool:
     text = (want.text or "").strip()
     if text and text != (have.text or "").strip():
         return False
-    used: list[Element] = []
+    # the children not matched yet, by tag: each is taken once (a list scanned for the
+    # used ones made <m> with 3000 <a/> take two minutes; a fragment may have 16000)
+    free: dict[object, list[Element]] = {}
+    for c in have:
+        if isinstance(c.tag, str):
+            free.setdefault(c.tag, []).append(c)
     for child in want:
         if not isinstance(child.tag, str):
             continue
-        match = next((c for c in have if isinstance(c.tag, str)
-                      and not any(c is u for u in used) and contains(child, c)), None)  # fmt: skip
-        if match is None:
+        pool = free.get(child.tag, [])
+        at = next((i for i, c in enumerate(pool) if contains(child, c)), None)
+        if at is None:
             return False
-        used.append(match)
+        del pool[at]
     return True
 
 

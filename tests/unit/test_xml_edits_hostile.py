@@ -4,11 +4,16 @@ every host path an entry writes passing the roots check (hostpaths.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
 
 from reconciler.errors import Problem
 from reconciler.hostpaths import host_paths
 from reconciler.manifests import load_text
+from reconciler.model import VirtualMachineSpec, XmlEdit
+from reconciler.xml import domain
 
 from .xml_support import manifest
 
@@ -122,3 +127,16 @@ def test_a_trailing_newline_is_no_way_around_the_path_checks(xpath: str) -> None
     load_text(VM.format(entry=f"{{xpath: {xpath!r}, value: x}}").replace(
         f"xpath: {xpath!r}", f'xpath: "{xpath}\\n"'), "vm.yaml", problems)
     assert [p.field for p in problems] == ["spec.xml[0].xpath"], problems
+
+
+def test_a_wide_fragment_is_compared_in_linear_time() -> None:
+    # <m> with 3000 <a/> (12 kB of the 64 kB an add may hold) took two minutes to
+    # compare (every child against every used one): a plan the daemon never finished
+    wide = "<x:m xmlns:x='urn:x'>" + "<a/>" * 5000 + "</x:m>"
+    spec = manifest(VM.format(entry="{xpath: ./devices, add: '<panic/>'}")).spec
+    assert isinstance(spec, VirtualMachineSpec)
+    spec = dataclasses.replace(spec, xml=(XmlEdit("./metadata", add=wide),))
+    started = time.monotonic()
+    xml = domain.render("hatch", spec)
+    assert set(domain.observe_edits(xml, spec).values()) == {"present"}
+    assert time.monotonic() - started < 5
