@@ -421,9 +421,9 @@ def refusal(
     changed: list[set[str]] = []
     for i, edit in enumerate(entries):
         try:
-            apply(trial, (edit,))
-        except ValueError as exc:
-            return i, str(exc)
+            _apply_one(trial, edit)
+        except ValueError as exc:  # numbered as in the manifest (apply would say xml[0])
+            return i, f"xml[{i}] ({edit.xpath}): {exc}"
         after = observe_typed(trial)
         changed.append({k for k in set(now) | set(after) if now.get(k) != after.get(k)})
         now = after

@@ -11,8 +11,12 @@ import pytest
 
 from reconciler.errors import Problem
 from reconciler.hostpaths import host_paths
-from reconciler.manifests import load_text
+from reconciler.inventory import Inventory
+from reconciler.manifests import LoadResult, load_text
 from reconciler.model import VirtualMachineSpec, XmlEdit
+from reconciler.plan import Op
+from reconciler.planner import PlanOptions, make_plan
+from reconciler.snapshot import Observed
 from reconciler.xml import domain
 
 from .xml_support import manifest
@@ -140,3 +144,28 @@ def test_a_wide_fragment_is_compared_in_linear_time() -> None:
     xml = domain.render("hatch", spec)
     assert set(domain.observe_edits(xml, spec).values()) == {"present"}
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("kind", "spec", "entry"), [
+    ("VirtualMachine", "memory: 256MiB", "./devices/disk[target/@dev='vdz']/@x"),
+    ("Network", "mode: isolated", "./ip[2]/@x"),
+    ("StoragePool", "type: dir\n  path: /srv/p", "./target[2]/@x"),
+])  # fmt: skip
+def test_an_entry_naming_nothing_is_a_plan_error_at_its_line(
+        kind: str, spec: str, entry: str) -> None:  # fmt: skip
+    # a network's or pool's create path rendered the entries first: render's ValueError
+    # went out of plan as a traceback; a VM's was placed at the manifest's first line
+    # and numbered xml[0] whatever its index
+    text = (f"apiVersion: reconciler/v1\nkind: {kind}\nmetadata: {{name: rctest-h}}\n"
+            f"spec:\n  {spec}\n  xml:\n    - {{xpath: ./@y, value: z}}\n"
+            f"    - xpath: \"{entry}\"\n      value: v\n")  # fmt: skip
+    line = text.splitlines().index(f'    - xpath: "{entry}"') + 1
+    problems: list[Problem] = []
+    ms = load_text(text, "m/h.yaml", problems)
+    assert problems == []
+    plan = make_plan(LoadResult("m", ms, (), ("m/h.yaml",)),
+                     Observed(inventory=Inventory({})), PlanOptions())  # fmt: skip
+    [action] = plan.actions
+    assert action.op == Op.ERROR
+    assert str(action.source).startswith(f"m/h.yaml:{line}:"), action.source
+    assert action.reason.startswith("xml[1] ") and "names no element" in action.reason
