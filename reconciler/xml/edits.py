@@ -130,11 +130,20 @@ def _parse_path(xpath: str) -> _Path:
     if not parts and attr is None:
         raise ValueError(f"{xpath!r} names no element")
     for step in parts:
-        if not _STEP.match(step):
+        match = _STEP.match(step)
+        if not match:
             raise ValueError(
                 f"{xpath!r}: step {step!r} is not a plain name with predicates [N], "
                 "[@attr='value'], [child/@attr='value'] or [child='text'] "
                 "(no namespace prefixes, functions or axes)")  # fmt: skip
+        named = [p.group("path") or "" for p in _PRED_ONE.finditer(match.group(2))]
+        if any(n.rpartition("@")[2].lower().startswith("xmlns") for n in named if "@" in n):
+            attr = "xmlns"
+    if attr is not None and attr.lower().startswith("xmlns"):
+        # lxml writes an "xmlns" attribute as a namespace declaration: <owner
+        # xmlns="https://reconciler.dev/..."> read back is our ownership record, forged
+        raise ValueError(f"{xpath!r}: '@xmlns' is a namespace declaration, not an "
+                         "attribute (no entry may move an element into a namespace)")
     return _Path(tuple(parts), attr)
 
 

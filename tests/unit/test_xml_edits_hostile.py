@@ -169,3 +169,15 @@ def test_an_entry_naming_nothing_is_a_plan_error_at_its_line(
     assert action.op == Op.ERROR
     assert str(action.source).startswith(f"m/h.yaml:{line}:"), action.source
     assert action.reason.startswith("xml[1] ") and "names no element" in action.reason
+
+
+@pytest.mark.parametrize("xpath", [
+    "./metadata/owner/@xmlns",
+    "./metadata/owner[@xmlns='https://reconciler.dev/xmlns/domain/v1']/manifest",
+])  # fmt: skip
+def test_no_entry_moves_an_element_into_our_namespace(xpath: str) -> None:
+    # lxml writes an attribute named xmlns as a namespace declaration: an <owner> added
+    # under ./metadata, then ./metadata/owner/@xmlns set to ours, read back as our record
+    problems = _problems(f"{{xpath: \"{xpath}\", value: 'https://reconciler.dev/xmlns/domain/v1'}}")
+    assert [(p.field, "namespace declaration" in p.message) for p in problems] == [
+        ("spec.xml[0].xpath", True)], problems
