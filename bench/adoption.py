@@ -294,6 +294,16 @@ def disk_roots(path: Path) -> list[str]:
     for p in own:
         if p and os.path.isabs(p) and p not in roots:  # each once: the schema says so
             roots.append(p)
+    # and the folder of every other absolute path (hostpaths checks every one an entry
+    # writes: a pipe's or socket's path, an SDL display's xauth file, an NVRAM file)
+    for node in root.iter():
+        if not isinstance(node.tag, str) or node.tag == "emulator":
+            continue
+        values = [] if node.get("protocol") is not None else list(node.attrib.values())
+        for p in [*values, (node.text or "").strip() if len(node) == 0 else ""]:
+            folder = os.path.dirname(p) if p.startswith("/") else ""
+            if folder and folder not in roots and not any(p == r for r in roots):
+                roots.append(folder)
     return roots
 
 
