@@ -275,6 +275,7 @@ def disk_roots(path: Path) -> list[str]:
     every path a manifest names against these roots, adoption included, so a domain
     whose disk is /tmp/idedisk.img is adopted only by a configuration that allows /tmp.
     """
+    from reconciler.hostpaths import NOT_PATHS
     from reconciler.settings import DEFAULT_DISK_ROOTS
 
     root = ET.parse(path).getroot()
@@ -300,7 +301,8 @@ def disk_roots(path: Path) -> list[str]:
         if not isinstance(node.tag, str) or node.tag == "emulator":
             continue
         values = [] if node.get("protocol") is not None else list(node.attrib.values())
-        for p in [*values, (node.text or "").strip() if len(node) == 0 else ""]:
+        text = "" if len(node) or node.tag in NOT_PATHS else (node.text or "").strip()
+        for p in [*values, text]:
             folder = os.path.dirname(p) if p.startswith("/") else ""
             if folder and folder not in roots and not any(p == r for r in roots):
                 roots.append(folder)

@@ -122,6 +122,10 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
 # here as data: nothing resolved, nothing fetched
 _PARSER = ET.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 _PREDICATE_VALUE = re.compile(r"=(?:'(/[^']*)'|\"(/[^\"]*)\")")
+# text that starts with a slash and is no host path: a cgroup partition (/machine),
+# words of the user's, an LXC guest's own init
+NOT_PATHS = frozenset({"partition", "title", "description", "cmdline", "init", "initarg",
+                       "initdir"})  # fmt: skip
 
 
 def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
@@ -137,7 +141,8 @@ def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
         for match in _PREDICATE_VALUE.finditer(entry.xpath):
             found.append(HostPath(f"xml[{i}]", match.group(1) or match.group(2),
                                   where=("spec", "xml", i, "xpath")))  # fmt: skip
-        if entry.value is not None and entry.value.startswith("/"):
+        last = re.split(r"[/\[]", entry.xpath.rsplit("/", 1)[-1])[0]
+        if entry.value is not None and entry.value.startswith("/") and last not in NOT_PATHS:
             found.append(HostPath(f"xml[{i}]", entry.value, where=("spec", "xml", i, "value")))
         if entry.add is None:
             continue
@@ -148,7 +153,7 @@ def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
         for node in root.iter():
             if not isinstance(node.tag, str):
                 continue
-            texts = [] if len(node) else [(node.text or "").strip()]
+            texts = [] if len(node) or node.tag in NOT_PATHS else [(node.text or "").strip()]
             remote = node.get("protocol") is not None  # its name is the server's path
             for value in [*([] if remote else node.attrib.values()), *texts]:
                 if str(value).startswith("/"):  # a NIC's dev is a host interface, no path

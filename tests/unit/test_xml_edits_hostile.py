@@ -181,3 +181,18 @@ def test_no_entry_moves_an_element_into_our_namespace(xpath: str) -> None:
     problems = _problems(f"{{xpath: \"{xpath}\", value: 'https://reconciler.dev/xmlns/domain/v1'}}")
     assert [(p.field, "namespace declaration" in p.message) for p in problems] == [
         ("spec.xml[0].xpath", True)], problems
+
+
+def test_text_that_only_starts_with_a_slash_is_no_host_path() -> None:
+    # libvirt's cgroup partition (/machine), the user's own words: no root holds them
+    m = manifest("""
+apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata: {name: hatch}
+spec:
+  memory: 256MiB
+  xml:
+    - {xpath: ., add: "<resource><partition>/machine</partition></resource>"}
+    - {xpath: ./description, value: /srv is where the data lives}
+""")
+    assert host_paths(m) == []
