@@ -221,13 +221,39 @@ def fragment(text: str) -> Element:
     return root
 
 
+_HEX_ID = re.compile(r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}"
+                     r"-[0-9A-Fa-f]{12}")  # fmt: skip
+
+
+def same(want: str, have: str | None) -> bool:
+    """Whether ``have`` (what libvirt wrote) says ``want`` (what an entry says), as libvirt
+    reads both: a number in any base it accepts (``slot='8'``, libvirt's ``0x08``), a MAC
+    address or UUID in either case (libvirt writes them lowercase)."""
+    if have is None or want == have:
+        return want == have
+    if _HEX_ID.fullmatch(want):
+        return want.lower() == have.lower()
+    try:
+        return _number(want) == _number(have)
+    except ValueError:
+        return False
+
+
+def _number(text: str) -> int:
+    """``text`` as libvirt's number parsing reads it (decimal, or 0x hexadecimal)."""
+    text = text.strip()
+    if not re.fullmatch(r"[0-9]+|0[xX][0-9A-Fa-f]+", text):
+        raise ValueError(text)
+    return int(text, 16) if text[:2].lower() == "0x" else int(text, 10)
+
+
 def contains(want: Element, have: Element) -> bool:
     """Whether ``have`` has at least what ``want`` says: its tag, its attributes with
     their values, its text (whitespace-trimmed, when it has some) and, recursively, a
     distinct child for each of its children."""
     if want.tag != have.tag:
         return False
-    if any(have.get(str(k)) != v for k, v in want.attrib.items()):
+    if any(not same(str(v), have.get(str(k))) for k, v in want.attrib.items()):
         return False
     text = (want.text or "").strip()
     if text and text != (have.text or "").strip():
@@ -370,7 +396,9 @@ def _read(root: Element, edit: Edit) -> object:
         return PRESENT if found else ABSENT
     if not found:
         return None
-    return found[0].get(path.attr) if path.attr is not None else (found[0].text or "")
+    have = found[0].get(path.attr) if path.attr is not None else (found[0].text or "")
+    # by meaning: libvirt's spelling of the entry's value is the entry's value
+    return edit.value if edit.value is not None and same(edit.value, have) else have
 
 
 def observe(root: Element, edits: Sequence[Edit]) -> Projection:

@@ -196,3 +196,24 @@ spec:
     - {xpath: ./description, value: /srv is where the data lives}
 """)
     assert host_paths(m) == []
+
+
+def test_libvirts_spelling_of_a_number_or_mac_is_no_difference() -> None:
+    # libvirt writes PCI addresses as 0x%02x and MACs lowercase: compared as strings, the
+    # entries below never settled (a redefine each pass, a second <sound> appended)
+    spec = manifest(VM.format(entry="{xpath: ./devices, add: \"<sound model='ich6'><address "
+                              "type='pci' domain='0' bus='0' slot='8' function='0'/></sound>\"}"
+                              ) + "    - {xpath: ./devices, add: \"<interface type='udp'><mac "
+                              "address='52:54:00:AB:CD:EF'/></interface>\"}\n"
+                              "    - {xpath: './devices/sound/address/@slot', value: '8'}\n"
+                    ).spec  # fmt: skip
+    assert isinstance(spec, VirtualMachineSpec)
+    libvirt = domain.render("hatch", spec).replace(
+        'domain="0" bus="0" slot="8" function="0"',
+        'domain="0x0000" bus="0x00" slot="0x08" function="0x0"').replace(
+        "52:54:00:AB:CD:EF", "52:54:00:ab:cd:ef")
+    assert 'slot="0x08"' in libvirt and "52:54:00:ab:cd:ef" in libvirt
+    desired = {k: v for k, v in domain.project(spec).items() if k.startswith("xml[")}
+    assert domain.observe_edits(libvirt, spec) == desired
+    again = domain.patch(libvirt, spec)
+    assert again.count("<sound") == 1 and again.count("<interface") == 1
