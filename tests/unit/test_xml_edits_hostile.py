@@ -217,3 +217,18 @@ def test_libvirts_spelling_of_a_number_or_mac_is_no_difference() -> None:
     assert domain.observe_edits(libvirt, spec) == desired
     again = domain.patch(libvirt, spec)
     assert again.count("<sound") == 1 and again.count("<interface") == 1
+
+
+@pytest.mark.parametrize("nic", [
+    "<interface type='bridge'><source bridge='br0'/></interface>",
+    "<interface type='network'><source network='rctest-n'/></interface>",
+])  # fmt: skip
+def test_a_nic_added_without_a_mac_is_the_typed_fields(nic: str) -> None:
+    # the typed interfaces are keyed by MAC: a NIC without one was invisible to the
+    # check, and once libvirt gave it a MAC a manifest naming interfaces removed it and
+    # the entry added it again (a new MAC each pass)
+    spec = manifest(VM.format(entry=f'{{xpath: ./devices, add: "{nic}"}}')).spec
+    assert isinstance(spec, VirtualMachineSpec)
+    typed = domain.render("hatch", dataclasses.replace(spec, xml=()))
+    wrong = domain.edit_refusal(spec, typed)
+    assert wrong is not None and "interfaces" in wrong[1], wrong
