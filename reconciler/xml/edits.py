@@ -496,8 +496,17 @@ def invalid(composed: Element, entries: Sequence[Edit], base: Element | None,
         apply(root, (edit,))
         found = schema_errors(root, schema)
         if found is not None:
-            return i, found
-    return len(entries) - 1, why
+            return i, _schema_says(found, schema_file)
+    return len(entries) - 1, _schema_says(why, schema_file)
+
+
+def _schema_says(why: str, schema_file: str) -> str:
+    """libvirt's schema message (libxml2's: it names the parent, as in "Extra element
+    devices in interleave"), with what to check."""
+    return (f"libvirt's schema ({Path(schema_file).name}) refuses the definition with "
+            f"this entry ({why}); check the element and attribute names and values "
+            "against libvirt's format documentation (formatdomain, formatnetwork, "
+            "formatstorage)")  # fmt: skip
 
 
 # --- libvirt's schema ------------------------------------------------------------

@@ -232,3 +232,13 @@ def test_a_nic_added_without_a_mac_is_the_typed_fields(nic: str) -> None:
     typed = domain.render("hatch", dataclasses.replace(spec, xml=()))
     wrong = domain.edit_refusal(spec, typed)
     assert wrong is not None and "interfaces" in wrong[1], wrong
+
+
+@pytest.mark.skipif(domain.edits.libvirt_schema() is None, reason="libvirt's domain.rng missing")
+def test_a_schema_refusal_says_what_to_check() -> None:
+    spec = manifest(VM.format(entry="{xpath: ./devices, add: \"<panic modle='isa'/>\"}")).spec
+    assert isinstance(spec, VirtualMachineSpec)
+    typed = domain.render("hatch", dataclasses.replace(spec, xml=()))
+    wrong = domain.edits_invalid(domain.render("hatch", spec), spec, typed)
+    assert wrong is not None and wrong[0] == 0
+    assert "domain.rng" in wrong[1] and "formatdomain" in wrong[1], wrong
