@@ -142,8 +142,12 @@ def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
             found.append(HostPath(f"xml[{i}]", match.group(1) or match.group(2),
                                   where=("spec", "xml", i, "xpath")))  # fmt: skip
         last = re.split(r"[/\[]", entry.xpath.rsplit("/", 1)[-1])[0]
-        if entry.value is not None and entry.value.startswith("/") and last not in NOT_PATHS:
-            found.append(HostPath(f"xml[{i}]", entry.value, where=("spec", "xml", i, "value")))
+        parent = re.split(r"[/\[]", entry.xpath.rsplit("/", 2)[-2] if entry.xpath.count("/") > 1
+                          else "")[0]  # fmt: skip
+        value = entry.value
+        if value is not None and last not in NOT_PATHS and (
+                value.startswith("/") or _relative_path(parent, last, value)):  # fmt: skip
+            found.append(HostPath(f"xml[{i}]", value, where=("spec", "xml", i, "value")))
         if entry.add is None:
             continue
         try:
@@ -153,13 +157,34 @@ def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
         for node in root.iter():
             if not isinstance(node.tag, str):
                 continue
-            texts = [] if len(node) or node.tag in NOT_PATHS else [(node.text or "").strip()]
+            text = "" if len(node) or node.tag in NOT_PATHS else (node.text or "").strip()
             remote = node.get("protocol") is not None  # its name is the server's path
-            for value in [*([] if remote else node.attrib.values()), *texts]:
-                if str(value).startswith("/"):  # a NIC's dev is a host interface, no path
-                    found.append(HostPath(f"xml[{i}]", str(value),
-                                          where=("spec", "xml", i, "add")))  # fmt: skip
+            named = [] if remote else [(str(k), str(v)) for k, v in node.attrib.items()]
+            for key, value in [*named, ("", text)]:
+                parent = node.getparent()
+                if value.startswith("/") or _relative_path(
+                        node.tag if key else ("" if parent is None else str(parent.tag)),
+                        f"@{key}" if key else node.tag, value):  # fmt: skip
+                    # a NIC's dev is a host interface, no path
+                    found.append(HostPath(f"xml[{i}]", value, where=("spec", "xml", i, "add")))
     return found
+
+
+_PATH_ATTRS = frozenset({"@file", "@path", "@socket"})
+_PATH_TEXTS = frozenset({"nvram", "loader", "kernel", "initrd", "dtb", "block", "char"})
+
+
+def _relative_path(element: str, name: str, value: str) -> bool:
+    """Whether ``value`` of attribute ``name`` (``@file``) of ``element``, or the text of
+    element ``name``, is a relative host path: libvirt resolves it from libvirtd's
+    working directory, /, so ``etc/shadow`` is /etc/shadow, which the roots check,
+    resolving from the reconciler's own, would not see (PathPolicy refuses it as not
+    absolute). A target's ``dir`` (a mount tag) and a NIC's ``dev`` are no paths."""
+    if not value or value.startswith("/") or element == "target":
+        return False
+    if name in _PATH_ATTRS or name in _PATH_TEXTS:
+        return True
+    return element == "source" and (name == "@dir" or (name == "@dev" and "/" in value))
 
 
 @dataclass(frozen=True, slots=True)

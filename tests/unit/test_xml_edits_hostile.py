@@ -242,3 +242,33 @@ def test_a_schema_refusal_says_what_to_check() -> None:
     wrong = domain.edits_invalid(domain.render("hatch", spec), spec, typed)
     assert wrong is not None and wrong[0] == 0
     assert "domain.rng" in wrong[1] and "formatdomain" in wrong[1], wrong
+
+
+def test_a_relative_host_path_is_checked_and_refused_as_not_absolute() -> None:
+    # libvirt's schema lets these be relative; libvirtd resolves them from /, so
+    # etc/shadow is /etc/shadow; the check saw no path at all
+    from pathlib import Path
+
+    from reconciler.hostpaths import PathPolicy
+
+    m = manifest("""
+apiVersion: reconciler/v1
+kind: VirtualMachine
+metadata: {name: hatch}
+spec:
+  memory: 256MiB
+  xml:
+    - {xpath: ., add: "<sysinfo type='fwcfg'><entry name='opt/com.x/y' file='etc/shadow'/></sysinfo>"}
+    - {xpath: ./devices, add: "<disk type='block' device='lun'><source dev='dev/sda'/><target dev='sdb' bus='scsi'/></disk>"}
+    - {xpath: ./os/nvram, value: var/lib/x}
+    - {xpath: ./devices, add: "<interface type='direct'><source dev='eth0' mode='vepa'/></interface>"}
+    - {xpath: ./devices, add: "<filesystem><source dir='/srv/s'/><target dir='tag'/></filesystem>"}
+""")
+    found = host_paths(m)
+    assert [(p.field, p.path) for p in found] == [
+        ("xml[0]", "etc/shadow"), ("xml[1]", "dev/sda"), ("xml[2]", "var/lib/x"),
+        ("xml[4]", "/srv/s")]  # fmt: skip
+    policy = PathPolicy(disk_roots=(Path("/"),), secret_roots=None)
+    assert [policy.refusal(p) for p in found][:3] == [
+        "xml[0] etc/shadow is not an absolute path", "xml[1] dev/sda is not an absolute path",
+        "xml[2] var/lib/x is not an absolute path"]  # fmt: skip
