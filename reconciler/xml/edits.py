@@ -264,9 +264,11 @@ def contains(want: Element, have: Element) -> bool:
     for c in have:
         if isinstance(c.tag, str):
             free.setdefault(c.tag, []).append(c)
-    for child in want:
-        if not isinstance(child.tag, str):
-            continue
+    # the most specific first: a bare <a/> must not take the <a b='1'/> another asks for
+    # (libvirt may write them in another order than the fragment)
+    wanted = sorted((c for c in want if isinstance(c.tag, str)),
+                    key=lambda c: -sum(1 + len(e.attrib) for e in c.iter()))  # fmt: skip
+    for child in wanted:
         pool = free.get(child.tag, [])
         at = next((i for i, c in enumerate(pool) if contains(child, c)), None)
         if at is None:

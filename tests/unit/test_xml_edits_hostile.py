@@ -272,3 +272,14 @@ spec:
     assert [policy.refusal(p) for p in found][:3] == [
         "xml[0] etc/shadow is not an absolute path", "xml[1] dev/sda is not an absolute path",
         "xml[2] var/lib/x is not an absolute path"]  # fmt: skip
+
+
+def test_a_bare_child_does_not_take_the_one_a_specific_child_needs() -> None:
+    from lxml import etree
+
+    from reconciler.xml.edits import contains
+
+    want = etree.fromstring("<m><a/><a b='1'/></m>")
+    have = etree.fromstring("<m><a b='1'/><a/></m>")  # libvirt's order
+    assert contains(want, have)
+    assert not contains(want, etree.fromstring("<m><a b='1'/></m>"))
