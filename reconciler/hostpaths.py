@@ -122,6 +122,8 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
 # here as data: nothing resolved, nothing fetched
 _PARSER = ET.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 _PREDICATE_VALUE = re.compile(r"=(?:'(/[^']*)'|\"(/[^\"]*)\")")
+_PREDICATED_STEP = re.compile(r"([A-Za-z_][\w.-]*)((?:\[(?:'[^']*'|\"[^\"]*\"|[^\]'\"])*\])+)")
+_ATTR_PREDICATE = re.compile(r"\[@([\w.-]+)=(?:'([^']*)'|\"([^\"]*)\")\]")
 # text that starts with a slash and is no host path: a cgroup partition (/machine),
 # words of the user's, an LXC guest's own init
 NOT_PATHS = frozenset({"partition", "title", "description", "cmdline", "init", "initarg",
@@ -141,6 +143,11 @@ def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
         for match in _PREDICATE_VALUE.finditer(entry.xpath):
             found.append(HostPath(f"xml[{i}]", match.group(1) or match.group(2),
                                   where=("spec", "xml", i, "xpath")))  # fmt: skip
+        for step in _PREDICATED_STEP.finditer(entry.xpath):  # and a relative one
+            for pred in _ATTR_PREDICATE.finditer(step.group(2)):
+                said = pred.group(2) if pred.group(2) is not None else pred.group(3)
+                if _relative_path(step.group(1), "@" + pred.group(1), said):
+                    found.append(HostPath(f"xml[{i}]", said, where=("spec", "xml", i, "xpath")))
         last = re.split(r"[/\[]", entry.xpath.rsplit("/", 1)[-1])[0]
         parent = re.split(r"[/\[]", entry.xpath.rsplit("/", 2)[-2] if entry.xpath.count("/") > 1
                           else "")[0]  # fmt: skip

@@ -283,3 +283,11 @@ def test_a_bare_child_does_not_take_the_one_a_specific_child_needs() -> None:
     have = etree.fromstring("<m><a b='1'/><a/></m>")  # libvirt's order
     assert contains(want, have)
     assert not contains(want, etree.fromstring("<m><a b='1'/></m>"))
+
+
+def test_a_relative_path_in_a_predicate_is_a_host_path() -> None:
+    from reconciler.hostpaths import _hatch_paths
+
+    found = _hatch_paths([XmlEdit("./devices/channel[@type='file']/source[@path='tmp/x']/@y",
+                                  value="1")])  # fmt: skip
+    assert [(p.path, p.where) for p in found] == [("tmp/x", ("spec", "xml", 0, "xpath"))]
