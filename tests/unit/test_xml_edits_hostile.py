@@ -291,3 +291,14 @@ def test_a_relative_path_in_a_predicate_is_a_host_path() -> None:
     found = _hatch_paths([XmlEdit("./devices/channel[@type='file']/source[@path='tmp/x']/@y",
                                   value="1")])  # fmt: skip
     assert [(p.path, p.where) for p in found] == [("tmp/x", ("spec", "xml", 0, "xpath"))]
+
+
+@pytest.mark.parametrize(("entry", "where", "says"), [
+    ("{xpath: ./devices, add: '<a/>', value: x}", "spec.xml[0]", "exactly one of value, add"),
+    ("{xpath: ./devices}", "spec.xml[0]", "exactly one of value, add"),
+    ("{xpath: ./features/apic, delete: false}", "spec.xml[0].delete", "leave delete out"),
+])  # fmt: skip
+def test_a_malformed_entry_says_how_to_write_it(entry: str, where: str, says: str) -> None:
+    # jsonschema said "... is valid under each of {'required': ['add']}, ..."
+    problems = _problems(entry)
+    assert [(p.field, says in p.message) for p in problems] == [(where, True)], problems
