@@ -25,7 +25,12 @@ with predicates ``[N]``, ``[@a='v']``, ``[child/@a='v']`` or ``[child='text']``;
 an optional final ``/@name``. Fragments are parsed with the project's safe parser
 (no entities, no DTD, no network, lxml's depth and size limits); a DOCTYPE, an
 entity reference or a processing instruction is refused, and so is anything in
-the tool's own ownership namespace.
+the tool's own ownership namespace, and (a manifest being input to a root daemon)
+what makes libvirt run a program or hand QEMU or dnsmasq raw options: a NIC's
+``<script>``, ``<emulator>``, libvirt's passthrough namespaces (``qemu:``,
+``dnsmasq:``), a domain ``<seclabel>`` other than libvirt's default (``_UNSAFE``).
+A path may not set ``@xmlns`` (lxml writes it as a namespace declaration). Values
+are compared as libvirt reads them (``same``).
 
 Pure except ``libvirt_schema`` (reads libvirt's RelaxNG once, lazily).
 """
@@ -55,6 +60,7 @@ __all__ = [
     "observe",
     "problem",
     "project",
+    "same",
     "schema_errors",
 ]
 
