@@ -275,6 +275,7 @@ def disk_roots(path: Path) -> list[str]:
     every path a manifest names against these roots, adoption included, so a domain
     whose disk is /tmp/idedisk.img is adopted only by a configuration that allows /tmp.
     """
+    from reconciler.hostpaths import NOT_PATHS
     from reconciler.settings import DEFAULT_DISK_ROOTS
 
     root = ET.parse(path).getroot()
@@ -294,6 +295,17 @@ def disk_roots(path: Path) -> list[str]:
     for p in own:
         if p and os.path.isabs(p) and p not in roots:  # each once: the schema says so
             roots.append(p)
+    # and the folder of every other absolute path (hostpaths checks every one an entry
+    # writes: a pipe's or socket's path, an SDL display's xauth file, an NVRAM file)
+    for node in root.iter():
+        if not isinstance(node.tag, str) or node.tag == "emulator":
+            continue
+        values = [] if node.get("protocol") is not None else list(node.attrib.values())
+        text = "" if len(node) or node.tag in NOT_PATHS else (node.text or "").strip()
+        for p in [*values, text]:
+            folder = os.path.dirname(p) if p.startswith("/") else ""
+            if folder and folder not in roots and not any(p == r for r in roots):
+                roots.append(folder)
     return roots
 
 

@@ -13,10 +13,10 @@ them all, per kind, with the field that names them:
   ``filesystems[].source`` (a folder shared with the guest), and
   ``graphics.passwordFile`` (read by the reconciler, its first line put into the
   domain XML);
-* the escape hatch (``xml`` of a VM, a network or a pool): every ``file``,
-  ``dev`` or ``dir`` attribute of a ``<source>`` an entry adds or sets that is an
-  absolute path (a block disk, a filesystem's directory; a NIC's ``dev`` names an
-  interface), so the hatch is no way around the roots.
+* the escape hatch (``xml`` of a VM, a network or a pool): every absolute path an
+  entry writes (a value, a predicate's value, any attribute or text of a fragment: a
+  block disk, an NVRAM file, a log file, a socket; a NIC's ``dev`` names an
+  interface, no path), so the hatch is no way around the roots.
 
 A block device lies under ``/dev``, which no image root holds: it needs a root of
 its own in ``allowedDiskRoots`` (the device, or a folder of devices such as
@@ -118,33 +118,80 @@ def host_paths(manifest: Manifest) -> list[HostPath]:
     return found + _hatch_paths(spec.xml)
 
 
-_SOURCE_ATTRS = ("file", "dev", "dir")
-_SOURCE_VALUE = re.compile(r"(?:^|/)source(?:\[[^\]]*\])*/@(file|dev|dir)$")
 # the fragments passed the load check (one element, no DTD or entities); parsed again
 # here as data: nothing resolved, nothing fetched
 _PARSER = ET.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+_PREDICATE_VALUE = re.compile(r"=(?:'(/[^']*)'|\"(/[^\"]*)\")")
+_PREDICATED_STEP = re.compile(r"([A-Za-z_][\w.-]*)((?:\[(?:'[^']*'|\"[^\"]*\"|[^\]'\"])*\])+)")
+_ATTR_PREDICATE = re.compile(r"\[@([\w.-]+)=(?:'([^']*)'|\"([^\"]*)\")\]")
+# text that starts with a slash and is no host path: a cgroup partition (/machine),
+# words of the user's, an LXC guest's own init
+NOT_PATHS = frozenset({"partition", "title", "description", "cmdline", "init", "initarg",
+                       "initdir"})  # fmt: skip
 
 
 def _hatch_paths(entries: Sequence[XmlEdit]) -> list[HostPath]:
-    """The host paths ``xml`` entries name: ``<source file|dev|dir>`` in a fragment an
-    entry adds, or the value of an entry that sets one (``.../source/@dev``)."""
+    """The host paths ``xml`` entries name: every absolute path an entry writes, as a
+    value, in a ``[@attr='/...']`` predicate its path creates an element from, or as an
+    attribute or text anywhere in a fragment it adds. Not a list of the attributes that
+    hold paths (``<source file|dev|dir|path>``, ``<nvram>``, ``<log file>``, an nvdimm's
+    ``<path>``, a socket...): libvirt has too many, and one missed is a way around the
+    roots. A network disk's ``<source protocol=... name='/x'>`` names a path on a
+    server, not here, and is left out."""
     found: list[HostPath] = []
     for i, entry in enumerate(entries):
-        if entry.value is not None and entry.value.startswith("/") and _SOURCE_VALUE.search(
-                entry.xpath):  # fmt: skip
-            found.append(HostPath(f"xml[{i}]", entry.value, where=("spec", "xml", i, "value")))
+        for match in _PREDICATE_VALUE.finditer(entry.xpath):
+            found.append(HostPath(f"xml[{i}]", match.group(1) or match.group(2),
+                                  where=("spec", "xml", i, "xpath")))  # fmt: skip
+        for step in _PREDICATED_STEP.finditer(entry.xpath):  # and a relative one
+            for pred in _ATTR_PREDICATE.finditer(step.group(2)):
+                said = pred.group(2) if pred.group(2) is not None else pred.group(3)
+                if _relative_path(step.group(1), "@" + pred.group(1), said):
+                    found.append(HostPath(f"xml[{i}]", said, where=("spec", "xml", i, "xpath")))
+        last = re.split(r"[/\[]", entry.xpath.rsplit("/", 1)[-1])[0]
+        parent = re.split(r"[/\[]", entry.xpath.rsplit("/", 2)[-2] if entry.xpath.count("/") > 1
+                          else "")[0]  # fmt: skip
+        value = entry.value
+        if value is not None and last not in NOT_PATHS and (
+                value.startswith("/") or _relative_path(parent, last, value)):  # fmt: skip
+            found.append(HostPath(f"xml[{i}]", value, where=("spec", "xml", i, "value")))
         if entry.add is None:
             continue
         try:
             root = ET.fromstring(entry.add.strip().encode(), _PARSER)
         except ET.XMLSyntaxError:
             continue  # refused at load (xml/edits.py)
-        for source in root.iter("source"):
-            for name in _SOURCE_ATTRS:
-                value = source.get(name)
-                if value and value.startswith("/"):  # a NIC's dev is a host interface
+        for node in root.iter():
+            if not isinstance(node.tag, str):
+                continue
+            text = "" if len(node) or node.tag in NOT_PATHS else (node.text or "").strip()
+            remote = node.get("protocol") is not None  # its name is the server's path
+            named = [] if remote else [(str(k), str(v)) for k, v in node.attrib.items()]
+            for key, value in [*named, ("", text)]:
+                parent = node.getparent()
+                if value.startswith("/") or _relative_path(
+                        node.tag if key else ("" if parent is None else str(parent.tag)),
+                        f"@{key}" if key else node.tag, value):  # fmt: skip
+                    # a NIC's dev is a host interface, no path
                     found.append(HostPath(f"xml[{i}]", value, where=("spec", "xml", i, "add")))
     return found
+
+
+_PATH_ATTRS = frozenset({"@file", "@path", "@socket"})
+_PATH_TEXTS = frozenset({"nvram", "loader", "kernel", "initrd", "dtb", "block", "char"})
+
+
+def _relative_path(element: str, name: str, value: str) -> bool:
+    """Whether ``value`` of attribute ``name`` (``@file``) of ``element``, or the text of
+    element ``name``, is a relative host path: libvirt resolves it from libvirtd's
+    working directory, /, so ``etc/shadow`` is /etc/shadow, which the roots check,
+    resolving from the reconciler's own, would not see (PathPolicy refuses it as not
+    absolute). A target's ``dir`` (a mount tag) and a NIC's ``dev`` are no paths."""
+    if not value or value.startswith("/") or element == "target":
+        return False
+    if name in _PATH_ATTRS or name in _PATH_TEXTS:
+        return True
+    return element == "source" and (name == "@dir" or (name == "@dev" and "/" in value))
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,12 +45,17 @@ def _plan_network(m: Manifest, ctx: _Context) -> Action:
         revision=ctx.options.revision,
     )  # fmt: skip
     if live is None:
-        xml = network_xml.render(m.name, spec, ownership=ownership)
-        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
+        typed = ""
+        if spec.xml:  # the escape hatch: on the typed render first (an entry that names
+            # nothing is an error at its line, not a ValueError out of render)
             typed = network_xml.render(m.name, dataclasses.replace(spec, xml=()),
                                        ownership=ownership)  # fmt: skip
-            wrong = network_xml.edit_refusal(spec, typed) or network_xml.edits_invalid(
-                xml, spec, typed)
+            wrong = network_xml.edit_refusal(spec, typed)
+            if wrong is not None:
+                return _edit_error(m, Kind.NETWORK, *wrong)
+        xml = network_xml.render(m.name, spec, ownership=ownership)
+        if spec.xml:  # and the composed definition against libvirt's schema
+            wrong = network_xml.edits_invalid(xml, spec, typed)
             if wrong is not None:
                 return _edit_error(m, Kind.NETWORK, *wrong)
         new: list[Step] = [DefineNetwork(xml)]

@@ -52,10 +52,16 @@ def _plan_pool(m: Manifest, ctx: _Context) -> Action:
     live = ctx.observed.pools.get(m.name)
     record = ctx.owner_record(m)
     if live is None:
-        xml = pool_xml.render(m.name, spec)
-        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
+        typed = ""
+        if spec.xml:  # the escape hatch: on the typed render first (an entry that names
+            # nothing is an error at its line, not a ValueError out of render)
             typed = pool_xml.render(m.name, dataclasses.replace(spec, xml=()))
-            wrong = pool_xml.edit_refusal(spec, typed) or pool_xml.edits_invalid(xml, spec, typed)
+            wrong = pool_xml.edit_refusal(spec, typed)
+            if wrong is not None:
+                return _edit_error(m, Kind.STORAGE_POOL, *wrong)
+        xml = pool_xml.render(m.name, spec)
+        if spec.xml:  # and the composed definition against libvirt's schema
+            wrong = pool_xml.edits_invalid(xml, spec, typed)
             if wrong is not None:
                 return _edit_error(m, Kind.STORAGE_POOL, *wrong)
         new: list[Step] = [DefinePool(xml)]

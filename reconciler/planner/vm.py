@@ -107,15 +107,19 @@ def _plan_vm(m: Manifest, ctx: _Context) -> Action:
             return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
                           reason=conflict)  # fmt: skip
         try:
+            typed = domain_xml.render(m.name, dataclasses.replace(spec, xml=()),
+                                      ownership=ownership, **kwargs) if spec.xml else ""
+            # the escape hatch on the typed render first: an entry that names nothing
+            # is an error at its line, not render's ValueError at the manifest's
+            wrong = domain_xml.edit_refusal(spec, typed) if spec.xml else None
+            if wrong is not None:
+                return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
             xml = domain_xml.render(m.name, spec, ownership=ownership, **kwargs)
         except ValueError as exc:
             return Action(Kind.VIRTUAL_MACHINE, m.name, Op.ERROR, source=m.source,
                           reason=str(exc))  # fmt: skip
-        if spec.xml:  # the escape hatch: on the typed render, against libvirt's schema
-            typed = domain_xml.render(m.name, dataclasses.replace(spec, xml=()),
-                                      ownership=ownership, **kwargs)  # fmt: skip
-            wrong = domain_xml.edit_refusal(spec, typed) or domain_xml.edits_invalid(
-                xml, spec, typed)
+        if spec.xml:  # and the composed definition against libvirt's schema
+            wrong = domain_xml.edits_invalid(xml, spec, typed)
             if wrong is not None:
                 return _edit_error(m, Kind.VIRTUAL_MACHINE, *wrong)
         new: list[Step] = [*seeds.write_steps(force=True), DefineDomain(xml)]

@@ -44,6 +44,7 @@ Pure: no I/O, no libvirt.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hmac
 import os
@@ -1603,7 +1604,22 @@ def edit_refusal(spec: VirtualMachineSpec, base: str | Element) -> tuple[int, st
     # direct NICs, block disks, shares and host devices too: an entry adding one is a
     # typed field's (domain_nics, domain_storage), declared or not
     return edits.refusal(spec.xml, parse(base),
-                         lambda root: observe(root, direct=True, storage=True))  # fmt: skip
+                         lambda root: observe(_with_macs(root), direct=True,
+                                              storage=True))  # fmt: skip
+
+
+def _with_macs(root: Element) -> Element:
+    """``root`` as libvirt defines it, as far as NICs go: a NIC without a ``<mac>`` gets
+    one (a placeholder here), so the typed ``interfaces`` (keyed by MAC) see a NIC an
+    entry adds without one, as they will once libvirt has given it its MAC."""
+    bare = [i for i in root.iterfind("devices/interface") if i.find("mac") is None]
+    if not bare:
+        return root
+    root = copy.deepcopy(root)
+    for n, nic in enumerate(i for i in root.iterfind("devices/interface")
+                            if i.find("mac") is None):  # fmt: skip
+        ET.SubElement(nic, "mac", {"address": f"00:00:00:00:{n // 256:02x}:{n % 256:02x}"})
+    return root
 
 
 def edits_invalid(composed: str | Element, spec: VirtualMachineSpec,

@@ -25,7 +25,12 @@ with predicates ``[N]``, ``[@a='v']``, ``[child/@a='v']`` or ``[child='text']``;
 an optional final ``/@name``. Fragments are parsed with the project's safe parser
 (no entities, no DTD, no network, lxml's depth and size limits); a DOCTYPE, an
 entity reference or a processing instruction is refused, and so is anything in
-the tool's own ownership namespace.
+the tool's own ownership namespace, and (a manifest being input to a root daemon)
+what makes libvirt run a program or hand QEMU or dnsmasq raw options: a NIC's
+``<script>``, ``<emulator>``, libvirt's passthrough namespaces (``qemu:``,
+``dnsmasq:``), a domain ``<seclabel>`` other than libvirt's default (``_UNSAFE``).
+A path may not set ``@xmlns`` (lxml writes it as a namespace declaration). Values
+are compared as libvirt reads them (``same``).
 
 Pure except ``libvirt_schema`` (reads libvirt's RelaxNG once, lazily).
 """
@@ -55,6 +60,7 @@ __all__ = [
     "observe",
     "problem",
     "project",
+    "same",
     "schema_errors",
 ]
 
@@ -77,7 +83,7 @@ Edit = XmlEdit
 _NAME = r"[A-Za-z_][\w.-]*"
 _QUOTED = r"(?:'[^']*'|\"[^\"]*\")"
 _PRED = rf"\[(?:[1-9][0-9]{{0,3}}|@{_NAME}={_QUOTED}|(?:{_NAME}/)*(?:@{_NAME}|{_NAME})={_QUOTED})\]"
-_STEP = re.compile(rf"^({_NAME})((?:{_PRED})*)$")
+_STEP = re.compile(rf"^({_NAME})((?:{_PRED})*)\Z")  # \Z: "$" took "name\n" (a YAML "|")
 _PRED_ONE = re.compile(
     rf"\[(?:(?P<n>[1-9][0-9]*)|(?P<path>(?:{_NAME}/)*(?:@{_NAME}|{_NAME}))=(?P<q>{_QUOTED}))\]"
 )
@@ -130,11 +136,20 @@ def _parse_path(xpath: str) -> _Path:
     if not parts and attr is None:
         raise ValueError(f"{xpath!r} names no element")
     for step in parts:
-        if not _STEP.match(step):
+        match = _STEP.match(step)
+        if not match:
             raise ValueError(
                 f"{xpath!r}: step {step!r} is not a plain name with predicates [N], "
                 "[@attr='value'], [child/@attr='value'] or [child='text'] "
                 "(no namespace prefixes, functions or axes)")  # fmt: skip
+        named = [p.group("path") or "" for p in _PRED_ONE.finditer(match.group(2))]
+        if any(n.rpartition("@")[2].lower().startswith("xmlns") for n in named if "@" in n):
+            attr = "xmlns"
+    if attr is not None and attr.lower().startswith("xmlns"):
+        # lxml writes an "xmlns" attribute as a namespace declaration: <owner
+        # xmlns="https://reconciler.dev/..."> read back is our ownership record, forged
+        raise ValueError(f"{xpath!r}: '@xmlns' is a namespace declaration, not an "
+                         "attribute (no entry may move an element into a namespace)")
     return _Path(tuple(parts), attr)
 
 
@@ -212,26 +227,59 @@ def fragment(text: str) -> Element:
     return root
 
 
+_HEX_ID = re.compile(r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}"
+                     r"-[0-9A-Fa-f]{12}")  # fmt: skip
+
+
+def same(want: str, have: str | None) -> bool:
+    """Whether ``have`` (what libvirt wrote) says ``want`` (what an entry says), as libvirt
+    reads both: a number in any base it accepts (``slot='8'``, libvirt's ``0x08``), a MAC
+    address or UUID in either case (libvirt writes them lowercase)."""
+    if have is None or want == have:
+        return want == have
+    if _HEX_ID.fullmatch(want):
+        return want.lower() == have.lower()
+    try:
+        return _number(want) == _number(have)
+    except ValueError:
+        return False
+
+
+def _number(text: str) -> int:
+    """``text`` as libvirt's number parsing reads it (decimal, or 0x hexadecimal)."""
+    text = text.strip()
+    if not re.fullmatch(r"[0-9]+|0[xX][0-9A-Fa-f]+", text):
+        raise ValueError(text)
+    return int(text, 16) if text[:2].lower() == "0x" else int(text, 10)
+
+
 def contains(want: Element, have: Element) -> bool:
     """Whether ``have`` has at least what ``want`` says: its tag, its attributes with
     their values, its text (whitespace-trimmed, when it has some) and, recursively, a
     distinct child for each of its children."""
     if want.tag != have.tag:
         return False
-    if any(have.get(str(k)) != v for k, v in want.attrib.items()):
+    if any(not same(str(v), have.get(str(k))) for k, v in want.attrib.items()):
         return False
     text = (want.text or "").strip()
     if text and text != (have.text or "").strip():
         return False
-    used: list[Element] = []
-    for child in want:
-        if not isinstance(child.tag, str):
-            continue
-        match = next((c for c in have if isinstance(c.tag, str)
-                      and not any(c is u for u in used) and contains(child, c)), None)  # fmt: skip
-        if match is None:
+    # the children not matched yet, by tag: each is taken once (a list scanned for the
+    # used ones made <m> with 3000 <a/> take two minutes; a fragment may have 16000)
+    free: dict[object, list[Element]] = {}
+    for c in have:
+        if isinstance(c.tag, str):
+            free.setdefault(c.tag, []).append(c)
+    # the most specific first: a bare <a/> must not take the <a b='1'/> another asks for
+    # (libvirt may write them in another order than the fragment)
+    wanted = sorted((c for c in want if isinstance(c.tag, str)),
+                    key=lambda c: -sum(1 + len(e.attrib) for e in c.iter()))  # fmt: skip
+    for child in wanted:
+        pool = free.get(child.tag, [])
+        at = next((i for i, c in enumerate(pool) if contains(child, c)), None)
+        if at is None:
             return False
-        used.append(match)
+        del pool[at]
     return True
 
 
@@ -253,23 +301,72 @@ def problem(edit: Edit) -> tuple[str, str, str] | None:
     if any(head == p or head.startswith(p + "[") for p in _IDENTITY):
         return ("xpath", f"{edit.xpath} is the domain's identity",
                 "the name is metadata.name; the uuid is libvirt's")  # fmt: skip
-    if path.steps[:1] == ("metadata",) and (edit.value is not None or edit.delete) and (
-        len(path.steps) == 1
-    ):
+    names = [_tag(step) for step in path.steps]
+    # ./metadata[1] names it as well as ./metadata: deleting it deletes our record
+    if names == ["metadata"] and path.attr is None and (edit.value is not None or edit.delete):
         return ("xpath", "./metadata holds reconciler's ownership record",
                 "add your own element under ./metadata instead")  # fmt: skip
     if not path.steps and path.attr is None and (edit.value is not None or edit.delete):
         return ("xpath", "'.' is the root element itself",
                 "name an element below it, or an attribute (./@attr)")  # fmt: skip
+    unsafe = next((n for j, n in enumerate(names)
+                   if n in _UNSAFE and (n != "seclabel" or j == 0)), None)  # fmt: skip
+    if unsafe is not None and not edit.delete:
+        return ("xpath", f"{edit.xpath} reaches <{unsafe}>: {_UNSAFE[unsafe]}",
+                "leave it to the host's configuration (not a manifest's)")  # fmt: skip
     if edit.add is not None:
         if path.attr is not None:
             return ("xpath", f"{edit.xpath} names an attribute; add puts an element "
                     "under an element", "drop the /@... step, or use value:")  # fmt: skip
         try:
-            fragment(edit.add)
+            root = fragment(edit.add)
         except ValueError as exc:
             return ("add", str(exc), "give one element, e.g. <panic model='isa'/>")
+        for node in root.iter():
+            if not isinstance(node.tag, str):
+                continue
+            tag = ET.QName(node).localname if str(node.tag).startswith("{") else str(node.tag)
+            if str(node.tag).startswith("{" + _QEMU_NS):
+                return ("add", f"<{tag}> in a libvirt passthrough namespace "
+                        f"({ET.QName(node).namespace}) hands "
+                        "options to QEMU or dnsmasq outside libvirt's checks and the "
+                        "allowed roots (qemu:commandline, dnsmasq:options run programs "
+                        "and open files as root or QEMU)",
+                        "use a typed field or a plain libvirt element; passthrough is "
+                        "not allowed from a manifest")  # fmt: skip
+            if str(node.tag).startswith("{"):
+                continue
+            if tag == "seclabel" and not (node is root and not path.steps):
+                continue  # a device's: relabel or not one file (its path passes the roots)
+            if tag in _UNSAFE and not (tag == "seclabel" and _default_confinement(node)):
+                return ("add", f"<{tag}>: {_UNSAFE[tag]}",
+                        "leave it to the host's configuration (not a manifest's)")  # fmt: skip
     return None
+
+
+_QEMU_NS = "http://libvirt.org/schemas/"  # qemu:, lxc:, xen:, a network's dnsmasq:
+_UNSAFE = {
+    "script": "libvirt runs this program as root when the NIC starts",
+    "downscript": "libvirt runs this program as root when the NIC stops",
+    "emulator": "libvirt runs this program (the QEMU binary)",
+    "seclabel": "it changes how QEMU is confined (or runs it as another user, root "
+                "too); only libvirt's default, type='dynamic' relabelling, may be added",
+}
+"""Elements no entry may add or set: a manifest is input to a root daemon, which runs
+no program a repository names (SPEC §5). Deleting one is allowed (libvirt fills in
+the emulator, the host's default confinement)."""
+
+
+def _default_confinement(seclabel: Element) -> bool:
+    """Whether a domain's ``<seclabel>`` says only what libvirt does by default (and
+    writes into definitions): ``type='dynamic'``, relabelling, no label of its own."""
+    return (seclabel.get("type", "dynamic") == "dynamic" and seclabel.get("relabel") != "no"
+            and not any(isinstance(c.tag, str) for c in seclabel))  # fmt: skip
+
+
+def _tag(step: str) -> str:
+    """The element name of a path step (``disk[@type='file']``: ``disk``)."""
+    return step.split("[", 1)[0]
 
 
 def edit_key(index: int, edit: Edit) -> str:
@@ -307,7 +404,9 @@ def _read(root: Element, edit: Edit) -> object:
         return PRESENT if found else ABSENT
     if not found:
         return None
-    return found[0].get(path.attr) if path.attr is not None else (found[0].text or "")
+    have = found[0].get(path.attr) if path.attr is not None else (found[0].text or "")
+    # by meaning: libvirt's spelling of the entry's value is the entry's value
+    return edit.value if edit.value is not None and same(edit.value, have) else have
 
 
 def observe(root: Element, edits: Sequence[Edit]) -> Projection:
@@ -367,9 +466,9 @@ def refusal(
     changed: list[set[str]] = []
     for i, edit in enumerate(entries):
         try:
-            apply(trial, (edit,))
-        except ValueError as exc:
-            return i, str(exc)
+            _apply_one(trial, edit)
+        except ValueError as exc:  # numbered as in the manifest (apply would say xml[0])
+            return i, f"xml[{i}] ({edit.xpath}): {exc}"
         after = observe_typed(trial)
         changed.append({k for k in set(now) | set(after) if now.get(k) != after.get(k)})
         now = after
@@ -405,8 +504,17 @@ def invalid(composed: Element, entries: Sequence[Edit], base: Element | None,
         apply(root, (edit,))
         found = schema_errors(root, schema)
         if found is not None:
-            return i, found
-    return len(entries) - 1, why
+            return i, _schema_says(found, schema_file)
+    return len(entries) - 1, _schema_says(why, schema_file)
+
+
+def _schema_says(why: str, schema_file: str) -> str:
+    """libvirt's schema message (libxml2's: it names the parent, as in "Extra element
+    devices in interleave"), with what to check."""
+    return (f"libvirt's schema ({Path(schema_file).name}) refuses the definition with "
+            f"this entry ({why}); check the element and attribute names and values "
+            "against libvirt's format documentation (formatdomain, formatnetwork, "
+            "formatstorage)")  # fmt: skip
 
 
 # --- libvirt's schema ------------------------------------------------------------
