@@ -341,6 +341,30 @@ def problem(edit: Edit) -> tuple[str, str, str] | None:
             if tag in _UNSAFE and not (tag == "seclabel" and _default_confinement(node)):
                 return ("add", f"<{tag}>: {_UNSAFE[tag]}",
                         "leave it to the host's configuration (not a manifest's)")  # fmt: skip
+            raw = _raw_host_device(tag, node.get("type"))
+            if raw is not None:
+                return ("add", raw, "attach it by hand (virsh attach-device) if it is "
+                        "meant: a manifest cannot")  # fmt: skip
+    if edit.value is not None and path.attr == "type" and names:
+        raw = _raw_host_device(names[-1], edit.value)
+        if raw is not None:
+            return ("value", raw, "attach it by hand (virsh attach-device) if it is "
+                    "meant: a manifest cannot")  # fmt: skip
+    return None
+
+
+def _raw_host_device(tag: str, kind: str | None) -> str | None:
+    """Why an element of ``tag`` and ``type`` ``kind`` hands a host's device to a guest
+    beyond the allowed roots, or None. A SCSI host device is raw access to a host disk
+    (formatdomain "Host device assignment": ``type='scsi'``, ``scsi_host``), and an
+    NVMe disk takes a host NVMe controller away from the host (``<disk type='nvme'>``):
+    neither has a path the roots could judge, as a block disk's ``/dev/...`` has."""
+    if tag == "hostdev" and kind in ("scsi", "scsi_host"):
+        return (f"<hostdev type='{kind}'> gives the guest a host SCSI device, which no "
+                "allowed root covers")
+    if tag == "disk" and kind == "nvme":
+        return ("<disk type='nvme'> gives the guest a host NVMe controller, which no "
+                "allowed root covers")
     return None
 
 

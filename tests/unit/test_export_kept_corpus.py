@@ -159,9 +159,10 @@ def test_what_no_typed_field_holds_is_in_the_hatch(stem: str, expected: str) -> 
 # own root ports (domain_xml.pcie_root_ports), which the definition's indexed ports and
 # bridges do not match one for one; a redefine keeps them as they are
 Q35_PORTS_KEPT = {"net-isolated-port", "os-firmware-efi", "watchdog-q35-multiple"}
-# what no entry may say (xml/edits.py _UNSAFE): an ethernet NIC's <script> (libvirt runs
-# it as root), a seclabel with a label of its own; kept as they are, and noted
-UNSAFE_KEPT = {"net-eth-hostip", "seclabel-dynamic-baselabel"}
+# what no entry may say (xml/edits.py _UNSAFE, _raw_host_device): an ethernet NIC's
+# <script> (libvirt runs it as root), a seclabel with a label of its own, a SCSI host
+# device (raw access to a host disk no allowed root covers); kept as they are, and noted
+UNSAFE_KEPT = {"net-eth-hostip", "seclabel-dynamic-baselabel", "hostdev-scsi-virtio-scsi"}
 
 
 def test_nothing_is_left_kept_but_the_q35_ports() -> None:

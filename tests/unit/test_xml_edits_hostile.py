@@ -302,3 +302,26 @@ def test_a_malformed_entry_says_how_to_write_it(entry: str, where: str, says: st
     # jsonschema said "... is valid under each of {'required': ['add']}, ..."
     problems = _problems(entry)
     assert [(p.field, says in p.message) for p in problems] == [(where, True)], problems
+
+
+def test_scsi_host_devices_and_nvme_disks_are_refused() -> None:
+    """A SCSI host device or an NVMe disk has no path the allowed roots could judge:
+    raw access to a host disk, a host controller taken away. Refused, as add and as a
+    value; a block disk's /dev path goes through the roots instead."""
+    from reconciler.xml import edits
+
+    cases = [
+        edits.Edit(xpath="./devices", add="<hostdev mode='subsystem' type='scsi'>"
+                   "<source><adapter name='scsi_host0'/><address bus='0' target='0' "
+                   "unit='0'/></source></hostdev>"),
+        edits.Edit(xpath="./devices", add="<hostdev mode='subsystem' type='scsi_host'>"
+                   "<source protocol='vhost' wwpn='naa.5000000000000001'/></hostdev>"),
+        edits.Edit(xpath="./devices", add="<disk type='nvme' device='disk'><source "
+                   "type='pci' managed='yes' namespace='1'><address domain='0x0000' "
+                   "bus='0x01' slot='0x00' function='0x0'/></source><target dev='vdz'/></disk>"),
+        edits.Edit(xpath="./devices/disk[target/@dev='vdz']/@type", value="nvme"),
+    ]
+    for edit in cases:
+        found = edits.problem(edit)
+        assert found is not None and "no allowed root covers" in found[1], (edit, found)
+    assert edits.problem(edits.Edit(xpath="./devices", add="<panic model='isa'/>")) is None
