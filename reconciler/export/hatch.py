@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lxml import etree as ET
 
@@ -216,26 +217,8 @@ def entries(config_xml: str, rendered: str, spec: VirtualMachineSpec,
     manifest changes nothing), and changes no typed field (``domain.edit_refusal``), of
     the definition nor, all entries together, of ``rendered`` (a VM created from the
     manifest: the plan would refuse it)."""
-    config = parse(config_xml)
-    out = []
-    for entry in candidates(config_xml, rendered, notes):
-        edit = _edit(entry)
-        if edits.problem(edit) is not None:
-            continue
-        one = dataclasses.replace(spec, xml=(edit,))
-        want = edits.project(one.xml)
-        if domain_xml.observe_edits(config, one) != want:
-            continue
-        if domain_xml.edit_refusal(one, config) is not None:
-            continue
-        out.append(entry)
-    for _ in range(len(out)):
-        together = dataclasses.replace(spec, xml=tuple(_edit(e) for e in out))
-        wrong = domain_xml.edit_refusal(together, rendered)
-        if wrong is None:
-            break
-        del out[wrong[0]]
-    return out
+    return _checked(candidates(config_xml, rendered, notes), spec, parse(config_xml),
+                    rendered, domain_xml.edit_refusal)  # fmt: skip
 
 
 def network_entries(config_xml: str, rendered: str, spec: NetworkSpec,
@@ -250,20 +233,34 @@ def network_entries(config_xml: str, rendered: str, spec: NetworkSpec,
                 "{" + network_xml.OWNER_NAMESPACE + "}"):  # fmt: skip
             found.append({"xpath": "./metadata", "add": _fragment(record)})
     _walk(live, mine, ".", "", found, silent=(*silent, "metadata"))
+    return _checked(found, spec, live, rendered, network_xml.edit_refusal)
+
+
+_Spec = TypeVar("_Spec", VirtualMachineSpec, NetworkSpec)
+
+
+def _checked(
+    found: list[dict[str, Any]], spec: _Spec, base: Element, rendered: str,
+    refusal: Callable[[_Spec, str | Element], tuple[int, str] | None],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Of ``found``, the entries that are valid, are each satisfied by ``base`` (the
+    definition as it is: applying the exported manifest changes nothing) and change no
+    typed field of it (``refusal``: the kind's ``edit_refusal``); then, all together,
+    none that changes a typed field of ``rendered`` (an object created from the
+    manifest: the plan would refuse it), the one at fault dropped each round."""
     out = []
     for entry in found:
         edit = _edit(entry)
-        one = dataclasses.replace(spec, xml=(edit,))
         if edits.problem(edit) is not None:
             continue
-        if edits.observe(live, one.xml) != edits.project(one.xml):
+        one = dataclasses.replace(spec, xml=(edit,))
+        if edits.observe(base, one.xml) != edits.project(one.xml):
             continue
-        if network_xml.edit_refusal(one, live) is not None:
+        if refusal(one, base) is not None:
             continue
         out.append(entry)
     for _ in range(len(out)):
-        together = dataclasses.replace(spec, xml=tuple(_edit(e) for e in out))
-        wrong = network_xml.edit_refusal(together, rendered)
+        wrong = refusal(dataclasses.replace(spec, xml=tuple(_edit(e) for e in out)), rendered)
         if wrong is None:
             break
         del out[wrong[0]]
