@@ -118,7 +118,7 @@ def _split(xpath: str) -> list[str]:
     return parts
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)  # bounded: a daemon meets new manifests for months
 def _parse_path(xpath: str) -> _Path:
     """The steps of ``xpath``; ValueError (with the fix) when it is outside the language."""
     if xpath == ".":
@@ -196,7 +196,7 @@ def _ensure(root: Element, path: _Path) -> Element:
 # --- fragments -------------------------------------------------------------------
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)  # bounded (up to 64 KiB each): see _parse_path
 def fragment(text: str) -> Element:
     """The element an ``add`` holds, parsed safely. ValueError (why, in one line) for text
     that is not one well-formed element, or that holds a DOCTYPE, an entity reference,
